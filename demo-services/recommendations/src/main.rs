@@ -1,0 +1,67 @@
+//! The `recommendations` binary: flags, logging, signals; the service is in the library.
+//!
+//! Run with: `cargo run -p recommendations -- --listen 127.0.0.1:50051 --latency 10ms..50ms`
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use recommendations::Config;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Demo gRPC service recommending books, with injectable failures and latency.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "RECOMMENDATIONS_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+
+    #[command(flatten)]
+    config: Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", cli.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "recommendations listening");
+
+    recommendations::run(listener, cli.config, shutdown_signal()).await?;
+    tracing::info!("recommendations stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let sigterm = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = sigterm => {}
+    }
+    tracing::info!("shutting down: finishing in-flight calls");
+}
