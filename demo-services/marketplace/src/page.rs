@@ -82,9 +82,7 @@ mod tests {
             title: "<script>alert('x')</script> & co".to_owned(),
         }];
         let html = recommendations(&books, Some("a<b"));
-        assert!(html.contains(
-            "<li>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co</li>"
-        ));
+        assert!(html.contains("<li>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co</li>"));
         assert!(html.contains("<code>a&lt;b</code>"));
         assert!(!html.contains("<script>"));
     }
@@ -99,7 +97,10 @@ mod tests {
     fn code_names_follow_the_grpc_spelling() {
         assert_eq!(code_name(tonic::Code::Ok), "OK");
         assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
-        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(
+            code_name(tonic::Code::DeadlineExceeded),
+            "DEADLINE_EXCEEDED"
+        );
         assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
     }
 

@@ -11,21 +11,48 @@ struct Book {
 }
 
 const MYSTERY: &[Book] = &[
-    Book { id: 1, title: "The Maltese Falcon" },
-    Book { id: 2, title: "Murder on the Orient Express" },
-    Book { id: 3, title: "The Hound of the Baskervilles" },
+    Book {
+        id: 1,
+        title: "The Maltese Falcon",
+    },
+    Book {
+        id: 2,
+        title: "Murder on the Orient Express",
+    },
+    Book {
+        id: 3,
+        title: "The Hound of the Baskervilles",
+    },
 ];
 
 const SCIENCE_FICTION: &[Book] = &[
-    Book { id: 4, title: "The Hitchhiker's Guide to the Galaxy" },
-    Book { id: 5, title: "Ender's Game" },
-    Book { id: 6, title: "The Dune Chronicles" },
+    Book {
+        id: 4,
+        title: "The Hitchhiker's Guide to the Galaxy",
+    },
+    Book {
+        id: 5,
+        title: "Ender's Game",
+    },
+    Book {
+        id: 6,
+        title: "The Dune Chronicles",
+    },
 ];
 
 const SELF_HELP: &[Book] = &[
-    Book { id: 7, title: "The 7 Habits of Highly Effective People" },
-    Book { id: 8, title: "How to Win Friends and Influence People" },
-    Book { id: 9, title: "Man's Search for Meaning" },
+    Book {
+        id: 7,
+        title: "The 7 Habits of Highly Effective People",
+    },
+    Book {
+        id: 8,
+        title: "How to Win Friends and Influence People",
+    },
+    Book {
+        id: 9,
+        title: "Man's Search for Meaning",
+    },
 ];
 
 fn books(category: BookCategory) -> &'static [Book] {

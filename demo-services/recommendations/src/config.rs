@@ -169,7 +169,8 @@ impl InstanceName {
             .and_then(|host| host.parse().ok())
             .unwrap_or_else(|| {
                 let name = format!("recommendations-{}", std::process::id());
-                name.parse().expect("letters, a dash and digits make a valid name")
+                name.parse()
+                    .expect("letters, a dash and digits make a valid name")
             })
     }
 
@@ -226,7 +227,10 @@ mod tests {
         assert_eq!(range.to_string(), "10ms..50ms");
         for _ in 0..100 {
             let delay = range.sample();
-            assert!((ms(10)..=ms(50)).contains(&delay), "{delay:?} outside the range");
+            assert!(
+                (ms(10)..=ms(50)).contains(&delay),
+                "{delay:?} outside the range"
+            );
         }
         for bad in ["", "fast", "50ms..10ms", "10ms..", "-5ms"] {
             assert!(bad.parse::<Latency>().is_err(), "{bad:?} was accepted");
@@ -247,7 +251,10 @@ mod tests {
 
     #[test]
     fn instance_name_must_be_visible_ascii() {
-        assert_eq!("reco-1".parse::<InstanceName>().unwrap().to_string(), "reco-1");
+        assert_eq!(
+            "reco-1".parse::<InstanceName>().unwrap().to_string(),
+            "reco-1"
+        );
         for bad in ["", "   ", "two words", "caf\u{e9}", &"x".repeat(129)] {
             assert!(bad.parse::<InstanceName>().is_err(), "{bad:?} was accepted");
         }

@@ -30,7 +30,8 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }
 
-type RecommendationsServer = pb::recommendations_server::RecommendationsServer<RecommendationsService>;
+type RecommendationsServer =
+    pb::recommendations_server::RecommendationsServer<RecommendationsService>;
 
 /// Metadata key naming the instance that answered a call, on successes and errors alike.
 pub const SERVED_BY: &str = "x-served-by";
@@ -47,7 +48,9 @@ pub async fn run(
     let shutdown = async move {
         shutdown.await;
         // Health watchers learn the instance is leaving before its connections close.
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         health.set_not_serving::<RecommendationsServer>().await;
     };
 

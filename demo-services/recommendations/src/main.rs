@@ -2,7 +2,7 @@
 //!
 //! Run with: `cargo run -p recommendations -- --listen 127.0.0.1:50051 --latency 10ms..50ms`
 
-use std::net::SocketAddr;
+use std::{io::IsTerminal, net::SocketAddr};
 
 use anyhow::Context;
 use clap::Parser;
@@ -27,6 +27,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Colours only for a person at a terminal, not in compose or Kubernetes logs.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 
     let listener = TcpListener::bind(cli.listen)

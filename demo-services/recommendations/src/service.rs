@@ -60,7 +60,11 @@ impl Recommendations for RecommendationsService {
         let served_by = self.config.instance_name.metadata();
         match self.recommend(&request).await {
             Ok(answer) => {
-                tracing::debug!(?request, books = answer.recommendations.len(), "recommended");
+                tracing::debug!(
+                    ?request,
+                    books = answer.recommendations.len(),
+                    "recommended"
+                );
                 let mut response = Response::new(answer);
                 response.metadata_mut().insert(SERVED_BY, served_by);
                 Ok(response)

@@ -70,7 +70,11 @@ async fn each_category_returns_its_own_books() {
     ];
     for (category, books) in expected {
         let answer = client.recommend(request(category, 3)).await.unwrap();
-        assert_eq!(sorted(&answer.get_ref().recommendations), books, "{category:?}");
+        assert_eq!(
+            sorted(&answer.get_ref().recommendations),
+            books,
+            "{category:?}"
+        );
     }
 }
 
@@ -86,7 +90,11 @@ async fn max_results_bounds_the_sample() {
             .unwrap()
             .into_inner();
         let ids: HashSet<i32> = answer.recommendations.iter().map(|b| b.id).collect();
-        assert_eq!(answer.recommendations.len(), expected, "max_results {max_results}");
+        assert_eq!(
+            answer.recommendations.len(),
+            expected,
+            "max_results {max_results}"
+        );
         assert_eq!(ids.len(), expected, "repeats for max_results {max_results}");
         assert!(ids.is_subset(&science_fiction), "{ids:?}");
     }
@@ -112,7 +120,10 @@ async fn unknown_category_is_not_found() {
 async fn answers_name_the_instance() {
     let server = Server::start(named("reco-b")).await;
     let mut client = server.client().await;
-    let answer = client.recommend(request(BookCategory::Mystery, 1)).await.unwrap();
+    let answer = client
+        .recommend(request(BookCategory::Mystery, 1))
+        .await
+        .unwrap();
     assert_eq!(answer.metadata().get(SERVED_BY).unwrap(), "reco-b");
 }
 
@@ -144,8 +155,15 @@ async fn latency_delays_every_call() {
     let server = Server::start(config).await;
     let mut client = server.client().await;
     let started = Instant::now();
-    client.recommend(request(BookCategory::Mystery, 3)).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(60), "{:?}", started.elapsed());
+    client
+        .recommend(request(BookCategory::Mystery, 3))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -160,12 +178,19 @@ async fn health_reports_serving() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(answer.status(), ServingStatus::Serving, "service {service:?}");
+        assert_eq!(
+            answer.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
     }
     let unknown = HealthCheckRequest {
         service: "Nope".to_owned(),
     };
-    assert_eq!(health.check(unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        health.check(unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
@@ -173,7 +198,10 @@ async fn shutdown_is_graceful() {
     let server = Server::start(Config::default()).await;
     let address = server.address;
     let mut client = server.client().await;
-    client.recommend(request(BookCategory::Mystery, 3)).await.unwrap();
+    client
+        .recommend(request(BookCategory::Mystery, 3))
+        .await
+        .unwrap();
     drop(client);
     server.stop().await.unwrap();
     // The listener is closed once `run` has returned.
