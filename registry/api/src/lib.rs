@@ -1,0 +1,23 @@
+//! Wire types and client of the mesh registry's HTTP API (v1).
+//!
+//! The proxy and any tool that talks to the registry use this crate; it depends on an
+//! HTTP client only, never on the server.
+//!
+//! - [`types`]: the JSON bodies, exactly as the contract spells them.
+//! - [`validate`]: the naming and address rules, shared with the server.
+//! - [`Client`]: one call per API operation.
+//! - [`Watch`]: long-polls one service and yields its full endpoint set on every change.
+//! - [`Registrar`]: keeps one instance registered for as long as it runs.
+
+mod backoff;
+mod client;
+mod registrar;
+pub mod types;
+pub mod validate;
+mod watch;
+
+pub use backoff::Backoff;
+pub use client::{Client, ClientError};
+pub use registrar::Registrar;
+pub use types::*;
+pub use watch::{DEFAULT_WAIT, Watch};

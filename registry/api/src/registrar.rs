@@ -1,0 +1,123 @@
+//! Keeps one instance registered: register, heartbeat at a third of the lease,
+//! re-register when the registry forgot us, deregister on shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::types::{Heartbeat, Registration, Status};
+use crate::{Backoff, Client};
+
+/// Deadline for the final deregistration, so shutdown is never held by a dead registry.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The registration loop of one instance. See [`Registrar::run`].
+pub struct Registrar {
+    client: Client,
+    service: String,
+    id: String,
+    registration: Registration,
+    registered: watch::Sender<bool>,
+}
+
+// === impl Registrar ===
+
+impl Registrar {
+    pub fn new(client: Client, service: &str, id: &str, registration: Registration) -> Self {
+        Registrar {
+            client,
+            service: service.to_owned(),
+            id: id.to_owned(),
+            registration,
+            registered: watch::Sender::new(false),
+        }
+    }
+
+    /// True while the registry holds a live lease for this instance, as far as we know.
+    pub fn subscribe_registered(&self) -> watch::Receiver<bool> {
+        self.registered.subscribe()
+    }
+
+    /// Runs until `shutdown` resolves, then deregisters (best effort, bounded) and returns.
+    ///
+    /// `health` is the instance's current status: each heartbeat reports it, and a change
+    /// is reported at once rather than at the next beat. Registry errors never end the
+    /// loop: it retries with backoff, because a sidecar must outlive registry outages.
+    pub async fn run(
+        self,
+        mut health: watch::Receiver<Status>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let beat = (self.registration.ttl / 3).max(Duration::from_millis(100));
+        let mut backoff = Backoff::new(Duration::from_millis(100), beat);
+        let mut registered = false;
+        let mut health_open = true;
+        tokio::pin!(shutdown);
+        loop {
+            let status = *health.borrow_and_update();
+            let delay = match self.attempt(registered, status).await {
+                Ok(()) => {
+                    backoff.reset();
+                    registered = true;
+                    beat
+                }
+                Err(e) if e.is_not_found() => {
+                    tracing::info!(service = %self.service, id = %self.id, "registry forgot this instance; registering again");
+                    registered = false;
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.service, id = %self.id, error = %e, "registry call failed; will retry");
+                    backoff.next_delay()
+                }
+            };
+            self.registered
+                .send_if_modified(|r| std::mem::replace(r, registered) != registered);
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(delay) => {}
+                changed = health.changed(), if health_open => health_open = changed.is_ok(),
+            }
+        }
+        self.registered.send_replace(false);
+        match tokio::time::timeout(
+            DEREGISTER_TIMEOUT,
+            self.client.deregister(&self.service, &self.id),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(service = %self.service, id = %self.id, "deregistered"),
+            Ok(Err(e)) => {
+                tracing::warn!(service = %self.service, id = %self.id, error = %e, "deregistration failed")
+            }
+            Err(_) => {
+                tracing::warn!(service = %self.service, id = %self.id, "deregistration timed out")
+            }
+        }
+    }
+
+    async fn attempt(&self, registered: bool, status: Status) -> Result<(), crate::ClientError> {
+        if registered {
+            let heartbeat = Heartbeat {
+                status: Some(status),
+                output: None,
+            };
+            self.client
+                .heartbeat(&self.service, &self.id, &heartbeat)
+                .await
+                .map(drop)
+        } else {
+            let registration = Registration {
+                status,
+                ..self.registration.clone()
+            };
+            let instance = self
+                .client
+                .register(&self.service, &self.id, &registration)
+                .await?;
+            tracing::info!(service = %self.service, id = %self.id, address = %instance.address, "registered");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The JSON bodies of the registry API v1, shared by the server and its clients.
+//!
+//! Field names and value spellings are the contract in `ARCHITECTURE.md`; durations travel
+//! as humantime strings (`"10s"`, `"250ms"`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Lease length when a registration names none.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Shortest lease a registration may ask for.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest lease a registration may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Weight when a registration names none.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Largest weight a registration may carry.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// How peers talk to an instance.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+    /// gRPC over HTTP/2.
+    Grpc,
+}
+
+/// Health of an instance. Only `passing` instances are listed by default.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Body of `PUT /v1/services/{service}/instances/{id}`. Only `address` is required.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// `host:port` peers dial: the instance's sidecar inbound listener.
+    pub address: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Relative share of traffic, 1–1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Lease length, 1 s–1 h: without a heartbeat for this long the instance turns critical.
+    #[serde(default = "default_ttl", with = "duration_str")]
+    pub ttl: Duration,
+    #[serde(default)]
+    pub status: Status,
+}
+
+impl Registration {
+    /// A passing HTTP/1.1 registration with the default weight and lease.
+    pub fn new(address: impl Into<String>) -> Self {
+        Registration {
+            address: address.into(),
+            protocol: Protocol::default(),
+            tags: Vec::new(),
+            metadata: BTreeMap::new(),
+            weight: DEFAULT_WEIGHT,
+            ttl: DEFAULT_TTL,
+            status: Status::default(),
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+fn default_ttl() -> Duration {
+    DEFAULT_TTL
+}
+
+/// Optional body of `PUT …/heartbeat`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Free text explaining the status (last health-check output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// Answer to a heartbeat: the renewed lease.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub service: String,
+    pub id: String,
+    pub status: Status,
+    #[serde(with = "duration_str")]
+    pub ttl: Duration,
+}
+
+/// One instance as listed by `GET /v1/services/{service}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub address: String,
+    pub protocol: Protocol,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub weight: u32,
+    pub status: Status,
+    /// RFC 3339 wall-clock time of the first registration.
+    pub registered_at: String,
+    /// RFC 3339 wall-clock time of the last registration or heartbeat.
+    pub last_heartbeat: String,
+    /// Output of the last health check, when the instance reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// Answer to `GET /v1/services/{service}`: always the full state of the service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceListing {
+    pub service: String,
+    /// False when the registry has no instance of this name, in any state: callers may
+    /// fall back to DNS.
+    pub exists: bool,
+    pub index: u64,
+    pub instances: Vec<Instance>,
+}
+
+/// One row of `GET /v1/services`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSummary {
+    pub name: String,
+    /// Instances in any state.
+    pub instances: usize,
+    /// Instances whose status is `passing`.
+    pub passing: usize,
+}
+
+/// Answer to `GET /v1/services`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceList {
+    pub index: u64,
+    pub services: Vec<ServiceSummary>,
+}
+
+/// Body of every error answer: `{"error": {...}}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Machine-readable kind: `invalid_argument`, `not_found`, `unauthorized`, …
+    pub code: String,
+    pub message: String,
+    /// The request field (body key, path segment or query parameter) that was wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Serde adapter for durations written as humantime strings.
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_defaults_fill_everything_but_address() {
+        let r: Registration = serde_json::from_str(r#"{"address":"10.0.0.1:4143"}"#).unwrap();
+        assert_eq!(r, Registration::new("10.0.0.1:4143"));
+    }
+
+    #[test]
+    fn durations_round_trip_as_strings() {
+        let mut r = Registration::new("a:1");
+        r.ttl = Duration::from_millis(1500);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["ttl"], "1s 500ms");
+        let back: Registration = serde_json::from_value(json).unwrap();
+        assert_eq!(back.ttl, Duration::from_millis(1500));
+    }
+}

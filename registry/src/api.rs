@@ -1,0 +1,374 @@
+//! The HTTP API: one routing table, one handler per route.
+//!
+//! Routing is a plain match on path segments rather than a framework router, so unknown
+//! paths (404) and wrong methods (405, with `Allow`) get the same JSON error body as
+//! everything else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use mesh_registry_api::validate;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::catalog::{Catalog, UnknownInstance};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Route};
+use crate::{request, watch as blocking};
+
+/// Response header carrying the index of the state an answer shows.
+pub const INDEX_HEADER: &str = "x-mesh-index";
+
+/// The OpenAPI 3 description of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Everything a request handler needs.
+pub struct State {
+    pub catalog: Arc<Catalog>,
+    pub metrics: Arc<Metrics>,
+    /// With `--token`, writes must carry it as a bearer token.
+    token: Option<Vec<u8>>,
+    /// Turns true when shutdown starts: blocking queries answer at once and `/readyz`
+    /// reports 503.
+    shutdown: watch::Receiver<bool>,
+}
+
+type Answer = Result<Response<Full<Bytes>>, ApiError>;
+
+/// A route matched by path alone; the method is checked afterwards.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Services,
+    Service(&'a str),
+    Instance(&'a str, &'a str),
+    Heartbeat(&'a str, &'a str),
+    Metrics,
+    Healthz,
+    Readyz,
+    OpenApi,
+}
+
+fn target(path: &str) -> Option<Target<'_>> {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    Some(match segments.as_slice() {
+        ["v1", "services"] => Target::Services,
+        ["v1", "services", service] => Target::Service(service),
+        ["v1", "services", service, "instances", id] => Target::Instance(service, id),
+        ["v1", "services", service, "instances", id, "heartbeat"] => Target::Heartbeat(service, id),
+        ["metrics"] => Target::Metrics,
+        ["healthz"] => Target::Healthz,
+        ["readyz"] => Target::Readyz,
+        ["openapi.json"] => Target::OpenApi,
+        _ => return None,
+    })
+}
+
+// === impl State ===
+
+impl State {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        metrics: Arc<Metrics>,
+        token: Option<String>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        State {
+            catalog,
+            metrics,
+            token: token.map(String::into_bytes),
+            shutdown,
+        }
+    }
+
+    /// Answers one request. Never fails: every error becomes a JSON answer.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = std::time::Instant::now();
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        let (route, answer) = self
+            .dispatch(&parts.method, &parts.uri, &parts.headers, body)
+            .await;
+        let mut response = answer.unwrap_or_else(ApiError::into_response);
+        if !response.headers().contains_key(INDEX_HEADER) {
+            set_index(&mut response, self.catalog.index());
+        }
+        let status = response.status();
+        self.metrics.count_request(route, status.as_u16());
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if parts.method == Method::GET && status.is_success() {
+            tracing::debug!(method = %parts.method, %path, status = status.as_u16(), elapsed_ms, "request");
+        } else {
+            tracing::info!(method = %parts.method, %path, status = status.as_u16(), elapsed_ms, "request");
+        }
+        response
+    }
+
+    async fn dispatch<B>(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: B,
+    ) -> (Route, Answer)
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(target) = target(uri.path()) else {
+            let message = format!("no route for {}; see /openapi.json", uri.path());
+            return (Route::Unknown, Err(ApiError::NotFound(message)));
+        };
+        let query = uri.query();
+        match (method, target) {
+            (&Method::GET, Target::Services) => {
+                (Route::ListServices, self.list_services(query).await)
+            }
+            (&Method::GET, Target::Service(s)) => {
+                (Route::GetService, self.get_service(s, query).await)
+            }
+            (&Method::PUT, Target::Instance(s, id)) => {
+                (Route::Register, self.register(s, id, headers, body).await)
+            }
+            (&Method::DELETE, Target::Instance(s, id)) => {
+                (Route::Deregister, self.deregister(s, id, headers))
+            }
+            (&Method::PUT, Target::Heartbeat(s, id)) => {
+                (Route::Heartbeat, self.heartbeat(s, id, headers, body).await)
+            }
+            (&Method::GET, Target::Metrics) => {
+                let text = self.metrics.render(&self.catalog);
+                (
+                    Route::Metrics,
+                    Ok(text_response("text/plain; version=0.0.4", text)),
+                )
+            }
+            (&Method::GET, Target::Healthz) => (
+                Route::Healthz,
+                Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+            ),
+            (&Method::GET, Target::Readyz) => (Route::Readyz, self.readyz()),
+            (&Method::GET, Target::OpenApi) => (
+                Route::OpenApi,
+                Ok(text_response("application/json", OPENAPI.to_owned())),
+            ),
+            (method, target) => {
+                let allow = match target {
+                    Target::Instance(..) => "PUT, DELETE",
+                    Target::Heartbeat(..) => "PUT",
+                    _ => "GET",
+                };
+                let error = ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    allow,
+                };
+                (Route::Unknown, Err(error))
+            }
+        }
+    }
+
+    async fn list_services(&self, query: Option<&str>) -> Answer {
+        let q = request::query(query)?;
+        let mut index_rx = self.catalog.subscribe_catalog();
+        self.block(&mut index_rx, q.index, q.wait).await;
+        let list = self.catalog.service_list();
+        let mut response = json(StatusCode::OK, &list);
+        set_index(&mut response, list.index);
+        Ok(response)
+    }
+
+    async fn get_service(&self, service: &str, query: Option<&str>) -> Answer {
+        validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
+        let q = request::query(query)?;
+        if q.index.is_some() {
+            let mut index_rx = self.catalog.subscribe(service);
+            self.block(&mut index_rx, q.index, q.wait).await;
+        }
+        let listing = self.catalog.listing(service, q.all);
+        let mut response = json(StatusCode::OK, &listing);
+        set_index(&mut response, listing.index);
+        Ok(response)
+    }
+
+    async fn register<B>(&self, service: &str, id: &str, headers: &HeaderMap, body: B) -> Answer
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.authorize(headers)?;
+        check_names(service, id)?;
+        let body = request::read_body(headers, body).await?;
+        request::require_json(headers, &body)?;
+        let registration = request::registration(&body)?;
+        let (address, ttl) = (registration.address.clone(), registration.ttl);
+        let (instance, index) = self
+            .catalog
+            .register(service, id, registration, Instant::now());
+        tracing::info!(%service, %id, %address, ttl = %humantime::format_duration(ttl), "registered");
+        let mut response = json(StatusCode::OK, &instance);
+        set_index(&mut response, index);
+        Ok(response)
+    }
+
+    async fn heartbeat<B>(&self, service: &str, id: &str, headers: &HeaderMap, body: B) -> Answer
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.authorize(headers)?;
+        check_names(service, id)?;
+        let body = request::read_body(headers, body).await?;
+        request::require_json(headers, &body)?;
+        let beat = request::heartbeat(&body)?;
+        let (lease, index) = self
+            .catalog
+            .heartbeat(service, id, beat.status, beat.output, Instant::now())
+            .map_err(|UnknownInstance| unknown(service, id))?;
+        let mut response = json(StatusCode::OK, &lease);
+        set_index(&mut response, index);
+        Ok(response)
+    }
+
+    fn deregister(&self, service: &str, id: &str, headers: &HeaderMap) -> Answer {
+        self.authorize(headers)?;
+        check_names(service, id)?;
+        let index = self
+            .catalog
+            .deregister(service, id)
+            .map_err(|UnknownInstance| unknown(service, id))?;
+        tracing::info!(%service, %id, "deregistered");
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        set_index(&mut response, index);
+        Ok(response)
+    }
+
+    fn readyz(&self) -> Answer {
+        if *self.shutdown.borrow() {
+            return Err(ApiError::Unavailable);
+        }
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready"}),
+        ))
+    }
+
+    async fn block(&self, index_rx: &mut watch::Receiver<u64>, seen: Option<u64>, wait: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        blocking::until_changed(index_rx, seen, wait, &mut shutdown, &self.metrics.watchers).await;
+    }
+
+    /// Checks the bearer token of a write, in constant time so the comparison does not
+    /// leak how much of a guess was right.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized(
+                "writes need an Authorization: Bearer <token> header",
+            ))?;
+        if bool::from(presented.as_bytes().ct_eq(token)) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("the bearer token is not valid"))
+        }
+    }
+}
+
+fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
+    validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
+    validate::instance_id(id).map_err(|m| ApiError::invalid("id", m))
+}
+
+fn unknown(service: &str, id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "service {service:?} has no instance {id:?}; register it first"
+    ))
+}
+
+fn set_index(response: &mut Response<Full<Bytes>>, index: u64) {
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+}
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("API types serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text_response(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_by_segment() {
+        assert_eq!(target("/v1/services"), Some(Target::Services));
+        assert_eq!(target("/v1/services/"), Some(Target::Services));
+        assert_eq!(target("/v1/services/web"), Some(Target::Service("web")));
+        assert_eq!(
+            target("/v1/services/web/instances/a/heartbeat"),
+            Some(Target::Heartbeat("web", "a"))
+        );
+        assert_eq!(target("/v1/services/web/instances"), None);
+        assert_eq!(target("/"), None);
+        assert_eq!(target("//v1/services"), None);
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, methods) in [
+            ("/v1/services", &["get"][..]),
+            ("/v1/services/{service}", &["get"]),
+            ("/v1/services/{service}/instances/{id}", &["put", "delete"]),
+            ("/v1/services/{service}/instances/{id}/heartbeat", &["put"]),
+            ("/metrics", &["get"]),
+            ("/healthz", &["get"]),
+            ("/readyz", &["get"]),
+            ("/openapi.json", &["get"]),
+        ] {
+            for m in methods {
+                assert!(paths[path].get(*m).is_some(), "{m} {path} missing");
+            }
+            let concrete = path.replace("{service}", "web").replace("{id}", "a");
+            assert!(
+                target(&concrete).is_some(),
+                "{path} is documented but not routed"
+            );
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The catalog: service → instances, each holding a lease, and the indexes that blocking
+//! queries wait on.
+//!
+//! Indexes come from one counter shared by every service, so an index never repeats or
+//! goes backwards, even across a service being emptied and refilled. A service's index
+//! moves only when what its listing shows changes (not on a plain lease renewal), and each
+//! service has its own `watch` channel, so a change wakes only that service's watchers.
+//! The catalog index (for `GET /v1/services`) moves on every change of any service.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use mesh_registry_api::{
+    Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary, Status,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// An instance as the catalog holds it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub registration: Registration,
+    /// Last output reported with a heartbeat.
+    pub output: Option<String>,
+    pub lease: LeaseState,
+    pub registered_at: SystemTime,
+    pub last_heartbeat: SystemTime,
+    /// The mass-expiry guard already extended this lease once since the last heartbeat;
+    /// it will not do so again, so a dead instance is gone after at most two TTLs.
+    pub spared: bool,
+}
+
+/// Where an instance's lease stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Renewed in time; expires at this instant without a heartbeat.
+    Live { expires_at: Instant },
+    /// Missed its lease: listed as critical, removed at this instant.
+    Expired { remove_at: Instant },
+}
+
+// === impl Entry ===
+
+impl Entry {
+    /// The status the listing shows: what the instance reported, unless its lease ran out.
+    pub fn status(&self) -> Status {
+        match self.lease {
+            LeaseState::Live { .. } => self.registration.status,
+            LeaseState::Expired { .. } => Status::Critical,
+        }
+    }
+
+    fn listed(&self, id: &str) -> Instance {
+        let r = &self.registration;
+        Instance {
+            id: id.to_owned(),
+            address: r.address.clone(),
+            protocol: r.protocol,
+            tags: r.tags.clone(),
+            metadata: r.metadata.clone(),
+            weight: r.weight,
+            status: self.status(),
+            registered_at: humantime::format_rfc3339_millis(self.registered_at).to_string(),
+            last_heartbeat: humantime::format_rfc3339_millis(self.last_heartbeat).to_string(),
+            output: self.output.clone(),
+        }
+    }
+}
+
+/// One service: its instances (ordered by id, so listings are stable) and its index.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) instances: BTreeMap<String, Entry>,
+    pub(crate) index: u64,
+    /// Carries `index`; blocking queries on this service hold receivers.
+    tx: watch::Sender<u64>,
+}
+
+/// Why a heartbeat or deregistration failed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownInstance;
+
+/// The whole registry state. Methods take `now` so lease logic runs on tokio's clock
+/// (paused in tests); wall-clock times are only for display.
+#[derive(Debug)]
+pub struct Catalog {
+    /// A DashMap so writers to different services do not contend; no guard is ever held
+    /// across an `.await`.
+    pub(crate) services: DashMap<String, Service>,
+    /// Last index handed out.
+    last_index: AtomicU64,
+    catalog_tx: watch::Sender<u64>,
+    /// How long an expired instance stays listed as critical before removal.
+    critical_grace: Duration,
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    pub fn new(critical_grace: Duration) -> Self {
+        Self::starting_at(1, critical_grace)
+    }
+
+    /// A catalog whose indexes continue from `index` (after a restore).
+    pub(crate) fn starting_at(index: u64, critical_grace: Duration) -> Self {
+        let index = index.max(1);
+        Catalog {
+            services: DashMap::new(),
+            last_index: AtomicU64::new(index),
+            catalog_tx: watch::Sender::new(index),
+            critical_grace,
+        }
+    }
+
+    /// The last index handed out by any change.
+    pub fn index(&self) -> u64 {
+        self.last_index.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn critical_grace(&self) -> Duration {
+        self.critical_grace
+    }
+
+    /// Creates or replaces an instance. Re-sending an identical registration only renews
+    /// the lease: watchers are not woken for a no-op.
+    pub fn register(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Registration,
+        now: Instant,
+    ) -> (Instance, u64) {
+        let mut svc = self.service_mut(service);
+        let wall = SystemTime::now();
+        let expires_at = now + registration.ttl;
+        let unchanged = svc.instances.get(id).is_some_and(|e| {
+            e.registration == registration && matches!(e.lease, LeaseState::Live { .. })
+        });
+        let entry = svc
+            .instances
+            .entry(id.to_owned())
+            .and_modify(|e| {
+                e.registration = registration.clone();
+                e.lease = LeaseState::Live { expires_at };
+                e.last_heartbeat = wall;
+                e.spared = false;
+            })
+            .or_insert_with(|| Entry {
+                registration,
+                output: None,
+                lease: LeaseState::Live { expires_at },
+                registered_at: wall,
+                last_heartbeat: wall,
+                spared: false,
+            });
+        let instance = entry.listed(id);
+        if !unchanged {
+            self.bump(&mut svc);
+        }
+        (instance, svc.index)
+    }
+
+    /// Renews a lease, optionally with a new status. Moves the index only when the listing
+    /// changes (status changed, or the lease had run out).
+    pub fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        status: Option<Status>,
+        output: Option<String>,
+        now: Instant,
+    ) -> Result<(Lease, u64), UnknownInstance> {
+        let mut svc = self.services.get_mut(service).ok_or(UnknownInstance)?;
+        let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
+        let before = entry.status();
+        if let Some(status) = status {
+            entry.registration.status = status;
+        }
+        if output.is_some() {
+            entry.output = output;
+        }
+        entry.lease = LeaseState::Live {
+            expires_at: now + entry.registration.ttl,
+        };
+        entry.last_heartbeat = SystemTime::now();
+        entry.spared = false;
+        let lease = Lease {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            status: entry.status(),
+            ttl: entry.registration.ttl,
+        };
+        if lease.status != before {
+            self.bump(&mut svc);
+        }
+        Ok((lease, svc.index))
+    }
+
+    /// Removes an instance; returns the service's new index.
+    pub fn deregister(&self, service: &str, id: &str) -> Result<u64, UnknownInstance> {
+        let mut svc = self.services.get_mut(service).ok_or(UnknownInstance)?;
+        svc.instances.remove(id).ok_or(UnknownInstance)?;
+        self.bump(&mut svc);
+        Ok(svc.index)
+    }
+
+    /// The full listing of one service: passing instances only, or every instance.
+    pub fn listing(&self, service: &str, all: bool) -> ServiceListing {
+        let Some(svc) = self.services.get(service) else {
+            return ServiceListing {
+                service: service.to_owned(),
+                exists: false,
+                index: self.index(),
+                instances: Vec::new(),
+            };
+        };
+        ServiceListing {
+            service: service.to_owned(),
+            exists: !svc.instances.is_empty(),
+            index: svc.index,
+            instances: svc
+                .instances
+                .iter()
+                .filter(|(_, e)| all || e.status() == Status::Passing)
+                .map(|(id, e)| e.listed(id))
+                .collect(),
+        }
+    }
+
+    /// Every service that has at least one instance, by name.
+    pub fn service_list(&self) -> ServiceList {
+        // Read the index first: a change racing with the scan then shows up as a newer
+        // index on the next blocking query rather than being missed.
+        let index = *self.catalog_tx.borrow();
+        let mut services: Vec<ServiceSummary> = self
+            .services
+            .iter()
+            .filter(|svc| !svc.instances.is_empty())
+            .map(|svc| ServiceSummary {
+                name: svc.key().clone(),
+                instances: svc.instances.len(),
+                passing: svc
+                    .instances
+                    .values()
+                    .filter(|e| e.status() == Status::Passing)
+                    .count(),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        ServiceList { index, services }
+    }
+
+    /// Instance counts per service and status, for the metrics.
+    pub fn counts(&self) -> Vec<(String, Status, usize)> {
+        let mut out = Vec::new();
+        for svc in self.services.iter() {
+            for status in [Status::Passing, Status::Warning, Status::Critical] {
+                let n = svc
+                    .instances
+                    .values()
+                    .filter(|e| e.status() == status)
+                    .count();
+                if n > 0 {
+                    out.push((svc.key().clone(), status, n));
+                }
+            }
+        }
+        out
+    }
+
+    /// A receiver of one service's index, for a blocking query. Watching a service that
+    /// does not exist yet is allowed: its placeholder wakes the watcher when it appears.
+    pub fn subscribe(&self, service: &str) -> watch::Receiver<u64> {
+        self.service_mut(service).tx.subscribe()
+    }
+
+    /// A receiver of the catalog index.
+    pub fn subscribe_catalog(&self) -> watch::Receiver<u64> {
+        self.catalog_tx.subscribe()
+    }
+
+    /// Drops placeholders of empty services nobody watches any more.
+    pub(crate) fn collect_empty(&self) {
+        self.services
+            .retain(|_, svc| !svc.instances.is_empty() || svc.tx.receiver_count() > 0);
+    }
+
+    /// The service's entry, created empty (with the current index) when missing.
+    pub(crate) fn service_mut(
+        &self,
+        service: &str,
+    ) -> dashmap::mapref::one::RefMut<'_, String, Service> {
+        if let Some(svc) = self.services.get_mut(service) {
+            return svc;
+        }
+        self.services.entry(service.to_owned()).or_insert_with(|| {
+            let index = self.index();
+            Service {
+                instances: BTreeMap::new(),
+                index,
+                tx: watch::Sender::new(index),
+            }
+        })
+    }
+
+    /// Hands out the next index to a changed service and wakes its watchers and the
+    /// catalog's. Called with the service's shard locked, so a service's index only grows.
+    pub(crate) fn bump(&self, svc: &mut Service) {
+        let index = self.last_index.fetch_add(1, Ordering::SeqCst) + 1;
+        svc.index = index;
+        svc.tx.send_replace(index);
+        self.catalog_tx.send_if_modified(|current| {
+            let newer = index > *current;
+            if newer {
+                *current = index;
+            }
+            newer
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(addr: &str) -> Registration {
+        Registration::new(addr)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_registration_renews_without_moving_the_index() {
+        let c = Catalog::new(Duration::from_secs(30));
+        let (_, i1) = c.register("web", "a", reg("h:1"), Instant::now());
+        let (_, i2) = c.register("web", "a", reg("h:1"), Instant::now());
+        assert_eq!(i1, i2);
+        let (_, i3) = c.register("web", "a", reg("h:2"), Instant::now());
+        assert!(i3 > i2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_to_one_service_leaves_the_other_index_alone() {
+        let c = Catalog::new(Duration::from_secs(30));
+        c.register("web", "a", reg("h:1"), Instant::now());
+        c.register("db", "a", reg("h:1"), Instant::now());
+        let web = c.listing("web", false).index;
+        let db_rx = c.subscribe("db");
+        c.register("web", "b", reg("h:2"), Instant::now());
+        assert!(c.listing("web", false).index > web);
+        assert!(!db_rx.has_changed().unwrap());
+        assert_eq!(c.service_list().index, c.index());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_services_do_not_exist_but_have_an_index() {
+        let c = Catalog::new(Duration::from_secs(30));
+        let l = c.listing("nope", false);
+        assert!(!l.exists);
+        assert!(l.index >= 1);
+        c.register("web", "a", reg("h:1"), Instant::now());
+        c.deregister("web", "a").unwrap();
+        let l = c.listing("web", true);
+        assert!(!l.exists && l.instances.is_empty());
+        assert!(c.service_list().services.is_empty());
+        c.collect_empty();
+        assert!(c.services.is_empty());
+    }
+}

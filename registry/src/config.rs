@@ -1,0 +1,106 @@
+//! Command-line flags (each also read from an environment variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The mesh's discovery registry: instances register over HTTP, hold leases renewed by
+/// heartbeats, and sidecars watch services with blocking queries.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mesh-registry", version)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "REGISTRY_LISTEN", default_value = "0.0.0.0:7700")]
+    pub listen: SocketAddr,
+
+    /// Directory for the catalog snapshot (`catalog.json`). Without it the catalog lives in
+    /// memory only and is lost on restart.
+    #[arg(long, env = "REGISTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Bearer token that writes (register, heartbeat, deregister) must present.
+    #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// How long an instance whose lease ran out stays listed as critical before removal.
+    #[arg(long, env = "REGISTRY_CRITICAL_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub critical_grace: Duration,
+
+    /// How often leases are checked: the precision of expiry.
+    #[arg(long, env = "REGISTRY_SWEEP_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Quiet time after a change before the snapshot is written (bursts cost one write).
+    #[arg(long, env = "REGISTRY_SNAPSHOT_DEBOUNCE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub snapshot_debounce: Duration,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "REGISTRY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Checks values clap cannot; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&self.sweep_interval) {
+            return Err("--sweep-interval must be between 10ms and 10s".into());
+        }
+        if self.snapshot_debounce > Duration::from_secs(60) {
+            return Err("--snapshot-debounce must be at most 60s".into());
+        }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("--token must not be empty (omit it to disable authentication)".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    /// The flags' defaults, ignoring the environment (for tests and embedding).
+    fn default() -> Self {
+        Config {
+            listen: ([0, 0, 0, 0], 7700).into(),
+            data_dir: None,
+            token: None,
+            critical_grace: Duration::from_secs(30),
+            sweep_interval: Duration::from_millis(100),
+            snapshot_debounce: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_flags() {
+        let parsed = Config::try_parse_from(["mesh-registry"]).unwrap();
+        let default = Config::default();
+        assert_eq!(parsed.listen, default.listen);
+        assert_eq!(parsed.critical_grace, default.critical_grace);
+        assert_eq!(parsed.sweep_interval, default.sweep_interval);
+        assert_eq!(parsed.snapshot_debounce, default.snapshot_debounce);
+        assert_eq!(parsed.drain_timeout, default.drain_timeout);
+        assert!(default.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let c = Config {
+            sweep_interval: Duration::from_secs(60),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("--sweep-interval"));
+        let c = Config {
+            token: Some(" ".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("--token"));
+    }
+}

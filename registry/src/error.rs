@@ -1,0 +1,111 @@
+//! The registry's errors: [`Error`] ends `run`, [`ApiError`] is one HTTP answer.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use mesh_registry_api::{ErrorBody, ErrorDetail};
+
+/// Why the registry could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the snapshot {path}: {source}")]
+    SnapshotRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the snapshot {path} is corrupt ({reason}); refusing to start with an empty catalog. \
+         Move the file aside to start empty on purpose."
+    )]
+    SnapshotCorrupt { path: PathBuf, reason: String },
+    #[error("cannot write the snapshot in {dir}: {source}")]
+    SnapshotWrite {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request the registry refuses, with the field it blames.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the registry is shutting down")]
+    Unavailable,
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The one place an error becomes a status code and a JSON body.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code, field) = match &self {
+            ApiError::InvalidArgument { field, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                Some(field.as_str()),
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
+            ApiError::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Some("body"),
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                Some("content-type"),
+            ),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+                field: field.map(str::to_owned),
+            },
+        };
+        let mut response = crate::api::json(status, &body);
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

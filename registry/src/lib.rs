@@ -1,0 +1,121 @@
+//! `mesh-registry`: the mesh's discovery registry.
+//!
+//! Instances register over HTTP with a lease (TTL) and renew it with heartbeats; sidecars
+//! follow services with blocking queries on per-service indexes. The catalog lives in
+//! memory, optionally persisted as an atomic snapshot file (`--data-dir`).
+//!
+//! [`run`] serves on an already-bound listener, so tests bind `127.0.0.1:0`.
+//!
+//! Module map, in the order a request meets them: [`server`] (connections) →
+//! [`api`] (routes, auth) → [`request`] (parsing, validation) → [`catalog`] (state,
+//! indexes) → [`watch`] (blocking queries); beside them [`lease`] (expiry sweep),
+//! [`snapshot`] (persistence) and [`metrics`].
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod metrics;
+pub mod request;
+pub mod server;
+pub mod snapshot;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+pub use crate::catalog::Catalog;
+pub use crate::config::Config;
+pub use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// Serves the registry on `listener` until `shutdown` resolves, then drains in-flight
+/// requests and writes a final snapshot.
+///
+/// With `config.data_dir`, the snapshot found there is loaded first (a corrupt one is an
+/// error, never an empty start) and one is written at once, so an unwritable directory
+/// fails here rather than at the first change.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let catalog = Arc::new(load_catalog(&config)?);
+    let metrics = Arc::new(Metrics::new());
+
+    // `stopping` turns true when shutdown starts (blocking queries answer, /readyz fails);
+    // `stopped` once requests are drained, for the sweeper and the final snapshot.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let (stopped, stopped_rx) = tokio::sync::watch::channel(false);
+
+    let sweeper = tokio::spawn({
+        let (catalog, metrics) = (catalog.clone(), metrics.clone());
+        let interval = config.sweep_interval;
+        let stopped = stopped_rx.clone();
+        async move { lease::run_sweeper(&catalog, &metrics, interval, stopped).await }
+    });
+    let writer = config.data_dir.clone().map(|dir| {
+        tokio::spawn(snapshot::run_writer(
+            catalog.clone(),
+            metrics.clone(),
+            dir,
+            config.snapshot_debounce,
+            stopped_rx.clone(),
+        ))
+    });
+
+    let state = Arc::new(api::State::new(
+        catalog.clone(),
+        metrics,
+        config.token.clone(),
+        stopping_rx,
+    ));
+    let local = listener.local_addr()?;
+    tracing::info!(
+        "registry listening on http://{local} (services: http://{local}/v1/services, metrics: http://{local}/metrics)"
+    );
+    server::serve(listener, state, shutdown, &stopping, config.drain_timeout).await;
+
+    stopped.send_replace(true);
+    let _ = sweeper.await;
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
+    tracing::info!("registry stopped");
+    Ok(())
+}
+
+fn load_catalog(config: &Config) -> Result<Catalog, Error> {
+    let grace = config.critical_grace;
+    let Some(dir) = &config.data_dir else {
+        tracing::info!("no --data-dir: the catalog is kept in memory only");
+        return Ok(Catalog::new(grace));
+    };
+    let write_error = |source| Error::SnapshotWrite {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(write_error)?;
+    let catalog = match snapshot::load(dir, grace, Instant::now())? {
+        Some(catalog) => {
+            let instances: usize = catalog
+                .service_list()
+                .services
+                .iter()
+                .map(|s| s.instances)
+                .sum();
+            tracing::info!(path = %snapshot::path(dir).display(), instances, "snapshot restored; every instance has a fresh lease");
+            catalog
+        }
+        None => {
+            tracing::info!(path = %snapshot::path(dir).display(), "no snapshot yet: starting empty");
+            Catalog::new(grace)
+        }
+    };
+    snapshot::write(dir, &catalog).map_err(write_error)?;
+    Ok(catalog)
+}

@@ -1,0 +1,37 @@
+//! `mesh-registry`: flags → config → [`mesh_registry::run`].
+//!
+//! Run with: `cargo run -p mesh-registry -- --listen 127.0.0.1:7700`
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_registry::Config;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::parse();
+    if let Err(message) = config.validate() {
+        eprintln!("error: {message}");
+        std::process::exit(2);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    mesh_registry::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

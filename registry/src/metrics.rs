@@ -1,0 +1,186 @@
+//! The registry's Prometheus metrics, all in one registry.
+
+use std::collections::BTreeMap;
+
+use mesh_registry_api::Status;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
+
+use crate::catalog::Catalog;
+
+/// Services named in `mesh_registry_instances`; the rest are summed under `other` so a
+/// flood of service names cannot blow up Prometheus.
+pub const MAX_SERVICE_LABELS: usize = 500;
+
+/// The API routes, as the bounded `route` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Register,
+    Heartbeat,
+    Deregister,
+    ListServices,
+    GetService,
+    Metrics,
+    Healthz,
+    Readyz,
+    OpenApi,
+    /// Anything that matched no route.
+    Unknown,
+}
+
+impl Route {
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Register => "register",
+            Route::Heartbeat => "heartbeat",
+            Route::Deregister => "deregister",
+            Route::ListServices => "list_services",
+            Route::GetService => "get_service",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::OpenApi => "openapi",
+            Route::Unknown => "unknown",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    instances: IntGaugeVec,
+    http_requests: IntCounterVec,
+    pub watchers: IntGauge,
+    pub lease_expirations: IntCounter,
+    pub expiry_guard_spared: IntCounter,
+    pub snapshot_failures: IntCounter,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Self {
+        let instances = IntGaugeVec::new(
+            Opts::new(
+                "mesh_registry_instances",
+                "Registered instances by service and status.",
+            ),
+            &["service", "status"],
+        )
+        .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "mesh_registry_http_requests_total",
+                "HTTP requests answered, by route and status code.",
+            ),
+            &["route", "code"],
+        )
+        .expect("valid metric");
+        let watchers = IntGauge::new(
+            "mesh_registry_watchers",
+            "Blocking queries waiting for a change.",
+        )
+        .expect("valid metric");
+        let lease_expirations = IntCounter::new(
+            "mesh_registry_lease_expirations_total",
+            "Leases that ran out without a heartbeat (the instance turned critical).",
+        )
+        .expect("valid metric");
+        let expiry_guard_spared = IntCounter::new(
+            "mesh_registry_expiry_guard_spared_total",
+            "Leases extended by the mass-expiry guard instead of expiring.",
+        )
+        .expect("valid metric");
+        let snapshot_failures = IntCounter::new(
+            "mesh_registry_snapshot_failures_total",
+            "Snapshot writes that failed (the catalog is still served from memory).",
+        )
+        .expect("valid metric");
+
+        let registry = prometheus::Registry::new();
+        for collector in [
+            Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
+            Box::new(watchers.clone()),
+            Box::new(lease_expirations.clone()),
+            Box::new(expiry_guard_spared.clone()),
+            Box::new(snapshot_failures.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            instances,
+            http_requests,
+            watchers,
+            lease_expirations,
+            expiry_guard_spared,
+            snapshot_failures,
+        }
+    }
+
+    pub fn count_request(&self, route: Route, code: u16) {
+        self.http_requests
+            .with_label_values(&[route.label(), &code.to_string()])
+            .inc();
+    }
+
+    /// Prometheus text exposition, with the instance gauges read from the catalog now.
+    pub fn render(&self, catalog: &Catalog) -> String {
+        self.instances.reset();
+        for ((service, status), n) in fold_services(catalog.counts()) {
+            self.instances
+                .with_label_values(&[service.as_str(), status.as_str()])
+                .set(n as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Keeps the first [`MAX_SERVICE_LABELS`] service names (alphabetically) and sums the
+/// rest under `other`.
+fn fold_services(counts: Vec<(String, Status, usize)>) -> BTreeMap<(String, Status), usize> {
+    let mut names: Vec<&str> = counts.iter().map(|(s, _, _)| s.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let kept: std::collections::HashSet<String> = names
+        .into_iter()
+        .take(MAX_SERVICE_LABELS)
+        .map(str::to_owned)
+        .collect();
+    let mut out = BTreeMap::new();
+    for (service, status, n) in counts {
+        let label = if kept.contains(&service) {
+            service
+        } else {
+            "other".to_owned()
+        };
+        *out.entry((label, status)).or_insert(0) += n;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_past_the_cap_fold_into_other() {
+        let counts = (0..MAX_SERVICE_LABELS + 3)
+            .map(|i| (format!("s{i:04}"), Status::Passing, 2))
+            .collect();
+        let folded = fold_services(counts);
+        assert_eq!(folded.len(), MAX_SERVICE_LABELS + 1);
+        assert_eq!(folded[&("other".to_owned(), Status::Passing)], 6);
+    }
+}

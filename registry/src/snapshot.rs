@@ -1,0 +1,224 @@
+//! Persistence of the embedded store: the catalog as one JSON snapshot file.
+//!
+//! Writes are atomic (temp file, fsync, rename, fsync of the directory), so a crash leaves
+//! either the old snapshot or the new one, never half of one. They are debounced: a burst
+//! of registrations costs one write. Lease renewals are not written at all: on restore
+//! every instance gets a fresh lease, and live sidecars confirm it with their next
+//! heartbeat while dead ones expire as usual.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mesh_registry_api::Registration;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::catalog::{Catalog, Entry, LeaseState};
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// File name of the snapshot inside `--data-dir`.
+pub const FILE_NAME: &str = "catalog.json";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotFile {
+    version: u32,
+    /// Last index handed out, so indexes keep growing across restarts and no watcher is
+    /// left blocking on an index the new process would only reach later.
+    index: u64,
+    services: BTreeMap<String, BTreeMap<String, StoredInstance>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredInstance {
+    #[serde(flatten)]
+    registration: Registration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    registered_at: String,
+    last_heartbeat: String,
+}
+
+/// Path of the snapshot file in `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Loads the snapshot in `dir`, if there is one, into a new catalog whose instances all
+/// hold fresh leases. A snapshot that exists but cannot be read or parsed is an error:
+/// starting empty would silently drop every registration.
+pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option<Catalog>, Error> {
+    let path = path(dir);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::SnapshotRead { path, source: e }),
+    };
+    let file: SnapshotFile =
+        serde_json::from_slice(&bytes).map_err(|e| Error::SnapshotCorrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    if file.version != FORMAT_VERSION {
+        return Err(Error::SnapshotCorrupt {
+            path,
+            reason: format!("format version {} is not {FORMAT_VERSION}", file.version),
+        });
+    }
+    let catalog = Catalog::starting_at(file.index, critical_grace);
+    for (service, instances) in file.services {
+        let mut svc = catalog.service_mut(&service);
+        for (id, stored) in instances {
+            let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
+            let entry = Entry {
+                lease: LeaseState::Live {
+                    expires_at: now + stored.registration.ttl,
+                },
+                registration: stored.registration,
+                output: stored.output,
+                registered_at: parse(&stored.registered_at),
+                last_heartbeat: parse(&stored.last_heartbeat),
+                spared: false,
+            };
+            svc.instances.insert(id, entry);
+        }
+    }
+    Ok(Some(catalog))
+}
+
+/// Writes the catalog to `dir` atomically. Blocking: call it off the async workers.
+pub fn write(dir: &Path, catalog: &Catalog) -> std::io::Result<()> {
+    let file = SnapshotFile {
+        version: FORMAT_VERSION,
+        index: catalog.index(),
+        services: catalog
+            .services
+            .iter()
+            .filter(|svc| !svc.instances.is_empty())
+            .map(|svc| {
+                let instances = svc
+                    .instances
+                    .iter()
+                    .map(|(id, e)| {
+                        let stored = StoredInstance {
+                            registration: e.registration.clone(),
+                            output: e.output.clone(),
+                            registered_at: humantime::format_rfc3339_millis(e.registered_at)
+                                .to_string(),
+                            last_heartbeat: humantime::format_rfc3339_millis(e.last_heartbeat)
+                                .to_string(),
+                        };
+                        (id.clone(), stored)
+                    })
+                    .collect();
+                (svc.key().clone(), instances)
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec_pretty(&file).expect("snapshot serializes");
+
+    let final_path = path(dir);
+    let tmp_path = dir.join(format!("{FILE_NAME}.tmp"));
+    let mut tmp = File::create(&tmp_path)?;
+    tmp.write_all(&bytes)?;
+    tmp.sync_all()?;
+    drop(tmp);
+    fs::rename(&tmp_path, &final_path)?;
+    // The rename is durable only once the directory entry is.
+    File::open(dir)?.sync_all()
+}
+
+/// Writes a snapshot after each burst of changes (waiting `debounce` after the first
+/// change of a burst), and a final one when `shutdown` turns true.
+pub async fn run_writer(
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    dir: PathBuf,
+    debounce: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = catalog.subscribe_catalog();
+    loop {
+        let stopping = tokio::select! {
+            changed = changes.changed() => changed.is_err(),
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if !stopping {
+            tokio::select! {
+                () = tokio::time::sleep(debounce) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        }
+        changes.mark_unchanged();
+        let (catalog2, dir2) = (catalog.clone(), dir.clone());
+        let written = tokio::task::spawn_blocking(move || write(&dir2, &catalog2)).await;
+        match written {
+            Ok(Ok(())) => tracing::debug!(path = %path(&dir).display(), "snapshot written"),
+            Ok(Err(e)) => {
+                metrics.snapshot_failures.inc();
+                tracing::error!(path = %path(&dir).display(), error = %e, "snapshot write failed");
+            }
+            Err(e) => {
+                metrics.snapshot_failures.inc();
+                tracing::error!(error = %e, "snapshot task failed");
+            }
+        }
+        if stopping || *shutdown.borrow() {
+            tracing::info!(path = %path(&dir).display(), "final snapshot written");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn round_trip_keeps_instances_and_the_index_and_gives_fresh_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(30);
+        let c = Catalog::new(grace);
+        let t0 = Instant::now();
+        let mut r = Registration::new("10.0.0.7:4143");
+        r.tags = vec!["v2".into()];
+        r.weight = 7;
+        c.register("web", "a", r.clone(), t0);
+        c.register("web", "b", Registration::new("10.0.0.8:4143"), t0);
+        write(dir.path(), &c).unwrap();
+
+        let later = t0 + Duration::from_secs(9);
+        let restored = load(dir.path(), grace, later).unwrap().unwrap();
+        assert_eq!(restored.index(), c.index());
+        let listing = restored.listing("web", false);
+        assert_eq!(listing.instances.len(), 2);
+        assert_eq!(listing.instances[0].tags, vec!["v2".to_owned()]);
+        assert_eq!(listing.instances[0].weight, 7);
+        // The old lease would have run out at t0+10s; the fresh one runs to later+10s.
+        assert_eq!(restored.sweep(t0 + Duration::from_secs(11)).expired, 0);
+        assert!(!dir.path().join("catalog.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_missing_snapshot_is_a_fresh_start_and_a_corrupt_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(30);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(load(dir.path(), grace, Instant::now()).unwrap().is_none());
+            fs::write(path(dir.path()), b"{\"version\":1,\"index\":").unwrap();
+            let err = load(dir.path(), grace, Instant::now()).unwrap_err();
+            assert!(err.to_string().contains("catalog.json"), "{err}");
+        });
+    }
+}
