@@ -18,6 +18,10 @@ use mesh_registry_api::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// The index of a service the catalog never held. Every real change is given a larger
+/// one, so a watcher of a name that does not exist yet blocks until it appears.
+pub const NEVER_EXISTED: u64 = 1;
+
 /// An instance as the catalog holds it.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -212,7 +216,7 @@ impl Catalog {
             return ServiceListing {
                 service: service.to_owned(),
                 exists: false,
-                index: self.index(),
+                index: NEVER_EXISTED,
                 instances: Vec::new(),
             };
         };
@@ -281,13 +285,15 @@ impl Catalog {
         self.catalog_tx.subscribe()
     }
 
-    /// Drops placeholders of empty services nobody watches any more.
+    /// Drops the placeholders that watchers of never-registered names left behind, once
+    /// nobody watches them. A service that had instances keeps its entry (and so its
+    /// index) after it empties, so its index never jumps without a change.
     pub(crate) fn collect_empty(&self) {
         self.services
-            .retain(|_, svc| !svc.instances.is_empty() || svc.tx.receiver_count() > 0);
+            .retain(|_, svc| svc.index != NEVER_EXISTED || svc.tx.receiver_count() > 0);
     }
 
-    /// The service's entry, created empty (with the current index) when missing.
+    /// The service's entry, created as a placeholder when missing.
     pub(crate) fn service_mut(
         &self,
         service: &str,
@@ -295,14 +301,26 @@ impl Catalog {
         if let Some(svc) = self.services.get_mut(service) {
             return svc;
         }
-        self.services.entry(service.to_owned()).or_insert_with(|| {
-            let index = self.index();
-            Service {
+        self.services
+            .entry(service.to_owned())
+            .or_insert_with(|| Service {
                 instances: BTreeMap::new(),
-                index,
-                tx: watch::Sender::new(index),
-            }
-        })
+                index: NEVER_EXISTED,
+                tx: watch::Sender::new(NEVER_EXISTED),
+            })
+    }
+
+    /// Puts back a service read from a snapshot, at the snapshot's index.
+    pub(crate) fn restore_service(
+        &self,
+        service: &str,
+        instances: BTreeMap<String, Entry>,
+        index: u64,
+    ) {
+        let mut svc = self.service_mut(service);
+        svc.instances = instances;
+        svc.index = index;
+        svc.tx.send_replace(index);
     }
 
     /// Hands out the next index to a changed service and wakes its watchers and the
@@ -357,13 +375,19 @@ mod tests {
         let c = Catalog::new(Duration::from_secs(30));
         let l = c.listing("nope", false);
         assert!(!l.exists);
-        assert!(l.index >= 1);
+        assert_eq!(l.index, NEVER_EXISTED);
         c.register("web", "a", reg("h:1"), Instant::now());
         c.deregister("web", "a").unwrap();
         let l = c.listing("web", true);
         assert!(!l.exists && l.instances.is_empty());
+        assert!(l.index > NEVER_EXISTED);
         assert!(c.service_list().services.is_empty());
+
+        // A watcher's placeholder for a name never registered goes once unwatched; the
+        // emptied service stays, so its index does not jump back.
+        drop(c.subscribe("ghost"));
         c.collect_empty();
-        assert!(c.services.is_empty());
+        assert!(!c.services.contains_key("ghost"));
+        assert_eq!(c.listing("web", true).index, l.index);
     }
 }

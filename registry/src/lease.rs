@@ -73,11 +73,13 @@ impl Catalog {
                         };
                         report.spared += 1;
                     } else {
+                        // An instance that already reported itself critical looks the
+                        // same once expired: no change for its watchers.
+                        changed |= entry.status() != Status::Critical;
                         entry.lease = LeaseState::Expired {
                             remove_at: now + grace,
                         };
                         report.expired += 1;
-                        changed = true;
                     }
                     true
                 }

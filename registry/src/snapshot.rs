@@ -73,22 +73,25 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
         });
     }
     let catalog = Catalog::starting_at(file.index, critical_grace);
+    let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
     for (service, instances) in file.services {
-        let mut svc = catalog.service_mut(&service);
-        for (id, stored) in instances {
-            let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
-            let entry = Entry {
-                lease: LeaseState::Live {
-                    expires_at: now + stored.registration.ttl,
-                },
-                registration: stored.registration,
-                output: stored.output,
-                registered_at: parse(&stored.registered_at),
-                last_heartbeat: parse(&stored.last_heartbeat),
-                spared: false,
-            };
-            svc.instances.insert(id, entry);
-        }
+        let entries = instances
+            .into_iter()
+            .map(|(id, stored)| {
+                let entry = Entry {
+                    lease: LeaseState::Live {
+                        expires_at: now + stored.registration.ttl,
+                    },
+                    registered_at: parse(&stored.registered_at),
+                    last_heartbeat: parse(&stored.last_heartbeat),
+                    registration: stored.registration,
+                    output: stored.output,
+                    spared: false,
+                };
+                (id, entry)
+            })
+            .collect();
+        catalog.restore_service(&service, entries, catalog.index());
     }
     Ok(Some(catalog))
 }

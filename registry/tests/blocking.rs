@@ -1,0 +1,165 @@
+//! Blocking queries over real sockets: immediate answers, waits, and who gets woken.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::TestRegistry;
+use http::Method;
+use mesh_registry_api::Registration;
+
+#[tokio::test]
+async fn answers_at_once_when_the_index_already_moved() {
+    let r = TestRegistry::start_default().await;
+    r.client
+        .register("web", "a", &Registration::new("h:1"))
+        .await
+        .unwrap();
+    let first = r.client.service("web").await.unwrap();
+    r.client
+        .register("web", "b", &Registration::new("h:2"))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let listing = r
+        .client
+        .service_blocking("web", first.index, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(listing.index > first.index);
+    assert_eq!(listing.instances.len(), 2, "the answer is the full state");
+}
+
+#[tokio::test]
+async fn wakes_on_its_own_service_and_not_on_another() {
+    let r = TestRegistry::start_default().await;
+    r.client
+        .register("web", "a", &Registration::new("h:1"))
+        .await
+        .unwrap();
+    let seen = r.client.service("web").await.unwrap().index;
+
+    let client = r.client.clone();
+    let waiter = tokio::spawn(async move {
+        client
+            .service_blocking("web", seen, Duration::from_secs(60))
+            .await
+            .unwrap()
+    });
+    r.until_watchers(1.0).await;
+
+    // A change to another service must leave the watcher parked.
+    r.client
+        .register("db", "x", &Registration::new("h:9"))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !waiter.is_finished(),
+            "woken by a change to another service"
+        );
+    }
+    assert_eq!(r.metric("mesh_registry_watchers").await, Some(1.0));
+
+    r.client
+        .register("web", "b", &Registration::new("h:2"))
+        .await
+        .unwrap();
+    let listing = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by its own service")
+        .unwrap();
+    assert!(listing.index > seen);
+    let ids: Vec<_> = listing.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    r.until_watchers(0.0).await;
+}
+
+#[tokio::test]
+async fn wait_is_honoured_when_nothing_changes() {
+    let r = TestRegistry::start_default().await;
+    let seen = r.client.service("web").await.unwrap();
+    assert!(!seen.exists);
+
+    let started = Instant::now();
+    let answer = r
+        .raw(
+            Method::GET,
+            &format!("/v1/services/web?index={}&wait=400ms", seen.index),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    // 400 ms plus at most 1/16 of jitter; the rest is slack for a loaded machine.
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(answer.index(), seen.index);
+    assert_eq!(answer.json["exists"], false);
+}
+
+#[tokio::test]
+async fn a_watch_on_a_missing_service_wakes_when_it_appears() {
+    let r = TestRegistry::start_default().await;
+    let mut watch = r.client.watch("later");
+    let first = watch.next().await.unwrap();
+    assert!(!first.exists);
+
+    let client = r.client.clone();
+    let waiter = tokio::spawn(async move { watch.next().await.unwrap() });
+    r.until_watchers(1.0).await;
+    client
+        .register("later", "a", &Registration::new("h:1"))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next.exists);
+    assert_eq!(next.instances[0].address, "h:1");
+}
+
+#[tokio::test]
+async fn the_service_list_blocks_on_the_catalog_index() {
+    let r = TestRegistry::start_default().await;
+    let seen = r.client.services().await.unwrap().index;
+    let url = format!("/v1/services?index={seen}&wait=60s");
+    let waiter = tokio::spawn({
+        let url = r.url(&url);
+        async move { common::raw(Method::GET, &url, &[], Bytes::new()).await }
+    });
+    r.until_watchers(1.0).await;
+    r.client
+        .register("any", "a", &Registration::new("h:1"))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.index() > seen);
+    assert_eq!(answer.json["services"][0]["name"], "any");
+}
+
+#[tokio::test]
+async fn shutdown_releases_parked_watchers_at_once() {
+    let r = TestRegistry::start_default().await;
+    let seen = r.client.service("web").await.unwrap().index;
+    let client = r.client.clone();
+    let waiter = tokio::spawn(async move {
+        client
+            .service_blocking("web", seen, Duration::from_secs(300))
+            .await
+    });
+    r.until_watchers(1.0).await;
+    let started = Instant::now();
+    r.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answered = waiter.await.unwrap().unwrap();
+    assert_eq!(answered.index, seen);
+}

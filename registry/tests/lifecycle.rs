@@ -1,0 +1,171 @@
+//! Leases and persistence across the whole server: expiry through the sweeper, and the
+//! snapshot across restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestRegistry;
+use mesh_registry::Config;
+use mesh_registry_api::{Registration, Status};
+
+fn fast_leases() -> Config {
+    Config {
+        critical_grace: Duration::from_millis(500),
+        sweep_interval: Duration::from_millis(20),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn a_silent_instance_turns_critical_then_disappears_and_watchers_see_both() {
+    let r = TestRegistry::start(fast_leases()).await;
+    let mut short = Registration::new("h:1");
+    short.ttl = Duration::from_secs(1);
+    r.client.register("web", "dying", &short).await.unwrap();
+    let mut long = Registration::new("h:2");
+    long.ttl = Duration::from_secs(600);
+    r.client.register("web", "alive", &long).await.unwrap();
+
+    let mut watch = r.client.watch("web");
+    assert_eq!(watch.next().await.unwrap().instances.len(), 2);
+
+    // The next change is the expiry: only the live instance is still listed.
+    let expired = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<_> = expired.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["alive"]);
+    let all = r
+        .raw(
+            http::Method::GET,
+            "/v1/services/web?all=true",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(all.json["instances"][0]["id"], "alive");
+    assert_eq!(all.json["instances"][1]["id"], "dying");
+    assert_eq!(all.json["instances"][1]["status"], "critical");
+    assert_eq!(
+        r.metric("mesh_registry_lease_expirations_total").await,
+        Some(1.0)
+    );
+
+    // Then the grace period ends and it is removed; heartbeats now get 404.
+    let index = expired.index;
+    let removed = r
+        .client
+        .service_blocking("web", index, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(removed.index > index);
+    let all = r
+        .raw(
+            http::Method::GET,
+            "/v1/services/web?all=true",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(all.json["instances"].as_array().unwrap().len(), 1);
+    let err = r
+        .client
+        .heartbeat("web", "dying", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found());
+}
+
+#[tokio::test]
+async fn the_catalog_survives_a_restart_through_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: Some(dir.path().to_owned()),
+        ..Config::default()
+    };
+    let r = TestRegistry::start(config.clone()).await;
+    let mut reg = Registration::new("10.1.2.3:4143");
+    reg.weight = 3;
+    reg.metadata.insert("zone".into(), "a".into());
+    r.client
+        .register("recommendations", "r-1", &reg)
+        .await
+        .unwrap();
+    r.client
+        .register("marketplace", "m-1", &Registration::new("10.1.2.4:4143"))
+        .await
+        .unwrap();
+    let index_before = r.client.services().await.unwrap().index;
+    r.stop().await.unwrap();
+
+    let r = TestRegistry::start(config).await;
+    let listing = r.client.service("recommendations").await.unwrap();
+    assert_eq!(listing.instances.len(), 1);
+    let instance = &listing.instances[0];
+    assert_eq!(
+        (instance.id.as_str(), instance.address.as_str()),
+        ("r-1", "10.1.2.3:4143")
+    );
+    assert_eq!(instance.weight, 3);
+    assert_eq!(instance.metadata["zone"], "a");
+    assert_eq!(instance.status, Status::Passing);
+    assert!(
+        r.client.services().await.unwrap().index >= index_before,
+        "indexes never go back"
+    );
+    // Restored instances are known: their sidecars' next heartbeat succeeds.
+    r.client
+        .heartbeat("marketplace", "m-1", &Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn changes_are_written_without_waiting_for_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: Some(dir.path().to_owned()),
+        snapshot_debounce: Duration::from_millis(50),
+        ..Config::default()
+    };
+    let r = TestRegistry::start(config).await;
+    r.client
+        .register("web", "a", &Registration::new("h:7"))
+        .await
+        .unwrap();
+    let file = dir.path().join("catalog.json");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("h:7") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the snapshot never showed the registration");
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("catalog.json");
+    std::fs::write(&file, b"{\"version\":1,\"services\":{\"web\":").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = Config {
+        data_dir: Some(dir.path().to_owned()),
+        ..Config::default()
+    };
+    let err = mesh_registry::run(listener, config, std::future::pending())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert!(message.contains("corrupt"), "{message}");
+    // The file is left as it was, for the operator to inspect.
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .starts_with("{\"version\":1")
+    );
+}
