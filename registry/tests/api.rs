@@ -136,7 +136,8 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
         r#"{{"address":"h:1","tags":["{}"]}}"#,
         "x".repeat(70 * 1024)
     );
-    let cases: Vec<(Method, &str, Vec<(&str, &str)>, String, StatusCode, &str)> = vec![
+    type Headers = Vec<(&'static str, &'static str)>;
+    let cases: Vec<(Method, &str, Headers, String, StatusCode, &str)> = vec![
         (
             PUT,
             "/v1/services/Web/instances/a",

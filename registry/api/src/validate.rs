@@ -66,10 +66,10 @@ pub fn address(addr: &str) -> Result<(), String> {
         Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
         _ => return bad("must end in a port from 1 to 65535"),
     }
-    if let Some(host) = host {
-        if !is_hostname(host) {
-            return bad("has an invalid host: use a DNS name or an IP address");
-        }
+    if let Some(host) = host
+        && !is_hostname(host)
+    {
+        return bad("has an invalid host: use a DNS name or an IP address");
     }
     Ok(())
 }
