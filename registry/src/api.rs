@@ -107,11 +107,11 @@ impl State {
         }
         let status = response.status();
         self.metrics.count_request(route, status.as_u16());
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed_us = started.elapsed().as_micros() as u64;
         if parts.method == Method::GET && status.is_success() {
-            tracing::debug!(method = %parts.method, %path, status = status.as_u16(), elapsed_ms, "request");
+            tracing::debug!(method = %parts.method, %path, status = status.as_u16(), elapsed_us, "request");
         } else {
-            tracing::info!(method = %parts.method, %path, status = status.as_u16(), elapsed_ms, "request");
+            tracing::info!(method = %parts.method, %path, status = status.as_u16(), elapsed_us, "request");
         }
         response
     }

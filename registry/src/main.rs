@@ -2,6 +2,8 @@
 //!
 //! Run with: `cargo run -p mesh-registry -- --listen 127.0.0.1:7700`
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use mesh_registry::Config;

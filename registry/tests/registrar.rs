@@ -12,7 +12,12 @@ use tokio::sync::{oneshot, watch};
 async fn until(r: &TestRegistry, service: &str, check: impl Fn(&serde_json::Value) -> bool) {
     for _ in 0..300 {
         let all = r
-            .raw(http::Method::GET, &format!("/v1/services/{service}?all=true"), &[], bytes::Bytes::new())
+            .raw(
+                http::Method::GET,
+                &format!("/v1/services/{service}?all=true"),
+                &[],
+                bytes::Bytes::new(),
+            )
             .await;
         if check(&all.json["instances"]) {
             return;
@@ -46,13 +51,21 @@ async fn registers_reports_health_comes_back_after_being_forgotten_and_deregiste
 
     // The registry forgets the instance (a restart without --data-dir looks the same):
     // the next heartbeat gets 404 and the loop registers again.
-    let first = r.client.service("web").await.unwrap().instances[0].registered_at.clone();
+    let first = r.client.service("web").await.unwrap().instances[0]
+        .registered_at
+        .clone();
     r.client.deregister("web", "web-1").await.unwrap();
-    until(&r, "web", |i| i[0]["id"] == "web-1" && i[0]["registered_at"] != first.as_str()).await;
+    until(&r, "web", |i| {
+        i[0]["id"] == "web-1" && i[0]["registered_at"] != first.as_str()
+    })
+    .await;
 
     // Shutdown deregisters.
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!*registered.borrow());
     assert!(!r.client.service("web").await.unwrap().exists);
 }
@@ -60,7 +73,11 @@ async fn registers_reports_health_comes_back_after_being_forgotten_and_deregiste
 #[tokio::test]
 async fn keeps_trying_while_the_registry_is_down_and_registers_when_it_appears() {
     // Reserve a port, then free it: nothing listens there until the registry starts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let client = mesh_registry_api::Client::new(&format!("127.0.0.1:{port}")).unwrap();
     let registrar = Registrar::new(client, "web", "web-1", Registration::new("127.0.0.1:1"));
     let mut registered = registrar.subscribe_registered();
@@ -70,7 +87,9 @@ async fn keeps_trying_while_the_registry_is_down_and_registers_when_it_appears()
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!*registered.borrow());
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let (_stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(mesh_registry::run(listener, Default::default(), async {
         let _ = stopped.await;
