@@ -1,0 +1,157 @@
+//! Picking an endpoint for each request: power of two choices over peak-EWMA load
+//! (default), or weighted round-robin.
+//!
+//! Balancing is per request, not per connection, so one long-lived HTTP/2 connection
+//! from the app is spread over every instance.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::Rng;
+
+use crate::endpoint::Endpoint;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    /// Power of two choices: of two endpoints drawn at random (by weight), the one with
+    /// the lower latency × load.
+    #[default]
+    P2c,
+    /// Each endpoint in turn, as often as its weight says.
+    RoundRobin,
+}
+
+/// Chooses among `endpoints`, avoiding `avoid` when another endpoint exists.
+pub fn pick(
+    strategy: Strategy,
+    endpoints: &[Arc<Endpoint>],
+    cursor: &AtomicUsize,
+    avoid: Option<&Endpoint>,
+) -> Option<Arc<Endpoint>> {
+    let candidates: Vec<&Arc<Endpoint>> = match avoid {
+        Some(avoid) if endpoints.len() > 1 => endpoints
+            .iter()
+            .filter(|e| !std::ptr::eq(e.as_ref(), avoid))
+            .collect(),
+        _ => endpoints.iter().collect(),
+    };
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0].clone()),
+        _ => Some(match strategy {
+            Strategy::P2c => p2c(&candidates),
+            Strategy::RoundRobin => round_robin(&candidates, cursor),
+        }),
+    }
+}
+
+fn p2c(candidates: &[&Arc<Endpoint>]) -> Arc<Endpoint> {
+    let mut rng = rand::rng();
+    let a = weighted(candidates, &mut rng);
+    // Draw the second among the others so the two choices differ.
+    let mut b = weighted(candidates, &mut rng);
+    for _ in 0..4 {
+        if b != a {
+            break;
+        }
+        b = weighted(candidates, &mut rng);
+    }
+    if b == a {
+        b = (a + 1) % candidates.len();
+    }
+    let (ea, eb) = (candidates[a], candidates[b]);
+    if ea.load() <= eb.load() {
+        ea.clone()
+    } else {
+        eb.clone()
+    }
+}
+
+/// An index drawn with probability proportional to weight.
+fn weighted(candidates: &[&Arc<Endpoint>], rng: &mut impl Rng) -> usize {
+    let total: u64 = candidates.iter().map(|e| u64::from(e.weight)).sum();
+    let mut ticket = rng.random_range(0..total);
+    for (i, e) in candidates.iter().enumerate() {
+        let w = u64::from(e.weight);
+        if ticket < w {
+            return i;
+        }
+        ticket -= w;
+    }
+    candidates.len() - 1
+}
+
+fn round_robin(candidates: &[&Arc<Endpoint>], cursor: &AtomicUsize) -> Arc<Endpoint> {
+    let total: u64 = candidates.iter().map(|e| u64::from(e.weight)).sum();
+    let mut ticket = cursor.fetch_add(1, Ordering::Relaxed) as u64 % total;
+    for e in candidates {
+        let w = u64::from(e.weight);
+        if ticket < w {
+            return (*e).clone();
+        }
+        ticket -= w;
+    }
+    candidates[candidates.len() - 1].clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Arc::new(Endpoint::new(format!("e{i}:1"), *w, None)))
+            .collect()
+    }
+
+    fn counts(strategy: Strategy, eps: &[Arc<Endpoint>], n: usize) -> HashMap<String, usize> {
+        let cursor = AtomicUsize::new(0);
+        let mut counts = HashMap::new();
+        for _ in 0..n {
+            let e = pick(strategy, eps, &cursor, None).unwrap();
+            *counts.entry(e.address.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_follows_weights_exactly() {
+        let eps = endpoints(&[1, 3]);
+        let c = counts(Strategy::RoundRobin, &eps, 400);
+        assert_eq!((c["e0:1"], c["e1:1"]), (100, 300));
+    }
+
+    #[test]
+    fn p2c_honours_weights_between_equal_endpoints() {
+        let eps = endpoints(&[1, 1, 8]);
+        let c = counts(Strategy::P2c, &eps, 4000);
+        assert!(c["e2:1"] > c["e0:1"] * 3, "{c:?}");
+    }
+
+    #[test]
+    fn p2c_avoids_the_slow_endpoint() {
+        let eps = endpoints(&[1, 1, 1]);
+        eps[0].observe(Duration::from_millis(500));
+        let c = counts(Strategy::P2c, &eps, 3000);
+        // The slow one only wins when both draws hit it, which they never do together.
+        assert_eq!(c.get("e0:1").copied().unwrap_or(0), 0, "{c:?}");
+    }
+
+    #[test]
+    fn the_avoided_endpoint_is_skipped_while_another_exists() {
+        let eps = endpoints(&[1, 1]);
+        let cursor = AtomicUsize::new(0);
+        for _ in 0..50 {
+            let e = pick(Strategy::P2c, &eps, &cursor, Some(&eps[0])).unwrap();
+            assert_eq!(e.address, "e1:1");
+        }
+        let only = endpoints(&[1]);
+        assert!(pick(Strategy::P2c, &only, &cursor, Some(&only[0])).is_some());
+        assert!(pick(Strategy::P2c, &[], &cursor, None).is_none());
+    }
+}

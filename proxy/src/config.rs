@@ -1,0 +1,280 @@
+//! Command-line flags (each also read from an environment variable), checked once at
+//! start-up with messages that name the flag.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use mesh_registry_api::validate;
+
+use crate::balance::Strategy;
+use crate::inbound::AppProtocol;
+
+/// The mesh's sidecar: routes the app's outbound calls to discovered instances, forwards
+/// peers' calls to the app, registers the app in the registry, and exports metrics.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mesh-proxy", version)]
+pub struct Config {
+    /// Name of the local service. Without it the sidecar is outbound-only: it registers
+    /// nothing and opens no inbound listener.
+    #[arg(long, env = "MESH_SERVICE")]
+    pub service: Option<String>,
+
+    /// Address of the local app, which peers' calls are forwarded to.
+    #[arg(long, env = "MESH_APP")]
+    pub app: Option<SocketAddr>,
+
+    /// How to speak to the app; by default in the caller's HTTP version.
+    #[arg(long, env = "MESH_APP_PROTOCOL", value_enum)]
+    pub app_protocol: Option<AppProtocol>,
+
+    /// Registry base URL.
+    #[arg(long, env = "MESH_REGISTRY", default_value = "http://127.0.0.1:7700")]
+    pub registry: String,
+
+    /// Bearer token for registry writes (the registry's `--token`).
+    #[arg(long, env = "MESH_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<String>,
+
+    /// Listener for peers' calls to the local app.
+    #[arg(long, env = "MESH_INBOUND", default_value = "0.0.0.0:4143")]
+    pub inbound: SocketAddr,
+
+    /// Address peers dial to reach this instance (registered in the registry); by
+    /// default the inbound address, with 127.0.0.1 for an unspecified IP.
+    #[arg(long, env = "MESH_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Listener for the app's calls, routed by `Host` / `:authority`.
+    #[arg(long, env = "MESH_OUTBOUND", default_value = "127.0.0.1:4140")]
+    pub outbound: SocketAddr,
+
+    /// A listener dedicated to one service: `NAME=ADDR`, e.g.
+    /// `recommendations=127.0.0.1:50051`. Repeatable; the env var takes a comma list.
+    #[arg(long = "upstream", env = "MESH_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<Upstream>,
+
+    /// Admin listener: /metrics, /ready, /live, /debug/endpoints, /shutdown.
+    #[arg(long, env = "MESH_ADMIN", default_value = "0.0.0.0:4191")]
+    pub admin: SocketAddr,
+
+    /// Instance id in the registry; by default `<service>-<hostname>-<inbound port>`.
+    #[arg(long, env = "MESH_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Load-balancing strategy.
+    #[arg(long, env = "MESH_BALANCER", value_enum, default_value = "p2c")]
+    pub balancer: Strategy,
+
+    /// Relative share of traffic this instance asks for (1-1000).
+    #[arg(long, env = "MESH_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
+
+    /// Lease of the registration; heartbeats go at a third of it.
+    #[arg(long, env = "MESH_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// How often the app's health is checked.
+    #[arg(long, env = "MESH_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// HTTP path to check the app's health with (HTTP apps); without it a TCP connect
+    /// is the check (gRPC apps are asked `grpc.health.v1.Health/Check`).
+    #[arg(long, env = "MESH_HEALTH_PATH")]
+    pub health_path: Option<String>,
+
+    /// Deadline for opening a connection to a peer or the app.
+    #[arg(long, env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long shutdown waits for in-flight requests after deregistering.
+    #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Connections served at once per listener.
+    #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+/// One `--upstream NAME=ADDR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub service: String,
+    /// Port for DNS answers when `NAME` is `host:port` (un-meshed destinations).
+    pub port: Option<u16>,
+    pub listen: SocketAddr,
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, addr) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?} is not NAME=ADDR (e.g. recommendations=127.0.0.1:50051)")
+        })?;
+        let listen = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} in {s:?} is not an IP:port to listen on"))?;
+        let (service, port) = match name.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("{port:?} in {s:?} is not a port"))?;
+                (host.to_owned(), Some(port))
+            }
+            None => (name.to_owned(), None),
+        };
+        if service.is_empty() {
+            return Err(format!("{s:?} names no service"));
+        }
+        Ok(Upstream {
+            service,
+            port,
+            listen,
+        })
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Checks what clap cannot; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(service) = &self.service {
+            validate::service_name(service).map_err(|e| format!("--service: {e}"))?;
+            if self.app.is_none() {
+                return Err(
+                    "--app is required with --service: the address of the local app".into(),
+                );
+            }
+        }
+        if let Some(id) = &self.instance_id {
+            validate::instance_id(id).map_err(|e| format!("--instance-id: {e}"))?;
+        }
+        if let Some(advertise) = &self.advertise {
+            validate::address(advertise).map_err(|e| format!("--advertise: {e}"))?;
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err("--weight must be within 1-1000".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
+            return Err("--ttl must be within 1s-1h".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        mesh_registry_api::Client::new(&self.registry).map_err(|e| format!("--registry: {e}"))?;
+        Ok(())
+    }
+
+    /// The address registered for peers to dial.
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| {
+            let ip = if self.inbound.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                self.inbound.ip()
+            };
+            SocketAddr::new(ip, self.inbound.port()).to_string()
+        })
+    }
+
+    /// The registered instance id.
+    pub fn instance(&self, service: &str) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("pid{}", std::process::id()));
+            let raw = format!("{service}-{host}-{}", self.inbound.port());
+            raw.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(validate::MAX_INSTANCE_ID)
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["mesh-proxy"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn upstreams_parse_with_an_optional_port() {
+        let c = parse(&[
+            "--upstream",
+            "recommendations=127.0.0.1:50051",
+            "--upstream",
+            "api.example.com:8080=127.0.0.1:9000",
+        ]);
+        assert_eq!(c.upstreams[0].service, "recommendations");
+        assert_eq!(c.upstreams[0].port, None);
+        assert_eq!(c.upstreams[1].port, Some(8080));
+        assert!("recommendations".parse::<Upstream>().is_err());
+        assert!("r=nowhere".parse::<Upstream>().is_err());
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        assert!(
+            parse(&["--service", "Bad"])
+                .validate()
+                .unwrap_err()
+                .contains("--service")
+        );
+        assert!(
+            parse(&["--service", "web"])
+                .validate()
+                .unwrap_err()
+                .contains("--app")
+        );
+        assert!(
+            parse(&["--weight", "0"])
+                .validate()
+                .unwrap_err()
+                .contains("--weight")
+        );
+        assert!(
+            parse(&["--registry", "https://r"])
+                .validate()
+                .unwrap_err()
+                .contains("--registry")
+        );
+        assert!(
+            parse(&["--service", "web", "--app", "127.0.0.1:1"])
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_advertised_address_defaults_to_a_dialable_inbound() {
+        assert_eq!(parse(&[]).advertised(), "127.0.0.1:4143");
+        assert_eq!(
+            parse(&["--inbound", "10.1.2.3:4143"]).advertised(),
+            "10.1.2.3:4143"
+        );
+        assert_eq!(
+            parse(&["--advertise", "web-1:4143"]).advertised(),
+            "web-1:4143"
+        );
+        let id = parse(&["--instance-id", "x"]).instance("web");
+        assert_eq!(id, "x");
+        assert!(validate::instance_id(&parse(&[]).instance("web")).is_ok());
+    }
+}

@@ -1,0 +1,327 @@
+//! Discovery: destination service name → its current endpoints.
+//!
+//! Each destination has one task that long-polls the registry on that service's index
+//! and publishes complete endpoint sets into an `ArcSwap`, so requests read them without
+//! taking a lock. A name the registry says does not exist (`exists:false`), or that is no
+//! valid service name at all (a dotted DNS name, an IP address), is resolved through DNS
+//! instead, re-resolved when its TTL runs out; the registry watch continues, so a service
+//! that registers later takes over from DNS. While the registry is unreachable the last
+//! known endpoints stay in use and the watch retries with capped, jittered backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mesh_registry_api::{Client, ServiceListing, validate};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::dns::Dns;
+use crate::endpoint::{Endpoint, Source};
+use crate::metrics::{EndpointState, Metrics};
+
+/// How long a request waits for a destination's first resolution before answering
+/// `no-endpoints`: the registry answers in milliseconds when it is up.
+const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
+
+/// The endpoints of one destination at one moment; replaced whole on every update.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub source: Option<Source>,
+}
+
+/// One destination service and its discovery state.
+pub struct Destination {
+    pub name: String,
+    endpoints: ArcSwap<EndpointSet>,
+    /// Round-robin position, shared by every request to this destination.
+    pub cursor: AtomicUsize,
+    /// True once the first resolution (successful or not) is done.
+    resolved: watch::Sender<bool>,
+    /// Why the set is empty or stale, for `/debug/endpoints`.
+    last_error: Mutex<Option<String>>,
+}
+
+/// All destinations, created on first use.
+pub struct Discovery {
+    registry: Client,
+    dns: Option<Dns>,
+    metrics: Arc<Metrics>,
+    /// A std Mutex: only held to look up or insert, never across an await.
+    destinations: Mutex<HashMap<String, Arc<Destination>>>,
+    /// Port used for DNS answers (which carry no port) when the caller gave none.
+    default_port: u16,
+}
+
+// === impl Destination ===
+
+impl Destination {
+    /// The current endpoints, without locking.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+
+    fn publish(&self, set: EndpointSet, metrics: &Metrics) {
+        metrics.set_endpoints(&self.name, EndpointState::Ready, set.endpoints.len());
+        if let Some(source) = set.source {
+            metrics.discovery_update(&self.name, source);
+        }
+        self.endpoints.store(Arc::new(set));
+        self.resolved.send_replace(true);
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().expect("error lock") = error;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock").clone()
+    }
+
+    /// Registry instances → endpoints, keeping the existing `Endpoint` (and so its
+    /// latency history) for every address that stays.
+    fn from_registry(&self, listing: &ServiceListing) -> EndpointSet {
+        let current = self.endpoints.load();
+        let endpoints = listing
+            .instances
+            .iter()
+            .map(|i| {
+                current
+                    .endpoints
+                    .iter()
+                    .find(|e| e.address == i.address && e.weight == i.weight)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(
+                            i.address.clone(),
+                            i.weight,
+                            Some(i.id.clone()),
+                        ))
+                    })
+            })
+            .collect();
+        EndpointSet {
+            endpoints,
+            source: Some(Source::Registry),
+        }
+    }
+
+    fn from_dns(&self, addresses: &[std::net::IpAddr], port: u16) -> EndpointSet {
+        let current = self.endpoints.load();
+        let endpoints = addresses
+            .iter()
+            .map(|ip| {
+                let address = std::net::SocketAddr::new(*ip, port).to_string();
+                current
+                    .endpoints
+                    .iter()
+                    .find(|e| e.address == address)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, 1, None)))
+            })
+            .collect();
+        EndpointSet {
+            endpoints,
+            source: Some(Source::Dns),
+        }
+    }
+}
+
+// === impl Discovery ===
+
+impl Discovery {
+    pub fn new(registry: Client, dns: Option<Dns>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Discovery {
+            registry,
+            dns,
+            metrics,
+            destinations: Mutex::new(HashMap::new()),
+            default_port: 80,
+        })
+    }
+
+    /// The destination for `name` (with `port` for DNS answers), started on first use.
+    /// Waits, boundedly, for its first resolution.
+    pub async fn destination(self: &Arc<Self>, name: &str, port: Option<u16>) -> Arc<Destination> {
+        let key = match port {
+            // The port only matters for names resolved through DNS; registry services
+            // are one destination whatever port the caller wrote.
+            Some(p) if validate::service_name(name).is_err() => format!("{name}:{p}"),
+            _ => name.to_owned(),
+        };
+        let (destination, fresh) = {
+            let mut all = self.destinations.lock().expect("destinations lock");
+            match all.get(&key) {
+                Some(d) => (d.clone(), false),
+                None => {
+                    let d = Arc::new(Destination {
+                        name: name.to_owned(),
+                        endpoints: ArcSwap::from_pointee(EndpointSet::default()),
+                        cursor: AtomicUsize::new(0),
+                        resolved: watch::Sender::new(false),
+                        last_error: Mutex::new(None),
+                    });
+                    all.insert(key, d.clone());
+                    (d, true)
+                }
+            }
+        };
+        if fresh {
+            let port = port.unwrap_or(self.default_port);
+            tokio::spawn(self.clone().follow(destination.clone(), port));
+        }
+        let mut resolved = destination.resolved.subscribe();
+        let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, resolved.wait_for(|r| *r)).await;
+        destination
+    }
+
+    /// Every destination, for `/debug/endpoints`.
+    pub fn snapshot(&self) -> Vec<Arc<Destination>> {
+        let mut all: Vec<_> = self
+            .destinations
+            .lock()
+            .expect("destinations lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Keeps one destination's endpoints current, for the life of the process.
+    async fn follow(self: Arc<Self>, destination: Arc<Destination>, port: u16) {
+        if validate::service_name(&destination.name).is_ok() {
+            self.follow_registry(destination, port).await
+        } else {
+            // Not a registry name (dotted, or an IP address): DNS only.
+            loop {
+                let next = self.resolve_dns(&destination, port).await;
+                tokio::time::sleep_until(next).await;
+            }
+        }
+    }
+
+    async fn follow_registry(&self, destination: Arc<Destination>, port: u16) {
+        let name = destination.name.clone();
+        let mut watch = self.registry.watch(&name);
+        let mut dns_refresh: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                next = watch.next() => match next {
+                    Ok(listing) if listing.exists => {
+                        self.metrics.registry_connected.set(1);
+                        dns_refresh = None;
+                        destination.set_error(None);
+                        tracing::debug!(service = %name, endpoints = listing.instances.len(), "registry update");
+                        destination.publish(destination.from_registry(&listing), &self.metrics);
+                    }
+                    Ok(_) => {
+                        self.metrics.registry_connected.set(1);
+                        if dns_refresh.is_none() {
+                            tracing::info!(service = %name, "not in the registry; resolving through DNS");
+                            dns_refresh = Some(self.resolve_dns(&destination, port).await);
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.registry_connected.set(0);
+                        tracing::warn!(service = %name, error = %e, "registry watch failed; keeping the last known endpoints");
+                        destination.set_error(Some(format!("registry unreachable: {e}")));
+                        // Requests waiting for a first answer get one: empty, so they
+                        // fail fast instead of hanging.
+                        destination.resolved.send_replace(true);
+                    }
+                },
+                () = sleep_until_some(dns_refresh) => {
+                    dns_refresh = Some(self.resolve_dns(&destination, port).await);
+                }
+            }
+        }
+    }
+
+    /// Resolves through DNS and publishes the answer; returns when to resolve again.
+    async fn resolve_dns(&self, destination: &Destination, port: u16) -> Instant {
+        let Some(dns) = &self.dns else {
+            destination.set_error(Some(
+                "unknown to the registry and DNS is unavailable".into(),
+            ));
+            destination.publish(EndpointSet::default(), &self.metrics);
+            return Instant::now() + Duration::from_secs(3600);
+        };
+        match dns.lookup(&destination.name).await {
+            Ok(answer) => {
+                destination.set_error(None);
+                destination.publish(destination.from_dns(&answer.addresses, port), &self.metrics);
+                answer.refresh_at
+            }
+            Err(e) => {
+                tracing::warn!(service = %destination.name, error = %e, "DNS lookup failed");
+                destination.set_error(Some(e.to_string()));
+                // Keep what an earlier answer gave, if any.
+                destination.resolved.send_replace(true);
+                e.retry_at
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One destination as `/debug/endpoints` shows it.
+#[derive(Serialize)]
+pub struct DestinationView {
+    pub service: String,
+    pub source: Option<Source>,
+    pub last_error: Option<String>,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize)]
+pub struct EndpointView {
+    pub address: String,
+    pub instance: Option<String>,
+    pub state: &'static str,
+    pub weight: u32,
+    pub ewma_ms: f64,
+    pub in_flight: usize,
+    pub last_error: Option<String>,
+    /// Why the endpoint is in (or out of) rotation.
+    pub reason: String,
+}
+
+impl DestinationView {
+    pub fn of(d: &Destination) -> Self {
+        let set = d.endpoints();
+        DestinationView {
+            service: d.name.clone(),
+            source: set.source,
+            last_error: d.last_error(),
+            endpoints: set
+                .endpoints
+                .iter()
+                .map(|e| EndpointView {
+                    address: e.address.clone(),
+                    instance: e.instance.clone(),
+                    state: EndpointState::Ready.as_str(),
+                    weight: e.weight,
+                    ewma_ms: e.ewma().as_secs_f64() * 1000.0,
+                    in_flight: e.in_flight(),
+                    last_error: e.last_error(),
+                    reason: match set.source {
+                        Some(Source::Registry) => "listed as passing by the registry".into(),
+                        Some(Source::Dns) => "returned by DNS".into(),
+                        None => String::new(),
+                    },
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Header hygiene on every hop: hop-by-hop headers removed (RFC 9110 §7.6.1), a request
+//! id added when missing. Trace context (`traceparent`, `tracestate`) is left untouched.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Headers that describe one connection, never the message, and so must not be
+/// forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. `TE:
+/// trailers` survives: gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Adds `x-request-id` (128 random bits, hex) when the request has none.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if !headers.contains_key(REQUEST_ID) {
+        let id: u128 = rand::rng().random();
+        let value = HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header");
+        headers.insert(REQUEST_ID, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_scoped_headers_but_keeps_te_trailers_and_trace_context() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::TE, "gzip, trailers".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        h.insert("traceparent", "00-abc-def-01".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("keep-alive"));
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key(header::UPGRADE));
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn a_request_id_is_added_once() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h[REQUEST_ID].clone();
+        assert_eq!(id.len(), 32);
+        ensure_request_id(&mut h);
+        assert_eq!(h[REQUEST_ID], id);
+    }
+}

@@ -1,0 +1,333 @@
+//! `mesh-proxy`: the mesh's sidecar.
+//!
+//! It runs beside one app and owns four kinds of listener:
+//! - **outbound** (`--outbound`): the app's calls, routed by `Host` / `:authority`;
+//! - **upstream** (`--upstream NAME=ADDR`): the app's calls to one fixed service;
+//! - **inbound** (`--inbound`): peers' calls, forwarded to the app (`--app`);
+//! - **admin** (`--admin`): `/metrics`, `/ready`, `/live`, `/debug/endpoints`, `/shutdown`.
+//!
+//! The outbound request path is in [`outbound`]; [`discover`] keeps each destination's
+//! endpoints, [`balance`] picks one per request, [`forward`] sends it over pooled
+//! connections. With `--service`, [`register`] keeps the instance registered with the
+//! app's health.
+//!
+//! [`run`] takes already-bound listeners, so tests bind `127.0.0.1:0`.
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod discover;
+pub mod dns;
+pub mod endpoint;
+pub mod error;
+pub mod forward;
+pub mod grpc;
+pub mod headers;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod register;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_registry_api::{Registrar, Registration, Status};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use crate::config::Config;
+use crate::config::Upstream;
+use crate::discover::Discovery;
+use crate::forward::Clients;
+use crate::inbound::{AppProtocol, Inbound};
+use crate::metrics::{Direction, Metrics};
+use crate::outbound::{Outbound, Route};
+use crate::server::Limits;
+
+/// Deadline for the deregistration at shutdown, so a dead registry cannot hold it up.
+const DEREGISTER_WAIT: Duration = Duration::from_secs(6);
+
+/// The sidecar's listeners, bound before [`run`].
+pub struct Listeners {
+    /// Present with `--service`.
+    pub inbound: Option<TcpListener>,
+    pub outbound: TcpListener,
+    pub upstreams: Vec<(Upstream, TcpListener)>,
+    pub admin: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        flag: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+// === impl Listeners ===
+
+impl Listeners {
+    /// Binds every listener the configuration asks for; an address in use is reported
+    /// with the flag that chose it.
+    pub async fn bind(config: &Config) -> Result<Self, Error> {
+        async fn bind(
+            flag: &'static str,
+            addr: std::net::SocketAddr,
+        ) -> Result<TcpListener, Error> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { flag, addr, source })
+        }
+        let inbound = match config.service {
+            Some(_) => Some(bind("--inbound", config.inbound).await?),
+            None => None,
+        };
+        let mut upstreams = Vec::new();
+        for upstream in &config.upstreams {
+            upstreams.push((upstream.clone(), bind("--upstream", upstream.listen).await?));
+        }
+        Ok(Listeners {
+            inbound,
+            outbound: bind("--outbound", config.outbound).await?,
+            upstreams,
+            admin: bind("--admin", config.admin).await?,
+        })
+    }
+}
+
+/// Runs the sidecar until `shutdown` resolves (or `POST /shutdown`), then, in order:
+/// deregisters, drains in-flight requests, and returns.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
+    let metrics = Metrics::new();
+    let mut registry = mesh_registry_api::Client::new(&config.registry)
+        .map_err(|e| Error::Config(format!("--registry: {e}")))?;
+    if let Some(token) = &config.registry_token {
+        registry = registry.with_token(token.clone());
+    }
+    let dns = match dns::Dns::from_system() {
+        Ok(dns) => Some(dns),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: names unknown to the registry will not resolve");
+            None
+        }
+    };
+    let discovery = Discovery::new(registry.clone(), dns, metrics.clone());
+    let clients = Clients::new(config.connect_timeout);
+    let limits = Limits {
+        max_connections: config.max_connections,
+        ..Limits::default()
+    };
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(false);
+    let (admin_shutdown, mut admin_shutdown_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+
+    // Registration: the app's health feeds the heartbeats.
+    let mut registration = None;
+    if let (Some(service), Some(app), Some(inbound_listener)) =
+        (&config.service, config.app, listeners.inbound)
+    {
+        let inbound = Arc::new(Inbound {
+            service: service.clone(),
+            app,
+            app_protocol: config.app_protocol,
+            clients: clients.clone(),
+            metrics: metrics.clone(),
+        });
+        let handler = move |request, _peer| {
+            let inbound = inbound.clone();
+            async move { inbound.handle(request).await }
+        };
+        tracing::info!(
+            "inbound listening on {} → app {app}",
+            inbound_listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        servers.push(spawn_server(
+            "inbound",
+            inbound_listener,
+            handler,
+            Some(Direction::Inbound),
+            &metrics,
+            limits,
+            &stop,
+            config.drain_timeout,
+        ));
+
+        let (health_tx, health) = watch::channel(Status::Critical);
+        let check = register::Check::choose(config.app_protocol, config.health_path.as_deref());
+        tokio::spawn(register::watch_health(
+            app,
+            check,
+            clients.clone(),
+            config.health_interval,
+            health_tx,
+        ));
+
+        let mut spec = Registration::new(config.advertised());
+        spec.protocol = match config.app_protocol {
+            Some(AppProtocol::Grpc) => mesh_registry_api::Protocol::Grpc,
+            Some(AppProtocol::H2) => mesh_registry_api::Protocol::H2,
+            _ => mesh_registry_api::Protocol::Http,
+        };
+        spec.weight = config.weight;
+        spec.ttl = config.ttl;
+        let id = config.instance(service);
+        tracing::info!(%service, %id, address = %spec.address, registry = %config.registry, "registering");
+        let registrar = Registrar::new(registry.clone(), service, &id, spec);
+        let mut registered = registrar.subscribe_registered();
+        let (deregister_tx, deregister_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(registrar.run(health, async {
+            let _ = deregister_rx.await;
+        }));
+        let ready_tx = ready_tx.clone();
+        tokio::spawn(async move {
+            if registered.wait_for(|r| *r).await.is_ok() {
+                ready_tx.send_replace(true);
+            }
+        });
+        registration = Some((deregister_tx, task));
+    } else {
+        ready_tx.send_replace(true);
+    }
+
+    // The app's calls.
+    let outbound = Arc::new(Outbound {
+        discovery: discovery.clone(),
+        clients: clients.clone(),
+        strategy: config.balancer,
+        metrics: metrics.clone(),
+    });
+    let mut routes = vec![("outbound", listeners.outbound, Route::ByHost)];
+    for (upstream, listener) in listeners.upstreams {
+        let route = Route::Fixed {
+            service: upstream.service.clone(),
+            port: upstream.port,
+        };
+        routes.push(("upstream", listener, route));
+    }
+    for (name, listener, route) in routes {
+        tracing::info!(
+            "{name} listening on {} → {route:?}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        let outbound = outbound.clone();
+        let route = Arc::new(route);
+        let handler = move |request, _peer| {
+            let (outbound, route) = (outbound.clone(), route.clone());
+            async move { outbound.handle(&route, request).await }
+        };
+        servers.push(spawn_server(
+            name,
+            listener,
+            handler,
+            Some(Direction::Outbound),
+            &metrics,
+            limits,
+            &stop,
+            config.drain_timeout,
+        ));
+    }
+
+    // Admin, stopped last so /metrics and /ready answer during the drain.
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin = Arc::new(admin::Admin {
+        metrics: metrics.clone(),
+        discovery,
+        ready,
+        shutdown: admin_shutdown,
+    });
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin_handler = move |request, peer| {
+        let admin = admin.clone();
+        async move { admin.handle(request, peer) }
+    };
+    let admin_task = spawn_server(
+        "admin",
+        listeners.admin,
+        admin_handler,
+        None,
+        &metrics,
+        limits,
+        &admin_stop,
+        Duration::from_secs(1),
+    );
+    tracing::info!("admin on http://{admin_addr} (/metrics, /ready, /debug/endpoints)");
+
+    tokio::select! {
+        () = shutdown => {}
+        _ = admin_shutdown_rx.wait_for(|s| *s) => {}
+    }
+
+    // Deregister first, so peers stop sending new requests here, then drain.
+    if let Some((deregister, task)) = registration {
+        tracing::info!("shutting down: deregistering");
+        let _ = deregister.send(());
+        if tokio::time::timeout(DEREGISTER_WAIT, task).await.is_err() {
+            tracing::warn!("deregistration did not finish in time");
+        }
+    }
+    tracing::info!(drain = ?config.drain_timeout, "draining in-flight requests");
+    stop_tx.send_replace(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    admin_stop_tx.send_replace(true);
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_server<H, F>(
+    name: &'static str,
+    listener: TcpListener,
+    handler: H,
+    direction: Option<Direction>,
+    metrics: &Arc<Metrics>,
+    limits: Limits,
+    stop: &watch::Receiver<bool>,
+    drain: Duration,
+) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    F: Future<Output = http::Response<body::BoxBody>> + Send + 'static,
+{
+    tokio::spawn(server::serve(
+        name,
+        listener,
+        handler,
+        direction,
+        metrics.clone(),
+        limits,
+        stop.clone(),
+        drain,
+    ))
+}

@@ -1,0 +1,38 @@
+//! `mesh-proxy`: flags → config → [`mesh_proxy::run`].
+//!
+//! Run with: `cargo run -p mesh-proxy -- --service web --app 127.0.0.1:8080`
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use mesh_proxy::{Config, Listeners};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = Config::parse();
+    if let Err(message) = config.validate() {
+        eprintln!("error: {message}");
+        std::process::exit(2);
+    }
+    let listeners = Listeners::bind(&config).await?;
+    mesh_proxy::run(listeners, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,303 @@
+//! The proxy's Prometheus metrics (names and labels are the contract in
+//! `ARCHITECTURE.md`), in one registry served on the admin port.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+};
+use tokio::time::Instant;
+
+/// Distinct service names used as label values; later ones are counted as `other`, so an
+/// app calling many hosts cannot blow up Prometheus.
+pub const MAX_SERVICE_LABELS: usize = 100;
+
+/// Latency buckets from 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From a peer to the local app.
+    Inbound,
+    /// From the local app to a destination service.
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Endpoint states for `mesh_endpoints`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    Ready,
+    Ejected,
+}
+
+impl EndpointState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready",
+            EndpointState::Ejected => "ejected",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    requests: IntCounterVec,
+    responses: IntCounterVec,
+    latency: HistogramVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    endpoints: IntGaugeVec,
+    pub endpoint_ejections: IntCounterVec,
+    tcp_open: IntGaugeVec,
+    discovery_updates: IntCounterVec,
+    pub registry_connected: IntGauge,
+    /// Service names admitted as label values (a std Mutex: no await while held).
+    services: Mutex<HashSet<String>>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let m = Metrics {
+            registry: prometheus::Registry::new(),
+            requests: counter(
+                "mesh_requests_total",
+                "Requests received, by direction and service.",
+                &["direction", "service"],
+            ),
+            responses: counter(
+                "mesh_responses_total",
+                "Responses completed, by status code, gRPC status and classification.",
+                &[
+                    "direction",
+                    "service",
+                    "status_code",
+                    "grpc_status",
+                    "classification",
+                ],
+            ),
+            latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "mesh_response_latency_seconds",
+                    "Time from request received to response stream completed.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["direction", "service", "classification"],
+            )
+            .expect("valid metric"),
+            retries: counter(
+                "mesh_retries_total",
+                "Retries sent, by destination service and reason.",
+                &["service", "reason"],
+            ),
+            retry_budget_exhausted: counter(
+                "mesh_retry_budget_exhausted_total",
+                "Failures returned because the retry budget was spent.",
+                &["service"],
+            ),
+            endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "mesh_endpoints",
+                    "Known endpoints by destination service and state.",
+                ),
+                &["service", "state"],
+            )
+            .expect("valid metric"),
+            endpoint_ejections: counter(
+                "mesh_endpoint_ejections_total",
+                "Endpoints ejected for failing.",
+                &["service"],
+            ),
+            tcp_open: IntGaugeVec::new(
+                Opts::new(
+                    "mesh_tcp_open_connections",
+                    "Open client connections per listener direction.",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+            discovery_updates: counter(
+                "mesh_discovery_updates_total",
+                "Endpoint set updates applied, by destination service and source.",
+                &["service", "source"],
+            ),
+            registry_connected: IntGauge::new(
+                "mesh_registry_connected",
+                "1 when the last call to the registry succeeded, else 0.",
+            )
+            .expect("valid metric"),
+            services: Mutex::new(HashSet::new()),
+        };
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.responses.clone()),
+            Box::new(m.latency.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.retry_budget_exhausted.clone()),
+            Box::new(m.endpoints.clone()),
+            Box::new(m.endpoint_ejections.clone()),
+            Box::new(m.tcp_open.clone()),
+            Box::new(m.discovery_updates.clone()),
+            Box::new(m.registry_connected.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        // Both directions appear from the start, at zero.
+        for d in [Direction::Inbound, Direction::Outbound] {
+            m.tcp_open.with_label_values(&[d.as_str()]).set(0);
+        }
+        Arc::new(m)
+    }
+
+    /// The label value for a service: its name while under the cap, else `other`.
+    pub fn service_label(&self, service: &str) -> String {
+        let mut admitted = self.services.lock().expect("services lock");
+        if admitted.contains(service) {
+            return service.to_owned();
+        }
+        if admitted.len() < MAX_SERVICE_LABELS {
+            admitted.insert(service.to_owned());
+            return service.to_owned();
+        }
+        "other".to_owned()
+    }
+
+    /// Counts a request and returns the timer that records its response.
+    pub fn request(self: &Arc<Self>, direction: Direction, service: &str) -> ResponseTimer {
+        let service = self.service_label(service);
+        self.requests
+            .with_label_values(&[direction.as_str(), &service])
+            .inc();
+        ResponseTimer {
+            metrics: self.clone(),
+            direction,
+            service,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn set_endpoints(&self, service: &str, state: EndpointState, n: usize) {
+        let service = self.service_label(service);
+        self.endpoints
+            .with_label_values(&[&service, state.as_str()])
+            .set(n as i64);
+    }
+
+    pub fn discovery_update(&self, service: &str, source: crate::endpoint::Source) {
+        let service = self.service_label(service);
+        self.discovery_updates
+            .with_label_values(&[&service, source.as_str()])
+            .inc();
+    }
+
+    /// Counts an accepted connection until the guard drops.
+    pub fn connection_opened(self: &Arc<Self>, direction: Direction) -> ConnectionGuard {
+        let gauge = self.tcp_open.with_label_values(&[direction.as_str()]);
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Records one response when it completes.
+pub struct ResponseTimer {
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    service: String,
+    started: Instant,
+}
+
+impl ResponseTimer {
+    /// `grpc_status` is that of the trailers (or trailers-only headers) when the call was
+    /// gRPC; `failed` means the stream broke before its end.
+    pub fn finish(self, status: StatusCode, grpc_status: Option<u32>, failed: bool) {
+        let failure =
+            failed || status.is_server_error() || grpc_status.is_some_and(|code| code != 0);
+        let classification = if failure { "failure" } else { "success" };
+        let grpc = grpc_status.map(|c| c.to_string()).unwrap_or_default();
+        let direction = self.direction.as_str();
+        self.metrics
+            .responses
+            .with_label_values(&[
+                direction,
+                &self.service,
+                status.as_str(),
+                &grpc,
+                classification,
+            ])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[direction, &self.service, classification])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// An open connection, counted in `mesh_tcp_open_connections` while alive.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_SERVICE_LABELS {
+            assert_eq!(m.service_label(&format!("s{i}")), format!("s{i}"));
+        }
+        assert_eq!(m.service_label("one-too-many"), "other");
+        assert_eq!(m.service_label("s0"), "s0");
+    }
+
+    #[test]
+    fn responses_are_classified_by_http_and_grpc_status() {
+        let m = Metrics::new();
+        m.request(Direction::Outbound, "web")
+            .finish(StatusCode::OK, None, false);
+        m.request(Direction::Outbound, "web")
+            .finish(StatusCode::OK, Some(14), false);
+        m.request(Direction::Outbound, "web")
+            .finish(StatusCode::NOT_FOUND, None, false);
+        let text = m.render();
+        assert!(
+            text.contains(r#"mesh_requests_total{direction="outbound",service="web"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"classification="failure",direction="outbound",grpc_status="14",service="web",status_code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="",service="web",status_code="404"} 1"#), "{text}");
+        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="success",direction="outbound",service="web"} 2"#), "{text}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Self-registration: check the local app's health and keep the instance registered
+//! with that health as its status.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::BodyExt;
+use mesh_registry_api::Status;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body;
+use crate::forward::{Clients, Wire};
+use crate::inbound::AppProtocol;
+
+/// Deadline for one health check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// gRPC status UNIMPLEMENTED: the app has no health service.
+const UNIMPLEMENTED: u32 = 12;
+
+/// How the app's health is checked.
+#[derive(Clone, Debug)]
+pub enum Check {
+    /// A TCP connection can be opened.
+    Tcp,
+    /// `GET path` answers 2xx.
+    Http { path: String },
+    /// `grpc.health.v1.Health/Check` answers SERVING (a TCP connect when the app has no
+    /// health service).
+    Grpc,
+}
+
+impl Check {
+    pub fn choose(protocol: Option<AppProtocol>, health_path: Option<&str>) -> Check {
+        match (protocol, health_path) {
+            (_, Some(path)) => Check::Http {
+                path: path.to_owned(),
+            },
+            (Some(AppProtocol::Grpc), None) => Check::Grpc,
+            _ => Check::Tcp,
+        }
+    }
+}
+
+/// Checks the app every `interval` and publishes its status; a change is published at
+/// once, which the registration loop reports without waiting for its next heartbeat.
+pub async fn watch_health(
+    app: SocketAddr,
+    check: Check,
+    clients: Clients,
+    interval: Duration,
+    status: watch::Sender<Status>,
+) {
+    loop {
+        let now = match tokio::time::timeout(CHECK_TIMEOUT, probe(app, &check, &clients)).await {
+            Ok(s) => s,
+            Err(_) => Status::Critical,
+        };
+        let before = status.send_replace(now);
+        if before != now {
+            tracing::info!(%app, from = %before, to = %now, "app health changed");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn probe(app: SocketAddr, check: &Check, clients: &Clients) -> Status {
+    match check {
+        Check::Tcp => tcp(app).await,
+        Check::Http { path } => {
+            let request = Request::get(path.as_str()).body(body::empty());
+            let Ok(request) = request else {
+                return Status::Critical;
+            };
+            match clients.send(request, &app.to_string(), Wire::Http1).await {
+                Ok(r) if r.status().is_success() => Status::Passing,
+                _ => Status::Critical,
+            }
+        }
+        Check::Grpc => grpc(app, clients).await,
+    }
+}
+
+async fn tcp(app: SocketAddr) -> Status {
+    match TcpStream::connect(app).await {
+        Ok(_) => Status::Passing,
+        Err(_) => Status::Critical,
+    }
+}
+
+/// One `grpc.health.v1.Health/Check` for the whole server (`service: ""`), encoded by
+/// hand: the request is an empty message, the answer's field 1 is the serving status.
+async fn grpc(app: SocketAddr, clients: &Clients) -> Status {
+    let request = Request::post("/grpc.health.v1.Health/Check")
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .body(body::full(Bytes::from_static(&[0, 0, 0, 0, 0])));
+    let Ok(request) = request else {
+        return Status::Critical;
+    };
+    let Ok(response) = clients.send(request, &app.to_string(), Wire::Http2).await else {
+        return Status::Critical;
+    };
+    let header_status = crate::grpc::status_of(response.headers());
+    let Ok(collected) = response.into_body().collect().await else {
+        return Status::Critical;
+    };
+    let code = collected
+        .trailers()
+        .and_then(crate::grpc::status_of)
+        .or(header_status);
+    match code {
+        Some(0) => {}
+        Some(UNIMPLEMENTED) => return tcp(app).await,
+        _ => return Status::Critical,
+    }
+    // Frame: 1 byte compressed flag, 4 bytes length, then `08 <status>` for field 1.
+    let bytes = collected.to_bytes();
+    match bytes.get(5..) {
+        Some([0x08, 1, ..]) => Status::Passing,
+        _ => Status::Critical,
+    }
+}
