@@ -1,0 +1,247 @@
+//! Flags of `mesh-demo` (bring the mesh up) and `mesh-demo traffic`, each also read from an
+//! environment variable. Every value is checked while parsing, so a bad one is refused
+//! before anything starts, with a message naming the flag.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use crate::ports::PortLayout;
+
+/// The address every process of the demo binds and dials.
+pub const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// How to bring the mesh up. The port layout is documented on [`PortLayout`].
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpConfig {
+    /// Directory holding mesh-registry, mesh-proxy, recommendations and marketplace.
+    /// Without it they are built with cargo (when run by `cargo run`) and taken from the
+    /// directory of this executable.
+    #[arg(long, env = "MESH_DEMO_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+
+    /// Port of the registry's HTTP API.
+    #[arg(long, env = "MESH_DEMO_REGISTRY_PORT", default_value_t = 7700, value_parser = port)]
+    pub registry_port: u16,
+
+    /// Port of the marketplace web page.
+    #[arg(long, env = "MESH_DEMO_MARKETPLACE_PORT", default_value_t = 5000, value_parser = port)]
+    pub marketplace_port: u16,
+
+    /// Port the marketplace dials for recommendations (as `localhost`): its sidecar's
+    /// upstream listener, which balances over the registered instances.
+    #[arg(long, env = "MESH_DEMO_RECOMMENDATIONS_PORT", default_value_t = 50051, value_parser = port)]
+    pub recommendations_port: u16,
+
+    /// Port of the first recommendations app; instance N listens on this + N - 1.
+    #[arg(long, env = "MESH_DEMO_APP_PORT", default_value_t = 50052, value_parser = port)]
+    pub app_port: u16,
+
+    /// First sidecar port. Sidecar K (0 for the marketplace's, N for recommendations-N)
+    /// takes base + 10K (inbound), + 1 (outbound) and + 2 (admin: /metrics, /ready).
+    #[arg(long, env = "MESH_DEMO_BASE_PORT", default_value_t = 4140, value_parser = port)]
+    pub base_port: u16,
+
+    /// How many recommendations instances to run, from 1 to 9.
+    #[arg(
+        long,
+        env = "MESH_DEMO_INSTANCES",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u8).range(1..=9)
+    )]
+    pub instances: u8,
+
+    /// Share of recommendations calls each instance fails on purpose (UNAVAILABLE), from
+    /// 0.0 to 1.0: a way to watch retries without killing anything.
+    #[arg(long, env = "MESH_DEMO_FAIL_RATE", default_value_t = 0.0, value_parser = share)]
+    pub fail_rate: f64,
+
+    /// How long the whole mesh may take to come up (every process ready, every instance
+    /// registered, the page served) before the launcher gives up and stops it.
+    #[arg(long, env = "MESH_DEMO_READY_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub ready_timeout: Duration,
+
+    /// How long each process may take to exit after SIGTERM before it gets SIGKILL.
+    #[arg(long, env = "MESH_DEMO_STOP_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub stop_timeout: Duration,
+}
+
+// === impl UpConfig ===
+
+impl UpConfig {
+    /// Every port the demo uses, derived from the port flags.
+    pub fn ports(&self) -> PortLayout {
+        PortLayout {
+            registry: self.registry_port,
+            marketplace: self.marketplace_port,
+            recommendations: self.recommendations_port,
+            app_base: self.app_port,
+            sidecar_base: self.base_port,
+            instances: self.instances,
+        }
+    }
+}
+
+/// How `mesh-demo traffic` loads the page.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrafficConfig {
+    /// Page to request; only loopback addresses (127.0.0.0/8, [::1], localhost).
+    #[arg(long, env = "MESH_DEMO_TRAFFIC_URL", default_value = "http://127.0.0.1:5000/", value_parser = loopback_url)]
+    pub url: http::Uri,
+
+    /// Requests per second, from 1 to 1000.
+    #[arg(
+        long,
+        env = "MESH_DEMO_TRAFFIC_RATE",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub rate: u32,
+
+    /// How long to send for (at most 1h); the generator stops by itself after it.
+    #[arg(long, env = "MESH_DEMO_TRAFFIC_DURATION", default_value = "60s", value_parser = bounded_duration)]
+    pub duration: Duration,
+
+    /// How long one request may take before it counts as failed.
+    #[arg(long, env = "MESH_DEMO_TRAFFIC_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub timeout: Duration,
+}
+
+/// A port to listen on: 0 would let the system pick one nobody else knows.
+fn port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("expected a port from 1 to 65535, got {text:?}")),
+        Ok(port) => Ok(port),
+    }
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("expected a number from 0.0 to 1.0, got {text:?}")),
+    }
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("expected a duration above zero".to_owned()),
+        Err(error) => Err(format!(
+            "expected a duration like `30s`, got {text:?}: {error}"
+        )),
+    }
+}
+
+/// The traffic generator's run time: above zero and at most an hour, so a forgotten
+/// terminal does not load the machine forever.
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let duration = positive_duration(text)?;
+    if duration > Duration::from_secs(3600) {
+        return Err(format!("expected at most 1h, got {text:?}"));
+    }
+    Ok(duration)
+}
+
+/// An `http://` URL whose host is a loopback address: the generator must never load
+/// another machine.
+pub fn loopback_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .trim()
+        .parse()
+        .map_err(|error| format!("not a URL: {text:?}: {error}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("expected an http:// URL, got {text:?}"));
+    }
+    let host = uri.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(format!(
+            "only loopback hosts (127.0.0.0/8, [::1], localhost) may be loaded, got {host:?}"
+        ));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Up {
+        #[command(flatten)]
+        config: UpConfig,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Traffic {
+        #[command(flatten)]
+        config: TrafficConfig,
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ports() {
+        let up = Up::try_parse_from(["mesh-demo"]).unwrap().config;
+        assert_eq!(up.registry_port, 7700);
+        assert_eq!(up.marketplace_port, 5000);
+        assert_eq!(up.recommendations_port, 50051);
+        assert_eq!(up.app_port, 50052);
+        assert_eq!(up.base_port, 4140);
+        assert_eq!(up.instances, 3);
+        assert_eq!(up.fail_rate, 0.0);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_name() {
+        for (flag, value) in [
+            ("--registry-port", "0"),
+            ("--marketplace-port", "70000"),
+            ("--instances", "0"),
+            ("--instances", "10"),
+            ("--fail-rate", "1.5"),
+            ("--ready-timeout", "0s"),
+            ("--stop-timeout", "soon"),
+        ] {
+            let error = Up::try_parse_from(["mesh-demo", flag, value]).unwrap_err();
+            assert!(error.to_string().contains(flag), "{flag}: {error}");
+        }
+        for (flag, value) in [
+            ("--rate", "0"),
+            ("--rate", "5000"),
+            ("--duration", "2h"),
+            ("--url", "http://example.com/"),
+        ] {
+            let error = Traffic::try_parse_from(["traffic", flag, value]).unwrap_err();
+            assert!(error.to_string().contains(flag), "{flag}: {error}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_urls_are_loaded() {
+        for good in [
+            "http://127.0.0.1:5000/",
+            "http://127.9.9.9/",
+            "http://localhost:5000/",
+            "http://LOCALHOST/",
+            "http://[::1]:5000/",
+        ] {
+            assert!(loopback_url(good).is_ok(), "{good} was refused");
+        }
+        for bad in [
+            "http://10.0.0.1/",
+            "http://192.168.1.1:5000/",
+            "http://example.com/",
+            "http://localhost.example.com/",
+            "https://127.0.0.1/",
+            "127.0.0.1:5000",
+            "http://[::2]/",
+        ] {
+            assert!(loopback_url(bad).is_err(), "{bad} was accepted");
+        }
+    }
+}

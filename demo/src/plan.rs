@@ -1,0 +1,360 @@
+//! The command line of every process of the demo, worked out before any starts.
+//!
+//! Each app gets its own sidecar, wired as in a pod: the app only knows `127.0.0.1`, the
+//! sidecar registers the app under its inbound address and balances calls to peers.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use http::Uri;
+
+use crate::{
+    UpConfig,
+    binaries::Binaries,
+    config::HOST,
+    ports::{PortLayout, sidecar_name},
+};
+
+/// What a process is, which decides when it stops and what its exit means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Registry,
+    Sidecar,
+    /// A recommendations instance: one of several, so losing it is survivable.
+    Recommendations,
+    Marketplace,
+}
+
+/// One process to start.
+#[derive(Clone, Debug)]
+pub struct ProcessSpec {
+    /// Prefix of its output lines, e.g. `sidecar/recommendations-2`.
+    pub name: String,
+    pub role: Role,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    /// Answers 200 once the process is ready; none for an app whose sidecar checks it.
+    pub ready_url: Option<Uri>,
+}
+
+/// A sidecar and the app behind it, started in that order.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub sidecar: ProcessSpec,
+    pub app: ProcessSpec,
+    /// `/metrics` of the sidecar.
+    pub metrics_url: Uri,
+}
+
+/// Every process, in start order: the registry, the recommendations pairs, then the
+/// marketplace pair, so the services a caller needs exist before it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub registry: ProcessSpec,
+    pub pairs: Vec<Pair>,
+    pub ports: PortLayout,
+    /// The marketplace page.
+    pub page_url: Uri,
+    /// The registry's service list.
+    pub services_url: Uri,
+    pub registry_url: String,
+}
+
+// === impl Plan ===
+
+impl Plan {
+    pub fn new(config: &UpConfig, binaries: &Binaries) -> Self {
+        let ports = config.ports();
+        let registry_url = format!("http://{HOST}:{}", ports.registry);
+        let registry = ProcessSpec {
+            name: "registry".to_owned(),
+            role: Role::Registry,
+            program: binaries.registry.clone(),
+            args: args(["--listen", &address(ports.registry)]),
+            env: Vec::new(),
+            ready_url: Some(url(ports.registry, "/readyz")),
+        };
+        let wiring = Wiring {
+            binaries,
+            ports: &ports,
+            registry_url: &registry_url,
+        };
+
+        let mut pairs = Vec::new();
+        for n in 1..=config.instances {
+            let name = format!("recommendations-{n}");
+            let app_port = ports.recommendations_app(n);
+            let app = ProcessSpec {
+                name: name.clone(),
+                role: Role::Recommendations,
+                program: binaries.recommendations.clone(),
+                args: args([
+                    "--listen",
+                    &address(app_port),
+                    "--instance-name",
+                    &name,
+                    "--fail-rate",
+                    &config.fail_rate.to_string(),
+                ]),
+                env: Vec::new(),
+                // gRPC only: its sidecar health-checks it and registers it once it answers.
+                ready_url: None,
+            };
+            let sidecar = wiring.sidecar(n, "recommendations", app_port, "grpc", &name, &[]);
+            pairs.push(Pair {
+                metrics_url: url(ports.sidecar(n).admin, "/metrics"),
+                sidecar,
+                app,
+            });
+        }
+
+        let upstream = format!("recommendations={}", address(ports.recommendations));
+        let marketplace = ProcessSpec {
+            name: "marketplace".to_owned(),
+            role: Role::Marketplace,
+            program: binaries.marketplace.clone(),
+            args: args(["--listen", &address(ports.marketplace)]),
+            // As in the tutorial: it dials `localhost`, here its sidecar's upstream listener.
+            env: vec![
+                ("RECOMMENDATIONS_HOST".to_owned(), "localhost".to_owned()),
+                (
+                    "RECOMMENDATIONS_PORT".to_owned(),
+                    ports.recommendations.to_string(),
+                ),
+            ],
+            ready_url: Some(url(ports.marketplace, "/healthz")),
+        };
+        pairs.push(Pair {
+            sidecar: wiring.sidecar(
+                0,
+                "marketplace",
+                ports.marketplace,
+                "http",
+                "marketplace-1",
+                &["--upstream", &upstream],
+            ),
+            app: marketplace,
+            metrics_url: url(ports.sidecar(0).admin, "/metrics"),
+        });
+
+        Plan {
+            registry,
+            pairs,
+            page_url: url(ports.marketplace, "/"),
+            services_url: url(ports.registry, "/v1/services"),
+            registry_url,
+            ports,
+        }
+    }
+
+    /// The sidecar of the marketplace, whose metrics count the calls to recommendations
+    /// and their retries.
+    pub fn marketplace_pair(&self) -> &Pair {
+        self.pairs
+            .last()
+            .expect("the plan always has the marketplace")
+    }
+}
+
+/// What every sidecar shares: the program, the port layout and the registry.
+struct Wiring<'a> {
+    binaries: &'a Binaries,
+    ports: &'a PortLayout,
+    registry_url: &'a str,
+}
+
+// === impl Wiring ===
+
+impl Wiring<'_> {
+    /// Sidecar `k` (see [`PortLayout`]) in front of the app on `app_port`.
+    fn sidecar(
+        &self,
+        k: u8,
+        service: &str,
+        app_port: u16,
+        app_protocol: &str,
+        instance_id: &str,
+        extra: &[&str],
+    ) -> ProcessSpec {
+        let listeners = self.ports.sidecar(k);
+        let inbound = address(listeners.inbound);
+        let mut sidecar_args = args([
+            "--service",
+            service,
+            "--app",
+            &address(app_port),
+            "--app-protocol",
+            app_protocol,
+            "--registry",
+            self.registry_url,
+            "--inbound",
+            &inbound,
+            // Peers dial the address the sidecar registers: here the same loopback address.
+            "--advertise",
+            &inbound,
+            "--outbound",
+            &address(listeners.outbound),
+            "--admin",
+            &address(listeners.admin),
+            "--instance-id",
+            instance_id,
+        ]);
+        sidecar_args.extend(extra.iter().map(OsString::from));
+        ProcessSpec {
+            name: sidecar_name(k),
+            role: Role::Sidecar,
+            program: self.binaries.proxy.clone(),
+            args: sidecar_args,
+            env: Vec::new(),
+            ready_url: Some(url(listeners.admin, "/ready")),
+        }
+    }
+}
+
+fn address(port: u16) -> String {
+    format!("{HOST}:{port}")
+}
+
+fn url(port: u16, path: &str) -> Uri {
+    format!("http://{HOST}:{port}{path}")
+        .parse()
+        .expect("an IP address, a port and a path make a URI")
+}
+
+fn args<const N: usize>(parts: [&str; N]) -> Vec<OsString> {
+    parts.iter().map(OsString::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: UpConfig,
+    }
+
+    fn plan(flags: &[&str]) -> Plan {
+        let mut argv = vec!["mesh-demo"];
+        argv.extend(flags);
+        let config = Cli::try_parse_from(argv).unwrap().config;
+        let binaries = Binaries {
+            registry: "/bin/mesh-registry".into(),
+            proxy: "/bin/mesh-proxy".into(),
+            recommendations: "/bin/recommendations".into(),
+            marketplace: "/bin/marketplace".into(),
+        };
+        Plan::new(&config, &binaries)
+    }
+
+    fn joined(spec: &ProcessSpec) -> String {
+        spec.args
+            .iter()
+            .map(|a| a.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn default_plan() {
+        let plan = plan(&[]);
+        assert_eq!(joined(&plan.registry), "--listen 127.0.0.1:7700");
+        assert_eq!(
+            plan.registry.ready_url.clone().unwrap(),
+            "http://127.0.0.1:7700/readyz"
+        );
+        let names: Vec<_> = plan
+            .pairs
+            .iter()
+            .flat_map(|p| [p.sidecar.name.as_str(), p.app.name.as_str()])
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "sidecar/recommendations-1",
+                "recommendations-1",
+                "sidecar/recommendations-2",
+                "recommendations-2",
+                "sidecar/recommendations-3",
+                "recommendations-3",
+                "sidecar/marketplace",
+                "marketplace"
+            ]
+        );
+
+        let second = &plan.pairs[1];
+        assert_eq!(
+            joined(&second.app),
+            "--listen 127.0.0.1:50053 --instance-name recommendations-2 --fail-rate 0"
+        );
+        assert_eq!(
+            joined(&second.sidecar),
+            "--service recommendations --app 127.0.0.1:50053 --app-protocol grpc \
+             --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4160 \
+             --advertise 127.0.0.1:4160 --outbound 127.0.0.1:4161 --admin 127.0.0.1:4162 \
+             --instance-id recommendations-2"
+        );
+        assert_eq!(
+            second.sidecar.ready_url.clone().unwrap(),
+            "http://127.0.0.1:4162/ready"
+        );
+        assert_eq!(second.app.ready_url, None);
+        assert_eq!(second.metrics_url, "http://127.0.0.1:4162/metrics");
+
+        let marketplace = plan.marketplace_pair();
+        assert_eq!(
+            joined(&marketplace.sidecar),
+            "--service marketplace --app 127.0.0.1:5000 --app-protocol http \
+             --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4140 \
+             --advertise 127.0.0.1:4140 --outbound 127.0.0.1:4141 --admin 127.0.0.1:4142 \
+             --instance-id marketplace-1 --upstream recommendations=127.0.0.1:50051"
+        );
+        assert_eq!(joined(&marketplace.app), "--listen 127.0.0.1:5000");
+        assert_eq!(
+            marketplace.app.env,
+            [
+                ("RECOMMENDATIONS_HOST".to_owned(), "localhost".to_owned()),
+                ("RECOMMENDATIONS_PORT".to_owned(), "50051".to_owned())
+            ]
+        );
+        assert_eq!(
+            marketplace.app.ready_url.clone().unwrap(),
+            "http://127.0.0.1:5000/healthz"
+        );
+        assert_eq!(plan.page_url, "http://127.0.0.1:5000/");
+        assert_eq!(plan.services_url, "http://127.0.0.1:7700/v1/services");
+    }
+
+    #[test]
+    fn flags_move_every_port() {
+        let plan = plan(&[
+            "--registry-port",
+            "17700",
+            "--marketplace-port",
+            "15000",
+            "--recommendations-port",
+            "20000",
+            "--app-port",
+            "20001",
+            "--base-port",
+            "30000",
+            "--instances",
+            "2",
+            "--fail-rate",
+            "0.25",
+        ]);
+        assert_eq!(plan.pairs.len(), 3);
+        assert_eq!(plan.registry_url, "http://127.0.0.1:17700");
+        let second = &plan.pairs[1];
+        assert!(joined(&second.app).starts_with("--listen 127.0.0.1:20002 "));
+        assert!(joined(&second.app).ends_with("--fail-rate 0.25"));
+        assert!(joined(&second.sidecar).contains("--inbound 127.0.0.1:30020 "));
+        let marketplace = plan.marketplace_pair();
+        assert!(joined(&marketplace.sidecar).contains("--admin 127.0.0.1:30002 "));
+        assert!(joined(&marketplace.sidecar).ends_with("recommendations=127.0.0.1:20000"));
+        assert_eq!(marketplace.app.env[1].1, "20000");
+    }
+}
