@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// A client must send its request head within this time (slowloris protection);
+    /// open streams and idle connections are never timed out by the proxy.
+    #[arg(long, env = "MESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// Connections served at once per listener.
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -52,6 +52,16 @@ struct PeakEwma {
     stamp: Instant,
 }
 
+// === impl PeakEwma ===
+
+impl PeakEwma {
+    /// How much of the estimate still counts after the time since the last observation.
+    fn weight_of_past(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        (-elapsed / DECAY.as_secs_f64()).exp()
+    }
+}
+
 // === impl Endpoint ===
 
 impl Endpoint {
@@ -78,16 +88,17 @@ impl Endpoint {
         if rtt > e.nanos {
             e.nanos = rtt;
         } else {
-            let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
-            let w = (-elapsed / DECAY.as_secs_f64()).exp();
+            let w = e.weight_of_past(now);
             e.nanos = e.nanos * w + rtt * (1.0 - w);
         }
         e.stamp = now;
     }
 
-    /// The current latency estimate.
+    /// The current latency estimate. Without new observations it decays towards zero,
+    /// so an endpoint that has not been tried for a while gets tried again.
     pub fn ewma(&self) -> Duration {
-        Duration::from_nanos(self.ewma.lock().expect("ewma lock").nanos as u64)
+        let e = self.ewma.lock().expect("ewma lock");
+        Duration::from_nanos((e.nanos * e.weight_of_past(Instant::now())) as u64)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -96,7 +107,7 @@ impl Endpoint {
 
     /// The balancer's cost: expected latency times queue depth, per unit of weight.
     pub fn load(&self) -> f64 {
-        let nanos = self.ewma.lock().expect("ewma lock").nanos;
+        let nanos = self.ewma().as_nanos() as f64;
         nanos * (self.in_flight() as f64 + 1.0) / f64::from(self.weight)
     }
 
@@ -145,10 +156,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         e.observe(Duration::from_millis(1));
         assert!(e.ewma() < Duration::from_millis(2));
+        // Unobserved, the estimate fades so the endpoint gets tried again.
+        e.observe(Duration::from_millis(500));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(e.ewma() < Duration::from_millis(30), "{:?}", e.ewma());
     }
 
-    #[test]
-    fn load_grows_with_requests_in_flight_and_shrinks_with_weight() {
+    #[tokio::test(start_paused = true)]
+    async fn load_grows_with_requests_in_flight_and_shrinks_with_weight() {
         let light = Arc::new(Endpoint::new("a:1".into(), 1, None));
         let heavy = Arc::new(Endpoint::new("b:1".into(), 4, None));
         let idle = light.load();

@@ -128,6 +128,7 @@ pub async fn run(
     let clients = Clients::new(config.connect_timeout);
     let limits = Limits {
         max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
         ..Limits::default()
     };
 
@@ -196,10 +197,16 @@ pub async fn run(
         let task = tokio::spawn(registrar.run(health, async {
             let _ = deregister_rx.await;
         }));
-        let ready_tx = ready_tx.clone();
+        let (ready_tx, connected) = (ready_tx.clone(), metrics.registry_connected.clone());
         tokio::spawn(async move {
-            if registered.wait_for(|r| *r).await.is_ok() {
-                ready_tx.send_replace(true);
+            // Ready from the first registration on; the registration state also tells
+            // whether the registry is reachable.
+            while registered.changed().await.is_ok() {
+                let now = *registered.borrow_and_update();
+                connected.set(i64::from(now));
+                if now {
+                    ready_tx.send_replace(true);
+                }
             }
         });
         registration = Some((deregister_tx, task));

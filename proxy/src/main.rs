@@ -9,7 +9,7 @@ use mesh_proxy::{Config, Listeners};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -22,6 +22,13 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("error: {message}");
         std::process::exit(2);
     }
+    if let Err(e) = serve(config).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     mesh_proxy::run(listeners, config, shutdown_signal()).await?;
     Ok(())

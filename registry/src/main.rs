@@ -10,7 +10,7 @@ use mesh_registry::Config;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -23,6 +23,15 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("error: {message}");
         std::process::exit(2);
     }
+    // Errors are printed as one line of causes, without a backtrace: they are for
+    // operators (a port in use, a corrupt snapshot), not for debugging.
+    if let Err(e) = serve(config).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
