@@ -84,7 +84,7 @@ impl Destination {
 
     /// Registry instances → endpoints, keeping the existing `Endpoint` (and so its
     /// latency history) for every address that stays.
-    fn from_registry(&self, listing: &ServiceListing) -> EndpointSet {
+    fn registry_set(&self, listing: &ServiceListing) -> EndpointSet {
         let current = self.endpoints.load();
         let endpoints = listing
             .instances
@@ -110,7 +110,7 @@ impl Destination {
         }
     }
 
-    fn from_dns(&self, addresses: &[std::net::IpAddr], port: u16) -> EndpointSet {
+    fn dns_set(&self, addresses: &[std::net::IpAddr], port: u16) -> EndpointSet {
         let current = self.endpoints.load();
         let endpoints = addresses
             .iter()
@@ -171,6 +171,7 @@ impl Discovery {
             }
         };
         if fresh {
+            self.metrics.destination_added(name);
             let port = port.unwrap_or(self.default_port);
             tokio::spawn(self.clone().follow(destination.clone(), port));
         }
@@ -217,7 +218,7 @@ impl Discovery {
                         dns_refresh = None;
                         destination.set_error(None);
                         tracing::debug!(service = %name, endpoints = listing.instances.len(), "registry update");
-                        destination.publish(destination.from_registry(&listing), &self.metrics);
+                        destination.publish(destination.registry_set(&listing), &self.metrics);
                     }
                     Ok(_) => {
                         self.metrics.registry_connected.set(1);
@@ -254,7 +255,7 @@ impl Discovery {
         match dns.lookup(&destination.name).await {
             Ok(answer) => {
                 destination.set_error(None);
-                destination.publish(destination.from_dns(&answer.addresses, port), &self.metrics);
+                destination.publish(destination.dns_set(&answer.addresses, port), &self.metrics);
                 answer.refresh_at
             }
             Err(e) => {

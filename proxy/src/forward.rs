@@ -107,12 +107,12 @@ fn prepare(
         )
     })?;
     // An HTTP/2 caller names the host in `:authority` only; HTTP/1.1 peers want `Host`.
-    if wire == Wire::Http1 && !parts.headers.contains_key(header::HOST) {
-        if let Some(original) = parts.uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(original.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
+    if wire == Wire::Http1
+        && !parts.headers.contains_key(header::HOST)
+        && let Some(original) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(original.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
     }
     let mut uri = parts.uri.into_parts();
     uri.scheme = Some(Scheme::HTTP);

@@ -132,6 +132,14 @@ pub async fn run(
         ..Limits::default()
     };
 
+    let serving = |name, direction| server::Serve {
+        name,
+        direction,
+        metrics: metrics.clone(),
+        limits,
+        drain: config.drain_timeout,
+    };
+
     let (stop_tx, stop) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(false);
     let (admin_shutdown, mut admin_shutdown_rx) = watch::channel(false);
@@ -161,14 +169,10 @@ pub async fn run(
                 .unwrap_or_default()
         );
         servers.push(spawn_server(
-            "inbound",
+            serving("inbound", Some(Direction::Inbound)),
             inbound_listener,
             handler,
-            Some(Direction::Inbound),
-            &metrics,
-            limits,
             &stop,
-            config.drain_timeout,
         ));
 
         let (health_tx, health) = watch::channel(Status::Critical);
@@ -244,14 +248,10 @@ pub async fn run(
             async move { outbound.handle(&route, request).await }
         };
         servers.push(spawn_server(
-            name,
+            serving(name, Some(Direction::Outbound)),
             listener,
             handler,
-            Some(Direction::Outbound),
-            &metrics,
-            limits,
             &stop,
-            config.drain_timeout,
         ));
     }
 
@@ -273,14 +273,13 @@ pub async fn run(
         async move { admin.handle(request, peer) }
     };
     let admin_task = spawn_server(
-        "admin",
+        server::Serve {
+            drain: Duration::from_secs(1),
+            ..serving("admin", None)
+        },
         listeners.admin,
         admin_handler,
-        None,
-        &metrics,
-        limits,
         &admin_stop,
-        Duration::from_secs(1),
     );
     tracing::info!("admin on http://{admin_addr} (/metrics, /ready, /debug/endpoints)");
 
@@ -308,16 +307,11 @@ pub async fn run(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn spawn_server<H, F>(
-    name: &'static str,
+    serve: server::Serve,
     listener: TcpListener,
     handler: H,
-    direction: Option<Direction>,
-    metrics: &Arc<Metrics>,
-    limits: Limits,
     stop: &watch::Receiver<bool>,
-    drain: Duration,
 ) -> tokio::task::JoinHandle<()>
 where
     H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F
@@ -327,14 +321,5 @@ where
         + 'static,
     F: Future<Output = http::Response<body::BoxBody>> + Send + 'static,
 {
-    tokio::spawn(server::serve(
-        name,
-        listener,
-        handler,
-        direction,
-        metrics.clone(),
-        limits,
-        stop.clone(),
-        drain,
-    ))
+    tokio::spawn(server::serve(serve, listener, handler, stop.clone()))
 }

@@ -194,6 +194,17 @@ impl Metrics {
         }
     }
 
+    /// Makes a new destination's per-service series visible at zero, so dashboards and
+    /// alerts see them before the first event.
+    pub fn destination_added(&self, service: &str) {
+        let service = self.service_label(service);
+        self.retry_budget_exhausted.with_label_values(&[&service]);
+        self.endpoint_ejections.with_label_values(&[&service]);
+        self.endpoints
+            .with_label_values(&[&service, EndpointState::Ejected.as_str()])
+            .set(0);
+    }
+
     pub fn set_endpoints(&self, service: &str, state: EndpointState, n: usize) {
         let service = self.service_label(service);
         self.endpoints

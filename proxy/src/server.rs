@@ -41,21 +41,37 @@ impl Default for Limits {
     }
 }
 
+/// How one listener is served.
+#[derive(Clone)]
+pub struct Serve {
+    /// Listener name, for logs.
+    pub name: &'static str,
+    /// Counted in `mesh_tcp_open_connections` under this direction (not for admin).
+    pub direction: Option<Direction>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// How long open requests may take to finish after `stop`.
+    pub drain: Duration,
+}
+
 /// Serves `listener` with `handler` until `stop` turns true, then stops accepting and
 /// waits up to `drain` for open requests to finish.
 pub async fn serve<H, F>(
-    name: &'static str,
+    serve: Serve,
     listener: TcpListener,
     handler: H,
-    direction: Option<Direction>,
-    metrics: Arc<Metrics>,
-    limits: Limits,
     mut stop: watch::Receiver<bool>,
-    drain: Duration,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<BoxBody>> + Send + 'static,
 {
+    let Serve {
+        name,
+        direction,
+        metrics,
+        limits,
+        drain,
+    } = serve;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

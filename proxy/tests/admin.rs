@@ -1,0 +1,182 @@
+//! The admin port and the listeners' limits: metrics that add up (and that promtool
+//! accepts), endpoint debugging, loopback-only shutdown, slow clients dropped.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{App, Registry, Sidecar, SidecarSpec};
+use http::StatusCode;
+
+#[tokio::test]
+async fn after_n_requests_every_counter_and_histogram_says_n() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let server = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let client = Sidecar::start(SidecarSpec::client(&url)).await;
+
+    const N: usize = 25;
+    for _ in 0..N {
+        assert_eq!(
+            common::get_h1(client.outbound, "web", "/whoami")
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        common::get_h1(client.outbound, "web", "/status/503")
+            .await
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let out = client.metrics().await;
+    let n = N as f64;
+    assert_eq!(
+        common::metric(
+            &out,
+            r#"mesh_requests_total{direction="outbound",service="web"}"#
+        ),
+        Some(n + 1.0),
+        "{out}"
+    );
+    let ok = r#"mesh_responses_total{classification="success",direction="outbound",grpc_status="",service="web",status_code="200"}"#;
+    assert_eq!(common::metric(&out, ok), Some(n), "{out}");
+    let failed = r#"mesh_responses_total{classification="failure",direction="outbound",grpc_status="",service="web",status_code="503"}"#;
+    assert_eq!(common::metric(&out, failed), Some(1.0), "{out}");
+    let count = r#"mesh_response_latency_seconds_count{classification="success",direction="outbound",service="web"}"#;
+    assert_eq!(common::metric(&out, count), Some(n), "{out}");
+    let inf = r#"mesh_response_latency_seconds_bucket{classification="success",direction="outbound",service="web",le="+Inf"}"#;
+    assert_eq!(common::metric(&out, inf), Some(n), "{out}");
+
+    let inbound = server.metrics().await;
+    assert_eq!(
+        common::metric(
+            &inbound,
+            r#"mesh_requests_total{direction="inbound",service="web"}"#
+        ),
+        Some(n + 1.0),
+        "{inbound}"
+    );
+    for name in [
+        "mesh_retry_budget_exhausted_total",
+        "mesh_endpoint_ejections_total",
+        "mesh_tcp_open_connections",
+        "mesh_discovery_updates_total",
+        "mesh_registry_connected",
+        "mesh_endpoints",
+    ] {
+        assert!(out.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+    promtool_accepts(&out);
+    promtool_accepts(&inbound);
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) reads the exposition as
+/// Prometheus would. CI installs it; elsewhere the check is skipped with a note.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "promtool not installed (apt-get install prometheus): exposition check skipped"
+            );
+            return;
+        }
+        Err(e) => panic!("promtool is needed in CI: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool rejected the metrics:\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn debug_endpoints_shows_each_endpoint_and_why_it_is_in() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let _server = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let client = Sidecar::start(SidecarSpec::client(&url)).await;
+    common::get_h1(client.outbound, "web", "/whoami").await;
+
+    let debug = common::get(&format!("http://{}/debug/endpoints", client.admin)).await;
+    let json: serde_json::Value = serde_json::from_slice(&debug.body).unwrap();
+    let web = &json[0];
+    assert_eq!(web["service"], "web");
+    assert_eq!(web["source"], "registry");
+    let endpoint = &web["endpoints"][0];
+    assert_eq!(endpoint["state"], "ready");
+    assert_eq!(endpoint["in_flight"], 0);
+    assert!(endpoint["ewma_ms"].as_f64().unwrap() > 0.0);
+    assert!(endpoint["reason"].as_str().unwrap().contains("registry"));
+    assert!(endpoint["instance"].as_str().unwrap().starts_with("web-"));
+}
+
+#[tokio::test]
+async fn shutdown_over_the_admin_port_stops_the_sidecar() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let mut client = Sidecar::start(SidecarSpec::client(&url)).await;
+    let wrong = common::get(&format!("http://{}/shutdown", client.admin)).await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let request = http::Request::post(format!("http://{}/shutdown", client.admin))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let answer = common::send(&common::h1(), request).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    tokio::time::timeout(Duration::from_secs(10), client.task.take().unwrap())
+        .await
+        .expect("the sidecar stopped")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let mut spec = SidecarSpec::client(&url);
+    spec.extra = vec!["--header-read-timeout", "300ms"];
+    let client = Sidecar::start(spec).await;
+
+    let mut stream = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the proxy closed the connection")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

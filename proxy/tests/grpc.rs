@@ -1,0 +1,166 @@
+//! gRPC through a sidecar pair with tonic on both ends: unary calls, statuses in
+//! trailers, metadata, and a server stream that stays open.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Registry, Sidecar, SidecarSpec};
+use mesh_proxy::inbound::AppProtocol;
+use recommendations::pb::recommendations_client::RecommendationsClient;
+use recommendations::pb::{BookCategory, RecommendationRequest};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+struct GrpcMesh {
+    registry: Registry,
+    _server: Sidecar,
+    client: Sidecar,
+    stop_app: Option<oneshot::Sender<()>>,
+}
+
+async fn mesh() -> GrpcMesh {
+    let registry = Registry::start().await;
+    let app_listener = common::listener().await;
+    let app = app_listener.local_addr().unwrap();
+    let (stop_app, app_stopped) = oneshot::channel::<()>();
+    let config = recommendations::Config {
+        instance_name: "rec-a".parse().unwrap(),
+        ..Default::default()
+    };
+    tokio::spawn(recommendations::run(app_listener, config, async {
+        let _ = app_stopped.await;
+    }));
+    let url = registry.url();
+    let mut spec = SidecarSpec::server(&url, "recommendations", app);
+    spec.app = Some(("recommendations", app, Some(AppProtocol::Grpc)));
+    let server = Sidecar::start(spec).await;
+    registry.until_passing("recommendations", 1).await;
+    let mut spec = SidecarSpec::client(&url);
+    spec.upstreams = vec!["recommendations"];
+    let client = Sidecar::start(spec).await;
+    GrpcMesh {
+        registry,
+        _server: server,
+        client,
+        stop_app: Some(stop_app),
+    }
+}
+
+/// A channel to the client sidecar's upstream listener, as the marketplace dials it.
+async fn upstream_channel(m: &GrpcMesh) -> Channel {
+    Endpoint::from_shared(format!("http://{}", m.client.upstreams[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unary_calls_and_their_statuses_pass_through_unchanged() {
+    let m = mesh().await;
+    let mut client = RecommendationsClient::new(upstream_channel(&m).await);
+
+    let response = client
+        .recommend(RecommendationRequest {
+            user_id: 1,
+            category: BookCategory::Mystery as i32,
+            max_results: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(response.metadata().get("x-served-by").unwrap(), "rec-a");
+    let books = response.into_inner().recommendations;
+    assert_eq!(books.len(), 3);
+    assert!(books.iter().all(|b| (1..=3).contains(&b.id)));
+
+    let status = client
+        .recommend(RecommendationRequest {
+            user_id: 1,
+            category: 7,
+            max_results: 3,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "Category not found");
+    assert!(
+        status.metadata().get("mesh-error").is_none(),
+        "an app's status is the app's, not the proxy's"
+    );
+
+    let metrics = m.client.metrics().await;
+    let failed = r#"mesh_responses_total{classification="failure",direction="outbound",grpc_status="5",service="recommendations",status_code="200"}"#;
+    assert_eq!(common::metric(&metrics, failed), Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_host_routed_listener_takes_the_service_from_the_authority() {
+    let m = mesh().await;
+    let channel = Endpoint::from_shared(format!("http://{}", m.client.outbound))
+        .unwrap()
+        .origin("http://recommendations".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let books = RecommendationsClient::new(channel)
+        .recommend(RecommendationRequest {
+            user_id: 1,
+            category: BookCategory::SelfHelp as i32,
+            max_results: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recommendations;
+    assert_eq!(books.len(), 2);
+    assert!(books.iter().all(|b| (7..=9).contains(&b.id)));
+}
+
+#[tokio::test]
+async fn a_server_stream_stays_open_and_delivers_every_message() {
+    let mut m = mesh().await;
+    let mut health = HealthClient::new(upstream_channel(&m).await);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: "Recommendations".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    // The stream sits idle well past any default idle timer; nothing cuts it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Stopping the app makes it report NOT_SERVING on the open stream.
+    let _ = m.stop_app.take().unwrap().send(());
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream delivered the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    drop(stream);
+    drop(m.registry);
+}
+
+#[tokio::test]
+async fn large_messages_cross_the_mesh() {
+    let m = mesh().await;
+    // A 3 MiB health-check request: the service name is bogus, the size is the point.
+    let mut health = HealthClient::new(upstream_channel(&m).await)
+        .max_decoding_message_size(8 * 1024 * 1024)
+        .max_encoding_message_size(8 * 1024 * 1024);
+    let status = health
+        .check(HealthCheckRequest {
+            service: "x".repeat(3 * 1024 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+}

@@ -1,0 +1,119 @@
+//! Self-registration and shutdown: the app's health becomes the instance's status, and
+//! on shutdown the sidecar deregisters before it drains in-flight requests.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{App, Registry, Sidecar, SidecarSpec};
+use http::StatusCode;
+use mesh_registry_api::Status;
+
+async fn status_of(registry: &Registry, service: &str) -> Option<Status> {
+    let all = common::get(&format!(
+        "{}/v1/services/{service}?all=true",
+        registry.url()
+    ))
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
+    json["instances"][0]["status"]
+        .as_str()
+        .map(|s| serde_json::from_value(serde_json::Value::String(s.into())).unwrap())
+}
+
+async fn until_status(registry: &Registry, service: &str, want: Option<Status>) {
+    for _ in 0..500 {
+        if status_of(registry, service).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{service} never reached {want:?}");
+}
+
+#[tokio::test]
+async fn the_apps_health_is_the_registered_status() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let mut app = App::start("web-1").await;
+    let _sidecar = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    until_status(&registry, "web", Some(Status::Passing)).await;
+
+    app.stop();
+    until_status(&registry, "web", Some(Status::Critical)).await;
+    assert!(
+        registry
+            .client
+            .service("web")
+            .await
+            .unwrap()
+            .instances
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_forgotten_instance_registers_again() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let sidecar = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let id = format!("web-{}", sidecar.inbound.unwrap().port());
+    let first = registry.client.service("web").await.unwrap().instances[0]
+        .registered_at
+        .clone();
+    registry.client.deregister("web", &id).await.unwrap();
+    for _ in 0..500 {
+        let listing = registry.client.service("web").await.unwrap();
+        if listing
+            .instances
+            .first()
+            .is_some_and(|i| i.registered_at != first)
+        {
+            assert_eq!(listing.instances[0].id, id);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the instance was not registered again");
+}
+
+#[tokio::test]
+async fn shutdown_deregisters_first_then_drains_in_flight_requests() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let mut server = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let client = Sidecar::start(SidecarSpec::client(&url)).await;
+
+    let outbound = client.outbound;
+    let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1500").await });
+    for _ in 0..500 {
+        if app.in_flight.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(app.in_flight.load(Ordering::SeqCst), 1);
+
+    server.begin_shutdown();
+    // Deregistered while the request is still being served...
+    registry.until_passing("web", 0).await;
+    assert!(!registry.client.service("web").await.unwrap().exists);
+    assert_eq!(
+        app.in_flight.load(Ordering::SeqCst),
+        1,
+        "deregistration came first"
+    );
+    // ...which then completes normally.
+    let answer = slow.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text, "web-1");
+    tokio::time::timeout(Duration::from_secs(10), server.task.take().unwrap())
+        .await
+        .expect("the sidecar exits once drained")
+        .unwrap();
+}
