@@ -1,0 +1,184 @@
+//! The whole demo over real processes: the launcher brings the mesh up on free loopback
+//! ports, the page survives a recommendations instance killed with SIGKILL, and no process
+//! outlives the launcher, whether it is stopped with Ctrl-C or killed.
+//!
+//! Needs the other programs built next to `mesh-demo` (see `support`).
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use mesh_demo::http::{Client, GetError, Response};
+use rustix::process::{Signal, kill_process};
+use support::{Launcher, Ports, bin_dir, wait_gone};
+
+/// Start-up of nine processes; generous for debug builds on a loaded machine.
+const READY: Duration = Duration::from_secs(90);
+
+fn start_mesh(ports: &Ports) -> (Launcher, BTreeMap<String, u32>) {
+    let mut args = vec![
+        "--bin-dir".to_owned(),
+        bin_dir().display().to_string(),
+        "--ready-timeout".to_owned(),
+        "60s".to_owned(),
+    ];
+    args.extend(ports.flags());
+    let mut launcher = Launcher::start(&args);
+    let pids = launcher.wait_ready(READY);
+    // Nine children and the watchdog.
+    assert_eq!(pids.len(), 10, "{pids:?}");
+    (launcher, pids)
+}
+
+/// Blocking GETs for a synchronous test.
+struct Http {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Http {
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The client's pool lives on the runtime, so build it there.
+        let client = runtime.block_on(async { Client::default() });
+        Self { runtime, client }
+    }
+
+    fn get(&self, url: &str) -> Result<Response, GetError> {
+        let uri = url.parse().unwrap();
+        self.runtime
+            .block_on(self.client.get(&uri, Duration::from_secs(5)))
+    }
+
+    /// Passing instances per service, as the registry lists them.
+    fn passing(&self, ports: &Ports) -> BTreeMap<String, usize> {
+        let registry =
+            mesh_registry_api::Client::new(&format!("http://127.0.0.1:{}", ports.registry()))
+                .unwrap();
+        let list = self.runtime.block_on(registry.services()).unwrap();
+        list.services
+            .into_iter()
+            .map(|s| (s.name, s.passing))
+            .collect()
+    }
+}
+
+/// The tutorial's page: its title and three books.
+fn is_full_page(response: &Response) -> bool {
+    let page = response.text();
+    response.status == 200
+        && page.contains("<title>Online Books For You</title>")
+        && page.matches("<li>").count() == 3
+}
+
+#[test]
+fn the_page_survives_a_killed_instance_and_ctrl_c_stops_everything() {
+    let ports = Ports::free();
+    let (mut launcher, pids) = start_mesh(&ports);
+    let http = Http::new();
+    let page = format!("http://127.0.0.1:{}/", ports.marketplace());
+
+    let first = http.get(&page).unwrap();
+    assert!(is_full_page(&first), "{}", first.text());
+    let passing = http.passing(&ports);
+    assert_eq!(passing.get("recommendations"), Some(&3), "{passing:?}");
+    assert_eq!(passing.get("marketplace"), Some(&1), "{passing:?}");
+    let metrics = http
+        .get(&format!("http://127.0.0.1:{}/metrics", ports.admin(0)))
+        .unwrap();
+    assert!(metrics.text().contains("mesh_requests_total"));
+
+    // Kill one app outright: its sidecar stays, finds it gone and takes it out of the
+    // registry, and the marketplace's sidecar stops sending it calls.
+    let victim = pids["recommendations-2"];
+    kill_process(support::pid(victim), Signal::KILL).unwrap();
+    let reported = launcher.wait_for_line(Duration::from_secs(10), |line| {
+        line.contains(&format!(
+            "recommendations-2 (pid {victim}) exited (killed by SIGKILL)"
+        ))
+    });
+    assert!(reported.is_some(), "{}", launcher.transcript());
+
+    // Some calls may fail while the instance is being dropped; soon every one succeeds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut streak = 0;
+    while streak < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the page did not recover: last answer {:?}\n{}",
+            http.get(&page).map(|r| r.text()),
+            launcher.transcript()
+        );
+        match http.get(&page) {
+            Ok(response) if is_full_page(&response) => streak += 1,
+            _ => streak = 0,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.passing(&ports).get("recommendations") != Some(&2) {
+        assert!(Instant::now() < deadline, "{:?}", http.passing(&ports));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The traffic generator sees only successes now, and stops by itself.
+    let traffic = Command::new(support::LAUNCHER)
+        .args([
+            "traffic",
+            "--url",
+            &page,
+            "--rate",
+            "10",
+            "--duration",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&traffic.stdout);
+    assert!(traffic.status.success(), "{report}");
+    let total = report.lines().find(|l| l.starts_with("total: ")).unwrap();
+    assert!(total.contains("ok 100.0%"), "{report}");
+    assert!(!total.contains("recommendations-2"), "{report}");
+
+    launcher.signal(Signal::INT);
+    let status = launcher.wait_exit(Duration::from_secs(60));
+    let transcript = launcher.finish();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{transcript}"
+    );
+    assert!(
+        transcript.contains("every process has stopped"),
+        "{transcript}"
+    );
+    // Sidecars were stopped while the registry was still up, so they deregistered.
+    assert!(
+        transcript.contains("deregistered service=marketplace"),
+        "{transcript}"
+    );
+    let all: Vec<u32> = pids.values().copied().collect();
+    let left = wait_gone(&all, Duration::from_secs(5));
+    assert!(left.is_empty(), "still running: {left:?}\n{transcript}");
+}
+
+#[test]
+fn children_do_not_outlive_a_killed_launcher() {
+    let ports = Ports::free();
+    let (mut launcher, pids) = start_mesh(&ports);
+    launcher.signal(Signal::KILL);
+    assert!(launcher.wait_exit(Duration::from_secs(10)).is_some());
+    let all: Vec<u32> = pids.values().copied().collect();
+    // The watchdog's grace period is 3 s before SIGKILL.
+    let left = wait_gone(&all, Duration::from_secs(20));
+    assert!(
+        left.is_empty(),
+        "still running: {left:?} of {pids:?}\n{}",
+        launcher.transcript()
+    );
+}
