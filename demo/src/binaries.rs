@@ -91,6 +91,7 @@ pub async fn build(command: &[OsString]) -> Result<(), Error> {
         .map(|part| part.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
+    tracing::info!("building the mesh's programs (--bin-dir skips this): {shown}");
     let (program, args) = command.split_first().expect("a command has a program");
     let status = tokio::process::Command::new(program)
         .args(args)

@@ -16,15 +16,17 @@
 //!    a few flags and checked to be free before anything starts.
 //! 2. [`binaries`]: under `cargo run`, build the other binaries; then find them.
 //! 3. [`plan`]: the command line of every process.
-//! 4. [`launcher`]: start them in order, wait until each is ready, print where to look,
-//!    supervise, and stop them in order on Ctrl-C or SIGTERM. [`child`] is one supervised
-//!    process; [`watchdog`] makes sure none outlives the launcher.
+//! 4. [`launcher`]: start them in order, wait until the mesh is ready (`ready`), print
+//!    where to look (`banner`), supervise, and stop them in order on Ctrl-C or SIGTERM.
+//!    [`child`] is one supervised process; [`watchdog`] makes sure none outlives the
+//!    launcher.
 //!
 //! [`traffic`] is the `mesh-demo traffic` load generator, summarised by [`stats`]; both it
 //! and the readiness checks use the small HTTP client in [`http`].
 //!
 //! Run with: `cargo run --release -p mesh-demo`
 
+mod banner;
 pub mod binaries;
 pub mod child;
 pub mod config;
@@ -33,6 +35,7 @@ pub mod http;
 pub mod launcher;
 pub mod plan;
 pub mod ports;
+mod ready;
 pub mod stats;
 pub mod traffic;
 pub mod watchdog;

@@ -1,0 +1,103 @@
+//! What the launcher tells the person at the terminal once the mesh is up, and when one
+//! of its processes exits on its own.
+
+use crate::{
+    child::{Exit, Supervised},
+    plan::{Plan, Role},
+};
+
+/// The line printed last once everything is up; tests wait for it.
+pub const READY_LINE: &str = "mesh-demo: ready";
+
+/// What to open, where to look and what to try, then [`READY_LINE`]. `watchdog` is the
+/// watchdog's pid, listed with the children's so every process can be found.
+pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
+    let marketplace = plan.marketplace_pair();
+    let instances = plan.pairs.len() - 1;
+    let mut lines = vec![
+        String::new(),
+        format!(
+            "mesh-demo: the registry, {instances} recommendations instances and the marketplace \
+             are up, each app behind its own sidecar"
+        ),
+        String::new(),
+        format!("  page       {}", plan.page_url),
+        format!("  registry   {}", plan.services_url),
+    ];
+    // The marketplace's sidecar first: its outbound side counts calls and retries.
+    let mut metrics = vec![(&marketplace.metrics_url, &marketplace.sidecar.name)];
+    for pair in &plan.pairs[..instances] {
+        metrics.push((&pair.metrics_url, &pair.sidecar.name));
+    }
+    for (i, (url, name)) in metrics.into_iter().enumerate() {
+        let label = if i == 0 { "metrics" } else { "" };
+        lines.push(format!("  {label:<9}  {:<32}  {name}", url.to_string()));
+    }
+    let pids: Vec<String> = children
+        .iter()
+        .map(|c| format!("{}={}", c.name, c.pid))
+        .chain([format!("watchdog={watchdog}")])
+        .collect();
+    lines.push(format!("  pids       {}", pids.join(" ")));
+    let victim = children
+        .iter()
+        .find(|c| c.role == Role::Recommendations && c.name.ends_with("-2"));
+    match victim {
+        Some(victim) => lines.push(format!(
+            "  try        kill {}    # stops {}: the page keeps working; watch \
+             mesh_endpoints and mesh_retries_total on {}",
+            victim.pid, victim.name, marketplace.metrics_url
+        )),
+        None => lines.push(
+            "  try        --instances 3, to kill one instance and watch the others take over"
+                .to_owned(),
+        ),
+    }
+    lines.push(format!(
+        "  load       {} traffic --url {}    # in another terminal",
+        own_command(),
+        plan.page_url
+    ));
+    lines.push("  stop       Ctrl-C".to_owned());
+    lines.push(String::new());
+    lines.push(READY_LINE.to_owned());
+    println!("{}", lines.join("\n"));
+}
+
+/// Says what an exit nobody asked for means for the demo; the launcher keeps running.
+pub fn report(exit: &Exit) {
+    let Exit {
+        name, pid, status, ..
+    } = exit;
+    let meaning = match exit.role {
+        Role::Recommendations => {
+            "expected if you killed it: its sidecar finds the app gone and reports it \
+             critical, so the registry stops listing it and callers stop choosing it"
+        }
+        Role::Sidecar if name.ends_with("/marketplace") => {
+            "the marketplace can no longer reach recommendations; Ctrl-C and start again"
+        }
+        Role::Sidecar => {
+            "its instance stops answering and leaves the registry when its lease runs out"
+        }
+        Role::Marketplace => "the page is down; Ctrl-C and start again",
+        Role::Registry => {
+            "sidecars keep routing to the instances they know, but no change reaches them"
+        }
+    };
+    tracing::warn!("{name} (pid {pid}) exited ({status}): {meaning}");
+}
+
+/// How to run this program again: relative to the working directory when under it.
+fn own_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "mesh-demo".to_owned();
+    };
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_owned()));
+    match relative {
+        Some(path) => format!("./{}", path.display()),
+        None => exe.display().to_string(),
+    }
+}
