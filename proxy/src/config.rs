@@ -97,9 +97,90 @@ pub struct Config {
     #[arg(long, env = "MESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// Tries per request in total, the first included (1 disables retries).
+    #[arg(long, env = "MESH_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub retry_attempts: u32,
+
+    /// Backoff before the first retry; it doubles per retry (full jitter).
+    #[arg(long, env = "MESH_RETRY_BACKOFF", default_value = "25ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest backoff between retries.
+    #[arg(long, env = "MESH_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Retries allowed on top of original requests, as a share (0.2 = 20 %).
+    #[arg(long, env = "MESH_RETRY_BUDGET", default_value_t = 0.2)]
+    pub retry_budget: f64,
+
+    /// Retries per second allowed whatever the traffic.
+    #[arg(long, env = "MESH_RETRY_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_min_per_second: u32,
+
+    /// HTTP statuses retried for idempotent (or `mesh-retry: true`) requests.
+    #[arg(long, env = "MESH_RETRY_STATUSES", value_delimiter = ',', default_value = "502,503,504")]
+    pub retry_statuses: Vec<u16>,
+
+    /// gRPC codes retried, as numbers or names (UNAVAILABLE is always retried).
+    #[arg(long, env = "MESH_RETRY_GRPC_CODES", value_delimiter = ',', value_parser = parse_grpc_code)]
+    pub retry_grpc_codes: Vec<u32>,
+
+    /// Bytes of a request body (and of a gRPC answer) kept to make a retry possible;
+    /// larger ones stream through and are not retried.
+    #[arg(long, env = "MESH_RETRY_BUFFER", default_value_t = 64 * 1024)]
+    pub retry_buffer: usize,
+
+    /// Total deadline per request (none by default: long polls and streams are common);
+    /// the `mesh-timeout` and `grpc-timeout` headers shorten it per request.
+    #[arg(long, env = "MESH_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Deadline per try; the `mesh-per-try-timeout` header shortens it.
+    #[arg(long, env = "MESH_PER_TRY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub per_try_timeout: Option<Duration>,
+
+    /// Consecutive failures (connect errors, 5xx, gRPC UNAVAILABLE) that eject an endpoint.
+    #[arg(long, env = "MESH_EJECT_AFTER", default_value_t = 5)]
+    pub eject_after: u32,
+
+    /// First ejection's length; it doubles per repeat.
+    #[arg(long, env = "MESH_EJECT_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub eject_backoff: Duration,
+
+    /// Longest ejection.
+    #[arg(long, env = "MESH_EJECT_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub eject_backoff_max: Duration,
+
+    /// Largest share of a service's endpoints ejected at once, in percent.
+    #[arg(long, env = "MESH_EJECT_MAX_PERCENT", default_value_t = 50)]
+    pub eject_max_percent: u32,
+
+    /// Requests in flight per destination before new ones get a fast 503 (`overloaded`).
+    #[arg(long, env = "MESH_MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: usize,
+
     /// Connections served at once per listener.
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+}
+
+/// A gRPC status code by number (`8`) or name (`RESOURCE_EXHAUSTED`).
+fn parse_grpc_code(s: &str) -> Result<u32, String> {
+    const NAMES: [&str; 17] = [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return if (n as usize) < NAMES.len() { Ok(n) } else { Err(format!("{n} is not a gRPC code (0-16)")) };
+    }
+    let upper = s.trim().to_ascii_uppercase();
+    NAMES
+        .iter()
+        .position(|n| *n == upper)
+        .map(|i| i as u32)
+        .ok_or_else(|| format!("{s:?} is not a gRPC code name like UNAVAILABLE or RESOURCE_EXHAUSTED"))
 }
 
 /// One `--upstream NAME=ADDR`.
@@ -166,11 +247,56 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
             return Err("--ttl must be within 1s-1h".into());
         }
+        if self.retry_attempts == 0 {
+            return Err("--retry-attempts must be at least 1 (1 disables retries)".into());
+        }
+        if !(0.0..=10.0).contains(&self.retry_budget) {
+            return Err("--retry-budget must be a share between 0.0 and 10.0".into());
+        }
+        if self.retry_backoff > self.retry_backoff_max {
+            return Err("--retry-backoff must not exceed --retry-backoff-max".into());
+        }
+        if self.eject_max_percent > 100 {
+            return Err("--eject-max-percent must be at most 100".into());
+        }
+        if self.max_pending == 0 {
+            return Err("--max-pending must be at least 1".into());
+        }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
         mesh_registry_api::Client::new(&self.registry).map_err(|e| format!("--registry: {e}"))?;
         Ok(())
+    }
+
+    /// The retry policy the flags describe.
+    pub fn retry(&self) -> crate::retry::RetryConfig {
+        let mut grpc_codes = self.retry_grpc_codes.clone();
+        if !grpc_codes.contains(&crate::grpc::UNAVAILABLE) {
+            grpc_codes.push(crate::grpc::UNAVAILABLE);
+        }
+        crate::retry::RetryConfig {
+            max_attempts: self.retry_attempts,
+            backoff_base: self.retry_backoff,
+            backoff_cap: self.retry_backoff_max,
+            statuses: self.retry_statuses.clone(),
+            grpc_codes,
+            buffer_limit: self.retry_buffer,
+            budget: crate::budget::BudgetConfig {
+                ratio: self.retry_budget,
+                min_per_second: self.retry_min_per_second,
+            },
+        }
+    }
+
+    /// The outlier-ejection policy the flags describe.
+    pub fn ejection(&self) -> crate::breaker::EjectionConfig {
+        crate::breaker::EjectionConfig {
+            consecutive_failures: self.eject_after,
+            base: self.eject_backoff,
+            max: self.eject_backoff_max,
+            max_percent: self.eject_max_percent,
+        }
     }
 
     /// The address registered for peers to dial.

@@ -9,7 +9,7 @@
 //! known endpoints stay in use and the watch retries with capped, jittered backoff.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::budget::{BudgetConfig, RetryBudget};
 use crate::dns::Dns;
+use crate::breaker::Availability;
 use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
 
@@ -44,6 +46,19 @@ pub struct Destination {
     resolved: watch::Sender<bool>,
     /// Why the set is empty or stale, for `/debug/endpoints`.
     last_error: Mutex<Option<String>>,
+    /// Retries allowed to this destination.
+    pub budget: RetryBudget,
+    /// Requests to this destination in flight now (bounded by `--max-pending`).
+    pub pending: AtomicUsize,
+}
+
+/// A request in flight to a destination.
+pub struct Pending(Arc<Destination>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// All destinations, created on first use.
@@ -55,6 +70,7 @@ pub struct Discovery {
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
     /// Port used for DNS answers (which carry no port) when the caller gave none.
     default_port: u16,
+    budget: BudgetConfig,
 }
 
 // === impl Destination ===
@@ -66,12 +82,31 @@ impl Destination {
     }
 
     fn publish(&self, set: EndpointSet, metrics: &Metrics) {
-        metrics.set_endpoints(&self.name, EndpointState::Ready, set.endpoints.len());
         if let Some(source) = set.source {
             metrics.discovery_update(&self.name, source);
         }
         self.endpoints.store(Arc::new(set));
+        self.refresh_gauges(metrics);
         self.resolved.send_replace(true);
+    }
+
+    /// Updates `mesh_endpoints` for this destination from its endpoints' states.
+    pub fn refresh_gauges(&self, metrics: &Metrics) {
+        let now = Instant::now();
+        let set = self.endpoints.load();
+        let ejected = set.endpoints.iter().filter(|e| e.breaker.is_ejected(now)).count();
+        metrics.set_endpoints(&self.name, EndpointState::Ready, set.endpoints.len() - ejected);
+        metrics.set_endpoints(&self.name, EndpointState::Ejected, ejected);
+    }
+
+    /// Counts a request in flight to this destination, unless `max` already are.
+    pub fn try_begin(self: &Arc<Self>, max: usize) -> Option<Pending> {
+        let before = self.pending.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Pending(self.clone()))
     }
 
     fn set_error(&self, error: Option<String>) {
@@ -134,13 +169,19 @@ impl Destination {
 // === impl Discovery ===
 
 impl Discovery {
-    pub fn new(registry: Client, dns: Option<Dns>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        registry: Client,
+        dns: Option<Dns>,
+        metrics: Arc<Metrics>,
+        budget: BudgetConfig,
+    ) -> Arc<Self> {
         Arc::new(Discovery {
             registry,
             dns,
             metrics,
             destinations: Mutex::new(HashMap::new()),
             default_port: 80,
+            budget,
         })
     }
 
@@ -164,6 +205,8 @@ impl Discovery {
                         cursor: AtomicUsize::new(0),
                         resolved: watch::Sender::new(false),
                         last_error: Mutex::new(None),
+                        budget: RetryBudget::new(self.budget),
+                        pending: AtomicUsize::new(0),
                     });
                     all.insert(key, d.clone());
                     (d, true)
@@ -296,11 +339,14 @@ pub struct EndpointView {
     pub last_error: Option<String>,
     /// Why the endpoint is in (or out of) rotation.
     pub reason: String,
+    /// How much longer an ejected endpoint stays out.
+    pub ejected_for_ms: Option<u64>,
 }
 
 impl DestinationView {
     pub fn of(d: &Destination) -> Self {
         let set = d.endpoints();
+        let now = Instant::now();
         DestinationView {
             service: d.name.clone(),
             source: set.source,
@@ -308,19 +354,36 @@ impl DestinationView {
             endpoints: set
                 .endpoints
                 .iter()
-                .map(|e| EndpointView {
-                    address: e.address.clone(),
-                    instance: e.instance.clone(),
-                    state: EndpointState::Ready.as_str(),
-                    weight: e.weight,
-                    ewma_ms: e.ewma().as_secs_f64() * 1000.0,
-                    in_flight: e.in_flight(),
-                    last_error: e.last_error(),
-                    reason: match set.source {
-                        Some(Source::Registry) => "listed as passing by the registry".into(),
-                        Some(Source::Dns) => "returned by DNS".into(),
-                        None => String::new(),
-                    },
+                .map(|e| {
+                    let listed = match set.source {
+                        Some(Source::Registry) => "listed as passing by the registry",
+                        Some(Source::Dns) => "returned by DNS",
+                        None => "",
+                    };
+                    let (state, reason, ejected_for_ms) = match e.breaker.availability(now) {
+                        Availability::Ready => (EndpointState::Ready, listed.to_owned(), None),
+                        Availability::Probe => (
+                            EndpointState::Ready,
+                            "ejection over: the next request is its probe".to_owned(),
+                            None,
+                        ),
+                        Availability::Ejected { until, reason, .. } => (
+                            EndpointState::Ejected,
+                            format!("ejected: {reason}"),
+                            Some(until.saturating_duration_since(now).as_millis() as u64),
+                        ),
+                    };
+                    EndpointView {
+                        address: e.address.clone(),
+                        instance: e.instance.clone(),
+                        state: state.as_str(),
+                        weight: e.weight,
+                        ewma_ms: e.ewma().as_secs_f64() * 1000.0,
+                        in_flight: e.in_flight(),
+                        last_error: e.last_error(),
+                        reason,
+                        ejected_for_ms,
+                    }
                 })
                 .collect(),
         }

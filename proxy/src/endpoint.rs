@@ -41,6 +41,8 @@ pub struct Endpoint {
     ewma: Mutex<PeakEwma>,
     in_flight: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// Outlier ejection state.
+    pub breaker: crate::breaker::Breaker,
 }
 
 /// Peak-EWMA latency (Finagle, Linkerd): a slower observation replaces the estimate at
@@ -76,6 +78,7 @@ impl Endpoint {
             }),
             in_flight: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            breaker: crate::breaker::Breaker::default(),
         }
     }
 

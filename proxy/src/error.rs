@@ -24,6 +24,12 @@ pub enum ErrorKind {
     UpstreamFailed,
     /// The request could not be routed (no Host / `:authority`).
     BadRequest,
+    /// The peer refused the HTTP/2 stream before processing it (REFUSED_STREAM).
+    Refused,
+    /// Retries were needed but the destination's retry budget is spent.
+    BudgetExhausted,
+    /// The destination already has the most requests in flight it may have.
+    Overloaded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +50,20 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::UpstreamFailed => "upstream-failed",
             ErrorKind::BadRequest => "bad-request",
+            ErrorKind::Refused => "refused",
+            ErrorKind::BudgetExhausted => "budget-exhausted",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::ConnectFailed | ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::NoEndpoints | ErrorKind::BudgetExhausted | ErrorKind::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::ConnectFailed | ErrorKind::UpstreamFailed | ErrorKind::Refused => {
+                StatusCode::BAD_GATEWAY
+            }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         }
@@ -58,17 +71,21 @@ impl ErrorKind {
 
     pub fn grpc_status(self) -> u32 {
         match self {
-            ErrorKind::NoEndpoints | ErrorKind::ConnectFailed | ErrorKind::UpstreamFailed => {
-                grpc::UNAVAILABLE
-            }
+            ErrorKind::NoEndpoints
+            | ErrorKind::ConnectFailed
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::Refused
+            | ErrorKind::BudgetExhausted
+            | ErrorKind::Overloaded => grpc::UNAVAILABLE,
             ErrorKind::Timeout => grpc::DEADLINE_EXCEEDED,
             ErrorKind::BadRequest => grpc::INTERNAL,
         }
     }
 
-    /// Nothing of the request reached an app, so another endpoint may be tried.
+    /// Nothing of the request reached an app, so another endpoint may be tried whatever
+    /// the request is.
     pub fn is_safe_to_retry(self) -> bool {
-        matches!(self, ErrorKind::ConnectFailed | ErrorKind::NoEndpoints)
+        matches!(self, ErrorKind::ConnectFailed | ErrorKind::Refused)
     }
 }
 

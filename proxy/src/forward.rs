@@ -85,10 +85,16 @@ impl Clients {
                 ErrorKind::ConnectFailed,
                 format!("cannot connect to {address}: {}", source_chain(&e)),
             )),
-            Err(e) => Err(ProxyError::new(
-                ErrorKind::UpstreamFailed,
-                format!("request to {address} failed: {}", source_chain(&e)),
-            )),
+            Err(e) => {
+                let why = source_chain(&e);
+                // hyper exposes HTTP/2 reset reasons only through the error chain.
+                let kind = if why.contains("refused stream") {
+                    ErrorKind::Refused
+                } else {
+                    ErrorKind::UpstreamFailed
+                };
+                Err(ProxyError::new(kind, format!("request to {address} failed: {why}")))
+            }
         }
     }
 }
@@ -137,11 +143,15 @@ fn prepare(
 
 /// The answer for the caller: the next hop's response, streamed, with the metrics and the
 /// endpoint's in-flight count settled when the stream ends.
-pub fn observe(
-    response: Response<Incoming>,
+pub fn observe<B>(
+    response: Response<B>,
     timer: ResponseTimer,
     in_flight: Option<InFlight>,
-) -> Response<BoxBody> {
+) -> Response<BoxBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
     let status = response.status();
     // A trailers-only gRPC answer carries its status in the headers.
     let header_status = crate::grpc::status_of(response.headers());

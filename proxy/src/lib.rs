@@ -16,7 +16,10 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod breaker;
+pub mod budget;
 pub mod config;
+pub mod deadline;
 pub mod discover;
 pub mod dns;
 pub mod endpoint;
@@ -28,6 +31,8 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod register;
+pub mod replay;
+pub mod retry;
 pub mod server;
 
 use std::future::Future;
@@ -124,7 +129,8 @@ pub async fn run(
             None
         }
     };
-    let discovery = Discovery::new(registry.clone(), dns, metrics.clone());
+    let retry = config.retry();
+    let discovery = Discovery::new(registry.clone(), dns, metrics.clone(), retry.budget);
     let clients = Clients::new(config.connect_timeout);
     let limits = Limits {
         max_connections: config.max_connections,
@@ -224,6 +230,11 @@ pub async fn run(
         clients: clients.clone(),
         strategy: config.balancer,
         metrics: metrics.clone(),
+        retry,
+        ejection: config.ejection(),
+        timeout: config.timeout,
+        per_try_timeout: config.per_try_timeout,
+        max_pending: config.max_pending,
     });
     let mut routes = vec![("outbound", listeners.outbound, Route::ByHost)];
     for (upstream, listener) in listeners.upstreams {

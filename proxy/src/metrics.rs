@@ -58,10 +58,10 @@ pub struct Metrics {
     requests: IntCounterVec,
     responses: IntCounterVec,
     latency: HistogramVec,
-    pub retries: IntCounterVec,
-    pub retry_budget_exhausted: IntCounterVec,
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
     endpoints: IntGaugeVec,
-    pub endpoint_ejections: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
     tcp_open: IntGaugeVec,
     discovery_updates: IntCounterVec,
     pub registry_connected: IntGauge,
@@ -203,6 +203,24 @@ impl Metrics {
         self.endpoints
             .with_label_values(&[&service, EndpointState::Ejected.as_str()])
             .set(0);
+    }
+
+    /// Counts a retry sent to `service`.
+    pub fn retried(&self, service: &str, reason: &str) {
+        let service = self.service_label(service);
+        self.retries.with_label_values(&[&service, reason]).inc();
+    }
+
+    /// Counts a failure returned because the retry budget was spent.
+    pub fn budget_exhausted(&self, service: &str) {
+        let service = self.service_label(service);
+        self.retry_budget_exhausted.with_label_values(&[&service]).inc();
+    }
+
+    /// Counts an endpoint ejection.
+    pub fn ejected(&self, service: &str) {
+        let service = self.service_label(service);
+        self.endpoint_ejections.with_label_values(&[&service]).inc();
     }
 
     pub fn set_endpoints(&self, service: &str, state: EndpointState, n: usize) {

@@ -52,16 +52,20 @@ async fn after_n_requests_every_counter_and_histogram_says_n() {
     let inf = r#"mesh_response_latency_seconds_bucket{classification="success",direction="outbound",service="web",le="+Inf"}"#;
     assert_eq!(common::metric(&out, inf), Some(n), "{out}");
 
+    // The GET answered 503 is idempotent: it was tried 3 times in all.
+    let retried = r#"mesh_retries_total{reason="status",service="web"}"#;
+    assert_eq!(common::metric(&out, retried), Some(2.0), "{out}");
     let inbound = server.metrics().await;
     assert_eq!(
         common::metric(
             &inbound,
             r#"mesh_requests_total{direction="inbound",service="web"}"#
         ),
-        Some(n + 1.0),
+        Some(n + 3.0),
         "{inbound}"
     );
     for name in [
+        "mesh_retries_total",
         "mesh_retry_budget_exhausted_total",
         "mesh_endpoint_ejections_total",
         "mesh_tcp_open_connections",

@@ -1,0 +1,137 @@
+//! The retry budget of one destination: retries may add at most a share of the original
+//! requests (default 20 %) plus a floor (default 10 per second), counted over a sliding
+//! ten-second window. When a whole service is failing, retries stop multiplying its load.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Length of one slot of the window.
+const SLOT: Duration = Duration::from_secs(1);
+/// Slots in the window.
+const SLOTS: usize = 10;
+
+#[derive(Clone, Copy, Debug)]
+pub struct BudgetConfig {
+    /// Retries allowed per original request (0.2 = 20 %).
+    pub ratio: f64,
+    /// Retries allowed per second whatever the traffic, so low-traffic services can
+    /// still retry.
+    pub min_per_second: u32,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
+}
+
+pub struct RetryBudget {
+    config: BudgetConfig,
+    /// A std Mutex: a few additions under it, never an await.
+    window: Mutex<Window>,
+}
+
+struct Window {
+    /// (requests, retries) per slot, oldest first.
+    slots: [(u64, u64); SLOTS],
+    /// Start of the newest slot.
+    newest: Instant,
+    current: usize,
+}
+
+// === impl RetryBudget ===
+
+impl RetryBudget {
+    pub fn new(config: BudgetConfig) -> Self {
+        RetryBudget {
+            config,
+            window: Mutex::new(Window {
+                slots: [(0, 0); SLOTS],
+                newest: Instant::now(),
+                current: 0,
+            }),
+        }
+    }
+
+    /// Counts an original request (which earns `ratio` of a retry).
+    pub fn deposit(&self) {
+        let mut w = self.window.lock().expect("budget lock");
+        let i = w.advance(Instant::now());
+        w.slots[i].0 += 1;
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn withdraw(&self) -> bool {
+        let mut w = self.window.lock().expect("budget lock");
+        let i = w.advance(Instant::now());
+        let (requests, retries) = w
+            .slots
+            .iter()
+            .fold((0u64, 0u64), |(a, b), (r, t)| (a + r, b + t));
+        let floor = f64::from(self.config.min_per_second) * (SLOTS as f64 * SLOT.as_secs_f64());
+        let allowed = requests as f64 * self.config.ratio + floor;
+        if (retries as f64) < allowed.floor() {
+            w.slots[i].1 += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+// === impl Window ===
+
+impl Window {
+    /// Moves the window to `now`, clearing slots that fell out; returns the slot of now.
+    fn advance(&mut self, now: Instant) -> usize {
+        let mut steps = 0;
+        while now.saturating_duration_since(self.newest) >= SLOT && steps < SLOTS {
+            self.newest += SLOT;
+            self.current = (self.current + 1) % SLOTS;
+            self.slots[self.current] = (0, 0);
+            steps += 1;
+        }
+        if now.saturating_duration_since(self.newest) >= SLOT {
+            // Idle for longer than the window: start afresh.
+            self.newest = now;
+        }
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_capped_at_the_ratio_plus_the_floor() {
+        let budget = RetryBudget::new(BudgetConfig {
+            ratio: 0.2,
+            min_per_second: 1,
+        });
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        // 100 requests × 20 % + 1/s × 10 s = 30 retries in the window.
+        let granted = (0..50).filter(|_| budget.withdraw()).count();
+        assert_eq!(granted, 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides() {
+        let budget = RetryBudget::new(BudgetConfig {
+            ratio: 0.0,
+            min_per_second: 1,
+        });
+        assert_eq!((0..20).filter(|_| budget.withdraw()).count(), 10);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!((0..20).filter(|_| budget.withdraw()).count(), 0, "still in the window");
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!((0..20).filter(|_| budget.withdraw()).count(), 10, "the old retries aged out");
+    }
+}

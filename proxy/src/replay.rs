@@ -1,0 +1,246 @@
+//! A request body that can be sent again: the first attempt streams it live while a copy
+//! is kept (up to a limit), and a retry replays the copy, then continues with whatever
+//! of the original has not been read yet.
+//!
+//! Streaming live matters: a client-streaming or bidirectional gRPC call must reach the
+//! server before the client has finished sending, so the body is never held back to be
+//! buffered first. A body that outgrows the limit is simply no longer replayable.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxBody, BoxError};
+
+/// Clones share one state; the clone being sent holds it while it reads.
+pub struct ReplayBody {
+    shared: Arc<Mutex<Option<State>>>,
+    /// The state while this clone is reading (taken from `shared`, put back on drop).
+    state: Option<State>,
+    /// Chunks of the copy this clone has replayed so far.
+    replayed: usize,
+    trailers_sent: bool,
+    hint: SizeHint,
+}
+
+struct State {
+    /// What is left of the original body.
+    rest: BoxBody,
+    /// The copy, chunk by chunk; emptied when it outgrows the limit.
+    copy: Vec<Bytes>,
+    copied: usize,
+    trailers: Option<HeaderMap>,
+    limit: usize,
+    /// The copy no longer holds the whole body read so far.
+    overflowed: bool,
+    ended: bool,
+}
+
+// === impl ReplayBody ===
+
+impl ReplayBody {
+    pub fn new(body: BoxBody, limit: usize) -> Self {
+        let hint = body.size_hint();
+        let state = State {
+            overflowed: hint.lower() > limit as u64,
+            rest: body,
+            copy: Vec::new(),
+            copied: 0,
+            trailers: None,
+            limit,
+            ended: false,
+        };
+        ReplayBody {
+            shared: Arc::new(Mutex::new(Some(state))),
+            state: None,
+            replayed: 0,
+            trailers_sent: false,
+            hint,
+        }
+    }
+
+    /// A body for another attempt, if the whole body can still be sent again: the copy
+    /// has not overflowed and no earlier attempt is still reading the original.
+    pub fn try_clone(&self) -> Option<ReplayBody> {
+        let shared = self.shared.lock().expect("replay lock");
+        match shared.as_ref() {
+            Some(state) if !state.overflowed => Some(ReplayBody {
+                shared: self.shared.clone(),
+                state: None,
+                replayed: 0,
+                trailers_sent: false,
+                hint: self.hint.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// True if another attempt could still be made (see [`try_clone`](Self::try_clone)).
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.shared.lock().expect("replay lock").as_ref(), Some(s) if !s.overflowed)
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.state.is_none() {
+            match this.shared.lock().expect("replay lock").take() {
+                Some(state) => this.state = Some(state),
+                // Another attempt is still reading the original: this one has nothing.
+                None => return Poll::Ready(Some(Err("request body is held by an earlier attempt".into()))),
+            }
+        }
+        let state = this.state.as_mut().expect("state taken above");
+
+        // First, what earlier attempts already read.
+        if !state.overflowed && this.replayed < state.copy.len() {
+            this.replayed += 1;
+            return Poll::Ready(Some(Ok(Frame::data(state.copy[this.replayed - 1].clone()))));
+        }
+        if state.ended {
+            if !this.trailers_sent
+                && let Some(trailers) = state.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        }
+
+        // Then the live original, copying as it goes.
+        let polled = Pin::new(&mut state.rest).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    state.copied += data.len();
+                    if state.copied > state.limit {
+                        state.overflowed = true;
+                        state.copy.clear();
+                    } else if !state.overflowed {
+                        state.copy.push(data.clone());
+                        this.replayed += 1;
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    state.trailers = Some(trailers.clone());
+                    this.trailers_sent = true;
+                }
+            }
+            Poll::Ready(None) => state.ended = true,
+            Poll::Ready(Some(Err(_))) => state.overflowed = true,
+            Poll::Pending => {}
+        }
+        if state.rest.is_end_stream() {
+            state.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            Some(s) => {
+                s.ended
+                    && (s.overflowed || self.replayed >= s.copy.len())
+                    && (self.trailers_sent || s.trailers.is_none())
+            }
+            None => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+impl Drop for ReplayBody {
+    fn drop(&mut self) {
+        // Hand the state back so a later attempt can replay.
+        if let Some(state) = self.state.take() {
+            *self.shared.lock().expect("replay lock") = Some(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::body;
+
+    #[tokio::test]
+    async fn a_retry_replays_the_whole_body_with_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", "1".parse().unwrap());
+        let original = body::boxed(
+            http_body_util::Full::new(Bytes::from_static(b"hello"))
+                .with_trailers(async move { Some(Ok(trailers)) }),
+        );
+        let first = ReplayBody::new(original, 1024);
+        let second = first.try_clone().unwrap();
+        let a = first.collect().await.unwrap();
+        assert_eq!(a.trailers().unwrap()["x-t"], "1");
+        assert_eq!(a.to_bytes(), "hello");
+        let b = second.collect().await.unwrap();
+        assert_eq!(b.trailers().unwrap()["x-t"], "1");
+        assert_eq!(b.to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_partial_read_continues_with_the_rest() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4).into_sender_receiver();
+        tx.send(Bytes::from_static(b"ab")).await.unwrap();
+        let mut first = ReplayBody::new(body::boxed(rx), 1024);
+        let retry = first.try_clone().unwrap();
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "ab");
+        drop(first);
+        tx.send(Bytes::from_static(b"cd")).await.unwrap();
+        drop(tx);
+        assert_eq!(retry.collect().await.unwrap().to_bytes(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_not_replayable() {
+        let big = body::full(vec![7u8; 100]);
+        let first = ReplayBody::new(big, 10);
+        assert!(!first.is_replayable(), "a known length over the limit");
+        assert!(first.try_clone().is_none());
+        assert_eq!(first.collect().await.unwrap().to_bytes().len(), 100);
+    }
+
+    /// A body fed from a channel, for the tests.
+    trait IntoSenderReceiver {
+        fn into_sender_receiver(self) -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody);
+    }
+
+    impl IntoSenderReceiver for (tokio::sync::mpsc::Sender<Bytes>, tokio::sync::mpsc::Receiver<Bytes>) {
+        fn into_sender_receiver(self) -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+            (self.0, ChannelBody(self.1))
+        }
+    }
+
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d))))
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Retry policy: which failures are worth another endpoint, for which requests, and how
+//! long to wait first.
+//!
+//! Safe by default: a failure before any request byte reached an app (connect refused,
+//! HTTP/2 REFUSED_STREAM, a peer sidecar that could not reach its app) is retried for
+//! every request; a failure status (502/503/504) only for idempotent requests or those
+//! marked retryable; gRPC UNAVAILABLE always — including when it arrives in trailers,
+//! which is why small gRPC responses are peeked at before being passed on.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::body::{self, BoxBody};
+use crate::budget::BudgetConfig;
+use crate::error::MESH_ERROR;
+use crate::grpc;
+
+/// Header marking a request retryable whatever its method (`mesh-retry: true`).
+pub const MESH_RETRY: &str = "mesh-retry";
+
+/// How long peeking at a gRPC response waits for each frame after the first: the frames
+/// of a unary answer arrive together, a stream's later messages do not, and a stream must
+/// not be held back.
+const PEEK_WAIT: Duration = Duration::from_millis(5);
+
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    /// Tries in total, the first included (1 disables retries).
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// HTTP statuses retried for idempotent or marked requests.
+    pub statuses: Vec<u16>,
+    /// gRPC status codes retried (UNAVAILABLE is always among them).
+    pub grpc_codes: Vec<u32>,
+    /// Request and response bytes kept to make a retry possible.
+    pub buffer_limit: usize,
+    pub budget: BudgetConfig,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(25),
+            backoff_cap: Duration::from_millis(250),
+            statuses: vec![502, 503, 504],
+            grpc_codes: vec![grpc::UNAVAILABLE],
+            buffer_limit: 64 * 1024,
+            budget: BudgetConfig::default(),
+        }
+    }
+}
+
+/// Why a try is retried; the `reason` label of `mesh_retries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No request byte reached an app (connect failed, stream refused).
+    NotSent,
+    /// A retryable HTTP status.
+    Status,
+    /// A retryable gRPC status.
+    GrpcStatus,
+    /// The connection broke mid-request, or the try timed out (idempotent requests).
+    Failed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotSent => "not-sent",
+            Reason::Status => "status",
+            Reason::GrpcStatus => "grpc-status",
+            Reason::Failed => "failed",
+        }
+    }
+}
+
+// === impl RetryConfig ===
+
+impl RetryConfig {
+    /// Backoff before try number `attempt` (2 for the first retry): full jitter under an
+    /// exponential ceiling.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(2).min(16))
+            .min(self.backoff_cap);
+        rand::rng().random_range(Duration::ZERO..=ceiling)
+    }
+
+    /// Should an answer with these parts be retried?
+    pub fn classify_response(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        grpc_status: Option<u32>,
+        retry_failures: bool,
+    ) -> Option<Reason> {
+        // A peer sidecar that could not reach its app sent nothing on: always safe.
+        let not_sent = headers
+            .get(MESH_ERROR)
+            .is_some_and(|v| v == "connect-failed" || v == "refused");
+        if not_sent {
+            return Some(Reason::NotSent);
+        }
+        if let Some(code) = grpc_status {
+            return self.grpc_codes.contains(&code).then_some(Reason::GrpcStatus);
+        }
+        (retry_failures && self.statuses.contains(&status.as_u16())).then_some(Reason::Status)
+    }
+}
+
+/// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request asks to be retried whatever its method.
+pub fn is_marked(headers: &HeaderMap) -> bool {
+    headers
+        .get(MESH_RETRY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Reads the start of a gRPC response to find its status before anything is passed on:
+/// the first frame (waiting until `deadline`), then whatever follows at once, up to
+/// `limit` bytes. Returns the response with every frame still in it, and the status if
+/// the end was reached.
+pub async fn peek_grpc(
+    response: Response<Incoming>,
+    limit: usize,
+    deadline: Option<Instant>,
+) -> (Response<BoxBody>, Option<u32>) {
+    let (parts, mut rest) = response.into_parts();
+    let mut frames = VecDeque::new();
+    let mut seen = 0usize;
+    let mut status = None;
+    let mut ended = false;
+    let mut first = true;
+    loop {
+        let wait = if first {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(PEEK_WAIT)
+        };
+        first = false;
+        let next = std::future::poll_fn(|cx| Pin::new(&mut rest).poll_frame(cx));
+        let frame = match wait {
+            Some(wait) => match tokio::time::timeout(wait, next).await {
+                Ok(frame) => frame,
+                Err(_) => break,
+            },
+            None => next.await,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    status = grpc::status_of(trailers);
+                }
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len();
+                }
+                frames.push_back(frame);
+                if seen > limit || status.is_some() {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                let failed = Peeked {
+                    frames,
+                    rest: None,
+                    error: Some(e),
+                };
+                return (Response::from_parts(parts, body::boxed(failed)), None);
+            }
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let peeked = Peeked {
+        frames,
+        rest: (!ended && status.is_none()).then_some(rest),
+        error: None,
+    };
+    (Response::from_parts(parts, body::boxed(peeked)), status)
+}
+
+/// Frames already read, then the rest of the body.
+struct Peeked {
+    frames: VecDeque<Frame<Bytes>>,
+    rest: Option<Incoming>,
+    error: Option<hyper::Error>,
+}
+
+impl Body for Peeked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.error.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_has_an_exponential_ceiling_and_a_cap() {
+        let c = RetryConfig::default();
+        for _ in 0..100 {
+            assert!(c.backoff(2) <= Duration::from_millis(25));
+            assert!(c.backoff(3) <= Duration::from_millis(50));
+            assert!(c.backoff(10) <= Duration::from_millis(250));
+        }
+    }
+
+    #[test]
+    fn classification_follows_method_status_and_grpc_code() {
+        let c = RetryConfig::default();
+        let none = HeaderMap::new();
+        assert_eq!(c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, true), Some(Reason::Status));
+        assert_eq!(c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, false), None, "a POST is not retried on 503");
+        assert_eq!(c.classify_response(StatusCode::INTERNAL_SERVER_ERROR, &none, None, true), None);
+        assert_eq!(c.classify_response(StatusCode::OK, &none, Some(14), false), Some(Reason::GrpcStatus));
+        assert_eq!(c.classify_response(StatusCode::OK, &none, Some(5), false), None);
+        let mut peer = HeaderMap::new();
+        peer.insert(MESH_ERROR, "connect-failed".parse().unwrap());
+        assert_eq!(c.classify_response(StatusCode::BAD_GATEWAY, &peer, None, false), Some(Reason::NotSent));
+        assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
+        let mut marked = HeaderMap::new();
+        marked.insert(MESH_RETRY, "true".parse().unwrap());
+        assert!(is_marked(&marked));
+    }
+}
