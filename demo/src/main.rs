@@ -3,7 +3,7 @@
 //! Run with: `cargo run --release -p mesh-demo`, then in another terminal
 //! `cargo run --release -p mesh-demo -- traffic`.
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mesh_demo::{TrafficConfig, UpConfig};
@@ -32,7 +32,7 @@ enum Command {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -40,7 +40,17 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    // The message alone, with its causes: a backtrace would bury "port 5000 is in use".
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => mesh_demo::launcher::run(cli.up).await?,
         Some(Command::Traffic(config)) => {

@@ -182,3 +182,44 @@ fn children_do_not_outlive_a_killed_launcher() {
         launcher.transcript()
     );
 }
+
+#[test]
+fn a_process_dying_during_start_up_is_named_and_the_rest_stopped() {
+    let real = bin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mesh-registry", "recommendations", "marketplace"] {
+        std::os::unix::fs::symlink(real.join(name), dir.path().join(name)).unwrap();
+    }
+    // A sidecar that cannot start.
+    let proxy = dir.path().join("mesh-proxy");
+    std::fs::write(&proxy, "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&proxy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let ports = Ports::free();
+    let mut args = vec!["--bin-dir".to_owned(), dir.path().display().to_string()];
+    args.extend(ports.flags());
+    let mut launcher = Launcher::start(&args);
+    let status = launcher.wait_exit(Duration::from_secs(60));
+    let transcript = launcher.finish();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{status:?}\n{transcript}"
+    );
+    assert!(
+        transcript.contains("[sidecar/recommendations-1] cannot start"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("error: sidecar/recommendations-1 (pid ")
+            && transcript.contains(") exited during start-up: exit code 3"),
+        "{transcript}"
+    );
+    // Everything it had started, listed as `started NAME (pid N)`, is gone.
+    let started: Vec<u32> = transcript
+        .lines()
+        .filter_map(|l| l.split_once("(pid ")?.1.strip_suffix(')')?.parse().ok())
+        .collect();
+    assert!(started.len() >= 2, "{transcript}");
+    let left = wait_gone(&started, Duration::from_secs(5));
+    assert!(left.is_empty(), "still running: {left:?}\n{transcript}");
+}
