@@ -58,7 +58,11 @@ struct Ejection {
 pub enum Availability {
     Ready,
     /// Out of rotation until `until`.
-    Ejected { since: Instant, until: Instant, reason: String },
+    Ejected {
+        since: Instant,
+        until: Instant,
+        reason: String,
+    },
     /// The ejection ran out: the next request is its probe.
     Probe,
 }
@@ -85,7 +89,12 @@ impl Breaker {
 
     /// When the endpoint was last ejected, if it is out now.
     pub fn ejected_at(&self) -> Option<Instant> {
-        self.state.lock().expect("breaker lock").ejected.as_ref().map(|e| e.at)
+        self.state
+            .lock()
+            .expect("breaker lock")
+            .ejected
+            .as_ref()
+            .map(|e| e.at)
     }
 
     /// Claims the probe of an endpoint whose ejection ran out; true if this request is it.
@@ -110,7 +119,13 @@ impl Breaker {
 
     /// A failure. Ejects the endpoint when the streak reaches the threshold (or its probe
     /// failed) and `may_eject` allows one more ejection; returns true if it was ejected.
-    pub fn failure(&self, config: &EjectionConfig, reason: &str, may_eject: bool, now: Instant) -> bool {
+    pub fn failure(
+        &self,
+        config: &EjectionConfig,
+        reason: &str,
+        may_eject: bool,
+        now: Instant,
+    ) -> bool {
         let mut state = self.state.lock().expect("breaker lock");
         state.failures = state.failures.saturating_add(1);
         let probe_failed = state.ejected.as_ref().is_some_and(|e| e.probing);
@@ -158,7 +173,10 @@ mod tests {
         let now = Instant::now();
         assert!(!b.failure(&c, "refused", true, now));
         assert!(!b.failure(&c, "refused", true, now));
-        assert!(b.failure(&c, "refused", true, now), "third consecutive failure ejects");
+        assert!(
+            b.failure(&c, "refused", true, now),
+            "third consecutive failure ejects"
+        );
         assert!(b.is_ejected(now + Duration::from_secs(29)));
         assert!(!b.claim_probe(now + Duration::from_secs(29)));
 
@@ -195,7 +213,10 @@ mod tests {
         assert!(!b.success());
         assert!(!b.failure(&c, "x", true, now));
         assert!(!b.failure(&c, "x", true, now));
-        assert!(!b.failure(&c, "x", false, now), "too many endpoints out already");
+        assert!(
+            !b.failure(&c, "x", false, now),
+            "too many endpoints out already"
+        );
         assert!(b.failure(&c, "x", true, now), "allowed again");
     }
 }

@@ -130,8 +130,16 @@ mod tests {
         });
         assert_eq!((0..20).filter(|_| budget.withdraw()).count(), 10);
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!((0..20).filter(|_| budget.withdraw()).count(), 0, "still in the window");
+        assert_eq!(
+            (0..20).filter(|_| budget.withdraw()).count(),
+            0,
+            "still in the window"
+        );
         tokio::time::advance(Duration::from_secs(8)).await;
-        assert_eq!((0..20).filter(|_| budget.withdraw()).count(), 10, "the old retries aged out");
+        assert_eq!(
+            (0..20).filter(|_| budget.withdraw()).count(),
+            10,
+            "the old retries aged out"
+        );
     }
 }

@@ -118,7 +118,12 @@ pub struct Config {
     pub retry_min_per_second: u32,
 
     /// HTTP statuses retried for idempotent (or `mesh-retry: true`) requests.
-    #[arg(long, env = "MESH_RETRY_STATUSES", value_delimiter = ',', default_value = "502,503,504")]
+    #[arg(
+        long,
+        env = "MESH_RETRY_STATUSES",
+        value_delimiter = ',',
+        default_value = "502,503,504"
+    )]
     pub retry_statuses: Vec<u16>,
 
     /// gRPC codes retried, as numbers or names (UNAVAILABLE is always retried).
@@ -167,20 +172,39 @@ pub struct Config {
 /// A gRPC status code by number (`8`) or name (`RESOURCE_EXHAUSTED`).
 fn parse_grpc_code(s: &str) -> Result<u32, String> {
     const NAMES: [&str; 17] = [
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
     if let Ok(n) = s.parse::<u32>() {
-        return if (n as usize) < NAMES.len() { Ok(n) } else { Err(format!("{n} is not a gRPC code (0-16)")) };
+        return if (n as usize) < NAMES.len() {
+            Ok(n)
+        } else {
+            Err(format!("{n} is not a gRPC code (0-16)"))
+        };
     }
     let upper = s.trim().to_ascii_uppercase();
     NAMES
         .iter()
         .position(|n| *n == upper)
         .map(|i| i as u32)
-        .ok_or_else(|| format!("{s:?} is not a gRPC code name like UNAVAILABLE or RESOURCE_EXHAUSTED"))
+        .ok_or_else(|| {
+            format!("{s:?} is not a gRPC code name like UNAVAILABLE or RESOURCE_EXHAUSTED")
+        })
 }
 
 /// One `--upstream NAME=ADDR`.

@@ -19,7 +19,12 @@ pub struct Deadlines {
 
 impl Deadlines {
     /// The request's deadlines: the flags' values, shortened by its headers.
-    pub fn of(headers: &HeaderMap, timeout: Option<Duration>, per_try: Option<Duration>, now: Instant) -> Self {
+    pub fn of(
+        headers: &HeaderMap,
+        timeout: Option<Duration>,
+        per_try: Option<Duration>,
+        now: Instant,
+    ) -> Self {
         let header = |name| {
             headers
                 .get(name)
@@ -30,8 +35,14 @@ impl Deadlines {
             .get(GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let total = [timeout, header(MESH_TIMEOUT), grpc].into_iter().flatten().min();
-        let per_try = [per_try, header(MESH_PER_TRY_TIMEOUT)].into_iter().flatten().min();
+        let total = [timeout, header(MESH_TIMEOUT), grpc]
+            .into_iter()
+            .flatten()
+            .min();
+        let per_try = [per_try, header(MESH_PER_TRY_TIMEOUT)]
+            .into_iter()
+            .flatten()
+            .min();
         Deadlines {
             total: total.map(|t| now + t),
             per_try,
@@ -96,9 +107,15 @@ mod tests {
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("m"), None);
         let encoded = grpc_timeout(Duration::from_millis(87));
-        assert_eq!(parse_grpc_timeout(encoded.to_str().unwrap()), Some(Duration::from_millis(87)));
+        assert_eq!(
+            parse_grpc_timeout(encoded.to_str().unwrap()),
+            Some(Duration::from_millis(87))
+        );
         let long = grpc_timeout(Duration::from_secs(1000));
-        assert_eq!(parse_grpc_timeout(long.to_str().unwrap()), Some(Duration::from_secs(1000)));
+        assert_eq!(
+            parse_grpc_timeout(long.to_str().unwrap()),
+            Some(Duration::from_secs(1000))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -108,10 +125,18 @@ mod tests {
         h.insert(GRPC_TIMEOUT, "100m".parse().unwrap());
         h.insert(MESH_TIMEOUT, "2s".parse().unwrap());
         h.insert(MESH_PER_TRY_TIMEOUT, "30ms".parse().unwrap());
-        let d = Deadlines::of(&h, Some(Duration::from_secs(10)), Some(Duration::from_millis(50)), now);
+        let d = Deadlines::of(
+            &h,
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_millis(50)),
+            now,
+        );
         assert_eq!(d.total, Some(now + Duration::from_millis(100)));
         assert_eq!(d.per_try, Some(Duration::from_millis(30)));
-        assert_eq!(d.try_deadline(now + Duration::from_millis(90)), Some(now + Duration::from_millis(100)));
+        assert_eq!(
+            d.try_deadline(now + Duration::from_millis(90)),
+            Some(now + Duration::from_millis(100))
+        );
         let none = Deadlines::of(&HeaderMap::new(), None, None, now);
         assert_eq!((none.total, none.per_try), (None, None));
     }

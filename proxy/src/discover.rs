@@ -19,9 +19,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::breaker::Availability;
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::dns::Dns;
-use crate::breaker::Availability;
 use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
 
@@ -94,8 +94,16 @@ impl Destination {
     pub fn refresh_gauges(&self, metrics: &Metrics) {
         let now = Instant::now();
         let set = self.endpoints.load();
-        let ejected = set.endpoints.iter().filter(|e| e.breaker.is_ejected(now)).count();
-        metrics.set_endpoints(&self.name, EndpointState::Ready, set.endpoints.len() - ejected);
+        let ejected = set
+            .endpoints
+            .iter()
+            .filter(|e| e.breaker.is_ejected(now))
+            .count();
+        metrics.set_endpoints(
+            &self.name,
+            EndpointState::Ready,
+            set.endpoints.len() - ejected,
+        );
         metrics.set_endpoints(&self.name, EndpointState::Ejected, ejected);
     }
 

@@ -93,7 +93,10 @@ impl Clients {
                 } else {
                     ErrorKind::UpstreamFailed
                 };
-                Err(ProxyError::new(kind, format!("request to {address} failed: {why}")))
+                Err(ProxyError::new(
+                    kind,
+                    format!("request to {address} failed: {why}"),
+                ))
             }
         }
     }

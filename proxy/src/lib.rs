@@ -146,9 +146,13 @@ pub async fn run(
         drain: config.drain_timeout,
     };
 
+    // Inbound stops first (after deregistering); the app's own listeners stay open until
+    // the app has exited, since an app finishing its work may still make calls.
+    let (stop_inbound_tx, stop_inbound) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(false);
     let (admin_shutdown, mut admin_shutdown_rx) = watch::channel(false);
+    let mut inbound_servers = Vec::new();
     let mut servers = Vec::new();
 
     // Registration: the app's health feeds the heartbeats.
@@ -174,11 +178,11 @@ pub async fn run(
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        servers.push(spawn_server(
+        inbound_servers.push(spawn_server(
             serving("inbound", Some(Direction::Inbound)),
             inbound_listener,
             handler,
-            &stop,
+            &stop_inbound,
         ));
 
         let (health_tx, health) = watch::channel(Status::Critical);
@@ -307,7 +311,19 @@ pub async fn run(
             tracing::warn!("deregistration did not finish in time");
         }
     }
+    let drain_ends = tokio::time::Instant::now() + config.drain_timeout;
     tracing::info!(drain = ?config.drain_timeout, "draining in-flight requests");
+    stop_inbound_tx.send_replace(true);
+    for server in inbound_servers {
+        let _ = server.await;
+    }
+    if let Some(app) = config.app.filter(|_| config.service.is_some())
+        && tokio::time::timeout_at(drain_ends, app_exited(app))
+            .await
+            .is_err()
+    {
+        tracing::info!(%app, "the app is still running at the end of the drain; closing its listeners");
+    }
     stop_tx.send_replace(true);
     for server in servers {
         let _ = server.await;
@@ -316,6 +332,13 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once the app no longer accepts connections.
+async fn app_exited(app: std::net::SocketAddr) {
+    while tokio::net::TcpStream::connect(app).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn spawn_server<H, F>(

@@ -214,7 +214,9 @@ impl Metrics {
     /// Counts a failure returned because the retry budget was spent.
     pub fn budget_exhausted(&self, service: &str) {
         let service = self.service_label(service);
-        self.retry_budget_exhausted.with_label_values(&[&service]).inc();
+        self.retry_budget_exhausted
+            .with_label_values(&[&service])
+            .inc();
     }
 
     /// Counts an endpoint ejection.

@@ -91,7 +91,10 @@ impl Route {
                             .map(str::to_owned)
                     })?;
                 let authority: http::uri::Authority = authority.parse().ok()?;
-                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
                 (!host.is_empty()).then(|| (host.to_ascii_lowercase(), authority.port_u16()))
             }
         }
@@ -116,15 +119,24 @@ impl Outbound {
         let Some(_pending) = destination.try_begin(self.max_pending) else {
             let e = ProxyError::new(
                 ErrorKind::Overloaded,
-                format!("{service} already has {} requests in flight", self.max_pending),
+                format!(
+                    "{service} already has {} requests in flight",
+                    self.max_pending
+                ),
             );
             return fail(e, grpc_caller, timer);
         };
         destination.budget.deposit();
 
-        let deadlines = Deadlines::of(request.headers(), self.timeout, self.per_try_timeout, Instant::now());
+        let deadlines = Deadlines::of(
+            request.headers(),
+            self.timeout,
+            self.per_try_timeout,
+            Instant::now(),
+        );
         // Failure statuses are retried only where repeating the request is harmless.
-        let retry_failures = retry::is_idempotent(request.method()) || retry::is_marked(request.headers());
+        let retry_failures =
+            retry::is_idempotent(request.method()) || retry::is_marked(request.headers());
         let wire = Wire::of(&request);
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(retry::MESH_RETRY);
@@ -134,7 +146,9 @@ impl Outbound {
         let mut last: Option<(Failure, Reason)> = None;
         for attempt in 1..=self.retry.max_attempts.max(1) {
             if let Some((failure, reason)) = last.take() {
-                if let Err(stop) = self.may_retry(&destination, &body, &deadlines, previous.as_deref()) {
+                if let Err(stop) =
+                    self.may_retry(&destination, &body, &deadlines, previous.as_deref())
+                {
                     return self.give_up(failure, stop, grpc_caller, timer, &service);
                 }
                 self.metrics.retried(&service, reason.as_str());
@@ -142,8 +156,14 @@ impl Outbound {
                 last = Some((failure, reason));
             }
             let Some(endpoint) = self.choose(&destination, previous.as_deref()) else {
-                let why = destination.last_error().map(|e| format!(" ({e})")).unwrap_or_default();
-                let e = ProxyError::new(ErrorKind::NoEndpoints, format!("no endpoints for {service}{why}"));
+                let why = destination
+                    .last_error()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                let e = ProxyError::new(
+                    ErrorKind::NoEndpoints,
+                    format!("no endpoints for {service}{why}"),
+                );
                 return match last {
                     Some((failure, _)) => self.answer(failure, grpc_caller, timer),
                     None => fail(e, grpc_caller, timer),
@@ -154,7 +174,18 @@ impl Outbound {
                 break;
             };
             let request = rebuild(&parts, attempt_body, &deadlines, grpc_caller);
-            match self.try_once(&destination, &endpoint, request, wire, &deadlines, grpc_caller, retry_failures).await {
+            match self
+                .try_once(
+                    &destination,
+                    &endpoint,
+                    request,
+                    wire,
+                    &deadlines,
+                    grpc_caller,
+                    retry_failures,
+                )
+                .await
+            {
                 Tried::Done(response) => return forward::observe(response, timer, None),
                 Tried::Failed(failure, reason) => {
                     let Some(reason) = reason else {
@@ -168,7 +199,10 @@ impl Outbound {
         match last {
             Some((failure, _)) => self.answer(failure, grpc_caller, timer),
             None => fail(
-                ProxyError::new(ErrorKind::UpstreamFailed, "the request body could not be sent again"),
+                ProxyError::new(
+                    ErrorKind::UpstreamFailed,
+                    "the request body could not be sent again",
+                ),
                 grpc_caller,
                 timer,
             ),
@@ -223,7 +257,8 @@ impl Outbound {
         // for a small answer are read before anything is passed on.
         let mut grpc_status = grpc::status_of(response.headers());
         let (response, in_flight) = if grpc_caller && grpc_status.is_none() {
-            let (peeked, status) = retry::peek_grpc(response, self.retry.buffer_limit, try_deadline).await;
+            let (peeked, status) =
+                retry::peek_grpc(response, self.retry.buffer_limit, try_deadline).await;
             grpc_status = status;
             (peeked, Some(in_flight))
         } else {
@@ -232,7 +267,12 @@ impl Outbound {
         let status = response.status();
         let unavailable = status.is_server_error() || grpc_status == Some(grpc::UNAVAILABLE);
         if unavailable {
-            endpoint.set_error(Some(format!("answered {status}{}", grpc_status.map(|c| format!(" grpc-status {c}")).unwrap_or_default())));
+            endpoint.set_error(Some(format!(
+                "answered {status}{}",
+                grpc_status
+                    .map(|c| format!(" grpc-status {c}"))
+                    .unwrap_or_default()
+            )));
             self.record_failure(destination, endpoint, "failure status");
         } else {
             endpoint.set_error(None);
@@ -241,7 +281,10 @@ impl Outbound {
                 destination.refresh_gauges(&self.metrics);
             }
         }
-        match self.retry.classify_response(status, response.headers(), grpc_status, retry_failures) {
+        match self
+            .retry
+            .classify_response(status, response.headers(), grpc_status, retry_failures)
+        {
             Some(reason) => Tried::Failed(Failure::Answer(response), Some(reason)),
             None => {
                 // The endpoint stays counted until the answer's stream ends.
@@ -287,7 +330,11 @@ impl Outbound {
 
     /// An endpoint for the next try: the ready ones minus the previous try's (when there
     /// is another); when every endpoint is ejected, the one ejected longest ago.
-    fn choose(&self, destination: &Destination, previous: Option<&Endpoint>) -> Option<Arc<Endpoint>> {
+    fn choose(
+        &self,
+        destination: &Destination,
+        previous: Option<&Endpoint>,
+    ) -> Option<Arc<Endpoint>> {
         let now = Instant::now();
         let set = destination.endpoints();
         let ready: Vec<Arc<Endpoint>> = set
@@ -304,7 +351,9 @@ impl Outbound {
                 .cloned();
         }
         let chosen = balance::pick(self.strategy, &ready, &destination.cursor, previous)?;
-        if chosen.breaker.availability(now) == Availability::Probe && chosen.breaker.claim_probe(now) {
+        if chosen.breaker.availability(now) == Availability::Probe
+            && chosen.breaker.claim_probe(now)
+        {
             tracing::info!(endpoint = %chosen.address, "probing an ejected endpoint");
         }
         Some(chosen)
@@ -314,9 +363,16 @@ impl Outbound {
         let now = Instant::now();
         let set = destination.endpoints();
         let total = set.endpoints.len();
-        let ejected = set.endpoints.iter().filter(|e| e.breaker.is_ejected(now)).count();
+        let ejected = set
+            .endpoints
+            .iter()
+            .filter(|e| e.breaker.is_ejected(now))
+            .count();
         let may_eject = (ejected + 1) * 100 <= total * self.ejection.max_percent as usize;
-        if endpoint.breaker.failure(&self.ejection, reason, may_eject, now) {
+        if endpoint
+            .breaker
+            .failure(&self.ejection, reason, may_eject, now)
+        {
             tracing::warn!(service = %destination.name, endpoint = %endpoint.address, %reason, "endpoint ejected");
             self.metrics.ejected(&destination.name);
             destination.refresh_gauges(&self.metrics);
@@ -324,13 +380,26 @@ impl Outbound {
     }
 
     /// No more tries: pass on the last failure, saying why retrying stopped.
-    fn give_up(&self, failure: Failure, stop: Stop, grpc_caller: bool, timer: ResponseTimer, service: &str) -> Response<BoxBody> {
+    fn give_up(
+        &self,
+        failure: Failure,
+        stop: Stop,
+        grpc_caller: bool,
+        timer: ResponseTimer,
+        service: &str,
+    ) -> Response<BoxBody> {
         match stop {
             Stop::Budget => {
                 self.metrics.budget_exhausted(service);
                 match failure {
                     Failure::Proxy(e) => fail(
-                        ProxyError::new(ErrorKind::BudgetExhausted, format!("retry budget for {service} exhausted; last error: {}", e.message)),
+                        ProxyError::new(
+                            ErrorKind::BudgetExhausted,
+                            format!(
+                                "retry budget for {service} exhausted; last error: {}",
+                                e.message
+                            ),
+                        ),
                         grpc_caller,
                         timer,
                     ),
@@ -345,7 +414,10 @@ impl Outbound {
             Stop::Deadline => match failure {
                 Failure::Proxy(e) if e.kind == ErrorKind::Timeout => fail(e, grpc_caller, timer),
                 Failure::Proxy(_) => fail(
-                    ProxyError::new(ErrorKind::Timeout, format!("deadline exceeded calling {service}")),
+                    ProxyError::new(
+                        ErrorKind::Timeout,
+                        format!("deadline exceeded calling {service}"),
+                    ),
                     grpc_caller,
                     timer,
                 ),
@@ -355,7 +427,12 @@ impl Outbound {
         }
     }
 
-    fn answer(&self, failure: Failure, grpc_caller: bool, timer: ResponseTimer) -> Response<BoxBody> {
+    fn answer(
+        &self,
+        failure: Failure,
+        grpc_caller: bool,
+        timer: ResponseTimer,
+    ) -> Response<BoxBody> {
         match failure {
             Failure::Proxy(e) => fail(e, grpc_caller, timer),
             Failure::Answer(response) => forward::observe(response, timer, None),
@@ -372,7 +449,12 @@ enum Stop {
 
 /// The request for one try: the caller's head, the replayable body, and for gRPC the
 /// deadline that is left.
-fn rebuild(parts: &Parts, body: ReplayBody, deadlines: &Deadlines, grpc_caller: bool) -> Request<BoxBody> {
+fn rebuild(
+    parts: &Parts,
+    body: ReplayBody,
+    deadlines: &Deadlines,
+    grpc_caller: bool,
+) -> Request<BoxBody> {
     let mut request = Request::new(body::boxed(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
@@ -389,7 +471,11 @@ fn rebuild(parts: &Parts, body: ReplayBody, deadlines: &Deadlines, grpc_caller: 
 /// Answers with a proxy error and records it.
 pub fn fail(e: ProxyError, grpc_caller: bool, timer: ResponseTimer) -> Response<BoxBody> {
     let response = e.into_response(grpc_caller);
-    timer.finish(response.status(), grpc::status_of(response.headers()), false);
+    timer.finish(
+        response.status(),
+        grpc::status_of(response.headers()),
+        false,
+    );
     response
 }
 
@@ -408,11 +494,26 @@ mod tests {
     #[test]
     fn the_host_names_the_service_and_its_port_is_kept_for_dns() {
         let r = Route::ByHost;
-        assert_eq!(r.destination(&req("/", Some("recommendations"))), Some(("recommendations".into(), None)));
-        assert_eq!(r.destination(&req("/", Some("Web:8080"))), Some(("web".into(), Some(8080))));
-        assert_eq!(r.destination(&req("http://api.example.com/x", None)), Some(("api.example.com".into(), None)));
+        assert_eq!(
+            r.destination(&req("/", Some("recommendations"))),
+            Some(("recommendations".into(), None))
+        );
+        assert_eq!(
+            r.destination(&req("/", Some("Web:8080"))),
+            Some(("web".into(), Some(8080)))
+        );
+        assert_eq!(
+            r.destination(&req("http://api.example.com/x", None)),
+            Some(("api.example.com".into(), None))
+        );
         assert_eq!(r.destination(&req("/", None)), None);
-        let fixed = Route::Fixed { service: "recommendations".into(), port: None };
-        assert_eq!(fixed.destination(&req("/", Some("localhost:50051"))), Some(("recommendations".into(), None)));
+        let fixed = Route::Fixed {
+            service: "recommendations".into(),
+            port: None,
+        };
+        assert_eq!(
+            fixed.destination(&req("/", Some("localhost:50051"))),
+            Some(("recommendations".into(), None))
+        );
     }
 }

@@ -73,7 +73,7 @@ impl ReplayBody {
                 state: None,
                 replayed: 0,
                 trailers_sent: false,
-                hint: self.hint.clone(),
+                hint: self.hint,
             }),
             _ => None,
         }
@@ -98,7 +98,11 @@ impl Body for ReplayBody {
             match this.shared.lock().expect("replay lock").take() {
                 Some(state) => this.state = Some(state),
                 // Another attempt is still reading the original: this one has nothing.
-                None => return Poll::Ready(Some(Err("request body is held by an earlier attempt".into()))),
+                None => {
+                    return Poll::Ready(Some(Err(
+                        "request body is held by an earlier attempt".into()
+                    )));
+                }
             }
         }
         let state = this.state.as_mut().expect("state taken above");
@@ -158,7 +162,7 @@ impl Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -224,7 +228,12 @@ mod tests {
         fn into_sender_receiver(self) -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody);
     }
 
-    impl IntoSenderReceiver for (tokio::sync::mpsc::Sender<Bytes>, tokio::sync::mpsc::Receiver<Bytes>) {
+    impl IntoSenderReceiver
+        for (
+            tokio::sync::mpsc::Sender<Bytes>,
+            tokio::sync::mpsc::Receiver<Bytes>,
+        )
+    {
         fn into_sender_receiver(self) -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
             (self.0, ChannelBody(self.1))
         }

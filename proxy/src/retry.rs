@@ -114,7 +114,10 @@ impl RetryConfig {
             return Some(Reason::NotSent);
         }
         if let Some(code) = grpc_status {
-            return self.grpc_codes.contains(&code).then_some(Reason::GrpcStatus);
+            return self
+                .grpc_codes
+                .contains(&code)
+                .then_some(Reason::GrpcStatus);
         }
         (retry_failures && self.statuses.contains(&status.as_u16())).then_some(Reason::Status)
     }
@@ -229,7 +232,9 @@ impl Body for Peeked {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.error.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.frames.is_empty()
+            && self.error.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -255,14 +260,33 @@ mod tests {
     fn classification_follows_method_status_and_grpc_code() {
         let c = RetryConfig::default();
         let none = HeaderMap::new();
-        assert_eq!(c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, true), Some(Reason::Status));
-        assert_eq!(c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, false), None, "a POST is not retried on 503");
-        assert_eq!(c.classify_response(StatusCode::INTERNAL_SERVER_ERROR, &none, None, true), None);
-        assert_eq!(c.classify_response(StatusCode::OK, &none, Some(14), false), Some(Reason::GrpcStatus));
-        assert_eq!(c.classify_response(StatusCode::OK, &none, Some(5), false), None);
+        assert_eq!(
+            c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, true),
+            Some(Reason::Status)
+        );
+        assert_eq!(
+            c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, false),
+            None,
+            "a POST is not retried on 503"
+        );
+        assert_eq!(
+            c.classify_response(StatusCode::INTERNAL_SERVER_ERROR, &none, None, true),
+            None
+        );
+        assert_eq!(
+            c.classify_response(StatusCode::OK, &none, Some(14), false),
+            Some(Reason::GrpcStatus)
+        );
+        assert_eq!(
+            c.classify_response(StatusCode::OK, &none, Some(5), false),
+            None
+        );
         let mut peer = HeaderMap::new();
         peer.insert(MESH_ERROR, "connect-failed".parse().unwrap());
-        assert_eq!(c.classify_response(StatusCode::BAD_GATEWAY, &peer, None, false), Some(Reason::NotSent));
+        assert_eq!(
+            c.classify_response(StatusCode::BAD_GATEWAY, &peer, None, false),
+            Some(Reason::NotSent)
+        );
         assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
         let mut marked = HeaderMap::new();
         marked.insert(MESH_RETRY, "true".parse().unwrap());

@@ -84,7 +84,7 @@ async fn a_forgotten_instance_registers_again() {
 async fn shutdown_deregisters_first_then_drains_in_flight_requests() {
     let registry = Registry::start().await;
     let url = registry.url();
-    let app = App::start("web-1").await;
+    let mut app = App::start("web-1").await;
     let mut server = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
     registry.until_passing("web", 1).await;
     let client = Sidecar::start(SidecarSpec::client(&url)).await;
@@ -112,6 +112,8 @@ async fn shutdown_deregisters_first_then_drains_in_flight_requests() {
     let answer = slow.await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text, "web-1");
+    // The sidecar keeps the app's own listeners open until the app has exited.
+    app.stop();
     tokio::time::timeout(Duration::from_secs(10), server.task.take().unwrap())
         .await
         .expect("the sidecar exits once drained")

@@ -267,6 +267,10 @@ pub struct App {
     pub name: String,
     /// Requests the app is working on now.
     pub in_flight: Arc<AtomicUsize>,
+    /// Requests the app received in all.
+    pub received: Arc<AtomicUsize>,
+    /// Headers of the last request received.
+    pub last_headers: Arc<std::sync::Mutex<HeaderMap>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -277,12 +281,23 @@ impl App {
 
     /// An app that adds `latency` to every answer.
     pub async fn start_with_latency(name: &str, latency: Duration) -> App {
-        let l = listener().await;
+        Self::serve(listener().await, name, latency)
+    }
+
+    /// An app on a given address (one that was free a moment ago).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> App {
+        Self::serve(TcpListener::bind(addr).await.unwrap(), name, Duration::ZERO)
+    }
+
+    fn serve(l: TcpListener, name: &str, latency: Duration) -> App {
         let addr = l.local_addr().unwrap();
         let (stop, mut stopped) = oneshot::channel::<()>();
         let app_name = name.to_owned();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let counter = in_flight.clone();
+        let received = Arc::new(AtomicUsize::new(0));
+        let last_headers = Arc::new(std::sync::Mutex::new(HeaderMap::new()));
+        let (received2, last2) = (received.clone(), last_headers.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -291,10 +306,13 @@ impl App {
                 };
                 let name = app_name.clone();
                 let counter = counter.clone();
+                let (received, last) = (received2.clone(), last2.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         let name = name.clone();
                         let counter = counter.clone();
+                        received.fetch_add(1, Ordering::SeqCst);
+                        *last.lock().unwrap() = req.headers().clone();
                         async move {
                             counter.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(latency).await;
@@ -313,6 +331,8 @@ impl App {
             addr,
             name: name.into(),
             in_flight,
+            received,
+            last_headers,
             stop: Some(stop),
         }
     }
@@ -350,6 +370,28 @@ async fn app(
         let body = TestBody::new(bytes, trailers);
         return builder
             .body(body.map_err(|never| match never {}).boxed())
+            .unwrap();
+    }
+    if path.starts_with("/grpc.") {
+        // A gRPC-shaped answer with its status in the trailers, as grpcio sends it. An
+        // app whose name contains "failing" answers UNAVAILABLE; "big" sends 100 KiB
+        // first and then UNAVAILABLE.
+        let (data, code) = if name.contains("big") {
+            (Bytes::from(vec![0u8; 100 * 1024]), "14")
+        } else if name.contains("failing") {
+            (Bytes::new(), "14")
+        } else {
+            (Bytes::from(name.to_owned()), "0")
+        };
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", code.parse().unwrap());
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .body(
+                TestBody::new(data, Some(trailers))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
             .unwrap();
     }
     if path == "/whoami" {

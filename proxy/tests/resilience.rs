@@ -1,0 +1,330 @@
+//! Calls that survive failing instances: retries (gRPC statuses in trailers included),
+//! their budget, deadlines, outlier ejection, and the drain of a leaving instance.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{App, H2Conn, Registry, Sidecar, SidecarSpec, TestBody};
+use http::{Method, Request, StatusCode, Version};
+use mesh_registry_api::Registration;
+
+/// `web` served by the given apps, each behind its own sidecar.
+async fn service(registry: &Registry, apps: &[&App]) -> Vec<Sidecar> {
+    let url = registry.url();
+    let mut sidecars = Vec::new();
+    for app in apps {
+        sidecars.push(Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await);
+    }
+    registry.until_passing("web", apps.len()).await;
+    sidecars
+}
+
+async fn client(registry: &Registry, extra: Vec<&str>) -> Sidecar {
+    let url = registry.url();
+    let mut spec = SidecarSpec::client(&url);
+    spec.extra = extra;
+    Sidecar::start(spec).await
+}
+
+fn grpc_call(path: &str) -> Request<TestBody> {
+    Request::builder()
+        .method(Method::POST)
+        .version(Version::HTTP_2)
+        .uri(format!("http://web{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(TestBody::new(Bytes::from_static(&[0, 0, 0, 0, 0]), None))
+        .unwrap()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    common::metric(text, series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn unavailable_in_trailers_from_one_instance_is_retried_on_the_other() {
+    let registry = Registry::start().await;
+    let good = App::start("web-good").await;
+    let bad = App::start("web-failing").await;
+    let _s = service(&registry, &[&good, &bad]).await;
+    let client = client(&registry, vec![]).await;
+    let conn = H2Conn::connect(client.outbound).await;
+
+    for _ in 0..40 {
+        let answer = conn.send(grpc_call("/grpc.Test/Call")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.trailers.as_ref().unwrap()["grpc-status"],
+            "0",
+            "every call succeeds"
+        );
+        assert_eq!(answer.text, "web-good");
+    }
+    let m = client.metrics().await;
+    assert!(
+        bad.received.load(Ordering::SeqCst) > 0,
+        "the failing instance was tried"
+    );
+    let retries = metric(
+        &m,
+        r#"mesh_retries_total{reason="grpc-status",service="web"}"#,
+    );
+    assert!(retries >= 1.0, "{m}");
+    let ok = r#"mesh_responses_total{classification="success",direction="outbound",grpc_status="0",service="web",status_code="200"}"#;
+    assert_eq!(metric(&m, ok), 40.0, "{m}");
+}
+
+#[tokio::test]
+async fn an_instance_refusing_connections_is_ejected_probed_and_readmitted() {
+    let registry = Registry::start().await;
+    let good = App::start("web-good").await;
+    let _s = service(&registry, &[&good]).await;
+    // An instance whose address refuses connections.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut reg = Registration::new(dead.to_string());
+    reg.ttl = Duration::from_secs(3600);
+    registry
+        .client
+        .register("web", "web-dead", &reg)
+        .await
+        .unwrap();
+    registry.until_passing("web", 2).await;
+    let client = client(
+        &registry,
+        vec!["--eject-after", "2", "--eject-backoff", "500ms"],
+    )
+    .await;
+
+    for _ in 0..30 {
+        let answer = common::get_h1(client.outbound, "web", "/whoami").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "no client-visible failure: {}",
+            answer.text
+        );
+    }
+    let m = client.metrics().await;
+    assert!(
+        metric(&m, r#"mesh_endpoint_ejections_total{service="web"}"#) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, r#"mesh_retries_total{reason="not-sent",service="web"}"#) >= 1.0,
+        "{m}"
+    );
+    let debug = common::get(&format!("http://{}/debug/endpoints", client.admin)).await;
+    assert!(debug.text.contains("ejected"), "{}", debug.text);
+
+    // The instance comes back: after the backoff a probe finds it and it is readmitted.
+    let back = App::start_on(dead, "web-revived").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = common::get_h1(client.outbound, "web", "/whoami").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        if answer.text == "web-revived" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revived instance never got traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = client.metrics().await;
+    assert_eq!(
+        metric(&m, r#"mesh_endpoints{service="web",state="ejected"}"#),
+        0.0,
+        "{m}"
+    );
+    drop(back);
+}
+
+#[tokio::test]
+async fn a_post_is_not_retried_on_503_but_a_get_and_a_marked_post_are() {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let _s = service(&registry, &[&app]).await;
+    let client = client(&registry, vec![]).await;
+    let url = format!("http://{}/status/503", client.outbound);
+    let send = |method: Method, marked: bool| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("host", "web");
+        if marked {
+            b = b.header("mesh-retry", "true");
+        }
+        b.body(http_body_util::Full::new(Bytes::from_static(b"x")))
+            .unwrap()
+    };
+
+    let before = app.received.load(Ordering::SeqCst);
+    let answer = common::send(&common::h1(), send(Method::POST, false)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.received.load(Ordering::SeqCst) - before,
+        1,
+        "a POST is tried once"
+    );
+
+    let before = app.received.load(Ordering::SeqCst);
+    common::send(&common::h1(), send(Method::GET, false)).await;
+    assert_eq!(
+        app.received.load(Ordering::SeqCst) - before,
+        3,
+        "a GET is tried 3 times"
+    );
+
+    let before = app.received.load(Ordering::SeqCst);
+    common::send(&common::h1(), send(Method::POST, true)).await;
+    assert_eq!(
+        app.received.load(Ordering::SeqCst) - before,
+        3,
+        "a marked POST too"
+    );
+    assert!(
+        !app.last_headers.lock().unwrap().contains_key("mesh-retry"),
+        "the marker is the mesh's, not the app's"
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_budget_and_say_so() {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let _s = service(&registry, &[&app]).await;
+    // No share of traffic, a floor of 1 retry per second: 10 retries per 10 s window.
+    let client = client(
+        &registry,
+        vec!["--retry-budget", "0", "--retry-min-per-second", "1"],
+    )
+    .await;
+
+    let mut exhausted = 0;
+    for _ in 0..20 {
+        let answer = common::get_h1(client.outbound, "web", "/status/503").await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        if answer
+            .headers
+            .get("mesh-error")
+            .is_some_and(|v| v == "budget-exhausted")
+        {
+            exhausted += 1;
+        }
+    }
+    let m = client.metrics().await;
+    // Five requests use two retries each; the other fifteen find the budget spent.
+    assert_eq!(
+        metric(&m, r#"mesh_retries_total{reason="status",service="web"}"#),
+        10.0,
+        "{m}"
+    );
+    assert_eq!(exhausted, 15);
+    assert_eq!(
+        metric(&m, r#"mesh_retry_budget_exhausted_total{service="web"}"#),
+        15.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_timeout_is_enforced_and_the_rest_is_passed_on() {
+    let registry = Registry::start().await;
+    let slow = App::start_with_latency("web-slow", Duration::from_secs(2)).await;
+    let _s = service(&registry, &[&slow]).await;
+    let client = client(&registry, vec![]).await;
+    let conn = H2Conn::connect(client.outbound).await;
+
+    let mut call = grpc_call("/grpc.Test/Call");
+    call.headers_mut()
+        .insert("grpc-timeout", "100m".parse().unwrap());
+    let started = Instant::now();
+    let answer = conn.send(call).await;
+    let took = started.elapsed();
+    assert_eq!(answer.headers["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(answer.headers["mesh-error"], "timeout");
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+
+    let seen = slow.last_headers.lock().unwrap()["grpc-timeout"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let passed_on = mesh_proxy::deadline::parse_grpc_timeout(&seen).unwrap();
+    assert!(
+        passed_on < Duration::from_millis(100),
+        "the next hop got {seen}"
+    );
+    assert!(
+        passed_on > Duration::from_millis(50),
+        "the next hop got {seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_failing_answer_streams_through_and_is_not_retried() {
+    let registry = Registry::start().await;
+    let big = App::start("web-big").await;
+    let _s = service(&registry, &[&big]).await;
+    let client = client(&registry, vec![]).await;
+    let conn = H2Conn::connect(client.outbound).await;
+
+    let answer = conn.send(grpc_call("/grpc.Test/Call")).await;
+    assert_eq!(answer.body.len(), 100 * 1024, "the body arrives whole");
+    assert_eq!(answer.trailers.unwrap()["grpc-status"], "14");
+    assert_eq!(
+        big.received.load(Ordering::SeqCst),
+        1,
+        "too big to hold back: not retried"
+    );
+}
+
+#[tokio::test]
+async fn a_leaving_instance_finishes_its_requests_and_gets_no_new_ones() {
+    let registry = Registry::start().await;
+    let mut a = App::start("web-a").await;
+    let b = App::start("web-b").await;
+    let mut sidecars = service(&registry, &[&a, &b]).await;
+    let client = client(&registry, vec![]).await;
+
+    // A slow request lands on a (retry until it does).
+    let slow = loop {
+        let outbound = client.outbound;
+        let handle =
+            tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1500").await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if a.in_flight.load(Ordering::SeqCst) == 1 {
+            break handle;
+        }
+        handle.await.unwrap();
+    };
+    sidecars[0].begin_shutdown();
+    registry.until_passing("web", 1).await;
+    for _ in 0..10 {
+        let answer = common::get_h1(client.outbound, "web", "/whoami").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.text, "web-b",
+            "no new requests reach the leaving instance"
+        );
+    }
+    let answer = slow.await.unwrap();
+    assert_eq!(
+        (answer.status, answer.text.as_str()),
+        (StatusCode::OK, "web-a")
+    );
+    a.stop();
+    tokio::time::timeout(Duration::from_secs(10), sidecars[0].task.take().unwrap())
+        .await
+        .expect("exits once drained")
+        .unwrap();
+}
