@@ -53,7 +53,7 @@ pub enum Stopped {
     Exited(String),
     /// It ignored SIGTERM and was killed.
     Killed(String),
-    /// Not even SIGKILL made it go away within [`KILL_WAIT`].
+    /// Not even SIGKILL made it go away within 5 s.
     Stuck,
 }
 

@@ -87,7 +87,7 @@ impl UpConfig {
 /// How `mesh-demo traffic` loads the page.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrafficConfig {
-    /// Page to request; only loopback addresses (127.0.0.0/8, [::1], localhost).
+    /// Page to request; only loopback addresses (127.0.0.0/8, ::1, localhost).
     #[arg(long, env = "MESH_DEMO_TRAFFIC_URL", default_value = "http://127.0.0.1:5000/", value_parser = loopback_url)]
     pub url: http::Uri,
 
