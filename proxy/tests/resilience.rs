@@ -328,3 +328,26 @@ async fn a_leaving_instance_finishes_its_requests_and_gets_no_new_ones() {
         .expect("exits once drained")
         .unwrap();
 }
+
+#[tokio::test]
+async fn past_the_pending_limit_requests_are_refused_at_once() {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let _s = service(&registry, &[&app]).await;
+    let client = client(&registry, vec!["--max-pending", "1"]).await;
+    let outbound = client.outbound;
+    let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1000").await });
+    for _ in 0..500 {
+        if app.in_flight.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let refused = common::get_h1(client.outbound, "web", "/whoami").await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["mesh-error"], "overloaded");
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    assert_eq!(common::get_h1(client.outbound, "web", "/whoami").await.status, StatusCode::OK);
+}
