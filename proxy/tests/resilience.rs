@@ -349,5 +349,10 @@ async fn past_the_pending_limit_requests_are_refused_at_once() {
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers["mesh-error"], "overloaded");
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
-    assert_eq!(common::get_h1(client.outbound, "web", "/whoami").await.status, StatusCode::OK);
+    assert_eq!(
+        common::get_h1(client.outbound, "web", "/whoami")
+            .await
+            .status,
+        StatusCode::OK
+    );
 }

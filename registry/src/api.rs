@@ -207,10 +207,7 @@ impl State {
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        self.authorize(headers)?;
-        check_names(service, id)?;
-        let body = request::read_body(headers, body).await?;
-        request::require_json(headers, &body)?;
+        let body = self.write_body(service, id, headers, body).await?;
         let registration = request::registration(&body)?;
         let (address, ttl) = (registration.address.clone(), registration.ttl);
         let (instance, index) = self
@@ -227,10 +224,7 @@ impl State {
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        self.authorize(headers)?;
-        check_names(service, id)?;
-        let body = request::read_body(headers, body).await?;
-        request::require_json(headers, &body)?;
+        let body = self.write_body(service, id, headers, body).await?;
         let beat = request::heartbeat(&body)?;
         let (lease, index) = self
             .catalog
@@ -239,6 +233,26 @@ impl State {
         let mut response = json(StatusCode::OK, &lease);
         set_index(&mut response, index);
         Ok(response)
+    }
+
+    /// What every write with a body checks first: the token, the path's names, then
+    /// the body's size and type.
+    async fn write_body<B>(
+        &self,
+        service: &str,
+        id: &str,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Bytes, ApiError>
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.authorize(headers)?;
+        check_names(service, id)?;
+        let body = request::read_body(headers, body).await?;
+        request::require_json(headers, &body)?;
+        Ok(body)
     }
 
     fn deregister(&self, service: &str, id: &str, headers: &HeaderMap) -> Answer {

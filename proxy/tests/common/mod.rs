@@ -484,7 +484,11 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let response = client.request(request).await.unwrap();
+    read(client.request(request).await.unwrap()).await
+}
+
+/// Reads a whole answer, trailers included.
+async fn read(response: Response<Incoming>) -> Answer {
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.unwrap();
     let trailers = collected.trailers().cloned();
@@ -526,18 +530,7 @@ impl H2Conn {
     pub async fn send(&self, request: Request<TestBody>) -> Answer {
         let mut send = self.0.clone();
         send.ready().await.unwrap();
-        let response = send.send_request(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let collected = body.collect().await.unwrap();
-        let trailers = collected.trailers().cloned();
-        let body = collected.to_bytes();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            text: String::from_utf8_lossy(&body).into_owned(),
-            body,
-            trailers,
-        }
+        read(send.send_request(request).await.unwrap()).await
     }
 
     pub async fn get(&self, host: &str, path: &str) -> Answer {
