@@ -335,6 +335,17 @@ impl Config {
         })
     }
 
+    /// The admin address registered for Prometheus: the advertised host with the admin
+    /// port.
+    pub fn advertised_admin(&self, admin_port: u16) -> String {
+        let advertised = self.advertised();
+        let host = advertised
+            .rsplit_once(':')
+            .map(|(host, _)| host)
+            .unwrap_or(&advertised);
+        format!("{host}:{admin_port}")
+    }
+
     /// The registered instance id.
     pub fn instance(&self, service: &str) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
@@ -414,6 +425,16 @@ mod tests {
             parse(&["--service", "web", "--app", "127.0.0.1:1"])
                 .validate()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_admin_address_is_advertised_with_the_same_host() {
+        let c = parse(&["--advertise", "web-1:4143"]);
+        assert_eq!(c.advertised_admin(4191), "web-1:4191");
+        assert_eq!(
+            parse(&["--advertise", "[::1]:4143"]).advertised_admin(9),
+            "[::1]:9"
         );
     }
 

@@ -203,6 +203,17 @@ pub async fn run(
         };
         spec.weight = config.weight;
         spec.ttl = config.ttl;
+        // Where Prometheus scrapes this sidecar: the registry's service discovery for
+        // Prometheus reads it from here.
+        let admin_port = listeners
+            .admin
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(config.admin.port());
+        spec.metadata.insert(
+            mesh_registry_api::ADMIN_METADATA.into(),
+            config.advertised_admin(admin_port),
+        );
         let id = config.instance(service);
         tracing::info!(%service, %id, address = %spec.address, registry = %config.registry, "registering");
         let registrar = Registrar::new(registry.clone(), service, &id, spec);

@@ -184,3 +184,32 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+#[tokio::test]
+async fn the_probe_binary_reports_readiness_by_exit_code() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let client = Sidecar::start(SidecarSpec::client(&url)).await;
+    let probe = |target: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-probe"))
+            .arg(target)
+            .output()
+            .await
+            .unwrap()
+    };
+    let ready = probe(format!("http://{}/ready", client.admin)).await;
+    assert!(ready.status.success(), "{ready:?}");
+    let missing = probe(format!("http://{}/nope", client.admin)).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let tcp = probe(format!("tcp://{}", client.outbound)).await;
+    assert!(tcp.status.success());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(
+        probe(format!("tcp://{closed}")).await.status.code(),
+        Some(1)
+    );
+}

@@ -119,3 +119,23 @@ async fn shutdown_deregisters_first_then_drains_in_flight_requests() {
         .expect("the sidecar exits once drained")
         .unwrap();
 }
+
+#[tokio::test]
+async fn prometheus_finds_the_sidecar_through_the_registry() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let sidecar = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let sd = common::get(&format!("{url}/v1/prometheus/targets")).await;
+    let groups: serde_json::Value = serde_json::from_slice(&sd.body).unwrap();
+    let admin = format!("127.0.0.1:{}", sidecar.admin.port());
+    assert_eq!(groups[0]["targets"][0], admin.as_str(), "{}", sd.text);
+    assert_eq!(groups[0]["labels"]["service"], "web");
+    // The advertised address really serves the metrics.
+    let metrics = common::get(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.text.contains("mesh_requests_total")
+            || metrics.text.contains("mesh_registry_connected")
+    );
+}

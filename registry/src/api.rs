@@ -51,6 +51,7 @@ enum Target<'a> {
     Healthz,
     Readyz,
     OpenApi,
+    PrometheusTargets,
 }
 
 fn target(path: &str) -> Option<Target<'_>> {
@@ -68,6 +69,7 @@ fn target(path: &str) -> Option<Target<'_>> {
         ["healthz"] => Target::Healthz,
         ["readyz"] => Target::Readyz,
         ["openapi.json"] => Target::OpenApi,
+        ["v1", "prometheus", "targets"] => Target::PrometheusTargets,
         _ => return None,
     })
 }
@@ -160,6 +162,10 @@ impl State {
                 Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
             ),
             (&Method::GET, Target::Readyz) => (Route::Readyz, self.readyz()),
+            (&Method::GET, Target::PrometheusTargets) => {
+                let targets = self.catalog.prometheus_targets();
+                (Route::PrometheusTargets, Ok(json(StatusCode::OK, &targets)))
+            }
             (&Method::GET, Target::OpenApi) => (
                 Route::OpenApi,
                 Ok(text_response("application/json", OPENAPI.to_owned())),
@@ -374,6 +380,7 @@ mod tests {
             ("/healthz", &["get"]),
             ("/readyz", &["get"]),
             ("/openapi.json", &["get"]),
+            ("/v1/prometheus/targets", &["get"]),
         ] {
             for m in methods {
                 assert!(paths[path].get(*m).is_some(), "{m} {path} missing");

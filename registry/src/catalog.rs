@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use mesh_registry_api::{
-    Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary, Status,
+    ADMIN_METADATA, Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary,
+    Status,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,6 +22,13 @@ use tokio::time::Instant;
 /// The index of a service the catalog never held. Every real change is given a larger
 /// one, so a watcher of a name that does not exist yet blocks until it appears.
 pub const NEVER_EXISTED: u64 = 1;
+
+/// One target group of Prometheus' HTTP service discovery format.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetGroup {
+    pub targets: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
 
 /// An instance as the catalog holds it.
 #[derive(Clone, Debug)]
@@ -256,6 +264,36 @@ impl Catalog {
         ServiceList { index, services }
     }
 
+    /// Prometheus HTTP service discovery: one target group per instance that registered
+    /// a sidecar admin address (metadata `admin`), labelled with its service and id.
+    /// Instances in every state are listed: a sidecar whose app is failing still has
+    /// metrics worth scraping.
+    pub fn prometheus_targets(&self) -> Vec<TargetGroup> {
+        let mut groups: Vec<TargetGroup> = self
+            .services
+            .iter()
+            .flat_map(|svc| {
+                let service = svc.key().clone();
+                svc.instances
+                    .iter()
+                    .filter_map(|(id, e)| {
+                        let admin = e.registration.metadata.get(ADMIN_METADATA)?;
+                        Some(TargetGroup {
+                            targets: vec![admin.clone()],
+                            labels: BTreeMap::from([
+                                ("service".to_owned(), service.clone()),
+                                ("instance".to_owned(), id.clone()),
+                                ("status".to_owned(), e.status().as_str().to_owned()),
+                            ]),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        groups.sort_by(|a, b| a.labels.cmp(&b.labels));
+        groups
+    }
+
     /// Instance counts per service and status, for the metrics.
     pub fn counts(&self) -> Vec<(String, Status, usize)> {
         let mut out = Vec::new();
@@ -368,6 +406,22 @@ mod tests {
         assert!(c.listing("web", false).index > web);
         assert!(!db_rx.has_changed().unwrap());
         assert_eq!(c.service_list().index, c.index());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prometheus_targets_are_the_registered_admin_addresses() {
+        let c = Catalog::new(Duration::from_secs(30));
+        let mut r = reg("10.0.0.7:4143");
+        r.metadata
+            .insert(ADMIN_METADATA.into(), "10.0.0.7:4191".into());
+        c.register("web", "web-1", r, Instant::now());
+        c.register("web", "no-sidecar", reg("10.0.0.8:80"), Instant::now());
+        let groups = c.prometheus_targets();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].targets, vec!["10.0.0.7:4191".to_owned()]);
+        assert_eq!(groups[0].labels["service"], "web");
+        assert_eq!(groups[0].labels["instance"], "web-1");
+        assert_eq!(groups[0].labels["status"], "passing");
     }
 
     #[tokio::test(start_paused = true)]

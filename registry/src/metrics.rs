@@ -23,6 +23,7 @@ pub enum Route {
     Healthz,
     Readyz,
     OpenApi,
+    PrometheusTargets,
     /// Anything that matched no route.
     Unknown,
 }
@@ -39,6 +40,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::OpenApi => "openapi",
+            Route::PrometheusTargets => "prometheus_targets",
             Route::Unknown => "unknown",
         }
     }

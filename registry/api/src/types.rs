@@ -20,6 +20,10 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 /// Largest weight a registration may carry.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// Registration metadata key naming the address of an instance's sidecar admin port
+/// (its `/metrics`), which the registry offers to Prometheus for discovery.
+pub const ADMIN_METADATA: &str = "admin";
+
 /// How peers talk to an instance.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

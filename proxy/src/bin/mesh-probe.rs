@@ -1,0 +1,72 @@
+//! `mesh-probe`: a health check for container images that have no shell or curl.
+//!
+//! `mesh-probe http://127.0.0.1:4191/ready` exits 0 when the URL answers 2xx;
+//! `mesh-probe tcp://127.0.0.1:50051` exits 0 when a TCP connection opens. Anything else
+//! exits 1 with the reason on stderr. Standard library only, so it stays tiny.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let Some(target) = std::env::args().nth(1) else {
+        eprintln!("usage: mesh-probe http://HOST:PORT/PATH | tcp://HOST:PORT");
+        return ExitCode::from(2);
+    };
+    match probe(&target) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("mesh-probe {target}: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(target: &str) -> Result<(), String> {
+    if let Some(authority) = target.strip_prefix("tcp://") {
+        connect(authority).map(drop)
+    } else if let Some(rest) = target.strip_prefix("http://") {
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let mut stream = connect(authority)?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: mesh-probe\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut head = [0u8; 64];
+        let n = stream.read(&mut head).map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        let status = line.split_whitespace().nth(1).unwrap_or("");
+        if status.starts_with('2') {
+            Ok(())
+        } else {
+            Err(format!("answered {:?}", line.lines().next().unwrap_or("")))
+        }
+    } else {
+        Err("the target must start with http:// or tcp://".into())
+    }
+}
+
+fn connect(authority: &str) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .collect();
+    let mut last = format!("{authority} resolved to nothing");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(stream) => {
+                stream
+                    .set_read_timeout(Some(TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                return Ok(stream);
+            }
+            Err(e) => last = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
