@@ -15,7 +15,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -59,20 +59,28 @@ const SPAN: u16 = 43;
 impl Ports {
     /// A block of ports all free right now. Taken below the kernel's ephemeral range, so
     /// the children's own outgoing connections cannot grab one before it is listened on.
+    /// Blocks already handed to a test of this process are skipped: their launcher may not
+    /// have bound them yet.
     pub fn free() -> Self {
+        static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
         let below = ephemeral_low().saturating_sub(SPAN);
         assert!(
             below > 11_000,
             "the ephemeral port range starts too low to stay under"
         );
         let seed = RandomState::new().hash_one(std::process::id());
+        let mut handed_out = HANDED_OUT.lock().unwrap();
         for attempt in 0..200u64 {
-            let base =
-                10_000 + ((seed.wrapping_add(attempt * 7919)) % u64::from(below - 10_000)) as u16;
+            let offset = seed.wrapping_add(attempt * 7919) % u64::from(below - 10_000);
+            let base = 10_000 + u16::try_from(offset).unwrap();
+            if handed_out.iter().any(|&other| base.abs_diff(other) < SPAN) {
+                continue;
+            }
             let held: Result<Vec<TcpListener>, _> = (base..base + SPAN)
                 .map(|port| TcpListener::bind(("127.0.0.1", port)))
                 .collect();
             if held.is_ok() {
+                handed_out.push(base);
                 return Self { base };
             }
         }
