@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::ca::Ca;
 use crate::catalog::{Catalog, UnknownInstance};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Route};
@@ -33,6 +34,10 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// With `--token`, writes must carry it as a bearer token.
     token: Option<Vec<u8>>,
+    /// The CA, when the registry signs sidecars' certificates.
+    ca: Option<Arc<Ca>>,
+    /// Bearer token for `POST /v1/ca/sign`.
+    join_token: Option<Vec<u8>>,
     /// Turns true when shutdown starts: blocking queries answer at once and `/readyz`
     /// reports 503.
     shutdown: watch::Receiver<bool>,
@@ -52,6 +57,8 @@ enum Target<'a> {
     Readyz,
     OpenApi,
     PrometheusTargets,
+    CaSign,
+    CaBundle,
 }
 
 fn target(path: &str) -> Option<Target<'_>> {
@@ -70,6 +77,8 @@ fn target(path: &str) -> Option<Target<'_>> {
         ["readyz"] => Target::Readyz,
         ["openapi.json"] => Target::OpenApi,
         ["v1", "prometheus", "targets"] => Target::PrometheusTargets,
+        ["v1", "ca", "sign"] => Target::CaSign,
+        ["v1", "ca", "bundle"] => Target::CaBundle,
         _ => return None,
     })
 }
@@ -87,8 +96,17 @@ impl State {
             catalog,
             metrics,
             token: token.map(String::into_bytes),
+            ca: None,
+            join_token: None,
             shutdown,
         }
+    }
+
+    /// Turns on certificate signing.
+    pub fn with_ca(mut self, ca: Arc<Ca>, join_token: String) -> Self {
+        self.ca = Some(ca);
+        self.join_token = Some(join_token.into_bytes());
+        self
     }
 
     /// Answers one request. Never fails: every error becomes a JSON answer.
@@ -162,6 +180,12 @@ impl State {
                 Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
             ),
             (&Method::GET, Target::Readyz) => (Route::Readyz, self.readyz()),
+            (&Method::POST, Target::CaSign) => (Route::CaSign, self.sign(headers, body).await),
+            (&Method::GET, Target::CaBundle) => (
+                Route::CaBundle,
+                self.ca()
+                    .map(|ca| text_response("application/x-pem-file", ca.bundle().to_owned())),
+            ),
             (&Method::GET, Target::PrometheusTargets) => {
                 let targets = self.catalog.prometheus_targets();
                 (Route::PrometheusTargets, Ok(json(StatusCode::OK, &targets)))
@@ -174,6 +198,7 @@ impl State {
                 let allow = match target {
                     Target::Instance(..) => "PUT, DELETE",
                     Target::Heartbeat(..) => "PUT",
+                    Target::CaSign => "POST",
                     _ => "GET",
                 };
                 let error = ApiError::MethodNotAllowed {
@@ -275,6 +300,40 @@ impl State {
         Ok(response)
     }
 
+    fn ca(&self) -> Result<&Arc<Ca>, ApiError> {
+        self.ca.as_ref().ok_or_else(|| {
+            ApiError::NotFound(
+                "this registry has no CA: start it with --ca-cert, --ca-key and --join-token"
+                    .into(),
+            )
+        })
+    }
+
+    /// Signs a sidecar's CSR for the holder of the join token.
+    async fn sign<B>(&self, headers: &HeaderMap, body: B) -> Answer
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let ca = self.ca()?;
+        check_bearer(headers, self.join_token.as_deref(), "the mesh join token")?;
+        let body = request::read_body(headers, body).await?;
+        request::require_json(headers, &body)?;
+        let sign = request::sign_request(&body)?;
+        let (certificate, not_after) = ca
+            .sign(&sign.service, &sign.csr)
+            .map_err(|e| ApiError::invalid("csr", e.to_string()))?;
+        let not_after = humantime::format_rfc3339_seconds(not_after).to_string();
+        tracing::info!(service = %sign.service, %not_after, "certificate issued");
+        let signed = mesh_registry_api::SignedCertificate {
+            certificate,
+            ca: ca.bundle().to_owned(),
+            not_after,
+            ttl: ca.leaf_ttl,
+        };
+        Ok(json(StatusCode::OK, &signed))
+    }
+
     fn readyz(&self) -> Answer {
         if *self.shutdown.borrow() {
             return Err(ApiError::Unavailable);
@@ -293,21 +352,34 @@ impl State {
     /// Checks the bearer token of a write, in constant time so the comparison does not
     /// leak how much of a guess was right.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized(
-                "writes need an Authorization: Bearer <token> header",
-            ))?;
-        if bool::from(presented.as_bytes().ct_eq(token)) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized("the bearer token is not valid"))
+        match &self.token {
+            Some(token) => check_bearer(headers, Some(token), "the registry token"),
+            None => Ok(()),
         }
+    }
+}
+
+/// Checks a bearer token in constant time, so the comparison does not leak how much of a
+/// guess was right. No expected token means nobody passes.
+fn check_bearer(
+    headers: &HeaderMap,
+    expected: Option<&[u8]>,
+    what: &'static str,
+) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "this request needs an Authorization: Bearer header with {what}"
+            ))
+        })?;
+    match expected {
+        Some(token) if bool::from(presented.as_bytes().ct_eq(token)) => Ok(()),
+        _ => Err(ApiError::Unauthorized(format!(
+            "the bearer token is not {what}"
+        ))),
     }
 }
 
@@ -381,6 +453,8 @@ mod tests {
             ("/readyz", &["get"]),
             ("/openapi.json", &["get"]),
             ("/v1/prometheus/targets", &["get"]),
+            ("/v1/ca/sign", &["post"]),
+            ("/v1/ca/bundle", &["get"]),
         ] {
             for m in methods {
                 assert!(paths[path].get(*m).is_some(), "{m} {path} missing");

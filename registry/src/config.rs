@@ -9,8 +9,15 @@ use clap::Parser;
 /// The mesh's discovery registry: instances register over HTTP, hold leases renewed by
 /// heartbeats, and sidecars watch services with blocking queries.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mesh-registry", version)]
+#[command(
+    name = "mesh-registry",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the HTTP API listens on.
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "0.0.0.0:7700")]
     pub listen: SocketAddr,
@@ -36,9 +43,45 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_SNAPSHOT_DEBOUNCE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub snapshot_debounce: Duration,
 
+    /// CA certificate (PEM) for signing sidecars' certificates; with `--ca-key` it turns
+    /// on `POST /v1/ca/sign`. Create one with `mesh-registry gen-ca`.
+    #[arg(long, env = "REGISTRY_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// The CA's private key (PEM).
+    #[arg(long, env = "REGISTRY_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// Bearer token sidecars present to get a certificate signed (separate from --token).
+    #[arg(long, env = "REGISTRY_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Trust domain of the SPIFFE IDs the CA issues: spiffe://<domain>/service/<name>.
+    #[arg(long, env = "REGISTRY_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
+
+    /// Lifetime of issued certificates (sidecars renew at two thirds of it).
+    #[arg(long, env = "REGISTRY_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "REGISTRY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+}
+
+/// Subcommands besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Writes a new CA certificate and key (ECDSA P-256) for the mesh: `ca.pem` and
+    /// `ca-key.pem` in `--out`. Existing files are kept unless `--force`.
+    GenCa {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value = "mesh.local")]
+        trust_domain: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 // === impl Config ===
@@ -52,6 +95,18 @@ impl Config {
         if self.snapshot_debounce > Duration::from_secs(60) {
             return Err("--snapshot-debounce must be at most 60s".into());
         }
+        if self.ca_cert.is_some()
+            && self
+                .join_token
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+        {
+            return Err("--join-token is required with --ca-cert: without it anyone could get a certificate".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(365 * 24 * 3600)).contains(&self.cert_ttl)
+        {
+            return Err("--cert-ttl must be between 1s and 365 days".into());
+        }
         if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("--token must not be empty (omit it to disable authentication)".into());
         }
@@ -63,6 +118,12 @@ impl Default for Config {
     /// The flags' defaults, ignoring the environment (for tests and embedding).
     fn default() -> Self {
         Config {
+            command: None,
+            ca_cert: None,
+            ca_key: None,
+            join_token: None,
+            trust_domain: "mesh.local".into(),
+            cert_ttl: Duration::from_secs(24 * 3600),
             listen: ([0, 0, 0, 0], 7700).into(),
             data_dir: None,
             token: None,

@@ -27,6 +27,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use the CA: {0}")]
+    Ca(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -39,7 +41,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(String),
     #[error("method {method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("request body is larger than {limit} bytes")]

@@ -12,6 +12,7 @@
 //! [`snapshot`] (persistence) and [`metrics`].
 
 pub mod api;
+pub mod ca;
 pub mod catalog;
 pub mod config;
 pub mod error;
@@ -68,12 +69,15 @@ pub async fn run(
         ))
     });
 
-    let state = Arc::new(api::State::new(
-        catalog.clone(),
-        metrics,
-        config.token.clone(),
-        stopping_rx,
-    ));
+    let mut state = api::State::new(catalog.clone(), metrics, config.token.clone(), stopping_rx);
+    if let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) {
+        let ca =
+            ca::Ca::load(cert, key, &config.trust_domain, config.cert_ttl).map_err(Error::Ca)?;
+        let join_token = config.join_token.clone().unwrap_or_default();
+        tracing::info!(trust_domain = %config.trust_domain, cert_ttl = %humantime::format_duration(config.cert_ttl), "signing sidecar certificates at POST /v1/ca/sign");
+        state = state.with_ca(Arc::new(ca), join_token);
+    }
+    let state = Arc::new(state);
     let local = listener.local_addr()?;
     tracing::info!(
         "registry listening on http://{local} (services: http://{local}/v1/services, metrics: http://{local}/metrics)"

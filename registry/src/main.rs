@@ -19,6 +19,23 @@ async fn main() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::parse();
+    if let Some(mesh_registry::config::Command::GenCa {
+        out,
+        trust_domain,
+        force,
+    }) = &config.command
+    {
+        match mesh_registry::ca::write_new(out, trust_domain, *force) {
+            Ok(message) => {
+                println!("{message}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if let Err(message) = config.validate() {
         eprintln!("error: {message}");
         std::process::exit(2);

@@ -24,6 +24,8 @@ pub enum Route {
     Readyz,
     OpenApi,
     PrometheusTargets,
+    CaSign,
+    CaBundle,
     /// Anything that matched no route.
     Unknown,
 }
@@ -41,6 +43,8 @@ impl Route {
             Route::Readyz => "readyz",
             Route::OpenApi => "openapi",
             Route::PrometheusTargets => "prometheus_targets",
+            Route::CaSign => "ca_sign",
+            Route::CaBundle => "ca_bundle",
             Route::Unknown => "unknown",
         }
     }

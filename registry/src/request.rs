@@ -170,6 +170,19 @@ pub fn heartbeat(body: &[u8]) -> Result<Heartbeat, ApiError> {
     })
 }
 
+const SIGN_FIELDS: &[&str] = &["service", "csr"];
+
+/// The body of a certificate signing request.
+pub fn sign_request(body: &[u8]) -> Result<mesh_registry_api::SignRequest, ApiError> {
+    let map = object(body, SIGN_FIELDS)?;
+    let service: String = field(&map, "service")?
+        .ok_or_else(|| ApiError::invalid("service", "service is required"))?;
+    validate::service_name(&service).map_err(|m| ApiError::invalid("service", m))?;
+    let csr: String =
+        field(&map, "csr")?.ok_or_else(|| ApiError::invalid("csr", "csr (PEM) is required"))?;
+    Ok(mesh_registry_api::SignRequest { service, csr })
+}
+
 /// Query parameters of the read routes. Unknown parameters are ignored.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Query {

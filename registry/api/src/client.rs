@@ -194,6 +194,30 @@ impl Client {
             .await
     }
 
+    /// Asks the registry's CA to sign `csr` (PEM) for `service`, with the mesh join token.
+    pub async fn sign(
+        &self,
+        service: &str,
+        csr: &str,
+        join_token: &str,
+    ) -> Result<crate::SignedCertificate, ClientError> {
+        check_service(service)?;
+        let body = crate::SignRequest {
+            service: service.to_owned(),
+            csr: csr.to_owned(),
+        };
+        let body = serde_json::to_vec(&body).expect("sign request serializes");
+        let token = Some(join_token);
+        self.call_with(
+            Method::POST,
+            "/v1/ca/sign",
+            Some(body),
+            REQUEST_TIMEOUT,
+            token,
+        )
+        .await
+    }
+
     /// Every service with its instance counts.
     pub async fn services(&self) -> Result<ServiceList, ClientError> {
         self.call(Method::GET, "/v1/services", None, REQUEST_TIMEOUT)
@@ -212,6 +236,20 @@ impl Client {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
+        let token = self.token.clone();
+        self.call_with(method, path_and_query, body, timeout, token.as_deref())
+            .await
+    }
+
+    /// One request with `bearer` (if any) as its token.
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        bearer: Option<&str>,
+    ) -> Result<T, ClientError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path_and_query}", self.base))
@@ -219,7 +257,7 @@ impl Client {
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
-        if let Some(token) = &self.token {
+        if let Some(token) = bearer {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request

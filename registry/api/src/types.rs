@@ -228,3 +228,38 @@ mod tests {
         assert_eq!(back.ttl, Duration::from_millis(1500));
     }
 }
+
+/// Body of `POST /v1/ca/sign`: a PEM certificate signing request for one service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SignRequest {
+    pub service: String,
+    /// PEM `CERTIFICATE REQUEST` whose only subject alternative name is the service's
+    /// SPIFFE ID (see [`spiffe_id`]).
+    pub csr: String,
+}
+
+/// Answer to `POST /v1/ca/sign`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SignedCertificate {
+    /// PEM leaf certificate.
+    pub certificate: String,
+    /// PEM certificate of the CA that signed it: the mesh's trust bundle.
+    pub ca: String,
+    /// RFC 3339 end of validity.
+    pub not_after: String,
+    #[serde(with = "duration_str")]
+    pub ttl: Duration,
+}
+
+/// The SPIFFE ID of a service: `spiffe://<trust domain>/service/<name>`.
+pub fn spiffe_id(trust_domain: &str, service: &str) -> String {
+    format!("spiffe://{trust_domain}/service/{service}")
+}
+
+/// The service named by a SPIFFE ID of `trust_domain`, if it is one.
+pub fn service_of(trust_domain: &str, id: &str) -> Option<String> {
+    let rest = id.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
+    let service = rest.strip_prefix("/service/")?;
+    crate::validate::service_name(service).ok()?;
+    Some(service.to_owned())
+}

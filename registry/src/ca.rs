@@ -1,0 +1,229 @@
+//! The mesh's certificate authority: signs sidecars' CSRs into short-lived leaves whose
+//! only name is a SPIFFE ID, `spiffe://<trust domain>/service/<name>`.
+//!
+//! Trust model, plainly: whoever holds the join token can obtain a certificate for any
+//! service name. The token proves membership of the mesh, not which service a caller is;
+//! it is the same trust a Consul or Linkerd install puts in its bootstrap secret. Keep it
+//! out of apps' reach (it is the sidecar's, not the app's), rotate it by restarting the
+//! registry with a new one, and keep leaves short so a leaked one expires soon.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Why a CSR was not signed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignError {
+    #[error("the CSR is not a valid PEM certificate request: {0}")]
+    BadCsr(String),
+    #[error(
+        "the CSR must name exactly {expected:?} as its subject alternative name, found {found:?}"
+    )]
+    WrongName {
+        expected: String,
+        found: Vec<String>,
+    },
+}
+
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    pub trust_domain: String,
+    pub leaf_ttl: Duration,
+}
+
+/// A CA certificate and key, as PEM.
+pub struct GeneratedCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+// === impl Ca ===
+
+impl Ca {
+    /// A new self-signed CA (ECDSA P-256) for `trust_domain`, valid ten years.
+    pub fn generate(trust_domain: &str) -> Result<GeneratedCa, rcgen::Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("mesh CA for {trust_domain}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
+        let cert = params.self_signed(&key)?;
+        Ok(GeneratedCa {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Loads a CA from PEM files (an operator's own intermediate works too).
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        trust_domain: &str,
+        leaf_ttl: Duration,
+    ) -> Result<Ca, String> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        Self::from_pem(&cert_pem, &key_pem, trust_domain, leaf_ttl)
+            .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))
+    }
+
+    pub fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+        leaf_ttl: Duration,
+    ) -> Result<Ca, String> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| format!("not a usable private key: {e}"))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        Ok(Ca {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            leaf_ttl,
+        })
+    }
+
+    /// The CA certificate (the trust bundle sidecars verify peers with).
+    pub fn bundle(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Signs `csr_pem` for `service`. The CSR's signature is checked (the caller holds
+    /// the key) and its only name must be the service's SPIFFE ID; everything else in it
+    /// is ignored, and the leaf gets our own validity, usages and constraints.
+    pub fn sign(&self, service: &str, csr_pem: &str) -> Result<(String, SystemTime), SignError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| SignError::BadCsr(e.to_string()))?;
+        let expected = mesh_registry_api::spiffe_id(&self.trust_domain, service);
+        let found: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if found != [expected.clone()] {
+            return Err(SignError::WrongName { expected, found });
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, service);
+        params.subject_alt_names = csr.params.subject_alt_names.clone();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = SystemTime::now();
+        let not_after = now + self.leaf_ttl;
+        // A minute of slack for clocks that disagree a little.
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = not_after.into();
+        let leaf = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(|e| SignError::BadCsr(format!("cannot sign it: {e}")))?;
+        Ok((leaf.pem(), not_after))
+    }
+}
+
+/// `mesh-registry gen-ca`: writes `ca.pem` and `ca-key.pem` (mode 0600) into `out`,
+/// unless they exist and `force` is off. Returns what it did, for the user.
+pub fn write_new(out: &Path, trust_domain: &str, force: bool) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let cert = out.join("ca.pem");
+    let key = out.join("ca-key.pem");
+    if !force && cert.exists() && key.exists() {
+        return Ok(format!(
+            "{} and {} exist; keeping them (--force replaces them)",
+            cert.display(),
+            key.display()
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let generated = Ca::generate(trust_domain).map_err(|e| e.to_string())?;
+    std::fs::write(&cert, &generated.cert_pem)
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)
+        .and_then(|mut f| f.write_all(generated.key_pem.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    Ok(format!(
+        "wrote {} and {} for trust domain {trust_domain}; start the registry with \
+         --ca-cert {} --ca-key {} --join-token <secret>",
+        cert.display(),
+        key.display(),
+        cert.display(),
+        key.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_for(uri: &str) -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn ca() -> Ca {
+        let g = Ca::generate("mesh.local").unwrap();
+        Ca::from_pem(
+            &g.cert_pem,
+            &g.key_pem,
+            "mesh.local",
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn signs_a_csr_naming_the_service() {
+        let ca = ca();
+        let (pem, not_after) = ca
+            .sign("web", &csr_for("spiffe://mesh.local/service/web"))
+            .unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(not_after > SystemTime::now() + Duration::from_secs(3500));
+    }
+
+    #[test]
+    fn refuses_bad_csrs_and_wrong_names() {
+        let ca = ca();
+        assert!(matches!(
+            ca.sign("web", "nonsense"),
+            Err(SignError::BadCsr(_))
+        ));
+        let other = ca.sign("web", &csr_for("spiffe://mesh.local/service/db"));
+        assert!(
+            matches!(other, Err(SignError::WrongName { .. })),
+            "{other:?}"
+        );
+        let foreign = ca.sign("web", &csr_for("spiffe://evil.org/service/web"));
+        assert!(matches!(foreign, Err(SignError::WrongName { .. })));
+    }
+}

@@ -1,0 +1,193 @@
+//! The registry as the mesh's CA: who gets a certificate, for which name, and what it says.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{JSON, TestRegistry};
+use http::{Method, StatusCode};
+use mesh_registry::Config;
+use mesh_registry::ca::Ca;
+use rcgen::{CertificateParams, KeyPair, SanType};
+
+fn csr(uri: &str) -> String {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+async fn with_ca(dir: &tempfile::TempDir) -> TestRegistry {
+    let generated = Ca::generate("mesh.local").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &generated.cert_pem).unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), &generated.key_pem).unwrap();
+    TestRegistry::start(Config {
+        ca_cert: Some(dir.path().join("ca.pem")),
+        ca_key: Some(dir.path().join("ca-key.pem")),
+        join_token: Some("join-me".into()),
+        cert_ttl: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_sidecar_with_the_join_token_gets_a_spiffe_leaf_for_its_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = with_ca(&dir).await;
+    let signed = r
+        .client
+        .sign("web", &csr("spiffe://mesh.local/service/web"), "join-me")
+        .await
+        .unwrap();
+    assert_eq!(signed.ttl, Duration::from_secs(600));
+    assert_eq!(
+        signed.ca,
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap()
+    );
+
+    let (_, pem) = x509_parser::pem::parse_x509_pem(signed.certificate.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect();
+    assert_eq!(sans, ["URI(spiffe://mesh.local/service/web)"]);
+    assert!(!cert.is_ca());
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!((600..=700).contains(&life), "{life}");
+
+    let bundle = r
+        .raw(Method::GET, "/v1/ca/bundle", &[], bytes::Bytes::new())
+        .await;
+    assert_eq!(bundle.status, StatusCode::OK);
+    assert!(bundle.text.contains("BEGIN CERTIFICATE"));
+}
+
+#[tokio::test]
+async fn bad_csrs_wrong_tokens_and_name_mismatches_get_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = with_ca(&dir).await;
+    let good = csr("spiffe://mesh.local/service/web");
+    let body =
+        |service: &str, csr: &str| serde_json::json!({"service": service, "csr": csr}).to_string();
+    let auth = ("authorization", "Bearer join-me");
+    let cases = [
+        (
+            vec![JSON],
+            body("web", &good),
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            vec![JSON, ("authorization", "Bearer guess")],
+            body("web", &good),
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            vec![JSON, auth],
+            body(
+                "web",
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            ),
+            StatusCode::BAD_REQUEST,
+            Some("csr"),
+        ),
+        (
+            vec![JSON, auth],
+            body("db", &good),
+            StatusCode::BAD_REQUEST,
+            Some("csr"),
+        ),
+        (
+            vec![JSON, auth],
+            body("web", &csr("spiffe://other.domain/service/web")),
+            StatusCode::BAD_REQUEST,
+            Some("csr"),
+        ),
+        (
+            vec![JSON, auth],
+            body("Web!", &good),
+            StatusCode::BAD_REQUEST,
+            Some("service"),
+        ),
+        (
+            vec![JSON, auth],
+            r#"{"service":"web"}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+            Some("csr"),
+        ),
+    ];
+    for (headers, body, status, field) in cases {
+        let answer = r
+            .raw(Method::POST, "/v1/ca/sign", &headers, body.clone())
+            .await;
+        assert_eq!(answer.status, status, "{body}: {}", answer.text);
+        assert_eq!(answer.error_field(), field, "{}", answer.text);
+        assert!(answer.json.get("certificate").is_none());
+    }
+    let mismatch = r
+        .raw(
+            Method::POST,
+            "/v1/ca/sign",
+            &[JSON, auth],
+            body("db", &good),
+        )
+        .await;
+    assert!(
+        mismatch.text.contains("spiffe://mesh.local/service/db"),
+        "{}",
+        mismatch.text
+    );
+}
+
+#[tokio::test]
+async fn without_a_ca_signing_is_404_not_a_silent_failure() {
+    let r = TestRegistry::start_default().await;
+    let answer = r
+        .raw(Method::GET, "/v1/ca/bundle", &[], bytes::Bytes::new())
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(answer.text.contains("--ca-cert"));
+    let err = r
+        .client
+        .sign("web", &csr("spiffe://mesh.local/service/web"), "x")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found());
+}
+
+#[test]
+fn gen_ca_writes_a_usable_ca_and_keeps_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let said = mesh_registry::ca::write_new(dir.path(), "mesh.local", false).unwrap();
+    assert!(said.contains("--ca-cert"));
+    let cert = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+    let kept = mesh_registry::ca::write_new(dir.path(), "mesh.local", false).unwrap();
+    assert!(kept.contains("keeping"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        cert
+    );
+    assert!(
+        Ca::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca-key.pem"),
+            "mesh.local",
+            Duration::from_secs(60)
+        )
+        .is_ok()
+    );
+}
