@@ -164,6 +164,24 @@ pub struct Config {
     #[arg(long, env = "MESH_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
 
+    /// mTLS between sidecars: off, permissive (inbound also takes plaintext) or strict.
+    #[arg(long, env = "MESH_TLS", value_enum, default_value = "off")]
+    pub tls: crate::tls::TlsMode,
+
+    /// Token that lets this sidecar get its certificate from the registry's CA (the
+    /// registry's `--join-token`).
+    #[arg(long, env = "MESH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Trust domain of the mesh's SPIFFE IDs (as the registry's `--trust-domain`).
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
+
+    /// Services allowed to call this one, by mTLS identity (comma list). Empty: every
+    /// meshed caller.
+    #[arg(long, env = "MESH_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+
     /// Connections served at once per listener.
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -270,6 +288,31 @@ impl Config {
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
             return Err("--ttl must be within 1s-1h".into());
+        }
+        if self.tls != crate::tls::TlsMode::Off {
+            if self.service.is_none() {
+                return Err(
+                    "--tls needs --service: the certificate names the local service".into(),
+                );
+            }
+            if self
+                .join_token
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+            {
+                return Err(
+                    "--tls needs --join-token to get a certificate from the registry".into(),
+                );
+            }
+        }
+        for caller in &self.allow {
+            validate::service_name(caller).map_err(|e| format!("--allow: {e}"))?;
+        }
+        if !self.allow.is_empty() && self.tls == crate::tls::TlsMode::Off {
+            return Err(
+                "--allow needs --tls permissive or strict: callers are known by their certificates"
+                    .into(),
+            );
         }
         if self.retry_attempts == 0 {
             return Err("--retry-attempts must be at least 1 (1 disables retries)".into());

@@ -25,6 +25,9 @@ use crate::dns::Dns;
 use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
 
+/// Registration metadata key holding a sidecar's mTLS mode.
+pub const TLS_METADATA: &str = "tls";
+
 /// How long a request waits for a destination's first resolution before answering
 /// `no-endpoints`: the registry answers in milliseconds when it is up.
 const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
@@ -133,17 +136,16 @@ impl Destination {
             .instances
             .iter()
             .map(|i| {
+                // The sidecar registered its mTLS mode; `off` (or none) means plaintext.
+                let tls = i.metadata.get(TLS_METADATA).is_some_and(|m| m != "off");
                 current
                     .endpoints
                     .iter()
-                    .find(|e| e.address == i.address && e.weight == i.weight)
+                    .find(|e| e.address == i.address && e.weight == i.weight && e.tls == tls)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Arc::new(Endpoint::new(
-                            i.address.clone(),
-                            i.weight,
-                            Some(i.id.clone()),
-                        ))
+                        let e = Endpoint::new(i.address.clone(), i.weight, Some(i.id.clone()));
+                        Arc::new(e.with_tls(tls))
                     })
             })
             .collect();

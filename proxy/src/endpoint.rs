@@ -38,6 +38,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// The registry's instance id, for registry endpoints.
     pub instance: Option<String>,
+    /// The endpoint is a sidecar that speaks mTLS.
+    pub tls: bool,
     ewma: Mutex<PeakEwma>,
     in_flight: AtomicUsize,
     last_error: Mutex<Option<String>>,
@@ -72,6 +74,7 @@ impl Endpoint {
             address,
             weight: weight.max(1),
             instance,
+            tls: false,
             ewma: Mutex::new(PeakEwma {
                 nanos: DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
@@ -80,6 +83,12 @@ impl Endpoint {
             last_error: Mutex::new(None),
             breaker: crate::breaker::Breaker::default(),
         }
+    }
+
+    /// Marks the endpoint as a sidecar that speaks mTLS.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Records the time one request took to get its response headers.

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     BudgetExhausted,
     /// The destination already has the most requests in flight it may have.
     Overloaded,
+    /// The caller's identity is not on this service's allow-list.
+    Forbidden,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Refused => "refused",
             ErrorKind::BudgetExhausted => "budget-exhausted",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 
@@ -65,6 +68,7 @@ impl ErrorKind {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
@@ -78,6 +82,7 @@ impl ErrorKind {
             | ErrorKind::BudgetExhausted
             | ErrorKind::Overloaded => grpc::UNAVAILABLE,
             ErrorKind::Timeout => grpc::DEADLINE_EXCEEDED,
+            ErrorKind::Forbidden => grpc::PERMISSION_DENIED,
             ErrorKind::BadRequest => grpc::INTERNAL,
         }
     }

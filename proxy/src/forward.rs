@@ -1,6 +1,8 @@
 //! Sending a request on to its next hop over pooled connections, and handing the answer
 //! back with its completion observed.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -15,9 +17,10 @@ use crate::endpoint::InFlight;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
 use crate::metrics::ResponseTimer;
+use crate::tls::Identity;
 
 /// HTTP version spoken to the next hop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wire {
     Http1,
     /// HTTP/2 with prior knowledge; one connection per peer multiplexes every call.
@@ -40,12 +43,18 @@ impl Wire {
 pub struct Clients {
     h1: Client<HttpConnector, BoxBody>,
     h2: Client<HttpConnector, BoxBody>,
+    connector: HttpConnector,
+    /// With mTLS on: this sidecar's identity, and TLS pools per peer service and wire.
+    identity: Option<Arc<Identity>>,
+    tls: Arc<Mutex<HashMap<(String, Wire), TlsClient>>>,
 }
+
+type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>;
 
 // === impl Clients ===
 
 impl Clients {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, identity: Option<Arc<Identity>>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -59,22 +68,64 @@ impl Clients {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Clients { h1, h2 }
+            .build(connector.clone());
+        Clients {
+            h1,
+            h2,
+            connector,
+            identity,
+            tls: Arc::default(),
+        }
     }
 
-    /// Sends `request` to `address` (`host:port`) over `wire`. Hop-by-hop headers are
-    /// removed both ways and `x-request-id` is added when missing.
+    /// The TLS pool for calls to `service` over `wire`: ALPN offers only that wire's
+    /// protocol, so the peer forwards in the caller's HTTP version.
+    fn tls_client(&self, identity: &Arc<Identity>, service: &str, wire: Wire) -> TlsClient {
+        let mut pools = self.tls.lock().expect("tls pools lock");
+        pools
+            .entry((service.to_owned(), wire))
+            .or_insert_with(|| {
+                let mut connector = self.connector.clone();
+                connector.enforce_http(false);
+                let config = (*identity.client_config(service)).clone();
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only();
+                let mut client = Client::builder(TokioExecutor::new());
+                client
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new());
+                match wire {
+                    Wire::Http1 => client.build(https.enable_http1().wrap_connector(connector)),
+                    Wire::Http2 => client
+                        .http2_only(true)
+                        .build(https.enable_http2().wrap_connector(connector)),
+                }
+            })
+            .clone()
+    }
+
+    /// Sends `request` to `address` (`host:port`) over `wire`, over mTLS when `tls_to`
+    /// names the service whose identity must answer. Hop-by-hop headers are removed both
+    /// ways and `x-request-id` is added when missing.
     pub async fn send(
         &self,
         request: Request<BoxBody>,
         address: &str,
         wire: Wire,
+        tls_to: Option<&str>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let request = prepare(request, address, wire)?;
-        let result = match wire {
-            Wire::Http1 => self.h1.request(request).await,
-            Wire::Http2 => self.h2.request(request).await,
+        let tls = tls_to.zip(self.identity.as_ref());
+        let request = prepare(request, address, wire, tls.is_some())?;
+        let result = match (tls, wire) {
+            (Some((service, identity)), wire) => {
+                self.tls_client(identity, service, wire)
+                    .request(request)
+                    .await
+            }
+            (None, Wire::Http1) => self.h1.request(request).await,
+            (None, Wire::Http2) => self.h2.request(request).await,
         };
         match result {
             Ok(mut response) => {
@@ -107,6 +158,7 @@ fn prepare(
     request: Request<BoxBody>,
     address: &str,
     wire: Wire,
+    tls: bool,
 ) -> Result<Request<BoxBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let authority: Authority = address.parse().map_err(|_| {
@@ -124,7 +176,7 @@ fn prepare(
         parts.headers.insert(header::HOST, host);
     }
     let mut uri = parts.uri.into_parts();
-    uri.scheme = Some(Scheme::HTTP);
+    uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
     uri.authority = Some(authority);
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some("/".parse().expect("valid path"));
@@ -193,7 +245,7 @@ mod tests {
         request
             .headers_mut()
             .insert("traceparent", "00-a-b-01".parse().unwrap());
-        let out = prepare(request, "10.0.0.7:4143", Wire::Http1).unwrap();
+        let out = prepare(request, "10.0.0.7:4143", Wire::Http1, false).unwrap();
         assert_eq!(
             out.uri(),
             "http://10.0.0.7:4143/Recommendations/Recommend?x=1"

@@ -7,10 +7,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::{self, BoxBody};
+use crate::error::{ErrorKind, ProxyError};
 use crate::forward::{self, Clients, Wire};
 use crate::grpc;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::fail;
+use crate::server::Peer;
 
 /// How the sidecar speaks to its app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,14 +33,37 @@ pub struct Inbound {
     pub app_protocol: Option<AppProtocol>,
     pub clients: Clients,
     pub metrics: Arc<Metrics>,
+    /// Services allowed to call this one (by mTLS identity); empty allows every caller.
+    pub allow: Vec<String>,
 }
 
 // === impl Inbound ===
 
 impl Inbound {
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<BoxBody> {
+    pub async fn handle(&self, request: Request<Incoming>, peer: Peer) -> Response<BoxBody> {
         let grpc_caller = grpc::is_grpc(request.headers());
         let timer = self.metrics.request(Direction::Inbound, &self.service);
+        let allowed = peer
+            .identity
+            .as_ref()
+            .is_some_and(|id| self.allow.contains(id));
+        if !self.allow.is_empty() && !allowed {
+            let caller = peer
+                .identity
+                .as_deref()
+                .unwrap_or("an unauthenticated caller");
+            let e = ProxyError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "{caller} may not call {}; allowed: {}",
+                    self.service,
+                    self.allow.join(", ")
+                ),
+            );
+            tracing::info!(%caller, service = %self.service, "call denied by policy");
+            self.metrics.denied(&self.service);
+            return fail(e, grpc_caller, timer);
+        }
         let wire = match self.app_protocol {
             Some(AppProtocol::Http) => Wire::Http1,
             Some(AppProtocol::H2 | AppProtocol::Grpc) => Wire::Http2,
@@ -47,7 +72,7 @@ impl Inbound {
         let request = request.map(body::boxed);
         match self
             .clients
-            .send(request, &self.app.to_string(), wire)
+            .send(request, &self.app.to_string(), wire, None)
             .await
         {
             Ok(response) => forward::observe(response, timer, None),

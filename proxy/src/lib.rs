@@ -34,6 +34,7 @@ pub mod register;
 pub mod replay;
 pub mod retry;
 pub mod server;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -131,7 +132,32 @@ pub async fn run(
     };
     let retry = config.retry();
     let discovery = Discovery::new(registry.clone(), dns, metrics.clone(), retry.budget);
-    let clients = Clients::new(config.connect_timeout);
+    // With mTLS on, nothing is served before this sidecar has its certificate.
+    let identity = match (&config.service, config.tls) {
+        (Some(service), mode) if mode != tls::TlsMode::Off => {
+            let token = config.join_token.clone().unwrap_or_default();
+            let identity =
+                tls::Identity::obtain(&registry, service, &config.trust_domain, &token).await;
+            tokio::spawn(
+                identity
+                    .clone()
+                    .renew_forever(registry.clone(), token, metrics.clone()),
+            );
+            Some(identity)
+        }
+        _ => None,
+    };
+    let inbound_tls = match &identity {
+        Some(identity) => Some(server::InboundTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(
+                identity.server_config().map_err(Error::Config)?,
+            ),
+            mode: config.tls,
+            trust_domain: config.trust_domain.clone(),
+        }),
+        None => None,
+    };
+    let clients = Clients::new(config.connect_timeout, identity.clone());
     let limits = Limits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
@@ -144,6 +170,7 @@ pub async fn run(
         metrics: metrics.clone(),
         limits,
         drain: config.drain_timeout,
+        tls: None,
     };
 
     // Inbound stops first (after deregistering); the app's own listeners stay open until
@@ -166,10 +193,11 @@ pub async fn run(
             app_protocol: config.app_protocol,
             clients: clients.clone(),
             metrics: metrics.clone(),
+            allow: config.allow.clone(),
         });
-        let handler = move |request, _peer| {
+        let handler = move |request, peer| {
             let inbound = inbound.clone();
-            async move { inbound.handle(request).await }
+            async move { inbound.handle(request, peer).await }
         };
         tracing::info!(
             "inbound listening on {} → app {app}",
@@ -179,7 +207,10 @@ pub async fn run(
                 .unwrap_or_default()
         );
         inbound_servers.push(spawn_server(
-            serving("inbound", Some(Direction::Inbound)),
+            server::Serve {
+                tls: inbound_tls,
+                ..serving("inbound", Some(Direction::Inbound))
+            },
             inbound_listener,
             handler,
             &stop_inbound,
@@ -210,6 +241,8 @@ pub async fn run(
             .local_addr()
             .map(|a| a.port())
             .unwrap_or(config.admin.port());
+        spec.metadata
+            .insert(discover::TLS_METADATA.into(), config.tls.as_str().into());
         spec.metadata.insert(
             mesh_registry_api::ADMIN_METADATA.into(),
             config.advertised_admin(admin_port),
@@ -250,6 +283,7 @@ pub async fn run(
         timeout: config.timeout,
         per_try_timeout: config.per_try_timeout,
         max_pending: config.max_pending,
+        tls: identity.is_some(),
     });
     let mut routes = vec![("outbound", listeners.outbound, Route::ByHost)];
     for (upstream, listener) in listeners.upstreams {
@@ -294,9 +328,9 @@ pub async fn run(
         shutdown: admin_shutdown,
     });
     let (admin_stop_tx, admin_stop) = watch::channel(false);
-    let admin_handler = move |request, peer| {
+    let admin_handler = move |request, peer: server::Peer| {
         let admin = admin.clone();
-        async move { admin.handle(request, peer) }
+        async move { admin.handle(request, peer.addr) }
     };
     let admin_task = spawn_server(
         server::Serve {
@@ -359,11 +393,7 @@ fn spawn_server<H, F>(
     stop: &watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()>
 where
-    H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>, server::Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = http::Response<body::BoxBody>> + Send + 'static,
 {
     tokio::spawn(server::serve(serve, listener, handler, stop.clone()))

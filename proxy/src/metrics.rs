@@ -65,6 +65,11 @@ pub struct Metrics {
     tcp_open: IntGaugeVec,
     discovery_updates: IntCounterVec,
     pub registry_connected: IntGauge,
+    inbound_connections: IntCounterVec,
+    policy_denied: IntCounterVec,
+    /// Unix time the sidecar's certificate expires (mTLS on).
+    pub cert_expiry: IntGauge,
+    pub cert_rotations: prometheus::IntCounter,
     /// Service names admitted as label values (a std Mutex: no await while held).
     services: Mutex<HashSet<String>>,
 }
@@ -144,6 +149,26 @@ impl Metrics {
                 "1 when the last call to the registry succeeded, else 0.",
             )
             .expect("valid metric"),
+            inbound_connections: counter(
+                "mesh_inbound_connections_total",
+                "Inbound connections accepted by transport: tls, plaintext (permissive mode) or refused.",
+                &["tls"],
+            ),
+            policy_denied: counter(
+                "mesh_policy_denied_total",
+                "Inbound requests refused by the caller allow-list (403 / PERMISSION_DENIED).",
+                &["service"],
+            ),
+            cert_expiry: IntGauge::new(
+                "mesh_tls_cert_expiry_timestamp_seconds",
+                "Unix time the sidecar's certificate expires.",
+            )
+            .expect("valid metric"),
+            cert_rotations: prometheus::IntCounter::new(
+                "mesh_tls_cert_rotations_total",
+                "Certificates renewed since start.",
+            )
+            .expect("valid metric"),
             services: Mutex::new(HashSet::new()),
         };
         for c in [
@@ -157,6 +182,10 @@ impl Metrics {
             Box::new(m.tcp_open.clone()),
             Box::new(m.discovery_updates.clone()),
             Box::new(m.registry_connected.clone()),
+            Box::new(m.inbound_connections.clone()),
+            Box::new(m.policy_denied.clone()),
+            Box::new(m.cert_expiry.clone()),
+            Box::new(m.cert_rotations.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -203,6 +232,17 @@ impl Metrics {
         self.endpoints
             .with_label_values(&[&service, EndpointState::Ejected.as_str()])
             .set(0);
+    }
+
+    /// Counts an inbound connection by transport (`tls`, `plaintext`, `refused`).
+    pub fn inbound_connection(&self, kind: &'static str) {
+        self.inbound_connections.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a request the allow-list refused.
+    pub fn denied(&self, service: &str) {
+        let service = self.service_label(service);
+        self.policy_denied.with_label_values(&[&service]).inc();
     }
 
     /// Counts a retry sent to `service`.

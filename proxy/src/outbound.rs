@@ -54,6 +54,8 @@ pub struct Outbound {
     pub per_try_timeout: Option<Duration>,
     /// Requests in flight per destination before new ones are refused.
     pub max_pending: usize,
+    /// mTLS to peer sidecars that have it on.
+    pub tls: bool,
 }
 
 /// What a try that did not succeed left us with.
@@ -224,7 +226,8 @@ impl Outbound {
         let in_flight = endpoint.start();
         let started = Instant::now();
         let try_deadline = deadlines.try_deadline(started);
-        let sent = self.clients.send(request, &endpoint.address, wire);
+        let tls_to = (self.tls && endpoint.tls).then_some(destination.name.as_str());
+        let sent = self.clients.send(request, &endpoint.address, wire, tls_to);
         let result = match try_deadline {
             Some(at) => match tokio::time::timeout_at(at, sent).await {
                 Ok(result) => result,

@@ -74,7 +74,10 @@ async fn probe(app: SocketAddr, check: &Check, clients: &Clients) -> Status {
             let Ok(request) = request else {
                 return Status::Critical;
             };
-            match clients.send(request, &app.to_string(), Wire::Http1).await {
+            match clients
+                .send(request, &app.to_string(), Wire::Http1, None)
+                .await
+            {
                 Ok(r) if r.status().is_success() => Status::Passing,
                 _ => Status::Critical,
             }
@@ -100,7 +103,10 @@ async fn grpc(app: SocketAddr, clients: &Clients) -> Status {
     let Ok(request) = request else {
         return Status::Critical;
     };
-    let Ok(response) = clients.send(request, &app.to_string(), Wire::Http2).await else {
+    let Ok(response) = clients
+        .send(request, &app.to_string(), Wire::Http2, None)
+        .await
+    else {
         return Status::Critical;
     };
     let header_status = crate::grpc::status_of(response.headers());

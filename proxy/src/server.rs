@@ -13,11 +13,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::body::BoxBody;
 use crate::metrics::{Direction, Metrics};
+use crate::tls::TlsMode;
 
 /// Protections every listener applies.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +56,25 @@ pub struct Serve {
     pub limits: Limits,
     /// How long open requests may take to finish after `stop`.
     pub drain: Duration,
+    /// TLS for this listener (the inbound one, with mTLS on).
+    pub tls: Option<InboundTls>,
+}
+
+/// Inbound TLS: the acceptor, and whether plaintext is still let in.
+#[derive(Clone)]
+pub struct InboundTls {
+    pub acceptor: TlsAcceptor,
+    pub mode: TlsMode,
+    pub trust_domain: String,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The caller's service, proven by its certificate (mTLS only).
+    pub identity: Option<String>,
+    pub tls: bool,
 }
 
 /// Serves `listener` with `handler` until `stop` turns true, then stops accepting and
@@ -62,7 +85,7 @@ pub async fn serve<H, F>(
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<BoxBody>> + Send + 'static,
 {
     let Serve {
@@ -71,6 +94,7 @@ pub async fn serve<H, F>(
         metrics,
         limits,
         drain,
+        tls,
     } = serve;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -104,17 +128,30 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         let open = direction.map(|d| metrics.connection_opened(d));
+        let (tls, metrics) = (tls.clone(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let Some((io, peer)) = secure(
+                stream,
+                peer,
+                tls.as_ref(),
+                limits.header_read_timeout,
+                &metrics,
+            )
+            .await
+            else {
+                return;
+            };
+            let service = service_fn(move |request| {
+                let response = handler(request, peer.clone());
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 // Malformed requests end here (hyper has answered 400 where it could).
-                tracing::debug!(listener = name, %peer, error = %crate::forward::source_chain(e.as_ref()), "connection closed with an error");
+                tracing::debug!(listener = name, error = %crate::forward::source_chain(e.as_ref()), "connection closed with an error");
             }
             drop((open, permit));
         });
@@ -130,6 +167,139 @@ pub async fn serve<H, F>(
             ?drain,
             "requests still open after the drain timeout; closing"
         );
+    }
+}
+
+/// Completes the TLS handshake when the listener has TLS, or lets plaintext through when
+/// the mode permits it. `None`: the connection is refused.
+async fn secure(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: Option<&InboundTls>,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Option<(Io, Peer)> {
+    let plain = |stream| {
+        let peer = Peer {
+            addr,
+            identity: None,
+            tls: false,
+        };
+        Some((Io::Plain(stream), peer))
+    };
+    let Some(tls) = tls else {
+        return plain(stream);
+    };
+    // A TLS connection starts with a handshake record (0x16); anything else is plaintext.
+    let mut first = [0u8; 1];
+    let is_tls = matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
+    if !is_tls {
+        if tls.mode == TlsMode::Strict {
+            tracing::info!(%addr, "plaintext connection refused: inbound is strict mTLS");
+            metrics.inbound_connection("refused");
+            return None;
+        }
+        metrics.inbound_connection("plaintext");
+        return plain(stream);
+    }
+    match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| crate::tls::peer_service(cert, &tls.trust_domain));
+            metrics.inbound_connection("tls");
+            Some((
+                Io::Tls(Box::new(stream)),
+                Peer {
+                    addr,
+                    identity,
+                    tls: true,
+                },
+            ))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "TLS handshake refused");
+            metrics.inbound_connection("refused");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%addr, "TLS handshake timed out");
+            metrics.inbound_connection("refused");
+            None
+        }
+    }
+}
+
+/// A connection's byte stream, plaintext or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
