@@ -1,0 +1,867 @@
+#!/usr/bin/env python3
+"""Invariants of the rendered Kubernetes manifests, checked without a cluster.
+
+Schema validation says each object is well-formed; these checks say the objects agree
+with each other and with the mesh's contracts: one native sidecar per meshed pod, its
+flags matching the app beside it, probes on real paths and ports, the security context
+and resources on every container, images set through kustomize, Services reaching real
+ports, and network policies letting through exactly the mesh's traffic.
+
+Run with: python3 k8s/test_manifests.py [RENDERED_DIR]
+RENDERED_DIR holds one `<overlay>.yaml` per overlay (as k8s/validate.sh writes them);
+without it, every overlay is rendered with `kubectl kustomize`. Prints one line per check
+and `N passed, N failed` last; exits 1 if any check failed.
+"""
+
+import copy
+import ipaddress
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+K8S = os.path.dirname(os.path.abspath(__file__))
+
+# Ports and paths from the mesh's contracts (ARCHITECTURE.md, docs/proxy.md).
+SIDECAR_IMAGE = "mesh/proxy"
+SIDECAR_BINARY = "mesh-proxy"
+MESHED_LABEL = ("mesh/sidecar", "true")
+READY_PATH, LIVE_PATH = "/ready", "/live"
+REGISTRY_SERVICE = "registry"
+# How long the sidecar waits for the registry to confirm a deregistration before draining.
+DEREGISTER_WAIT_S = 6
+RESTRICTED_UID = 65534
+
+
+def overlays():
+    """Overlay name -> directory: the top level, the base, and every overlay."""
+    found = {"k8s": K8S, "base": os.path.join(K8S, "base")}
+    root = os.path.join(K8S, "overlays")
+    for name in sorted(os.listdir(root)):
+        if os.path.isfile(os.path.join(root, name, "kustomization.yaml")):
+            found[name] = os.path.join(root, name)
+    return found
+
+
+def load(overlay, directory, rendered_dir):
+    if rendered_dir:
+        with open(os.path.join(rendered_dir, f"{overlay}.yaml")) as f:
+            text = f.read()
+    else:
+        text = subprocess.run(
+            ["kubectl", "kustomize", directory], check=True, capture_output=True, text=True
+        ).stdout
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+# === kustomize images ===
+
+
+def kustomize_images(directory, seen=None):
+    """The `images:` entries along a kustomization tree; later (outer) entries win."""
+    seen = seen if seen is not None else set()
+    directory = os.path.realpath(directory)
+    if directory in seen:
+        return {}
+    seen.add(directory)
+    with open(os.path.join(directory, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    images = {}
+    for ref in kustomization.get("resources", []) + kustomization.get("components", []):
+        path = os.path.join(directory, ref)
+        if os.path.isdir(path):
+            images.update(kustomize_images(path, seen))
+    for entry in kustomization.get("images", []):
+        name = entry.get("newName", entry["name"])
+        if "digest" in entry:
+            images[entry["name"]] = f"{name}@{entry['digest']}"
+        else:
+            images[entry["name"]] = f"{name}:{entry.get('newTag', 'latest')}"
+    return images
+
+
+# === helpers over objects ===
+
+
+def pod_templates(objects):
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
+            yield obj, obj["spec"]["template"]
+
+
+def all_containers(pod_spec):
+    return pod_spec.get("initContainers", []) + pod_spec["containers"]
+
+
+def native_sidecars(pod_spec):
+    return [c for c in pod_spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+
+
+def mesh_sidecar(pod_spec):
+    """The pod's native sidecar running the proxy (check_sidecar_count ensures one)."""
+    found = [c for c in native_sidecars(pod_spec) if runs_sidecar(c)]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} native {SIDECAR_BINARY} sidecars")
+    return found[0]
+
+
+def runs_sidecar(container):
+    command = container.get("command") or []
+    return bool(command) and os.path.basename(command[0]) == SIDECAR_BINARY
+
+
+def env_of(container):
+    """Name -> value (a string, or the valueFrom mapping), plus names in definition order."""
+    values, order = {}, []
+    for item in container.get("env", []):
+        values[item["name"]] = item.get("value", item.get("valueFrom"))
+        order.append(item["name"])
+    return values, order
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def host_of(address):
+    return address.rsplit(":", 1)[0]
+
+
+def container_port(container, port):
+    """A probe's or Service's port (number or name) as a number, if the container has it."""
+    for p in container.get("ports", []):
+        if port in (p["containerPort"], p.get("name")):
+            return p["containerPort"]
+    return None
+
+
+def pod_port(pod_spec, port):
+    for c in all_containers(pod_spec):
+        number = container_port(c, port)
+        if number is not None:
+            return number
+    return None
+
+
+def selects(selector, labels):
+    """A label selector (matchLabels/matchExpressions, or a plain map) against labels."""
+    if selector is None:
+        return False
+    if "matchLabels" in selector or "matchExpressions" in selector:
+        match = selector.get("matchLabels", {})
+    else:
+        match = selector  # a Service's plain map; {} selects everything
+    if any(labels.get(k) != v for k, v in match.items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def find(objects, kind, name):
+    return next(
+        (o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name), None
+    )
+
+
+def service_for(objects, labels):
+    return [
+        o for o in objects
+        if o["kind"] == "Service" and o["spec"].get("selector")
+        and selects(o["spec"]["selector"], labels)
+    ]
+
+
+def is_meshed(template):
+    key, value = MESHED_LABEL
+    return template["metadata"].get("labels", {}).get(key) == value
+
+
+def probes(container):
+    return {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container}
+
+
+def probe_target(probe):
+    """(kind, port, path) of a probe."""
+    for kind in ("httpGet", "grpc", "tcpSocket"):
+        if kind in probe:
+            return kind, probe[kind]["port"], probe[kind].get("path")
+    return "exec", None, None
+
+
+def duration_s(text):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unreadable duration {text!r}")
+    return int(m.group(1)) * units[m.group(2)]
+
+
+# === the checks ===
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def expect(self, name, check, *args):
+        """Runs one check; a check that crashes on malformed input counts as failed."""
+        try:
+            problems = check(*args)
+        except Exception as error:  # noqa: BLE001 - any crash is a finding
+            problems = [f"the check itself failed: {type(error).__name__}: {error}"]
+        if problems:
+            self.failed += 1
+            print(f"FAIL {name}")
+            for problem in problems:
+                print(f"     - {problem}")
+        else:
+            self.passed += 1
+            print(f"ok   {name}")
+
+
+def check_namespace(objects):
+    problems = []
+    namespaces = [o for o in objects if o["kind"] == "Namespace"]
+    if len(namespaces) != 1:
+        return [f"expected one Namespace, found {len(namespaces)}"]
+    ns = namespaces[0]
+    name = ns["metadata"]["name"]
+    if ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+        problems.append(f"namespace {name} does not enforce the restricted Pod Security Standard")
+    for o in objects:
+        if o["kind"] != "Namespace" and o["metadata"].get("namespace") != name:
+            problems.append(f"{o['kind']}/{o['metadata']['name']} is not in namespace {name}")
+    return problems
+
+
+def check_security(template):
+    spec = template["spec"]
+    pod_sc = spec.get("securityContext", {})
+    problems = []
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append("automountServiceAccountToken is not false (no pod talks to the API)")
+    if spec.get("enableServiceLinks") is not False:
+        problems.append("enableServiceLinks is not false (service links set *_PORT variables)")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            problems.append(f"{key} is set")
+    for c in all_containers(spec):
+        sc = c.get("securityContext")
+        if not sc:
+            problems.append(f"{c['name']}: no securityContext")
+            continue
+
+        def effective(key):
+            return sc.get(key, pod_sc.get(key))
+
+        if effective("runAsNonRoot") is not True:
+            problems.append(f"{c['name']}: runAsNonRoot is not true")
+        if effective("runAsUser") != RESTRICTED_UID:
+            problems.append(f"{c['name']}: runAsUser is not {RESTRICTED_UID}")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation is not false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{c['name']}: readOnlyRootFilesystem is not true")
+        if sc.get("privileged"):
+            problems.append(f"{c['name']}: privileged")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problems.append(f"{c['name']}: capabilities do not drop ALL")
+        if sc.get("capabilities", {}).get("add"):
+            problems.append(f"{c['name']}: adds capabilities")
+        if (effective("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{c['name']}: seccompProfile is not RuntimeDefault")
+    return problems
+
+
+def check_resources(template):
+    problems = []
+    for c in all_containers(template["spec"]):
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in res.get(kind, {}):
+                    problems.append(f"{c['name']}: no {kind}.{resource}")
+    return problems
+
+
+def check_images(template, images):
+    problems = []
+    allowed = set(images.values())
+    for c in all_containers(template["spec"]):
+        image = c["image"]
+        if image not in allowed:
+            problems.append(f"{c['name']}: image {image!r} is not set by a kustomize images: entry")
+        if image.endswith(":latest"):
+            problems.append(f"{c['name']}: image {image!r} is tagged latest")
+        if "imagePullPolicy" not in c:
+            problems.append(f"{c['name']}: no imagePullPolicy")
+    return problems
+
+
+def check_probes(template):
+    """Every container has readiness and liveness probes on one of its own ports."""
+    problems = []
+    for c in all_containers(template["spec"]):
+        found = probes(c)
+        for kind in ("readinessProbe", "livenessProbe"):
+            if kind not in found:
+                problems.append(f"{c['name']}: no {kind}")
+        for kind, probe in found.items():
+            how, port, _ = probe_target(probe)
+            if how == "exec":
+                continue
+            if container_port(c, port) is None:
+                problems.append(f"{c['name']}: {kind} port {port!r} is not one of its ports")
+    return problems
+
+
+def check_sidecar_count(template):
+    spec = template["spec"]
+    sidecars = [c for c in native_sidecars(spec) if runs_sidecar(c)]
+    misplaced = [
+        c["name"] for c in all_containers(spec)
+        if runs_sidecar(c) and c.get("restartPolicy") != "Always"
+    ]
+    problems = []
+    if is_meshed(template):
+        if len(sidecars) != 1:
+            problems.append(f"{len(sidecars)} native sidecars running {SIDECAR_BINARY}, expected 1")
+        for c in sidecars:
+            if not c["image"].split("@")[0].rsplit(":", 1)[0].endswith(SIDECAR_IMAGE):
+                problems.append(f"sidecar image {c['image']} is not {SIDECAR_IMAGE}")
+    elif sidecars:
+        problems.append(f"runs a sidecar but lacks the label {MESHED_LABEL[0]}={MESHED_LABEL[1]}"
+                        " (the network policies select meshed pods by it)")
+    if misplaced:
+        problems.append(f"{SIDECAR_BINARY} runs outside a native sidecar in {misplaced}")
+    return problems
+
+
+def check_sidecar_config(workload, template, objects):
+    """The sidecar's flags agree with the app beside it and with the registry."""
+    spec = template["spec"]
+    sidecar = mesh_sidecar(spec)
+    apps = spec["containers"]
+    env, order = env_of(sidecar)
+    problems = []
+
+    # Every $(VAR) is defined earlier in the list, or Kubernetes leaves it verbatim.
+    for i, name in enumerate(order):
+        value = env[name]
+        if isinstance(value, str):
+            for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value):
+                if ref not in order[:i]:
+                    problems.append(f"{name} uses $({ref}), not defined before it")
+
+    def field_ref(var):
+        value = env.get(var)
+        return value.get("fieldRef", {}).get("fieldPath") if isinstance(value, dict) else None
+
+    service = env.get("MESH_SERVICE")
+    if service != workload["metadata"]["name"]:
+        problems.append(f"MESH_SERVICE {service!r} is not the workload's name {workload['metadata']['name']!r}")
+    for svc in service_for(objects, template["metadata"].get("labels", {})):
+        if svc["metadata"]["name"] != service:
+            problems.append(f"MESH_SERVICE {service!r} differs from its Service {svc['metadata']['name']!r}")
+
+    app = env.get("MESH_APP", "")
+    app_ports = {p["containerPort"] for c in apps for p in c.get("ports", [])}
+    if host_of(app) not in ("127.0.0.1", "localhost") or port_of(app) not in app_ports:
+        problems.append(f"MESH_APP {app!r} is not 127.0.0.1:<an app containerPort {sorted(app_ports)}>")
+    for c in apps:
+        for var, value in env_of(c)[0].items():
+            if var.endswith("_LISTEN") and isinstance(value, str) and port_of(value) not in app_ports:
+                problems.append(f"{c['name']}: {var} {value} is not one of its containerPorts")
+
+    inbound = env.get("MESH_INBOUND", "0.0.0.0:4143")
+    admin = env.get("MESH_ADMIN", "0.0.0.0:4191")
+    for var, address in (("MESH_INBOUND", inbound), ("MESH_ADMIN", admin)):
+        if container_port(sidecar, port_of(address)) is None:
+            problems.append(f"{var} {address}: port not declared on the sidecar")
+    if env.get("MESH_ADVERTISE") != f"$(POD_IP):{port_of(inbound)}" or field_ref("POD_IP") != "status.podIP":
+        problems.append("MESH_ADVERTISE is not $(POD_IP):<inbound port> with POD_IP from status.podIP")
+    if env.get("MESH_INSTANCE_ID") != "$(POD_NAME)" or field_ref("POD_NAME") != "metadata.name":
+        problems.append("MESH_INSTANCE_ID is not $(POD_NAME) with POD_NAME from metadata.name")
+
+    # The registry URL names the registry Service and its port.
+    registry_svc = find(objects, "Service", REGISTRY_SERVICE)
+    url = env.get("MESH_REGISTRY", "")
+    m = re.fullmatch(r"http://([^:/]+):(\d+)/?", url)
+    if not registry_svc:
+        problems.append(f"no Service {REGISTRY_SERVICE!r}")
+    elif not m:
+        problems.append(f"MESH_REGISTRY {url!r} is not http://host:port")
+    else:
+        ns = registry_svc["metadata"].get("namespace", "")
+        names = {REGISTRY_SERVICE, f"{REGISTRY_SERVICE}.{ns}", f"{REGISTRY_SERVICE}.{ns}.svc",
+                 f"{REGISTRY_SERVICE}.{ns}.svc.cluster.local"}
+        ports = [p["port"] for p in registry_svc["spec"]["ports"]]
+        if m.group(1) not in names or int(m.group(2)) not in ports:
+            problems.append(f"MESH_REGISTRY {url!r} is not the registry Service ({REGISTRY_SERVICE}:{ports})")
+
+    # The token comes from where the registry reads it.
+    registry = find(objects, "Deployment", REGISTRY_SERVICE)
+    if registry:
+        registry_env = env_of(registry["spec"]["template"]["spec"]["containers"][0])[0]
+        if registry_env.get("REGISTRY_TOKEN") != env.get("MESH_REGISTRY_TOKEN"):
+            problems.append("MESH_REGISTRY_TOKEN does not come from the registry's REGISTRY_TOKEN source")
+
+    # Upstream listeners: the app dials them by its <NAME>_HOST/_PORT settings.
+    upstreams = [u for u in (env.get("MESH_UPSTREAMS") or "").split(",") if u]
+    listeners = [port_of(inbound), port_of(admin), port_of(env.get("MESH_OUTBOUND", "127.0.0.1:4140"))]
+    listeners += sorted(app_ports)
+    meshed_services = {
+        env_of(c)[0].get("MESH_SERVICE")
+        for _, t in pod_templates(objects) if is_meshed(t)
+        for c in native_sidecars(t["spec"]) if runs_sidecar(c)
+    }
+    for upstream in upstreams:
+        name, listen = upstream.split("=", 1)
+        target, _, dns_port = name.partition(":")
+        listeners.append(port_of(listen))
+        if not ipaddress.ip_address(host_of(listen)).is_loopback:
+            problems.append(f"upstream {upstream}: listens beyond loopback")
+        if target not in meshed_services:
+            problems.append(f"upstream {upstream}: no meshed workload registers {target!r}")
+        if dns_port:
+            svc = find(objects, "Service", target)
+            if not svc or int(dns_port) not in [p["port"] for p in svc["spec"]["ports"]]:
+                problems.append(f"upstream {upstream}: DNS fallback port is not a port of Service {target!r}")
+        prefix = target.upper().replace("-", "_")
+        dialled = False
+        for c in apps:
+            app_env = env_of(c)[0]
+            if f"{prefix}_PORT" in app_env:
+                dialled = True
+                if str(app_env[f"{prefix}_PORT"]) != str(port_of(listen)):
+                    problems.append(f"{c['name']}: {prefix}_PORT={app_env[f'{prefix}_PORT']} but the upstream listens on {port_of(listen)}")
+            if app_env.get(f"{prefix}_HOST", "localhost") not in ("localhost", "127.0.0.1"):
+                problems.append(f"{c['name']}: {prefix}_HOST is not localhost")
+        if not dialled:
+            problems.append(f"upstream {upstream}: no app container sets {prefix}_PORT")
+    if len(listeners) != len(set(listeners)):
+        problems.append(f"ports clash inside the pod: {sorted(listeners)}")
+    return problems
+
+
+def check_sidecar_probes(template):
+    sidecar = mesh_sidecar(template["spec"])
+    admin_port = port_of(env_of(sidecar)[0].get("MESH_ADMIN", "0.0.0.0:4191"))
+    expected = {"startupProbe": READY_PATH, "readinessProbe": READY_PATH, "livenessProbe": LIVE_PATH}
+    problems = []
+    for kind, path in expected.items():
+        probe = sidecar.get(kind)
+        if not probe:
+            problems.append(f"no {kind}")
+            continue
+        how, port, got = probe_target(probe)
+        if how != "httpGet" or got != path or container_port(sidecar, port) != admin_port:
+            problems.append(f"{kind} is {how} {got} on {port!r}, expected GET {path} on the admin port {admin_port}")
+    return problems
+
+
+def check_shutdown(template):
+    """The grace period covers the app's pause, then deregistration and the drain."""
+    spec = template["spec"]
+    sidecar = mesh_sidecar(spec)
+    drain = duration_s(env_of(sidecar)[0].get("MESH_DRAIN_TIMEOUT", "10s"))
+    pause = max(
+        (c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+         for c in spec["containers"]),
+        default=0,
+    )
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    needed = pause + DEREGISTER_WAIT_S + drain
+    if grace <= needed:
+        return [f"terminationGracePeriodSeconds {grace} is not above preStop {pause}s"
+                f" + deregistration {DEREGISTER_WAIT_S}s + drain {drain}s"]
+    return []
+
+
+def check_scrape_annotations(template):
+    annotations = template["metadata"].get("annotations", {})
+    spec = template["spec"]
+    if is_meshed(template):
+        sidecar = mesh_sidecar(spec)
+        port = port_of(env_of(sidecar)[0].get("MESH_ADMIN", "0.0.0.0:4191"))
+    else:
+        port = None
+    problems = []
+    if annotations.get("prometheus.io/scrape") != "true":
+        return ["no prometheus.io/scrape: \"true\""]
+    declared = annotations.get("prometheus.io/port")
+    if declared is None or pod_port(spec, int(declared)) is None:
+        problems.append(f"prometheus.io/port {declared!r} is not a port of the pod")
+    if port is not None and declared != str(port):
+        problems.append(f"prometheus.io/port {declared!r} is not the sidecar's admin port {port}")
+    if annotations.get("prometheus.io/path") != "/metrics":
+        problems.append("prometheus.io/path is not /metrics")
+    return problems
+
+
+def check_services(objects):
+    problems = []
+    templates = [t for _, t in pod_templates(objects)]
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        name = svc["metadata"]["name"]
+        matched = [t for t in templates if selects(svc["spec"].get("selector"), t["metadata"].get("labels", {}))]
+        if not matched:
+            problems.append(f"Service {name} selects no pod")
+        for t in matched:
+            for p in svc["spec"]["ports"]:
+                target = p.get("targetPort", p["port"])
+                if pod_port(t["spec"], target) is None:
+                    problems.append(f"Service {name} port {p['port']} targets {target!r}, which its pods lack")
+    return problems
+
+
+def check_meshed_services_target_sidecar(objects):
+    """Callers of a meshed pod's Service pass the sidecar's inbound listener."""
+    problems = []
+    for _, t in pod_templates(objects):
+        if not is_meshed(t):
+            continue
+        sidecar = mesh_sidecar(t["spec"])
+        inbound = port_of(env_of(sidecar)[0].get("MESH_INBOUND", "0.0.0.0:4143"))
+        for svc in service_for(objects, t["metadata"].get("labels", {})):
+            for p in svc["spec"]["ports"]:
+                if pod_port(t["spec"], p.get("targetPort", p["port"])) != inbound:
+                    problems.append(f"Service {svc['metadata']['name']} port {p['port']} bypasses the sidecar")
+    return problems
+
+
+def check_registry(objects):
+    dep = find(objects, "Deployment", REGISTRY_SERVICE)
+    if not dep:
+        return ["no registry Deployment"]
+    spec = dep["spec"]
+    problems = []
+    if spec.get("replicas", 1) != 1:
+        problems.append("more than one registry replica (the catalog lives in one process)")
+    if spec.get("strategy", {}).get("type") != "Recreate":
+        problems.append("strategy is not Recreate (the volume is ReadWriteOnce)")
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    env = env_of(c)[0]
+    listen = env.get("REGISTRY_LISTEN", "0.0.0.0:7700")
+    if container_port(c, port_of(listen)) is None:
+        problems.append(f"REGISTRY_LISTEN {listen} is not a containerPort")
+    for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        how, port, got = probe_target(c.get(kind, {}))
+        if how != "httpGet" or got != path or container_port(c, port) != port_of(listen):
+            problems.append(f"{kind} is not GET {path} on the API port")
+    data_dir = env.get("REGISTRY_DATA_DIR")
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mounts.get(data_dir)), None)
+    claim = volume and volume.get("persistentVolumeClaim", {}).get("claimName")
+    pvc = claim and find(objects, "PersistentVolumeClaim", claim)
+    if not pvc:
+        problems.append(f"REGISTRY_DATA_DIR {data_dir!r} is not a mounted PersistentVolumeClaim")
+    elif pvc["spec"]["accessModes"] != ["ReadWriteOnce"]:
+        problems.append("the registry's claim is not ReadWriteOnce")
+    if pvc and pod.get("securityContext", {}).get("fsGroup") != RESTRICTED_UID:
+        problems.append(f"no fsGroup {RESTRICTED_UID}: the volume would not be writable")
+    return problems
+
+
+# === network policies ===
+
+
+class Pod:
+    """A traffic source or destination: labels, namespace labels, named ports."""
+
+    def __init__(self, namespace, labels, ns_labels=None, spec=None, external=False):
+        self.namespace = namespace
+        self.labels = labels
+        self.ns_labels = ns_labels or {"kubernetes.io/metadata.name": namespace}
+        self.spec = spec
+        self.external = external
+
+
+def peer_matches(peer, source, policy_ns):
+    if "ipBlock" in peer:
+        return source.external  # the only blocks worth writing here are for outsiders
+    if source.external:
+        return False
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], source.ns_labels):
+            return False
+    elif source.namespace != policy_ns:
+        return False
+    return "podSelector" not in peer or selects(peer["podSelector"], source.labels)
+
+
+def port_matches(rule_ports, port, protocol, pod):
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        if "port" not in p:
+            return True
+        wanted = p["port"]
+        if isinstance(wanted, str):
+            wanted = pod_port(pod.spec, wanted) if pod and pod.spec else None
+        if wanted == port or (wanted is not None and wanted <= port <= p.get("endPort", wanted)):
+            return True
+    return False
+
+
+def admitted(policies, direction, subject, other, port, protocol, port_owner):
+    """Whether the policies selecting `subject` let this connection through."""
+    kind = "Ingress" if direction == "ingress" else "Egress"
+    applying = [
+        p for p in policies
+        if not subject.external and p["metadata"]["namespace"] == subject.namespace
+        and kind in p["spec"].get("policyTypes", ["Ingress"])
+        and selects(p["spec"]["podSelector"], subject.labels)
+    ]
+    if not applying:
+        return True
+    peer_key = "from" if direction == "ingress" else "to"
+    for p in applying:
+        for rule in p["spec"].get(direction, []) or []:
+            peers = rule.get(peer_key)
+            if peers and not any(peer_matches(x, other, p["metadata"]["namespace"]) for x in peers):
+                continue
+            if port_matches(rule.get("ports"), port, protocol, port_owner):
+                return True
+    return False
+
+
+def reachable(policies, source, destination, port, protocol="TCP"):
+    return admitted(policies, "egress", source, destination, port, protocol, destination) and admitted(
+        policies, "ingress", destination, source, port, protocol, destination
+    )
+
+
+def check_network_policies(objects):
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    ns = next(o["metadata"]["name"] for o in objects if o["kind"] == "Namespace")
+    pods = {}
+    for dep, t in pod_templates(objects):
+        pods[dep["metadata"]["name"]] = Pod(ns, t["metadata"].get("labels", {}), spec=t["spec"])
+    problems = []
+    if not any(p["spec"]["podSelector"] == {} and "Ingress" in p["spec"].get("policyTypes", [])
+               and not p["spec"].get("ingress") for p in policies):
+        problems.append("no default deny for ingress")
+
+    def sidecar_port(name, var, default):
+        c = mesh_sidecar(pods[name].spec)
+        return port_of(env_of(c)[0].get(var, default))
+
+    mkt, rec, reg = pods.get("marketplace"), pods.get("recommendations"), pods.get("registry")
+    if not (mkt and rec and reg):
+        return problems + ["marketplace, recommendations or registry missing"]
+    inbound = sidecar_port("recommendations", "MESH_INBOUND", "0.0.0.0:4143")
+    admin = sidecar_port("recommendations", "MESH_ADMIN", "0.0.0.0:4191")
+    app = port_of(env_of(rec.spec["containers"][0])[0]["RECOMMENDATIONS_LISTEN"])
+    registry = find(objects, "Service", REGISTRY_SERVICE)["spec"]["ports"][0]
+    registry_port = pod_port(reg.spec, registry.get("targetPort", registry["port"]))
+    entry = find(objects, "Service", "marketplace")["spec"]["ports"][0]
+    entry_port = pod_port(mkt.spec, entry.get("targetPort", entry["port"]))
+    outsider = Pod("", {}, external=True)
+    unmeshed = Pod(ns, {"app.kubernetes.io/name": "debug"})
+    prometheus_here = Pod(ns, {"app.kubernetes.io/name": "prometheus"})
+    prometheus_there = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    dns = Pod("kube-system", {"k8s-app": "kube-dns"})
+
+    cases = [
+        ("marketplace -> recommendations sidecar inbound", mkt, rec, inbound, "TCP", True),
+        ("marketplace -> recommendations app port (bypassing the sidecar)", mkt, rec, app, "TCP", False),
+        ("marketplace -> registry", mkt, reg, registry_port, "TCP", True),
+        ("recommendations -> registry", rec, reg, registry_port, "TCP", True),
+        ("un-meshed pod -> registry", unmeshed, reg, registry_port, "TCP", False),
+        ("un-meshed pod -> recommendations sidecar inbound", unmeshed, rec, inbound, "TCP", False),
+        ("prometheus (same namespace) -> sidecar admin", prometheus_here, rec, admin, "TCP", True),
+        ("prometheus (same namespace) -> registry", prometheus_here, reg, registry_port, "TCP", True),
+        ("prometheus (other namespace) -> sidecar admin", prometheus_there, mkt, admin, "TCP", True),
+        ("un-meshed pod -> sidecar admin", unmeshed, rec, admin, "TCP", False),
+        ("outside -> marketplace entry port", outsider, mkt, entry_port, "TCP", True),
+        ("outside -> marketplace admin", outsider, mkt, admin, "TCP", False),
+        ("outside -> recommendations sidecar inbound", outsider, rec, inbound, "TCP", False),
+        ("outside -> registry", outsider, reg, registry_port, "TCP", False),
+        ("marketplace -> DNS (UDP)", mkt, dns, 53, "UDP", True),
+        ("marketplace -> DNS (TCP)", mkt, dns, 53, "TCP", True),
+        ("recommendations -> outside the namespace, not DNS", rec, dns, 443, "TCP", False),
+    ]
+    for what, src, dst, port, proto, want in cases:
+        got = reachable(policies, src, dst, port, proto)
+        if got != want:
+            problems.append(f"{what} (port {port}/{proto}): {'allowed' if got else 'denied'}, "
+                            f"expected {'allowed' if want else 'denied'}")
+    return problems
+
+
+def check_prometheus_config(objects):
+    cm = next((o for o in objects if o["kind"] == "ConfigMap"
+               and o["metadata"]["name"].startswith("prometheus-config")), None)
+    if not cm:
+        return None
+    config = yaml.safe_load(cm["data"]["prometheus.yml"])
+    registry = find(objects, "Service", REGISTRY_SERVICE)
+    port = registry["spec"]["ports"][0]["port"]
+    problems = []
+    jobs = {j["job_name"]: j for j in config.get("scrape_configs", [])}
+    urls = [sd["url"] for j in jobs.values() for sd in j.get("http_sd_configs", [])]
+    if f"http://{REGISTRY_SERVICE}:{port}/v1/prometheus/targets" not in urls:
+        problems.append(f"no http_sd from http://{REGISTRY_SERVICE}:{port}/v1/prometheus/targets (found {urls})")
+    for job in jobs.values():
+        if job.get("http_sd_configs"):
+            relabels = job.get("relabel_configs", [])
+            if not any(r.get("action") == "labeldrop" and re.fullmatch(r.get("regex", ""), "service")
+                       for r in relabels):
+                problems.append(f"job {job['job_name']}: the target label `service` is kept and would"
+                                " clash with the proxy metrics' own `service` label")
+    static = [t for j in jobs.values() for sc in j.get("static_configs", []) for t in sc["targets"]]
+    if f"{REGISTRY_SERVICE}:{port}" not in static:
+        problems.append("the registry itself is not scraped")
+    dep = find(objects, "Deployment", "prometheus")
+    volumes = dep["spec"]["template"]["spec"]["volumes"] if dep else []
+    if not any(v.get("configMap", {}).get("name") == cm["metadata"]["name"] for v in volumes):
+        problems.append("Prometheus does not mount the generated config")
+    return problems
+
+
+def check_entry_service(overlay, objects):
+    expected = {"dev": "NodePort", "production": "LoadBalancer"}.get(overlay, "ClusterIP")
+    svc = find(objects, "Service", "marketplace")
+    got = svc["spec"].get("type", "ClusterIP") if svc else None
+    return [] if got == expected else [f"marketplace Service is {got}, expected {expected}"]
+
+
+def checks_for(overlay, objects, images):
+    """(name, check, args) for every check of one rendered overlay."""
+    yield f"{overlay}: namespace", check_namespace, (objects,)
+    for workload, template in pod_templates(objects):
+        name = f"{overlay}: {workload['kind']}/{workload['metadata']['name']}"
+        yield f"{name}: security context", check_security, (template,)
+        yield f"{name}: resources", check_resources, (template,)
+        yield f"{name}: images through kustomize", check_images, (template, images)
+        yield f"{name}: probes on own ports", check_probes, (template,)
+        yield f"{name}: native sidecar", check_sidecar_count, (template,)
+        if is_meshed(template):
+            yield f"{name}: sidecar agrees with app and registry", check_sidecar_config, (workload, template, objects)
+            yield f"{name}: sidecar probes on /ready and /live", check_sidecar_probes, (template,)
+            yield f"{name}: grace period covers the drain", check_shutdown, (template,)
+        if workload["metadata"]["name"] != "prometheus":
+            yield f"{name}: prometheus.io annotations", check_scrape_annotations, (template,)
+    yield f"{overlay}: Services reach real ports", check_services, (objects,)
+    yield f"{overlay}: meshed Services target the sidecar", check_meshed_services_target_sidecar, (objects,)
+    yield f"{overlay}: registry", check_registry, (objects,)
+    yield f"{overlay}: network policies", check_network_policies, (objects,)
+    yield f"{overlay}: marketplace Service type", check_entry_service, (overlay, objects)
+    if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "prometheus" for o in objects):
+        yield f"{overlay}: Prometheus scrape config", check_prometheus_config, (objects,)
+
+
+# === the checks catch what they claim ===
+
+
+def _sidecar(objects, name):
+    return find(objects, "Deployment", name)["spec"]["template"]["spec"]["initContainers"][0]
+
+
+def _app(objects, name):
+    return find(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _set_env(container, var, value):
+    for item in container["env"]:
+        if item["name"] == var:
+            item["value"] = value
+
+
+# Each breaks the base in one way a hand edit could; every one must be reported.
+MUTATIONS = {
+    "marketplace dials another port than its upstream listener":
+        lambda o: _set_env(_app(o, "marketplace"), "RECOMMENDATIONS_PORT", "50052"),
+    "the sidecar is a plain init container":
+        lambda o: _sidecar(o, "marketplace").pop("restartPolicy"),
+    "a sidecar probe on a path the admin port lacks":
+        lambda o: _sidecar(o, "recommendations")["readinessProbe"]["httpGet"].update(path="/readyz"),
+    "a sidecar probe on the inbound port":
+        lambda o: _sidecar(o, "recommendations")["livenessProbe"]["httpGet"].update(port="mesh-inbound"),
+    "a writable root filesystem":
+        lambda o: _app(o, "marketplace")["securityContext"].pop("readOnlyRootFilesystem"),
+    "the registry URL on a wrong port":
+        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY", "http://registry:7701"),
+    "the registry URL in another namespace":
+        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY", "http://registry.other:7700"),
+    "an image bypassing kustomize images:":
+        lambda o: _sidecar(o, "marketplace").update(image="mesh/proxy:latest"),
+    "MESH_SERVICE differs from the workload":
+        lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_SERVICE", "recs"),
+    "MESH_APP on a port the app does not listen on":
+        lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_APP", "127.0.0.1:50052"),
+    "an upstream listener on the app's own port":
+        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_UPSTREAMS", "recommendations:50051=127.0.0.1:5000"),
+    "$(POD_IP) used before it is defined":
+        lambda o: _sidecar(o, "recommendations")["env"].append(_sidecar(o, "recommendations")["env"].pop(0)),
+    "a grace period shorter than the drain":
+        lambda o: find(o, "Deployment", "recommendations")["spec"]["template"]["spec"].update(
+            terminationGracePeriodSeconds=10),
+    "no memory limit":
+        lambda o: _app(o, "recommendations")["resources"]["limits"].pop("memory"),
+    "the recommendations Service bypasses the sidecar":
+        lambda o: find(o, "Service", "recommendations")["spec"]["ports"][0].update(targetPort="grpc"),
+    "no default deny":
+        lambda o: o.remove(find(o, "NetworkPolicy", "default-deny-ingress")),
+    "no sidecar-to-sidecar policy":
+        lambda o: o.remove(find(o, "NetworkPolicy", "mesh-inbound-from-meshed-pods")),
+    "egress open to everything":
+        lambda o: find(o, "NetworkPolicy", "egress-dns-and-namespace")["spec"]["egress"].append({}),
+    "a meshed pod without the meshed label":
+        lambda o: find(o, "Deployment", "recommendations")["spec"]["template"]["metadata"]["labels"].pop(
+            MESHED_LABEL[0]),
+    "the registry rolls instead of being recreated":
+        lambda o: find(o, "Deployment", "registry")["spec"].update(strategy={"type": "RollingUpdate"}),
+}
+
+
+def self_test(checks, objects, images):
+    for what, mutate in MUTATIONS.items():
+        broken = copy.deepcopy(objects)
+        mutate(broken)
+        caught = []
+        for _, check, args in checks_for("base", broken, images):
+            try:
+                caught += check(*args)
+            except Exception as error:  # noqa: BLE001 - a crash also reports the breakage
+                caught.append(str(error))
+        checks.expect(f"caught: {what}", lambda c=caught: [] if c else ["not reported by any check"])
+
+
+def run(rendered_dir=None):
+    checks = Checks()
+    rendered = {}
+    for overlay, directory in overlays().items():
+        objects = load(overlay, directory, rendered_dir)
+        images = kustomize_images(directory)
+        rendered[overlay] = (objects, images)
+        for name, check, args in checks_for(overlay, objects, images):
+            checks.expect(name, check, *args)
+    self_test(checks, *rendered["base"])
+    print(f"{checks.passed} passed, {checks.failed} failed")
+    return 1 if checks.failed else 0
+
+
+def test_manifests():
+    """The same checks under pytest."""
+    assert run() == 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Offline validation of the Kubernetes manifests: renders every overlay, validates each
+# object against the Kubernetes schemas (strict: unknown fields are errors) for 1.29, the
+# oldest version with native sidecars, and for the newest version kubernetes-validate
+# ships, then checks the invariants in test_manifests.py. No cluster needed.
+#
+# Run with: bash k8s/validate.sh        (from anywhere; installs what it needs with pip)
+set -euo pipefail
+k8s="$(cd "$(dirname "$0")" && pwd)"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+# --- renderer: kubectl's built-in kustomize, else a standalone kustomize ---------------
+if command -v kubectl >/dev/null 2>&1; then
+    render() { kubectl kustomize "$1"; }
+    echo "renderer: kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p')"
+else
+    if ! command -v kustomize >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && apt-cache show kustomize >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kustomize >/dev/null
+    fi
+    if ! command -v kustomize >/dev/null 2>&1; then
+        echo "neither kubectl nor kustomize is installed: install kubectl (it renders with its built-in kustomize)" >&2
+        exit 1
+    fi
+    render() { kustomize build "$1"; }
+    echo "renderer: kustomize $(kustomize version 2>/dev/null)"
+fi
+
+# --- schema validator -----------------------------------------------------------------
+python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate>=1.37,<2' pyyaml
+
+# --- render every overlay -------------------------------------------------------------
+overlays=(k8s base)
+for dir in "$k8s"/overlays/*/; do
+    overlays+=("$(basename "$dir")")
+done
+for name in "${overlays[@]}"; do
+    case "$name" in
+        k8s) dir="$k8s" ;;
+        base) dir="$k8s/base" ;;
+        *) dir="$k8s/overlays/$name" ;;
+    esac
+    render "$dir" >"$out/$name.yaml"
+done
+
+# --- kinds per overlay, then schema validation ------------------------------------------
+set +e
+python3 - "$out" "${overlays[@]}" <<'EOF' | tee "$out/schema.log"
+import collections, os, sys
+import yaml
+import kubernetes_validate as kv
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, VersionNotSupportedError
+
+out, overlays = sys.argv[1], sys.argv[2:]
+versions = ["1.29.0", kv.latest_version()]
+passed = failed = 0
+for overlay in overlays:
+    with open(os.path.join(out, f"{overlay}.yaml")) as f:
+        objects = [o for o in yaml.safe_load_all(f) if o]
+    kinds = collections.Counter(o["kind"] for o in objects)
+    print(f"{overlay}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    for obj in objects:
+        for version in versions:
+            name = f"{overlay}: {obj['kind']}/{obj['metadata']['name']} @ {version}"
+            try:
+                kv.validate(obj, version, strict=True)
+                passed += 1
+            except (ValidationError, SchemaNotFoundError, VersionNotSupportedError) as error:
+                failed += 1
+                path = "/".join(str(p) for p in getattr(error, "path", []))
+                print(f"FAIL {name}: {path}: {getattr(error, 'message', error)}")
+print(f"schema ({', '.join(versions)}, strict): {passed} passed, {failed} failed")
+EOF
+schema_rc=${PIPESTATUS[0]}
+
+# --- invariants -----------------------------------------------------------------------
+echo
+echo "invariants:"
+python3 "$k8s/test_manifests.py" "$out" | tee "$out/invariants.log" | grep -v '^ok '
+invariants_rc=${PIPESTATUS[0]}
+
+# --- the Prometheus configuration, where promtool is installed ------------------------
+promtool_passed=0 promtool_failed=0
+if command -v promtool >/dev/null 2>&1; then
+    echo
+    if promtool check config "$k8s/components/prometheus/prometheus.yml"; then
+        promtool_passed=1
+    else
+        promtool_failed=1
+    fi
+else
+    echo "promtool not installed: the Prometheus configuration is checked by the invariants only"
+fi
+set -e
+
+count() { sed -n "s/.*\b\([0-9]\+\) $2.*/\1/p" "$1" | tail -n 1; }
+passed=$(($(count "$out/schema.log" passed) + $(count "$out/invariants.log" passed) + promtool_passed))
+failed=$(($(count "$out/schema.log" failed) + $(count "$out/invariants.log" failed) + promtool_failed))
+echo
+echo "$passed passed, $failed failed"
+if [ "$schema_rc" -ne 0 ] || [ "$invariants_rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
+    exit 1
+fi
