@@ -30,6 +30,9 @@ SIDECAR_BINARY = "mesh-proxy"
 MESHED_LABEL = ("mesh/sidecar", "true")
 READY_PATH, LIVE_PATH = "/ready", "/live"
 REGISTRY_SERVICE = "registry"
+# The one Service outsiders call (browsers, load balancers): it targets the app, since they
+# have no mesh identity and a strict-mTLS inbound listener would refuse them.
+ENTRY_POINT = "marketplace"
 # How long the sidecar waits for the registry to confirm a deregistration before draining.
 DEREGISTER_WAIT_S = 6
 RESTRICTED_UID = 65534
@@ -528,17 +531,23 @@ def check_services(objects):
 
 
 def check_meshed_services_target_sidecar(objects):
-    """Callers of a meshed pod's Service pass the sidecar's inbound listener."""
+    """Callers of a meshed pod's Service pass its sidecar's inbound listener, except at the
+    entry point, which outsiders without a mesh identity call on the app's port."""
     problems = []
     for _, t in pod_templates(objects):
         if not is_meshed(t):
             continue
         sidecar = mesh_sidecar(t["spec"])
         inbound = port_of(env_of(sidecar)[0].get("MESH_INBOUND", "0.0.0.0:4143"))
+        app_ports = {p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
         for svc in service_for(objects, t["metadata"].get("labels", {})):
+            name = svc["metadata"]["name"]
             for p in svc["spec"]["ports"]:
-                if pod_port(t["spec"], p.get("targetPort", p["port"])) != inbound:
-                    problems.append(f"Service {svc['metadata']['name']} port {p['port']} bypasses the sidecar")
+                target = pod_port(t["spec"], p.get("targetPort", p["port"]))
+                if name == ENTRY_POINT and target not in app_ports:
+                    problems.append(f"Service {name} (the entry point) port {p['port']} does not target the app")
+                if name != ENTRY_POINT and target != inbound:
+                    problems.append(f"Service {name} port {p['port']} bypasses the sidecar")
     return problems
 
 
@@ -670,7 +679,7 @@ def check_network_policies(objects):
     app = port_of(env_of(rec.spec["containers"][0])[0]["RECOMMENDATIONS_LISTEN"])
     registry = find(objects, "Service", REGISTRY_SERVICE)["spec"]["ports"][0]
     registry_port = pod_port(reg.spec, registry.get("targetPort", registry["port"]))
-    entry = find(objects, "Service", "marketplace")["spec"]["ports"][0]
+    entry = find(objects, "Service", ENTRY_POINT)["spec"]["ports"][0]
     entry_port = pod_port(mkt.spec, entry.get("targetPort", entry["port"]))
     outsider = Pod("", {}, external=True)
     unmeshed = Pod(ns, {"app.kubernetes.io/name": "debug"})
@@ -691,6 +700,7 @@ def check_network_policies(objects):
         ("un-meshed pod -> sidecar admin", unmeshed, rec, admin, "TCP", False),
         ("outside -> marketplace entry port", outsider, mkt, entry_port, "TCP", True),
         ("outside -> marketplace admin", outsider, mkt, admin, "TCP", False),
+        ("outside -> marketplace sidecar inbound", outsider, mkt, inbound, "TCP", False),
         ("outside -> recommendations sidecar inbound", outsider, rec, inbound, "TCP", False),
         ("outside -> registry", outsider, reg, registry_port, "TCP", False),
         ("marketplace -> DNS (UDP)", mkt, dns, 53, "UDP", True),
@@ -737,7 +747,7 @@ def check_prometheus_config(objects):
 
 def check_entry_service(overlay, objects):
     expected = {"dev": "NodePort", "production": "LoadBalancer"}.get(overlay, "ClusterIP")
-    svc = find(objects, "Service", "marketplace")
+    svc = find(objects, "Service", ENTRY_POINT)
     got = svc["spec"].get("type", "ClusterIP") if svc else None
     return [] if got == expected else [f"marketplace Service is {got}, expected {expected}"]
 
@@ -759,7 +769,7 @@ def checks_for(overlay, objects, images):
         if workload["metadata"]["name"] != "prometheus":
             yield f"{name}: prometheus.io annotations", check_scrape_annotations, (template,)
     yield f"{overlay}: Services reach real ports", check_services, (objects,)
-    yield f"{overlay}: meshed Services target the sidecar", check_meshed_services_target_sidecar, (objects,)
+    yield f"{overlay}: Services target the sidecar (the app at the entry point)", check_meshed_services_target_sidecar, (objects,)
     yield f"{overlay}: registry", check_registry, (objects,)
     yield f"{overlay}: network policies", check_network_policies, (objects,)
     yield f"{overlay}: marketplace Service type", check_entry_service, (overlay, objects)
@@ -817,6 +827,8 @@ MUTATIONS = {
         lambda o: _app(o, "recommendations")["resources"]["limits"].pop("memory"),
     "the recommendations Service bypasses the sidecar":
         lambda o: find(o, "Service", "recommendations")["spec"]["ports"][0].update(targetPort="grpc"),
+    "the entry point goes through the sidecar's inbound listener":
+        lambda o: find(o, "Service", ENTRY_POINT)["spec"]["ports"][0].update(targetPort="mesh-inbound"),
     "no default deny":
         lambda o: o.remove(find(o, "NetworkPolicy", "default-deny-ingress")),
     "no sidecar-to-sidecar policy":
