@@ -66,6 +66,8 @@ pub struct Identity {
     provider: Arc<CryptoProvider>,
     /// Unix time the current certificate expires.
     not_after: AtomicU64,
+    /// Lifetime the CA gives certificates (seconds).
+    ttl: AtomicU64,
     /// Client configurations per expected peer service.
     clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
 }
@@ -93,6 +95,7 @@ impl Identity {
                         roots: Arc::new(issued.roots),
                         provider,
                         not_after: AtomicU64::new(issued.not_after),
+                        ttl: AtomicU64::new(issued.ttl),
                         clients: Mutex::new(HashMap::new()),
                     };
                     tracing::info!(id = %mesh_registry_api::spiffe_id(trust_domain, service), "certificate obtained");
@@ -121,16 +124,16 @@ impl Identity {
             .set(self.not_after.load(Ordering::Relaxed) as i64);
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
-            let now = unix_now();
-            let not_after = self.not_after.load(Ordering::Relaxed);
-            let issued_life = self.lifetime();
-            let renew_at = not_after.saturating_sub(issued_life / 3);
-            tokio::time::sleep(Duration::from_secs(renew_at.saturating_sub(now))).await;
+            let not_after = self.not_after.load(Ordering::Relaxed) as f64;
+            let ttl = self.ttl.load(Ordering::Relaxed) as f64;
+            let renew_in = (not_after - ttl / 3.0 - unix_now_f64()).max(1.0);
+            tokio::time::sleep(Duration::from_secs_f64(renew_in)).await;
             match issue(&registry, &self.service, &self.trust_domain, &join_token).await {
                 Ok(issued) => {
                     backoff.reset();
                     self.current.store(issued.key);
                     self.not_after.store(issued.not_after, Ordering::Relaxed);
+                    self.ttl.store(issued.ttl, Ordering::Relaxed);
                     metrics.cert_expiry.set(issued.not_after as i64);
                     metrics.cert_rotations.inc();
                     tracing::info!(not_after = issued.not_after, "certificate renewed");
@@ -142,20 +145,6 @@ impl Identity {
                 }
             }
         }
-    }
-
-    /// Seconds the current certificate was issued for (from its validity, so renewal
-    /// follows whatever TTL the CA chose).
-    fn lifetime(&self) -> u64 {
-        let key = self.current.load();
-        key.end_entity_cert()
-            .ok()
-            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
-            .map(|(_, c)| {
-                (c.validity().not_after.timestamp() - c.validity().not_before.timestamp()).max(1)
-                    as u64
-            })
-            .unwrap_or(3600)
     }
 
     /// The inbound configuration: TLS 1.3, ALPN h2 and http/1.1, client certificates
@@ -203,6 +192,7 @@ struct Issued {
     key: Arc<CertifiedKey>,
     roots: RootCertStore,
     not_after: u64,
+    ttl: u64,
 }
 
 async fn issue(
@@ -244,6 +234,7 @@ async fn issue(
         key: Arc::new(CertifiedKey::new(vec![leaf], signing)),
         roots,
         not_after,
+        ttl: signed.ttl.as_secs().max(1),
     })
 }
 
@@ -271,11 +262,11 @@ fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-fn unix_now() -> u64 {
+fn unix_now_f64() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Presents the current certificate, as a server and as a client.
@@ -334,7 +325,7 @@ impl ServerCertVerifier for PeerVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         let names = uri_sans(end_entity);
-        if names.iter().any(|n| *n == self.expected) {
+        if names.contains(&self.expected) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
