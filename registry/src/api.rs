@@ -128,7 +128,8 @@ impl State {
         let status = response.status();
         self.metrics.count_request(route, status.as_u16());
         let elapsed_us = started.elapsed().as_micros() as u64;
-        if parts.method == Method::GET && status.is_success() {
+        // Reads and lease renewals are the steady background: only at debug.
+        if status.is_success() && (parts.method == Method::GET || route == Route::Heartbeat) {
             tracing::debug!(method = %parts.method, %path, status = status.as_u16(), elapsed_us, "request");
         } else {
             tracing::info!(method = %parts.method, %path, status = status.as_u16(), elapsed_us, "request");
