@@ -111,8 +111,11 @@ def mesh_sidecar(pod_spec):
 
 
 def runs_sidecar(container):
+    """Runs the proxy: by its command, or by the proxy image's entrypoint."""
     command = container.get("command") or []
-    return bool(command) and os.path.basename(command[0]) == SIDECAR_BINARY
+    if command:
+        return os.path.basename(command[0]) == SIDECAR_BINARY
+    return container["image"].split("@")[0].rsplit(":", 1)[0].endswith(SIDECAR_IMAGE)
 
 
 def env_of(container):
@@ -330,7 +333,7 @@ def check_probes(template):
     return problems
 
 
-def check_sidecar_count(template):
+def check_sidecar_count(template, images):
     spec = template["spec"]
     sidecars = [c for c in native_sidecars(spec) if runs_sidecar(c)]
     misplaced = [
@@ -342,8 +345,8 @@ def check_sidecar_count(template):
         if len(sidecars) != 1:
             problems.append(f"{len(sidecars)} native sidecars running {SIDECAR_BINARY}, expected 1")
         for c in sidecars:
-            if not c["image"].split("@")[0].rsplit(":", 1)[0].endswith(SIDECAR_IMAGE):
-                problems.append(f"sidecar image {c['image']} is not {SIDECAR_IMAGE}")
+            if c["image"] != images.get(SIDECAR_IMAGE):
+                problems.append(f"sidecar image {c['image']} is not {SIDECAR_IMAGE} ({images.get(SIDECAR_IMAGE)})")
     elif sidecars:
         problems.append(f"runs a sidecar but lacks the label {MESHED_LABEL[0]}={MESHED_LABEL[1]}"
                         " (the network policies select meshed pods by it)")
@@ -352,19 +355,15 @@ def check_sidecar_count(template):
     return problems
 
 
-def check_sidecar_config(workload, template, objects):
-    """The sidecar's flags agree with the app beside it and with the registry."""
-    spec = template["spec"]
-    sidecar = mesh_sidecar(spec)
-    apps = spec["containers"]
+def check_sidecar_identity(workload, template, objects):
+    """Registered under the workload's name, at the pod's IP, as the pod's name."""
+    sidecar = mesh_sidecar(template["spec"])
     env, order = env_of(sidecar)
     problems = []
-
     # Every $(VAR) is defined earlier in the list, or Kubernetes leaves it verbatim.
     for i, name in enumerate(order):
-        value = env[name]
-        if isinstance(value, str):
-            for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value):
+        if isinstance(env[name], str):
+            for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", env[name]):
                 if ref not in order[:i]:
                     problems.append(f"{name} uses $({ref}), not defined before it")
 
@@ -378,59 +377,75 @@ def check_sidecar_config(workload, template, objects):
     for svc in service_for(objects, template["metadata"].get("labels", {})):
         if svc["metadata"]["name"] != service:
             problems.append(f"MESH_SERVICE {service!r} differs from its Service {svc['metadata']['name']!r}")
-
-    app = env.get("MESH_APP", "")
-    app_ports = {p["containerPort"] for c in apps for p in c.get("ports", [])}
-    if host_of(app) not in ("127.0.0.1", "localhost") or port_of(app) not in app_ports:
-        problems.append(f"MESH_APP {app!r} is not 127.0.0.1:<an app containerPort {sorted(app_ports)}>")
-    for c in apps:
-        for var, value in env_of(c)[0].items():
-            if var.endswith("_LISTEN") and isinstance(value, str) and port_of(value) not in app_ports:
-                problems.append(f"{c['name']}: {var} {value} is not one of its containerPorts")
-
     inbound = env.get("MESH_INBOUND", "0.0.0.0:4143")
-    admin = env.get("MESH_ADMIN", "0.0.0.0:4191")
-    for var, address in (("MESH_INBOUND", inbound), ("MESH_ADMIN", admin)):
+    for var, address in (("MESH_INBOUND", inbound), ("MESH_ADMIN", env.get("MESH_ADMIN", "0.0.0.0:4191"))):
         if container_port(sidecar, port_of(address)) is None:
             problems.append(f"{var} {address}: port not declared on the sidecar")
     if env.get("MESH_ADVERTISE") != f"$(POD_IP):{port_of(inbound)}" or field_ref("POD_IP") != "status.podIP":
         problems.append("MESH_ADVERTISE is not $(POD_IP):<inbound port> with POD_IP from status.podIP")
     if env.get("MESH_INSTANCE_ID") != "$(POD_NAME)" or field_ref("POD_NAME") != "metadata.name":
         problems.append("MESH_INSTANCE_ID is not $(POD_NAME) with POD_NAME from metadata.name")
+    return problems
 
-    # The registry URL names the registry Service and its port.
+
+def check_sidecar_app(template):
+    """MESH_APP is the port the app container listens on and declares."""
+    spec = template["spec"]
+    app = env_of(mesh_sidecar(spec))[0].get("MESH_APP", "")
+    app_ports = {p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
+    problems = []
+    try:
+        loopback = ipaddress.ip_address(host_of(app)).is_loopback
+    except ValueError:
+        loopback = False  # the proxy takes an IP address here, not a name
+    if not loopback or port_of(app) not in app_ports:
+        problems.append(f"MESH_APP {app!r} is not a loopback IP with an app containerPort {sorted(app_ports)}")
+    for c in spec["containers"]:
+        for var, value in env_of(c)[0].items():
+            if var.endswith("_LISTEN") and isinstance(value, str) and port_of(value) not in app_ports:
+                problems.append(f"{c['name']}: {var} {value} is not one of its containerPorts")
+    return problems
+
+
+def check_sidecar_registry(template, objects):
+    """MESH_REGISTRY names the registry Service and its port; the token is the registry's."""
+    env = env_of(mesh_sidecar(template["spec"]))[0]
     registry_svc = find(objects, "Service", REGISTRY_SERVICE)
+    if not registry_svc:
+        return [f"no Service {REGISTRY_SERVICE!r}"]
     url = env.get("MESH_REGISTRY", "")
     m = re.fullmatch(r"http://([^:/]+):(\d+)/?", url)
-    if not registry_svc:
-        problems.append(f"no Service {REGISTRY_SERVICE!r}")
-    elif not m:
-        problems.append(f"MESH_REGISTRY {url!r} is not http://host:port")
-    else:
-        ns = registry_svc["metadata"].get("namespace", "")
-        names = {REGISTRY_SERVICE, f"{REGISTRY_SERVICE}.{ns}", f"{REGISTRY_SERVICE}.{ns}.svc",
-                 f"{REGISTRY_SERVICE}.{ns}.svc.cluster.local"}
-        ports = [p["port"] for p in registry_svc["spec"]["ports"]]
-        if m.group(1) not in names or int(m.group(2)) not in ports:
-            problems.append(f"MESH_REGISTRY {url!r} is not the registry Service ({REGISTRY_SERVICE}:{ports})")
-
-    # The token comes from where the registry reads it.
+    ns = registry_svc["metadata"].get("namespace", "")
+    names = {REGISTRY_SERVICE, f"{REGISTRY_SERVICE}.{ns}", f"{REGISTRY_SERVICE}.{ns}.svc",
+             f"{REGISTRY_SERVICE}.{ns}.svc.cluster.local"}
+    ports = [p["port"] for p in registry_svc["spec"]["ports"]]
+    problems = []
+    if not m or m.group(1) not in names or int(m.group(2)) not in ports:
+        problems.append(f"MESH_REGISTRY {url!r} is not the registry Service ({REGISTRY_SERVICE}:{ports})")
     registry = find(objects, "Deployment", REGISTRY_SERVICE)
     if registry:
         registry_env = env_of(registry["spec"]["template"]["spec"]["containers"][0])[0]
         if registry_env.get("REGISTRY_TOKEN") != env.get("MESH_REGISTRY_TOKEN"):
             problems.append("MESH_REGISTRY_TOKEN does not come from the registry's REGISTRY_TOKEN source")
+    return problems
 
-    # Upstream listeners: the app dials them by its <NAME>_HOST/_PORT settings.
-    upstreams = [u for u in (env.get("MESH_UPSTREAMS") or "").split(",") if u]
-    listeners = [port_of(inbound), port_of(admin), port_of(env.get("MESH_OUTBOUND", "127.0.0.1:4140"))]
-    listeners += sorted(app_ports)
+
+def check_sidecar_upstreams(template, objects):
+    """Each upstream listener is where the app dials (its <NAME>_HOST/_PORT settings), for a
+    service the mesh has; no two listeners in the pod share a port."""
+    spec = template["spec"]
+    env = env_of(mesh_sidecar(spec))[0]
+    apps = spec["containers"]
+    listeners = [port_of(env.get(var, default)) for var, default in (
+        ("MESH_INBOUND", "0.0.0.0:4143"), ("MESH_ADMIN", "0.0.0.0:4191"),
+        ("MESH_OUTBOUND", "127.0.0.1:4140"))]
+    listeners += [p["containerPort"] for c in apps for p in c.get("ports", [])]
     meshed_services = {
-        env_of(c)[0].get("MESH_SERVICE")
+        env_of(mesh_sidecar(t["spec"]))[0].get("MESH_SERVICE")
         for _, t in pod_templates(objects) if is_meshed(t)
-        for c in native_sidecars(t["spec"]) if runs_sidecar(c)
     }
-    for upstream in upstreams:
+    problems = []
+    for upstream in (u for u in (env.get("MESH_UPSTREAMS") or "").split(",") if u):
         name, listen = upstream.split("=", 1)
         target, _, dns_port = name.partition(":")
         listeners.append(port_of(listen))
@@ -449,7 +464,8 @@ def check_sidecar_config(workload, template, objects):
             if f"{prefix}_PORT" in app_env:
                 dialled = True
                 if str(app_env[f"{prefix}_PORT"]) != str(port_of(listen)):
-                    problems.append(f"{c['name']}: {prefix}_PORT={app_env[f'{prefix}_PORT']} but the upstream listens on {port_of(listen)}")
+                    problems.append(f"{c['name']}: {prefix}_PORT={app_env[f'{prefix}_PORT']}"
+                                    f" but the upstream listens on {port_of(listen)}")
             if app_env.get(f"{prefix}_HOST", "localhost") not in ("localhost", "127.0.0.1"):
                 problems.append(f"{c['name']}: {prefix}_HOST is not localhost")
         if not dialled:
@@ -761,9 +777,12 @@ def checks_for(overlay, objects, images):
         yield f"{name}: resources", check_resources, (template,)
         yield f"{name}: images through kustomize", check_images, (template, images)
         yield f"{name}: probes on own ports", check_probes, (template,)
-        yield f"{name}: native sidecar", check_sidecar_count, (template,)
+        yield f"{name}: native sidecar", check_sidecar_count, (template, images)
         if is_meshed(template):
-            yield f"{name}: sidecar agrees with app and registry", check_sidecar_config, (workload, template, objects)
+            yield f"{name}: sidecar registers the workload and pod", check_sidecar_identity, (workload, template, objects)
+            yield f"{name}: sidecar forwards to the app's port", check_sidecar_app, (template,)
+            yield f"{name}: sidecar uses the registry Service", check_sidecar_registry, (template, objects)
+            yield f"{name}: upstreams match where the app dials", check_sidecar_upstreams, (template, objects)
             yield f"{name}: sidecar probes on /ready and /live", check_sidecar_probes, (template,)
             yield f"{name}: grace period covers the drain", check_shutdown, (template,)
         if workload["metadata"]["name"] != "prometheus":
@@ -816,6 +835,14 @@ MUTATIONS = {
         lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_SERVICE", "recs"),
     "MESH_APP on a port the app does not listen on":
         lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_APP", "127.0.0.1:50052"),
+    "MESH_APP as a host name (the proxy takes an IP address)":
+        lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_APP", "localhost:50051"),
+    "the sidecar as a second app container":
+        lambda o: find(o, "Deployment", "marketplace")["spec"]["template"]["spec"]["containers"].append(
+            find(o, "Deployment", "marketplace")["spec"]["template"]["spec"].pop("initContainers")[0]),
+    "Prometheus annotations on the app's port":
+        lambda o: find(o, "Deployment", "recommendations")["spec"]["template"]["metadata"]["annotations"].update(
+            {"prometheus.io/port": "50051"}),
     "an upstream listener on the app's own port":
         lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_UPSTREAMS", "recommendations:50051=127.0.0.1:5000"),
     "$(POD_IP) used before it is defined":

@@ -28,7 +28,7 @@ else
 fi
 
 # --- schema validator -----------------------------------------------------------------
-python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate>=1.37,<2' pyyaml
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'kubernetes-validate>=1.37,<2' pyyaml
 
 # --- render every overlay -------------------------------------------------------------
 overlays=(k8s base)
