@@ -63,6 +63,12 @@ pub struct UpConfig {
     #[arg(long, env = "MESH_DEMO_READY_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub ready_timeout: Duration,
 
+    /// mTLS between the sidecars: `strict` (the default: every call encrypted and
+    /// authenticated, recommendations only accepts the marketplace), `permissive` or
+    /// `off`. The registry acts as the CA, with a CA made for this run.
+    #[arg(long, env = "MESH_DEMO_TLS", default_value = "strict", value_parser = ["off", "permissive", "strict"])]
+    pub tls: String,
+
     /// How long each process may take to exit after SIGTERM before it gets SIGKILL.
     #[arg(long, env = "MESH_DEMO_STOP_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub stop_timeout: Duration,

@@ -10,6 +10,10 @@ pub enum Error {
     #[error(transparent)]
     Ports(#[from] PortError),
 
+    /// The CA for mTLS could not be made.
+    #[error("cannot make the mesh's CA for --tls: {0} (or run with --tls off)")]
+    Ca(String),
+
     /// A flag's value makes no sense; the message names the flag.
     #[error("{0}")]
     Config(String),

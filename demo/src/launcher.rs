@@ -44,7 +44,8 @@ pub async fn run(config: UpConfig) -> Result<(), Error> {
     };
     // The build may have taken minutes: look again.
     ports::check_free(&uses)?;
-    let plan = Plan::new(&config, &binaries);
+    let tls = crate::plan::tls_plan(&config, &binaries)?;
+    let plan = Plan::new(&config, &binaries, tls.as_ref());
 
     let mut mesh = Mesh::new(Watchdog::spawn()?);
     let started = tokio::select! {

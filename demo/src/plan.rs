@@ -46,6 +46,16 @@ pub struct Pair {
     pub metrics_url: Uri,
 }
 
+/// The mesh's CA for this run and the token sidecars join with.
+#[derive(Clone, Debug)]
+pub struct TlsPlan {
+    /// `strict` or `permissive`.
+    pub mode: String,
+    /// Holds `ca.pem` and `ca-key.pem` (made by `mesh-registry gen-ca`).
+    pub dir: PathBuf,
+    pub join_token: String,
+}
+
 /// Every process, in start order: the registry, the recommendations pairs, then the
 /// marketplace pair, so the services a caller needs exist before it.
 #[derive(Clone, Debug)]
@@ -63,14 +73,26 @@ pub struct Plan {
 // === impl Plan ===
 
 impl Plan {
-    pub fn new(config: &UpConfig, binaries: &Binaries) -> Self {
+    pub fn new(config: &UpConfig, binaries: &Binaries, tls: Option<&TlsPlan>) -> Self {
         let ports = config.ports();
         let registry_url = format!("http://{HOST}:{}", ports.registry);
+        let mut registry_args = args(["--listen", &address(ports.registry)]);
+        if let Some(tls) = tls {
+            let file = |name: &str| tls.dir.join(name).display().to_string();
+            registry_args.extend(args([
+                "--ca-cert",
+                &file("ca.pem"),
+                "--ca-key",
+                &file("ca-key.pem"),
+                "--join-token",
+                &tls.join_token,
+            ]));
+        }
         let registry = ProcessSpec {
             name: "registry".to_owned(),
             role: Role::Registry,
             program: binaries.registry.clone(),
-            args: args(["--listen", &address(ports.registry)]),
+            args: registry_args,
             env: Vec::new(),
             ready_url: Some(url(ports.registry, "/readyz")),
         };
@@ -78,6 +100,7 @@ impl Plan {
             binaries,
             ports: &ports,
             registry_url: &registry_url,
+            tls,
         };
 
         let mut pairs = Vec::new();
@@ -100,7 +123,13 @@ impl Plan {
                 // gRPC only: its sidecar health-checks it and registers it once it answers.
                 ready_url: None,
             };
-            let sidecar = wiring.sidecar(n, "recommendations", app_port, "grpc", &name, &[]);
+            // With mTLS, recommendations answers the marketplace only.
+            let allow: &[&str] = if tls.is_some() {
+                &["--allow", "marketplace"]
+            } else {
+                &[]
+            };
+            let sidecar = wiring.sidecar(n, "recommendations", app_port, "grpc", &name, allow);
             pairs.push(Pair {
                 metrics_url: url(ports.sidecar(n).admin, "/metrics"),
                 sidecar,
@@ -161,6 +190,7 @@ struct Wiring<'a> {
     binaries: &'a Binaries,
     ports: &'a PortLayout,
     registry_url: &'a str,
+    tls: Option<&'a TlsPlan>,
 }
 
 // === impl Wiring ===
@@ -199,6 +229,9 @@ impl Wiring<'_> {
             "--instance-id",
             instance_id,
         ]);
+        if let Some(tls) = self.tls {
+            sidecar_args.extend(args(["--tls", &tls.mode, "--join-token", &tls.join_token]));
+        }
         sidecar_args.extend(extra.iter().map(OsString::from));
         ProcessSpec {
             name: sidecar_name(k),
@@ -209,6 +242,32 @@ impl Wiring<'_> {
             ready_url: Some(url(listeners.admin, "/ready")),
         }
     }
+}
+
+/// With `--tls` on: a CA for this run (in a fresh temporary directory, made by
+/// `mesh-registry gen-ca`) and a random join token.
+pub fn tls_plan(config: &UpConfig, binaries: &Binaries) -> Result<Option<TlsPlan>, crate::Error> {
+    if config.tls == "off" {
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!("mesh-demo-ca-{}", std::process::id()));
+    let output = std::process::Command::new(&binaries.registry)
+        .args(["gen-ca", "--force", "--out"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| {
+            crate::Error::Ca(format!("cannot run {}: {e}", binaries.registry.display()))
+        })?;
+    if !output.status.success() {
+        let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        return Err(crate::Error::Ca(why));
+    }
+    let token: u128 = rand::random();
+    Ok(Some(TlsPlan {
+        mode: config.tls.clone(),
+        dir,
+        join_token: format!("{token:032x}"),
+    }))
 }
 
 fn address(port: u16) -> String {
@@ -247,7 +306,7 @@ mod tests {
             recommendations: "/bin/recommendations".into(),
             marketplace: "/bin/marketplace".into(),
         };
-        Plan::new(&config, &binaries)
+        Plan::new(&config, &binaries, None)
     }
 
     fn joined(spec: &ProcessSpec) -> String {
