@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# End-to-end test of compose.yaml, run by CI on a clean clone:
+#
+#   bash compose.test.sh          # KEEP_IMAGES=1 keeps the images it builds
+#
+# 1. builds a local Prometheus stand-in (no image can be pulled here: Debian's prometheus
+#    binary in an empty image, passed as PROMETHEUS_IMAGE);
+# 2. runs docker/up.sh under a project name of its own: docker/build.sh (the static
+#    binaries, built once, and the images), up -d, the wait until every container is healthy;
+# 3. loads the page, then keeps ~50 page loads a second going for 30 s while one
+#    recommendations app container is killed: not one load may fail, and the registry must
+#    stop listing the killed instance within lease + grace;
+# 4. asks Prometheus what it saw (requests, retries or ejections, every sidecar target up)
+#    and checks the Grafana dashboard's queries against it;
+# 5. tears the stack down (also on failure) and checks nothing of it is left.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+project="mesh-e2e-$$"
+export MESH_TAG="e2e-$$"
+export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
+# Every image this run builds: a tag of its own, so removing them touches nobody else's.
+images=(registry proxy recommendations marketplace prometheus-standin)
+images=("${images[@]/#/mesh/}")
+images=("${images[@]/%/:$MESH_TAG}")
+compose=(docker-compose -p "$project")
+started=$SECONDS
+torn_down=""
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+# The default port if it is free, else any free one: another stack (or a developer's
+# `docker/up.sh`) may hold the default.
+port() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+for port in (int(sys.argv[1]), 0):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+EOF
+}
+
+# Stops and removes the project's containers, network and volumes, then checks that none
+# is left. Runs once: at the end of the test, or from the trap when a step failed.
+teardown() {
+    [[ -n "$torn_down" ]] && return 0
+    torn_down=yes
+    "${compose[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    if [[ -z "${KEEP_IMAGES:-}" ]]; then
+        docker image rm "${images[@]}" >/dev/null 2>&1 || true
+    fi
+    local filter="label=com.docker.compose.project=$project" left
+    left="$(docker ps -aq --filter "$filter")$(docker network ls -q --filter "$filter")"
+    left+="$(docker volume ls -q --filter "$filter")$(docker volume ls -q --filter "name=${project}_")"
+    left+="$(docker network ls -q --filter "name=${project}_")"
+    if [[ -n "$left" ]]; then
+        echo "left behind by project $project:" >&2
+        docker ps -a --filter "$filter" >&2
+        docker network ls --filter "name=${project}_" >&2
+        docker volume ls --filter "name=${project}_" >&2
+        return 1
+    fi
+    echo "no container, network or volume of $project is left"
+}
+
+on_exit() {
+    local rc=$?
+    if [[ $rc -ne 0 && -z "$torn_down" ]]; then
+        echo "--- last logs of $project ---" >&2
+        "${compose[@]}" logs --no-color --tail 25 >&2 2>&1 || true
+    fi
+    teardown || rc=1
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+step "tools"
+for tool in docker docker-compose python3 cargo; do
+    command -v "$tool" >/dev/null || fail "$tool is required"
+done
+if [[ ! -x /usr/bin/prometheus ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+# Debian's Prometheus is dynamically linked against glibc only: the binary, libc and the
+# loader make a working image, laid out like the official one.
+step "Prometheus stand-in image"
+standin=target/docker-prometheus
+rm -rf "$standin"
+mkdir -p "$standin/empty"
+cp -L /usr/bin/prometheus /lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2 \
+    docker/prometheus-standin.Dockerfile "$standin/"
+DOCKER_BUILDKIT=0 docker build --quiet -f "$standin/prometheus-standin.Dockerfile" \
+    -t "$PROMETHEUS_IMAGE" "$standin" >/dev/null 2>&1 || fail "building $PROMETHEUS_IMAGE"
+docker image inspect -f '{{.Size}}' "$PROMETHEUS_IMAGE" |
+    awk -v n="$PROMETHEUS_IMAGE" '{ printf "  %-32s %5.1f MB\n", n, $1 / 1e6 }'
+
+export MARKETPLACE_PORT="$(port 5000)" REGISTRY_PORT="$(port 7700)" PROMETHEUS_PORT="$(port 9090)"
+page="http://127.0.0.1:$MARKETPLACE_PORT/"
+registry="http://127.0.0.1:$REGISTRY_PORT"
+prometheus="http://127.0.0.1:$PROMETHEUS_PORT"
+
+# docker/up.sh: docker/build.sh (static binaries once, the four images), up -d, then the
+# bounded wait until every container is healthy and Prometheus ready.
+step "docker/up.sh (project $project)"
+up_log="$standin/up.log"
+COMPOSE_PROJECT_NAME="$project" bash docker/up.sh | tee "$up_log"
+time_to_healthy=$(sed -n 's/^==> healthy \([0-9]*\) s after up -d$/\1/p' "$up_log")
+containers=$("${compose[@]}" ps -q | wc -l)
+[[ $containers -eq 8 ]] || fail "expected 8 containers (registry, Prometheus, 3 sidecars, 3 apps), got $containers"
+
+step "the page through the marketplace sidecar ($page)"
+body=$(curl -fsS "$page") || fail "GET $page"
+grep -q '<title>Online Books For You</title>' <<<"$body" || fail "no title in: $body"
+books=$(grep -c '<li>' <<<"$body" || true)
+[[ $books -eq 3 ]] || fail "expected 3 <li>, got $books in: $body"
+echo "title \"Online Books For You\", $books books"
+
+step "50 page loads/s for 30 s; recommendations-1 killed after 8 s"
+victim=$("${compose[@]}" ps -q recommendations-1)
+PAGE="$page" REGISTRY="$registry" VICTIM="$victim" python3 - <<'EOF'
+"""Steady page loads at a fixed rate while one recommendations app is killed."""
+import collections, json, os, re, subprocess, sys, threading, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+RATE, DURATION, KILL_AT = 50, 30.0, 8.0
+LEASE_PLUS_GRACE = 40.0  # registry defaults: 10 s lease + 30 s critical grace
+page, registry, victim = os.environ["PAGE"], os.environ["REGISTRY"], os.environ["VICTIM"]
+
+results = []  # (seconds since start, served by or None, failure reason or None)
+lock = threading.Lock()
+t0 = time.monotonic()
+killed_at = None
+
+def load():
+    started = time.monotonic() - t0
+    served, reason = None, None
+    try:
+        with urllib.request.urlopen(page, timeout=10) as answer:
+            body = answer.read().decode()
+        if "<title>Online Books For You</title>" not in body or body.count("<li>") != 3:
+            reason = "page without the title or 3 books"
+        m = re.search(r"instance <code>([^<]+)</code>", body)
+        served = m.group(1) if m else None
+    except Exception as error:  # HTTP 5xx, refused, timeout: all count as failed loads
+        reason = f"{type(error).__name__}: {error}"
+    with lock:
+        results.append((started, served, reason))
+
+def kill():
+    global killed_at
+    time.sleep(KILL_AT)
+    killed_at = time.monotonic() - t0
+    subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+    print(f"  {killed_at:5.1f} s  docker kill recommendations-1")
+
+def listing(all_instances=False):
+    url = f"{registry}/v1/services/recommendations" + ("?all=true" if all_instances else "")
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return {i["id"]: i["status"] for i in json.load(answer)["instances"]}
+
+registry_seen = {}
+def watch_registry():
+    while killed_at is None:
+        time.sleep(0.05)
+    while time.monotonic() - t0 - killed_at < LEASE_PLUS_GRACE:
+        now = time.monotonic() - t0 - killed_at
+        if "critical" not in registry_seen and listing(True).get("recommendations-1") == "critical":
+            registry_seen["critical"] = now
+        if "gone" not in registry_seen and "recommendations-1" not in listing():
+            registry_seen["gone"] = now
+            return
+        time.sleep(0.2)
+
+threads = [threading.Thread(target=kill), threading.Thread(target=watch_registry)]
+for t in threads:
+    t.start()
+with ThreadPoolExecutor(max_workers=32) as pool:
+    for n in range(int(RATE * DURATION)):
+        delay = t0 + n / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        pool.submit(load)
+for t in threads:
+    t.join()
+elapsed = time.monotonic() - t0
+
+failed = [r for r in results if r[2]]
+before = collections.Counter(s for t, s, _ in results if t < killed_at)
+after = collections.Counter(s for t, s, _ in results if t >= killed_at + 1)
+print(f"  {len(results)} page loads in {elapsed:.1f} s ({len(results) / elapsed:.1f}/s)")
+print(f"  served before the kill: {dict(before)}; from 1 s after it: {dict(after)}")
+for what, at in sorted(registry_seen.items(), key=lambda kv: kv[1]):
+    print(f"  registry: recommendations-1 {'critical' if what == 'critical' else 'no longer listed as passing'} {at:.1f} s after the kill")
+print(f"FAILED PAGE LOADS: {len(failed)}")
+for reason, n in collections.Counter(r for _, _, r in failed).most_common(5):
+    print(f"  {n} x {reason}")
+problems = []
+if failed:
+    problems.append(f"{len(failed)} page loads failed")
+if "gone" not in registry_seen:
+    problems.append(f"the registry still lists recommendations-1 as passing {LEASE_PLUS_GRACE:.0f} s after the kill")
+if after.get("recommendations-1"):
+    problems.append("recommendations-1 served pages after it was killed")
+sys.exit("; ".join(problems) or None)
+EOF
+state=$(docker inspect -f '{{.State.Status}} (restarts: {{.RestartCount}})' "$victim")
+[[ $state == exited* ]] || fail "the killed container is $state: the restart policy brought it back"
+echo "killed container: $state"
+
+step "what Prometheus saw ($prometheus)"
+PROMETHEUS="$prometheus" python3 - <<'EOF'
+"""Polls Prometheus until its data shows the traffic, the kill's effects and healthy
+targets (a scrape every 5 s; at most 30 s), then asserts."""
+import json, os, sys, time, urllib.parse, urllib.request
+
+prometheus = os.environ["PROMETHEUS"]
+
+def api(path, **params):
+    with urllib.request.urlopen(f"{prometheus}{path}?{urllib.parse.urlencode(params)}", timeout=10) as a:
+        return json.load(a)["data"]
+
+def scalar(query):
+    result = api("/api/v1/query", query=query)["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+def observe():
+    targets = api("/api/v1/targets", state="active")["activeTargets"]
+    sidecars = [t for t in targets if t["labels"]["job"] == "mesh-sidecars"]
+    return {
+        "requests": scalar('sum(mesh_requests_total{direction="outbound", service="recommendations"})'),
+        "retries": scalar("sum(mesh_retries_total)"),
+        "ejections": scalar("sum(mesh_endpoint_ejections_total)"),
+        "sidecars": sorted((t["labels"].get("instance", "?"), t["health"]) for t in sidecars),
+        "registry": [t["health"] for t in targets if t["labels"]["job"] == "mesh-registry"],
+    }
+
+def problems(seen):
+    found = []
+    if seen["requests"] <= 0:
+        found.append("no outbound request to recommendations recorded")
+    if seen["retries"] + seen["ejections"] <= 0:
+        found.append("neither retries nor ejections recorded")
+    if len(seen["sidecars"]) != 3 or any(h != "up" for _, h in seen["sidecars"]):
+        found.append(f"sidecar targets not all up: {seen['sidecars']}")
+    if seen["registry"] != ["up"]:
+        found.append(f"registry target: {seen['registry']}")
+    return found
+
+deadline = time.monotonic() + 30
+while True:
+    seen = observe()
+    if not problems(seen) or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+print(f"  mesh_requests_total outbound to recommendations: {seen['requests']:.0f}")
+print(f"  mesh_retries_total: {seen['retries']:.0f}, mesh_endpoint_ejections_total: {seen['ejections']:.0f}")
+print(f"  sidecar targets (from the registry): {', '.join(f'{i} {h}' for i, h in seen['sidecars'])}")
+print(f"  registry target: {', '.join(seen['registry'])}")
+sys.exit("; ".join(problems(seen)) or None)
+EOF
+
+step "Grafana dashboard queries against the live metrics"
+python3 observability/check-dashboard.py --prometheus "$prometheus"
+
+step "down -v"
+teardown
+printf '\n==> compose end-to-end passed in %d s (healthy %d s after up -d)\n' \
+    $((SECONDS - started)) "$time_to_healthy"
