@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# Only what this script sets: a caller's profile or extra compose files would change the stack.
+unset COMPOSE_PROFILES COMPOSE_FILE COMPOSE_PROJECT_NAME
 project="mesh-e2e-$$"
 export MESH_TAG="e2e-$$"
 export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
@@ -26,6 +28,8 @@ images=("${images[@]/%/:$MESH_TAG}")
 compose=(docker-compose -p "$project")
 started=$SECONDS
 torn_down=""
+mkdir -p target
+standin=$(mktemp -d target/docker-prometheus.XXXXXX)  # the stand-in's build context, logs
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -76,13 +80,14 @@ on_exit() {
         "${compose[@]}" logs --no-color --tail 25 >&2 2>&1 || true
     fi
     teardown || rc=1
+    rm -rf "$standin"
     exit "$rc"
 }
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 step "tools"
-for tool in docker docker-compose python3 cargo; do
+for tool in docker docker-compose python3 curl cargo; do
     command -v "$tool" >/dev/null || fail "$tool is required"
 done
 if [[ ! -x /usr/bin/prometheus ]]; then
@@ -94,9 +99,7 @@ fi
 # Debian's Prometheus is dynamically linked against glibc only: the binary, libc and the
 # loader make a working image, laid out like the official one.
 step "Prometheus stand-in image"
-standin=target/docker-prometheus
-rm -rf "$standin"
-mkdir -p "$standin/empty"
+mkdir "$standin/empty"
 cp -L /usr/bin/prometheus /lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2 \
     docker/prometheus-standin.Dockerfile "$standin/"
 DOCKER_BUILDKIT=0 docker build --quiet -f "$standin/prometheus-standin.Dockerfile" \

@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 tag="${MESH_TAG:-dev}"
 triple=x86_64-unknown-linux-gnu
 release="target/$triple/release"
-stage="target/docker-context"
 images=(registry proxy recommendations marketplace)
 
 say() { printf '==> %s\n' "$*"; }
@@ -26,8 +25,12 @@ say "static release binaries (cargo build --release --target $triple, crt-static
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$triple" \
     -p mesh-registry -p mesh-proxy -p recommendations -p marketplace
 
-rm -rf "$stage"
-mkdir -p "$stage/empty"
+# A staging directory of this run's own: another build (CI, a colleague) may run at the
+# same time.
+mkdir -p target
+stage=$(mktemp -d target/docker-context.XXXXXX)
+trap 'rm -rf "$stage"' EXIT
+mkdir "$stage/empty"
 for bin in mesh-registry mesh-proxy mesh-probe recommendations marketplace; do
     if ! ldd "$release/$bin" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then
         echo "error: $release/$bin is dynamically linked; a FROM scratch image cannot run it" >&2
