@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
 
+    /// Directory holding the CA as `ca.pem` and `ca-key.pem`, created there (as by
+    /// `gen-ca`) on first start when missing: the simplest way to run the mesh's CA.
+    #[arg(long, env = "REGISTRY_CA_DIR", conflicts_with = "ca_cert")]
+    pub ca_dir: Option<PathBuf>,
+
     /// Bearer token sidecars present to get a certificate signed (separate from --token).
     #[arg(long, env = "REGISTRY_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
@@ -95,13 +100,13 @@ impl Config {
         if self.snapshot_debounce > Duration::from_secs(60) {
             return Err("--snapshot-debounce must be at most 60s".into());
         }
-        if self.ca_cert.is_some()
+        if (self.ca_cert.is_some() || self.ca_dir.is_some())
             && self
                 .join_token
                 .as_deref()
                 .is_none_or(|t| t.trim().is_empty())
         {
-            return Err("--join-token is required with --ca-cert: without it anyone could get a certificate".into());
+            return Err("--join-token is required with a CA (--ca-cert or --ca-dir): without it anyone could get a certificate".into());
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(365 * 24 * 3600)).contains(&self.cert_ttl)
         {
@@ -121,6 +126,7 @@ impl Default for Config {
             command: None,
             ca_cert: None,
             ca_key: None,
+            ca_dir: None,
             join_token: None,
             trust_domain: "mesh.local".into(),
             cert_ttl: Duration::from_secs(24 * 3600),

@@ -70,7 +70,16 @@ pub async fn run(
     });
 
     let mut state = api::State::new(catalog.clone(), metrics, config.token.clone(), stopping_rx);
-    if let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) {
+    let ca_files = match (&config.ca_dir, &config.ca_cert, &config.ca_key) {
+        (Some(dir), _, _) => {
+            let said = ca::write_new(dir, &config.trust_domain, false).map_err(Error::Ca)?;
+            tracing::info!("{said}");
+            Some((dir.join("ca.pem"), dir.join("ca-key.pem")))
+        }
+        (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    if let Some((cert, key)) = &ca_files {
         let ca =
             ca::Ca::load(cert, key, &config.trust_domain, config.cert_ttl).map_err(Error::Ca)?;
         let join_token = config.join_token.clone().unwrap_or_default();

@@ -191,3 +191,27 @@ fn gen_ca_writes_a_usable_ca_and_keeps_existing_files() {
         .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_ca_dir_is_filled_on_first_start_and_reused_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        ca_dir: Some(dir.path().join("ca")),
+        join_token: Some("join-me".into()),
+        ..Config::default()
+    };
+    let r = TestRegistry::start(config.clone()).await;
+    let first = r
+        .client
+        .sign("web", &csr("spiffe://mesh.local/service/web"), "join-me")
+        .await
+        .unwrap();
+    r.stop().await.unwrap();
+    let r = TestRegistry::start(config).await;
+    let second = r
+        .client
+        .sign("web", &csr("spiffe://mesh.local/service/web"), "join-me")
+        .await
+        .unwrap();
+    assert_eq!(first.ca, second.ca, "the same CA after a restart");
+}
