@@ -1,0 +1,192 @@
+//! Python's grpcio, an independent gRPC implementation, calling the Rust recommendations
+//! service through a sidecar pair: the mesh is invisible to a real third-party client.
+//!
+//! Needs `python3` with grpcio (`pip install -r requirements-test.txt`); stubs are
+//! generated from the service's `.proto` at test time.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Registry, Sidecar, SidecarSpec};
+use mesh_proxy::inbound::AppProtocol;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+fn service_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo-services/recommendations")
+}
+
+/// Python stubs for the service's `.proto`, generated into a temporary directory.
+async fn stubs() -> tempfile::TempDir {
+    let stubs = tempfile::tempdir().unwrap();
+    let proto = service_dir().join("proto");
+    let protoc = Command::new(python())
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("--proto_path={}", proto.display()))
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .arg(proto.join("recommendations.proto"))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+    assert!(
+        protoc.status.success(),
+        "generating stubs needs grpcio-tools: pip install -r requirements-test.txt\n{}",
+        String::from_utf8_lossy(&protoc.stderr)
+    );
+    stubs
+}
+
+#[tokio::test]
+async fn a_grpcio_client_gets_books_and_not_found_through_the_mesh() {
+    let stubs = stubs().await;
+
+    let registry = Registry::start().await;
+    let app_listener = common::listener().await;
+    let app = app_listener.local_addr().unwrap();
+    let config = recommendations::Config {
+        instance_name: "reco-meshed".parse().unwrap(),
+        ..Default::default()
+    };
+    tokio::spawn(recommendations::run(
+        app_listener,
+        config,
+        std::future::pending(),
+    ));
+    let url = registry.url();
+    let mut spec = SidecarSpec::server(&url, "recommendations", app);
+    spec.app = Some(("recommendations", app, Some(AppProtocol::Grpc)));
+    let _server = Sidecar::start(spec).await;
+    registry.until_passing("recommendations", 1).await;
+    let mut spec = SidecarSpec::client(&url);
+    spec.upstreams = vec!["recommendations"];
+    let client = Sidecar::start(spec).await;
+
+    let output = Command::new(python())
+        .arg(service_dir().join("tests/python/interop_client.py"))
+        .arg(client.upstreams[0].to_string())
+        .env("PYTHONPATH", stubs.path())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the Python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let books = result["success"]["books"].as_array_mut().unwrap();
+    books.sort_by_key(|book| book[0].as_i64());
+    assert_eq!(
+        result["success"],
+        json!({
+            "books": [
+                [4, "The Hitchhiker's Guide to the Galaxy"],
+                [5, "Ender's Game"],
+                [6, "The Dune Chronicles"],
+            ],
+            "served_by": "reco-meshed",
+        })
+    );
+    assert_eq!(
+        result["not_found"],
+        json!({"code": "NOT_FOUND", "details": "Category not found", "served_by": "reco-meshed"})
+    );
+    let metrics = client.metrics().await;
+    let calls = r#"mesh_requests_total{direction="outbound",service="recommendations"}"#;
+    assert_eq!(common::metric(&metrics, calls), Some(2.0), "{metrics}");
+}
+
+/// A grpcio server process, stopped when dropped (its stdin closes, or it is killed).
+struct PythonServer {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl PythonServer {
+    async fn start(stubs: &Path, mode: &str, name: &str) -> PythonServer {
+        use tokio::io::AsyncBufReadExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(python())
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/python/recommendations_server.py"),
+            )
+            .args([&port.to_string(), mode, name])
+            .env("PYTHONPATH", stubs)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the Python server started")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("ready"));
+        PythonServer {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unavailable_in_grpcio_trailers_is_retried_on_the_other_instance() {
+    let stubs = stubs().await;
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let good = PythonServer::start(stubs.path(), "ok", "py-good").await;
+    let bad = PythonServer::start(stubs.path(), "unavailable", "py-failing").await;
+    let mut sidecars = Vec::new();
+    for server in [&good, &bad] {
+        let mut spec = SidecarSpec::server(&url, "recommendations", server.addr);
+        spec.app = Some(("recommendations", server.addr, Some(AppProtocol::Grpc)));
+        sidecars.push(Sidecar::start(spec).await);
+    }
+    registry.until_passing("recommendations", 2).await;
+    let mut spec = SidecarSpec::client(&url);
+    spec.upstreams = vec!["recommendations"];
+    let client = Sidecar::start(spec).await;
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", client.upstreams[0]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut stub = recommendations::pb::recommendations_client::RecommendationsClient::new(channel);
+    for _ in 0..30 {
+        let request = recommendations::pb::RecommendationRequest {
+            user_id: 1,
+            category: 0,
+            max_results: 1,
+        };
+        let books = stub
+            .recommend(request)
+            .await
+            .expect("every call succeeds")
+            .into_inner();
+        assert_eq!(books.recommendations[0].title, "The Maltese Falcon");
+    }
+    let metrics = client.metrics().await;
+    let retried = r#"mesh_retries_total{reason="grpc-status",service="recommendations"}"#;
+    assert!(
+        common::metric(&metrics, retried).unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    drop((good.child, bad.child));
+}
