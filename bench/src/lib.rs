@@ -1,0 +1,145 @@
+//! Benchmark tools: a backend that answers "ok", an open-loop load generator, a
+//! sequential latency probe and a registry loader. Each command prints one JSON line.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod conn;
+pub mod load;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmark tools for the mesh.
+#[derive(Parser, Debug)]
+pub struct Command {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Action {
+    /// Serve "ok" to every request, HTTP/1.1 and h2c.
+    Backend {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Sequential requests on one connection: the cost of a hop without queueing.
+    Seq {
+        /// Address to send to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// `Host` header (the service name, for the mesh proxy).
+        #[arg(long, default_value = "bench")]
+        host: String,
+        /// Requests to send (after `warmup` unrecorded ones).
+        #[arg(long, default_value_t = 5000)]
+        requests: u64,
+        /// Unrecorded requests sent first.
+        #[arg(long, default_value_t = 500)]
+        warmup: u64,
+    },
+    /// Open-loop load at a fixed rate; latency counts from each request's intended send time.
+    Load {
+        /// Address to send to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// `Host` header.
+        #[arg(long, default_value = "bench")]
+        host: String,
+        /// Requests per second.
+        #[arg(long)]
+        rate: u64,
+        /// How long to send.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        duration: Duration,
+        /// HTTP/1.1 connections kept open; each carries one request at a time.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// Register `count` instances over HTTP, spread over services of `per_service` each.
+    Register {
+        /// Registry address.
+        #[arg(long)]
+        registry: SocketAddr,
+        /// First instance number (to grow a catalog in steps).
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Instances to register.
+        #[arg(long)]
+        count: u64,
+        /// Instances per service.
+        #[arg(long, default_value_t = 100)]
+        per_service: u64,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Time from a deregistration to each blocking watcher's answer.
+    Watch {
+        /// Registry address.
+        #[arg(long)]
+        registry: SocketAddr,
+        /// Blocking watchers, each on its own connection.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Deregistrations to time.
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+    },
+}
+
+pub async fn run(cmd: Command) -> anyhow::Result<()> {
+    let out = match cmd.action {
+        Action::Backend { listen } => return backend::serve(listen).await,
+        Action::Seq {
+            target,
+            host,
+            requests,
+            warmup,
+        } => load::sequential(target, &host, requests, warmup).await?,
+        Action::Load {
+            target,
+            host,
+            rate,
+            duration,
+            connections,
+        } => load::open_loop(target, &host, rate, duration, connections).await?,
+        Action::Register {
+            registry,
+            start,
+            count,
+            per_service,
+            concurrency,
+        } => registry::register(registry, start, count, per_service, concurrency).await?,
+        Action::Watch {
+            registry,
+            watchers,
+            trials,
+        } => registry::watch_latency(registry, watchers, trials).await?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+/// Percentiles of a histogram recorded in nanoseconds, as microseconds.
+pub fn percentiles_us(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    serde_json::json!({
+        "count": h.len(),
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "p999": q(0.999),
+        "max": h.max() as f64 / 1000.0,
+    })
+}
+
+/// A histogram of nanoseconds from 100 ns to 60 s, 3 significant digits.
+pub fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(100, 60_000_000_000, 3).expect("valid bounds")
+}

@@ -1,0 +1,171 @@
+//! Registry load: many registrations over HTTP, and how soon blocking watchers see a
+//! deregistration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::conn::Conn;
+use crate::{histogram, percentiles_us};
+
+const HOST: &str = "registry";
+
+pub async fn register(
+    registry: SocketAddr,
+    start: u64,
+    count: u64,
+    per_service: u64,
+    concurrency: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let next = Arc::new(AtomicU64::new(start));
+    let end = start + count;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut conn = Conn::open(registry).await?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= end {
+                    break;
+                }
+                let path = format!("/v1/services/svc-{}/instances/i-{k}", k / per_service);
+                let body = json!({
+                    "address": format!("10.{}.{}.{}:8080", k >> 16 & 255, k >> 8 & 255, k & 255),
+                    "ttl": "1h",
+                });
+                let body = Bytes::from(body.to_string());
+                match conn.send(http::Method::PUT, HOST, &path, Some(body)).await {
+                    Ok((status, _, _)) if status.is_success() => {}
+                    _ => errors += 1,
+                }
+            }
+            errors
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        errors += t.await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(
+        json!({ "registered": count, "errors": errors, "seconds": secs, "per_second": count as f64 / secs }),
+    )
+}
+
+fn mesh_index(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get("x-mesh-index")?.to_str().ok()?.parse().ok()
+}
+
+pub async fn watch_latency(
+    registry: SocketAddr,
+    watchers: usize,
+    trials: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let service = "bench-watched";
+    let mut admin = Conn::open(registry).await?;
+    let put = |id: &str| {
+        (
+            format!("/v1/services/{service}/instances/{id}"),
+            Bytes::from(json!({"address": "127.0.0.1:9", "ttl": "1h"}).to_string()),
+        )
+    };
+    // Two instances, so the service stays known while one comes and goes.
+    for id in ["keep", "flap"] {
+        let (path, body) = put(id);
+        admin
+            .send(http::Method::PUT, HOST, &path, Some(body))
+            .await?;
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let mut conn = Conn::open(registry).await?;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut index = 0u64;
+            loop {
+                let path = format!("/v1/services/{service}?index={index}&wait=60s");
+                let Ok((_, headers, _)) = conn.send(http::Method::GET, HOST, &path, None).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let seen = Instant::now();
+                let new = mesh_index(&headers).unwrap_or(index);
+                if new != index {
+                    index = new;
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+
+    // Let every watcher get its first answer and park on the next blocking query.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while rx.try_recv().is_ok() {}
+
+    let mut all = histogram();
+    let mut slowest = histogram();
+    let mut missed = 0usize;
+    for _ in 0..trials {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t0 = Instant::now();
+        let path = format!("/v1/services/{service}/instances/flap");
+        admin.send(http::Method::DELETE, HOST, &path, None).await?;
+        let (seen, late) = collect(&mut rx, watchers, t0).await;
+        missed += late;
+        for d in &seen {
+            all.saturating_record(d.as_nanos() as u64);
+        }
+        if let Some(max) = seen.iter().max() {
+            slowest.saturating_record(max.as_nanos() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (path, body) = put("flap");
+        admin
+            .send(http::Method::PUT, HOST, &path, Some(body))
+            .await?;
+        collect(&mut rx, watchers, Instant::now()).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(json!({
+        "watchers": watchers,
+        "trials": trials,
+        "missed": missed,
+        "every_watcher_us": percentiles_us(&all),
+        "slowest_watcher_per_trial_us": percentiles_us(&slowest),
+    }))
+}
+
+/// Waits (at most 2 s) for `n` watcher answers; returns their delays after `t0` and how
+/// many did not come.
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<Instant>,
+    n: usize,
+    t0: Instant,
+) -> (Vec<Duration>, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut seen = Vec::with_capacity(n);
+    while seen.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(at)) => seen.push(at.saturating_duration_since(t0)),
+            _ => break,
+        }
+    }
+    let missed = n - seen.len();
+    (seen, missed)
+}
