@@ -10,8 +10,8 @@
 # 3. loads the page, then keeps ~50 page loads a second going for 30 s while one
 #    recommendations app container is killed: not one load may fail, and the registry must
 #    stop listing the killed instance within lease + grace;
-# 4. asks Prometheus what it saw (requests, retries or ejections, every sidecar target up)
-#    and checks the Grafana dashboard's queries against it;
+# 4. asks Prometheus what it saw (requests, retries or ejections, connections over mTLS,
+#    every sidecar target up) and checks the Grafana dashboard's queries against it;
 # 5. tears the stack down (also on failure) and checks nothing of it is left.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -243,6 +243,8 @@ def observe():
         "requests": scalar('sum(mesh_requests_total{direction="outbound", service="recommendations"})'),
         "retries": scalar("sum(mesh_retries_total)"),
         "ejections": scalar("sum(mesh_endpoint_ejections_total)"),
+        "tls": scalar('sum(mesh_inbound_connections_total{app="recommendations", tls="tls"})'),
+        "plaintext": scalar('sum(mesh_inbound_connections_total{tls="plaintext"})'),
         "sidecars": sorted((t["labels"].get("instance", "?"), t["health"]) for t in sidecars),
         "registry": [t["health"] for t in targets if t["labels"]["job"] == "mesh-registry"],
     }
@@ -253,6 +255,8 @@ def problems(seen):
         found.append("no outbound request to recommendations recorded")
     if seen["retries"] + seen["ejections"] <= 0:
         found.append("neither retries nor ejections recorded")
+    if seen["tls"] <= 0 or seen["plaintext"] > 0:
+        found.append("calls to recommendations did not all arrive over mTLS")
     if len(seen["sidecars"]) != 3 or any(h != "up" for _, h in seen["sidecars"]):
         found.append(f"sidecar targets not all up: {seen['sidecars']}")
     if seen["registry"] != ["up"]:
@@ -267,6 +271,7 @@ while True:
     time.sleep(1)
 print(f"  mesh_requests_total outbound to recommendations: {seen['requests']:.0f}")
 print(f"  mesh_retries_total: {seen['retries']:.0f}, mesh_endpoint_ejections_total: {seen['ejections']:.0f}")
+print(f"  inbound connections to recommendations over mTLS: {seen['tls']:.0f}, plaintext anywhere: {seen['plaintext']:.0f}")
 print(f"  sidecar targets (from the registry): {', '.join(f'{i} {h}' for i, h in seen['sidecars'])}")
 print(f"  registry target: {', '.join(seen['registry'])}")
 sys.exit("; ".join(problems(seen)) or None)
