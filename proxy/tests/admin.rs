@@ -213,3 +213,41 @@ async fn the_probe_binary_reports_readiness_by_exit_code() {
         Some(1)
     );
 }
+
+#[tokio::test]
+async fn past_the_connection_limit_new_connections_wait_their_turn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let _server = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let mut spec = SidecarSpec::client(&url);
+    spec.extra = vec!["--max-connections", "1"];
+    let client = Sidecar::start(spec).await;
+    let request = b"GET /whoami HTTP/1.1\r\nHost: web\r\n\r\n";
+
+    // The first connection is served and stays open (keep-alive).
+    let mut first = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // The second waits in the accept queue while the first is open...
+    let mut second = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .unwrap();
+    second.write_all(request).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "served past the limit");
+    // ...and is served once it closes.
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("served after the first closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
