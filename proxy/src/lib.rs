@@ -195,6 +195,9 @@ pub async fn run(
             metrics: metrics.clone(),
             allow: config.allow.clone(),
         });
+        if !config.allow.is_empty() {
+            metrics.policy_added(service);
+        }
         let handler = move |request, peer| {
             let inbound = inbound.clone();
             async move { inbound.handle(request, peer).await }

@@ -228,6 +228,9 @@ impl Metrics {
     pub fn destination_added(&self, service: &str) {
         let service = self.service_label(service);
         self.retry_budget_exhausted.with_label_values(&[&service]);
+        for reason in crate::retry::Reason::ALL {
+            self.retries.with_label_values(&[&service, reason.as_str()]);
+        }
         self.endpoint_ejections.with_label_values(&[&service]);
         self.endpoints
             .with_label_values(&[&service, EndpointState::Ejected.as_str()])
@@ -237,6 +240,12 @@ impl Metrics {
     /// Counts an inbound connection by transport (`tls`, `plaintext`, `refused`).
     pub fn inbound_connection(&self, kind: &'static str) {
         self.inbound_connections.with_label_values(&[kind]).inc();
+    }
+
+    /// Makes the local service's denial counter visible at zero (with an allow-list).
+    pub fn policy_added(&self, service: &str) {
+        let service = self.service_label(service);
+        self.policy_denied.with_label_values(&[&service]);
     }
 
     /// Counts a request the allow-list refused.

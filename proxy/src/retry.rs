@@ -75,6 +75,13 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::NotSent,
+        Reason::Status,
+        Reason::GrpcStatus,
+        Reason::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NotSent => "not-sent",
