@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite on this machine and writes docs/benchmarks.md.
 #
-#   bench/run.sh                 # about 9 minutes on 2 cores, after the build
+#   bench/run.sh                 # about 6 minutes on 2 cores, after the build
 #   BENCH_REPS=1 BENCH_DURATION=2s BENCH_WRK_DURATION=2s bench/run.sh   # a quick look
 #
 # Load generators run on CPU 0, everything under test (backend, registry, proxies, nginx,
