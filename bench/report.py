@@ -268,7 +268,8 @@ def make_plot(src, out, s2, reps, rates):
                                  - s2[(k, rate, "direct")]["result"]["latency_us"]["p99"] for k in keys]) or 0)
             fh.write(f"{rate} " + " ".join(f"{v:.1f}" for v in vals) + "\n")
     png_name = "benchmarks-p99.png"
-    png = os.path.join(os.path.dirname(out) or ".", png_name)
+    # The plot lives beside this script, so docs/ only holds the Markdown.
+    png = os.path.join(os.path.dirname(os.path.abspath(__file__)), png_name)
     script = (
         f"set terminal png size 800,450; set output '{png}';"
         "set title 'p99 latency added over direct (open loop)'; set xlabel 'requests/s';"
@@ -277,7 +278,7 @@ def make_plot(src, out, s2, reps, rates):
         " '' u 1:4 w lp t 'nginx', '' u 1:5 w lp t 'HAProxy'"
     )
     subprocess.run(["gnuplot", "-e", script], check=True)
-    return png_name
+    return os.path.relpath(png, os.path.dirname(os.path.abspath(out)))
 
 
 if __name__ == "__main__":
