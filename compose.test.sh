@@ -162,6 +162,16 @@ def load():
 def kill():
     global killed_at
     time.sleep(KILL_AT)
+    # Kill the instance while it is taking traffic: with two equally fast instances the
+    # balancer sends runs of calls to one, and a kill during the other's run would test
+    # nothing.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with lock:
+            recent = [s for _, s, _ in results[-3:]]
+        if recent and all(s == "recommendations-1" for s in recent):
+            break
+        time.sleep(0.02)
     killed_at = time.monotonic() - t0
     subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
     print(f"  {killed_at:5.1f} s  docker kill recommendations-1")
