@@ -54,16 +54,9 @@ async fn register_list_heartbeat_deregister() {
             .instances
             .is_empty()
     );
-    let all = r
-        .raw(
-            GET,
-            "/v1/services/recommendations?all=true",
-            &[],
-            Bytes::new(),
-        )
-        .await;
-    assert_eq!(all.json["instances"][0]["status"], "warning");
-    assert_eq!(all.json["instances"][0]["output"], "slow disk");
+    let all = r.all_instances("recommendations").await;
+    assert_eq!(all[0]["status"], "warning");
+    assert_eq!(all[0]["output"], "slow disk");
 
     c.deregister("recommendations", "r-1").await.unwrap();
     let listing = c.service("recommendations").await.unwrap();

@@ -37,17 +37,10 @@ async fn a_silent_instance_turns_critical_then_disappears_and_watchers_see_both(
         .unwrap();
     let ids: Vec<_> = expired.instances.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["alive"]);
-    let all = r
-        .raw(
-            http::Method::GET,
-            "/v1/services/web?all=true",
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await;
-    assert_eq!(all.json["instances"][0]["id"], "alive");
-    assert_eq!(all.json["instances"][1]["id"], "dying");
-    assert_eq!(all.json["instances"][1]["status"], "critical");
+    let all = r.all_instances("web").await;
+    assert_eq!(all[0]["id"], "alive");
+    assert_eq!(all[1]["id"], "dying");
+    assert_eq!(all[1]["status"], "critical");
     assert_eq!(
         r.metric("mesh_registry_lease_expirations_total").await,
         Some(1.0)
@@ -61,15 +54,8 @@ async fn a_silent_instance_turns_critical_then_disappears_and_watchers_see_both(
         .await
         .unwrap();
     assert!(removed.index > index);
-    let all = r
-        .raw(
-            http::Method::GET,
-            "/v1/services/web?all=true",
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await;
-    assert_eq!(all.json["instances"].as_array().unwrap().len(), 1);
+    let all = r.all_instances("web").await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
     let err = r
         .client
         .heartbeat("web", "dying", &Default::default())

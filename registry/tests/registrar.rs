@@ -11,15 +11,7 @@ use tokio::sync::{oneshot, watch};
 /// Blocks on the service until `check` holds for its full listing (all statuses).
 async fn until(r: &TestRegistry, service: &str, check: impl Fn(&serde_json::Value) -> bool) {
     for _ in 0..300 {
-        let all = r
-            .raw(
-                http::Method::GET,
-                &format!("/v1/services/{service}?all=true"),
-                &[],
-                bytes::Bytes::new(),
-            )
-            .await;
-        if check(&all.json["instances"]) {
+        if check(&r.all_instances(service).await) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -64,6 +64,12 @@ impl TestRegistry {
         raw(method, &self.url(path), headers, body.into()).await
     }
 
+    /// Every instance of `service` in any status (`?all=true`), as JSON.
+    pub async fn all_instances(&self, service: &str) -> serde_json::Value {
+        let path = format!("/v1/services/{service}?all=true");
+        self.raw(Method::GET, &path, &[], Bytes::new()).await.json["instances"].take()
+    }
+
     /// The registry's /metrics text.
     pub async fn metrics(&self) -> String {
         self.raw(Method::GET, "/metrics", &[], Bytes::new())
