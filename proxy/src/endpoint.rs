@@ -45,6 +45,8 @@ pub struct Endpoint {
     last_error: Mutex<Option<String>>,
     /// Outlier ejection state.
     pub breaker: crate::breaker::Breaker,
+    /// Connections to this endpoint.
+    pub pool: crate::pool::Pool,
 }
 
 /// Peak-EWMA latency (Finagle, Linkerd): a slower observation replaces the estimate at
@@ -71,6 +73,7 @@ impl PeakEwma {
 impl Endpoint {
     pub fn new(address: String, weight: u32, instance: Option<String>) -> Self {
         Endpoint {
+            pool: crate::pool::Pool::new(address.clone()),
             address,
             weight: weight.max(1),
             instance,

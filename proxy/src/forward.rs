@@ -8,15 +8,20 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::body::{self, BoxBody, Observed};
 use crate::endpoint::InFlight;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
+use crate::io::Io;
 use crate::metrics::ResponseTimer;
+use crate::pool::Pool;
 use crate::tls::Identity;
 
 /// HTTP version spoken to the next hop.
@@ -38,104 +43,48 @@ impl Wire {
     }
 }
 
-/// Connection pools to next hops: one for HTTP/1.1 (keep-alive) and one for HTTP/2.
+/// Opens connections to next hops and sends requests over a [`Pool`]'s connections.
 #[derive(Clone)]
 pub struct Clients {
-    h1: Client<HttpConnector, BoxBody>,
-    h2: Client<HttpConnector, BoxBody>,
-    connector: HttpConnector,
-    /// With mTLS on: this sidecar's identity, and TLS pools per peer service and wire.
+    connect_timeout: Duration,
+    /// With mTLS on: this sidecar's identity, and the client configuration per peer
+    /// service and wire (ALPN offers only that wire's protocol).
     identity: Option<Arc<Identity>>,
-    tls: Arc<Mutex<HashMap<(String, Wire), TlsClient>>>,
+    tls_configs: Arc<Mutex<HashMap<(String, Wire), Arc<ClientConfig>>>>,
 }
-
-type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>;
 
 // === impl Clients ===
 
 impl Clients {
     pub fn new(connect_timeout: Duration, identity: Option<Arc<Identity>>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
         Clients {
-            h1,
-            h2,
-            connector,
+            connect_timeout,
             identity,
-            tls: Arc::default(),
+            tls_configs: Arc::default(),
         }
     }
 
-    /// The TLS pool for calls to `service` over `wire`: ALPN offers only that wire's
-    /// protocol, so the peer forwards in the caller's HTTP version.
-    fn tls_client(&self, identity: &Arc<Identity>, service: &str, wire: Wire) -> TlsClient {
-        let mut pools = self.tls.lock().expect("tls pools lock");
-        pools
-            .entry((service.to_owned(), wire))
-            .or_insert_with(|| {
-                let mut connector = self.connector.clone();
-                connector.enforce_http(false);
-                let config = (*identity.client_config(service)).clone();
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(config)
-                    .https_only();
-                let mut client = Client::builder(TokioExecutor::new());
-                client
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new());
-                match wire {
-                    Wire::Http1 => client.build(https.enable_http1().wrap_connector(connector)),
-                    Wire::Http2 => client
-                        .http2_only(true)
-                        .build(https.enable_http2().wrap_connector(connector)),
-                }
-            })
-            .clone()
-    }
-
-    /// Sends `request` to `address` (`host:port`) over `wire`, over mTLS when `tls_to`
-    /// names the service whose identity must answer. Hop-by-hop headers are removed both
-    /// ways and `x-request-id` is added when missing.
+    /// Sends `request` to the pool's address over `wire`, over mTLS when `tls_to` names
+    /// the service whose identity must answer. Hop-by-hop headers are removed both ways
+    /// and `x-request-id` is added when missing.
     pub async fn send(
         &self,
         request: Request<BoxBody>,
-        address: &str,
+        pool: &Pool,
         wire: Wire,
         tls_to: Option<&str>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let tls = tls_to.zip(self.identity.as_ref());
-        let request = prepare(request, address, wire, tls.is_some())?;
-        let result = match (tls, wire) {
-            (Some((service, identity)), wire) => {
-                self.tls_client(identity, service, wire)
-                    .request(request)
-                    .await
-            }
-            (None, Wire::Http1) => self.h1.request(request).await,
-            (None, Wire::Http2) => self.h2.request(request).await,
-        };
+        let request = prepare(request, pool, wire, tls.is_some())?;
+        let result = match wire {
+            Wire::Http1 => self.send_h1(request, pool, tls).await,
+            Wire::Http2 => self.send_h2(request, pool, tls).await,
+        }?;
         match result {
             Ok(mut response) => {
                 headers::strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             }
-            Err(e) if e.is_connect() => Err(ProxyError::new(
-                ErrorKind::ConnectFailed,
-                format!("cannot connect to {address}: {}", source_chain(&e)),
-            )),
             Err(e) => {
                 let why = source_chain(&e);
                 // hyper exposes HTTP/2 reset reasons only through the error chain.
@@ -146,40 +95,197 @@ impl Clients {
                 };
                 Err(ProxyError::new(
                     kind,
-                    format!("request to {address} failed: {why}"),
+                    format!("request to {} failed: {why}", pool.address()),
                 ))
             }
         }
     }
+
+    /// HTTP/1.1: a ready pooled connection, else a new one. A pooled connection that
+    /// closed before the request went out hands it back, and it goes on another.
+    async fn send_h1(
+        &self,
+        mut request: Request<BoxBody>,
+        pool: &Pool,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<Result<Response<Incoming>, hyper::Error>, ProxyError> {
+        let secure = tls.is_some();
+        loop {
+            let (mut sender, pooled) = match pool.take_h1(secure) {
+                Some(sender) => (sender, true),
+                None => {
+                    let io = self.connect(pool, Wire::Http1, tls).await?;
+                    let (sender, connection) = http1::handshake(TokioIo::new(io))
+                        .await
+                        .map_err(|e| handshake_failed(pool, &e))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.with_upgrades().await {
+                            tracing::debug!(error = %source_chain(&e), "upstream connection closed");
+                        }
+                    });
+                    (sender, false)
+                }
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    pool.put_h1(secure, sender);
+                    return Ok(Ok(response));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if pooled => request = unsent,
+                    _ => return Ok(Err(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// HTTP/2: every call shares one connection per peer, opened on first use.
+    async fn send_h2(
+        &self,
+        mut request: Request<BoxBody>,
+        pool: &Pool,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<Result<Response<Incoming>, hyper::Error>, ProxyError> {
+        let secure = tls.is_some();
+        loop {
+            let (mut sender, pooled) = match pool.h2(secure) {
+                Some(sender) => (sender, true),
+                None => {
+                    let _connecting = pool.h2_connecting(secure).await;
+                    match pool.h2(secure) {
+                        Some(sender) => (sender, true),
+                        None => {
+                            let io = self.connect(pool, Wire::Http2, tls).await?;
+                            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                                .timer(TokioTimer::new())
+                                .handshake(TokioIo::new(io))
+                                .await
+                                .map_err(|e| handshake_failed(pool, &e))?;
+                            tokio::spawn(async move {
+                                if let Err(e) = connection.await {
+                                    tracing::debug!(error = %source_chain(&e), "upstream connection closed");
+                                }
+                            });
+                            pool.set_h2(secure, sender.clone());
+                            (sender, false)
+                        }
+                    }
+                }
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(Ok(response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if pooled => request = unsent,
+                    _ => return Ok(Err(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A new connection to the pool's address: TCP, then the TLS handshake when `tls`.
+    async fn connect(
+        &self,
+        pool: &Pool,
+        wire: Wire,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<Io, ProxyError> {
+        let address = pool.address();
+        let failed = |why: String| {
+            ProxyError::new(
+                ErrorKind::ConnectFailed,
+                format!("cannot connect to {address}: {why}"),
+            )
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| failed(format!("no answer within {:?}", self.connect_timeout)))?
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let Some((service, identity)) = tls else {
+            return Ok(Io::Plain(stream));
+        };
+        let config = self.tls_config(identity, service, wire);
+        // The peer proves its service by its certificate's SPIFFE ID; the name below
+        // only fills the handshake.
+        let host = pool.authority().map(Authority::host).unwrap_or("peer");
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .map_err(|e| failed(e.to_string()))?;
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TlsConnector::from(config).connect(name, stream),
+        )
+        .await
+        .map_err(|_| failed("TLS handshake timed out".into()))?
+        .map_err(|e| failed(format!("TLS handshake failed: {e}")))?;
+        Ok(Io::Tls(Box::new(stream.into())))
+    }
+
+    fn tls_config(&self, identity: &Arc<Identity>, service: &str, wire: Wire) -> Arc<ClientConfig> {
+        let mut configs = self.tls_configs.lock().expect("tls configs lock");
+        configs
+            .entry((service.to_owned(), wire))
+            .or_insert_with(|| {
+                let mut config = (*identity.client_config(service)).clone();
+                config.alpn_protocols = vec![match wire {
+                    Wire::Http1 => b"http/1.1".to_vec(),
+                    Wire::Http2 => b"h2".to_vec(),
+                }];
+                Arc::new(config)
+            })
+            .clone()
+    }
 }
 
-/// Points the request at `address` and adapts it to the wire version.
+fn handshake_failed(pool: &Pool, e: &hyper::Error) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::ConnectFailed,
+        format!("cannot connect to {}: {}", pool.address(), source_chain(e)),
+    )
+}
+
+/// Points the request at the pool's address and adapts it to the wire version: HTTP/1.1
+/// gets an origin-form target and a `Host`, HTTP/2 an absolute URI for its pseudo-headers.
 fn prepare(
     request: Request<BoxBody>,
-    address: &str,
+    pool: &Pool,
     wire: Wire,
     tls: bool,
 ) -> Result<Request<BoxBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let authority: Authority = address.parse().map_err(|_| {
+    let authority = pool.authority().ok_or_else(|| {
         ProxyError::new(
             ErrorKind::ConnectFailed,
-            format!("endpoint address {address:?} is not host:port"),
+            format!("endpoint address {:?} is not host:port", pool.address()),
         )
     })?;
-    // An HTTP/2 caller names the host in `:authority` only; HTTP/1.1 peers want `Host`.
-    if wire == Wire::Http1
-        && !parts.headers.contains_key(header::HOST)
-        && let Some(original) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(original.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
-    }
     let mut uri = parts.uri.into_parts();
-    uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-    uri.authority = Some(authority);
     if uri.path_and_query.is_none() {
-        uri.path_and_query = Some("/".parse().expect("valid path"));
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    match wire {
+        Wire::Http1 => {
+            // An HTTP/2 caller names the host in `:authority` only; HTTP/1.1 peers want
+            // `Host`.
+            if !parts.headers.contains_key(header::HOST) {
+                let host = uri
+                    .authority
+                    .as_ref()
+                    .unwrap_or(authority)
+                    .as_str()
+                    .parse::<HeaderValue>();
+                if let Ok(host) = host {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            uri.scheme = None;
+            uri.authority = None;
+            parts.version = Version::HTTP_11;
+        }
+        Wire::Http2 => {
+            uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+            uri.authority = Some(authority.clone());
+            parts.version = Version::HTTP_2;
+        }
     }
     parts.uri = Uri::from_parts(uri).map_err(|e| {
         ProxyError::new(
@@ -187,10 +293,6 @@ fn prepare(
             format!("cannot build the upstream URI: {e}"),
         )
     })?;
-    parts.version = match wire {
-        Wire::Http1 => Version::HTTP_11,
-        Wire::Http2 => Version::HTTP_2,
-    };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::ensure_request_id(&mut parts.headers);
     Ok(Request::from_parts(parts, body))
@@ -245,11 +347,9 @@ mod tests {
         request
             .headers_mut()
             .insert("traceparent", "00-a-b-01".parse().unwrap());
-        let out = prepare(request, "10.0.0.7:4143", Wire::Http1, false).unwrap();
-        assert_eq!(
-            out.uri(),
-            "http://10.0.0.7:4143/Recommendations/Recommend?x=1"
-        );
+        let pool = Pool::new("10.0.0.7:4143");
+        let out = prepare(request, &pool, Wire::Http1, false).unwrap();
+        assert_eq!(out.uri(), "/Recommendations/Recommend?x=1");
         assert_eq!(out.version(), Version::HTTP_11);
         assert_eq!(out.headers()[header::HOST], "recommendations");
         assert!(!out.headers().contains_key(header::CONNECTION));

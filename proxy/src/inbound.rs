@@ -12,6 +12,7 @@ use crate::forward::{self, Clients, Wire};
 use crate::grpc;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::fail;
+use crate::pool::Pool;
 use crate::server::Peer;
 
 /// How the sidecar speaks to its app.
@@ -32,6 +33,8 @@ pub struct Inbound {
     /// None: speak to the app in the caller's HTTP version.
     pub app_protocol: Option<AppProtocol>,
     pub clients: Clients,
+    /// Connections to the app.
+    pub pool: Pool,
     pub metrics: Arc<Metrics>,
     /// Services allowed to call this one (by mTLS identity); empty allows every caller.
     pub allow: Vec<String>,
@@ -70,11 +73,7 @@ impl Inbound {
             None => Wire::of(&request),
         };
         let request = request.map(body::boxed);
-        match self
-            .clients
-            .send(request, &self.app.to_string(), wire, None)
-            .await
-        {
+        match self.clients.send(request, &self.pool, wire, None).await {
             Ok(response) => forward::observe(response, timer, None),
             Err(e) => {
                 tracing::warn!(app = %self.app, error = %e, "the local app did not answer");

@@ -28,8 +28,10 @@ pub mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod inbound;
+pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod pool;
 pub mod register;
 pub mod replay;
 pub mod retry;
@@ -192,6 +194,7 @@ pub async fn run(
             app,
             app_protocol: config.app_protocol,
             clients: clients.clone(),
+            pool: pool::Pool::new(app.to_string()),
             metrics: metrics.clone(),
             allow: config.allow.clone(),
         });

@@ -227,7 +227,7 @@ impl Outbound {
         let started = Instant::now();
         let try_deadline = deadlines.try_deadline(started);
         let tls_to = (self.tls && endpoint.tls).then_some(destination.name.as_str());
-        let sent = self.clients.send(request, &endpoint.address, wire, tls_to);
+        let sent = self.clients.send(request, &endpoint.pool, wire, tls_to);
         let result = match try_deadline {
             Some(at) => match tokio::time::timeout_at(at, sent).await {
                 Ok(result) => result,

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::body;
 use crate::forward::{Clients, Wire};
 use crate::inbound::AppProtocol;
+use crate::pool::Pool;
 
 /// Deadline for one health check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,11 +54,13 @@ pub async fn watch_health(
     interval: Duration,
     status: watch::Sender<Status>,
 ) {
+    let pool = Pool::new(app.to_string());
     loop {
-        let now = match tokio::time::timeout(CHECK_TIMEOUT, probe(app, &check, &clients)).await {
-            Ok(s) => s,
-            Err(_) => Status::Critical,
-        };
+        let now =
+            match tokio::time::timeout(CHECK_TIMEOUT, probe(app, &check, &clients, &pool)).await {
+                Ok(s) => s,
+                Err(_) => Status::Critical,
+            };
         let before = status.send_replace(now);
         if before != now {
             tracing::info!(%app, from = %before, to = %now, "app health changed");
@@ -66,7 +69,7 @@ pub async fn watch_health(
     }
 }
 
-async fn probe(app: SocketAddr, check: &Check, clients: &Clients) -> Status {
+async fn probe(app: SocketAddr, check: &Check, clients: &Clients, pool: &Pool) -> Status {
     match check {
         Check::Tcp => tcp(app).await,
         Check::Http { path } => {
@@ -74,15 +77,12 @@ async fn probe(app: SocketAddr, check: &Check, clients: &Clients) -> Status {
             let Ok(request) = request else {
                 return Status::Critical;
             };
-            match clients
-                .send(request, &app.to_string(), Wire::Http1, None)
-                .await
-            {
+            match clients.send(request, pool, Wire::Http1, None).await {
                 Ok(r) if r.status().is_success() => Status::Passing,
                 _ => Status::Critical,
             }
         }
-        Check::Grpc => grpc(app, clients).await,
+        Check::Grpc => grpc(app, clients, pool).await,
     }
 }
 
@@ -95,7 +95,7 @@ async fn tcp(app: SocketAddr) -> Status {
 
 /// One `grpc.health.v1.Health/Check` for the whole server (`service: ""`), encoded by
 /// hand: the request is an empty message, the answer's field 1 is the serving status.
-async fn grpc(app: SocketAddr, clients: &Clients) -> Status {
+async fn grpc(app: SocketAddr, clients: &Clients, pool: &Pool) -> Status {
     let request = Request::post("/grpc.health.v1.Health/Check")
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
@@ -103,10 +103,7 @@ async fn grpc(app: SocketAddr, clients: &Clients) -> Status {
     let Ok(request) = request else {
         return Status::Critical;
     };
-    let Ok(response) = clients
-        .send(request, &app.to_string(), Wire::Http2, None)
-        .await
-    else {
+    let Ok(response) = clients.send(request, pool, Wire::Http2, None).await else {
         return Status::Critical;
     };
     let header_status = crate::grpc::status_of(response.headers());
