@@ -50,8 +50,11 @@ pub struct Clients {
     /// With mTLS on: this sidecar's identity, and the client configuration per peer
     /// service and wire (ALPN offers only that wire's protocol).
     identity: Option<Arc<Identity>>,
-    tls_configs: Arc<Mutex<HashMap<(String, Wire), Arc<ClientConfig>>>>,
+    tls_configs: Arc<Mutex<TlsConfigs>>,
 }
+
+/// Client TLS configurations by peer service and wire.
+type TlsConfigs = HashMap<(String, Wire), Arc<ClientConfig>>;
 
 // === impl Clients ===
 
