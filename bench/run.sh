@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite on this machine and writes docs/benchmarks.md.
 #
-#   bench/run.sh                 # about 6 minutes on 2 cores, after the build
-#   BENCH_REPS=1 BENCH_DURATION=2s BENCH_WRK_DURATION=2s bench/run.sh   # a quick look
+#   bench/run.sh                 # about 10 minutes on 2 cores, after the build
+#   BENCH_REPS=1 BENCH_DURATION=2s BENCH_WRK_DURATION=2s BENCH_OUT=/tmp/b.md bench/run.sh  # a quick look
+#
+# Scenarios: S1 sequential hop cost, S2 open-loop fixed rates, S5 the same rates with
+# metrics scrapes and endpoint churn running (interleaved with S2), S3 wrk maximum
+# throughput, S4 HTTP/2 and gRPC (h2load), S6 the registry at 10k/100k instances
+# (BENCH_SKIP_REGISTRY=1 leaves S6 out).
 #
 # Load generators run on CPU 0, everything under test (backend, registry, proxies, nginx,
 # HAProxy) on CPU 1, one worker thread each. Targets are interleaved within each
@@ -19,12 +24,17 @@ WRK_DURATION=${BENCH_WRK_DURATION:-5s}
 WATCH_TRIALS=${BENCH_WATCH_TRIALS:-200}
 BASE=${BENCH_PORT_BASE:-18100}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
+SKIP_REGISTRY=${BENCH_SKIP_REGISTRY:-0}
 
 for tool in taskset wrk nginx haproxy python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx haproxy wrk)" >&2; exit 1; }
 done
+for tool in h2load nghttp; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nghttp2-client)" >&2; exit 1; }
+done
 
 cargo build --release -q -p mesh-proxy -p mesh-registry -p mesh-bench
+SECONDS=0
 BIN=$PWD/target/release
 TMP=$(mktemp -d)
 RESULTS=$TMP/results.jsonl
@@ -51,10 +61,20 @@ wait_port() {
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "nothing listens on $1" >&2; exit 1
 }
+# Stops background loops started by this script (they exit at their next check, within a
+# second) and forgets their PIDs.
+stop_bg() {
+  local pid keep=()
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do [[ " $* " == *" $pid "* ]] || keep+=("$pid"); done
+  PIDS=("${keep[@]}")
+}
 # CPU ticks (utime + stime) of processes and their children threads.
 cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
 status_kb() { local t=0; for pid in "${@:2}"; do t=$((t + $(awk -v k="$1:" '$1 == k {print $2}' "/proc/$pid/status"))); done; echo "$t"; }
 record() { echo "$1" >>"$RESULTS"; }
+# Sum of the samples of a metric (name and the start of its labels) on an admin port.
+metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v p="$2" 'index($0, p) == 1 {s += $NF} END {print s + 0}'; }
 
 echo "starting the targets" >&2
 under_test "$BIN/mesh-bench" backend --listen "127.0.0.1:$BACKEND"
@@ -63,12 +83,13 @@ REGISTRY_PID=$!
 wait_port "$BACKEND"; wait_port "$REGISTRY"
 curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$REGISTRY/v1/services/bench/instances/b1" \
   -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1:$BACKEND\",\"ttl\":\"1h\"}"
+# Retries are on by default (3 tries in all); S5 measures them armed, so say it explicitly.
 under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" \
-  --outbound "127.0.0.1:$OUTBOUND" --admin "127.0.0.1:$ADMIN"
+  --outbound "127.0.0.1:$OUTBOUND" --admin "127.0.0.1:$ADMIN" --retry-attempts 3
 MESH_PID=$!
 under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --service backend \
   --app "127.0.0.1:$BACKEND" --inbound "127.0.0.1:$INBOUND" --advertise "127.0.0.1:$INBOUND" \
-  --outbound "127.0.0.1:$SC_OUTBOUND" --admin "127.0.0.1:$SC_ADMIN"
+  --outbound "127.0.0.1:$SC_OUTBOUND" --admin "127.0.0.1:$SC_ADMIN" --retry-attempts 3
 SIDECAR_PID=$!
 
 mkdir -p "$TMP/nginx/logs"
@@ -128,6 +149,24 @@ for _ in $(seq 100); do
 done
 curl -fsS -o /dev/null -H 'Host: bench' "http://127.0.0.1:$OUTBOUND/"
 
+# S4's targets (name, address, :authority) and its unary gRPC call: a 5-byte prefix (not
+# compressed, length 7) and a 7-byte protobuf message. The backend answers with one 9-byte
+# message and the trailer grpc-status: 0; check that each target passes it on.
+H2_TARGETS=(
+  "direct 127.0.0.1:$BACKEND bench"
+  "mesh 127.0.0.1:$OUTBOUND bench"
+  "sidecars 127.0.0.1:$OUTBOUND backend"
+)
+GRPC_REQ=$TMP/grpc-request.bin
+GRPC_ANSWER_BYTES=9
+printf '\x00\x00\x00\x00\x07\x0a\x05bench' >"$GRPC_REQ"
+GRPC_HEADERS=(-H 'content-type: application/grpc' -H 'te: trailers')
+for t in "${H2_TARGETS[@]}"; do
+  read -r name addr host <<<"$t"
+  nghttp -v -H ":authority: $host" "${GRPC_HEADERS[@]}" -d "$GRPC_REQ" "http://$addr/bench.Echo/Call" >"$TMP/nghttp.out" 2>&1 || true
+  grep -aq 'grpc-status: 0' "$TMP/nghttp.out" || { echo "$name: gRPC call did not end with grpc-status 0" >&2; exit 1; }
+done
+
 # name, address, Host header, processes whose CPU counts
 TARGETS=(
   "direct 127.0.0.1:$BACKEND bench -"
@@ -150,17 +189,74 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-echo "S2: fixed rates ($RATES req/s, $DURATION each)" >&2
+# S5's background, on CPU 0 with the load generators: both proxies' /metrics scraped every
+# second, and every second a second instance "churn" of each service is registered (at the
+# same address as the first, so traffic to it succeeds) or, the next second, deregistered.
+# Each loop logs one line per operation (ok or fail).
+churn_op() {  # PUT|DELETE service address
+  local url="http://127.0.0.1:$REGISTRY/v1/services/$2/instances/churn" ok
+  if [ "$1" = PUT ]; then
+    curl -fsS -o /dev/null -X PUT "$url" -H 'content-type: application/json' \
+      -d "{\"address\":\"$3\",\"ttl\":\"1h\"}" && ok=ok || ok=fail
+  else
+    curl -fsS -o /dev/null -X DELETE "$url" && ok=ok || ok=fail
+  fi
+  echo "$ok"
+}
+features_on() {
+  : >"$TMP/scrapes"; : >"$TMP/churn"
+  (
+    trap 'exit 0' TERM
+    taskset -cp 0 "$BASHPID" >/dev/null
+    while :; do
+      for port in $ADMIN $SC_ADMIN; do
+        curl -fsS -o /dev/null "http://127.0.0.1:$port/metrics" && echo ok || echo fail
+      done
+      sleep 1
+    done >>"$TMP/scrapes" 2>/dev/null
+  ) &
+  PIDS+=($!); SCRAPE_PID=$!
+  (
+    trap 'exit 0' TERM
+    taskset -cp 0 "$BASHPID" >/dev/null
+    while :; do
+      churn_op PUT bench "127.0.0.1:$BACKEND"; churn_op PUT backend "127.0.0.1:$INBOUND"
+      sleep 1
+      churn_op DELETE bench; churn_op DELETE backend
+      sleep 1
+    done >>"$TMP/churn" 2>/dev/null
+  ) &
+  PIDS+=($!); CHURN_PID=$!
+}
+features_off() {
+  stop_bg "$SCRAPE_PID" "$CHURN_PID"
+  for svc in bench backend; do
+    curl -sS -o /dev/null -X DELETE "http://127.0.0.1:$REGISTRY/v1/services/$svc/instances/churn" || true
+  done
+}
+mesh_counters() {
+  echo "$(metric "$ADMIN" 'mesh_discovery_updates_total{service="bench"') $(metric "$ADMIN" 'mesh_discovery_updates_total{service="backend"') $(($(metric "$ADMIN" mesh_retries_total) + $(metric "$SC_ADMIN" mesh_retries_total)))"
+}
+open_loop_run() {  # scenario rep rate target-line
+  local name addr host pids before after r
+  read -r name addr host pids <<<"$4"
+  pids=${pids//,/ }; [ "$pids" = - ] && pids=""
+  before=$(cpu_ticks $pids)
+  r=$(load load --target "$addr" --host "$host" --rate "$3" --duration "$DURATION")
+  after=$(cpu_ticks $pids)
+  record "{\"scenario\":\"$1\",\"rep\":$2,\"rate\":$3,\"target\":\"$name\",\"cpu_ticks\":$((after - before)),\"result\":$r}"
+}
+
+echo "S2 and S5: fixed rates ($RATES req/s, $DURATION each), S5 with scrapes and churn" >&2
 for rep in $(seq "$REPS"); do
   for rate in $RATES; do
-    for t in "${TARGETS[@]}"; do
-      read -r name addr host pids <<<"$t"
-      pids=${pids//,/ }; [ "$pids" = - ] && pids=""
-      before=$(cpu_ticks $pids)
-      r=$(load load --target "$addr" --host "$host" --rate "$rate" --duration "$DURATION")
-      after=$(cpu_ticks $pids)
-      record "{\"scenario\":\"s2\",\"rep\":$rep,\"rate\":$rate,\"target\":\"$name\",\"cpu_ticks\":$((after - before)),\"result\":$r}"
-    done
+    for t in "${TARGETS[@]}"; do open_loop_run s2 "$rep" "$rate" "$t"; done
+    read -r bench0 backend0 retries0 <<<"$(mesh_counters)"
+    features_on
+    for t in "${TARGETS[@]:0:3}"; do open_loop_run s5 "$rep" "$rate" "$t"; done
+    features_off
+    read -r bench1 backend1 retries1 <<<"$(mesh_counters)"
+    record "{\"scenario\":\"s5_background\",\"rep\":$rep,\"rate\":$rate,\"scrapes\":$(grep -c . "$TMP/scrapes" || true),\"scrape_failures\":$(grep -c fail "$TMP/scrapes" || true),\"churn_ops\":$(grep -c . "$TMP/churn" || true),\"churn_failures\":$(grep -c fail "$TMP/churn" || true),\"discovery_updates_bench\":$((bench1 - bench0)),\"discovery_updates_backend\":$((backend1 - backend0)),\"retries\":$((retries1 - retries0))}"
   done
 done
 
@@ -173,6 +269,40 @@ for rep in $(seq "$REPS"); do
   done
 done
 record "{\"scenario\":\"loaded\",\"mesh_hwm_kb\":$(status_kb VmHWM "$MESH_PID"),\"sidecar_hwm_kb\":$(status_kb VmHWM "$SIDECAR_PID"),\"nginx_hwm_kb\":$(status_kb VmHWM $NGINX_PIDS),\"haproxy_hwm_kb\":$(status_kb VmHWM "$HAPROXY_PID"),\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID")}"
+
+echo "S4: HTTP/2 and gRPC (h2load -c 4 -m 10), $WRK_DURATION each" >&2
+# h2load's summary as JSON: requests/s, request counts, status classes, DATA bytes received,
+# and the "time for request" line (min, max, mean, sd) in µs.
+h2load_json() {
+  awk '
+    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v + 0 }
+    /^finished in/ { rps = $4 + 0 }
+    /^requests:/ { total = $2; done = $6; ok = $8; failed = $10; errored = $12; timeout = $14 }
+    /^status codes:/ { s2 = $3; s3 = $5; s4 = $7; s5 = $9 }
+    /^traffic:/ { if (match($0, /\([0-9]+\) data/)) data = substr($0, RSTART + 1, RLENGTH - 7) }
+    /^time for request:/ { min = us($4); max = us($5); mean = us($6); sd = us($7) }
+    END {
+      printf "{\"rps\":%s,\"total\":%d,\"done\":%d,\"succeeded\":%d,\"failed\":%d,\"errored\":%d,\"timeout\":%d,", rps + 0, total, done, ok, failed, errored, timeout
+      printf "\"status_2xx\":%d,\"status_3xx\":%d,\"status_4xx\":%d,\"status_5xx\":%d,\"data_bytes\":%d,", s2, s3, s4, s5, data
+      printf "\"latency_us\":{\"min\":%s,\"max\":%s,\"mean\":%s,\"sd\":%s}}\n", min + 0, max + 0, mean + 0, sd + 0
+    }'
+}
+for rep in $(seq "$REPS"); do
+  for variant in get grpc; do
+    for t in "${H2_TARGETS[@]}"; do
+      read -r name addr host <<<"$t"
+      args=(-c 4 -m 10 -t 1 -D "$WRK_DURATION" -H ":authority: $host")
+      if [ "$variant" = grpc ]; then
+        args+=("${GRPC_HEADERS[@]}" -d "$GRPC_REQ" "http://$addr/bench.Echo/Call")
+      else
+        args+=("http://$addr/")
+      fi
+      taskset -c 0 h2load "${args[@]}" >"$TMP/h2load.out" 2>&1 || true
+      r=$(h2load_json <"$TMP/h2load.out")
+      record "{\"scenario\":\"s4\",\"rep\":$rep,\"variant\":\"$variant\",\"target\":\"$name\",\"grpc_answer_bytes\":$GRPC_ANSWER_BYTES,\"result\":$r}"
+    done
+  done
+done
 
 if command -v perf >/dev/null && perf record -e cpu-clock -o "$TMP/probe.data" true >/dev/null 2>&1; then
   echo "profiling mesh-proxy at 4000 req/s" >&2
@@ -187,18 +317,22 @@ if command -v perf >/dev/null && perf record -e cpu-clock -o "$TMP/probe.data" t
     | grep -E '^ +[0-9.]+%' | sed -E 's/ +$//' | head -8 >"$TMP/profile-dso.txt" || true
 fi
 
-echo "S6: registry with 10k and 100k instances" >&2
-under_test "$BIN/mesh-registry" --listen "127.0.0.1:$REGISTRY2"
-REG2_PID=$!
-wait_port "$REGISTRY2"
-sleep 0.5
-empty=$(status_kb VmRSS "$REG2_PID")
-r1=$(load register --registry "127.0.0.1:$REGISTRY2" --count 10000)
-rss10k=$(status_kb VmRSS "$REG2_PID")
-r2=$(load register --registry "127.0.0.1:$REGISTRY2" --start 10000 --count 90000)
-rss100k=$(status_kb VmRSS "$REG2_PID")
-w=$(load watch --registry "127.0.0.1:$REGISTRY2" --watchers 100 --trials "$WATCH_TRIALS")
-record "{\"scenario\":\"s6\",\"empty_rss_kb\":$empty,\"rss_10k_kb\":$rss10k,\"rss_100k_kb\":$rss100k,\"hwm_kb\":$(status_kb VmHWM "$REG2_PID"),\"register_10k\":$r1,\"register_90k\":$r2,\"watch\":$w}"
+if [ "$SKIP_REGISTRY" = 1 ]; then
+  echo "S6: skipped (BENCH_SKIP_REGISTRY=1)" >&2
+else
+  echo "S6: registry with 10k and 100k instances" >&2
+  under_test "$BIN/mesh-registry" --listen "127.0.0.1:$REGISTRY2"
+  REG2_PID=$!
+  wait_port "$REGISTRY2"
+  sleep 0.5
+  empty=$(status_kb VmRSS "$REG2_PID")
+  r1=$(load register --registry "127.0.0.1:$REGISTRY2" --count 10000)
+  rss10k=$(status_kb VmRSS "$REG2_PID")
+  r2=$(load register --registry "127.0.0.1:$REGISTRY2" --start 10000 --count 90000)
+  rss100k=$(status_kb VmRSS "$REG2_PID")
+  w=$(load watch --registry "127.0.0.1:$REGISTRY2" --watchers 100 --trials "$WATCH_TRIALS")
+  record "{\"scenario\":\"s6\",\"empty_rss_kb\":$empty,\"rss_10k_kb\":$rss10k,\"rss_100k_kb\":$rss100k,\"hwm_kb\":$(status_kb VmHWM "$REG2_PID"),\"register_10k\":$r1,\"register_90k\":$r2,\"watch\":$w}"
+fi
 
 {
   echo "nproc=$(nproc)"
@@ -207,9 +341,11 @@ record "{\"scenario\":\"s6\",\"empty_rss_kb\":$empty,\"rss_10k_kb\":$rss10k,\"rs
   echo "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
   echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+  echo "h2load=$(h2load --version | awk '{print $2}')"
   echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
   echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "reps=$REPS"; echo "duration=$DURATION"; echo "wrk_duration=$WRK_DURATION"; echo "seq=$SEQ_REQUESTS"
+  echo "elapsed_s=$SECONDS"
 } >"$TMP/machine.txt"
 mkdir -p target/bench
 cp "$RESULTS" "$TMP/machine.txt" target/bench/

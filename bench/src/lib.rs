@@ -1,5 +1,6 @@
-//! Benchmark tools: a backend that answers "ok", an open-loop load generator, a
-//! sequential latency probe and a registry loader. Each command prints one JSON line.
+//! Benchmark tools: a backend that answers "ok" (and gRPC calls with one message), an
+//! open-loop load generator, a sequential latency probe and a registry loader. Each
+//! command prints one JSON line.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +23,7 @@ pub struct Command {
 
 #[derive(Subcommand, Debug)]
 pub enum Action {
-    /// Serve "ok" to every request, HTTP/1.1 and h2c.
+    /// Serve "ok" to every request, HTTP/1.1 and h2c; gRPC calls get one message and status 0.
     Backend {
         /// Address to listen on.
         #[arg(long)]
