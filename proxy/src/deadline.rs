@@ -6,9 +6,10 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
-pub const MESH_TIMEOUT: &str = "mesh-timeout";
-pub const MESH_PER_TRY_TIMEOUT: &str = "mesh-per-try-timeout";
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub const MESH_TIMEOUT: http::HeaderName = http::HeaderName::from_static("mesh-timeout");
+pub const MESH_PER_TRY_TIMEOUT: http::HeaderName =
+    http::HeaderName::from_static("mesh-per-try-timeout");
+pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// When the whole request must be answered, and how long each try may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

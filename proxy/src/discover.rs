@@ -8,6 +8,7 @@
 //! that registers later takes over from DNS. While the registry is unreachable the last
 //! known endpoints stay in use and the watch retries with capped, jittered backoff.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use crate::breaker::Availability;
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::dns::Dns;
 use crate::endpoint::{Endpoint, Source};
-use crate::metrics::{EndpointState, Metrics};
+use crate::metrics::{Direction, EndpointState, Metrics, ServiceMetrics};
 
 /// Registration metadata key holding a sidecar's mTLS mode.
 pub const TLS_METADATA: &str = "tls";
@@ -53,6 +54,8 @@ pub struct Destination {
     pub budget: RetryBudget,
     /// Requests to this destination in flight now (bounded by `--max-pending`).
     pub pending: AtomicUsize,
+    /// Its outbound metric series.
+    pub metrics: Arc<ServiceMetrics>,
 }
 
 /// A request in flight to a destination.
@@ -201,12 +204,12 @@ impl Discovery {
         let key = match port {
             // The port only matters for names resolved through DNS; registry services
             // are one destination whatever port the caller wrote.
-            Some(p) if validate::service_name(name).is_err() => format!("{name}:{p}"),
-            _ => name.to_owned(),
+            Some(p) if validate::service_name(name).is_err() => Cow::Owned(format!("{name}:{p}")),
+            _ => Cow::Borrowed(name),
         };
         let (destination, fresh) = {
             let mut all = self.destinations.lock().expect("destinations lock");
-            match all.get(&key) {
+            match all.get(key.as_ref()) {
                 Some(d) => (d.clone(), false),
                 None => {
                     let d = Arc::new(Destination {
@@ -217,8 +220,9 @@ impl Discovery {
                         last_error: Mutex::new(None),
                         budget: RetryBudget::new(self.budget),
                         pending: AtomicUsize::new(0),
+                        metrics: self.metrics.service(Direction::Outbound, name),
                     });
-                    all.insert(key, d.clone());
+                    all.insert(key.into_owned(), d.clone());
                     (d, true)
                 }
             }
@@ -227,6 +231,9 @@ impl Discovery {
             self.metrics.destination_added(name);
             let port = port.unwrap_or(self.default_port);
             tokio::spawn(self.clone().follow(destination.clone(), port));
+        }
+        if *destination.resolved.borrow() {
+            return destination;
         }
         let mut resolved = destination.resolved.subscribe();
         let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, resolved.wait_for(|r| *r)).await;

@@ -10,7 +10,7 @@ use crate::body::{self, BoxBody};
 use crate::grpc;
 
 /// Header naming the cause of an answer the proxy made itself.
-pub const MESH_ERROR: &str = "mesh-error";
+pub const MESH_ERROR: http::HeaderName = http::HeaderName::from_static("mesh-error");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -11,6 +11,9 @@ pub const PERMISSION_DENIED: u32 = 7;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
 
+/// The header (or trailer) carrying a gRPC call's status.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// A gRPC call is an HTTP/2 request whose content type is `application/grpc[+proto…]`.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -23,7 +26,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// trailers).
 pub fn status_of(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }

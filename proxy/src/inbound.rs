@@ -10,7 +10,7 @@ use crate::body::{self, BoxBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::{self, Clients, Wire};
 use crate::grpc;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outbound::fail;
 use crate::pool::Pool;
 use crate::server::Peer;
@@ -36,6 +36,8 @@ pub struct Inbound {
     /// Connections to the app.
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
+    /// The inbound series of `service`.
+    pub service_metrics: Arc<ServiceMetrics>,
     /// Services allowed to call this one (by mTLS identity); empty allows every caller.
     pub allow: Vec<String>,
 }
@@ -45,7 +47,7 @@ pub struct Inbound {
 impl Inbound {
     pub async fn handle(&self, request: Request<Incoming>, peer: Peer) -> Response<BoxBody> {
         let grpc_caller = grpc::is_grpc(request.headers());
-        let timer = self.metrics.request(Direction::Inbound, &self.service);
+        let timer = self.service_metrics.request();
         let allowed = peer
             .identity
             .as_ref()

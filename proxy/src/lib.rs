@@ -196,6 +196,7 @@ pub async fn run(
             clients: clients.clone(),
             pool: pool::Pool::new(app.to_string()),
             metrics: metrics.clone(),
+            service_metrics: metrics.service(Direction::Inbound, service),
             allow: config.allow.clone(),
         });
         if !config.allow.is_empty() {

@@ -2,11 +2,12 @@
 //! `ARCHITECTURE.md`), in one registry served on the admin port.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::StatusCode;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, TextEncoder,
 };
 use tokio::time::Instant;
 
@@ -209,18 +210,20 @@ impl Metrics {
         "other".to_owned()
     }
 
-    /// Counts a request and returns the timer that records its response.
-    pub fn request(self: &Arc<Self>, direction: Direction, service: &str) -> ResponseTimer {
+    /// The metric handles of one service in one direction, resolved once: a request
+    /// then costs no label lookup.
+    pub fn service(self: &Arc<Self>, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
         let service = self.service_label(service);
-        self.requests
-            .with_label_values(&[direction.as_str(), &service])
-            .inc();
-        ResponseTimer {
+        Arc::new(ServiceMetrics {
+            requests: self
+                .requests
+                .with_label_values(&[direction.as_str(), &service]),
+            latency: Default::default(),
+            ok: Default::default(),
             metrics: self.clone(),
             direction,
             service,
-            started: Instant::now(),
-        }
+        })
     }
 
     /// Makes a new destination's per-service series visible at zero, so dashboards and
@@ -305,11 +308,74 @@ impl Metrics {
     }
 }
 
-/// Records one response when it completes.
-pub struct ResponseTimer {
+/// One service's series in one direction. The request counter exists from the start;
+/// the other series appear with their first response.
+pub struct ServiceMetrics {
     metrics: Arc<Metrics>,
     direction: Direction,
+    /// The label value (the name, or `other` past the cap).
     service: String,
+    requests: IntCounter,
+    /// Latency by classification: `[success, failure]`.
+    latency: [OnceLock<Histogram>; 2],
+    /// `mesh_responses_total` for the common answers: 200 without, and with, gRPC status 0.
+    ok: [OnceLock<IntCounter>; 2],
+}
+
+impl ServiceMetrics {
+    /// Counts a request and returns the timer that records its response.
+    pub fn request(self: &Arc<Self>) -> ResponseTimer {
+        self.request_since(Instant::now())
+    }
+
+    /// As [`request`](Self::request), for a request that arrived at `started`.
+    pub fn request_since(self: &Arc<Self>, started: Instant) -> ResponseTimer {
+        self.requests.inc();
+        ResponseTimer {
+            service: self.clone(),
+            started,
+        }
+    }
+
+    fn response(&self, status: StatusCode, grpc_status: Option<u32>, failure: bool) {
+        let classification = if failure { "failure" } else { "success" };
+        let common = match (status, grpc_status, failure) {
+            (StatusCode::OK, None, false) => Some(0),
+            (StatusCode::OK, Some(0), false) => Some(1),
+            _ => None,
+        };
+        let labels = |grpc: &str| {
+            self.metrics.responses.with_label_values(&[
+                self.direction.as_str(),
+                &self.service,
+                status.as_str(),
+                grpc,
+                classification,
+            ])
+        };
+        match common {
+            Some(i) => self.ok[i]
+                .get_or_init(|| labels(if i == 0 { "" } else { "0" }))
+                .inc(),
+            None => labels(&grpc_status.map(|c| c.to_string()).unwrap_or_default()).inc(),
+        }
+    }
+
+    fn latency(&self, failure: bool) -> &Histogram {
+        self.latency[usize::from(failure)].get_or_init(|| {
+            let classification = if failure { "failure" } else { "success" };
+            self.metrics.latency.with_label_values(&[
+                self.direction.as_str(),
+                &self.service,
+                classification,
+            ])
+        })
+    }
+}
+
+/// Records one response when it completes.
+pub struct ResponseTimer {
+    service: Arc<ServiceMetrics>,
     started: Instant,
 }
 
@@ -319,22 +385,9 @@ impl ResponseTimer {
     pub fn finish(self, status: StatusCode, grpc_status: Option<u32>, failed: bool) {
         let failure =
             failed || status.is_server_error() || grpc_status.is_some_and(|code| code != 0);
-        let classification = if failure { "failure" } else { "success" };
-        let grpc = grpc_status.map(|c| c.to_string()).unwrap_or_default();
-        let direction = self.direction.as_str();
-        self.metrics
-            .responses
-            .with_label_values(&[
-                direction,
-                &self.service,
-                status.as_str(),
-                &grpc,
-                classification,
-            ])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[direction, &self.service, classification])
+        self.service.response(status, grpc_status, failure);
+        self.service
+            .latency(failure)
             .observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -365,19 +418,22 @@ mod tests {
     #[test]
     fn responses_are_classified_by_http_and_grpc_status() {
         let m = Metrics::new();
-        m.request(Direction::Outbound, "web")
-            .finish(StatusCode::OK, None, false);
-        m.request(Direction::Outbound, "web")
-            .finish(StatusCode::OK, Some(14), false);
-        m.request(Direction::Outbound, "web")
-            .finish(StatusCode::NOT_FOUND, None, false);
+        let web = m.service(Direction::Outbound, "web");
+        web.request().finish(StatusCode::OK, None, false);
+        web.request().finish(StatusCode::OK, Some(14), false);
+        web.request().finish(StatusCode::NOT_FOUND, None, false);
+        web.request().finish(StatusCode::OK, None, false);
+        web.request().finish(StatusCode::OK, Some(0), false);
         let text = m.render();
         assert!(
-            text.contains(r#"mesh_requests_total{direction="outbound",service="web"} 3"#),
+            text.contains(r#"mesh_requests_total{direction="outbound",service="web"} 5"#),
             "{text}"
         );
         assert!(text.contains(r#"classification="failure",direction="outbound",grpc_status="14",service="web",status_code="200"} 1"#), "{text}");
         assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="",service="web",status_code="404"} 1"#), "{text}");
-        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="success",direction="outbound",service="web"} 2"#), "{text}");
+        assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="",service="web",status_code="200"} 2"#), "{text}");
+        assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="0",service="web",status_code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="success",direction="outbound",service="web"} 4"#), "{text}");
+        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="failure",direction="outbound",service="web"} 1"#), "{text}");
     }
 }

@@ -27,7 +27,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::{self, Clients, Wire};
 use crate::grpc;
-use crate::metrics::{Direction, Metrics, ResponseTimer};
+use crate::metrics::{Metrics, ResponseTimer};
 use crate::replay::ReplayBody;
 use crate::retry::{self, Reason, RetryConfig};
 
@@ -116,8 +116,9 @@ impl Outbound {
             tracing::info!(error = %e, "outbound request rejected");
             return e.into_response(grpc_caller);
         };
-        let timer = self.metrics.request(Direction::Outbound, &service);
+        let started = Instant::now();
         let destination = self.discovery.destination(&service, port).await;
+        let timer = destination.metrics.request_since(started);
         let Some(_pending) = destination.try_begin(self.max_pending) else {
             let e = ProxyError::new(
                 ErrorKind::Overloaded,

@@ -25,7 +25,7 @@ use crate::error::MESH_ERROR;
 use crate::grpc;
 
 /// Header marking a request retryable whatever its method (`mesh-retry: true`).
-pub const MESH_RETRY: &str = "mesh-retry";
+pub const MESH_RETRY: http::HeaderName = http::HeaderName::from_static("mesh-retry");
 
 /// How long peeking at a gRPC response waits for each frame after the first: the frames
 /// of a unary answer arrive together, a stream's later messages do not, and a stream must
