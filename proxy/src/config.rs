@@ -88,6 +88,12 @@ pub struct Config {
     #[arg(long, env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Threads serving requests. 1 runs everything on one thread with no cross-thread
+    /// wake-ups, the cheapest per request; by default one per CPU (or
+    /// `TOKIO_WORKER_THREADS`).
+    #[arg(long, env = "MESH_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
     /// How long shutdown waits for in-flight requests after deregistering.
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -55,7 +55,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(REQUEST_ID) {
         let id: u128 = rand::rng().random();
-        let value = HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header");
+        let mut hex = [0u8; 32];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[((id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        let value = HeaderValue::from_bytes(&hex).expect("hex is a valid header");
         headers.insert(REQUEST_ID, value);
     }
 }
@@ -88,7 +92,11 @@ mod tests {
         ensure_request_id(&mut h);
         let id = h[REQUEST_ID].clone();
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
         ensure_request_id(&mut h);
         assert_eq!(h[REQUEST_ID], id);
+        let mut other = HeaderMap::new();
+        ensure_request_id(&mut other);
+        assert_ne!(other[REQUEST_ID], id, "each request gets its own id");
     }
 }

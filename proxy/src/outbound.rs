@@ -81,18 +81,15 @@ impl Route {
         match self {
             Route::Fixed { service, port } => Some((service.clone(), *port)),
             Route::ByHost => {
-                let authority = request
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .or_else(|| {
-                        request
-                            .headers()
-                            .get(header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .map(str::to_owned)
-                    })?;
-                let authority: http::uri::Authority = authority.parse().ok()?;
+                let from_host;
+                let authority = match request.uri().authority() {
+                    Some(authority) => authority,
+                    None => {
+                        let host = request.headers().get(header::HOST)?;
+                        from_host = http::uri::Authority::try_from(host.as_bytes()).ok()?;
+                        &from_host
+                    }
+                };
                 let host = authority
                     .host()
                     .trim_start_matches('[')
