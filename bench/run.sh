@@ -33,9 +33,9 @@ for tool in h2load nghttp; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nghttp2-client)" >&2; exit 1; }
 done
 
-cargo build --release -q -p mesh-proxy -p mesh-registry -p mesh-bench
+cargo build --profile dist -q -p mesh-proxy -p mesh-registry -p mesh-bench
 SECONDS=0
-BIN=$PWD/target/release
+BIN=$PWD/target/dist
 TMP=$(mktemp -d)
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the mesh's container images: static release binaries once, then four FROM scratch
+# Builds the mesh's container images: static binaries (profile dist) once, then four FROM scratch
 # images holding them.
 #
 #   docker/build.sh                  # mesh/registry:dev, mesh/proxy:dev, ...
@@ -14,15 +14,15 @@ cd "$(dirname "$0")/.."
 
 tag="${MESH_TAG:-dev}"
 triple=x86_64-unknown-linux-gnu
-release="target/$triple/release"
+release="target/$triple/dist"
 images=(registry proxy recommendations marketplace)
 
 say() { printf '==> %s\n' "$*"; }
 
-say "static release binaries (cargo build --release --target $triple, crt-static)"
+say "static binaries (cargo build --profile dist --target $triple, crt-static)"
 # With an explicit --target, RUSTFLAGS apply to the binaries only, not to build scripts and
 # proc macros, which keep running on the host as usual.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$triple" \
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --target "$triple" \
     -p mesh-registry -p mesh-proxy -p recommendations -p marketplace
 
 # A staging directory of this run's own: another build (CI, a colleague) may run at the
