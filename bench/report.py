@@ -145,7 +145,7 @@ def main():
     w("  backend is registered under its own address), **sidecar pair** (the same client proxy")
     w("  → a second proxy's inbound → backend), **nginx** (`worker_processes 1`, upstream")
     w("  keep-alive 64), **HAProxy** (`nbthread 1`, `http-keep-alive`, `http-reuse always`).")
-    w("  mesh-proxy runs with its defaults (retries on, mTLS off) and `TOKIO_WORKER_THREADS=1`.")
+    w("  mesh-proxy runs with its defaults (retries on, mTLS off) and `--threads 1` (one thread, as nginx and HAProxy get one worker), built with the `dist` profile the images use.")
     w("- Load generators (`mesh-bench`, `wrk`) on CPU 0, everything under test on CPU 1.")
     w("- Targets are interleaved within each repetition; a ratio is computed within a")
     w("  repetition and the table gives the median over repetitions. \"Added\" is the target's")

@@ -85,11 +85,11 @@ curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$REGISTRY/v1/services/bench/inst
   -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1:$BACKEND\",\"ttl\":\"1h\"}"
 # Retries are on by default (3 tries in all); S5 measures them armed, so say it explicitly.
 under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" \
-  --outbound "127.0.0.1:$OUTBOUND" --admin "127.0.0.1:$ADMIN" --retry-attempts 3
+  --outbound "127.0.0.1:$OUTBOUND" --admin "127.0.0.1:$ADMIN" --retry-attempts 3 --threads 1
 MESH_PID=$!
 under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --service backend \
   --app "127.0.0.1:$BACKEND" --inbound "127.0.0.1:$INBOUND" --advertise "127.0.0.1:$INBOUND" \
-  --outbound "127.0.0.1:$SC_OUTBOUND" --admin "127.0.0.1:$SC_ADMIN" --retry-attempts 3
+  --outbound "127.0.0.1:$SC_OUTBOUND" --admin "127.0.0.1:$SC_ADMIN" --retry-attempts 3 --threads 1
 SIDECAR_PID=$!
 
 mkdir -p "$TMP/nginx/logs"
