@@ -6,8 +6,16 @@
 #
 # Scenarios: S1 sequential hop cost, S2 open-loop fixed rates, S5 the same rates with
 # metrics scrapes and endpoint churn running (interleaved with S2), S3 wrk maximum
-# throughput, S4 HTTP/2 and gRPC (h2load), S6 the registry at 10k/100k instances
-# (BENCH_SKIP_REGISTRY=1 leaves S6 out).
+# throughput, S4 HTTP/2 and gRPC (h2load), S6 the registry at 10k/100k instances: memory,
+# registrations/s, lookup latency, heartbeats at a fixed rate (BENCH_HEARTBEAT_RATE, default
+# 10000/s, for BENCH_DURATION), deregistration to blocking watchers, and deregistration to
+# the one-hop proxy dropping the endpoint (BENCH_DEREG_TRIALS trials). BENCH_SKIP_REGISTRY=1
+# leaves S6 out.
+#
+# Needs taskset, python3, curl, wrk, nginx, haproxy, h2load and nghttp (gnuplot for the plot,
+# perf for the profile, both optional). When wrk, nginx, haproxy, h2load or nghttp is missing
+# and the script runs as root on a system with apt-get, it installs them (with gnuplot-nox)
+# first; otherwise it stops and names the package to install.
 #
 # Load generators run on CPU 0, everything under test (backend, registry, proxies, nginx,
 # HAProxy) on CPU 1, one worker thread each. Targets are interleaved within each
@@ -22,10 +30,20 @@ RATES=${BENCH_RATES:-"1000 2000 4000"}
 SEQ_REQUESTS=${BENCH_SEQ_REQUESTS:-5000}
 WRK_DURATION=${BENCH_WRK_DURATION:-5s}
 WATCH_TRIALS=${BENCH_WATCH_TRIALS:-200}
+DEREG_TRIALS=${BENCH_DEREG_TRIALS:-50}
+HEARTBEAT_RATE=${BENCH_HEARTBEAT_RATE:-10000}
+READ_REQUESTS=${BENCH_READ_REQUESTS:-2000}
 BASE=${BENCH_PORT_BASE:-18100}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 SKIP_REGISTRY=${BENCH_SKIP_REGISTRY:-0}
 
+missing=0
+for tool in wrk nginx haproxy h2load nghttp; do command -v "$tool" >/dev/null || missing=1; done
+if [ "$missing" = 1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing the missing load generators and proxies with apt-get" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy nghttp2-client gnuplot-nox
+fi
 for tool in taskset wrk nginx haproxy python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx haproxy wrk)" >&2; exit 1; }
 done
@@ -321,6 +339,11 @@ if [ "$SKIP_REGISTRY" = 1 ]; then
   echo "S6: skipped (BENCH_SKIP_REGISTRY=1)" >&2
 else
   echo "S6: registry with 10k and 100k instances" >&2
+  # Deregistration to the one-hop proxy dropping the endpoint, on the main registry (the
+  # one it watches), before the big registry starts sharing CPU 1. The probe's address is
+  # one no instance of bench has; no request goes to it.
+  d=$(load sidecar-dereg --registry "127.0.0.1:$REGISTRY" --proxy "127.0.0.1:$OUTBOUND" \
+    --admin "127.0.0.1:$ADMIN" --service bench --address 127.0.0.1:9 --trials "$DEREG_TRIALS")
   under_test "$BIN/mesh-registry" --listen "127.0.0.1:$REGISTRY2"
   REG2_PID=$!
   wait_port "$REGISTRY2"
@@ -328,10 +351,16 @@ else
   empty=$(status_kb VmRSS "$REG2_PID")
   r1=$(load register --registry "127.0.0.1:$REGISTRY2" --count 10000)
   rss10k=$(status_kb VmRSS "$REG2_PID")
+  # Lookups of 100 services (100 instances each) and heartbeats over every instance, at
+  # each catalog size.
+  read10k=$(load read --registry "127.0.0.1:$REGISTRY2" --requests "$READ_REQUESTS" --services 100)
+  hb10k=$(load heartbeat --registry "127.0.0.1:$REGISTRY2" --rate "$HEARTBEAT_RATE" --duration "$DURATION" --instances 10000)
   r2=$(load register --registry "127.0.0.1:$REGISTRY2" --start 10000 --count 90000)
   rss100k=$(status_kb VmRSS "$REG2_PID")
+  read100k=$(load read --registry "127.0.0.1:$REGISTRY2" --requests "$READ_REQUESTS" --services 100)
+  hb100k=$(load heartbeat --registry "127.0.0.1:$REGISTRY2" --rate "$HEARTBEAT_RATE" --duration "$DURATION" --instances 100000)
   w=$(load watch --registry "127.0.0.1:$REGISTRY2" --watchers 100 --trials "$WATCH_TRIALS")
-  record "{\"scenario\":\"s6\",\"empty_rss_kb\":$empty,\"rss_10k_kb\":$rss10k,\"rss_100k_kb\":$rss100k,\"hwm_kb\":$(status_kb VmHWM "$REG2_PID"),\"register_10k\":$r1,\"register_90k\":$r2,\"watch\":$w}"
+  record "{\"scenario\":\"s6\",\"empty_rss_kb\":$empty,\"rss_10k_kb\":$rss10k,\"rss_100k_kb\":$rss100k,\"hwm_kb\":$(status_kb VmHWM "$REG2_PID"),\"register_10k\":$r1,\"register_90k\":$r2,\"read_10k\":$read10k,\"heartbeat_10k\":$hb10k,\"read_100k\":$read100k,\"heartbeat_100k\":$hb100k,\"watch\":$w,\"sidecar_dereg\":$d}"
 fi
 
 {

@@ -1,6 +1,7 @@
 //! Benchmark tools: a backend that answers "ok" (and gRPC calls with one message), an
-//! open-loop load generator, a sequential latency probe and a registry loader. Each
-//! command prints one JSON line.
+//! open-loop load generator, a sequential latency probe, a registry loader (registrations,
+//! heartbeats, lookups, watchers) and a probe of how soon a sidecar drops a deregistered
+//! endpoint. Each command prints one JSON line.
 
 #![forbid(unsafe_code)]
 
@@ -8,6 +9,7 @@ pub mod backend;
 pub mod conn;
 pub mod load;
 pub mod registry;
+pub mod sidecar;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -92,6 +94,66 @@ pub enum Action {
         #[arg(long, default_value_t = 200)]
         trials: usize,
     },
+    /// Heartbeats at a fixed rate (open loop) to the instances `register` created, cycling
+    /// over `i-0` to `i-{instances - 1}`; latency counts from each intended send time.
+    Heartbeat {
+        /// Registry address.
+        #[arg(long)]
+        registry: SocketAddr,
+        /// Heartbeats per second.
+        #[arg(long)]
+        rate: u64,
+        /// How long to send.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        duration: Duration,
+        /// Registered instances to cycle over.
+        #[arg(long)]
+        instances: u64,
+        /// Instances per service, as given to `register`.
+        #[arg(long, default_value_t = 100)]
+        per_service: u64,
+        /// HTTP/1.1 connections kept open; each carries one request at a time.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// Sequential lookups (`GET /v1/services/svc-N`, N random) on one connection.
+    Read {
+        /// Registry address.
+        #[arg(long)]
+        registry: SocketAddr,
+        /// Lookups to time (after `warmup` unrecorded ones).
+        #[arg(long, default_value_t = 2000)]
+        requests: u64,
+        /// Services to pick from: `svc-0` to `svc-{services - 1}`.
+        #[arg(long, default_value_t = 100)]
+        services: u64,
+        /// Unrecorded lookups sent first.
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+    },
+    /// Time from a deregistration to a sidecar no longer listing the endpoint (its admin
+    /// `/debug/endpoints`), over repeated registrations of a probe instance.
+    SidecarDereg {
+        /// Registry address (the one the proxy watches).
+        #[arg(long)]
+        registry: SocketAddr,
+        /// The proxy's outbound address, to make it watch the service.
+        #[arg(long)]
+        proxy: SocketAddr,
+        /// The proxy's admin address.
+        #[arg(long)]
+        admin: SocketAddr,
+        /// Service to add the probe instance to.
+        #[arg(long, default_value = "bench")]
+        service: String,
+        /// The probe's address: none of the service's other endpoints may have it. The
+        /// proxy is sent no request while the probe is listed, so nothing needs to listen.
+        #[arg(long, default_value = "127.0.0.1:9")]
+        address: String,
+        /// Deregistrations to time.
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+    },
 }
 
 pub async fn run(cmd: Command) -> anyhow::Result<()> {
@@ -122,6 +184,38 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             watchers,
             trials,
         } => registry::watch_latency(registry, watchers, trials).await?,
+        Action::Heartbeat {
+            registry,
+            rate,
+            duration,
+            instances,
+            per_service,
+            connections,
+        } => {
+            registry::heartbeat(
+                registry,
+                rate,
+                duration,
+                instances,
+                per_service,
+                connections,
+            )
+            .await?
+        }
+        Action::Read {
+            registry,
+            requests,
+            services,
+            warmup,
+        } => registry::read(registry, requests, services, warmup).await?,
+        Action::SidecarDereg {
+            registry,
+            proxy,
+            admin,
+            service,
+            address,
+            trials,
+        } => sidecar::dereg_latency(registry, proxy, admin, &service, &address, trials).await?,
     };
     println!("{out}");
     Ok(())

@@ -4,12 +4,16 @@
 //! microseconds of precision; tokio's timer has a millisecond) and hands each request's
 //! *intended* send time to the connection tasks. Latency is measured from that time, so a
 //! stall that delays later requests is counted against them instead of being hidden
-//! (coordinated omission).
+//! (coordinated omission). [`paced`] is that machinery for any request; [`open_loop`]
+//! sends `GET /` with it, and the registry's heartbeat load uses it too.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::{Mutex, mpsc};
 
@@ -44,6 +48,7 @@ pub async fn sequential(
     Ok(json!({ "latency_us": percentiles_us(&hist), "errors": errors }))
 }
 
+/// `GET /` at a fixed rate.
 pub async fn open_loop(
     target: SocketAddr,
     host: &str,
@@ -51,6 +56,77 @@ pub async fn open_loop(
     duration: Duration,
     connections: usize,
 ) -> anyhow::Result<serde_json::Value> {
+    let run = paced(target, host, rate, duration, connections, |_| {
+        Request::new(http::Method::GET, "/")
+    })
+    .await?;
+    Ok(run.to_json())
+}
+
+/// One request of a paced run.
+pub struct Request {
+    pub method: http::Method,
+    pub path: Cow<'static, str>,
+    pub body: Option<Bytes>,
+}
+
+impl Request {
+    pub fn new(method: http::Method, path: impl Into<Cow<'static, str>>) -> Request {
+        Request {
+            method,
+            path: path.into(),
+            body: None,
+        }
+    }
+}
+
+/// What a paced run measured.
+pub struct Paced {
+    pub rate: u64,
+    /// Requests the pacer scheduled.
+    pub sent: u64,
+    /// From the start of pacing until every worker finished.
+    pub elapsed: Duration,
+    /// Latency of the successful (2xx) requests from their intended send time, in ns.
+    pub latency: Histogram<u64>,
+    /// Non-2xx answers and transport errors.
+    pub errors: u64,
+    /// Workers still busy 30 s after the run should have ended.
+    pub unfinished_workers: usize,
+}
+
+impl Paced {
+    /// Successful requests per second.
+    pub fn achieved_rate(&self) -> f64 {
+        self.latency.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "rate": self.rate,
+            "sent": self.sent,
+            "achieved_rate": self.achieved_rate(),
+            "errors": self.errors,
+            "unfinished_workers": self.unfinished_workers,
+            "latency_us": percentiles_us(&self.latency),
+        })
+    }
+}
+
+/// Sends `rate` requests per second for `duration` over `connections` keep-alive HTTP/1.1
+/// connections to `target`, each carrying one request at a time; `request(i)` makes the
+/// i-th request (counting from 0). Latency counts from each request's intended send time.
+pub async fn paced<F>(
+    target: SocketAddr,
+    host: &str,
+    rate: u64,
+    duration: Duration,
+    connections: usize,
+    request: F,
+) -> anyhow::Result<Paced>
+where
+    F: Fn(u64) -> Request + Send + Sync + 'static,
+{
     anyhow::ensure!(
         rate > 0 && connections > 0,
         "rate and connections must be > 0"
@@ -62,23 +138,27 @@ pub async fn open_loop(
         conns.push(Conn::open(target).await?);
     }
 
-    let (tx, rx) = mpsc::unbounded_channel::<Instant>();
+    // Each entry is a request's intended send time and its number.
+    let (tx, rx) = mpsc::unbounded_channel::<(Instant, u64)>();
     // A tokio Mutex around the receiver makes it a fair work queue: the task holding the
     // lock waits for the next send time, the others wait their turn for the lock.
     let rx = Arc::new(Mutex::new(rx));
+    let request = Arc::new(request);
     let mut workers = Vec::with_capacity(connections);
     for mut conn in conns {
         let rx = rx.clone();
         let host = host.to_owned();
+        let request = request.clone();
         workers.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut errors = 0u64;
             loop {
-                let intended = match rx.lock().await.recv().await {
-                    Some(t) => t,
+                let (intended, i) = match rx.lock().await.recv().await {
+                    Some(next) => next,
                     None => break,
                 };
-                match conn.send(http::Method::GET, &host, "/", None).await {
+                let req = request(i);
+                match conn.send(req.method, &host, &req.path, req.body).await {
                     Ok((status, _, _)) if status.is_success() => {
                         hist.saturating_record(intended.elapsed().as_nanos() as u64)
                     }
@@ -104,35 +184,35 @@ pub async fn open_loop(
             if at > now {
                 std::thread::sleep(at - now);
             }
-            if tx.send(at).is_err() {
+            if tx.send((at, i)).is_err() {
                 break;
             }
         }
     });
 
-    let mut hist = histogram();
+    let mut latency = histogram();
     let mut errors = 0u64;
-    let mut unfinished = 0usize;
+    let mut unfinished_workers = 0usize;
     let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(30);
     for w in workers {
         match tokio::time::timeout_at(deadline, w).await {
             Ok(Ok((h, e))) => {
-                hist.add(&h)?;
+                latency.add(&h)?;
                 errors += e;
             }
-            _ => unfinished += 1,
+            _ => unfinished_workers += 1,
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
     pacer
         .join()
         .map_err(|_| anyhow::anyhow!("pacer panicked"))?;
-    Ok(json!({
-        "rate": rate,
-        "sent": total,
-        "achieved_rate": hist.len() as f64 / elapsed,
-        "errors": errors,
-        "unfinished_workers": unfinished,
-        "latency_us": percentiles_us(&hist),
-    }))
+    Ok(Paced {
+        rate,
+        sent: total,
+        elapsed,
+        latency,
+        errors,
+        unfinished_workers,
+    })
 }

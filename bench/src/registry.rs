@@ -1,5 +1,5 @@
-//! Registry load: many registrations over HTTP, and how soon blocking watchers see a
-//! deregistration.
+//! Registry load: many registrations over HTTP, heartbeats at a fixed rate, lookups, and
+//! how soon blocking watchers see a deregistration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::conn::Conn;
+use crate::load::{self, Request};
 use crate::{histogram, percentiles_us};
 
 const HOST: &str = "registry";
@@ -58,6 +59,97 @@ pub async fn register(
     Ok(
         json!({ "registered": count, "errors": errors, "seconds": secs, "per_second": count as f64 / secs }),
     )
+}
+
+/// Heartbeats at a fixed rate (open loop) to the instances `register` created: the k-th
+/// heartbeat goes to instance `i-{k mod instances}`.
+pub async fn heartbeat(
+    registry: SocketAddr,
+    rate: u64,
+    duration: Duration,
+    instances: u64,
+    per_service: u64,
+    connections: usize,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        instances > 0 && per_service > 0,
+        "instances and per-service must be > 0"
+    );
+    let run = load::paced(registry, HOST, rate, duration, connections, move |i| {
+        let k = i % instances;
+        let path = format!(
+            "/v1/services/svc-{}/instances/i-{k}/heartbeat",
+            k / per_service
+        );
+        Request::new(http::Method::PUT, path)
+    })
+    .await?;
+    let mut out = run.to_json();
+    out["instances"] = json!(instances);
+    Ok(out)
+}
+
+/// Sequential lookups of random services `svc-0` to `svc-{services - 1}` on one keep-alive
+/// connection.
+pub async fn read(
+    registry: SocketAddr,
+    requests: u64,
+    services: u64,
+    warmup: u64,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(services > 0, "services must be > 0");
+    let mut conn = Conn::open(registry).await?;
+    let mut hist = histogram();
+    let mut errors = 0u64;
+    let mut empty = 0u64;
+    let mut bytes = 0u64;
+    // A fixed seed: every run asks for the same services in the same order.
+    let mut rng = SplitMix64(0x6d65_7368);
+    for i in 0..warmup + requests {
+        let path = format!("/v1/services/svc-{}", rng.next() % services);
+        let t0 = Instant::now();
+        let answer = conn.send(http::Method::GET, HOST, &path, None).await;
+        let elapsed = t0.elapsed();
+        if i < warmup {
+            continue;
+        }
+        match answer {
+            Ok((status, _, body)) if status.is_success() => {
+                hist.saturating_record(elapsed.as_nanos() as u64);
+                bytes += body.len() as u64;
+                let listed = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| Some(v.get("instances")?.as_array()?.len()))
+                    .unwrap_or(0);
+                if listed == 0 {
+                    empty += 1;
+                }
+            }
+            _ => errors += 1,
+        }
+    }
+    let answered = hist.len().max(1);
+    Ok(json!({
+        "requests": requests,
+        "services": services,
+        "errors": errors,
+        "empty_answers": empty,
+        "mean_answer_bytes": bytes / answered,
+        "latency_us": percentiles_us(&hist),
+    }))
+}
+
+/// A small deterministic generator (SplitMix64), enough to pick services.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 fn mesh_index(headers: &http::HeaderMap) -> Option<u64> {
