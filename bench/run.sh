@@ -13,9 +13,10 @@
 # leaves S6 out.
 #
 # Needs taskset, python3, curl, wrk, nginx, haproxy, h2load and nghttp (gnuplot for the plot,
-# perf for the profile, both optional). When wrk, nginx, haproxy, h2load or nghttp is missing
-# and the script runs as root on a system with apt-get, it installs them (with gnuplot-nox)
-# first; otherwise it stops and names the package to install.
+# perf for the profile, valgrind for instruction counts: optional). When one of wrk, nginx,
+# haproxy, h2load, nghttp or valgrind is missing and the script runs as root on a system with
+# apt-get, it installs them (with gnuplot-nox) first; otherwise it stops and names the
+# package to install.
 #
 # Load generators run on CPU 0, everything under test (backend, registry, proxies, nginx,
 # HAProxy) on CPU 1, one worker thread each. Targets are interleaved within each
@@ -27,7 +28,9 @@ cd "$(dirname "$0")/.."
 REPS=${BENCH_REPS:-3}
 DURATION=${BENCH_DURATION:-5s}
 RATES=${BENCH_RATES:-"1000 2000 4000"}
-SEQ_REQUESTS=${BENCH_SEQ_REQUESTS:-5000}
+SEQ_REQUESTS=${BENCH_SEQ_REQUESTS:-2000}
+# S1 is short and its p50 moves by tens of µs between runs: many short repetitions.
+SEQ_REPS=${BENCH_SEQ_REPS:-15}
 WRK_DURATION=${BENCH_WRK_DURATION:-5s}
 WATCH_TRIALS=${BENCH_WATCH_TRIALS:-200}
 DEREG_TRIALS=${BENCH_DEREG_TRIALS:-50}
@@ -38,11 +41,11 @@ OUT=${BENCH_OUT:-docs/benchmarks.md}
 SKIP_REGISTRY=${BENCH_SKIP_REGISTRY:-0}
 
 missing=0
-for tool in wrk nginx haproxy h2load nghttp; do command -v "$tool" >/dev/null || missing=1; done
+for tool in wrk nginx haproxy h2load nghttp valgrind; do command -v "$tool" >/dev/null || missing=1; done
 if [ "$missing" = 1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "installing the missing load generators and proxies with apt-get" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy nghttp2-client gnuplot-nox
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy nghttp2-client gnuplot-nox valgrind
 fi
 for tool in taskset wrk nginx haproxy python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx haproxy wrk)" >&2; exit 1; }
@@ -198,8 +201,8 @@ record "{\"scenario\":\"idle\",\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID"),\"
 
 load() { taskset -c 0 "$BIN/mesh-bench" "$@"; }
 
-echo "S1: sequential requests" >&2
-for rep in $(seq "$REPS"); do
+echo "S1: sequential requests ($SEQ_REPS repetitions)" >&2
+for rep in $(seq "$SEQ_REPS"); do
   for t in "${TARGETS[@]}"; do
     read -r name addr host _ <<<"$t"
     r=$(load seq --target "$addr" --host "$host" --requests "$SEQ_REQUESTS")
@@ -335,6 +338,12 @@ if command -v perf >/dev/null && perf record -e cpu-clock -o "$TMP/probe.data" t
     | grep -E '^ +[0-9.]+%' | sed -E 's/ +$//' | head -8 >"$TMP/profile-dso.txt" || true
 fi
 
+if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+  echo "instructions per request (callgrind), mesh-proxy and nginx" >&2
+  r=$(bash bench/instructions.sh 2000)
+  record "{\"scenario\":\"instructions\",\"result\":$r}"
+fi
+
 if [ "$SKIP_REGISTRY" = 1 ]; then
   echo "S6: skipped (BENCH_SKIP_REGISTRY=1)" >&2
 else
@@ -373,7 +382,7 @@ fi
   echo "h2load=$(h2load --version | awk '{print $2}')"
   echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
   echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "reps=$REPS"; echo "duration=$DURATION"; echo "wrk_duration=$WRK_DURATION"; echo "seq=$SEQ_REQUESTS"
+  echo "reps=$REPS"; echo "duration=$DURATION"; echo "wrk_duration=$WRK_DURATION"; echo "seq=$SEQ_REQUESTS"; echo "seq_reps=$SEQ_REPS"
   echo "elapsed_s=$SECONDS"
 } >"$TMP/machine.txt"
 mkdir -p target/bench
