@@ -116,18 +116,9 @@ impl Clients {
         loop {
             let (mut sender, pooled) = match pool.take_h1(secure) {
                 Some(sender) => (sender, true),
-                None => {
-                    let io = self.connect(pool, Wire::Http1, tls).await?;
-                    let (sender, connection) = http1::handshake(TokioIo::new(io))
-                        .await
-                        .map_err(|e| handshake_failed(pool, &e))?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.with_upgrades().await {
-                            tracing::debug!(error = %source_chain(&e), "upstream connection closed");
-                        }
-                    });
-                    (sender, false)
-                }
+                // Boxed: the rare path's futures would otherwise make every request's
+                // future (moved several times per request) over twice as large.
+                None => (Box::pin(self.open_h1(pool, tls)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -158,17 +149,7 @@ impl Clients {
                     match pool.h2(secure) {
                         Some(sender) => (sender, true),
                         None => {
-                            let io = self.connect(pool, Wire::Http2, tls).await?;
-                            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                                .timer(TokioTimer::new())
-                                .handshake(TokioIo::new(io))
-                                .await
-                                .map_err(|e| handshake_failed(pool, &e))?;
-                            tokio::spawn(async move {
-                                if let Err(e) = connection.await {
-                                    tracing::debug!(error = %source_chain(&e), "upstream connection closed");
-                                }
-                            });
+                            let sender = Box::pin(self.open_h2(pool, tls)).await?;
                             pool.set_h2(secure, sender.clone());
                             (sender, false)
                         }
@@ -183,6 +164,44 @@ impl Clients {
                 },
             }
         }
+    }
+
+    /// A new HTTP/1.1 connection, driven by a task of its own.
+    async fn open_h1(
+        &self,
+        pool: &Pool,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<http1::SendRequest<BoxBody>, ProxyError> {
+        let io = self.connect(pool, Wire::Http1, tls).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| handshake_failed(pool, &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %source_chain(&e), "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A new HTTP/2 connection, driven by a task of its own.
+    async fn open_h2(
+        &self,
+        pool: &Pool,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<http2::SendRequest<BoxBody>, ProxyError> {
+        let io = self.connect(pool, Wire::Http2, tls).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| handshake_failed(pool, &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %source_chain(&e), "upstream connection closed");
+            }
+        });
+        Ok(sender)
     }
 
     /// A new connection to the pool's address: TCP, then the TLS handshake when `tls`.
