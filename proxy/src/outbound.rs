@@ -23,7 +23,7 @@ use crate::body::{self, BoxBody};
 use crate::breaker::{Availability, EjectionConfig};
 use crate::deadline::{self, Deadlines};
 use crate::discover::{Destination, Discovery};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, InFlight};
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::{self, Clients, Wire};
 use crate::grpc;
@@ -68,8 +68,8 @@ enum Failure {
 
 /// The outcome of one try.
 enum Tried {
-    /// Pass this answer on.
-    Done(Response<BoxBody>),
+    /// Pass this answer on; the endpoint counts it in flight until its stream ends.
+    Done(Response<BoxBody>, Option<InFlight>),
     /// Failed; `Some(reason)` if another endpoint may be tried.
     Failed(Failure, Option<Reason>),
 }
@@ -186,7 +186,9 @@ impl Outbound {
                 )
                 .await
             {
-                Tried::Done(response) => return forward::observe(response, timer, None),
+                Tried::Done(response, in_flight) => {
+                    return forward::observe(response, timer, in_flight);
+                }
                 Tried::Failed(failure, reason) => {
                     let Some(reason) = reason else {
                         return self.answer(failure, grpc_caller, timer);
@@ -287,13 +289,7 @@ impl Outbound {
             .classify_response(status, response.headers(), grpc_status, retry_failures)
         {
             Some(reason) => Tried::Failed(Failure::Answer(response), Some(reason)),
-            None => {
-                // The endpoint stays counted until the answer's stream ends.
-                let response = response.map(move |b| {
-                    body::boxed(crate::body::Observed::new(b, move |_| drop(in_flight)))
-                });
-                Tried::Done(response)
-            }
+            None => Tried::Done(response, in_flight),
         }
     }
 
