@@ -11,13 +11,15 @@ import statistics
 import subprocess
 import sys
 
-TARGETS = ["direct", "mesh", "sidecars", "nginx", "haproxy"]
+TARGETS = ["direct", "mesh", "sidecars", "sidecars_mtls", "nginx", "haproxy"]
 PROXIES = ["mesh", "sidecars", "nginx", "haproxy"]
-MESH_TARGETS = ["direct", "mesh", "sidecars"]  # S4 and S5: nginx and HAProxy have no equivalent
+MESH_TARGETS = ["direct", "mesh", "sidecars"]  # S5: nginx and HAProxy have no equivalent
+H2_TARGETS = MESH_TARGETS + ["sidecars_mtls"]
 LABEL = {
     "direct": "direct (no proxy)",
     "mesh": "mesh-proxy, one hop",
     "sidecars": "mesh-proxy sidecar pair",
+    "sidecars_mtls": "mesh-proxy sidecar pair, mTLS",
     "nginx": "nginx",
     "haproxy": "HAProxy",
 }
@@ -170,6 +172,9 @@ def main():
     w("  → a second proxy's inbound → backend), **nginx** (`worker_processes 1`, upstream")
     w("  keep-alive 64), **HAProxy** (`nbthread 1`, `http-keep-alive`, `http-reuse always`).")
     w("  mesh-proxy runs with its defaults (retries on, mTLS off) and `--threads 1` (one thread, as nginx and HAProxy get one worker), built with the `dist` profile the images use.")
+    w("  **sidecar pair, mTLS** is a second pair with `--tls strict` on both sides (certificates")
+    w("  from the registry's CA, TLS 1.3, connections kept alive as for plaintext); its client")
+    w("  sidecar has a service name of its own, since mTLS needs an identity.")
     w("- Load generators (`mesh-bench`, `wrk`) on CPU 0, everything under test on CPU 1.")
     w("- Targets are interleaved within each repetition; a ratio is computed within a")
     w("  repetition and the table gives the median over repetitions. \"Added\" is the target's")
@@ -255,7 +260,7 @@ def main():
             w(f"### {title}\n")
             w("| target | requests/s | ÷ direct | mean latency ms | sd ms | errors |")
             w("|---|---|---|---|---|---|")
-            for t in MESH_TARGETS:
+            for t in H2_TARGETS:
                 keys = [k for k in reps if (k, v, t) in s4]
                 res = [s4[(k, v, t)]["result"] for k in keys]
                 rps = med([x["rps"] for x in res])
@@ -345,9 +350,16 @@ def main():
     if instr:
         w(f"valgrind's callgrind counts the user-space instructions of one mesh-proxy hop and of nginx")
         w(f"over the same {instr['requests']:,} sequential requests to the same backend (`bench/instructions.sh`).")
-        w("Unlike timings, the count does not move with the machine's load; it leaves out the")
-        w("kernel's share (syscalls and TCP), which the profile above puts near half of the")
-        w("proxy's CPU and which costs both about the same per request.\n")
+        kernel = None
+        dso_file = os.path.join(src, "profile-dso.txt")
+        if os.path.exists(dso_file):
+            for l in open(dso_file):
+                if "[kernel" in l:
+                    kernel = float(l.split("%")[0])
+        share = f", {kernel:.0f} % of the proxy's samples in the profile above," if kernel is not None else ""
+        w("Unlike timings, the count does not move with the machine's load. It leaves out the")
+        w(f"kernel's share (syscalls and TCP){share} which is about the same per request for")
+        w("any proxy making the same reads and writes.\n")
         w("| | instructions per request |\n|---|---|")
         w(f"| mesh-proxy, one hop | {f(instr['mesh_per_request'])} |")
         w(f"| nginx | {f(instr['nginx_per_request'])} |")
@@ -425,8 +437,6 @@ def main():
     else:
         w("Not run.\n")
 
-    w("## Not run\n")
-    w("- mTLS between sidecars: every figure above is with `--tls off`.\n")
 
     open(out, "w").write("\n".join(o))
 

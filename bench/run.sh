@@ -72,7 +72,12 @@ trap 'exit 130' INT TERM
 BACKEND=$((BASE + 0)); REGISTRY=$((BASE + 1)); OUTBOUND=$((BASE + 2)); ADMIN=$((BASE + 3))
 INBOUND=$((BASE + 4)); SC_OUTBOUND=$((BASE + 5)); SC_ADMIN=$((BASE + 6)); NGINX=$((BASE + 7))
 HAPROXY=$((BASE + 8)); REGISTRY2=$((BASE + 9))
-for p in $(seq "$BASE" $((BASE + 9))); do
+# The mTLS sidecar pair: a client sidecar (mTLS needs a service identity, so it has one) and
+# a server sidecar for the service backend-tls, both with --tls strict.
+TLS_CLIENT_INBOUND=$((BASE + 10)); TLS_OUTBOUND=$((BASE + 11)); TLS_ADMIN=$((BASE + 12))
+TLS_INBOUND=$((BASE + 13)); TLS_SC_OUTBOUND=$((BASE + 14)); TLS_SC_ADMIN=$((BASE + 15))
+JOIN_TOKEN=bench-join-token
+for p in $(seq "$BASE" $((BASE + 15))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "port $p is in use; set BENCH_PORT_BASE" >&2; exit 1; fi
 done
 
@@ -99,7 +104,7 @@ metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v p="$2" 'index($0, p)
 
 echo "starting the targets" >&2
 under_test "$BIN/mesh-bench" backend --listen "127.0.0.1:$BACKEND"
-under_test "$BIN/mesh-registry" --listen "127.0.0.1:$REGISTRY"
+under_test "$BIN/mesh-registry" --listen "127.0.0.1:$REGISTRY" --ca-dir "$TMP/ca" --join-token "$JOIN_TOKEN"
 REGISTRY_PID=$!
 wait_port "$BACKEND"; wait_port "$REGISTRY"
 curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$REGISTRY/v1/services/bench/instances/b1" \
@@ -112,6 +117,16 @@ under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --service b
   --app "127.0.0.1:$BACKEND" --inbound "127.0.0.1:$INBOUND" --advertise "127.0.0.1:$INBOUND" \
   --outbound "127.0.0.1:$SC_OUTBOUND" --admin "127.0.0.1:$SC_ADMIN" --retry-attempts 3 --threads 1
 SIDECAR_PID=$!
+under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --service bench-client \
+  --app "127.0.0.1:$BACKEND" --inbound "127.0.0.1:$TLS_CLIENT_INBOUND" --advertise "127.0.0.1:$TLS_CLIENT_INBOUND" \
+  --outbound "127.0.0.1:$TLS_OUTBOUND" --admin "127.0.0.1:$TLS_ADMIN" --retry-attempts 3 --threads 1 \
+  --tls strict --join-token "$JOIN_TOKEN"
+TLS_CLIENT_PID=$!
+under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --service backend-tls \
+  --app "127.0.0.1:$BACKEND" --inbound "127.0.0.1:$TLS_INBOUND" --advertise "127.0.0.1:$TLS_INBOUND" \
+  --outbound "127.0.0.1:$TLS_SC_OUTBOUND" --admin "127.0.0.1:$TLS_SC_ADMIN" --retry-attempts 3 --threads 1 \
+  --tls strict --join-token "$JOIN_TOKEN"
+TLS_SIDECAR_PID=$!
 
 mkdir -p "$TMP/nginx/logs"
 cat >"$TMP/nginx/nginx.conf" <<CONF
@@ -160,7 +175,7 @@ backend be
 CONF
 under_test haproxy -f "$TMP/haproxy.cfg" -db
 HAPROXY_PID=$!
-for p in $OUTBOUND $INBOUND $NGINX $HAPROXY; do wait_port "$p"; done
+for p in $OUTBOUND $INBOUND $NGINX $HAPROXY $TLS_OUTBOUND $TLS_INBOUND; do wait_port "$p"; done
 NGINX_PIDS="$NGINX_PID $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null || true)"
 
 # The sidecar registers itself; wait until the client proxy routes to it.
@@ -169,6 +184,13 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 curl -fsS -o /dev/null -H 'Host: bench' "http://127.0.0.1:$OUTBOUND/"
+for _ in $(seq 100); do
+  curl -fsS -o /dev/null -H 'Host: backend-tls' "http://127.0.0.1:$TLS_OUTBOUND/" 2>/dev/null && break
+  sleep 0.1
+done
+curl -fsS -o /dev/null -H 'Host: backend-tls' "http://127.0.0.1:$TLS_OUTBOUND/"
+[ "$(metric "$TLS_SC_ADMIN" 'mesh_inbound_connections_total{tls="tls"}')" -ge 1 ] \
+  || { echo "the mTLS pair did not connect over TLS" >&2; exit 1; }
 
 # S4's targets (name, address, :authority) and its unary gRPC call: a 5-byte prefix (not
 # compressed, length 7) and a 7-byte protobuf message. The backend answers with one 9-byte
@@ -177,6 +199,7 @@ H2_TARGETS=(
   "direct 127.0.0.1:$BACKEND bench"
   "mesh 127.0.0.1:$OUTBOUND bench"
   "sidecars 127.0.0.1:$OUTBOUND backend"
+  "sidecars_mtls 127.0.0.1:$TLS_OUTBOUND backend-tls"
 )
 GRPC_REQ=$TMP/grpc-request.bin
 GRPC_ANSWER_BYTES=9
@@ -195,6 +218,7 @@ TARGETS=(
   "sidecars 127.0.0.1:$OUTBOUND backend $MESH_PID,$SIDECAR_PID"
   "nginx 127.0.0.1:$NGINX bench ${NGINX_PIDS// /,}"
   "haproxy 127.0.0.1:$HAPROXY bench $HAPROXY_PID"
+  "sidecars_mtls 127.0.0.1:$TLS_OUTBOUND backend-tls $TLS_CLIENT_PID,$TLS_SIDECAR_PID"
 )
 sleep 1
 record "{\"scenario\":\"idle\",\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID"),\"sidecar_rss_kb\":$(status_kb VmRSS "$SIDECAR_PID"),\"nginx_rss_kb\":$(status_kb VmRSS $NGINX_PIDS),\"haproxy_rss_kb\":$(status_kb VmRSS "$HAPROXY_PID"),\"registry_rss_kb\":$(status_kb VmRSS "$REGISTRY_PID")}"
