@@ -10,6 +10,8 @@
 # Called by bench/run.sh when valgrind is installed. Binaries come from target/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/nginx.sh
+source bench/nginx.sh
 
 REQUESTS=${1:-2000}
 BASE=${BENCH_INSTR_PORT_BASE:-18150}
@@ -57,28 +59,7 @@ wait_port "$PROXY"
 mesh=$(count "$MESH" "$PROXY" "$TMP/cg.mesh")
 wait "$MESH" 2>/dev/null || true
 
-mkdir -p "$TMP/nginx/logs"
-cat >"$TMP/nginx/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+nginx_conf "$TMP/nginx" "$NGINX" "$BACKEND" "daemon off; master_process off;"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.nginx" \
   nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" >>"$TMP/log" 2>&1 &
 NGINX_PID=$!

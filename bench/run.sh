@@ -24,6 +24,8 @@
 # a noisy machine when absolute figures are not. Only 127.0.0.1 is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/nginx.sh
+source bench/nginx.sh
 
 REPS=${BENCH_REPS:-3}
 DURATION=${BENCH_DURATION:-5s}
@@ -128,31 +130,7 @@ under_test "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --service b
   --tls strict --join-token "$JOIN_TOKEN"
 TLS_SIDECAR_PID=$!
 
-mkdir -p "$TMP/nginx/logs"
-cat >"$TMP/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
-  keepalive_requests 10000000;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; keepalive_requests 10000000; }
-  server {
-    listen 127.0.0.1:$NGINX;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
+nginx_conf "$TMP/nginx" "$NGINX" "$BACKEND"
 under_test nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;'
 NGINX_PID=$!
 cat >"$TMP/haproxy.cfg" <<CONF
