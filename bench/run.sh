@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite on this machine and writes docs/benchmarks.md.
 #
-#   bench/run.sh                 # about 10 minutes on 2 cores, after the build
+#   bench/run.sh                 # about 11 minutes on 2 cores after the build (16 from a clean clone)
 #   BENCH_REPS=1 BENCH_DURATION=2s BENCH_WRK_DURATION=2s BENCH_OUT=/tmp/b.md bench/run.sh  # a quick look
 #
 # Scenarios: S1 sequential hop cost, S2 open-loop fixed rates, S5 the same rates with
