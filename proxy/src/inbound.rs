@@ -33,8 +33,8 @@ pub struct Inbound {
     /// None: speak to the app in the caller's HTTP version.
     pub app_protocol: Option<AppProtocol>,
     pub clients: Clients,
-    /// Connections to the app.
-    pub pool: Pool,
+    /// Connections to the app (the health checks use them too).
+    pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     /// The inbound series of `service`.
     pub service_metrics: Arc<ServiceMetrics>,

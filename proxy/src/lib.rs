@@ -189,12 +189,14 @@ pub async fn run(
     if let (Some(service), Some(app), Some(inbound_listener)) =
         (&config.service, config.app, listeners.inbound)
     {
+        // The app's connections, shared by peers' calls and the health checks.
+        let app_pool = Arc::new(pool::Pool::new(app.to_string()));
         let inbound = Arc::new(Inbound {
             service: service.clone(),
             app,
             app_protocol: config.app_protocol,
             clients: clients.clone(),
-            pool: pool::Pool::new(app.to_string()),
+            pool: app_pool.clone(),
             metrics: metrics.clone(),
             service_metrics: metrics.service(Direction::Inbound, service),
             allow: config.allow.clone(),
@@ -229,6 +231,7 @@ pub async fn run(
             app,
             check,
             clients.clone(),
+            app_pool,
             config.health_interval,
             health_tx,
         ));

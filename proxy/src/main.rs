@@ -10,18 +10,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let config = Config::parse();
-    let runtime = match config.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.into())
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+    let mut builder = match config.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.into());
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
+    let runtime = builder.enable_all().build();
     match runtime {
         Ok(runtime) => runtime.block_on(start(config)),
         Err(e) => {

@@ -338,7 +338,7 @@ impl ServiceMetrics {
     }
 
     fn response(&self, status: StatusCode, grpc_status: Option<u32>, failure: bool) {
-        let classification = if failure { "failure" } else { "success" };
+        let classification = classification(failure);
         let common = match (status, grpc_status, failure) {
             (StatusCode::OK, None, false) => Some(0),
             (StatusCode::OK, Some(0), false) => Some(1),
@@ -363,14 +363,18 @@ impl ServiceMetrics {
 
     fn latency(&self, failure: bool) -> &Histogram {
         self.latency[usize::from(failure)].get_or_init(|| {
-            let classification = if failure { "failure" } else { "success" };
             self.metrics.latency.with_label_values(&[
                 self.direction.as_str(),
                 &self.service,
-                classification,
+                classification(failure),
             ])
         })
     }
+}
+
+/// The `classification` label value.
+fn classification(failure: bool) -> &'static str {
+    if failure { "failure" } else { "success" }
 }
 
 /// Records one response when it completes.

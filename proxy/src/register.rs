@@ -2,6 +2,7 @@
 //! with that health as its status.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,10 +52,10 @@ pub async fn watch_health(
     app: SocketAddr,
     check: Check,
     clients: Clients,
+    pool: Arc<Pool>,
     interval: Duration,
     status: watch::Sender<Status>,
 ) {
-    let pool = Pool::new(app.to_string());
     loop {
         let now =
             match tokio::time::timeout(CHECK_TIMEOUT, probe(app, &check, &clients, &pool)).await {
