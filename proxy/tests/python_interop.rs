@@ -5,41 +5,24 @@
 //! generated from the service's `.proto` at test time.
 
 mod common;
+#[path = "../../demo-services/recommendations/tests/support/python.rs"]
+mod python;
 
 use std::path::{Path, PathBuf};
 
 use common::{Registry, Sidecar, SidecarSpec};
 use mesh_proxy::inbound::AppProtocol;
+use python::python;
 use serde_json::{Value, json};
 use tokio::process::Command;
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
 
 fn service_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo-services/recommendations")
 }
 
-/// Python stubs for the service's `.proto`, generated into a temporary directory.
+/// Python stubs for the service's `.proto`.
 async fn stubs() -> tempfile::TempDir {
-    let stubs = tempfile::tempdir().unwrap();
-    let proto = service_dir().join("proto");
-    let protoc = Command::new(python())
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("--proto_path={}", proto.display()))
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .arg(proto.join("recommendations.proto"))
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
-    assert!(
-        protoc.status.success(),
-        "generating stubs needs grpcio-tools: pip install -r requirements-test.txt\n{}",
-        String::from_utf8_lossy(&protoc.stderr)
-    );
-    stubs
+    python::stubs(&service_dir().join("proto")).await
 }
 
 #[tokio::test]
@@ -75,12 +58,7 @@ async fn a_grpcio_client_gets_books_and_not_found_through_the_mesh() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "the Python client failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python::check("the Python client", &output);
     let mut result: Value = serde_json::from_slice(&output.stdout).unwrap();
     let books = result["success"]["books"].as_array_mut().unwrap();
     books.sort_by_key(|book| book[0].as_i64());

@@ -5,59 +5,21 @@
 //! Needs `python3` with grpcio: `pip install grpcio grpcio-tools`. The interpreter can be
 //! chosen with the `PYTHON` environment variable.
 
+#[path = "support/python.rs"]
+mod python;
 mod support;
 
-use std::{path::Path, process::Output};
+use std::path::Path;
 
+use python::{check, python};
 use recommendations::Config;
 use serde_json::{Value, json};
 use support::Server;
 use tokio::process::Command;
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn check(what: &str, output: &Output) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-}
-
-/// Generates the Python stubs for `proto/recommendations.proto` into `out`.
-async fn generate_stubs(out: &Path) {
-    let probe = Command::new(python())
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; install Python 3", python()));
-    assert!(
-        probe.status.success(),
-        "this test needs Python's grpcio: run `pip install grpcio grpcio-tools`\n{}",
-        String::from_utf8_lossy(&probe.stderr),
-    );
-
-    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let protoc = Command::new(python())
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("--proto_path={}", proto_dir.display()))
-        .arg(format!("--python_out={}", out.display()))
-        .arg(format!("--grpc_python_out={}", out.display()))
-        .arg(proto_dir.join("recommendations.proto"))
-        .output()
-        .await
-        .unwrap();
-    check("grpc_tools.protoc", &protoc);
-}
-
 #[tokio::test]
 async fn python_grpcio_client_gets_books_and_not_found() {
-    let stubs = tempfile::tempdir().unwrap();
-    generate_stubs(stubs.path()).await;
+    let stubs = python::stubs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")).await;
 
     let config = Config {
         instance_name: "reco-py".parse().unwrap(),
