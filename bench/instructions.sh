@@ -10,8 +10,8 @@
 # Called by bench/run.sh when valgrind is installed. Binaries come from target/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=bench/nginx.sh
-source bench/nginx.sh
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 REQUESTS=${1:-2000}
 BASE=${BENCH_INSTR_PORT_BASE:-18150}
@@ -19,17 +19,8 @@ BIN=$PWD/target/dist
 BACKEND=$BASE; REGISTRY=$((BASE + 1)); PROXY=$((BASE + 2)); ADMIN=$((BASE + 3)); NGINX=$((BASE + 4))
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on $1" >&2; exit 1
-}
 
 # Counts the instructions `pid` runs while REQUESTS sequential requests go through `port`.
 count() {
@@ -55,7 +46,7 @@ valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.mesh"
   "$BIN/mesh-proxy" --registry "http://127.0.0.1:$REGISTRY" --outbound "127.0.0.1:$PROXY" \
   --admin "127.0.0.1:$ADMIN" --threads 1 >>"$TMP/log" 2>&1 &
 MESH=$!
-wait_port "$PROXY"
+wait_port "$PROXY" 300  # valgrind starts slowly
 mesh=$(count "$MESH" "$PROXY" "$TMP/cg.mesh")
 wait "$MESH" 2>/dev/null || true
 
@@ -63,7 +54,7 @@ nginx_conf "$TMP/nginx" "$NGINX" "$BACKEND" "daemon off; master_process off;"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.nginx" \
   nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" >>"$TMP/log" 2>&1 &
 NGINX_PID=$!
-wait_port "$NGINX"
+wait_port "$NGINX" 300
 nginx=$(count "$NGINX_PID" "$NGINX" "$TMP/cg.nginx")
 wait "$NGINX_PID" 2>/dev/null || true
 

@@ -24,8 +24,8 @@
 # a noisy machine when absolute figures are not. Only 127.0.0.1 is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=bench/nginx.sh
-source bench/nginx.sh
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 REPS=${BENCH_REPS:-3}
 DURATION=${BENCH_DURATION:-5s}
@@ -63,11 +63,6 @@ TMP=$(mktemp -d)
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
 PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -85,10 +80,6 @@ done
 
 # Logs of the processes under test go to files: a terminal would slow them down.
 under_test() { TOKIO_WORKER_THREADS=1 taskset -c 1 "$@" >>"$TMP/under-test.log" 2>&1 & PIDS+=($!); }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on $1" >&2; exit 1
-}
 # Stops background loops started by this script (they exit at their next check, within a
 # second) and forgets their PIDs.
 stop_bg() {
