@@ -149,8 +149,12 @@ impl State {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let Some(target) = target(uri.path()) else {
-            let message = format!("no route for {}; see /openapi.json", uri.path());
-            return (Route::Unknown, Err(ApiError::NotFound(message)));
+            let message = format!(
+                "no route for {}; see /openapi.json (a client's registry URL must be just \
+                 http://host:port)",
+                uri.path()
+            );
+            return (Route::Unknown, Err(ApiError::NoRoute(message)));
         };
         let query = uri.query();
         match (method, target) {

@@ -38,8 +38,13 @@ pub enum Error {
 pub enum ApiError {
     #[error("{message}")]
     InvalidArgument { field: String, message: String },
+    /// No such instance (or no CA, on the CA routes).
     #[error("{0}")]
     NotFound(String),
+    /// No such route: a distinct code, so a client under a wrong base URL can tell it
+    /// from an unknown instance (which it would answer by registering again).
+    #[error("{0}")]
+    NoRoute(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("method {method} is not allowed here; allowed: {allow}")]
@@ -71,6 +76,7 @@ impl ApiError {
                 Some(field.as_str()),
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route", None),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)

@@ -321,7 +321,19 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
     let r = TestRegistry::start_default().await;
     let missing = r.raw(GET, "/v2/anything", &[], Bytes::new()).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    assert_eq!(missing.error_code(), "not_found");
+    // Not `not_found`: a client reaching the registry under a wrong URL must be able to
+    // tell this from "no such instance".
+    assert_eq!(missing.error_code(), "no_route");
+    let prefixed = r
+        .raw(
+            PUT,
+            "/v1/v1/services/web/instances/a/heartbeat",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(prefixed.status, StatusCode::NOT_FOUND);
+    assert_eq!(prefixed.error_code(), "no_route");
 
     for (method, path, allow) in [
         (Method::POST, "/v1/services", "GET"),

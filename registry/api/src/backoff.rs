@@ -27,12 +27,27 @@ impl Backoff {
 
     /// The delay before the next attempt, after one more failure.
     pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.next_ceiling();
+        rand::rng().random_range(Duration::ZERO..=ceiling)
+    }
+
+    /// Like [`Backoff::next_delay`], but drawn from the upper half below the ceiling and
+    /// never shorter than `base`: for loops that must slow down for certain, not only on
+    /// average, because each attempt costs the other side a request.
+    pub fn next_delay_at_least_base(&mut self) -> Duration {
+        let ceiling = self.next_ceiling();
+        let floor = (ceiling / 2).max(self.base).min(ceiling);
+        rand::rng().random_range(floor..=ceiling)
+    }
+
+    /// The current ceiling, counting one more failure.
+    fn next_ceiling(&mut self) -> Duration {
         let ceiling = self
             .base
             .saturating_mul(1u32 << self.failures.min(20))
             .min(self.cap);
         self.failures = self.failures.saturating_add(1);
-        rand::rng().random_range(Duration::ZERO..=ceiling)
+        ceiling
     }
 
     /// Back to `base` after a success.
@@ -66,5 +81,17 @@ mod tests {
         assert_eq!(b.failures(), 7);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(10));
+    }
+
+    #[test]
+    fn floored_delays_are_never_below_base_nor_half_the_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+        for (low, high) in [(10, 10), (10, 20), (20, 40), (40, 80), (50, 100), (50, 100)] {
+            let d = b.next_delay_at_least_base();
+            assert!(
+                (Duration::from_millis(low)..=Duration::from_millis(high)).contains(&d),
+                "{d:?} not within {low}-{high} ms"
+            );
+        }
     }
 }

@@ -48,12 +48,26 @@ pub enum ClientError {
     Api { status: u16, detail: ErrorDetail },
     #[error("registry answered {status} with an unreadable body: {reason}")]
     BadResponse { status: u16, reason: String },
+    /// A 404 for the route itself rather than for an instance: whatever answered is not
+    /// the registry API at that URL (a path prefix, another server on the port).
+    #[error(
+        "{url} answered 404 ({reason}): the registry URL looks wrong; it must be just \
+         http://host:port"
+    )]
+    NoRoute { url: String, reason: String },
 }
 
 impl ClientError {
-    /// The registry does not know the instance (a heartbeat after its lease was dropped).
+    /// The registry does not know the instance (a heartbeat after its lease was dropped),
+    /// or, on the CA routes, has no CA: a 404 whose code is `not_found`. A 404 for the
+    /// route itself is [`ClientError::NoRoute`] instead.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ClientError::Api { status: 404, .. })
+        matches!(self, ClientError::Api { status: 404, detail } if detail.code == "not_found")
+    }
+
+    /// What answered has no such route: the registry URL is wrong.
+    pub fn is_no_route(&self) -> bool {
+        matches!(self, ClientError::NoRoute { .. })
     }
 
     /// Worth retrying later: the registry was unreachable, slow or failing, rather than
@@ -64,7 +78,9 @@ impl ClientError {
             ClientError::Api { status, .. } | ClientError::BadResponse { status, .. } => {
                 *status >= 500
             }
-            ClientError::InvalidUrl { .. } | ClientError::InvalidArgument { .. } => false,
+            ClientError::InvalidUrl { .. }
+            | ClientError::InvalidArgument { .. }
+            | ClientError::NoRoute { .. } => false,
         }
     }
 }
@@ -81,8 +97,8 @@ pub struct Client {
 // === impl Client ===
 
 impl Client {
-    /// A client for the registry at `url` (`http://host:port`; a bare `host:port` means
-    /// http). TLS to the registry is not supported.
+    /// A client for the registry at `url` (`http://host:port`, optionally with a trailing
+    /// `/`; a bare `host:port` means http). TLS to the registry is not supported.
     pub fn new(url: &str) -> Result<Self, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidUrl {
             url: url.to_owned(),
@@ -99,6 +115,13 @@ impl Client {
         }
         if uri.authority().is_none() {
             return Err(invalid("missing host"));
+        }
+        // Every route is absolute (`/v1/...`): a path here would be prepended to all of
+        // them, and the registry would answer 404 to everything.
+        if uri.path() != "/" || uri.query().is_some() {
+            return Err(invalid(
+                "the registry URL must be just http://host:port, without a path or a query",
+            ));
         }
         let base = with_scheme.trim_end_matches('/').to_owned();
         let http = HttpClient::builder(TokioExecutor::new())
@@ -288,7 +311,7 @@ impl Client {
                 base: self.base.to_string(),
                 timeout,
             })??;
-        decode(status, &bytes)
+        decode(&format!("{}{path_and_query}", self.base), status, &bytes)
     }
 
     fn transport(&self, e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
@@ -299,7 +322,13 @@ impl Client {
     }
 }
 
-fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+/// The answer to a request for `url`.
+fn decode<T: DeserializeOwned>(
+    url: &str,
+    status: StatusCode,
+    bytes: &[u8],
+) -> Result<T, ClientError> {
+    let shown = || String::from_utf8_lossy(bytes).chars().take(200).collect();
     let bad = |reason: String| ClientError::BadResponse {
         status: status.as_u16(),
         reason,
@@ -309,15 +338,27 @@ fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, Cl
         let bytes = if bytes.is_empty() { b"null" } else { bytes };
         return serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()));
     }
-    match serde_json::from_slice::<ErrorBody>(bytes) {
+    let body = serde_json::from_slice::<ErrorBody>(bytes);
+    // Only the registry's own "no such instance" is one: re-registering on any other 404
+    // would loop against a server that has no such route at all.
+    if status == StatusCode::NOT_FOUND && !body.as_ref().is_ok_and(|b| b.error.code == "not_found")
+    {
+        let reason = match body {
+            Ok(body) => format!("{}: {}", body.error.code, body.error.message),
+            Err(_) if bytes.is_empty() => "an empty body".to_owned(),
+            Err(_) => format!("not the registry's JSON: {}", shown()),
+        };
+        return Err(ClientError::NoRoute {
+            url: url.to_owned(),
+            reason,
+        });
+    }
+    match body {
         Ok(body) => Err(ClientError::Api {
             status: status.as_u16(),
             detail: body.error,
         }),
-        Err(_) => Err(bad(String::from_utf8_lossy(bytes)
-            .chars()
-            .take(200)
-            .collect())),
+        Err(_) => Err(bad(shown())),
     }
 }
 
@@ -340,6 +381,8 @@ fn check_names(service: &str, id: &str) -> Result<(), ClientError> {
 mod tests {
     use super::*;
 
+    const URL: &str = "http://r:7700/v1/services/web/instances/a/heartbeat";
+
     #[test]
     fn urls() {
         assert_eq!(
@@ -352,12 +395,38 @@ mod tests {
     }
 
     #[test]
+    fn urls_with_a_path_or_a_query_are_refused() {
+        for url in [
+            "http://r:7700/v1",
+            "r:7700/v1/",
+            "http://r:7700/?x=1",
+            "http://r:7700?x",
+        ] {
+            let err = Client::new(url).err().expect(url).to_string();
+            assert!(err.contains("just http://host:port"), "{url}: {err}");
+        }
+    }
+
+    #[test]
     fn error_bodies_become_api_errors() {
         let body = br#"{"error":{"code":"not_found","message":"no such instance"}}"#;
-        let err = decode::<Lease>(StatusCode::NOT_FOUND, body).unwrap_err();
+        let err = decode::<Lease>(URL, StatusCode::NOT_FOUND, body).unwrap_err();
         assert!(err.is_not_found());
         assert!(!err.is_transient());
-        let err = decode::<Lease>(StatusCode::BAD_GATEWAY, b"<html>").unwrap_err();
+        let err = decode::<Lease>(URL, StatusCode::BAD_GATEWAY, b"<html>").unwrap_err();
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn only_a_404_not_found_means_an_unknown_instance() {
+        let no_route = br#"{"error":{"code":"no_route","message":"no route for /v1/v1"}}"#;
+        for body in [&no_route[..], b"<html>Not Found</html>", b""] {
+            let err = decode::<Lease>(URL, StatusCode::NOT_FOUND, body).unwrap_err();
+            assert!(!err.is_not_found(), "{err}");
+            assert!(
+                err.to_string().contains("registry URL looks wrong"),
+                "{err}"
+            );
+        }
     }
 }

@@ -2,9 +2,12 @@
 //! re-register when the registry forgot us, deregister on shutdown.
 
 use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::types::{Heartbeat, Registration, Status};
 use crate::{Backoff, Client};
@@ -42,8 +45,11 @@ impl Registrar {
     /// Runs until `shutdown` resolves, then deregisters (best effort, bounded) and returns.
     ///
     /// `health` is the instance's current status: each heartbeat reports it, and a change
-    /// is reported at once rather than at the next beat. Registry errors never end the
+    /// is reported at once rather than at the next beat. A value re-sent unchanged wakes
+    /// nothing: health checkers may publish every verdict. Registry errors never end the
     /// loop: it retries with backoff, because a sidecar must outlive registry outages.
+    /// Every retry waits at least the backoff's base, also a re-registration after the
+    /// registry forgot the instance, so no answer can make the loop spin.
     pub async fn run(
         self,
         mut health: watch::Receiver<Status>,
@@ -58,26 +64,42 @@ impl Registrar {
             let status = *health.borrow_and_update();
             let delay = match self.attempt(registered, status).await {
                 Ok(()) => {
-                    backoff.reset();
+                    // Only a heartbeat that went through proves the registry keeps us: a
+                    // registration forgotten at once must not reset the backoff.
+                    if registered {
+                        backoff.reset();
+                    }
                     registered = true;
                     beat
                 }
-                Err(e) if e.is_not_found() => {
+                Err(e) if registered && e.is_not_found() => {
                     tracing::info!(service = %self.service, id = %self.id, "registry forgot this instance; registering again");
                     registered = false;
-                    Duration::ZERO
+                    backoff.next_delay_at_least_base()
+                }
+                Err(e) if e.is_no_route() || e.is_not_found() => {
+                    tracing::error!(service = %self.service, id = %self.id, registry = %self.client.base_url(), error = %e, "the registry has no such route: the registry URL looks wrong (it must be just http://host:port); will retry");
+                    backoff.next_delay_at_least_base()
                 }
                 Err(e) => {
                     tracing::warn!(service = %self.service, id = %self.id, error = %e, "registry call failed; will retry");
-                    backoff.next_delay()
+                    backoff.next_delay_at_least_base()
                 }
             };
             self.registered
                 .send_if_modified(|r| std::mem::replace(r, registered) != registered);
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = tokio::time::sleep(delay) => {}
-                changed = health.changed(), if health_open => health_open = changed.is_ok(),
+            if self
+                .wait(
+                    Instant::now() + delay,
+                    status,
+                    &mut health,
+                    &mut health_open,
+                    &mut shutdown,
+                )
+                .await
+                .is_break()
+            {
+                break;
             }
         }
         self.registered.send_replace(false);
@@ -93,6 +115,31 @@ impl Registrar {
             }
             Err(_) => {
                 tracing::warn!(service = %self.service, id = %self.id, "deregistration timed out")
+            }
+        }
+    }
+
+    /// Sleeps until `deadline`, or until `health` turns to a status other than `sent`
+    /// (checkers re-send an unchanged status; that must not move the beat). Breaks when
+    /// `shutdown` resolves.
+    async fn wait(
+        &self,
+        deadline: Instant,
+        sent: Status,
+        health: &mut watch::Receiver<Status>,
+        health_open: &mut bool,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> ControlFlow<()> {
+        loop {
+            tokio::select! {
+                () = shutdown.as_mut() => return ControlFlow::Break(()),
+                () = tokio::time::sleep_until(deadline) => return ControlFlow::Continue(()),
+                changed = health.changed(), if *health_open => {
+                    *health_open = changed.is_ok();
+                    if *health_open && *health.borrow_and_update() != sent {
+                        return ControlFlow::Continue(());
+                    }
+                }
             }
         }
     }
