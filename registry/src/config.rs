@@ -100,7 +100,15 @@ impl Config {
         if self.snapshot_debounce > Duration::from_secs(60) {
             return Err("--snapshot-debounce must be at most 60s".into());
         }
-        if (self.ca_cert.is_some() || self.ca_dir.is_some())
+        let has_ca = self.ca_cert.is_some() || self.ca_dir.is_some();
+        if !has_ca && self.join_token.is_some() {
+            return Err(
+                "--join-token needs a CA to sign with: add --ca-dir DIR, or --ca-cert FILE \
+                 and --ca-key FILE (without a CA the registry issues no certificates)"
+                    .into(),
+            );
+        }
+        if has_ca
             && self
                 .join_token
                 .as_deref()
@@ -169,5 +177,24 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("--token"));
+    }
+
+    #[test]
+    fn a_join_token_without_a_ca_is_refused_naming_the_missing_flags() {
+        let c = Config {
+            join_token: Some("s3cret".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("--join-token"), "{err}");
+        assert!(
+            err.contains("--ca-dir") && err.contains("--ca-cert"),
+            "{err}"
+        );
+        let with_ca = Config {
+            ca_dir: Some("/var/lib/mesh/ca".into()),
+            ..c
+        };
+        assert!(with_ca.validate().is_ok());
     }
 }
