@@ -371,21 +371,34 @@ fn check_bearer(
     expected: Option<&[u8]>,
     what: &'static str,
 ) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::Unauthorized(format!(
-                "this request needs an Authorization: Bearer header with {what}"
-            ))
-        })?;
+    let presented = bearer_token(headers, what)?;
     match expected {
         Some(token) if bool::from(presented.as_bytes().ct_eq(token)) => Ok(()),
         _ => Err(ApiError::Unauthorized(format!(
             "the bearer token is not {what}"
         ))),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case (RFC 9110 makes authentication schemes case-insensitive) and
+/// whitespace around the parts is ignored.
+fn bearer_token<'h>(headers: &'h HeaderMap, what: &str) -> Result<&'h str, ApiError> {
+    let missing = || {
+        ApiError::Unauthorized(format!(
+            "this request needs an Authorization: Bearer header with {what}"
+        ))
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(missing)?;
+    let (scheme, token) = value.trim().split_once([' ', '\t']).ok_or_else(missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(missing());
+    }
+    Ok(token)
 }
 
 fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
@@ -441,6 +454,40 @@ mod tests {
         assert_eq!(target("/v1/services/web/instances"), None);
         assert_eq!(target("/"), None);
         assert_eq!(target("//v1/services"), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_whitespace_tolerated() {
+        let check = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            check_bearer(&headers, Some(b"s3cret"), "the registry token")
+        };
+        for good in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR s3cret",
+            "  Bearer   s3cret  ",
+            "Bearer\ts3cret",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "Bearer s3cres",
+            "Bearer s3cret2",
+            "Bearers3cret",
+            "Basic s3cret",
+            "Bearer",
+            "Bearer ",
+            "s3cret",
+            "Bearer s3 cret",
+        ] {
+            assert!(
+                matches!(check(bad), Err(ApiError::Unauthorized(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -377,6 +377,13 @@ async fn with_a_token_writes_need_it_and_reads_do_not() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     let delete = r.raw(DELETE, path, &[], Bytes::new()).await;
     assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+    // Authentication schemes are case-insensitive (RFC 9110, section 11.1).
+    for header in ["bearer s3cret", "BEARER s3cret", " Bearer  s3cret "] {
+        let answer = r
+            .raw(PUT, path, &[JSON, ("authorization", header)], body)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{header:?}: {}", answer.text);
+    }
 
     let client = r.client.clone().with_token("s3cret");
     client
