@@ -76,7 +76,8 @@ pub fn require_json(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
-/// The body of a registration, checked field by field.
+/// The body of a registration, checked field by field: first each field's type, then
+/// [`check_registration`].
 pub fn registration(body: &[u8]) -> Result<Registration, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid(
@@ -87,68 +88,92 @@ pub fn registration(body: &[u8]) -> Result<Registration, ApiError> {
     let map = object(body, REGISTRATION_FIELDS)?;
     let address: String = field(&map, "address")?
         .ok_or_else(|| ApiError::invalid("address", "address is required"))?;
-    validate::address(&address).map_err(|m| ApiError::invalid("address", m))?;
 
     let mut r = Registration::new(address);
     if let Some(protocol) = field::<Protocol>(&map, "protocol")? {
         r.protocol = protocol;
     }
     if let Some(tags) = field::<Vec<String>>(&map, "tags")? {
-        if tags.len() > MAX_TAGS {
-            return Err(ApiError::invalid(
-                "tags",
-                format!("at most {MAX_TAGS} tags"),
-            ));
-        }
-        if tags.iter().any(|t| t.is_empty() || t.len() > MAX_STRING) {
-            return Err(ApiError::invalid(
-                "tags",
-                format!("each tag must be 1-{MAX_STRING} bytes"),
-            ));
-        }
         r.tags = tags;
     }
     if let Some(metadata) = field::<BTreeMap<String, String>>(&map, "metadata")? {
-        if metadata.len() > MAX_METADATA {
-            return Err(ApiError::invalid(
-                "metadata",
-                format!("at most {MAX_METADATA} keys"),
-            ));
-        }
-        if metadata
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > MAX_STRING || v.len() > MAX_STRING)
-        {
-            return Err(ApiError::invalid(
-                "metadata",
-                format!("keys must be 1-{MAX_STRING} bytes and values at most {MAX_STRING}"),
-            ));
-        }
         r.metadata = metadata;
     }
     if let Some(weight) = field::<u64>(&map, "weight")? {
-        if !(1..=u64::from(MAX_WEIGHT)).contains(&weight) {
-            return Err(ApiError::invalid(
-                "weight",
-                format!("weight {weight} is not within 1-{MAX_WEIGHT}"),
-            ));
-        }
-        r.weight = weight as u32;
+        r.weight = u32::try_from(weight).map_err(|_| weight_out_of_range(weight))?;
     }
     if let Some(ttl) = field::<String>(&map, "ttl")? {
-        let parsed = duration("ttl", &ttl)?;
-        if !(MIN_TTL..=MAX_TTL).contains(&parsed) {
-            return Err(ApiError::invalid(
-                "ttl",
-                format!("ttl {ttl:?} is not within 1s-1h"),
-            ));
-        }
-        r.ttl = parsed;
+        r.ttl = duration("ttl", &ttl)?;
     }
     if let Some(status) = field::<Status>(&map, "status")? {
         r.status = status;
     }
+    check_registration(&r)?;
     Ok(r)
+}
+
+/// The rules every stored registration obeys, whether it arrives over the API or from a
+/// snapshot; the error names the field at fault.
+pub fn check_registration(r: &Registration) -> Result<(), ApiError> {
+    validate::address(&r.address).map_err(|m| ApiError::invalid("address", m))?;
+    if r.tags.len() > MAX_TAGS {
+        return Err(ApiError::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags"),
+        ));
+    }
+    if r.tags.iter().any(|t| t.is_empty() || t.len() > MAX_STRING) {
+        return Err(ApiError::invalid(
+            "tags",
+            format!("each tag must be 1-{MAX_STRING} bytes"),
+        ));
+    }
+    if r.metadata.len() > MAX_METADATA {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA} keys"),
+        ));
+    }
+    if r.metadata
+        .iter()
+        .any(|(k, v)| k.is_empty() || k.len() > MAX_STRING || v.len() > MAX_STRING)
+    {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!("keys must be 1-{MAX_STRING} bytes and values at most {MAX_STRING}"),
+        ));
+    }
+    if !(1..=MAX_WEIGHT).contains(&r.weight) {
+        return Err(weight_out_of_range(r.weight.into()));
+    }
+    if !(MIN_TTL..=MAX_TTL).contains(&r.ttl) {
+        return Err(ApiError::invalid(
+            "ttl",
+            format!(
+                "ttl {:?} is not within 1s-1h",
+                humantime::format_duration(r.ttl).to_string()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A heartbeat's health-check output, as a heartbeat or a snapshot carries it.
+pub fn check_output(output: Option<&str>) -> Result<(), ApiError> {
+    if output.is_some_and(|o| o.len() > MAX_OUTPUT) {
+        return Err(ApiError::invalid(
+            "output",
+            format!("output is longer than {MAX_OUTPUT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn weight_out_of_range(weight: u64) -> ApiError {
+    ApiError::invalid(
+        "weight",
+        format!("weight {weight} is not within 1-{MAX_WEIGHT}"),
+    )
 }
 
 /// The optional body of a heartbeat.
@@ -158,12 +183,7 @@ pub fn heartbeat(body: &[u8]) -> Result<Heartbeat, ApiError> {
     }
     let map = object(body, HEARTBEAT_FIELDS)?;
     let output: Option<String> = field(&map, "output")?;
-    if output.as_ref().is_some_and(|o| o.len() > MAX_OUTPUT) {
-        return Err(ApiError::invalid(
-            "output",
-            format!("output is longer than {MAX_OUTPUT} bytes"),
-        ));
-    }
+    check_output(output.as_deref())?;
     Ok(Heartbeat {
         status: field(&map, "status")?,
         output,

@@ -13,14 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_registry_api::Registration;
+use mesh_registry_api::{Registration, validate};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::catalog::{Catalog, Entry, LeaseState};
-use crate::error::Error;
+use crate::error::{ApiError, Error};
 use crate::metrics::Metrics;
+use crate::request;
 
 /// File name of the snapshot inside `--data-dir`.
 pub const FILE_NAME: &str = "catalog.json";
@@ -72,6 +73,10 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
             reason: format!("format version {} is not {FORMAT_VERSION}", file.version),
         });
     }
+    check(&file).map_err(|reason| Error::SnapshotCorrupt {
+        path: path.clone(),
+        reason,
+    })?;
     let catalog = Catalog::starting_at(file.index, critical_grace);
     let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
     for (service, instances) in file.services {
@@ -94,6 +99,26 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
         catalog.restore_service(&service, entries, catalog.index());
     }
     Ok(Some(catalog))
+}
+
+/// Holds every entry to the rules the API holds registrations to: a snapshot edited by
+/// hand, or written by another version, must not smuggle in what the API would refuse.
+fn check(file: &SnapshotFile) -> Result<(), String> {
+    for (service, instances) in &file.services {
+        validate::service_name(service).map_err(|m| format!("service {service:?}: {m}"))?;
+        for (id, stored) in instances {
+            let at = |e: ApiError| match e {
+                ApiError::InvalidArgument { field, message } => {
+                    format!("service {service:?}, instance {id:?}, field {field}: {message}")
+                }
+                other => format!("service {service:?}, instance {id:?}: {other}"),
+            };
+            validate::instance_id(id).map_err(|m| at(ApiError::invalid("id", m)))?;
+            request::check_registration(&stored.registration).map_err(at)?;
+            request::check_output(stored.output.as_deref()).map_err(at)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the catalog to `dir` atomically. Blocking: call it off the async workers.
@@ -207,6 +232,70 @@ mod tests {
         // The old lease would have run out at t0+10s; the fresh one runs to later+10s.
         assert_eq!(restored.sweep(t0 + Duration::from_secs(11)).expired, 0);
         assert!(!dir.path().join("catalog.json.tmp").exists());
+    }
+
+    #[test]
+    fn entries_the_api_would_refuse_make_the_load_fail_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(30);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let entry = |fields: &str| {
+            let address = if fields.contains("address") {
+                ""
+            } else {
+                r#""address":"10.0.0.7:4143","#
+            };
+            format!(
+                r#"{{{address}"registered_at":"2024-01-01T00:00:00Z",
+                    "last_heartbeat":"2024-01-01T00:00:00Z"{fields}}}"#
+            )
+        };
+        let file = |service: &str, id: &str, fields: &str| {
+            format!(
+                r#"{{"version":1,"index":7,"services":{{"{service}":{{"{id}":{}}}}}}}"#,
+                entry(fields)
+            )
+        };
+        let tags = format!(r#","tags":[{}]"#, vec![r#""t""#; 65].join(","));
+        let long = format!(r#","output":"{}""#, "x".repeat(5000));
+        let cases: Vec<(String, &[&str])> = vec![
+            (file("Web", "a", ""), &["\"Web\"", "service name"]),
+            (file("web", "a b", ""), &["\"web\"", "\"a b\"", "id"]),
+            (
+                file("web", "a", r#","address":"nohost""#),
+                &["\"web\"", "\"a\"", "address"],
+            ),
+            (file("web", "a", r#","weight":0"#), &["\"a\"", "weight"]),
+            (file("web", "a", r#","weight":5000"#), &["weight"]),
+            (file("web", "a", r#","ttl":"0s""#), &["\"a\"", "ttl"]),
+            (file("web", "a", r#","ttl":"2h""#), &["ttl"]),
+            (file("web", "a", &tags), &["\"a\"", "tags"]),
+            (file("web", "a", r#","tags":[""]"#), &["tags"]),
+            (
+                file("web", "a", r#","metadata":{"":"v"}"#),
+                &["\"a\"", "metadata"],
+            ),
+            (file("web", "a", &long), &["\"a\"", "output"]),
+        ];
+        rt.block_on(async {
+            for (text, wanted) in cases {
+                fs::write(path(dir.path()), &text).unwrap();
+                let err = load(dir.path(), grace, Instant::now())
+                    .err()
+                    .unwrap_or_else(|| panic!("loaded {text}"));
+                assert!(matches!(err, Error::SnapshotCorrupt { .. }), "{err}");
+                let said = err.to_string();
+                for word in wanted {
+                    assert!(said.contains(word), "{word} not in: {said}");
+                }
+            }
+            // The same entry with valid values loads.
+            fs::write(path(dir.path()), file("web", "a", r#","weight":5"#)).unwrap();
+            assert!(load(dir.path(), grace, Instant::now()).unwrap().is_some());
+        });
     }
 
     #[test]
