@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::ca::Ca;
 use crate::catalog::{Catalog, UnknownInstance};
 use crate::error::ApiError;
+use crate::join::JoinTokens;
 use crate::metrics::{Metrics, Route};
 use crate::{request, watch as blocking};
 
@@ -36,8 +37,8 @@ pub struct State {
     token: Option<Vec<u8>>,
     /// The CA, when the registry signs sidecars' certificates.
     ca: Option<Arc<Ca>>,
-    /// Bearer token for `POST /v1/ca/sign`.
-    join_token: Option<Vec<u8>>,
+    /// Bearer tokens for `POST /v1/ca/sign`, each with the services it may claim.
+    join_tokens: JoinTokens,
     /// Turns true when shutdown starts: blocking queries answer at once and `/readyz`
     /// reports 503.
     shutdown: watch::Receiver<bool>,
@@ -97,15 +98,15 @@ impl State {
             metrics,
             token: token.map(String::into_bytes),
             ca: None,
-            join_token: None,
+            join_tokens: JoinTokens::default(),
             shutdown,
         }
     }
 
-    /// Turns on certificate signing.
-    pub fn with_ca(mut self, ca: Arc<Ca>, join_token: String) -> Self {
+    /// Turns on certificate signing for the holders of `join_tokens`.
+    pub fn with_ca(mut self, ca: Arc<Ca>, join_tokens: JoinTokens) -> Self {
         self.ca = Some(ca);
-        self.join_token = Some(join_token.into_bytes());
+        self.join_tokens = join_tokens;
         self
     }
 
@@ -308,7 +309,8 @@ impl State {
     fn ca(&self) -> Result<&Arc<Ca>, ApiError> {
         self.ca.as_ref().ok_or_else(|| {
             ApiError::NotFound(
-                "this registry has no CA: start it with --ca-cert, --ca-key and --join-token"
+                "this registry has no CA: start it with --ca-dir (or --ca-cert and --ca-key) \
+                 and --join-token or --join-tokens"
                     .into(),
             )
         })
@@ -321,10 +323,25 @@ impl State {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let ca = self.ca()?;
-        check_bearer(headers, self.join_token.as_deref(), "the mesh join token")?;
+        let what = "a mesh join token";
+        let presented = bearer_token(headers, what)?;
+        let scope = self
+            .join_tokens
+            .scope_of(presented.as_bytes())
+            .ok_or_else(|| ApiError::Unauthorized(format!("the bearer token is not {what}")))?;
         let body = request::read_body(headers, body).await?;
         request::require_json(headers, &body)?;
         let sign = request::sign_request(&body)?;
+        if !scope.allows(&sign.service) {
+            return Err(ApiError::Forbidden {
+                field: "service".into(),
+                message: format!(
+                    "this join token may not claim service {:?}: it is scoped to other \
+                     services (--join-tokens)",
+                    sign.service
+                ),
+            });
+        }
         let (certificate, not_after) = ca
             .sign(&sign.service, &sign.csr)
             .map_err(|e| ApiError::invalid("csr", e.to_string()))?;

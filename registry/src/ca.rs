@@ -1,11 +1,15 @@
 //! The mesh's certificate authority: signs sidecars' CSRs into short-lived leaves whose
 //! only name is a SPIFFE ID, `spiffe://<trust domain>/service/<name>`.
 //!
-//! Trust model, plainly: whoever holds the join token can obtain a certificate for any
-//! service name. The token proves membership of the mesh, not which service a caller is;
-//! it is the same trust a Consul or Linkerd install puts in its bootstrap secret. Keep it
-//! out of apps' reach (it is the sidecar's, not the app's), rotate it by restarting the
-//! registry with a new one, and keep leaves short so a leaked one expires soon.
+//! Trust model, plainly: whoever holds the shared join token (`--join-token`) can obtain
+//! a certificate for any service name; it proves membership of the mesh, not which
+//! service a caller is, the same trust a Consul or Linkerd install puts in its bootstrap
+//! secret. A scoped token (`--join-tokens`, see [`crate::join`]) may only claim the
+//! services listed with it, so one service's secret cannot mint another's identity; it
+//! still proves possession of the secret, not which workload holds it. Keep tokens out of
+//! apps' reach (they are the sidecar's, not the app's), rotate them by restarting the
+//! registry, and keep leaves short so a leaked one expires soon. Which services a token
+//! may claim is checked by the API before it calls [`Ca::sign`].
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -57,9 +57,16 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_CA_DIR", conflicts_with = "ca_cert")]
     pub ca_dir: Option<PathBuf>,
 
-    /// Bearer token sidecars present to get a certificate signed (separate from --token).
+    /// Bearer token sidecars present to get a certificate signed, for any service name
+    /// (separate from --token). The simple choice for the local demo or one team.
     #[arg(long, env = "REGISTRY_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+
+    /// File of join tokens scoped to services, one per line: `SERVICES TOKEN`, services
+    /// separated by commas (or `*` for any); `#` comments and blank lines allowed. A token
+    /// may only get certificates for its services. Combines with --join-token.
+    #[arg(long, env = "REGISTRY_JOIN_TOKENS")]
+    pub join_tokens: Option<PathBuf>,
 
     /// Trust domain of the SPIFFE IDs the CA issues: spiffe://<domain>/service/<name>.
     #[arg(long, env = "REGISTRY_TRUST_DOMAIN", default_value = "mesh.local")]
@@ -101,20 +108,32 @@ impl Config {
             return Err("--snapshot-debounce must be at most 60s".into());
         }
         let has_ca = self.ca_cert.is_some() || self.ca_dir.is_some();
-        if !has_ca && self.join_token.is_some() {
+        let flag = match (&self.join_token, &self.join_tokens) {
+            (Some(_), _) => Some("--join-token"),
+            (None, Some(_)) => Some("--join-tokens"),
+            (None, None) => None,
+        };
+        if let Some(flag) = flag
+            && !has_ca
+        {
+            return Err(format!(
+                "{flag} needs a CA to sign with: add --ca-dir DIR, or --ca-cert FILE and \
+                 --ca-key FILE (without a CA the registry issues no certificates)"
+            ));
+        }
+        if self
+            .join_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err("--join-token must not be empty".into());
+        }
+        if has_ca && flag.is_none() {
             return Err(
-                "--join-token needs a CA to sign with: add --ca-dir DIR, or --ca-cert FILE \
-                 and --ca-key FILE (without a CA the registry issues no certificates)"
+                "a CA (--ca-cert or --ca-dir) needs --join-token or --join-tokens: \
+                 without one anyone could get a certificate"
                     .into(),
             );
-        }
-        if has_ca
-            && self
-                .join_token
-                .as_deref()
-                .is_none_or(|t| t.trim().is_empty())
-        {
-            return Err("--join-token is required with a CA (--ca-cert or --ca-dir): without it anyone could get a certificate".into());
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(365 * 24 * 3600)).contains(&self.cert_ttl)
         {
@@ -136,6 +155,7 @@ impl Default for Config {
             ca_key: None,
             ca_dir: None,
             join_token: None,
+            join_tokens: None,
             trust_domain: "mesh.local".into(),
             cert_ttl: Duration::from_secs(24 * 3600),
             listen: ([0, 0, 0, 0], 7700).into(),
@@ -196,5 +216,26 @@ mod tests {
             ..c
         };
         assert!(with_ca.validate().is_ok());
+
+        let scoped = Config {
+            join_tokens: Some("/etc/mesh/join-tokens".into()),
+            ..Config::default()
+        };
+        let err = scoped.validate().unwrap_err();
+        assert!(
+            err.contains("--join-tokens") && err.contains("--ca-dir"),
+            "{err}"
+        );
+        let scoped_with_ca = Config {
+            ca_dir: Some("/var/lib/mesh/ca".into()),
+            ..scoped
+        };
+        assert!(scoped_with_ca.validate().is_ok());
+        let ca_alone = Config {
+            ca_dir: Some("/var/lib/mesh/ca".into()),
+            ..Config::default()
+        };
+        let err = ca_alone.validate().unwrap_err();
+        assert!(err.contains("--join-token or --join-tokens"), "{err}");
     }
 }

@@ -29,6 +29,9 @@ pub enum Error {
     },
     #[error("cannot use the CA: {0}")]
     Ca(String),
+    /// A flag's value is unusable; the message names the flag.
+    #[error("{0}")]
+    Config(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -47,6 +50,9 @@ pub enum ApiError {
     NoRoute(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Authenticated, but not allowed to do this with that value of `field`.
+    #[error("{message}")]
+    Forbidden { field: String, message: String },
     #[error("method {method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("request body is larger than {limit} bytes")]
@@ -78,6 +84,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route", None),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden { field, .. } => {
+                (StatusCode::FORBIDDEN, "forbidden", Some(field.as_str()))
+            }
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }

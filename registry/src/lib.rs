@@ -16,6 +16,7 @@ pub mod ca;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod join;
 pub mod lease;
 pub mod metrics;
 pub mod request;
@@ -45,6 +46,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
     let catalog = Arc::new(load_catalog(&config)?);
     let metrics = Arc::new(Metrics::new());
 
@@ -82,9 +84,13 @@ pub async fn run(
     if let Some((cert, key)) = &ca_files {
         let ca =
             ca::Ca::load(cert, key, &config.trust_domain, config.cert_ttl).map_err(Error::Ca)?;
-        let join_token = config.join_token.clone().unwrap_or_default();
+        let tokens = join::JoinTokens::from_flags(
+            config.join_tokens.as_deref(),
+            config.join_token.as_deref(),
+        )
+        .map_err(Error::Config)?;
         tracing::info!(trust_domain = %config.trust_domain, cert_ttl = %humantime::format_duration(config.cert_ttl), "signing sidecar certificates at POST /v1/ca/sign");
-        state = state.with_ca(Arc::new(ca), join_token);
+        state = state.with_ca(Arc::new(ca), tokens);
     }
     let state = Arc::new(state);
     let local = listener.local_addr()?;

@@ -215,3 +215,140 @@ async fn a_ca_dir_is_filled_on_first_start_and_reused_after() {
         .unwrap();
     assert_eq!(first.ca, second.ca, "the same CA after a restart");
 }
+
+/// A registry whose CA accepts the tokens of `file` (written to `dir/join-tokens`) and,
+/// if given, the shared `join_token`.
+async fn with_scoped_tokens(
+    dir: &tempfile::TempDir,
+    file: &str,
+    join_token: Option<&str>,
+) -> TestRegistry {
+    let tokens = dir.path().join("join-tokens");
+    std::fs::write(&tokens, file).unwrap();
+    TestRegistry::start(Config {
+        ca_dir: Some(dir.path().join("ca")),
+        join_tokens: Some(tokens),
+        join_token: join_token.map(str::to_owned),
+        ..Config::default()
+    })
+    .await
+}
+
+const TOKENS: &str = "\
+# services          token
+recommendations     s3cr3t-1
+
+marketplace,web     s3cr3t-2
+";
+
+#[tokio::test]
+async fn a_scoped_join_token_gets_certificates_for_its_services_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = with_scoped_tokens(&dir, TOKENS, Some("shared-token")).await;
+    let sign = |service: &'static str, token: &'static str| {
+        let client = r.client.clone();
+        async move {
+            let csr = csr(&format!("spiffe://mesh.local/service/{service}"));
+            client.sign(service, &csr, token).await
+        }
+    };
+    for (service, token) in [
+        ("recommendations", "s3cr3t-1"),
+        ("marketplace", "s3cr3t-2"),
+        ("web", "s3cr3t-2"),
+        // The shared token stays good for any service.
+        ("marketplace", "shared-token"),
+        ("anything", "shared-token"),
+    ] {
+        let signed = sign(service, token).await;
+        assert!(signed.is_ok(), "{service} with {token}: {signed:?}");
+    }
+
+    // A known token asking for a service it may not claim: 403 forbidden, naming it.
+    for (service, token) in [("marketplace", "s3cr3t-1"), ("recommendations", "s3cr3t-2")] {
+        let body = serde_json::json!({
+            "service": service,
+            "csr": csr(&format!("spiffe://mesh.local/service/{service}")),
+        })
+        .to_string();
+        let auth = format!("Bearer {token}");
+        let answer = r
+            .raw(
+                Method::POST,
+                "/v1/ca/sign",
+                &[JSON, ("authorization", &auth)],
+                body,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.text);
+        assert_eq!(answer.error_code(), "forbidden");
+        assert_eq!(answer.error_field(), Some("service"));
+        let message = answer.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("{service:?}")) && message.contains("may not claim"),
+            "{message}"
+        );
+        let err = sign(service, token).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                mesh_registry_api::ClientError::Api { status: 403, .. }
+            ),
+            "{err}"
+        );
+    }
+
+    // An unknown token is unauthenticated, whatever service it asks for.
+    for token in ["s3cr3t-3", "s3cr3t-", "recommendations"] {
+        let err = sign("recommendations", token).await.unwrap_err();
+        assert!(
+            matches!(&err, mesh_registry_api::ClientError::Api { status: 401, detail } if detail.code == "unauthorized"),
+            "{token}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scoped_tokens_alone_are_enough_for_a_ca_and_a_bad_file_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = with_scoped_tokens(&dir, "* any-service\n", None).await;
+    r.client
+        .sign(
+            "web",
+            &csr("spiffe://mesh.local/service/web"),
+            "any-service",
+        )
+        .await
+        .unwrap();
+    assert!(
+        r.client
+            .sign("web", &csr("spiffe://mesh.local/service/web"), "")
+            .await
+            .is_err()
+    );
+    r.stop().await.unwrap();
+
+    for (file, wanted) in [
+        ("web t1\nWeb t2\n", "line 2"),
+        ("# ok\n\nweb\n", "line 3"),
+        ("web t1 extra\n", "line 1"),
+        ("web t1\ndb t1\n", "line 2"),
+        ("web, t1\n", "line 1"),
+        ("# nothing but comments\n", "no token"),
+    ] {
+        let tokens = dir.path().join("bad-tokens");
+        std::fs::write(&tokens, file).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config {
+            ca_dir: Some(dir.path().join("ca")),
+            join_tokens: Some(tokens.clone()),
+            ..Config::default()
+        };
+        let err = mesh_registry::run(listener, config, std::future::pending())
+            .await
+            .expect_err(file)
+            .to_string();
+        assert!(err.contains(wanted), "{file:?}: {err}");
+        assert!(err.contains("--join-tokens"), "{file:?}: {err}");
+    }
+}
