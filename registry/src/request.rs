@@ -221,7 +221,10 @@ pub fn query(raw: Option<&str>) -> Result<Query, ApiError> {
     };
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+        let key = percent_decode(key, key)?;
+        let value = percent_decode(value, &key)?;
+        let value = value.as_str();
+        match key.as_str() {
             "index" => {
                 q.index = Some(value.parse().map_err(|_| {
                     ApiError::invalid(
@@ -249,7 +252,33 @@ pub fn query(raw: Option<&str>) -> Result<Query, ApiError> {
     Ok(q)
 }
 
-fn duration(name: &'static str, text: &str) -> Result<Duration, ApiError> {
+/// Decodes a query component as browsers and HTTP libraries encode it: `%XX` escapes and
+/// `+` for a space (so `wait=1m%2030s` is `1m 30s`). The result must be UTF-8.
+fn percent_decode(text: &str, field: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            field,
+            format!("{field} {text:?} is not valid percent-encoded UTF-8"),
+        )
+    };
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = |c: Option<u8>| (c.ok_or_else(bad)? as char).to_digit(16).ok_or_else(bad);
+                let high = hex(bytes.next())?;
+                let low = hex(bytes.next())?;
+                (high * 16 + low) as u8
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+fn duration(name: &str, text: &str) -> Result<Duration, ApiError> {
     humantime::parse_duration(text).map_err(|e| {
         ApiError::invalid(
             name,
@@ -347,5 +376,17 @@ mod tests {
         assert_eq!(field_of(query(Some("index=-1")).unwrap_err()), "index");
         assert_eq!(field_of(query(Some("wait=forever")).unwrap_err()), "wait");
         assert_eq!(field_of(query(Some("all=maybe")).unwrap_err()), "all");
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        for raw in ["wait=1m%2030s", "wait=1m+30s", "w%61it=1m%2030s"] {
+            let q = query(Some(raw)).unwrap();
+            assert_eq!(q.wait, Duration::from_secs(90), "{raw}");
+        }
+        assert_eq!(query(Some("index=%34%32")).unwrap().index, Some(42));
+        for bad in ["wait=%", "wait=%2", "wait=%zz", "wait=%FF"] {
+            assert_eq!(field_of(query(Some(bad)).unwrap_err()), "wait", "{bad}");
+        }
     }
 }
