@@ -1,7 +1,9 @@
-//! The body type every listener answers with, and a wrapper that reports how a response
-//! stream ended (for metrics and load accounting).
+//! The body type every listener answers with, a wrapper that reports how a response
+//! stream ended (for metrics and load accounting), and one that notes when the caller's
+//! own request body broke.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -112,6 +114,71 @@ impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
         // Dropped before the end: the client hung up or the connection failed.
         self.finish(true);
+    }
+}
+
+/// The caller's request body, noting when reading it failed (a malformed chunk, an
+/// upload cut short, a reset stream): a try that fails then is the caller's doing, not
+/// the endpoint's, and must not count against the endpoint's health.
+pub struct FromCaller<B> {
+    inner: B,
+    fault: CallerFault,
+}
+
+/// Why the caller's body could not be read, once it could not; shared with the
+/// [`FromCaller`] body it watches.
+#[derive(Clone, Debug, Default)]
+pub struct CallerFault(Arc<OnceLock<String>>);
+
+// === impl FromCaller ===
+
+impl<B> FromCaller<B> {
+    pub fn new(inner: B) -> (Self, CallerFault) {
+        let fault = CallerFault::default();
+        (
+            FromCaller {
+                inner,
+                fault: fault.clone(),
+            },
+            fault,
+        )
+    }
+}
+
+impl<B> Body for FromCaller<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            let _ = self.fault.0.set(e.to_string());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl CallerFault ===
+
+impl CallerFault {
+    /// What went wrong reading the caller's body, if anything did.
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
     }
 }
 

@@ -1,11 +1,18 @@
 //! Outlier ejection, per endpoint: after enough consecutive failures the endpoint is taken
 //! out of rotation for a backoff that doubles with each repeat, then let back in for one
 //! probe request that decides whether it stays.
+//!
+//! A probe always ends: its request passes or fails (a timeout is a failure), or its
+//! caller gives up and the [`Probe`] guard, dropped unsettled, lets the next request
+//! probe instead. A probe still out after [`EjectionConfig::probe_wait`] (an endpoint that
+//! never answers a request without a deadline) is given up on the same way.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::endpoint::Endpoint;
 
 #[derive(Clone, Copy, Debug)]
 pub struct EjectionConfig {
@@ -17,6 +24,8 @@ pub struct EjectionConfig {
     pub max: Duration,
     /// Largest share of a service's endpoints that may be ejected at once, in percent.
     pub max_percent: u32,
+    /// How long a probe may stay unanswered before another request may probe instead.
+    pub probe_wait: Duration,
 }
 
 impl Default for EjectionConfig {
@@ -26,6 +35,7 @@ impl Default for EjectionConfig {
             base: Duration::from_secs(30),
             max: Duration::from_secs(300),
             max_percent: 50,
+            probe_wait: Duration::from_secs(10),
         }
     }
 }
@@ -49,8 +59,19 @@ struct Ejection {
     at: Instant,
     until: Instant,
     reason: String,
-    /// A probe request is out; no other request may use the endpoint meanwhile.
-    probing: bool,
+    /// A probe request is out until then; no other request may use the endpoint
+    /// meanwhile.
+    probe: Option<Instant>,
+}
+
+/// The claim on an ejected endpoint's probe, held by the probing request. Settle it
+/// once the breaker has been told the outcome; dropped unsettled (the caller gave up,
+/// the try was abandoned), it releases the probe for the next request.
+#[must_use]
+pub struct Probe {
+    endpoint: Arc<Endpoint>,
+    until: Instant,
+    settled: bool,
 }
 
 /// Whether an endpoint may take a request now.
@@ -74,7 +95,9 @@ impl Breaker {
         let state = self.state.lock().expect("breaker lock");
         match &state.ejected {
             None => Availability::Ready,
-            Some(e) if now >= e.until && !e.probing => Availability::Probe,
+            Some(e) if now >= e.until && e.probe.is_none_or(|until| now >= until) => {
+                Availability::Probe
+            }
             Some(e) => Availability::Ejected {
                 since: e.at,
                 until: e.until,
@@ -97,15 +120,27 @@ impl Breaker {
             .map(|e| e.at)
     }
 
-    /// Claims the probe of an endpoint whose ejection ran out; true if this request is it.
-    pub fn claim_probe(&self, now: Instant) -> bool {
+    /// Claims the probe of an endpoint whose ejection ran out, for `wait` at most; the
+    /// claim's end if this request is it.
+    fn claim_probe(&self, now: Instant, wait: Duration) -> Option<Instant> {
         let mut state = self.state.lock().expect("breaker lock");
         match state.ejected.as_mut() {
-            Some(e) if now >= e.until && !e.probing => {
-                e.probing = true;
-                true
+            Some(e) if now >= e.until && e.probe.is_none_or(|until| now >= until) => {
+                let until = now + wait;
+                e.probe = Some(until);
+                Some(until)
             }
-            _ => false,
+            _ => None,
+        }
+    }
+
+    /// Gives back an unsettled probe claim (if it is still the current one).
+    fn release_probe(&self, claim: Instant) {
+        let mut state = self.state.lock().expect("breaker lock");
+        if let Some(e) = state.ejected.as_mut()
+            && e.probe == Some(claim)
+        {
+            e.probe = None;
         }
     }
 
@@ -128,7 +163,7 @@ impl Breaker {
     ) -> bool {
         let mut state = self.state.lock().expect("breaker lock");
         state.failures = state.failures.saturating_add(1);
-        let probe_failed = state.ejected.as_ref().is_some_and(|e| e.probing);
+        let probe_failed = state.ejected.as_ref().is_some_and(|e| e.probe.is_some());
         let threshold = state.failures >= config.consecutive_failures.max(1);
         if !(probe_failed || (threshold && state.ejected.is_none() && may_eject)) {
             return false;
@@ -147,9 +182,36 @@ impl Breaker {
             at: now,
             until: now + backoff,
             reason,
-            probing: false,
+            probe: None,
         });
         true
+    }
+}
+
+// === impl Probe ===
+
+impl Probe {
+    /// Claims the probe of `endpoint` if its ejection ran out and no probe is out.
+    pub fn claim(endpoint: &Arc<Endpoint>, config: &EjectionConfig, now: Instant) -> Option<Probe> {
+        let until = endpoint.breaker.claim_probe(now, config.probe_wait)?;
+        Some(Probe {
+            endpoint: endpoint.clone(),
+            until,
+            settled: false,
+        })
+    }
+
+    /// The breaker has been told how the probe went.
+    pub fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.endpoint.breaker.release_probe(self.until);
+        }
     }
 }
 
@@ -163,7 +225,17 @@ mod tests {
             base: Duration::from_secs(30),
             max: Duration::from_secs(100),
             max_percent: 50,
+            probe_wait: Duration::from_secs(10),
         }
+    }
+
+    fn ejected_endpoint(c: &EjectionConfig, now: Instant) -> Arc<Endpoint> {
+        let e = Arc::new(Endpoint::new("a:1".into(), 1, None));
+        for _ in 0..3 {
+            e.breaker.failure(c, "refused", true, now);
+        }
+        assert!(e.breaker.is_ejected(now));
+        e
     }
 
     #[tokio::test(start_paused = true)]
@@ -178,19 +250,25 @@ mod tests {
             "third consecutive failure ejects"
         );
         assert!(b.is_ejected(now + Duration::from_secs(29)));
-        assert!(!b.claim_probe(now + Duration::from_secs(29)));
+        assert!(
+            b.claim_probe(now + Duration::from_secs(29), c.probe_wait)
+                .is_none()
+        );
 
         let t1 = now + Duration::from_secs(30);
         assert_eq!(b.availability(t1), Availability::Probe);
-        assert!(b.claim_probe(t1));
-        assert!(!b.claim_probe(t1), "one probe at a time");
+        assert!(b.claim_probe(t1, c.probe_wait).is_some());
+        assert!(
+            b.claim_probe(t1, c.probe_wait).is_none(),
+            "one probe at a time"
+        );
         assert!(b.is_ejected(t1), "out while its probe runs");
 
         // The probe fails: out again, for twice as long.
         assert!(b.failure(&c, "refused", true, t1));
         assert!(b.is_ejected(t1 + Duration::from_secs(59)));
         let t2 = t1 + Duration::from_secs(60);
-        assert!(b.claim_probe(t2));
+        assert!(b.claim_probe(t2, c.probe_wait).is_some());
         // Third ejection would be 120 s: capped at 100 s.
         assert!(b.failure(&c, "refused", true, t2));
         assert!(b.is_ejected(t2 + Duration::from_secs(99)));
@@ -198,7 +276,7 @@ mod tests {
 
         // A passing probe brings it back.
         let t3 = t2 + Duration::from_secs(100);
-        assert!(b.claim_probe(t3));
+        assert!(b.claim_probe(t3, c.probe_wait).is_some());
         assert!(b.success());
         assert_eq!(b.availability(t3), Availability::Ready);
     }
@@ -218,5 +296,57 @@ mod tests {
             "too many endpoints out already"
         );
         assert!(b.failure(&c, "x", true, now), "allowed again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_unsettled_lets_the_next_request_probe() {
+        let c = config();
+        let now = Instant::now();
+        let e = ejected_endpoint(&c, now);
+        let t = now + Duration::from_secs(30);
+        let probe = Probe::claim(&e, &c, t).expect("the ejection ran out");
+        assert!(Probe::claim(&e, &c, t).is_none(), "one probe at a time");
+        drop(probe);
+        assert_eq!(e.breaker.availability(t), Availability::Probe);
+        assert!(Probe::claim(&e, &c, t).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_answers_is_given_up_on_after_the_probe_wait() {
+        let c = config();
+        let now = Instant::now();
+        let e = ejected_endpoint(&c, now);
+        let t = now + Duration::from_secs(30);
+        let hanging = Probe::claim(&e, &c, t).unwrap();
+        assert!(
+            e.breaker
+                .is_ejected(t + c.probe_wait - Duration::from_millis(1))
+        );
+        let later = t + c.probe_wait;
+        assert_eq!(e.breaker.availability(later), Availability::Probe);
+        let next = Probe::claim(&e, &c, later).expect("another request probes");
+        // The stale probe's late release does not free the new claim.
+        drop(hanging);
+        assert!(Probe::claim(&e, &c, later).is_none());
+        drop(next);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_failed_probe_ejects_again_for_longer() {
+        let c = config();
+        let now = Instant::now();
+        let e = ejected_endpoint(&c, now);
+        let t = now + Duration::from_secs(30);
+        let probe = Probe::claim(&e, &c, t).unwrap();
+        assert!(
+            e.breaker.failure(&c, "timeout", true, t),
+            "a failed probe ejects"
+        );
+        probe.settle();
+        assert!(e.breaker.is_ejected(t + Duration::from_secs(59)));
+        assert_eq!(
+            e.breaker.availability(t + Duration::from_secs(60)),
+            Availability::Probe
+        );
     }
 }

@@ -191,6 +191,30 @@ pub struct Config {
     /// Connections served at once per listener.
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// A destination no request used for this long is dropped, with its registry watch
+    /// and DNS refreshes; the next request for it starts afresh.
+    #[arg(long, env = "MESH_DESTINATION_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub destination_idle_timeout: Duration,
+
+    /// Destinations followed at once; past them, requests for new names get a fast 503
+    /// (`overloaded`) until some fall idle.
+    #[arg(long, env = "MESH_MAX_DESTINATIONS", default_value_t = 1000)]
+    pub max_destinations: usize,
+
+    /// A destination this sidecar may call in plaintext even under `--tls strict` (an
+    /// un-meshed service). Repeatable; the env var takes a comma list.
+    #[arg(
+        long = "plaintext-to",
+        env = "MESH_PLAINTEXT_TO",
+        value_delimiter = ','
+    )]
+    pub plaintext_to: Vec<String>,
+
+    /// DNS server (`IP:PORT`) for names the registry does not know; by default the
+    /// system's (`/etc/resolv.conf`). `/etc/hosts` is read either way.
+    #[arg(long, env = "MESH_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// A gRPC status code by number (`8`) or name (`RESOURCE_EXHAUSTED`).
@@ -338,6 +362,33 @@ impl Config {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.max_destinations == 0 {
+            return Err("--max-destinations must be at least 1".into());
+        }
+        if self.destination_idle_timeout < Duration::from_millis(100) {
+            return Err("--destination-idle-timeout must be at least 100ms".into());
+        }
+        let longest = crate::deadline::MAX_DEADLINE;
+        for (flag, value) in [
+            ("--timeout", self.timeout),
+            ("--per-try-timeout", self.per_try_timeout),
+        ] {
+            if value.is_some_and(|d| d > longest) {
+                return Err(format!(
+                    "{flag} must be at most {}",
+                    humantime::format_duration(longest)
+                ));
+            }
+        }
+        if self.service.is_some() && self.app == Some(self.inbound) {
+            return Err(format!(
+                "--app {} is this sidecar's own --inbound: peers' calls would loop back into it",
+                self.inbound
+            ));
+        }
+        if self.plaintext_to.iter().any(|d| d.trim().is_empty()) {
+            return Err("--plaintext-to needs a destination name".into());
+        }
         mesh_registry_api::Client::new(&self.registry).map_err(|e| format!("--registry: {e}"))?;
         Ok(())
     }
@@ -369,6 +420,7 @@ impl Config {
             base: self.eject_backoff,
             max: self.eject_backoff_max,
             max_percent: self.eject_max_percent,
+            ..crate::breaker::EjectionConfig::default()
         }
     }
 
@@ -475,6 +527,29 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn unsafe_values_are_refused_before_anything_starts() {
+        let error = |args: &[&str]| parse(args).validate().unwrap_err();
+        assert!(error(&["--timeout", "100000d"]).contains("--timeout"));
+        assert!(error(&["--per-try-timeout", "1000000000000s"]).contains("--per-try-timeout"));
+        assert!(error(&["--max-destinations", "0"]).contains("--max-destinations"));
+        assert!(
+            error(&[
+                "--service",
+                "web",
+                "--app",
+                "127.0.0.1:4143",
+                "--inbound",
+                "127.0.0.1:4143"
+            ])
+            .contains("--app")
+        );
+        assert!(error(&["--registry", "http://r:7700/v1"]).contains("--registry"));
+        let defaults = parse(&[]);
+        assert_eq!(defaults.destination_idle_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.max_destinations, 1000);
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Deadlines of one request: from flags, from `mesh-timeout` / `mesh-per-try-timeout`
 //! headers, and from gRPC's `grpc-timeout`, whichever is shortest.
+//!
+//! Header values are the caller's input: one that does not parse is refused (400 naming
+//! the header), and any duration is clamped to [`MAX_DEADLINE`], so no value can
+//! overflow the clock.
 
 use std::time::Duration;
 
@@ -10,6 +14,19 @@ pub const MESH_TIMEOUT: http::HeaderName = http::HeaderName::from_static("mesh-t
 pub const MESH_PER_TRY_TIMEOUT: http::HeaderName =
     http::HeaderName::from_static("mesh-per-try-timeout");
 pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// The longest deadline honoured; longer ones (gRPC allows almost 11,416 years) are cut
+/// to it. A deadline covers the wait for the answer's headers, never a stream's life.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// A deadline header that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{header}: {value:?} is not a duration like {example}")]
+pub struct BadDeadline {
+    pub header: &'static str,
+    pub value: String,
+    example: &'static str,
+}
 
 /// When the whole request must be answered, and how long each try may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,29 +42,47 @@ impl Deadlines {
         timeout: Option<Duration>,
         per_try: Option<Duration>,
         now: Instant,
-    ) -> Self {
-        let header = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .and_then(|v| humantime::parse_duration(v.trim()).ok())
+    ) -> Result<Self, BadDeadline> {
+        let header = |name: &'static str, example, parse: fn(&str) -> Option<Duration>| {
+            let Some(value) = headers.get(name) else {
+                return Ok(None);
+            };
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| parse(v.trim()))
+                .map(Some)
+                .ok_or_else(|| BadDeadline {
+                    header: name,
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    example,
+                })
         };
-        let grpc = headers
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
-        let total = [timeout, header(MESH_TIMEOUT), grpc]
-            .into_iter()
-            .flatten()
-            .min();
-        let per_try = [per_try, header(MESH_PER_TRY_TIMEOUT)]
-            .into_iter()
-            .flatten()
-            .min();
-        Deadlines {
-            total: total.map(|t| now + t),
+        let humantime = |v: &str| humantime::parse_duration(v).ok();
+        let total = [
+            timeout,
+            header("mesh-timeout", "\"500ms\" or \"2s\"", humantime)?,
+            header(
+                "grpc-timeout",
+                "\"100m\" (up to 8 digits and a unit of H M S m u n)",
+                parse_grpc_timeout,
+            )?,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let per_try = [
             per_try,
-        }
+            header("mesh-per-try-timeout", "\"100ms\"", humantime)?,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.min(MAX_DEADLINE));
+        Ok(Deadlines {
+            total: total.map(|t| now + t.min(MAX_DEADLINE)),
+            per_try,
+        })
     }
 
     /// Time left of the total deadline.
@@ -131,14 +166,40 @@ mod tests {
             Some(Duration::from_secs(10)),
             Some(Duration::from_millis(50)),
             now,
-        );
+        )
+        .unwrap();
         assert_eq!(d.total, Some(now + Duration::from_millis(100)));
         assert_eq!(d.per_try, Some(Duration::from_millis(30)));
         assert_eq!(
             d.try_deadline(now + Duration::from_millis(90)),
             Some(now + Duration::from_millis(100))
         );
-        let none = Deadlines::of(&HeaderMap::new(), None, None, now);
+        let none = Deadlines::of(&HeaderMap::new(), None, None, now).unwrap();
         assert_eq!((none.total, none.per_try), (None, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_values_are_clamped_and_garbage_is_refused() {
+        let now = Instant::now();
+        let mut h = HeaderMap::new();
+        h.insert(MESH_TIMEOUT, "10000000000000000000s".parse().unwrap());
+        h.insert(GRPC_TIMEOUT, "99999999H".parse().unwrap());
+        h.insert(MESH_PER_TRY_TIMEOUT, "100000000d".parse().unwrap());
+        let d = Deadlines::of(&h, None, None, now).unwrap();
+        assert_eq!(d.total, Some(now + MAX_DEADLINE));
+        assert_eq!(d.per_try, Some(MAX_DEADLINE));
+        assert_eq!(d.try_deadline(now), Some(now + MAX_DEADLINE));
+        for (name, value) in [
+            (GRPC_TIMEOUT, "soon"),
+            (MESH_PER_TRY_TIMEOUT, "-1s"),
+            (MESH_TIMEOUT, "99999999999999999999999s"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), value.parse().unwrap());
+            assert_eq!(
+                Deadlines::of(&h, None, None, now).unwrap_err().header,
+                name.as_str()
+            );
+        }
     }
 }

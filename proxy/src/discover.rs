@@ -7,11 +7,17 @@
 //! instead, re-resolved when its TTL runs out; the registry watch continues, so a service
 //! that registers later takes over from DNS. While the registry is unreachable the last
 //! known endpoints stay in use and the watch retries with capped, jittered backoff.
+//!
+//! Destinations are bounded: one unused for `--destination-idle-timeout` is dropped with
+//! its watch, and past `--max-destinations` new names are refused, so an app sending
+//! arbitrary `Host` values cannot make the sidecar hold a watch per name forever.
+//! Endpoints this sidecar must not dial ([`DialPolicy`]: its own listeners, plaintext
+//! ones under strict mTLS) are kept out of the sets, with the reason.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -24,6 +30,8 @@ use crate::breaker::Availability;
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::dns::Dns;
 use crate::endpoint::{Endpoint, Source};
+use crate::error::{ErrorKind, ProxyError};
+use crate::loops::OwnListeners;
 use crate::metrics::{Direction, EndpointState, Metrics, ServiceMetrics};
 
 /// Registration metadata key holding a sidecar's mTLS mode.
@@ -38,6 +46,51 @@ const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
 pub struct EndpointSet {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub source: Option<Source>,
+    /// Endpoints discovery found but this sidecar will not dial.
+    pub refused: Vec<Refused>,
+}
+
+/// A discovered endpoint this sidecar will not dial, and why.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub address: String,
+    /// What a request finding only such endpoints is answered with.
+    pub kind: ErrorKind,
+    pub why: String,
+}
+
+/// Which discovered endpoints may be dialled.
+#[derive(Clone, Debug, Default)]
+pub struct DialPolicy {
+    /// Never this sidecar's own listeners: a request there would loop.
+    pub own: OwnListeners,
+    /// `--tls strict`: only sidecars that speak mTLS, but for `plaintext_to`.
+    pub strict: bool,
+    /// Destinations that may be called in plaintext under strict mTLS
+    /// (`--plaintext-to`).
+    pub plaintext_to: Vec<String>,
+}
+
+/// How discovery bounds and filters its destinations.
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    pub budget: BudgetConfig,
+    /// A destination no request used for this long is dropped with its watch.
+    pub idle_timeout: Duration,
+    /// Destinations followed at once; past them new names are refused.
+    pub max_destinations: usize,
+    pub dial: DialPolicy,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            budget: BudgetConfig::default(),
+            idle_timeout: Duration::from_secs(10),
+            max_destinations: 1000,
+            dial: DialPolicy::default(),
+        }
+    }
 }
 
 /// One destination service and its discovery state.
@@ -56,6 +109,10 @@ pub struct Destination {
     pub pending: AtomicUsize,
     /// Its outbound metric series.
     pub metrics: Arc<ServiceMetrics>,
+    /// When a request last asked for it, in milliseconds since discovery started.
+    last_used: AtomicU64,
+    /// The task keeping its endpoints current, stopped when it is dropped for idleness.
+    follower: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// A request in flight to a destination.
@@ -67,16 +124,18 @@ impl Drop for Pending {
     }
 }
 
-/// All destinations, created on first use.
+/// All destinations, created on first use and dropped when idle.
 pub struct Discovery {
     registry: Client,
     dns: Option<Dns>,
     metrics: Arc<Metrics>,
-    /// A std Mutex: only held to look up or insert, never across an await.
+    /// A std Mutex: only held to look up, insert or sweep, never across an await.
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
     /// Port used for DNS answers (which carry no port) when the caller gave none.
     default_port: u16,
-    budget: BudgetConfig,
+    config: DiscoveryConfig,
+    /// The zero of every destination's `last_used`.
+    started: Instant,
 }
 
 // === impl Destination ===
@@ -133,84 +192,176 @@ impl Destination {
 
     /// Registry instances → endpoints, keeping the existing `Endpoint` (and so its
     /// latency history) for every address that stays.
-    fn registry_set(&self, listing: &ServiceListing) -> EndpointSet {
+    fn registry_set(&self, listing: &ServiceListing, dial: &DialPolicy) -> EndpointSet {
         let current = self.endpoints.load();
-        let endpoints = listing
-            .instances
-            .iter()
-            .map(|i| {
-                // The sidecar registered its mTLS mode; `off` (or none) means plaintext.
-                let tls = i.metadata.get(TLS_METADATA).is_some_and(|m| m != "off");
-                current
-                    .endpoints
-                    .iter()
-                    .find(|e| e.address == i.address && e.weight == i.weight && e.tls == tls)
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        let e = Endpoint::new(i.address.clone(), i.weight, Some(i.id.clone()));
-                        Arc::new(e.with_tls(tls))
-                    })
-            })
-            .collect();
-        EndpointSet {
-            endpoints,
+        let mut set = EndpointSet {
             source: Some(Source::Registry),
+            ..EndpointSet::default()
+        };
+        for i in &listing.instances {
+            // A sidecar registers its mTLS mode; an instance without one is no sidecar.
+            let mode = i.metadata.get(TLS_METADATA);
+            let (sidecar, tls) = (mode.is_some(), mode.is_some_and(|m| m != "off"));
+            let plain = match mode.map(String::as_str) {
+                None => "registered by something that is no mesh sidecar",
+                Some("off") => "a sidecar with mTLS off",
+                Some(_) => "",
+            };
+            if let Err(refused) = dial.check(&self.name, &i.address, tls, plain) {
+                set.refused.push(refused);
+                continue;
+            }
+            let endpoint = current
+                .endpoints
+                .iter()
+                .find(|e| {
+                    e.address == i.address
+                        && e.weight == i.weight
+                        && (e.sidecar, e.tls) == (sidecar, tls)
+                })
+                .cloned()
+                .unwrap_or_else(|| {
+                    let e = Endpoint::new(i.address.clone(), i.weight, Some(i.id.clone()));
+                    Arc::new(if sidecar { e.sidecar(tls) } else { e })
+                });
+            set.endpoints.push(endpoint);
         }
+        set
     }
 
-    fn dns_set(&self, addresses: &[std::net::IpAddr], port: u16) -> EndpointSet {
+    fn dns_set(&self, addresses: &[std::net::IpAddr], port: u16, dial: &DialPolicy) -> EndpointSet {
         let current = self.endpoints.load();
-        let endpoints = addresses
-            .iter()
-            .map(|ip| {
-                let address = std::net::SocketAddr::new(*ip, port).to_string();
-                current
-                    .endpoints
-                    .iter()
-                    .find(|e| e.address == address)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, 1, None)))
-            })
-            .collect();
-        EndpointSet {
-            endpoints,
+        let mut set = EndpointSet {
             source: Some(Source::Dns),
+            ..EndpointSet::default()
+        };
+        for ip in addresses {
+            let address = std::net::SocketAddr::new(*ip, port).to_string();
+            if let Err(refused) = dial.check(&self.name, &address, false, "found through DNS") {
+                set.refused.push(refused);
+                continue;
+            }
+            let endpoint = current
+                .endpoints
+                .iter()
+                .find(|e| e.address == address)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Endpoint::new(address, 1, None)));
+            set.endpoints.push(endpoint);
         }
+        set
+    }
+
+    /// The error for a request that found no endpoint to dial.
+    pub fn no_endpoints(&self) -> ProxyError {
+        let set = self.endpoints();
+        if let Some(refused) = set.refused.first() {
+            return ProxyError::new(
+                refused.kind,
+                format!(
+                    "no endpoint of {} may be dialled: {}",
+                    self.name, refused.why
+                ),
+            );
+        }
+        let why = self
+            .last_error()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        ProxyError::new(
+            ErrorKind::NoEndpoints,
+            format!("no endpoints for {}{why}", self.name),
+        )
+    }
+}
+
+// === impl DialPolicy ===
+
+impl DialPolicy {
+    /// May `address`, an endpoint of `destination`, be dialled? `tls`: it speaks mTLS;
+    /// `plain`: why it does not, for the refusal.
+    fn check(
+        &self,
+        destination: &str,
+        address: &str,
+        tls: bool,
+        plain: &str,
+    ) -> Result<(), Refused> {
+        if let Ok(addr) = address.parse()
+            && let Err(e) = self.own.check(addr)
+        {
+            return Err(Refused {
+                address: address.to_owned(),
+                kind: e.kind,
+                why: e.message,
+            });
+        }
+        if self.strict && !tls && !self.plaintext_to.iter().any(|d| d == destination) {
+            return Err(Refused {
+                address: address.to_owned(),
+                kind: ErrorKind::Insecure,
+                why: format!(
+                    "{address} does not speak mTLS ({plain}) and this sidecar is --tls strict; \
+                     to call {destination} in plaintext, add --plaintext-to {destination}"
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
 // === impl Discovery ===
 
 impl Discovery {
+    /// Discovery, with a task that drops idle destinations for as long as it exists.
     pub fn new(
         registry: Client,
         dns: Option<Dns>,
         metrics: Arc<Metrics>,
-        budget: BudgetConfig,
+        config: DiscoveryConfig,
     ) -> Arc<Self> {
-        Arc::new(Discovery {
+        let discovery = Arc::new(Discovery {
             registry,
             dns,
             metrics,
             destinations: Mutex::new(HashMap::new()),
             default_port: 80,
-            budget,
-        })
+            config,
+            started: Instant::now(),
+        });
+        tokio::spawn(evict_idle(Arc::downgrade(&discovery)));
+        discovery
     }
 
-    /// The destination for `name` (with `port` for DNS answers), started on first use.
-    /// Waits, boundedly, for its first resolution.
-    pub async fn destination(self: &Arc<Self>, name: &str, port: Option<u16>) -> Arc<Destination> {
+    /// The destination for `name` (with `port` for DNS answers), started on first use
+    /// unless `--max-destinations` are followed already. Waits, boundedly, for its first
+    /// resolution.
+    pub async fn destination(
+        self: &Arc<Self>,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<Arc<Destination>, ProxyError> {
         let key = match port {
             // The port only matters for names resolved through DNS; registry services
             // are one destination whatever port the caller wrote.
             Some(p) if validate::service_name(name).is_err() => Cow::Owned(format!("{name}:{p}")),
             _ => Cow::Borrowed(name),
         };
+        let now = self.millis();
         let (destination, fresh) = {
             let mut all = self.destinations.lock().expect("destinations lock");
             match all.get(key.as_ref()) {
                 Some(d) => (d.clone(), false),
+                None if all.len() >= self.config.max_destinations => {
+                    return Err(ProxyError::new(
+                        ErrorKind::Overloaded,
+                        format!(
+                            "this sidecar already follows {} destinations (--max-destinations); \
+                             {name} is refused until some fall idle",
+                            all.len()
+                        ),
+                    ));
+                }
                 None => {
                     let d = Arc::new(Destination {
                         name: name.to_owned(),
@@ -218,26 +369,65 @@ impl Discovery {
                         cursor: AtomicUsize::new(0),
                         resolved: watch::Sender::new(false),
                         last_error: Mutex::new(None),
-                        budget: RetryBudget::new(self.budget),
+                        budget: RetryBudget::new(self.config.budget),
                         pending: AtomicUsize::new(0),
                         metrics: self.metrics.service(Direction::Outbound, name),
+                        last_used: AtomicU64::new(now),
+                        follower: Mutex::new(None),
                     });
                     all.insert(key.into_owned(), d.clone());
                     (d, true)
                 }
             }
         };
+        destination.last_used.store(now, Ordering::Relaxed);
         if fresh {
             self.metrics.destination_added(name);
             let port = port.unwrap_or(self.default_port);
-            tokio::spawn(self.clone().follow(destination.clone(), port));
+            let task = tokio::spawn(self.clone().follow(destination.clone(), port));
+            *destination.follower.lock().expect("follower lock") = Some(task.abort_handle());
         }
         if *destination.resolved.borrow() {
-            return destination;
+            return Ok(destination);
         }
         let mut resolved = destination.resolved.subscribe();
         let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, resolved.wait_for(|r| *r)).await;
-        destination
+        Ok(destination)
+    }
+
+    fn millis(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64
+    }
+
+    /// Drops every destination no request used for the idle timeout (and none is using
+    /// now), stopping its watch.
+    fn evict_idle(&self) {
+        let idle = self.config.idle_timeout.as_millis() as u64;
+        let now = self.millis();
+        let evicted: Vec<Arc<Destination>> = {
+            let mut all = self.destinations.lock().expect("destinations lock");
+            let idle_keys: Vec<String> = all
+                .iter()
+                .filter(|(_, d)| {
+                    d.pending.load(Ordering::Acquire) == 0
+                        && now.saturating_sub(d.last_used.load(Ordering::Relaxed)) >= idle
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            idle_keys.iter().filter_map(|key| all.remove(key)).collect()
+        };
+        for destination in evicted {
+            if let Some(task) = destination.follower.lock().expect("follower lock").take() {
+                task.abort();
+            }
+            self.metrics
+                .set_endpoints(&destination.name, EndpointState::Ready, 0);
+            self.metrics
+                .set_endpoints(&destination.name, EndpointState::Ejected, 0);
+            tracing::debug!(service = %destination.name, "destination idle: no longer followed");
+        }
     }
 
     /// Every destination, for `/debug/endpoints`.
@@ -278,7 +468,11 @@ impl Discovery {
                         dns_refresh = None;
                         destination.set_error(None);
                         tracing::debug!(service = %name, endpoints = listing.instances.len(), "registry update");
-                        destination.publish(destination.registry_set(&listing), &self.metrics);
+                        let set = destination.registry_set(&listing, &self.config.dial);
+                        for refused in &set.refused {
+                            tracing::warn!(service = %name, endpoint = %refused.address, "not dialled: {}", refused.why);
+                        }
+                        destination.publish(set, &self.metrics);
                     }
                     Ok(_) => {
                         self.metrics.registry_connected.set(1);
@@ -315,16 +509,40 @@ impl Discovery {
         match dns.lookup(&destination.name).await {
             Ok(answer) => {
                 destination.set_error(None);
-                destination.publish(destination.dns_set(&answer.addresses, port), &self.metrics);
+                let set = destination.dns_set(&answer.addresses, port, &self.config.dial);
+                destination.publish(set, &self.metrics);
                 answer.refresh_at
             }
             Err(e) => {
-                tracing::warn!(service = %destination.name, error = %e, "DNS lookup failed");
-                destination.set_error(Some(e.to_string()));
+                let error = e.to_string();
+                // Said once per destination and cause, not at every retry.
+                if destination.last_error().as_deref() == Some(error.as_str()) {
+                    tracing::debug!(service = %destination.name, %error, "DNS lookup failed again");
+                } else {
+                    tracing::warn!(service = %destination.name, %error, "DNS lookup failed");
+                }
+                destination.set_error(Some(error));
                 // Keep what an earlier answer gave, if any.
                 destination.resolved.send_replace(true);
                 e.retry_at
             }
+        }
+    }
+}
+
+/// Sweeps idle destinations a few times per idle timeout, until discovery is gone.
+async fn evict_idle(discovery: Weak<Discovery>) {
+    let period = match discovery.upgrade() {
+        Some(d) => {
+            (d.config.idle_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        match discovery.upgrade() {
+            Some(discovery) => discovery.evict_idle(),
+            None => return,
         }
     }
 }
@@ -343,6 +561,14 @@ pub struct DestinationView {
     pub source: Option<Source>,
     pub last_error: Option<String>,
     pub endpoints: Vec<EndpointView>,
+    /// Endpoints discovery found but this sidecar will not dial.
+    pub refused: Vec<RefusedView>,
+}
+
+#[derive(Serialize)]
+pub struct RefusedView {
+    pub address: String,
+    pub reason: String,
 }
 
 #[derive(Serialize)]
@@ -401,6 +627,14 @@ impl DestinationView {
                         reason,
                         ejected_for_ms,
                     }
+                })
+                .collect(),
+            refused: set
+                .refused
+                .iter()
+                .map(|r| RefusedView {
+                    address: r.address.clone(),
+                    reason: r.why.clone(),
                 })
                 .collect(),
         }

@@ -1,11 +1,14 @@
 //! DNS for destinations the registry does not know: an un-meshed service such as a Docker
 //! DNS name or a Kubernetes Service. Answers are cached for their TTL.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::LookupIpStrategy;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::time::Instant;
 
 /// Re-resolve at least this often and at most this rarely, whatever the TTL says.
@@ -37,9 +40,30 @@ pub struct DnsError {
 // === impl Dns ===
 
 impl Dns {
-    /// A resolver configured from the system (`/etc/resolv.conf`, `/etc/hosts`).
-    pub fn from_system() -> Result<Self, String> {
-        let mut builder = TokioResolver::builder_tokio().map_err(|e| e.to_string())?;
+    /// A resolver asking `server` (`--dns-server`), else configured from the system
+    /// (`/etc/resolv.conf`); `/etc/hosts` is read either way.
+    pub fn new(server: Option<SocketAddr>) -> Result<Self, String> {
+        let mut builder = match server {
+            Some(server) => {
+                let connection = |mut c: ConnectionConfig| {
+                    c.port = server.port();
+                    c
+                };
+                let name_server = NameServerConfig::new(
+                    server.ip(),
+                    true,
+                    vec![
+                        connection(ConnectionConfig::udp()),
+                        connection(ConnectionConfig::tcp()),
+                    ],
+                );
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![name_server]),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+            None => TokioResolver::builder_tokio().map_err(|e| e.to_string())?,
+        };
         // IPv4 when the name has any, so dual-stack names do not send half the traffic to
         // addresses the destination may not listen on.
         builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4thenIpv6;

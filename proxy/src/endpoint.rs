@@ -38,6 +38,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// The registry's instance id, for registry endpoints.
     pub instance: Option<String>,
+    /// The endpoint is a mesh sidecar (its registration carries its mTLS mode): its
+    /// `mesh-error` answers are the mesh's own word.
+    pub sidecar: bool,
     /// The endpoint is a sidecar that speaks mTLS.
     pub tls: bool,
     ewma: Mutex<PeakEwma>,
@@ -77,6 +80,7 @@ impl Endpoint {
             address,
             weight: weight.max(1),
             instance,
+            sidecar: false,
             tls: false,
             ewma: Mutex::new(PeakEwma {
                 nanos: DEFAULT_RTT.as_nanos() as f64,
@@ -88,8 +92,9 @@ impl Endpoint {
         }
     }
 
-    /// Marks the endpoint as a sidecar that speaks mTLS.
-    pub fn with_tls(mut self, tls: bool) -> Self {
+    /// Marks the endpoint as a mesh sidecar, speaking mTLS or not.
+    pub fn sidecar(mut self, tls: bool) -> Self {
+        self.sidecar = true;
         self.tls = tls;
         self
     }

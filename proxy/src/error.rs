@@ -1,13 +1,14 @@
 //! Errors the proxy itself produces, told apart from the app's by a `mesh-error` header.
 //!
-//! One type carries what kind of failure happened and whether the request may be tried
-//! again elsewhere; [`ProxyError::into_response`] is the one place it becomes a status
-//! code (or a gRPC status).
+//! One type carries what kind of failure happened, and so whether the request may be
+//! tried again elsewhere ([`ErrorKind::retryable`]); [`ProxyError::into_response`] is the
+//! one place it becomes a status code (or a gRPC status).
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, BoxBody};
 use crate::grpc;
+use crate::retry::Retryable;
 
 /// Header naming the cause of an answer the proxy made itself.
 pub const MESH_ERROR: http::HeaderName = http::HeaderName::from_static("mesh-error");
@@ -22,7 +23,8 @@ pub enum ErrorKind {
     Timeout,
     /// The connection failed after the request was sent, or the answer was malformed.
     UpstreamFailed,
-    /// The request could not be routed (no Host / `:authority`).
+    /// The request is malformed: nothing to route by, two `Host` headers, a bad deadline
+    /// header, a body the caller broke.
     BadRequest,
     /// The peer refused the HTTP/2 stream before processing it (REFUSED_STREAM).
     Refused,
@@ -32,6 +34,13 @@ pub enum ErrorKind {
     Overloaded,
     /// The caller's identity is not on this service's allow-list.
     Forbidden,
+    /// Strict mTLS: the destination's endpoints cannot be reached over mTLS, and
+    /// plaintext to it was not allowed (`--plaintext-to`).
+    Insecure,
+    /// The request would come back to a proxy it already went through.
+    Loop,
+    /// mTLS is on but this sidecar has no certificate yet.
+    NoIdentity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,21 +64,44 @@ impl ErrorKind {
             ErrorKind::Refused => "refused",
             ErrorKind::BudgetExhausted => "budget-exhausted",
             ErrorKind::Overloaded => "overloaded",
-            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Forbidden | ErrorKind::Insecure => "forbidden",
+            ErrorKind::Loop => "loop",
+            ErrorKind::NoIdentity => "no-identity",
         }
+    }
+
+    /// The kind a `mesh-error` value names (as a peer sidecar sends it).
+    pub fn from_header(value: &HeaderValue) -> Option<ErrorKind> {
+        const ALL: [ErrorKind; 11] = [
+            ErrorKind::NoEndpoints,
+            ErrorKind::ConnectFailed,
+            ErrorKind::Timeout,
+            ErrorKind::UpstreamFailed,
+            ErrorKind::BadRequest,
+            ErrorKind::Refused,
+            ErrorKind::BudgetExhausted,
+            ErrorKind::Overloaded,
+            ErrorKind::Forbidden,
+            ErrorKind::Loop,
+            ErrorKind::NoIdentity,
+        ];
+        ALL.into_iter()
+            .find(|kind| value.as_bytes() == kind.as_str().as_bytes())
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::NoEndpoints | ErrorKind::BudgetExhausted | ErrorKind::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::NoEndpoints
+            | ErrorKind::BudgetExhausted
+            | ErrorKind::Overloaded
+            | ErrorKind::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectFailed | ErrorKind::UpstreamFailed | ErrorKind::Refused => {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden | ErrorKind::Insecure => StatusCode::FORBIDDEN,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Loop => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -80,17 +112,33 @@ impl ErrorKind {
             | ErrorKind::UpstreamFailed
             | ErrorKind::Refused
             | ErrorKind::BudgetExhausted
-            | ErrorKind::Overloaded => grpc::UNAVAILABLE,
+            | ErrorKind::Overloaded
+            | ErrorKind::Insecure
+            | ErrorKind::NoIdentity => grpc::UNAVAILABLE,
             ErrorKind::Timeout => grpc::DEADLINE_EXCEEDED,
             ErrorKind::Forbidden => grpc::PERMISSION_DENIED,
-            ErrorKind::BadRequest => grpc::INTERNAL,
+            ErrorKind::BadRequest | ErrorKind::Loop => grpc::INTERNAL,
         }
     }
 
-    /// Nothing of the request reached an app, so another endpoint may be tried whatever
-    /// the request is.
-    pub fn is_safe_to_retry(self) -> bool {
-        matches!(self, ErrorKind::ConnectFailed | ErrorKind::Refused)
+    /// Whether a try that failed this way may be made again on another endpoint.
+    pub fn retryable(self) -> Retryable {
+        match self {
+            // Nothing of the request reached an app.
+            ErrorKind::ConnectFailed | ErrorKind::Refused => Retryable::Any,
+            // It may have: the app could have acted before the connection broke or the
+            // deadline ran out.
+            ErrorKind::UpstreamFailed | ErrorKind::Timeout => Retryable::IdempotentOnly,
+            // Another endpoint would not change the answer.
+            ErrorKind::NoEndpoints
+            | ErrorKind::BadRequest
+            | ErrorKind::BudgetExhausted
+            | ErrorKind::Overloaded
+            | ErrorKind::Forbidden
+            | ErrorKind::Insecure
+            | ErrorKind::Loop
+            | ErrorKind::NoIdentity => Retryable::Never,
+        }
     }
 }
 
@@ -139,5 +187,23 @@ mod tests {
         assert_eq!(g.status(), StatusCode::OK);
         assert_eq!(g.headers()["grpc-status"], "4");
         assert_eq!(g.headers()[MESH_ERROR], "timeout");
+    }
+
+    #[test]
+    fn header_values_name_their_kind() {
+        let value = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(
+            ErrorKind::from_header(&value("connect-failed")),
+            Some(ErrorKind::ConnectFailed)
+        );
+        assert_eq!(
+            ErrorKind::from_header(&value("loop")),
+            Some(ErrorKind::Loop)
+        );
+        assert_eq!(ErrorKind::from_header(&value("Connect-Failed")), None);
+        assert_eq!(ErrorKind::from_header(&value("nonsense")), None);
+        assert_eq!(ErrorKind::Refused.retryable(), Retryable::Any);
+        assert_eq!(ErrorKind::Timeout.retryable(), Retryable::IdempotentOnly);
+        assert_eq!(ErrorKind::BadRequest.retryable(), Retryable::Never);
     }
 }

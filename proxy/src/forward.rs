@@ -20,9 +20,10 @@ use crate::endpoint::InFlight;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
 use crate::io::Io;
+use crate::loops::OwnListeners;
 use crate::metrics::ResponseTimer;
 use crate::pool::Pool;
-use crate::tls::Identity;
+use crate::tls::{Identity, IdentitySlot};
 
 /// HTTP version spoken to the next hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,7 +36,11 @@ pub enum Wire {
 impl Wire {
     /// The version the caller used.
     pub fn of<B>(request: &Request<B>) -> Wire {
-        if request.version() == Version::HTTP_2 {
+        Self::of_version(request.version())
+    }
+
+    pub fn of_version(version: Version) -> Wire {
+        if version == Version::HTTP_2 {
             Wire::Http2
         } else {
             Wire::Http1
@@ -47,10 +52,12 @@ impl Wire {
 #[derive(Clone)]
 pub struct Clients {
     connect_timeout: Duration,
-    /// With mTLS on: this sidecar's identity, and the client configuration per peer
-    /// service and wire (ALPN offers only that wire's protocol).
-    identity: Option<Arc<Identity>>,
+    /// With mTLS on: this sidecar's identity (once it has one), and the client
+    /// configuration per peer service and wire (ALPN offers only that wire's protocol).
+    identity: Option<Arc<IdentitySlot>>,
     tls_configs: Arc<Mutex<TlsConfigs>>,
+    /// A connection that lands on one of these is a loop, and is dropped.
+    own: OwnListeners,
 }
 
 /// Client TLS configurations by peer service and wire.
@@ -59,17 +66,23 @@ type TlsConfigs = HashMap<(String, Wire), Arc<ClientConfig>>;
 // === impl Clients ===
 
 impl Clients {
-    pub fn new(connect_timeout: Duration, identity: Option<Arc<Identity>>) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        identity: Option<Arc<IdentitySlot>>,
+        own: OwnListeners,
+    ) -> Self {
         Clients {
             connect_timeout,
             identity,
             tls_configs: Arc::default(),
+            own,
         }
     }
 
     /// Sends `request` to the pool's address over `wire`, over mTLS when `tls_to` names
     /// the service whose identity must answer. Hop-by-hop headers are removed both ways
-    /// and `x-request-id` is added when missing.
+    /// and `x-request-id` is added when missing; the answer is HTTP/1.1 (or 2) whatever
+    /// version the next hop spoke.
     pub async fn send(
         &self,
         request: Request<BoxBody>,
@@ -77,7 +90,13 @@ impl Clients {
         wire: Wire,
         tls_to: Option<&str>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let tls = tls_to.zip(self.identity.as_ref());
+        let tls = match (tls_to, &self.identity) {
+            (Some(service), Some(slot)) => match slot.get() {
+                Some(identity) => Some((service, identity)),
+                None => return Err(slot.missing()),
+            },
+            _ => None,
+        };
         let request = prepare(request, pool, wire, tls.is_some())?;
         let result = match wire {
             Wire::Http1 => self.send_h1(request, pool, tls).await,
@@ -86,19 +105,21 @@ impl Clients {
         match result {
             Ok(mut response) => {
                 headers::strip_hop_by_hop(response.headers_mut());
+                // An HTTP/1.0 app's answer must not make our own server speak 1.0.
+                if response.version() < Version::HTTP_11 {
+                    *response.version_mut() = Version::HTTP_11;
+                }
                 Ok(response)
             }
             Err(e) => {
-                let why = source_chain(&e);
-                // hyper exposes HTTP/2 reset reasons only through the error chain.
-                let kind = if why.contains("refused stream") {
+                let kind = if refused_stream(&e) {
                     ErrorKind::Refused
                 } else {
                     ErrorKind::UpstreamFailed
                 };
                 Err(ProxyError::new(
                     kind,
-                    format!("request to {} failed: {why}", pool.address()),
+                    format!("request to {} failed: {}", pool.address(), source_chain(&e)),
                 ))
             }
         }
@@ -223,6 +244,9 @@ impl Clients {
             .map_err(|_| failed(format!("no answer within {:?}", self.connect_timeout)))?
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        if let Ok(peer) = stream.peer_addr() {
+            self.own.check(peer)?;
+        }
         let Some((service, identity)) = tls else {
             return Ok(Io::Plain(stream));
         };
@@ -258,6 +282,19 @@ impl Clients {
     }
 }
 
+/// The peer reset the HTTP/2 stream with REFUSED_STREAM: it did not process the request
+/// (RFC 9113 §8.7), so it may go elsewhere whatever it is.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn handshake_failed(pool: &Pool, e: &hyper::Error) -> ProxyError {
     ProxyError::new(
         ErrorKind::ConnectFailed,
@@ -286,18 +323,17 @@ fn prepare(
     }
     match wire {
         Wire::Http1 => {
-            // An HTTP/2 caller names the host in `:authority` only; HTTP/1.1 peers want
-            // `Host`.
-            if !parts.headers.contains_key(header::HOST) {
-                let host = uri
-                    .authority
-                    .as_ref()
-                    .unwrap_or(authority)
-                    .as_str()
-                    .parse::<HeaderValue>();
-                if let Ok(host) = host {
+            // HTTP/1.1 peers want `Host`. An HTTP/2 caller names the host in `:authority`
+            // only, and an absolute-form target's host replaces any `Host` the caller
+            // sent (RFC 9112 §3.2.2), as it did for routing.
+            if let Some(target) = &uri.authority {
+                if let Ok(host) = target.as_str().parse::<HeaderValue>() {
                     parts.headers.insert(header::HOST, host);
                 }
+            } else if !parts.headers.contains_key(header::HOST)
+                && let Ok(host) = authority.as_str().parse::<HeaderValue>()
+            {
+                parts.headers.insert(header::HOST, host);
             }
             uri.scheme = None;
             uri.authority = None;
@@ -377,5 +413,17 @@ mod tests {
         assert!(!out.headers().contains_key(header::CONNECTION));
         assert_eq!(out.headers()["traceparent"], "00-a-b-01");
         assert!(out.headers().contains_key(headers::REQUEST_ID));
+    }
+
+    #[test]
+    fn an_absolute_form_target_replaces_the_callers_host() {
+        let request = Request::builder()
+            .uri("http://web/x")
+            .header(header::HOST, "elsewhere")
+            .body(body::empty())
+            .unwrap();
+        let out = prepare(request, &Pool::new("10.0.0.7:4143"), Wire::Http1, false).unwrap();
+        assert_eq!(out.headers()[header::HOST], "web");
+        assert_eq!(out.uri(), "/x");
     }
 }

@@ -1,8 +1,11 @@
 //! Header hygiene on every hop: hop-by-hop headers removed (RFC 9110 §7.6.1), a request
-//! id added when missing. Trace context (`traceparent`, `tracestate`) is left untouched.
+//! id added when missing, requests with two `Host` headers refused. Trace context
+//! (`traceparent`, `tracestate`) is left untouched.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
+
+use crate::error::{ErrorKind, ProxyError};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -51,6 +54,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Refuses a request head that proxies must not pass on: two `Host` headers (RFC 9112
+/// §3.2), which two hops could read as two different destinations.
+pub fn check_request(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "the request has more than one Host header",
+        ));
+    }
+    Ok(())
+}
+
 /// Adds `x-request-id` (128 random bits, hex) when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(REQUEST_ID) {
@@ -84,6 +100,15 @@ mod tests {
         assert!(!h.contains_key(header::UPGRADE));
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn two_hosts_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "web".parse().unwrap());
+        assert!(check_request(&h).is_ok());
+        h.append(header::HOST, "db".parse().unwrap());
+        assert_eq!(check_request(&h).unwrap_err().kind, ErrorKind::BadRequest);
     }
 
     #[test]

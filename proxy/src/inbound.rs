@@ -1,4 +1,8 @@
 //! The peers' side: requests from other sidecars to the local app.
+//!
+//! The app's answers pass back without any `mesh-error` header of the app's own: only
+//! errors a sidecar made may carry one, since callers' sidecars read it to decide
+//! whether a request may be sent again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,14 +10,14 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::{self, BoxBody};
-use crate::error::{ErrorKind, ProxyError};
+use crate::body::{self, BoxBody, FromCaller};
+use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::{self, Clients, Wire};
-use crate::grpc;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outbound::fail;
 use crate::pool::Pool;
 use crate::server::Peer;
+use crate::{grpc, headers};
 
 /// How the sidecar speaks to its app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,18 +73,36 @@ impl Inbound {
             self.metrics.denied(&self.service);
             return fail(e, grpc_caller, timer);
         }
+        if let Err(e) = headers::check_request(request.headers()) {
+            return fail(e, grpc_caller, timer);
+        }
         let wire = match self.app_protocol {
             Some(AppProtocol::Http) => Wire::Http1,
             Some(AppProtocol::H2 | AppProtocol::Grpc) => Wire::Http2,
             None => Wire::of(&request),
         };
-        let request = request.map(body::boxed);
+        let (parts, incoming) = request.into_parts();
+        let (incoming, caller_fault) = FromCaller::new(incoming);
+        let request = http::Request::from_parts(parts, body::boxed(incoming));
         match self.clients.send(request, &self.pool, wire, None).await {
-            Ok(response) => forward::observe(response, timer, None),
-            Err(e) => {
-                tracing::warn!(app = %self.app, error = %e, "the local app did not answer");
-                fail(e, grpc_caller, timer)
+            Ok(mut response) => {
+                response.headers_mut().remove(MESH_ERROR);
+                forward::observe(response, timer, None)
             }
+            Err(e) => match caller_fault.get() {
+                Some(why) => {
+                    let e = ProxyError::new(
+                        ErrorKind::BadRequest,
+                        format!("the request body could not be read: {why}"),
+                    );
+                    tracing::debug!(error = %e, "caller's body broke");
+                    fail(e, grpc_caller, timer)
+                }
+                None => {
+                    tracing::warn!(app = %self.app, error = %e, "the local app did not answer");
+                    fail(e, grpc_caller, timer)
+                }
+            },
         }
     }
 }

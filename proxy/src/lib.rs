@@ -29,6 +29,7 @@ pub mod grpc;
 pub mod headers;
 pub mod inbound;
 pub mod io;
+pub mod loops;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
@@ -48,12 +49,13 @@ use tokio::sync::watch;
 
 pub use crate::config::Config;
 use crate::config::Upstream;
-use crate::discover::Discovery;
+use crate::discover::{DialPolicy, Discovery, DiscoveryConfig};
 use crate::forward::Clients;
 use crate::inbound::{AppProtocol, Inbound};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::{Outbound, Route};
 use crate::server::Limits;
+use crate::tls::{IdentitySlot, TlsMode};
 
 /// Deadline for the deregistration at shutdown, so a dead registry cannot hold it up.
 const DEREGISTER_WAIT: Duration = Duration::from_secs(6);
@@ -125,7 +127,7 @@ pub async fn run(
     if let Some(token) = &config.registry_token {
         registry = registry.with_token(token.clone());
     }
-    let dns = match dns::Dns::from_system() {
+    let dns = match dns::Dns::new(config.dns_server) {
         Ok(dns) => Some(dns),
         Err(e) => {
             tracing::warn!(error = %e, "no DNS resolver: names unknown to the registry will not resolve");
@@ -133,33 +135,57 @@ pub async fn run(
         }
     };
     let retry = config.retry();
-    let discovery = Discovery::new(registry.clone(), dns, metrics.clone(), retry.budget);
-    // With mTLS on, nothing is served before this sidecar has its certificate.
+    // Listeners that route requests again: a destination there would loop.
+    let own = loops::OwnListeners::new(
+        std::iter::once(&listeners.outbound)
+            .chain(listeners.upstreams.iter().map(|(_, l)| l))
+            .chain(std::iter::once(&listeners.admin))
+            .filter_map(|l| l.local_addr().ok())
+            .collect(),
+    );
+    let discovery = Discovery::new(
+        registry.clone(),
+        dns,
+        metrics.clone(),
+        DiscoveryConfig {
+            budget: retry.budget,
+            idle_timeout: config.destination_idle_timeout,
+            max_destinations: config.max_destinations,
+            dial: DialPolicy {
+                own: own.clone(),
+                strict: config.tls == TlsMode::Strict,
+                plaintext_to: config.plaintext_to.clone(),
+            },
+        },
+    );
+    // With mTLS on, the certificate is fetched in the background: admin answers at once
+    // and says why the sidecar is not ready, the data listeners refuse until it is here.
     let identity = match (&config.service, config.tls) {
-        (Some(service), mode) if mode != tls::TlsMode::Off => {
+        (Some(service), mode) if mode != TlsMode::Off => {
+            let slot = Arc::new(IdentitySlot::default());
             let token = config.join_token.clone().unwrap_or_default();
-            let identity =
-                tls::Identity::obtain(&registry, service, &config.trust_domain, &token).await;
-            tokio::spawn(
-                identity
-                    .clone()
-                    .renew_forever(registry.clone(), token, metrics.clone()),
+            let (registry, service, trust_domain) = (
+                registry.clone(),
+                service.clone(),
+                config.trust_domain.clone(),
             );
-            Some(identity)
+            let (filled, metrics) = (slot.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let identity = filled
+                    .obtain(&registry, &service, &trust_domain, &token)
+                    .await;
+                identity.renew_forever(registry, token, metrics).await;
+            });
+            Some(slot)
         }
         _ => None,
     };
-    let inbound_tls = match &identity {
-        Some(identity) => Some(server::InboundTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(
-                identity.server_config().map_err(Error::Config)?,
-            ),
-            mode: config.tls,
-            trust_domain: config.trust_domain.clone(),
-        }),
-        None => None,
-    };
-    let clients = Clients::new(config.connect_timeout, identity.clone());
+    let inbound_tls = identity.as_ref().map(|slot| server::InboundTls {
+        identity: slot.clone(),
+        mode: config.tls,
+        trust_domain: config.trust_domain.clone(),
+    });
+    let clients = Clients::new(config.connect_timeout, identity.clone(), own);
     let limits = Limits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
@@ -186,6 +212,7 @@ pub async fn run(
 
     // Registration: the app's health feeds the heartbeats.
     let mut registration = None;
+    let mut registration_state = None;
     if let (Some(service), Some(app), Some(inbound_listener)) =
         (&config.service, config.app, listeners.inbound)
     {
@@ -261,10 +288,27 @@ pub async fn run(
         tracing::info!(%service, %id, address = %spec.address, registry = %config.registry, "registering");
         let registrar = Registrar::new(registry.clone(), service, &id, spec);
         let mut registered = registrar.subscribe_registered();
-        let (deregister_tx, deregister_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(registrar.run(health, async {
-            let _ = deregister_rx.await;
-        }));
+        registration_state = Some(admin::RegistrationState {
+            registered: registrar.subscribe_registered(),
+            health: health.clone(),
+        });
+        let (deregister_tx, mut deregister_rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting_for = identity.clone();
+        let task = tokio::spawn(async move {
+            // Peers could not call an instance without a certificate: register once
+            // there is one.
+            if let Some(slot) = waiting_for {
+                tokio::select! {
+                    () = slot.wait() => {}
+                    _ = &mut deregister_rx => return,
+                }
+            }
+            registrar
+                .run(health, async {
+                    let _ = deregister_rx.await;
+                })
+                .await
+        });
         let (ready_tx, connected) = (ready_tx.clone(), metrics.registry_connected.clone());
         tokio::spawn(async move {
             // Ready from the first registration on; the registration state also tells
@@ -293,7 +337,7 @@ pub async fn run(
         timeout: config.timeout,
         per_try_timeout: config.per_try_timeout,
         max_pending: config.max_pending,
-        tls: identity.is_some(),
+        identity: identity.clone(),
     });
     let mut routes = vec![("outbound", listeners.outbound, Route::ByHost)];
     for (upstream, listener) in listeners.upstreams {
@@ -335,6 +379,8 @@ pub async fn run(
         metrics: metrics.clone(),
         discovery,
         ready,
+        identity,
+        registration: registration_state,
         shutdown: admin_shutdown,
     });
     let (admin_stop_tx, admin_stop) = watch::channel(false);

@@ -1,14 +1,18 @@
 //! The app's side: requests from the local app to other services.
 //!
 //! The request path, in order:
-//! 1. find the destination (fixed for an upstream listener, else `Host` / `:authority`);
-//! 2. work out the request's deadlines and whether it may be retried;
-//! 3. bound the destination's requests in flight (fast 503 instead of a queue);
-//! 4. per try: discovery's endpoints minus ejected ones → the balancer picks one (never
+//! 1. refuse what must not be passed on (two `Host` headers, a bad deadline header, a
+//!    request that has gone round proxies too often) and, with mTLS on, everything until
+//!    this sidecar has its certificate;
+//! 2. find the destination (fixed for an upstream listener, else `Host` / `:authority`);
+//! 3. work out the request's deadlines and whether it may be retried;
+//! 4. bound the destination's requests in flight (fast 503 instead of a queue);
+//! 5. per try: discovery's endpoints minus ejected ones → the balancer picks one (never
 //!    the previous try's when another is ready) → send over a pooled connection;
-//! 5. classify the answer; a retryable failure is tried again elsewhere if the retry
-//!    budget, the attempt limit and the deadline allow, after a jittered backoff;
-//! 6. the answer streams back while metrics and the endpoint's latency record it.
+//! 6. judge the try ([`Verdict`]); a retryable failure is tried again elsewhere if the
+//!    request may be repeated, and the retry budget, the attempt limit and the deadline
+//!    allow, after a jittered backoff;
+//! 7. the answer streams back while metrics and the endpoint's latency record it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,17 +23,18 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::balance::{self, Strategy};
-use crate::body::{self, BoxBody};
-use crate::breaker::{Availability, EjectionConfig};
+use crate::body::{self, BoxBody, CallerFault, FromCaller};
+use crate::breaker::{Availability, EjectionConfig, Probe};
 use crate::deadline::{self, Deadlines};
 use crate::discover::{Destination, Discovery};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::{self, Clients, Wire};
-use crate::grpc;
-use crate::metrics::{Metrics, ResponseTimer};
+use crate::metrics::{Direction, Metrics, ResponseTimer};
 use crate::replay::ReplayBody;
-use crate::retry::{self, Reason, RetryConfig};
+use crate::retry::{self, RetryConfig, Verdict};
+use crate::tls::IdentitySlot;
+use crate::{grpc, headers, loops};
 
 /// How a listener names the destination of its requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,8 +59,21 @@ pub struct Outbound {
     pub per_try_timeout: Option<Duration>,
     /// Requests in flight per destination before new ones are refused.
     pub max_pending: usize,
-    /// mTLS to peer sidecars that have it on.
-    pub tls: bool,
+    /// With mTLS on: this sidecar's identity, used towards peers that have mTLS on.
+    pub identity: Option<Arc<IdentitySlot>>,
+}
+
+/// One request on its way: what each of its tries needs.
+struct Call<'a> {
+    destination: &'a Destination,
+    deadlines: Deadlines,
+    wire: Wire,
+    grpc_caller: bool,
+    /// Idempotent or marked `mesh-retry`: failures that may have reached an app may
+    /// still be retried.
+    repeatable: bool,
+    /// Set once the caller's own body broke.
+    caller_fault: CallerFault,
 }
 
 /// What a try that did not succeed left us with.
@@ -70,8 +88,8 @@ enum Failure {
 enum Tried {
     /// Pass this answer on; the endpoint counts it in flight until its stream ends.
     Done(Response<BoxBody>, Option<InFlight>),
-    /// Failed; `Some(reason)` if another endpoint may be tried.
-    Failed(Failure, Option<Reason>),
+    /// Failed; with a verdict if it is a failure worth retrying.
+    Failed(Failure, Option<Verdict>),
 }
 
 // === impl Route ===
@@ -103,18 +121,44 @@ impl Route {
 // === impl Outbound ===
 
 impl Outbound {
-    pub async fn handle(&self, route: &Route, request: Request<Incoming>) -> Response<BoxBody> {
+    pub async fn handle(&self, route: &Route, mut request: Request<Incoming>) -> Response<BoxBody> {
         let grpc_caller = grpc::is_grpc(request.headers());
+        let refuse = |e: ProxyError| {
+            tracing::info!(error = %e, "outbound request refused");
+            e.into_response(grpc_caller)
+        };
+        if let Err(e) = headers::check_request(request.headers()) {
+            return refuse(e);
+        }
         let Some((service, port)) = route.destination(&request) else {
-            let e = ProxyError::new(
+            return refuse(ProxyError::new(
                 ErrorKind::BadRequest,
                 "no Host header or :authority to route by: send the destination service name as the host",
-            );
-            tracing::info!(error = %e, "outbound request rejected");
-            return e.into_response(grpc_caller);
+            ));
         };
+        if let Err(e) = loops::count_hop(request.headers_mut()) {
+            return refuse(e);
+        }
         let started = Instant::now();
-        let destination = self.discovery.destination(&service, port).await;
+        if let Some(slot) = &self.identity
+            && slot.get().is_none()
+        {
+            let timer = self
+                .metrics
+                .service(Direction::Outbound, &service)
+                .request_since(started);
+            return fail(slot.missing(), grpc_caller, timer);
+        }
+        let destination = match self.discovery.destination(&service, port).await {
+            Ok(destination) => destination,
+            Err(e) => {
+                let timer = self
+                    .metrics
+                    .service(Direction::Outbound, &service)
+                    .request_since(started);
+                return fail(e, grpc_caller, timer);
+            }
+        };
         let timer = destination.metrics.request_since(started);
         let Some(_pending) = destination.try_begin(self.max_pending) else {
             let e = ProxyError::new(
@@ -128,72 +172,70 @@ impl Outbound {
         };
         destination.budget.deposit();
 
-        let deadlines = Deadlines::of(
+        let deadlines = match Deadlines::of(
             request.headers(),
             self.timeout,
             self.per_try_timeout,
             Instant::now(),
-        );
-        // Failure statuses are retried only where repeating the request is harmless.
-        let retry_failures =
-            retry::is_idempotent(request.method()) || retry::is_marked(request.headers());
-        let wire = Wire::of(&request);
-        let (mut parts, body) = request.into_parts();
+        ) {
+            Ok(deadlines) => deadlines,
+            Err(e) => {
+                let e = ProxyError::new(ErrorKind::BadRequest, e.to_string());
+                return fail(e, grpc_caller, timer);
+            }
+        };
+        let (mut parts, incoming) = request.into_parts();
+        let (incoming, caller_fault) = FromCaller::new(incoming);
+        let call = Call {
+            destination: &destination,
+            deadlines,
+            wire: Wire::of_version(parts.version),
+            grpc_caller,
+            repeatable: retry::is_idempotent(&parts.method) || retry::is_marked(&parts.headers),
+            caller_fault,
+        };
         parts.headers.remove(retry::MESH_RETRY);
-        let body = ReplayBody::new(body::boxed(body), self.retry.buffer_limit);
+        let body = ReplayBody::new(body::boxed(incoming), self.retry.buffer_limit);
 
+        let attempts = self.retry.max_attempts.max(1);
         let mut previous: Option<Arc<Endpoint>> = None;
-        let mut last: Option<(Failure, Reason)> = None;
-        for attempt in 1..=self.retry.max_attempts.max(1) {
-            if let Some((failure, reason)) = last.take() {
-                if let Err(stop) =
-                    self.may_retry(&destination, &body, &deadlines, previous.as_deref())
-                {
+        let mut last: Option<(Failure, Verdict)> = None;
+        for attempt in 1..=attempts {
+            if let Some((failure, verdict)) = last.take() {
+                if let Err(stop) = self.may_retry(&call, &body, previous.as_deref()) {
                     return self.give_up(failure, stop, grpc_caller, timer, &service);
                 }
-                self.metrics.retried(&service, reason.as_str());
-                tokio::time::sleep(self.backoff(attempt, &deadlines)).await;
-                last = Some((failure, reason));
+                self.metrics.retried(&service, verdict.reason.as_str());
+                tokio::time::sleep(self.backoff(attempt, &call.deadlines)).await;
+                last = Some((failure, verdict));
             }
-            let Some(endpoint) = self.choose(&destination, previous.as_deref()) else {
-                let why = destination
-                    .last_error()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default();
-                let e = ProxyError::new(
-                    ErrorKind::NoEndpoints,
-                    format!("no endpoints for {service}{why}"),
-                );
+            let Some((endpoint, probe)) = self.choose(&destination, previous.as_deref()) else {
                 return match last {
                     Some((failure, _)) => self.answer(failure, grpc_caller, timer),
-                    None => fail(e, grpc_caller, timer),
+                    None => fail(destination.no_endpoints(), grpc_caller, timer),
                 };
             };
             let Some(attempt_body) = body.try_clone() else {
-                // Unreachable for the first try; later tries checked replayability.
+                // An earlier try still holds the body; may_retry checked it was whole.
                 break;
             };
-            let request = rebuild(&parts, attempt_body, &deadlines, grpc_caller);
+            let request = rebuild(&parts, attempt_body, &call.deadlines, grpc_caller);
+            // Holding a gRPC answer back to read its status only pays if a retry could
+            // still follow.
+            let retry_left = attempt < attempts && body.is_replayable();
             match self
-                .try_once(
-                    &destination,
-                    &endpoint,
-                    request,
-                    wire,
-                    &deadlines,
-                    grpc_caller,
-                    retry_failures,
-                )
+                .try_once(&call, &endpoint, probe, request, retry_left)
                 .await
             {
                 Tried::Done(response, in_flight) => {
                     return forward::observe(response, timer, in_flight);
                 }
-                Tried::Failed(failure, reason) => {
-                    let Some(reason) = reason else {
+                Tried::Failed(failure, verdict) => {
+                    let Some(verdict) = verdict.filter(|v| v.retryable.allows(call.repeatable))
+                    else {
                         return self.answer(failure, grpc_caller, timer);
                     };
-                    last = Some((failure, reason));
+                    last = Some((failure, verdict));
                     previous = Some(endpoint);
                 }
             }
@@ -211,23 +253,25 @@ impl Outbound {
         }
     }
 
-    /// One try against one endpoint, classified.
-    #[allow(clippy::too_many_arguments)]
+    /// One try against one endpoint, judged. `probe`: this try is the ejected endpoint's
+    /// probe; it is settled whatever happens (dropped unsettled if the caller's own body
+    /// broke, or if the try is cancelled).
     async fn try_once(
         &self,
-        destination: &Destination,
+        call: &Call<'_>,
         endpoint: &Arc<Endpoint>,
+        probe: Option<Probe>,
         request: Request<BoxBody>,
-        wire: Wire,
-        deadlines: &Deadlines,
-        grpc_caller: bool,
-        retry_failures: bool,
+        retry_left: bool,
     ) -> Tried {
+        let destination = call.destination;
         let in_flight = endpoint.start();
         let started = Instant::now();
-        let try_deadline = deadlines.try_deadline(started);
-        let tls_to = (self.tls && endpoint.tls).then_some(destination.name.as_str());
-        let sent = self.clients.send(request, &endpoint.pool, wire, tls_to);
+        let try_deadline = call.deadlines.try_deadline(started);
+        let tls_to = (self.identity.is_some() && endpoint.tls).then_some(destination.name.as_str());
+        let sent = self
+            .clients
+            .send(request, &endpoint.pool, call.wire, tls_to);
         let result = match try_deadline {
             Some(at) => match tokio::time::timeout_at(at, sent).await {
                 Ok(result) => result,
@@ -241,17 +285,31 @@ impl Outbound {
         let response = match result {
             Ok(response) => response,
             Err(e) => {
+                if let Some(why) = call.caller_fault.get() {
+                    // The caller broke its own body: the endpoint did nothing wrong.
+                    let e = ProxyError::new(
+                        ErrorKind::BadRequest,
+                        format!("the request body could not be read: {why}"),
+                    );
+                    tracing::debug!(endpoint = %endpoint.address, error = %e, "caller's body broke");
+                    return Tried::Failed(Failure::Proxy(e), None);
+                }
                 tracing::debug!(endpoint = %endpoint.address, error = %e, "try failed");
                 endpoint.set_error(Some(e.to_string()));
-                if e.kind != ErrorKind::Timeout {
+                // A slow answer alone does not eject; a probe that times out does.
+                let counts = match e.kind {
+                    ErrorKind::Timeout => probe.is_some(),
+                    ErrorKind::Loop | ErrorKind::NoIdentity => false,
+                    _ => true,
+                };
+                if counts {
                     self.record_failure(destination, endpoint, &e.message);
                 }
-                let reason = if e.kind.is_safe_to_retry() {
-                    Some(Reason::NotSent)
-                } else {
-                    retry_failures.then_some(Reason::Failed)
-                };
-                return Tried::Failed(Failure::Proxy(e), reason);
+                if let Some(probe) = probe {
+                    probe.settle();
+                }
+                let verdict = Verdict::of_error(e.kind);
+                return Tried::Failed(Failure::Proxy(e), Some(verdict));
             }
         };
         endpoint.observe(started.elapsed());
@@ -259,13 +317,13 @@ impl Outbound {
         // A gRPC status may be in the headers (trailers-only) or in the trailers, which
         // for a small answer are read before anything is passed on.
         let mut grpc_status = grpc::status_of(response.headers());
-        let (response, in_flight) = if grpc_caller && grpc_status.is_none() {
+        let mut response = if call.grpc_caller && grpc_status.is_none() && retry_left {
             let (peeked, status) =
                 retry::peek_grpc(response, self.retry.buffer_limit, try_deadline).await;
             grpc_status = status;
-            (peeked, Some(in_flight))
+            peeked
         } else {
-            (response.map(body::boxed), Some(in_flight))
+            response.map(body::boxed)
         };
         let status = response.status();
         let unavailable = status.is_server_error() || grpc_status == Some(grpc::UNAVAILABLE);
@@ -284,34 +342,40 @@ impl Outbound {
                 destination.refresh_gauges(&self.metrics);
             }
         }
-        match self
-            .retry
-            .classify_response(status, response.headers(), grpc_status, retry_failures)
-        {
-            Some(reason) => Tried::Failed(Failure::Answer(response), Some(reason)),
-            None => Tried::Done(response, in_flight),
+        if let Some(probe) = probe {
+            probe.settle();
+        }
+        let verdict =
+            self.retry
+                .classify_response(status, response.headers(), grpc_status, endpoint.sidecar);
+        if !endpoint.sidecar {
+            // Only sidecars speak for the mesh.
+            response.headers_mut().remove(MESH_ERROR);
+        }
+        match verdict {
+            Some(verdict) => Tried::Failed(Failure::Answer(response), Some(verdict)),
+            None => Tried::Done(response, Some(in_flight)),
         }
     }
 
     /// Why another try may not be made, if it may not.
     fn may_retry(
         &self,
-        destination: &Destination,
+        call: &Call<'_>,
         body: &ReplayBody,
-        deadlines: &Deadlines,
         previous: Option<&Endpoint>,
     ) -> Result<(), Stop> {
         if !body.is_replayable() {
             return Err(Stop::NotReplayable);
         }
-        if let Some(remaining) = deadlines.remaining(Instant::now()) {
+        if let Some(remaining) = call.deadlines.remaining(Instant::now()) {
             // Deadline-aware: a retry that cannot finish in time only adds load.
             let expected = previous.map(Endpoint::ewma).unwrap_or_default();
             if remaining.is_zero() || remaining < expected {
                 return Err(Stop::Deadline);
             }
         }
-        if !destination.budget.withdraw() {
+        if !call.destination.budget.withdraw() {
             return Err(Stop::Budget);
         }
         Ok(())
@@ -326,12 +390,13 @@ impl Outbound {
     }
 
     /// An endpoint for the next try: the ready ones minus the previous try's (when there
-    /// is another); when every endpoint is ejected, the one ejected longest ago.
+    /// is another); when every endpoint is ejected, the one ejected longest ago. With it,
+    /// the probe claim if the try is an ejected endpoint's probe.
     fn choose(
         &self,
         destination: &Destination,
         previous: Option<&Endpoint>,
-    ) -> Option<Arc<Endpoint>> {
+    ) -> Option<(Arc<Endpoint>, Option<Probe>)> {
         let now = Instant::now();
         let set = destination.endpoints();
         let ready: Vec<Arc<Endpoint>> = set
@@ -341,19 +406,19 @@ impl Outbound {
             .cloned()
             .collect();
         if ready.is_empty() {
-            return set
+            let oldest = set
                 .endpoints
                 .iter()
                 .min_by_key(|e| e.breaker.ejected_at())
-                .cloned();
+                .cloned()?;
+            return Some((oldest, None));
         }
         let chosen = balance::pick(self.strategy, &ready, &destination.cursor, previous)?;
-        if chosen.breaker.availability(now) == Availability::Probe
-            && chosen.breaker.claim_probe(now)
-        {
+        let probe = Probe::claim(&chosen, &self.ejection, now);
+        if probe.is_some() {
             tracing::info!(endpoint = %chosen.address, "probing an ejected endpoint");
         }
-        Some(chosen)
+        Some((chosen, probe))
     }
 
     fn record_failure(&self, destination: &Destination, endpoint: &Endpoint, reason: &str) {

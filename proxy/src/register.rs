@@ -19,6 +19,9 @@ use crate::pool::Pool;
 
 /// Deadline for one health check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Until the app first passes, checks start this often and double up to the interval:
+/// an app that comes up a moment after its sidecar is routable a moment later.
+const FIRST_CHECK_WAIT: Duration = Duration::from_millis(100);
 /// gRPC status UNIMPLEMENTED: the app has no health service.
 const UNIMPLEMENTED: u32 = 12;
 
@@ -46,8 +49,9 @@ impl Check {
     }
 }
 
-/// Checks the app every `interval` and publishes its status; a change is published at
-/// once, which the registration loop reports without waiting for its next heartbeat.
+/// Checks the app every `interval` (faster until it first passes) and publishes its
+/// status when it changes, which the registration loop reports without waiting for its
+/// next heartbeat. An unchanged status is not published: heartbeats keep their own pace.
 pub async fn watch_health(
     app: SocketAddr,
     check: Check,
@@ -56,17 +60,26 @@ pub async fn watch_health(
     interval: Duration,
     status: watch::Sender<Status>,
 ) {
+    let mut wait = FIRST_CHECK_WAIT.min(interval);
+    let mut passed = false;
     loop {
         let now =
             match tokio::time::timeout(CHECK_TIMEOUT, probe(app, &check, &clients, &pool)).await {
                 Ok(s) => s,
                 Err(_) => Status::Critical,
             };
-        let before = status.send_replace(now);
-        if before != now {
-            tracing::info!(%app, from = %before, to = %now, "app health changed");
-        }
-        tokio::time::sleep(interval).await;
+        status.send_if_modified(|current| {
+            if *current == now {
+                return false;
+            }
+            tracing::info!(%app, from = %*current, to = %now, "app health changed");
+            *current = now;
+            true
+        });
+        passed |= now == Status::Passing;
+        let next = if passed { interval } else { wait };
+        wait = (wait * 2).min(interval);
+        tokio::time::sleep(next).await;
     }
 }
 

@@ -4,7 +4,10 @@
 //!
 //! Streaming live matters: a client-streaming or bidirectional gRPC call must reach the
 //! server before the client has finished sending, so the body is never held back to be
-//! buffered first. A body that outgrows the limit is simply no longer replayable.
+//! buffered first. A body that outgrows the limit (or declares a length over it) is still
+//! sent whole by the first attempt that reads it; only then is it no longer replayable.
+//! Until an attempt has read anything, any body may be sent again: a connection refused
+//! before the first byte costs nothing to retry, whatever the body's size.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,8 +38,11 @@ struct State {
     copied: usize,
     trailers: Option<HeaderMap>,
     limit: usize,
-    /// The copy no longer holds the whole body read so far.
+    /// The copy no longer holds the whole body read so far (or, from the start, will not
+    /// be kept because the declared length is over the limit).
     overflowed: bool,
+    /// Something of the original has been read.
+    touched: bool,
     ended: bool,
 }
 
@@ -52,6 +58,7 @@ impl ReplayBody {
             copied: 0,
             trailers: None,
             limit,
+            touched: false,
             ended: false,
         };
         ReplayBody {
@@ -63,12 +70,13 @@ impl ReplayBody {
         }
     }
 
-    /// A body for another attempt, if the whole body can still be sent again: the copy
-    /// has not overflowed and no earlier attempt is still reading the original.
+    /// A body for another attempt, if the whole body can still be sent: nothing of it
+    /// has been read yet, or the copy holds everything read so far; and no earlier
+    /// attempt is still reading the original.
     pub fn try_clone(&self) -> Option<ReplayBody> {
         let shared = self.shared.lock().expect("replay lock");
         match shared.as_ref() {
-            Some(state) if !state.overflowed => Some(ReplayBody {
+            Some(state) if state.sendable() => Some(ReplayBody {
                 shared: self.shared.clone(),
                 state: None,
                 replayed: 0,
@@ -81,7 +89,15 @@ impl ReplayBody {
 
     /// True if another attempt could still be made (see [`try_clone`](Self::try_clone)).
     pub fn is_replayable(&self) -> bool {
-        matches!(self.shared.lock().expect("replay lock").as_ref(), Some(s) if !s.overflowed)
+        matches!(self.shared.lock().expect("replay lock").as_ref(), Some(s) if s.sendable())
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn sendable(&self) -> bool {
+        !self.touched || !self.overflowed
     }
 }
 
@@ -124,6 +140,9 @@ impl Body for ReplayBody {
 
         // Then the live original, copying as it goes.
         let polled = Pin::new(&mut state.rest).poll_frame(cx);
+        if polled.is_ready() {
+            state.touched = true;
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -215,12 +234,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_over_the_limit_is_not_replayable() {
+    async fn a_body_over_the_limit_is_sent_once_then_not_replayable() {
         let big = body::full(vec![7u8; 100]);
-        let first = ReplayBody::new(big, 10);
-        assert!(!first.is_replayable(), "a known length over the limit");
-        assert!(first.try_clone().is_none());
+        let original = ReplayBody::new(big, 10);
+        assert!(original.is_replayable(), "nothing read yet");
+        let first = original
+            .try_clone()
+            .expect("the first attempt always gets the body");
         assert_eq!(first.collect().await.unwrap().to_bytes().len(), 100);
+        assert!(!original.is_replayable(), "read past the limit");
+        assert!(original.try_clone().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_read_nothing_leaves_even_a_large_body_sendable() {
+        let original = ReplayBody::new(body::full(vec![7u8; 100]), 10);
+        drop(original.try_clone().unwrap());
+        let second = original
+            .try_clone()
+            .expect("an unread body can go elsewhere");
+        assert_eq!(second.collect().await.unwrap().to_bytes().len(), 100);
     }
 
     /// A body fed from a channel, for the tests.

@@ -6,6 +6,13 @@
 //! every request; a failure status (502/503/504) only for idempotent requests or those
 //! marked retryable; gRPC UNAVAILABLE always — including when it arrives in trailers,
 //! which is why small gRPC responses are peeked at before being passed on.
+//!
+//! Every failed try ends in a [`Verdict`]: whether it may be tried again
+//! ([`Retryable`]) and why (the metric's reason). Proxy errors get theirs from
+//! [`ErrorKind::retryable`](crate::error::ErrorKind::retryable), answers from
+//! [`RetryConfig::classify_response`]; the request decides with [`Retryable::allows`].
+//! A `mesh-error` header only counts when a peer sidecar sent it on a failure status:
+//! an app cannot make the mesh repeat its requests.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -21,15 +28,16 @@ use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
 use crate::budget::BudgetConfig;
-use crate::error::MESH_ERROR;
+use crate::error::{ErrorKind, MESH_ERROR};
 use crate::grpc;
 
 /// Header marking a request retryable whatever its method (`mesh-retry: true`).
 pub const MESH_RETRY: http::HeaderName = http::HeaderName::from_static("mesh-retry");
 
-/// How long peeking at a gRPC response waits for each frame after the first: the frames
-/// of a unary answer arrive together, a stream's later messages do not, and a stream must
-/// not be held back.
+/// How long peeking at a gRPC response waits for its first frame, and then for each
+/// next one: the frames of a unary answer arrive together, a stream's messages need not,
+/// and a stream must not be held back.
+const PEEK_FIRST_WAIT: Duration = Duration::from_millis(20);
 const PEEK_WAIT: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Debug)]
@@ -59,6 +67,26 @@ impl Default for RetryConfig {
             budget: BudgetConfig::default(),
         }
     }
+}
+
+/// Whether a failed try may be made again on another endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retryable {
+    /// Nothing of the request was acted on (never sent, refused, or a gRPC status that
+    /// says so): any request may go elsewhere.
+    Any,
+    /// It may have reached the app: only requests that are safe to repeat (idempotent,
+    /// or marked `mesh-retry: true`).
+    IdempotentOnly,
+    /// Never: another endpoint would not change the answer.
+    Never,
+}
+
+/// The end of a failed try: whether it may be retried, and why it would be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub retryable: Retryable,
+    pub reason: Reason,
 }
 
 /// Why a try is retried; the `reason` label of `mesh_retries_total`.
@@ -92,6 +120,33 @@ impl Reason {
     }
 }
 
+// === impl Retryable ===
+
+impl Retryable {
+    /// May a request that is `repeatable` (idempotent or marked) be tried again?
+    pub fn allows(self, repeatable: bool) -> bool {
+        match self {
+            Retryable::Any => true,
+            Retryable::IdempotentOnly => repeatable,
+            Retryable::Never => false,
+        }
+    }
+}
+
+// === impl Verdict ===
+
+impl Verdict {
+    /// The verdict on a try that ended in the proxy's own error.
+    pub fn of_error(kind: ErrorKind) -> Verdict {
+        let retryable = kind.retryable();
+        let reason = match retryable {
+            Retryable::Any => Reason::NotSent,
+            Retryable::IdempotentOnly | Retryable::Never => Reason::Failed,
+        };
+        Verdict { retryable, reason }
+    }
+}
+
 // === impl RetryConfig ===
 
 impl RetryConfig {
@@ -105,28 +160,35 @@ impl RetryConfig {
         rand::rng().random_range(Duration::ZERO..=ceiling)
     }
 
-    /// Should an answer with these parts be retried?
+    /// The verdict on an answer, if it is a failure worth retrying. `from_sidecar`: the
+    /// endpoint is a peer sidecar, whose `mesh-error` on a failure status is the mesh's
+    /// own word that nothing was sent; anyone else's is ignored.
     pub fn classify_response(
         &self,
         status: StatusCode,
         headers: &HeaderMap,
         grpc_status: Option<u32>,
-        retry_failures: bool,
-    ) -> Option<Reason> {
-        // A peer sidecar that could not reach its app sent nothing on: always safe.
-        let not_sent = headers
+        from_sidecar: bool,
+    ) -> Option<Verdict> {
+        let peer_error = headers
             .get(MESH_ERROR)
-            .is_some_and(|v| v == "connect-failed" || v == "refused");
-        if not_sent {
-            return Some(Reason::NotSent);
+            .filter(|_| from_sidecar && !status.is_success())
+            .and_then(ErrorKind::from_header);
+        if let Some(kind) = peer_error
+            && kind.retryable() == Retryable::Any
+        {
+            return Some(Verdict::of_error(kind));
         }
         if let Some(code) = grpc_status {
-            return self
-                .grpc_codes
-                .contains(&code)
-                .then_some(Reason::GrpcStatus);
+            return self.grpc_codes.contains(&code).then_some(Verdict {
+                retryable: Retryable::Any,
+                reason: Reason::GrpcStatus,
+            });
         }
-        (retry_failures && self.statuses.contains(&status.as_u16())).then_some(Reason::Status)
+        self.statuses.contains(&status.as_u16()).then_some(Verdict {
+            retryable: Retryable::IdempotentOnly,
+            reason: Reason::Status,
+        })
     }
 }
 
@@ -147,9 +209,9 @@ pub fn is_marked(headers: &HeaderMap) -> bool {
 }
 
 /// Reads the start of a gRPC response to find its status before anything is passed on:
-/// the first frame (waiting until `deadline`), then whatever follows at once, up to
-/// `limit` bytes. Returns the response with every frame still in it, and the status if
-/// the end was reached.
+/// what arrives within a few milliseconds (never past `deadline`), up to `limit` bytes.
+/// Returns the response with every frame still in it, and the status if the end was
+/// reached. Only worth it while a retry is still possible.
 pub async fn peek_grpc(
     response: Response<Incoming>,
     limit: usize,
@@ -162,19 +224,14 @@ pub async fn peek_grpc(
     let mut ended = false;
     let mut first = true;
     loop {
-        let wait = if first {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        } else {
-            Some(PEEK_WAIT)
-        };
+        let mut wait = if first { PEEK_FIRST_WAIT } else { PEEK_WAIT };
+        if let Some(deadline) = deadline {
+            wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+        }
         first = false;
         let next = std::future::poll_fn(|cx| Pin::new(&mut rest).poll_frame(cx));
-        let frame = match wait {
-            Some(wait) => match tokio::time::timeout(wait, next).await {
-                Ok(frame) => frame,
-                Err(_) => break,
-            },
-            None => next.await,
+        let Ok(frame) = tokio::time::timeout(wait, next).await else {
+            break;
         };
         match frame {
             Some(Ok(frame)) => {
@@ -264,36 +321,54 @@ mod tests {
     }
 
     #[test]
-    fn classification_follows_method_status_and_grpc_code() {
+    fn classification_follows_status_grpc_code_and_the_peers_word() {
         let c = RetryConfig::default();
         let none = HeaderMap::new();
+        let verdict = |status, headers: &HeaderMap, grpc, sidecar| {
+            c.classify_response(status, headers, grpc, sidecar)
+                .map(|v| (v.retryable, v.reason))
+        };
         assert_eq!(
-            c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, true),
-            Some(Reason::Status)
+            verdict(StatusCode::SERVICE_UNAVAILABLE, &none, None, true),
+            Some((Retryable::IdempotentOnly, Reason::Status))
         );
         assert_eq!(
-            c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &none, None, false),
-            None,
-            "a POST is not retried on 503"
-        );
-        assert_eq!(
-            c.classify_response(StatusCode::INTERNAL_SERVER_ERROR, &none, None, true),
+            verdict(StatusCode::INTERNAL_SERVER_ERROR, &none, None, true),
             None
         );
         assert_eq!(
-            c.classify_response(StatusCode::OK, &none, Some(14), false),
-            Some(Reason::GrpcStatus)
+            verdict(StatusCode::OK, &none, Some(14), false),
+            Some((Retryable::Any, Reason::GrpcStatus))
         );
-        assert_eq!(
-            c.classify_response(StatusCode::OK, &none, Some(5), false),
-            None
-        );
+        assert_eq!(verdict(StatusCode::OK, &none, Some(5), false), None);
+
         let mut peer = HeaderMap::new();
         peer.insert(MESH_ERROR, "connect-failed".parse().unwrap());
         assert_eq!(
-            c.classify_response(StatusCode::BAD_GATEWAY, &peer, None, false),
-            Some(Reason::NotSent)
+            verdict(StatusCode::BAD_GATEWAY, &peer, None, true),
+            Some((Retryable::Any, Reason::NotSent)),
+            "a peer sidecar that could not reach its app sent nothing on"
         );
+        assert_eq!(
+            verdict(StatusCode::BAD_GATEWAY, &peer, None, false),
+            Some((Retryable::IdempotentOnly, Reason::Status)),
+            "the same header from an endpoint that is no sidecar is just a 502"
+        );
+        assert_eq!(
+            verdict(StatusCode::OK, &peer, None, true),
+            None,
+            "never on a success"
+        );
+        let mut upstream = HeaderMap::new();
+        upstream.insert(MESH_ERROR, "upstream-failed".parse().unwrap());
+        assert_eq!(
+            verdict(StatusCode::BAD_GATEWAY, &upstream, None, true),
+            Some((Retryable::IdempotentOnly, Reason::Status))
+        );
+
+        assert!(Retryable::Any.allows(false));
+        assert!(Retryable::IdempotentOnly.allows(true) && !Retryable::IdempotentOnly.allows(false));
+        assert!(!Retryable::Never.allows(true));
         assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
         let mut marked = HeaderMap::new();
         marked.insert(MESH_RETRY, "true".parse().unwrap());

@@ -15,12 +15,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::body::BoxBody;
 use crate::io::Io;
 use crate::metrics::{Direction, Metrics};
-use crate::tls::TlsMode;
+use crate::tls::{IdentitySlot, TlsMode};
 
 /// Protections every listener applies.
 #[derive(Clone, Copy, Debug)]
@@ -29,8 +28,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
-    /// A client that has not sent its request head by then is dropped (slowloris).
-    /// Only the head: open streams and idle connections have no timer of ours.
+    /// A client that has not sent its request head by then is dropped (slowloris), as
+    /// is a connection that sends nothing at all. Only the head: open streams have no
+    /// timer of ours.
     pub header_read_timeout: Duration,
 }
 
@@ -59,10 +59,11 @@ pub struct Serve {
     pub tls: Option<InboundTls>,
 }
 
-/// Inbound TLS: the acceptor, and whether plaintext is still let in.
+/// Inbound TLS: this sidecar's identity (whose acceptor exists once it has a
+/// certificate), and whether plaintext is still let in.
 #[derive(Clone)]
 pub struct InboundTls {
-    pub acceptor: TlsAcceptor,
+    pub identity: Arc<IdentitySlot>,
     pub mode: TlsMode,
     pub trust_domain: String,
 }
@@ -169,8 +170,9 @@ pub async fn serve<H, F>(
     }
 }
 
-/// Completes the TLS handshake when the listener has TLS, or lets plaintext through when
-/// the mode permits it. `None`: the connection is refused.
+/// Waits (up to `timeout`) for the connection's first byte, then completes the TLS
+/// handshake when the listener has TLS, or lets plaintext through when the mode permits
+/// it. `None`: the connection is refused.
 async fn secure(
     stream: TcpStream,
     addr: SocketAddr,
@@ -178,6 +180,14 @@ async fn secure(
     timeout: Duration,
     metrics: &Metrics,
 ) -> Option<(Io, Peer)> {
+    // A client that sends nothing would otherwise hold its connection forever: HTTP
+    // version detection waits for the first bytes without a timer.
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(timeout, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        tracing::debug!(%addr, "connection closed: nothing sent within the header read timeout");
+        return None;
+    }
     let plain = |stream| {
         let peer = Peer {
             addr,
@@ -189,10 +199,13 @@ async fn secure(
     let Some(tls) = tls else {
         return plain(stream);
     };
+    let Some(acceptor) = tls.identity.acceptor() else {
+        tracing::info!(%addr, why = %tls.identity.why_missing(), "connection refused: no certificate yet");
+        metrics.inbound_connection("refused");
+        return None;
+    };
     // A TLS connection starts with a handshake record (0x16); anything else is plaintext.
-    let mut first = [0u8; 1];
-    let is_tls = matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
-    if !is_tls {
+    if first[0] != 0x16 {
         if tls.mode == TlsMode::Strict {
             tracing::info!(%addr, "plaintext connection refused: inbound is strict mTLS");
             metrics.inbound_connection("refused");
@@ -201,7 +214,7 @@ async fn secure(
         metrics.inbound_connection("plaintext");
         return plain(stream);
     }
-    match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             let identity = stream
                 .get_ref()

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -22,6 +22,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
+use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::Metrics;
 
 /// Whether sidecar-to-sidecar traffic is encrypted.
@@ -57,6 +58,18 @@ pub enum TlsError {
     Answer(String),
 }
 
+/// Where this sidecar's identity appears once the CA has signed its first certificate.
+/// Until then the admin listener says why on `/ready`, the data listeners refuse
+/// (outbound: 503 `no-identity`; inbound: connections closed), and nothing is
+/// registered; afterwards it holds the identity and the inbound TLS acceptor.
+pub struct IdentitySlot {
+    identity: OnceLock<Arc<Identity>>,
+    acceptor: OnceLock<tokio_rustls::TlsAcceptor>,
+    /// Why there is no identity yet.
+    waiting: Mutex<String>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
 /// This sidecar's certificate and the mesh's trust anchor.
 pub struct Identity {
     pub service: String,
@@ -72,12 +85,56 @@ pub struct Identity {
     clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
 }
 
-// === impl Identity ===
+// === impl IdentitySlot ===
 
-impl Identity {
+impl Default for IdentitySlot {
+    fn default() -> Self {
+        IdentitySlot {
+            identity: OnceLock::new(),
+            acceptor: OnceLock::new(),
+            waiting: Mutex::new(
+                "waiting for the registry's CA to sign the first certificate".into(),
+            ),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl IdentitySlot {
+    pub fn get(&self) -> Option<&Arc<Identity>> {
+        self.identity.get()
+    }
+
+    /// The inbound TLS acceptor, once there is an identity.
+    pub fn acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.acceptor.get()
+    }
+
+    /// Why there is no certificate yet (meaningless once there is one).
+    pub fn why_missing(&self) -> String {
+        self.waiting.lock().expect("waiting lock").clone()
+    }
+
+    /// The error for a request that needs the identity before there is one.
+    pub fn missing(&self) -> ProxyError {
+        ProxyError::new(
+            ErrorKind::NoIdentity,
+            format!(
+                "this sidecar has no mTLS certificate yet: {}",
+                self.why_missing()
+            ),
+        )
+    }
+
+    /// Resolves once there is an identity.
+    pub async fn wait(&self) {
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+    }
+
     /// Gets a first certificate from the registry, retrying until it succeeds (the
-    /// sidecar cannot serve without it).
+    /// sidecar cannot serve without it), and puts it in the slot.
     pub async fn obtain(
+        &self,
         registry: &Client,
         service: &str,
         trust_domain: &str,
@@ -85,29 +142,52 @@ impl Identity {
     ) -> Arc<Identity> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            match issue(registry, service, trust_domain, join_token).await {
-                Ok(issued) => {
-                    let provider = Arc::new(rustls::crypto::ring::default_provider());
-                    let identity = Identity {
-                        service: service.to_owned(),
-                        trust_domain: trust_domain.to_owned(),
-                        current: ArcSwap::from(issued.key),
-                        roots: Arc::new(issued.roots),
-                        provider,
-                        not_after: AtomicU64::new(issued.not_after),
-                        ttl: AtomicU64::new(issued.ttl),
-                        clients: Mutex::new(HashMap::new()),
-                    };
+            let issued = Identity::issue_first(registry, service, trust_domain, join_token).await;
+            let installed = issued.and_then(|identity| {
+                let config = identity.server_config().map_err(TlsError::Answer)?;
+                Ok((identity, config))
+            });
+            match installed {
+                Ok((identity, config)) => {
+                    let _ = self.acceptor.set(tokio_rustls::TlsAcceptor::from(config));
+                    let _ = self.identity.set(identity.clone());
+                    self.ready.send_replace(true);
                     tracing::info!(id = %mesh_registry_api::spiffe_id(trust_domain, service), "certificate obtained");
-                    return Arc::new(identity);
+                    return identity;
                 }
                 Err(e) => {
                     let wait = backoff.next_delay();
+                    *self.waiting.lock().expect("waiting lock") =
+                        format!("the registry's CA did not sign one ({e}); retrying");
                     tracing::warn!(error = %e, ?wait, "no certificate yet; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
         }
+    }
+}
+
+// === impl Identity ===
+
+impl Identity {
+    async fn issue_first(
+        registry: &Client,
+        service: &str,
+        trust_domain: &str,
+        join_token: &str,
+    ) -> Result<Arc<Identity>, TlsError> {
+        let issued = issue(registry, service, trust_domain, join_token).await?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(Arc::new(Identity {
+            service: service.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            current: ArcSwap::from(issued.key),
+            roots: Arc::new(issued.roots),
+            provider,
+            not_after: AtomicU64::new(issued.not_after),
+            ttl: AtomicU64::new(issued.ttl),
+            clients: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Renews the certificate at two thirds of its life, for as long as the process

@@ -1,0 +1,104 @@
+//! The ejection lifecycle end to end: an ejected endpoint's probe may time out, hang or
+//! be abandoned by its caller, and the endpoint must still come back once it is healthy.
+//! (The state machine itself is tested under a paused clock in `breaker.rs`.)
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{App, Mode, Registry, Sidecar, SidecarSpec};
+use http::StatusCode;
+
+fn metric(text: &str, series: &str) -> f64 {
+    common::metric(text, series).unwrap_or(0.0)
+}
+
+/// `web` served by a steady app and a flaky one, and a client sidecar with `extra`.
+async fn setup(extra: Vec<&'static str>) -> (Registry, App, App, Vec<Sidecar>, Sidecar) {
+    let registry = Registry::start().await;
+    let steady = App::start("steady").await;
+    let flaky = App::start("flaky").await;
+    let mut servers = Vec::new();
+    for app in [&steady, &flaky] {
+        servers.push(Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await);
+    }
+    registry.until_passing("web", 2).await;
+    let url = registry.url();
+    let mut spec = SidecarSpec::client(&url);
+    let mut flags = vec!["--eject-after", "2", "--eject-backoff", "300ms"];
+    flags.extend(extra);
+    spec.extra = flags;
+    let client = Sidecar::start(spec).await;
+    (registry, steady, flaky, servers, client)
+}
+
+async fn until_ejections(client: &Sidecar, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = common::get_h1(client.outbound, "web", "/whoami").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        let m = client.metrics().await;
+        if metric(&m, r#"mesh_endpoint_ejections_total{service="web"}"#) >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ejected {n} times: {m}");
+    }
+}
+
+/// Asks until the flaky instance answers again.
+async fn until_back(client: &Sidecar) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = common::get_h1(client.outbound, "web", "/whoami").await;
+        if answer.text == "flaky" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flaky instance never came back: {}",
+            common::get(&format!("http://{}/debug/endpoints", client.admin))
+                .await
+                .text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_probe_that_times_out_counts_as_a_failure_and_the_endpoint_still_comes_back() {
+    let (_r, _steady, flaky, _servers, client) = setup(vec!["--per-try-timeout", "200ms"]).await;
+    flaky.set_mode(Mode::Failing);
+    until_ejections(&client, 1.0).await;
+    // Its probe will hang until the per-try deadline: a failure, so it is out again.
+    flaky.set_mode(Mode::Hanging);
+    until_ejections(&client, 2.0).await;
+    flaky.set_mode(Mode::Normal);
+    until_back(&client).await;
+}
+
+#[tokio::test]
+async fn a_probe_its_caller_gives_up_on_does_not_keep_the_endpoint_out() {
+    let (_r, _steady, flaky, _servers, client) = setup(vec![]).await;
+    flaky.set_mode(Mode::Failing);
+    until_ejections(&client, 1.0).await;
+    flaky.set_mode(Mode::Hanging);
+    // Requests until one is the probe: it reaches the flaky app, which never answers,
+    // and its caller gives up.
+    let before = flaky.received.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flaky.received.load(Ordering::SeqCst) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the ejected endpoint was never probed"
+        );
+        let outbound = client.outbound;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            common::get_h1(outbound, "web", "/whoami"),
+        )
+        .await;
+    }
+    flaky.set_mode(Mode::Normal);
+    until_back(&client).await;
+}
