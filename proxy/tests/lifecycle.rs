@@ -139,3 +139,61 @@ async fn prometheus_finds_the_sidecar_through_the_registry() {
             || metrics.text.contains("mesh_registry_connected")
     );
 }
+
+async fn heartbeats(registry: &Registry) -> f64 {
+    let m = common::get(&format!("{}/metrics", registry.url()))
+        .await
+        .text;
+    common::metric(
+        &m,
+        r#"mesh_registry_http_requests_total{code="200",route="heartbeat"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn heartbeats_go_at_a_third_of_the_ttl_however_often_health_is_checked() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let app = App::start("web-1").await;
+    let mut spec = SidecarSpec::server(&url, "web", app.addr);
+    spec.extra = vec!["--health-interval", "50ms", "--ttl", "3s"];
+    let _sidecar = Sidecar::start(spec).await;
+    registry.until_passing("web", 1).await;
+    let before = heartbeats(&registry).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let sent = heartbeats(&registry).await - before;
+    // One a second (a third of 3 s), not one per 50 ms health check.
+    assert!((1.0..=4.0).contains(&sent), "{sent} heartbeats in 2.5 s");
+}
+
+#[tokio::test]
+async fn an_app_that_comes_up_after_its_sidecar_is_routable_at_once() {
+    let registry = Registry::start().await;
+    let url = registry.url();
+    // The app's port, free until the app starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut spec = SidecarSpec::server(&url, "web", port);
+    spec.extra = vec!["--health-interval", "30s"];
+    let sidecar = Sidecar::start(spec).await;
+    until_status(&registry, "web", Some(Status::Critical)).await;
+    let ready = common::get(&format!("http://{}/ready", sidecar.admin)).await;
+    let body: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
+    assert_eq!(
+        (&body["registered"], &body["status"], &body["passing"]),
+        (&true.into(), &"critical".into(), &false.into()),
+        "{body}"
+    );
+
+    let _app = App::start_on(port, "web-1").await;
+    // Health is checked every 30 s once the app has passed, but quickly until then.
+    tokio::time::timeout(Duration::from_secs(5), registry.until_passing("web", 1))
+        .await
+        .expect("the late app waited for a full health interval");
+    let ready = common::get(&format!("http://{}/ready", sidecar.admin)).await;
+    let body: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
+    assert_eq!(body["passing"], true, "{body}");
+}

@@ -14,6 +14,35 @@ pub use sidecar::*;
 
 use tokio::net::TcpListener;
 
+/// A DNS server on loopback that answers every query "no such name" at once: the
+/// sidecars' `--dns-server` in tests that use made-up names, so none of them is sent
+/// to the machine's resolver. Returns its `IP:PORT`.
+pub async fn nxdomain_dns() -> String {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            if n < 12 {
+                continue;
+            }
+            let mut answer = buf[..n].to_vec();
+            answer[2] |= 0x80; // a response
+            answer[3] = 0x80 | 3; // recursion available, NXDOMAIN
+            answer[6..12].fill(0); // no answer, authority or additional records
+            // Keep the question only (drop an EDNS record in the additional section).
+            let question_end = 12
+                + answer[12..]
+                    .iter()
+                    .position(|b| *b == 0)
+                    .map_or(0, |p| p + 1 + 4);
+            answer.truncate(question_end.min(answer.len()));
+            let _ = socket.send_to(&answer, from).await;
+        }
+    });
+    addr
+}
+
 pub async fn listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }

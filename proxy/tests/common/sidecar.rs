@@ -69,12 +69,12 @@ impl Sidecar {
             "--registry".into(),
             spec.registry.into(),
         ];
-        args.extend([
-            "--health-interval".into(),
-            "100ms".into(),
-            "--ttl".into(),
-            "2s".into(),
-        ]);
+        // Quick health checks and short leases, unless the test sets its own.
+        for (flag, value) in [("--health-interval", "100ms"), ("--ttl", "2s")] {
+            if !spec.extra.contains(&flag) {
+                args.extend([flag.into(), value.into()]);
+            }
+        }
         if let (Some((service, app, protocol)), Some(inbound)) = (spec.app, &inbound) {
             let inbound_addr = inbound.local_addr().unwrap();
             args.extend([
@@ -97,6 +97,10 @@ impl Sidecar {
                 };
                 args.extend(["--app-protocol".into(), name.into()]);
             }
+        }
+        if !spec.extra.contains(&"--dns-server") {
+            // Names the registry does not know never reach the machine's resolver.
+            args.extend(["--dns-server".into(), super::nxdomain_dns().await]);
         }
         args.extend(spec.extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from_args(&args);

@@ -1,0 +1,196 @@
+//! Resource bounds and request heads a proxy must not take at face value: destinations
+//! (one per distinct Host) are evicted when idle and capped, deadline headers cannot
+//! overflow the clock, two `Host` headers are refused, an absolute-form target wins over
+//! `Host`, and a connection that sends nothing is closed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{App, Registry, Sidecar, SidecarSpec};
+use http::StatusCode;
+
+/// A client sidecar; made-up names get "no such name" from the harness's DNS server.
+async fn client(registry: &Registry, extra: &[&str]) -> Sidecar {
+    let url = registry.url();
+    let mut spec = SidecarSpec::client(&url);
+    spec.extra = extra.to_vec();
+    Sidecar::start(spec).await
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    common::metric(text, series).unwrap_or(0.0)
+}
+
+async fn destinations(sidecar: &Sidecar) -> usize {
+    let debug = common::get(&format!("http://{}/debug/endpoints", sidecar.admin)).await;
+    serde_json::from_slice::<Vec<serde_json::Value>>(&debug.body)
+        .unwrap()
+        .len()
+}
+
+async fn watchers(registry: &Registry) -> f64 {
+    let m = common::get(&format!("{}/metrics", registry.url()))
+        .await
+        .text;
+    metric(&m, "mesh_registry_watchers")
+}
+
+#[tokio::test]
+async fn idle_destinations_are_dropped_with_their_registry_watches() {
+    let registry = Registry::start().await;
+    let sidecar = client(&registry, &["--destination-idle-timeout", "1s"]).await;
+    for i in 0..50 {
+        let answer = common::get_h1(sidecar.outbound, &format!("typo-{i}"), "/").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            answer.text
+        );
+    }
+    assert_eq!(destinations(&sidecar).await, 50);
+    assert!(
+        watchers(&registry).await >= 40.0,
+        "each name is watched while in use"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while destinations(&sidecar).await > 0 || watchers(&registry).await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "idle destinations were never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn past_max_destinations_new_names_get_a_fast_503() {
+    let registry = Registry::start().await;
+    let sidecar = client(&registry, &["--max-destinations", "3"]).await;
+    for i in 0..3 {
+        let answer = common::get_h1(sidecar.outbound, &format!("name-{i}"), "/").await;
+        assert_ne!(answer.headers.get("mesh-error").unwrap(), "overloaded");
+    }
+    let refused = common::get_h1(sidecar.outbound, "one-too-many", "/").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["mesh-error"], "overloaded");
+    assert!(
+        refused.text.contains("--max-destinations"),
+        "{}",
+        refused.text
+    );
+    // Names already followed still work.
+    let again = common::get_h1(sidecar.outbound, "name-0", "/").await;
+    assert_ne!(again.headers["mesh-error"], "overloaded");
+    let m = sidecar.metrics().await;
+    assert!(
+        m.contains(r#"mesh_requests_total{direction="outbound",service="one-too-many"} 1"#),
+        "the refusal is counted: {m}"
+    );
+}
+
+#[tokio::test]
+async fn deadline_headers_cannot_panic_the_proxy() {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let sidecar = client(&registry, &[]).await;
+    let h1 = common::h1();
+    let send = |name: &'static str, value: &'static str| {
+        let request = http::Request::get(format!("http://{}/whoami", sidecar.outbound))
+            .header("host", "web")
+            .header(name, value)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        common::send(&h1, request)
+    };
+    for (name, value) in [
+        ("mesh-timeout", "10000000000000000000s"),
+        ("mesh-per-try-timeout", "10000000000000000000s"),
+        ("grpc-timeout", "99999999H"),
+    ] {
+        let answer = send(name, value).await;
+        assert_eq!(answer.status, StatusCode::OK, "{name}: {}", answer.text);
+    }
+    let bad = send("mesh-timeout", "whenever").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text.contains("mesh-timeout"), "{}", bad.text);
+    assert_eq!(send("mesh-timeout", "2s").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn request_heads_proxies_must_not_trust() {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let sidecar = client(&registry, &["--header-read-timeout", "300ms"]).await;
+
+    let two_hosts = common::raw(
+        sidecar.outbound,
+        b"GET /whoami HTTP/1.1\r\nhost: web\r\nhost: db\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+
+    // The absolute-form target names the destination and becomes the Host the app sees.
+    let absolute = common::raw(
+        sidecar.outbound,
+        b"GET http://web/echo HTTP/1.1\r\nhost: elsewhere\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(absolute.starts_with("HTTP/1.1 200"), "{absolute}");
+    assert!(absolute.contains("x-echo-host: web\r\n"), "{absolute}");
+
+    // A connection that never sends a byte is closed after the header read timeout.
+    let started = Instant::now();
+    let silent = common::raw(sidecar.outbound, b"").await;
+    assert!(silent.is_empty(), "{silent}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the silent connection was left open"
+    );
+}
+
+#[tokio::test]
+async fn many_open_connections_stay_cheap_and_do_not_stop_service() {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    let sidecar = client(&registry, &["--max-connections", "200"]).await;
+    let addr: SocketAddr = sidecar.outbound;
+    // More idle clients than the listener serves at once: the extra ones wait in the
+    // accept queue, and the sidecar keeps answering the ones it serves.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(b"GET /whoami HTTP/1.1\r\nhost: web\r\n")
+            .await
+            .unwrap();
+        idle.push(stream);
+    }
+    let m = sidecar.metrics().await;
+    let open = metric(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#);
+    assert!(open <= 200.0, "{open} open: {m}");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            common::get_h1(addr, "web", "/whoami"),
+        )
+        .await;
+        if let Ok(answer) = answer {
+            assert_eq!(answer.status, StatusCode::OK);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sidecar stopped serving");
+    }
+}
