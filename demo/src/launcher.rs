@@ -23,7 +23,7 @@ use crate::{
     binaries::{self, Binaries},
     child::{self, Exit, Stopped, Supervised},
     http,
-    plan::{Plan, ProcessSpec, Role},
+    plan::{Plan, ProcessSpec, Role, TlsPlan},
     ports,
     ready::{self, Wait},
     watchdog::Watchdog,
@@ -49,7 +49,7 @@ pub async fn run(config: UpConfig) -> Result<(), Error> {
 
     let mut mesh = Mesh::new(Watchdog::spawn()?);
     let started = tokio::select! {
-        started = mesh.start(&plan, config.ready_timeout) => started,
+        started = mesh.start(&plan, tls.as_ref(), config.ready_timeout) => started,
         name = signals.recv() => {
             tracing::info!("{name} during start-up: stopping");
             Err(Error::Interrupted)
@@ -117,10 +117,20 @@ impl Mesh {
     }
 
     /// Starts every process in order and waits until the mesh serves the page.
-    async fn start(&mut self, plan: &Plan, timeout: Duration) -> Result<(), Error> {
+    async fn start(
+        &mut self,
+        plan: &Plan,
+        tls: Option<&TlsPlan>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         let wait = Wait::new(timeout);
         self.spawn(&plan.registry)?;
         self.wait_ready(&plan.registry, wait).await?;
+        // A serving registry has loaded its CA: the key file is no longer needed.
+        if let Some(tls) = tls {
+            tls.remove_key()
+                .map_err(|e| Error::Ca(format!("cannot remove the CA key once loaded: {e}")))?;
+        }
         for pair in &plan.pairs {
             self.spawn(&pair.sidecar)?;
             self.spawn(&pair.app)?;

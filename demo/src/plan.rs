@@ -3,7 +3,10 @@
 //! Each app gets its own sidecar, wired as in a pod: the app only knows `127.0.0.1`, the
 //! sidecar registers the app under its inbound address and balances calls to peers.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use http::Uri;
 
@@ -47,13 +50,30 @@ pub struct Pair {
 }
 
 /// The mesh's CA for this run and the token sidecars join with.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TlsPlan {
     /// `strict` or `permissive`.
     pub mode: String,
-    /// Holds `ca.pem` and `ca-key.pem` (made by `mesh-registry gen-ca`).
-    pub dir: PathBuf,
+    /// Holds `ca.pem` and `ca-key.pem` (made by `mesh-registry gen-ca`): a private (0700)
+    /// temporary directory, removed with everything in it when the plan is dropped, so no
+    /// CA key outlives the run.
+    dir: tempfile::TempDir,
     pub join_token: String,
+}
+
+// === impl TlsPlan ===
+
+impl TlsPlan {
+    /// Where `ca.pem` and `ca-key.pem` are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Deletes the CA's private key. The registry reads it once, at start, so once it
+    /// serves the key can go: even a launcher killed with SIGKILL then leaves none behind.
+    pub fn remove_key(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.dir().join("ca-key.pem"))
+    }
 }
 
 /// Every process, in start order: the registry, the recommendations pairs, then the
@@ -78,7 +98,7 @@ impl Plan {
         let registry_url = format!("http://{HOST}:{}", ports.registry);
         let mut registry_args = args(["--listen", &address(ports.registry)]);
         if let Some(tls) = tls {
-            let file = |name: &str| tls.dir.join(name).display().to_string();
+            let file = |name: &str| tls.dir().join(name).display().to_string();
             registry_args.extend(args([
                 "--ca-cert",
                 &file("ca.pem"),
@@ -244,16 +264,22 @@ impl Wiring<'_> {
     }
 }
 
-/// With `--tls` on: a CA for this run (in a fresh temporary directory, made by
+/// With `--tls` on: a CA for this run (in a fresh private temporary directory, made by
 /// `mesh-registry gen-ca`) and a random join token.
 pub fn tls_plan(config: &UpConfig, binaries: &Binaries) -> Result<Option<TlsPlan>, crate::Error> {
     if config.tls == "off" {
         return Ok(None);
     }
-    let dir = std::env::temp_dir().join(format!("mesh-demo-ca-{}", std::process::id()));
+    // 0700: the key file in it is 0600 too, but nobody else should even see it for the
+    // moment it exists.
+    let dir = tempfile::Builder::new()
+        .prefix("mesh-demo-ca-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| crate::Error::Ca(format!("cannot create a temporary directory: {e}")))?;
     let output = std::process::Command::new(&binaries.registry)
         .args(["gen-ca", "--force", "--out"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .map_err(|e| {
             crate::Error::Ca(format!("cannot run {}: {e}", binaries.registry.display()))
@@ -385,6 +411,46 @@ mod tests {
         );
         assert_eq!(plan.page_url, "http://127.0.0.1:5000/");
         assert_eq!(plan.services_url, "http://127.0.0.1:7700/v1/services");
+    }
+
+    /// A stand-in for `mesh-registry gen-ca --force --out DIR` that writes both files.
+    fn fake_gen_ca(dir: &std::path::Path) -> Binaries {
+        use std::os::unix::fs::PermissionsExt;
+        let registry = dir.join("mesh-registry");
+        std::fs::write(
+            &registry,
+            "#!/bin/sh\nmkdir -p \"$4\"\necho cert > \"$4/ca.pem\"\necho key > \"$4/ca-key.pem\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Binaries {
+            registry,
+            proxy: "/bin/mesh-proxy".into(),
+            recommendations: "/bin/recommendations".into(),
+            marketplace: "/bin/marketplace".into(),
+        }
+    }
+
+    #[test]
+    fn the_ca_key_lives_in_a_private_directory_gone_with_the_plan() {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        let binaries = fake_gen_ca(bin.path());
+        let config = Cli::try_parse_from(["mesh-demo"]).unwrap().config;
+        let tls = tls_plan(&config, &binaries)
+            .unwrap()
+            .expect("mTLS is the default");
+        let dir = tls.dir().to_owned();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        assert!(dir.join("ca-key.pem").is_file());
+
+        // The registry reads the key once, at start; after that it can go.
+        tls.remove_key().unwrap();
+        assert!(!dir.join("ca-key.pem").exists());
+        assert!(dir.join("ca.pem").is_file());
+        drop(tls);
+        assert!(!dir.exists(), "{} outlived the run", dir.display());
     }
 
     #[test]

@@ -87,6 +87,8 @@ fn the_page_survives_a_killed_instance_and_ctrl_c_stops_everything() {
 
     let first = http.get(&page).unwrap();
     assert!(is_full_page(&first), "{}", first.text());
+    // The registry has loaded the CA: its key file is gone already.
+    assert_eq!(launcher.key_files(), Vec::<std::path::PathBuf>::new());
     let passing = http.passing(&ports);
     assert_eq!(passing.get("recommendations"), Some(&3), "{passing:?}");
     assert_eq!(passing.get("marketplace"), Some(&1), "{passing:?}");
@@ -170,6 +172,8 @@ fn the_page_survives_a_killed_instance_and_ctrl_c_stops_everything() {
     let all: Vec<u32> = pids.values().copied().collect();
     let left = wait_gone(&all, Duration::from_secs(5));
     assert!(left.is_empty(), "still running: {left:?}\n{transcript}");
+    // Nothing of the run's CA is left in temporary files.
+    assert_eq!(launcher.temporary_files(), Vec::<std::path::PathBuf>::new());
 }
 
 #[test]
@@ -178,6 +182,8 @@ fn children_do_not_outlive_a_killed_launcher() {
     let (mut launcher, pids) = start_mesh(&ports);
     launcher.signal(Signal::KILL);
     assert!(launcher.wait_exit(Duration::from_secs(10)).is_some());
+    // Killed, the launcher removed nothing; but the CA key went once the registry served.
+    assert_eq!(launcher.key_files(), Vec::<std::path::PathBuf>::new());
     let all: Vec<u32> = pids.values().copied().collect();
     // The watchdog's grace period is 3 s before SIGKILL.
     let left = wait_gone(&all, Duration::from_secs(20));

@@ -130,14 +130,18 @@ pub struct Launcher {
     lines: mpsc::Receiver<String>,
     /// Every line read so far, `out: ` or `err: ` first, for failure messages.
     pub transcript: Vec<String>,
+    /// Its `TMPDIR`, so a test sees what it leaves in temporary files.
+    pub tmp: tempfile::TempDir,
 }
 
 // === impl Launcher ===
 
 impl Launcher {
     pub fn start(args: &[String]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
         let mut child = Command::new(LAUNCHER)
             .args(args)
+            .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -150,7 +154,36 @@ impl Launcher {
             child,
             lines,
             transcript: Vec::new(),
+            tmp,
         }
+    }
+
+    /// Every file under the launcher's `TMPDIR`, at any depth.
+    pub fn temporary_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.tmp.path(), &mut out);
+        out
+    }
+
+    /// Temporary files holding a private key.
+    pub fn key_files(&self) -> Vec<PathBuf> {
+        self.temporary_files()
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains("key"))
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
