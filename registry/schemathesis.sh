@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-registry_bin=${1:-target/release/mesh-registry}
+registry_bin=${1:-${CARGO_TARGET_DIR:-target}/release/mesh-registry}
 venv=${SCHEMATHESIS_VENV:-$HOME/.cache/mesh/schemathesis-venv}
 max_examples=${ST_MAX_EXAMPLES:-50}
 version=4.32.5
