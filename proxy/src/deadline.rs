@@ -102,7 +102,7 @@ impl Deadlines {
 
 /// Parses `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -142,6 +142,11 @@ mod tests {
         assert_eq!(parse_grpc_timeout("123456789m"), None, "at most 8 digits");
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(
+            parse_grpc_timeout("\u{6cc}"),
+            None,
+            "not ASCII (found by fuzzing)"
+        );
         let encoded = grpc_timeout(Duration::from_millis(87));
         assert_eq!(
             parse_grpc_timeout(encoded.to_str().unwrap()),

@@ -95,7 +95,8 @@ enum Tried {
 // === impl Route ===
 
 impl Route {
-    fn destination<B>(&self, request: &Request<B>) -> Option<(String, Option<u16>)> {
+    /// The destination service (lowercased) and the port the caller named, if any.
+    pub fn destination<B>(&self, request: &Request<B>) -> Option<(String, Option<u16>)> {
         match self {
             Route::Fixed { service, port } => Some((service.clone(), *port)),
             Route::ByHost => {
