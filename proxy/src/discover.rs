@@ -392,6 +392,10 @@ impl Discovery {
         }
         let mut resolved = destination.resolved.subscribe();
         let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, resolved.wait_for(|r| *r)).await;
+        // In use until now, however long the first resolution took.
+        destination
+            .last_used
+            .store(self.millis(), Ordering::Relaxed);
         Ok(destination)
     }
 
