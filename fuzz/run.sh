@@ -3,7 +3,6 @@
 # of them crashes (the input that did is kept in fuzz/artifacts/<target>/).
 #
 #   bash fuzz/run.sh [SECONDS]      # per target, default 60
-#   bash fuzz/run.sh --build        # only install cargo-fuzz if needed and build them
 #
 # Installs cargo-fuzz from crates.io when missing. New inputs found go to
 # fuzz/corpus/<target>/ (not committed); fuzz/seeds/<target>/ and fuzz/dicts/<target>.dict
@@ -11,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
-if [[ $seconds != --build ]] && ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
-    echo "usage: bash fuzz/run.sh [SECONDS | --build]  (whole seconds per target)" >&2
+if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: bash fuzz/run.sh [SECONDS]  (a whole number of seconds per target)" >&2
     exit 2
 fi
 
@@ -38,10 +37,6 @@ if ((${#targets[@]} == 0)); then
     exit 1
 fi
 fuzz build
-if [[ $seconds == --build ]]; then
-    echo "built ${#targets[@]} fuzz target(s): ${targets[*]}"
-    exit 0
-fi
 
 failed=()
 for target in "${targets[@]}"; do
