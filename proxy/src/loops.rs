@@ -81,7 +81,11 @@ pub fn count_hop(headers: &mut HeaderMap) -> Result<(), ProxyError> {
             ),
         ));
     }
-    headers.insert(MESH_HOPS, HeaderValue::from(hops + 1));
+    let counted = match hops {
+        0 => HeaderValue::from_static("1"),
+        n => HeaderValue::from(n + 1),
+    };
+    headers.insert(MESH_HOPS, counted);
     Ok(())
 }
 

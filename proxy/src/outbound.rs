@@ -223,7 +223,7 @@ impl Outbound {
             let request = rebuild(&parts, attempt_body, &call.deadlines, grpc_caller);
             // Holding a gRPC answer back to read its status only pays if a retry could
             // still follow.
-            let retry_left = attempt < attempts && body.is_replayable();
+            let retry_left = grpc_caller && attempt < attempts && body.is_replayable();
             match self
                 .try_once(&call, &endpoint, probe, request, retry_left)
                 .await
@@ -256,7 +256,8 @@ impl Outbound {
 
     /// One try against one endpoint, judged. `probe`: this try is the ejected endpoint's
     /// probe; it is settled whatever happens (dropped unsettled if the caller's own body
-    /// broke, or if the try is cancelled).
+    /// broke, or if the try is cancelled). `retry_left`: a gRPC call that another try
+    /// could still follow, worth peeking at for its status.
     async fn try_once(
         &self,
         call: &Call<'_>,
@@ -318,7 +319,7 @@ impl Outbound {
         // A gRPC status may be in the headers (trailers-only) or in the trailers, which
         // for a small answer are read before anything is passed on.
         let mut grpc_status = grpc::status_of(response.headers());
-        let mut response = if call.grpc_caller && grpc_status.is_none() && retry_left {
+        let mut response = if retry_left && grpc_status.is_none() {
             let (peeked, status) =
                 retry::peek_grpc(response, self.retry.buffer_limit, try_deadline).await;
             grpc_status = status;

@@ -170,9 +170,9 @@ impl RetryConfig {
         grpc_status: Option<u32>,
         from_sidecar: bool,
     ) -> Option<Verdict> {
-        let peer_error = headers
-            .get(MESH_ERROR)
-            .filter(|_| from_sidecar && !status.is_success())
+        let peer_error = (from_sidecar && !status.is_success())
+            .then(|| headers.get(MESH_ERROR))
+            .flatten()
             .and_then(ErrorKind::from_header);
         if let Some(kind) = peer_error
             && kind.retryable() == Retryable::Any
