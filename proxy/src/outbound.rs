@@ -68,7 +68,6 @@ struct Call<'a> {
     destination: &'a Destination,
     deadlines: Deadlines,
     wire: Wire,
-    grpc_caller: bool,
     /// Idempotent or marked `mesh-retry`: failures that may have reached an app may
     /// still be retried.
     repeatable: bool,
@@ -191,7 +190,6 @@ impl Outbound {
             destination: &destination,
             deadlines,
             wire: Wire::of_version(parts.version),
-            grpc_caller,
             repeatable: retry::is_idempotent(&parts.method) || retry::is_marked(&parts.headers),
             caller_fault,
         };
