@@ -59,6 +59,19 @@ pub struct Refused {
     pub why: String,
 }
 
+/// An endpoint as discovery found it, before the dial policy has its say.
+struct Found {
+    address: String,
+    weight: u32,
+    instance: Option<String>,
+    /// Registered by a mesh sidecar.
+    sidecar: bool,
+    /// Speaks mTLS.
+    tls: bool,
+    /// Why it does not, for a refusal.
+    plain: &'static str,
+}
+
 /// Which discovered endpoints may be dialled.
 #[derive(Clone, Debug, Default)]
 pub struct DialPolicy {
@@ -150,6 +163,13 @@ impl Destination {
         if let Some(source) = set.source {
             metrics.discovery_update(&self.name, source);
         }
+        // Said once per refused endpoint, not at every refresh of an unchanged set.
+        let before = self.endpoints.load();
+        for refused in &set.refused {
+            if !before.refused.iter().any(|r| r.address == refused.address) {
+                tracing::warn!(service = %self.name, endpoint = %refused.address, "not dialled: {}", refused.why);
+            }
+        }
         self.endpoints.store(Arc::new(set));
         self.refresh_gauges(metrics);
         self.resolved.send_replace(true);
@@ -190,24 +210,55 @@ impl Destination {
         self.last_error.lock().expect("error lock").clone()
     }
 
-    /// Registry instances → endpoints, keeping the existing `Endpoint` (and so its
-    /// latency history) for every address that stays.
+    /// Registry instances → endpoints.
     fn registry_set(&self, listing: &ServiceListing, dial: &DialPolicy) -> EndpointSet {
+        let found = listing.instances.iter().map(|i| {
+            // A sidecar registers its mTLS mode; an instance without one is no sidecar.
+            let mode = i.metadata.get(TLS_METADATA).map(String::as_str);
+            Found {
+                address: i.address.clone(),
+                weight: i.weight,
+                instance: Some(i.id.clone()),
+                sidecar: mode.is_some(),
+                tls: mode.is_some_and(|m| m != "off"),
+                plain: match mode {
+                    None => "registered by something that is no mesh sidecar",
+                    Some("off") => "a sidecar with mTLS off",
+                    Some(_) => "",
+                },
+            }
+        });
+        self.endpoint_set(Source::Registry, found, dial)
+    }
+
+    /// DNS answers → endpoints: plaintext, weight 1, no sidecar.
+    fn dns_set(&self, addresses: &[std::net::IpAddr], port: u16, dial: &DialPolicy) -> EndpointSet {
+        let found = addresses.iter().map(|ip| Found {
+            address: std::net::SocketAddr::new(*ip, port).to_string(),
+            weight: 1,
+            instance: None,
+            sidecar: false,
+            tls: false,
+            plain: "found through DNS",
+        });
+        self.endpoint_set(Source::Dns, found, dial)
+    }
+
+    /// The endpoints `found` that `dial` allows, keeping the existing `Endpoint` (and so
+    /// its latency history and ejection state) for every one that stays as it was.
+    fn endpoint_set(
+        &self,
+        source: Source,
+        found: impl Iterator<Item = Found>,
+        dial: &DialPolicy,
+    ) -> EndpointSet {
         let current = self.endpoints.load();
         let mut set = EndpointSet {
-            source: Some(Source::Registry),
+            source: Some(source),
             ..EndpointSet::default()
         };
-        for i in &listing.instances {
-            // A sidecar registers its mTLS mode; an instance without one is no sidecar.
-            let mode = i.metadata.get(TLS_METADATA);
-            let (sidecar, tls) = (mode.is_some(), mode.is_some_and(|m| m != "off"));
-            let plain = match mode.map(String::as_str) {
-                None => "registered by something that is no mesh sidecar",
-                Some("off") => "a sidecar with mTLS off",
-                Some(_) => "",
-            };
-            if let Err(refused) = dial.check(&self.name, &i.address, tls, plain) {
+        for f in found {
+            if let Err(refused) = dial.check(&self.name, &f.address, f.tls, f.plain) {
                 set.refused.push(refused);
                 continue;
             }
@@ -215,38 +266,15 @@ impl Destination {
                 .endpoints
                 .iter()
                 .find(|e| {
-                    e.address == i.address
-                        && e.weight == i.weight
-                        && (e.sidecar, e.tls) == (sidecar, tls)
+                    e.address == f.address
+                        && e.weight == f.weight
+                        && (e.sidecar, e.tls) == (f.sidecar, f.tls)
                 })
                 .cloned()
                 .unwrap_or_else(|| {
-                    let e = Endpoint::new(i.address.clone(), i.weight, Some(i.id.clone()));
-                    Arc::new(if sidecar { e.sidecar(tls) } else { e })
+                    let e = Endpoint::new(f.address, f.weight, f.instance);
+                    Arc::new(if f.sidecar { e.sidecar(f.tls) } else { e })
                 });
-            set.endpoints.push(endpoint);
-        }
-        set
-    }
-
-    fn dns_set(&self, addresses: &[std::net::IpAddr], port: u16, dial: &DialPolicy) -> EndpointSet {
-        let current = self.endpoints.load();
-        let mut set = EndpointSet {
-            source: Some(Source::Dns),
-            ..EndpointSet::default()
-        };
-        for ip in addresses {
-            let address = std::net::SocketAddr::new(*ip, port).to_string();
-            if let Err(refused) = dial.check(&self.name, &address, false, "found through DNS") {
-                set.refused.push(refused);
-                continue;
-            }
-            let endpoint = current
-                .endpoints
-                .iter()
-                .find(|e| e.address == address)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(address, 1, None)));
             set.endpoints.push(endpoint);
         }
         set
@@ -410,18 +438,16 @@ impl Discovery {
     fn evict_idle(&self) {
         let idle = self.config.idle_timeout.as_millis() as u64;
         let now = self.millis();
-        let evicted: Vec<Arc<Destination>> = {
-            let mut all = self.destinations.lock().expect("destinations lock");
-            let idle_keys: Vec<String> = all
-                .iter()
-                .filter(|(_, d)| {
-                    d.pending.load(Ordering::Acquire) == 0
-                        && now.saturating_sub(d.last_used.load(Ordering::Relaxed)) >= idle
-                })
-                .map(|(key, _)| key.clone())
-                .collect();
-            idle_keys.iter().filter_map(|key| all.remove(key)).collect()
-        };
+        let evicted: Vec<Arc<Destination>> = self
+            .destinations
+            .lock()
+            .expect("destinations lock")
+            .extract_if(|_, d| {
+                d.pending.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(d.last_used.load(Ordering::Relaxed)) >= idle
+            })
+            .map(|(_, d)| d)
+            .collect();
         for destination in evicted {
             if let Some(task) = destination.follower.lock().expect("follower lock").take() {
                 task.abort();
@@ -473,9 +499,6 @@ impl Discovery {
                         destination.set_error(None);
                         tracing::debug!(service = %name, endpoints = listing.instances.len(), "registry update");
                         let set = destination.registry_set(&listing, &self.config.dial);
-                        for refused in &set.refused {
-                            tracing::warn!(service = %name, endpoint = %refused.address, "not dialled: {}", refused.why);
-                        }
                         destination.publish(set, &self.metrics);
                     }
                     Ok(_) => {

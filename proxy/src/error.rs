@@ -152,6 +152,16 @@ impl ProxyError {
         }
     }
 
+    /// The answer for a request whose body the caller broke (`why`, from
+    /// [`CallerFault`](crate::body::CallerFault)): a 400, never the endpoint's or the
+    /// app's fault.
+    pub fn caller_body(why: &str) -> Self {
+        ProxyError::new(
+            ErrorKind::BadRequest,
+            format!("the request body could not be read: {why}"),
+        )
+    }
+
     /// The answer for the caller: a trailers-only status for gRPC callers, otherwise the
     /// HTTP status with a plain-text explanation. Both carry `mesh-error`.
     pub fn into_response(self, grpc_caller: bool) -> Response<BoxBody> {

@@ -89,14 +89,10 @@ impl Inbound {
                 response.headers_mut().remove(MESH_ERROR);
                 forward::observe(response, timer, None)
             }
-            Err(e) => match caller_fault.get() {
-                Some(why) => {
-                    let e = ProxyError::new(
-                        ErrorKind::BadRequest,
-                        format!("the request body could not be read: {why}"),
-                    );
-                    tracing::debug!(error = %e, "caller's body broke");
-                    fail(e, grpc_caller, timer)
+            Err(e) => match caller_fault.get().map(ProxyError::caller_body) {
+                Some(caller) => {
+                    tracing::debug!(error = %caller, "caller's body broke");
+                    fail(caller, grpc_caller, timer)
                 }
                 None => {
                     tracing::warn!(app = %self.app, error = %e, "the local app did not answer");

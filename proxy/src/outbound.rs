@@ -140,24 +140,19 @@ impl Outbound {
             return refuse(e);
         }
         let started = Instant::now();
+        // Refused before a destination exists: counted under the service's name all the same.
+        let unrouted = |e: ProxyError| {
+            let service_metrics = self.metrics.service(Direction::Outbound, &service);
+            fail(e, grpc_caller, service_metrics.request_since(started))
+        };
         if let Some(slot) = &self.identity
             && slot.get().is_none()
         {
-            let timer = self
-                .metrics
-                .service(Direction::Outbound, &service)
-                .request_since(started);
-            return fail(slot.missing(), grpc_caller, timer);
+            return unrouted(slot.missing());
         }
         let destination = match self.discovery.destination(&service, port).await {
             Ok(destination) => destination,
-            Err(e) => {
-                let timer = self
-                    .metrics
-                    .service(Direction::Outbound, &service)
-                    .request_since(started);
-                return fail(e, grpc_caller, timer);
-            }
+            Err(e) => return unrouted(e),
         };
         let timer = destination.metrics.request_since(started);
         let Some(_pending) = destination.try_begin(self.max_pending) else {
@@ -285,12 +280,8 @@ impl Outbound {
         let response = match result {
             Ok(response) => response,
             Err(e) => {
-                if let Some(why) = call.caller_fault.get() {
+                if let Some(e) = call.caller_fault.get().map(ProxyError::caller_body) {
                     // The caller broke its own body: the endpoint did nothing wrong.
-                    let e = ProxyError::new(
-                        ErrorKind::BadRequest,
-                        format!("the request body could not be read: {why}"),
-                    );
                     tracing::debug!(endpoint = %endpoint.address, error = %e, "caller's body broke");
                     return Tried::Failed(Failure::Proxy(e), None);
                 }
