@@ -19,6 +19,15 @@ async fn client(registry: &Registry, extra: &[&str]) -> Sidecar {
     Sidecar::start(spec).await
 }
 
+/// A registry listing `web`: an app behind its sidecar.
+async fn web() -> (Registry, App, Sidecar) {
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
+    registry.until_passing("web", 1).await;
+    (registry, app, server)
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     common::metric(text, series).unwrap_or(0.0)
 }
@@ -94,10 +103,7 @@ async fn past_max_destinations_new_names_get_a_fast_503() {
 
 #[tokio::test]
 async fn deadline_headers_cannot_panic_the_proxy() {
-    let registry = Registry::start().await;
-    let app = App::start("web-1").await;
-    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
-    registry.until_passing("web", 1).await;
+    let (registry, _app, _server) = web().await;
     let sidecar = client(&registry, &[]).await;
     let h1 = common::h1();
     let send = |name: &'static str, value: &'static str| {
@@ -124,10 +130,7 @@ async fn deadline_headers_cannot_panic_the_proxy() {
 
 #[tokio::test]
 async fn request_heads_proxies_must_not_trust() {
-    let registry = Registry::start().await;
-    let app = App::start("web-1").await;
-    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
-    registry.until_passing("web", 1).await;
+    let (registry, _app, _server) = web().await;
     let sidecar = client(&registry, &["--header-read-timeout", "300ms"]).await;
 
     let two_hosts = common::raw(
@@ -158,10 +161,7 @@ async fn request_heads_proxies_must_not_trust() {
 
 #[tokio::test]
 async fn many_open_connections_stay_cheap_and_do_not_stop_service() {
-    let registry = Registry::start().await;
-    let app = App::start("web-1").await;
-    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
-    registry.until_passing("web", 1).await;
+    let (registry, _app, _server) = web().await;
     let sidecar = client(&registry, &["--max-connections", "200"]).await;
     let addr: SocketAddr = sidecar.outbound;
     // More idle clients than the listener serves at once: the extra ones wait in the
