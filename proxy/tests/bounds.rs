@@ -194,3 +194,28 @@ async fn many_open_connections_stay_cheap_and_do_not_stop_service() {
         assert!(Instant::now() < deadline, "the sidecar stopped serving");
     }
 }
+
+#[tokio::test]
+async fn a_thousand_and_more_names_stay_within_the_default_bounds() {
+    let registry = Registry::start().await;
+    // None falls idle during the test, however slow the machine.
+    let sidecar = client(&registry, &["--destination-idle-timeout", "10m"]).await;
+    let (mut unknown, mut overloaded) = (0, 0);
+    for i in 0..1200 {
+        let answer = common::get_h1(sidecar.outbound, &format!("name-{i}"), "/").await;
+        match answer
+            .headers
+            .get("mesh-error")
+            .map(|v| v.to_str().unwrap())
+        {
+            Some("no-endpoints") => unknown += 1,
+            Some("overloaded") => overloaded += 1,
+            other => panic!("{other:?}: {}", answer.text),
+        }
+    }
+    // The default --max-destinations: the first thousand are followed, the rest refused
+    // at once, and nothing beyond the thousand is watched.
+    assert_eq!((unknown, overloaded), (1000, 200));
+    assert_eq!(destinations(&sidecar).await, 1000);
+    assert!(watchers(&registry).await <= 1000.0);
+}
