@@ -1,18 +1,17 @@
 //! The HTTP API: one routing table, one handler per route.
 //!
-//! Routing is a plain match on path segments rather than a framework router, so unknown
-//! paths (404) and wrong methods (405, with `Allow`) get the same JSON error body as
-//! everything else.
+//! Routing is a plain match on path segments ([`crate::route`]) rather than a framework
+//! router, so unknown paths (404) and wrong methods (405, with `Allow`) get the same JSON
+//! error body as everything else. Who may call a route is checked by [`crate::auth`];
+//! answers are built by [`crate::respond`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use mesh_registry_api::validate;
-use serde::Serialize;
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -21,10 +20,12 @@ use crate::catalog::{Catalog, UnknownInstance};
 use crate::error::ApiError;
 use crate::join::JoinTokens;
 use crate::metrics::{Metrics, Route};
-use crate::{request, watch as blocking};
+use crate::respond::{no_content, set_index, text_response};
+use crate::route::{Target, target};
+use crate::{auth, request, watch as blocking};
 
-/// Response header carrying the index of the state an answer shows.
-pub const INDEX_HEADER: &str = "x-mesh-index";
+// Moved to `crate::respond`; re-exported so their old paths keep working.
+pub use crate::respond::{INDEX_HEADER, json};
 
 /// The OpenAPI 3 description of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -45,44 +46,6 @@ pub struct State {
 }
 
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
-
-/// A route matched by path alone; the method is checked afterwards.
-#[derive(Debug, PartialEq, Eq)]
-enum Target<'a> {
-    Services,
-    Service(&'a str),
-    Instance(&'a str, &'a str),
-    Heartbeat(&'a str, &'a str),
-    Metrics,
-    Healthz,
-    Readyz,
-    OpenApi,
-    PrometheusTargets,
-    CaSign,
-    CaBundle,
-}
-
-fn target(path: &str) -> Option<Target<'_>> {
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    Some(match segments.as_slice() {
-        ["v1", "services"] => Target::Services,
-        ["v1", "services", service] => Target::Service(service),
-        ["v1", "services", service, "instances", id] => Target::Instance(service, id),
-        ["v1", "services", service, "instances", id, "heartbeat"] => Target::Heartbeat(service, id),
-        ["metrics"] => Target::Metrics,
-        ["healthz"] => Target::Healthz,
-        ["readyz"] => Target::Readyz,
-        ["openapi.json"] => Target::OpenApi,
-        ["v1", "prometheus", "targets"] => Target::PrometheusTargets,
-        ["v1", "ca", "sign"] => Target::CaSign,
-        ["v1", "ca", "bundle"] => Target::CaBundle,
-        _ => return None,
-    })
-}
 
 // === impl State ===
 
@@ -138,6 +101,7 @@ impl State {
         response
     }
 
+    /// The routing table: each route with its label for the metrics and its handler.
     async fn dispatch<B>(
         &self,
         method: &Method,
@@ -150,12 +114,7 @@ impl State {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let Some(target) = target(uri.path()) else {
-            let message = format!(
-                "no route for {}; see /openapi.json (a client's registry URL must be just \
-                 http://host:port)",
-                uri.path()
-            );
-            return (Route::Unknown, Err(ApiError::NoRoute(message)));
+            return (Route::Unknown, Err(no_route(uri.path())));
         };
         let query = uri.query();
         match (method, target) {
@@ -174,42 +133,19 @@ impl State {
             (&Method::PUT, Target::Heartbeat(s, id)) => {
                 (Route::Heartbeat, self.heartbeat(s, id, headers, body).await)
             }
-            (&Method::GET, Target::Metrics) => {
-                let text = self.metrics.render(&self.catalog);
-                (
-                    Route::Metrics,
-                    Ok(text_response("text/plain; version=0.0.4", text)),
-                )
-            }
-            (&Method::GET, Target::Healthz) => (
-                Route::Healthz,
-                Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-            ),
+            (&Method::GET, Target::Metrics) => (Route::Metrics, Ok(self.metrics_page())),
+            (&Method::GET, Target::Healthz) => (Route::Healthz, Ok(healthz())),
             (&Method::GET, Target::Readyz) => (Route::Readyz, self.readyz()),
             (&Method::POST, Target::CaSign) => (Route::CaSign, self.sign(headers, body).await),
-            (&Method::GET, Target::CaBundle) => (
-                Route::CaBundle,
-                self.ca()
-                    .map(|ca| text_response("application/x-pem-file", ca.bundle().to_owned())),
-            ),
+            (&Method::GET, Target::CaBundle) => (Route::CaBundle, self.ca_bundle()),
             (&Method::GET, Target::PrometheusTargets) => {
-                let targets = self.catalog.prometheus_targets();
-                (Route::PrometheusTargets, Ok(json(StatusCode::OK, &targets)))
+                (Route::PrometheusTargets, Ok(self.prometheus_targets()))
             }
-            (&Method::GET, Target::OpenApi) => (
-                Route::OpenApi,
-                Ok(text_response("application/json", OPENAPI.to_owned())),
-            ),
+            (&Method::GET, Target::OpenApi) => (Route::OpenApi, Ok(openapi())),
             (method, target) => {
-                let allow = match target {
-                    Target::Instance(..) => "PUT, DELETE",
-                    Target::Heartbeat(..) => "PUT",
-                    Target::CaSign => "POST",
-                    _ => "GET",
-                };
                 let error = ApiError::MethodNotAllowed {
                     method: method.to_string(),
-                    allow,
+                    allow: target.allowed_methods(),
                 };
                 (Route::Unknown, Err(error))
             }
@@ -285,7 +221,7 @@ impl State {
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        self.authorize(headers)?;
+        auth::authorize_write(headers, self.token.as_deref())?;
         check_names(service, id)?;
         let body = request::read_body(headers, body).await?;
         request::require_json(headers, &body)?;
@@ -293,15 +229,14 @@ impl State {
     }
 
     fn deregister(&self, service: &str, id: &str, headers: &HeaderMap) -> Answer {
-        self.authorize(headers)?;
+        auth::authorize_write(headers, self.token.as_deref())?;
         check_names(service, id)?;
         let index = self
             .catalog
             .deregister(service, id)
             .map_err(|UnknownInstance| unknown(service, id))?;
         tracing::info!(%service, %id, "deregistered");
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::NO_CONTENT;
+        let mut response = no_content();
         set_index(&mut response, index);
         Ok(response)
     }
@@ -323,25 +258,11 @@ impl State {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let ca = self.ca()?;
-        let what = "a mesh join token";
-        let presented = bearer_token(headers, what)?;
-        let scope = self
-            .join_tokens
-            .scope_of(presented.as_bytes())
-            .ok_or_else(|| ApiError::Unauthorized(format!("the bearer token is not {what}")))?;
+        let scope = auth::join_scope(headers, &self.join_tokens)?;
         let body = request::read_body(headers, body).await?;
         request::require_json(headers, &body)?;
         let sign = request::sign_request(&body)?;
-        if !scope.allows(&sign.service) {
-            return Err(ApiError::Forbidden {
-                field: "service".into(),
-                message: format!(
-                    "this join token may not claim service {:?}: it is scoped to other \
-                     services (--join-tokens)",
-                    sign.service
-                ),
-            });
-        }
+        auth::check_claim(scope, &sign.service)?;
         let (certificate, not_after) = ca
             .sign(&sign.service, &sign.csr)
             .map_err(|e| ApiError::invalid("csr", e.to_string()))?;
@@ -354,6 +275,23 @@ impl State {
             ttl: ca.leaf_ttl,
         };
         Ok(json(StatusCode::OK, &signed))
+    }
+
+    fn ca_bundle(&self) -> Answer {
+        let ca = self.ca()?;
+        Ok(text_response(
+            "application/x-pem-file",
+            ca.bundle().to_owned(),
+        ))
+    }
+
+    fn metrics_page(&self) -> Response<Full<Bytes>> {
+        let text = self.metrics.render(&self.catalog);
+        text_response("text/plain; version=0.0.4", text)
+    }
+
+    fn prometheus_targets(&self) -> Response<Full<Bytes>> {
+        json(StatusCode::OK, &self.catalog.prometheus_targets())
     }
 
     fn readyz(&self) -> Answer {
@@ -370,52 +308,21 @@ impl State {
         let mut shutdown = self.shutdown.clone();
         blocking::until_changed(index_rx, seen, wait, &mut shutdown, &self.metrics.watchers).await;
     }
-
-    /// Checks the bearer token of a write, in constant time so the comparison does not
-    /// leak how much of a guess was right.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match &self.token {
-            Some(token) => check_bearer(headers, Some(token), "the registry token"),
-            None => Ok(()),
-        }
-    }
 }
 
-/// Checks a bearer token in constant time, so the comparison does not leak how much of a
-/// guess was right. No expected token means nobody passes.
-fn check_bearer(
-    headers: &HeaderMap,
-    expected: Option<&[u8]>,
-    what: &'static str,
-) -> Result<(), ApiError> {
-    let presented = bearer_token(headers, what)?;
-    match expected {
-        Some(token) if bool::from(presented.as_bytes().ct_eq(token)) => Ok(()),
-        _ => Err(ApiError::Unauthorized(format!(
-            "the bearer token is not {what}"
-        ))),
-    }
+fn healthz() -> Response<Full<Bytes>> {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
-/// regard to case (RFC 9110 makes authentication schemes case-insensitive) and
-/// whitespace around the parts is ignored.
-fn bearer_token<'h>(headers: &'h HeaderMap, what: &str) -> Result<&'h str, ApiError> {
-    let missing = || {
-        ApiError::Unauthorized(format!(
-            "this request needs an Authorization: Bearer header with {what}"
-        ))
-    };
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(missing)?;
-    let (scheme, token) = value.trim().split_once([' ', '\t']).ok_or_else(missing)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(missing());
-    }
-    Ok(token)
+fn openapi() -> Response<Full<Bytes>> {
+    text_response("application/json", OPENAPI.to_owned())
+}
+
+fn no_route(path: &str) -> ApiError {
+    ApiError::NoRoute(format!(
+        "no route for {path}; see /openapi.json (a client's registry URL must be just \
+         http://host:port)"
+    ))
 }
 
 fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
@@ -429,83 +336,9 @@ fn unknown(service: &str, id: &str) -> ApiError {
     ))
 }
 
-fn set_index(response: &mut Response<Full<Bytes>>, index: u64) {
-    response
-        .headers_mut()
-        .insert(INDEX_HEADER, HeaderValue::from(index));
-}
-
-/// A JSON answer.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).expect("API types serialize");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn text_response(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_route_by_segment() {
-        assert_eq!(target("/v1/services"), Some(Target::Services));
-        assert_eq!(target("/v1/services/"), Some(Target::Services));
-        assert_eq!(target("/v1/services/web"), Some(Target::Service("web")));
-        assert_eq!(
-            target("/v1/services/web/instances/a/heartbeat"),
-            Some(Target::Heartbeat("web", "a"))
-        );
-        assert_eq!(target("/v1/services/web/instances"), None);
-        assert_eq!(target("/"), None);
-        assert_eq!(target("//v1/services"), None);
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive_and_whitespace_tolerated() {
-        let check = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-            check_bearer(&headers, Some(b"s3cret"), "the registry token")
-        };
-        for good in [
-            "Bearer s3cret",
-            "bearer s3cret",
-            "BEARER s3cret",
-            "bEaReR s3cret",
-            "  Bearer   s3cret  ",
-            "Bearer\ts3cret",
-        ] {
-            assert_eq!(check(good), Ok(()), "{good:?}");
-        }
-        for bad in [
-            "Bearer s3cres",
-            "Bearer s3cret2",
-            "Bearers3cret",
-            "Basic s3cret",
-            "Bearer",
-            "Bearer ",
-            "s3cret",
-            "Bearer s3 cret",
-        ] {
-            assert!(
-                matches!(check(bad), Err(ApiError::Unauthorized(_))),
-                "{bad:?}"
-            );
-        }
-    }
 
     #[test]
     fn the_openapi_document_is_json_and_names_every_route() {

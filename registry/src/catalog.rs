@@ -13,73 +13,17 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use mesh_registry_api::{
-    ADMIN_METADATA, Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary,
-    Status,
+    Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary, Status,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+// Moved to `crate::entry`; re-exported so their old paths keep working.
+pub use crate::entry::{Entry, LeaseState};
+
 /// The index of a service the catalog never held. Every real change is given a larger
 /// one, so a watcher of a name that does not exist yet blocks until it appears.
 pub const NEVER_EXISTED: u64 = 1;
-
-/// One target group of Prometheus' HTTP service discovery format.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TargetGroup {
-    pub targets: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// An instance as the catalog holds it.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub registration: Registration,
-    /// Last output reported with a heartbeat.
-    pub output: Option<String>,
-    pub lease: LeaseState,
-    pub registered_at: SystemTime,
-    pub last_heartbeat: SystemTime,
-    /// The mass-expiry guard already extended this lease once since the last heartbeat;
-    /// it will not do so again, so a dead instance is gone after at most two TTLs.
-    pub spared: bool,
-}
-
-/// Where an instance's lease stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseState {
-    /// Renewed in time; expires at this instant without a heartbeat.
-    Live { expires_at: Instant },
-    /// Missed its lease: listed as critical, removed at this instant.
-    Expired { remove_at: Instant },
-}
-
-// === impl Entry ===
-
-impl Entry {
-    /// The status the listing shows: what the instance reported, unless its lease ran out.
-    pub fn status(&self) -> Status {
-        match self.lease {
-            LeaseState::Live { .. } => self.registration.status,
-            LeaseState::Expired { .. } => Status::Critical,
-        }
-    }
-
-    fn listed(&self, id: &str) -> Instance {
-        let r = &self.registration;
-        Instance {
-            id: id.to_owned(),
-            address: r.address.clone(),
-            protocol: r.protocol,
-            tags: r.tags.clone(),
-            metadata: r.metadata.clone(),
-            weight: r.weight,
-            status: self.status(),
-            registered_at: humantime::format_rfc3339_millis(self.registered_at).to_string(),
-            last_heartbeat: humantime::format_rfc3339_millis(self.last_heartbeat).to_string(),
-            output: self.output.clone(),
-        }
-    }
-}
 
 /// One service: its instances (ordered by id, so listings are stable) and its index.
 #[derive(Debug)]
@@ -264,36 +208,6 @@ impl Catalog {
         ServiceList { index, services }
     }
 
-    /// Prometheus HTTP service discovery: one target group per instance that registered
-    /// a sidecar admin address (metadata `admin`), labelled with its service and id.
-    /// Instances in every state are listed: a sidecar whose app is failing still has
-    /// metrics worth scraping.
-    pub fn prometheus_targets(&self) -> Vec<TargetGroup> {
-        let mut groups: Vec<TargetGroup> = self
-            .services
-            .iter()
-            .flat_map(|svc| {
-                let service = svc.key().clone();
-                svc.instances
-                    .iter()
-                    .filter_map(|(id, e)| {
-                        let admin = e.registration.metadata.get(ADMIN_METADATA)?;
-                        Some(TargetGroup {
-                            targets: vec![admin.clone()],
-                            labels: BTreeMap::from([
-                                ("service".to_owned(), service.clone()),
-                                ("instance".to_owned(), id.clone()),
-                                ("status".to_owned(), e.status().as_str().to_owned()),
-                            ]),
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        groups.sort_by(|a, b| a.labels.cmp(&b.labels));
-        groups
-    }
-
     /// Instance counts per service and status, for the metrics.
     pub fn counts(&self) -> Vec<(String, Status, usize)> {
         let mut out = Vec::new();
@@ -406,22 +320,6 @@ mod tests {
         assert!(c.listing("web", false).index > web);
         assert!(!db_rx.has_changed().unwrap());
         assert_eq!(c.service_list().index, c.index());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn prometheus_targets_are_the_registered_admin_addresses() {
-        let c = Catalog::new(Duration::from_secs(30));
-        let mut r = reg("10.0.0.7:4143");
-        r.metadata
-            .insert(ADMIN_METADATA.into(), "10.0.0.7:4191".into());
-        c.register("web", "web-1", r, Instant::now());
-        c.register("web", "no-sidecar", reg("10.0.0.8:80"), Instant::now());
-        let groups = c.prometheus_targets();
-        assert_eq!(groups.len(), 1);
-        assert_eq!(groups[0].targets, vec!["10.0.0.7:4191".to_owned()]);
-        assert_eq!(groups[0].labels["service"], "web");
-        assert_eq!(groups[0].labels["instance"], "web-1");
-        assert_eq!(groups[0].labels["status"], "passing");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use mesh_registry_api::{ErrorBody, ErrorDetail};
 
+use crate::respond;
+
 /// Why the registry could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -109,7 +111,7 @@ impl ApiError {
                 field: field.map(str::to_owned),
             },
         };
-        let mut response = crate::api::json(status, &body);
+        let mut response = respond::json(status, &body);
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
                 response

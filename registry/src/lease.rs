@@ -1,13 +1,15 @@
 //! Lease expiry: the periodic sweep that turns silent instances critical, removes them a
 //! grace period later, and refuses to empty a service all at once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mesh_registry_api::Status;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::catalog::{Catalog, LeaseState};
+use crate::catalog::Catalog;
+use crate::entry::{Entry, LeaseState};
 use crate::metrics::Metrics;
 
 /// What one sweep did, summed over all services.
@@ -36,67 +38,83 @@ impl Catalog {
         let mut report = SweepReport::default();
         let grace = self.critical_grace();
         for mut svc in self.services.iter_mut() {
-            let passing = svc
-                .instances
-                .values()
-                .filter(|e| e.status() == Status::Passing)
-                .count();
-            let due = |spared: bool, status: Status, lease: LeaseState| {
-                matches!(lease, LeaseState::Live { expires_at } if expires_at <= now)
-                    && !spared
-                    && status == Status::Passing
-            };
-            let sparable = svc
-                .instances
-                .values()
-                .filter(|e| due(e.spared, e.status(), e.lease))
-                .count();
-            let guard = sparable >= 2 && sparable * 2 > passing;
-            if guard {
-                tracing::warn!(
-                    service = %svc.key(),
-                    expiring = sparable,
-                    passing,
-                    "mass expiry held back: most of this service's leases ran out at once, \
-                     which usually means the registry was starved or partitioned; \
-                     extending them by one TTL"
-                );
-            }
-
-            let mut changed = false;
-            svc.instances.retain(|_, entry| match entry.lease {
-                LeaseState::Live { expires_at } if expires_at <= now => {
-                    if guard && due(entry.spared, entry.status(), entry.lease) {
-                        entry.spared = true;
-                        entry.lease = LeaseState::Live {
-                            expires_at: now + entry.registration.ttl,
-                        };
-                        report.spared += 1;
-                    } else {
-                        // An instance that already reported itself critical looks the
-                        // same once expired: no change for its watchers.
-                        changed |= entry.status() != Status::Critical;
-                        entry.lease = LeaseState::Expired {
-                            remove_at: now + grace,
-                        };
-                        report.expired += 1;
-                    }
-                    true
-                }
-                LeaseState::Expired { remove_at } if remove_at <= now => {
-                    report.removed += 1;
-                    changed = true;
-                    false
-                }
-                _ => true,
-            });
-            if changed {
+            let guard = guard_holds(svc.key(), &svc.instances, now);
+            if sweep_instances(&mut svc.instances, now, guard, grace, &mut report) {
                 self.bump(&mut svc);
             }
         }
         self.collect_empty();
         report
     }
+}
+
+/// A lease the mass-expiry guard may extend: it ran out by `now`, has not been extended
+/// since the instance's last heartbeat, and the instance reported itself passing.
+fn sparable(entry: &Entry, now: Instant) -> bool {
+    matches!(entry.lease, LeaseState::Live { expires_at } if expires_at <= now)
+        && !entry.spared
+        && entry.status() == Status::Passing
+}
+
+/// Whether the mass-expiry guard (see [`Catalog::sweep`]) holds back the expiries of one
+/// service in this sweep.
+fn guard_holds(service: &str, instances: &BTreeMap<String, Entry>, now: Instant) -> bool {
+    let passing = instances
+        .values()
+        .filter(|e| e.status() == Status::Passing)
+        .count();
+    let sparable = instances.values().filter(|e| sparable(e, now)).count();
+    let holds = sparable >= 2 && sparable * 2 > passing;
+    if holds {
+        tracing::warn!(
+            service = %service,
+            expiring = sparable,
+            passing,
+            "mass expiry held back: most of this service's leases ran out at once, \
+             which usually means the registry was starved or partitioned; \
+             extending them by one TTL"
+        );
+    }
+    holds
+}
+
+/// Expires, spares or removes the instances of one service whose time came by `now`.
+/// Returns whether the service's listing changed, so its watchers need waking.
+fn sweep_instances(
+    instances: &mut BTreeMap<String, Entry>,
+    now: Instant,
+    guard: bool,
+    grace: Duration,
+    report: &mut SweepReport,
+) -> bool {
+    let mut changed = false;
+    instances.retain(|_, entry| match entry.lease {
+        LeaseState::Live { expires_at } if expires_at <= now => {
+            if guard && sparable(entry, now) {
+                entry.spared = true;
+                entry.lease = LeaseState::Live {
+                    expires_at: now + entry.registration.ttl,
+                };
+                report.spared += 1;
+            } else {
+                // An instance that already reported itself critical looks the same once
+                // expired: no change for its watchers.
+                changed |= entry.status() != Status::Critical;
+                entry.lease = LeaseState::Expired {
+                    remove_at: now + grace,
+                };
+                report.expired += 1;
+            }
+            true
+        }
+        LeaseState::Expired { remove_at } if remove_at <= now => {
+            report.removed += 1;
+            changed = true;
+            false
+        }
+        _ => true,
+    });
+    changed
 }
 
 /// Runs [`Catalog::sweep`] every `interval` until `shutdown` turns true.

@@ -7,19 +7,26 @@
 //! [`run`] serves on an already-bound listener, so tests bind `127.0.0.1:0`.
 //!
 //! Module map, in the order a request meets them: [`server`] (connections) →
-//! [`api`] (routes, auth) → [`request`] (parsing, validation) → [`catalog`] (state,
-//! indexes) → [`watch`] (blocking queries); beside them [`lease`] (expiry sweep),
-//! [`snapshot`] (persistence) and [`metrics`].
+//! [`api`] (the routing table and handlers; [`route`] matches paths, [`auth`] checks
+//! tokens, [`respond`] builds answers) → [`request`] (parsing, validation) →
+//! [`catalog`] (state, indexes; one [`entry`] per instance) → [`watch`] (blocking
+//! queries); beside them [`lease`] (expiry sweep), [`snapshot`] (persistence),
+//! [`metrics`] and [`prometheus_sd`] (scrape targets for Prometheus).
 
 pub mod api;
+pub mod auth;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod entry;
 pub mod error;
 pub mod join;
 pub mod lease;
 pub mod metrics;
+pub mod prometheus_sd;
 pub mod request;
+pub mod respond;
+pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod watch;
@@ -28,6 +35,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use crate::catalog::Catalog;
@@ -54,43 +62,11 @@ pub async fn run(
     // `stopped` once requests are drained, for the sweeper and the final snapshot.
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let (stopped, stopped_rx) = tokio::sync::watch::channel(false);
-
-    let sweeper = tokio::spawn({
-        let (catalog, metrics) = (catalog.clone(), metrics.clone());
-        let interval = config.sweep_interval;
-        let stopped = stopped_rx.clone();
-        async move { lease::run_sweeper(&catalog, &metrics, interval, stopped).await }
-    });
-    let writer = config.data_dir.clone().map(|dir| {
-        tokio::spawn(snapshot::run_writer(
-            catalog.clone(),
-            metrics.clone(),
-            dir,
-            config.snapshot_debounce,
-            stopped_rx.clone(),
-        ))
-    });
+    let background = Background::spawn(&config, &catalog, &metrics, stopped_rx);
 
     let mut state = api::State::new(catalog.clone(), metrics, config.token.clone(), stopping_rx);
-    let ca_files = match (&config.ca_dir, &config.ca_cert, &config.ca_key) {
-        (Some(dir), _, _) => {
-            let said = ca::write_new(dir, &config.trust_domain, false).map_err(Error::Ca)?;
-            tracing::info!("{said}");
-            Some((dir.join("ca.pem"), dir.join("ca-key.pem")))
-        }
-        (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-        _ => None,
-    };
-    if let Some((cert, key)) = &ca_files {
-        let ca =
-            ca::Ca::load(cert, key, &config.trust_domain, config.cert_ttl).map_err(Error::Ca)?;
-        let tokens = join::JoinTokens::from_flags(
-            config.join_tokens.as_deref(),
-            config.join_token.as_deref(),
-        )
-        .map_err(Error::Config)?;
-        tracing::info!(trust_domain = %config.trust_domain, cert_ttl = %humantime::format_duration(config.cert_ttl), "signing sidecar certificates at POST /v1/ca/sign");
-        state = state.with_ca(Arc::new(ca), tokens);
+    if let Some((ca, join_tokens)) = load_ca(&config)? {
+        state = state.with_ca(Arc::new(ca), join_tokens);
     }
     let state = Arc::new(state);
     let local = listener.local_addr()?;
@@ -100,12 +76,72 @@ pub async fn run(
     server::serve(listener, state, shutdown, &stopping, config.drain_timeout).await;
 
     stopped.send_replace(true);
-    let _ = sweeper.await;
-    if let Some(writer) = writer {
-        let _ = writer.await;
-    }
+    background.finish().await;
     tracing::info!("registry stopped");
     Ok(())
+}
+
+/// The tasks that run beside the server: the lease sweeper and, with `--data-dir`, the
+/// snapshot writer. Both stop once `stopped` turns true, the writer after a final write.
+struct Background {
+    sweeper: JoinHandle<()>,
+    writer: Option<JoinHandle<()>>,
+}
+
+// === impl Background ===
+
+impl Background {
+    fn spawn(
+        config: &Config,
+        catalog: &Arc<Catalog>,
+        metrics: &Arc<Metrics>,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        let sweeper = tokio::spawn({
+            let (catalog, metrics) = (catalog.clone(), metrics.clone());
+            let interval = config.sweep_interval;
+            let stopped = stopped.clone();
+            async move { lease::run_sweeper(&catalog, &metrics, interval, stopped).await }
+        });
+        let writer = config.data_dir.clone().map(|dir| {
+            tokio::spawn(snapshot::run_writer(
+                catalog.clone(),
+                metrics.clone(),
+                dir,
+                config.snapshot_debounce,
+                stopped,
+            ))
+        });
+        Background { sweeper, writer }
+    }
+
+    /// Waits for both to end, once `stopped` has turned true.
+    async fn finish(self) {
+        let _ = self.sweeper.await;
+        if let Some(writer) = self.writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// The CA and the join tokens it signs for, when the flags name a CA. With `--ca-dir`,
+/// a CA missing there is created first.
+fn load_ca(config: &Config) -> Result<Option<(ca::Ca, join::JoinTokens)>, Error> {
+    let (cert, key) = match (&config.ca_dir, &config.ca_cert, &config.ca_key) {
+        (Some(dir), _, _) => {
+            let said = ca::write_new(dir, &config.trust_domain, false).map_err(Error::Ca)?;
+            tracing::info!("{said}");
+            (dir.join("ca.pem"), dir.join("ca-key.pem"))
+        }
+        (None, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => return Ok(None),
+    };
+    let ca = ca::Ca::load(&cert, &key, &config.trust_domain, config.cert_ttl).map_err(Error::Ca)?;
+    let join_tokens =
+        join::JoinTokens::from_flags(config.join_tokens.as_deref(), config.join_token.as_deref())
+            .map_err(Error::Config)?;
+    tracing::info!(trust_domain = %config.trust_domain, cert_ttl = %humantime::format_duration(config.cert_ttl), "signing sidecar certificates at POST /v1/ca/sign");
+    Ok(Some((ca, join_tokens)))
 }
 
 fn load_catalog(config: &Config) -> Result<Catalog, Error> {

@@ -30,6 +30,8 @@ pub enum Route {
     Unknown,
 }
 
+// === impl Route ===
+
 impl Route {
     pub fn label(self) -> &'static str {
         match self {
@@ -60,83 +62,85 @@ pub struct Metrics {
     pub snapshot_failures: IntCounter,
 }
 
+/// The labels of `mesh_registry_http_requests_total`.
+struct RequestLabels {
+    route: Route,
+    code: u16,
+}
+
+/// The labels of `mesh_registry_instances`.
+struct InstanceLabels<'a> {
+    service: &'a str,
+    status: Status,
+}
+
 // === impl Metrics ===
 
 impl Metrics {
     pub fn new() -> Self {
-        let instances = IntGaugeVec::new(
-            Opts::new(
+        let metrics = Metrics {
+            registry: prometheus::Registry::new(),
+            instances: gauge_vec(
                 "mesh_registry_instances",
                 "Registered instances by service and status.",
+                &InstanceLabels::NAMES,
             ),
-            &["service", "status"],
-        )
-        .expect("valid metric");
-        let http_requests = IntCounterVec::new(
-            Opts::new(
+            http_requests: counter_vec(
                 "mesh_registry_http_requests_total",
                 "HTTP requests answered, by route and status code.",
+                &RequestLabels::NAMES,
             ),
-            &["route", "code"],
-        )
-        .expect("valid metric");
-        let watchers = IntGauge::new(
-            "mesh_registry_watchers",
-            "Blocking queries waiting for a change.",
-        )
-        .expect("valid metric");
-        let lease_expirations = IntCounter::new(
-            "mesh_registry_lease_expirations_total",
-            "Leases that ran out without a heartbeat (the instance turned critical).",
-        )
-        .expect("valid metric");
-        let expiry_guard_spared = IntCounter::new(
-            "mesh_registry_expiry_guard_spared_total",
-            "Leases extended by the mass-expiry guard instead of expiring.",
-        )
-        .expect("valid metric");
-        let snapshot_failures = IntCounter::new(
-            "mesh_registry_snapshot_failures_total",
-            "Snapshot writes that failed (the catalog is still served from memory).",
-        )
-        .expect("valid metric");
+            watchers: gauge(
+                "mesh_registry_watchers",
+                "Blocking queries waiting for a change.",
+            ),
+            lease_expirations: counter(
+                "mesh_registry_lease_expirations_total",
+                "Leases that ran out without a heartbeat (the instance turned critical).",
+            ),
+            expiry_guard_spared: counter(
+                "mesh_registry_expiry_guard_spared_total",
+                "Leases extended by the mass-expiry guard instead of expiring.",
+            ),
+            snapshot_failures: counter(
+                "mesh_registry_snapshot_failures_total",
+                "Snapshot writes that failed (the catalog is still served from memory).",
+            ),
+        };
+        metrics.register_all();
+        metrics
+    }
 
-        let registry = prometheus::Registry::new();
+    fn register_all(&self) {
         for collector in [
-            Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_requests.clone()),
-            Box::new(watchers.clone()),
-            Box::new(lease_expirations.clone()),
-            Box::new(expiry_guard_spared.clone()),
-            Box::new(snapshot_failures.clone()),
+            Box::new(self.instances.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.http_requests.clone()),
+            Box::new(self.watchers.clone()),
+            Box::new(self.lease_expirations.clone()),
+            Box::new(self.expiry_guard_spared.clone()),
+            Box::new(self.snapshot_failures.clone()),
         ] {
-            registry
+            self.registry
                 .register(collector)
                 .expect("metric names are unique");
-        }
-        Metrics {
-            registry,
-            instances,
-            http_requests,
-            watchers,
-            lease_expirations,
-            expiry_guard_spared,
-            snapshot_failures,
         }
     }
 
     pub fn count_request(&self, route: Route, code: u16) {
-        self.http_requests
-            .with_label_values(&[route.label(), &code.to_string()])
-            .inc();
+        let labels = RequestLabels { route, code };
+        self.http_requests.with_label_values(&labels.values()).inc();
     }
 
     /// Prometheus text exposition, with the instance gauges read from the catalog now.
     pub fn render(&self, catalog: &Catalog) -> String {
         self.instances.reset();
         for ((service, status), n) in fold_services(catalog.counts()) {
+            let labels = InstanceLabels {
+                service: &service,
+                status,
+            };
             self.instances
-                .with_label_values(&[service.as_str(), status.as_str()])
+                .with_label_values(&labels.values())
                 .set(n as i64);
         }
         let mut out = Vec::new();
@@ -151,6 +155,46 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+// === impl RequestLabels ===
+
+impl RequestLabels {
+    /// Names in the order of [`RequestLabels::values`].
+    const NAMES: [&'static str; 2] = ["route", "code"];
+
+    fn values(&self) -> [String; 2] {
+        [self.route.label().to_owned(), self.code.to_string()]
+    }
+}
+
+// === impl InstanceLabels ===
+
+impl<'a> InstanceLabels<'a> {
+    /// Names in the order of [`InstanceLabels::values`].
+    const NAMES: [&'static str; 2] = ["service", "status"];
+
+    fn values(&self) -> [&'a str; 2] {
+        [self.service, self.status.as_str()]
+    }
+}
+
+// The metrics' constructors fail only on invalid names, and ours are constants.
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
 }
 
 /// Keeps the first [`MAX_SERVICE_LABELS`] service names (alphabetically) and sums the

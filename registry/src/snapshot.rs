@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::catalog::{Catalog, Entry, LeaseState};
+use crate::catalog::Catalog;
+use crate::entry::{Entry, LeaseState};
 use crate::error::{ApiError, Error};
 use crate::metrics::Metrics;
 use crate::request;

@@ -1,0 +1,47 @@
+//! Building answers: JSON and text bodies, and the header carrying the catalog index.
+//!
+//! A module of its own because both the handlers ([`crate::api`]) and the one mapping of
+//! errors to answers ([`crate::error`]) build responses; with the helpers here, neither
+//! has to reach into the other.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde::Serialize;
+
+/// Response header carrying the index of the state an answer shows.
+pub const INDEX_HEADER: &str = "x-mesh-index";
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("API types serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A 200 answer whose body is not JSON (the metrics, the PEM bundle, the OpenAPI file).
+pub fn text_response(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A 204 answer: a deregistration has nothing to show but its index.
+pub fn no_content() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+pub fn set_index(response: &mut Response<Full<Bytes>>, index: u64) {
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+}
