@@ -7,83 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use crate::error::{ClientError, decode};
 use crate::types::{
-    ErrorBody, ErrorDetail, Heartbeat, Instance, Lease, Registration, ServiceList, ServiceListing,
+    Heartbeat, Instance, Lease, Registration, ServiceList, ServiceListing, SignRequest,
+    SignedCertificate,
 };
-use crate::{Watch, validate};
+use crate::validate;
 
 /// Deadline for a plain (non-blocking) request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time a blocking query may take past its `wait`: the server adds up to wait/16
 /// of jitter, and the answer must still travel back.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(10);
-
-/// What went wrong talking to the registry.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid registry URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
-    /// Refused before sending: the server would reject it too.
-    #[error("invalid {field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
-    #[error("registry at {base} unreachable: {source}")]
-    Transport {
-        base: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("registry at {base} did not answer within {timeout:?}")]
-    Timeout { base: String, timeout: Duration },
-    /// The registry answered with an error body.
-    #[error("registry answered {status}: {} ({})", detail.message, detail.code)]
-    Api { status: u16, detail: ErrorDetail },
-    #[error("registry answered {status} with an unreadable body: {reason}")]
-    BadResponse { status: u16, reason: String },
-    /// A 404 for the route itself rather than for an instance: whatever answered is not
-    /// the registry API at that URL (a path prefix, another server on the port).
-    #[error(
-        "{url} answered 404 ({reason}): the registry URL looks wrong; it must be just \
-         http://host:port"
-    )]
-    NoRoute { url: String, reason: String },
-}
-
-impl ClientError {
-    /// The registry does not know the instance (a heartbeat after its lease was dropped),
-    /// or, on the CA routes, has no CA: a 404 whose code is `not_found`. A 404 for the
-    /// route itself is [`ClientError::NoRoute`] instead.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ClientError::Api { status: 404, detail } if detail.code == "not_found")
-    }
-
-    /// What answered has no such route: the registry URL is wrong.
-    pub fn is_no_route(&self) -> bool {
-        matches!(self, ClientError::NoRoute { .. })
-    }
-
-    /// Worth retrying later: the registry was unreachable, slow or failing, rather than
-    /// rejecting what we sent.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
-            ClientError::Api { status, .. } | ClientError::BadResponse { status, .. } => {
-                *status >= 500
-            }
-            ClientError::InvalidUrl { .. }
-            | ClientError::InvalidArgument { .. }
-            | ClientError::NoRoute { .. } => false,
-        }
-    }
-}
 
 /// Handle to one registry; cheap to clone (connections are pooled and shared).
 #[derive(Clone)]
@@ -223,9 +164,9 @@ impl Client {
         service: &str,
         csr: &str,
         join_token: &str,
-    ) -> Result<crate::SignedCertificate, ClientError> {
+    ) -> Result<SignedCertificate, ClientError> {
         check_service(service)?;
-        let body = crate::SignRequest {
+        let body = SignRequest {
             service: service.to_owned(),
             csr: csr.to_owned(),
         };
@@ -245,11 +186,6 @@ impl Client {
     pub async fn services(&self) -> Result<ServiceList, ClientError> {
         self.call(Method::GET, "/v1/services", None, REQUEST_TIMEOUT)
             .await
-    }
-
-    /// A long-poll watch of one service: see [`Watch`].
-    pub fn watch(&self, service: &str) -> Watch {
-        Watch::new(self.clone(), service)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -322,46 +258,6 @@ impl Client {
     }
 }
 
-/// The answer to a request for `url`.
-fn decode<T: DeserializeOwned>(
-    url: &str,
-    status: StatusCode,
-    bytes: &[u8],
-) -> Result<T, ClientError> {
-    let shown = || String::from_utf8_lossy(bytes).chars().take(200).collect();
-    let bad = |reason: String| ClientError::BadResponse {
-        status: status.as_u16(),
-        reason,
-    };
-    if status.is_success() {
-        // 204 has no body; callers that expect one never get a 204.
-        let bytes = if bytes.is_empty() { b"null" } else { bytes };
-        return serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()));
-    }
-    let body = serde_json::from_slice::<ErrorBody>(bytes);
-    // Only the registry's own "no such instance" is one: re-registering on any other 404
-    // would loop against a server that has no such route at all.
-    if status == StatusCode::NOT_FOUND && !body.as_ref().is_ok_and(|b| b.error.code == "not_found")
-    {
-        let reason = match body {
-            Ok(body) => format!("{}: {}", body.error.code, body.error.message),
-            Err(_) if bytes.is_empty() => "an empty body".to_owned(),
-            Err(_) => format!("not the registry's JSON: {}", shown()),
-        };
-        return Err(ClientError::NoRoute {
-            url: url.to_owned(),
-            reason,
-        });
-    }
-    match body {
-        Ok(body) => Err(ClientError::Api {
-            status: status.as_u16(),
-            detail: body.error,
-        }),
-        Err(_) => Err(bad(shown())),
-    }
-}
-
 fn check_service(service: &str) -> Result<(), ClientError> {
     validate::service_name(service).map_err(|message| ClientError::InvalidArgument {
         field: "service",
@@ -380,8 +276,6 @@ fn check_names(service: &str, id: &str) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const URL: &str = "http://r:7700/v1/services/web/instances/a/heartbeat";
 
     #[test]
     fn urls() {
@@ -404,29 +298,6 @@ mod tests {
         ] {
             let err = Client::new(url).err().expect(url).to_string();
             assert!(err.contains("just http://host:port"), "{url}: {err}");
-        }
-    }
-
-    #[test]
-    fn error_bodies_become_api_errors() {
-        let body = br#"{"error":{"code":"not_found","message":"no such instance"}}"#;
-        let err = decode::<Lease>(URL, StatusCode::NOT_FOUND, body).unwrap_err();
-        assert!(err.is_not_found());
-        assert!(!err.is_transient());
-        let err = decode::<Lease>(URL, StatusCode::BAD_GATEWAY, b"<html>").unwrap_err();
-        assert!(err.is_transient());
-    }
-
-    #[test]
-    fn only_a_404_not_found_means_an_unknown_instance() {
-        let no_route = br#"{"error":{"code":"no_route","message":"no route for /v1/v1"}}"#;
-        for body in [&no_route[..], b"<html>Not Found</html>", b""] {
-            let err = decode::<Lease>(URL, StatusCode::NOT_FOUND, body).unwrap_err();
-            assert!(!err.is_not_found(), "{err}");
-            assert!(
-                err.to_string().contains("registry URL looks wrong"),
-                "{err}"
-            );
         }
     }
 }

@@ -5,19 +5,22 @@
 //!
 //! - [`types`]: the JSON bodies, exactly as the contract spells them.
 //! - [`validate`]: the naming and address rules, shared with the server.
-//! - [`Client`]: one call per API operation.
+//! - [`Client`]: one call per API operation; [`ClientError`] says what failed and whether
+//!   it is worth retrying.
 //! - [`Watch`]: long-polls one service and yields its full endpoint set on every change.
 //! - [`Registrar`]: keeps one instance registered for as long as it runs.
 
 mod backoff;
 mod client;
+mod error;
 mod registrar;
 pub mod types;
 pub mod validate;
 mod watch;
 
 pub use backoff::Backoff;
-pub use client::{Client, ClientError};
+pub use client::Client;
+pub use error::ClientError;
 pub use registrar::Registrar;
 pub use types::*;
 pub use watch::{DEFAULT_WAIT, Watch};

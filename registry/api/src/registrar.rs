@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::types::{Heartbeat, Registration, Status};
-use crate::{Backoff, Client};
+use crate::{Backoff, Client, ClientError};
 
 /// Deadline for the final deregistration, so shutdown is never held by a dead registry.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,30 +62,8 @@ impl Registrar {
         tokio::pin!(shutdown);
         loop {
             let status = *health.borrow_and_update();
-            let delay = match self.attempt(registered, status).await {
-                Ok(()) => {
-                    // Only a heartbeat that went through proves the registry keeps us: a
-                    // registration forgotten at once must not reset the backoff.
-                    if registered {
-                        backoff.reset();
-                    }
-                    registered = true;
-                    beat
-                }
-                Err(e) if registered && e.is_not_found() => {
-                    tracing::info!(service = %self.service, id = %self.id, "registry forgot this instance; registering again");
-                    registered = false;
-                    backoff.next_delay_at_least_base()
-                }
-                Err(e) if e.is_no_route() || e.is_not_found() => {
-                    tracing::error!(service = %self.service, id = %self.id, registry = %self.client.base_url(), error = %e, "the registry has no such route: the registry URL looks wrong (it must be just http://host:port); will retry");
-                    backoff.next_delay_at_least_base()
-                }
-                Err(e) => {
-                    tracing::warn!(service = %self.service, id = %self.id, error = %e, "registry call failed; will retry");
-                    backoff.next_delay_at_least_base()
-                }
-            };
+            let outcome = self.attempt(registered, status).await;
+            let delay = self.next_delay(outcome, &mut registered, &mut backoff, beat);
             self.registered
                 .send_if_modified(|r| std::mem::replace(r, registered) != registered);
             if self
@@ -103,6 +81,46 @@ impl Registrar {
             }
         }
         self.registered.send_replace(false);
+        self.deregister().await;
+    }
+
+    /// How long to wait after an attempt, and whether the registry now holds a lease
+    /// for us.
+    fn next_delay(
+        &self,
+        outcome: Result<(), ClientError>,
+        registered: &mut bool,
+        backoff: &mut Backoff,
+        beat: Duration,
+    ) -> Duration {
+        match outcome {
+            Ok(()) => {
+                // Only a heartbeat that went through proves the registry keeps us: a
+                // registration forgotten at once must not reset the backoff.
+                if *registered {
+                    backoff.reset();
+                }
+                *registered = true;
+                beat
+            }
+            Err(e) if *registered && e.is_not_found() => {
+                tracing::info!(service = %self.service, id = %self.id, "registry forgot this instance; registering again");
+                *registered = false;
+                backoff.next_delay_at_least_base()
+            }
+            Err(e) if e.is_no_route() || e.is_not_found() => {
+                tracing::error!(service = %self.service, id = %self.id, registry = %self.client.base_url(), error = %e, "the registry has no such route: the registry URL looks wrong (it must be just http://host:port); will retry");
+                backoff.next_delay_at_least_base()
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.service, id = %self.id, error = %e, "registry call failed; will retry");
+                backoff.next_delay_at_least_base()
+            }
+        }
+    }
+
+    /// The last word on shutdown, bounded so a dead registry cannot hold it up.
+    async fn deregister(&self) {
         match tokio::time::timeout(
             DEREGISTER_TIMEOUT,
             self.client.deregister(&self.service, &self.id),
@@ -144,7 +162,7 @@ impl Registrar {
         }
     }
 
-    async fn attempt(&self, registered: bool, status: Status) -> Result<(), crate::ClientError> {
+    async fn attempt(&self, registered: bool, status: Status) -> Result<(), ClientError> {
         if registered {
             let heartbeat = Heartbeat {
                 status: Some(status),

@@ -27,7 +27,7 @@ pub struct Watch {
 // === impl Watch ===
 
 impl Watch {
-    pub(crate) fn new(client: Client, service: &str) -> Self {
+    fn new(client: Client, service: &str) -> Self {
         Watch {
             client,
             service: service.to_owned(),
@@ -81,5 +81,15 @@ impl Watch {
                 return Ok(listing);
             }
         }
+    }
+}
+
+// === impl Client ===
+
+// Here rather than in `client.rs`, so the client does not depend on the loop built on it.
+impl Client {
+    /// A long-poll watch of one service: see [`Watch`].
+    pub fn watch(&self, service: &str) -> Watch {
+        Watch::new(self.clone(), service)
     }
 }
