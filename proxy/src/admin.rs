@@ -5,33 +5,27 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use mesh_registry_api::Status;
+use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
-use crate::discover::{DestinationView, Discovery};
-use crate::metrics::Metrics;
+use crate::breaker::Availability;
+use crate::discover::{Destination, Discovery};
+use crate::endpoint::Source;
+use crate::metrics::{EndpointState, Metrics};
+use crate::register::RegistrationState;
 use crate::tls::IdentitySlot;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub discovery: Arc<Discovery>,
-    /// True once every listener is up and, with `--service`, the first registration
-    /// succeeded.
-    pub ready: watch::Receiver<bool>,
     /// With mTLS on: not ready until there is a certificate.
     pub identity: Option<Arc<IdentitySlot>>,
-    /// With `--service`: the registration as it stands.
+    /// With `--service`: the registration as it stands; not ready before the first.
     pub registration: Option<RegistrationState>,
     /// Raised by `POST /shutdown`.
     pub shutdown: watch::Sender<bool>,
-}
-
-/// What `/ready` says of the instance's registration.
-pub struct RegistrationState {
-    /// The registry holds a live lease for the instance, as far as we know.
-    pub registered: watch::Receiver<bool>,
-    /// The app's health: the status the instance is registered with.
-    pub health: watch::Receiver<Status>,
 }
 
 // === impl Admin ===
@@ -97,7 +91,11 @@ impl Admin {
             Some(slot) if slot.get().is_none() => {
                 Some(format!("no mTLS certificate yet: {}", slot.why_missing()))
             }
-            _ if !*self.ready.borrow() => {
+            _ if self
+                .registration
+                .as_ref()
+                .is_some_and(|r| !*r.ready.borrow()) =>
+            {
                 Some("not registered yet: the registry has not answered a registration".into())
             }
             _ => None,
@@ -129,4 +127,91 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// One destination as `/debug/endpoints` shows it.
+#[derive(Serialize)]
+pub struct DestinationView {
+    pub service: String,
+    pub source: Option<Source>,
+    pub last_error: Option<String>,
+    pub endpoints: Vec<EndpointView>,
+    /// Endpoints discovery found but this sidecar will not dial.
+    pub refused: Vec<RefusedView>,
+}
+
+#[derive(Serialize)]
+pub struct RefusedView {
+    pub address: String,
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+pub struct EndpointView {
+    pub address: String,
+    pub instance: Option<String>,
+    pub state: &'static str,
+    pub weight: u32,
+    pub ewma_ms: f64,
+    pub in_flight: usize,
+    pub last_error: Option<String>,
+    /// Why the endpoint is in (or out of) rotation.
+    pub reason: String,
+    /// How much longer an ejected endpoint stays out.
+    pub ejected_for_ms: Option<u64>,
+}
+
+impl DestinationView {
+    pub fn of(d: &Destination) -> Self {
+        let set = d.endpoints();
+        let now = Instant::now();
+        DestinationView {
+            service: d.name.clone(),
+            source: set.source,
+            last_error: d.last_error(),
+            endpoints: set
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let listed = match set.source {
+                        Some(Source::Registry) => "listed as passing by the registry",
+                        Some(Source::Dns) => "returned by DNS",
+                        None => "",
+                    };
+                    let (state, reason, ejected_for_ms) = match e.breaker.availability(now) {
+                        Availability::Ready => (EndpointState::Ready, listed.to_owned(), None),
+                        Availability::Probe => (
+                            EndpointState::Ready,
+                            "ejection over: the next request is its probe".to_owned(),
+                            None,
+                        ),
+                        Availability::Ejected { until, reason, .. } => (
+                            EndpointState::Ejected,
+                            format!("ejected: {reason}"),
+                            Some(until.saturating_duration_since(now).as_millis() as u64),
+                        ),
+                    };
+                    EndpointView {
+                        address: e.address.clone(),
+                        instance: e.instance.clone(),
+                        state: state.as_str(),
+                        weight: e.weight,
+                        ewma_ms: e.ewma().as_secs_f64() * 1000.0,
+                        in_flight: e.in_flight(),
+                        last_error: e.last_error(),
+                        reason,
+                        ejected_for_ms,
+                    }
+                })
+                .collect(),
+            refused: set
+                .refused
+                .iter()
+                .map(|r| RefusedView {
+                    address: r.address.clone(),
+                    reason: r.why.clone(),
+                })
+                .collect(),
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! Picking an endpoint for each request: power of two choices over peak-EWMA load
-//! (default), or weighted round-robin.
+//! Picking an endpoint for each try: power of two choices over peak-EWMA load
+//! (default), or weighted round-robin, among the endpoints the breakers let in.
 //!
 //! Balancing is per request, not per connection, so one long-lived HTTP/2 connection
 //! from the app is spread over every instance.
@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
+use tokio::time::Instant;
 
+use crate::breaker::{Availability, EjectionConfig, Probe};
+use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -19,6 +22,45 @@ pub enum Strategy {
     P2c,
     /// Each endpoint in turn, as often as its weight says.
     RoundRobin,
+}
+
+/// The endpoint for one try, and the probe claim when the try is an ejected endpoint's
+/// probe.
+pub struct Chosen {
+    pub endpoint: Arc<Endpoint>,
+    pub probe: Option<Probe>,
+}
+
+/// An endpoint of `destination` for the next try: the ready ones minus the previous
+/// try's (when there is another). When every endpoint is ejected, the one ejected longest
+/// ago: a request is better sent to an endpoint that may have recovered than refused.
+pub fn choose(
+    strategy: Strategy,
+    destination: &Destination,
+    previous: Option<&Endpoint>,
+    ejection: &EjectionConfig,
+) -> Option<Chosen> {
+    let now = Instant::now();
+    let set = destination.endpoints();
+    let ready: Vec<Arc<Endpoint>> = set
+        .endpoints
+        .iter()
+        .filter(|e| !matches!(e.breaker.availability(now), Availability::Ejected { .. }))
+        .cloned()
+        .collect();
+    if ready.is_empty() {
+        let oldest = set.endpoints.iter().min_by_key(|e| e.breaker.ejected_at());
+        return oldest.map(|endpoint| Chosen {
+            endpoint: endpoint.clone(),
+            probe: None,
+        });
+    }
+    let endpoint = pick(strategy, &ready, &destination.cursor, previous)?;
+    let probe = Probe::claim(&endpoint.breaker, ejection, now);
+    if probe.is_some() {
+        tracing::info!(endpoint = %endpoint.address, "probing an ejected endpoint");
+    }
+    Some(Chosen { endpoint, probe })
 }
 
 /// Chooses among `endpoints`, avoiding `avoid` when another endpoint exists.

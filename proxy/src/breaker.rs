@@ -1,6 +1,8 @@
 //! Outlier ejection, per endpoint: after enough consecutive failures the endpoint is taken
 //! out of rotation for a backoff that doubles with each repeat, then let back in for one
-//! probe request that decides whether it stays.
+//! probe request that decides whether it stays. No more than `--eject-max-percent` of a
+//! destination's endpoints are out at once: when a whole service fails, ejecting all of
+//! it would only turn errors into `no-endpoints`.
 //!
 //! A probe always ends: its request passes or fails (a timeout is a failure), or its
 //! caller gives up and the [`Probe`] guard, dropped unsettled, lets the next request
@@ -12,38 +14,67 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::endpoint::Endpoint;
+use crate::flags::{Invalid, defaults};
 
-#[derive(Clone, Copy, Debug)]
+/// How long a probe may stay unanswered before another request may probe instead.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+/// When endpoints are ejected, and for how long (flags `--eject-*`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+#[command(next_help_heading = "Outlier ejection")]
 pub struct EjectionConfig {
-    /// Consecutive failures (connect errors, 5xx, gRPC UNAVAILABLE) that eject.
+    /// Consecutive failures (connect errors, 5xx, gRPC UNAVAILABLE) that eject an endpoint.
+    #[arg(long = "eject-after", env = "MESH_EJECT_AFTER", default_value_t = 5)]
     pub consecutive_failures: u32,
-    /// First ejection's length; each repeat doubles it.
+
+    /// First ejection's length; it doubles per repeat.
+    #[arg(long = "eject-backoff", env = "MESH_EJECT_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub base: Duration,
+
     /// Longest ejection.
+    #[arg(long = "eject-backoff-max", env = "MESH_EJECT_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max: Duration,
-    /// Largest share of a service's endpoints that may be ejected at once, in percent.
+
+    /// Largest share of a service's endpoints ejected at once, in percent.
+    #[arg(
+        long = "eject-max-percent",
+        env = "MESH_EJECT_MAX_PERCENT",
+        default_value_t = 50
+    )]
     pub max_percent: u32,
+
     /// How long a probe may stay unanswered before another request may probe instead.
+    #[arg(skip = PROBE_WAIT)]
     pub probe_wait: Duration,
 }
 
+// === impl EjectionConfig ===
+
 impl Default for EjectionConfig {
     fn default() -> Self {
-        EjectionConfig {
-            consecutive_failures: 5,
-            base: Duration::from_secs(30),
-            max: Duration::from_secs(300),
-            max_percent: 50,
-            probe_wait: Duration::from_secs(10),
+        defaults()
+    }
+}
+
+impl EjectionConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_percent > 100 {
+            return Err(Invalid::new("--eject-max-percent", "must be at most 100"));
         }
+        Ok(())
+    }
+
+    /// May one more of `total` endpoints be ejected while `ejected` are out already?
+    fn may_eject_another(&self, ejected: usize, total: usize) -> bool {
+        (ejected + 1) * 100 <= total * self.max_percent as usize
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Breaker {
-    /// A std Mutex: a few comparisons under it, never an await.
-    state: Mutex<State>,
+    /// A std Mutex: a few comparisons under it, never an await. Shared with the
+    /// endpoint's [`Probe`], which gives its claim back when dropped unsettled.
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +100,7 @@ struct Ejection {
 /// the try was abandoned), it releases the probe for the next request.
 #[must_use]
 pub struct Probe {
-    endpoint: Arc<Endpoint>,
+    breaker: Arc<Mutex<State>>,
     until: Instant,
     settled: bool,
 }
@@ -134,16 +165,6 @@ impl Breaker {
         }
     }
 
-    /// Gives back an unsettled probe claim (if it is still the current one).
-    fn release_probe(&self, claim: Instant) {
-        let mut state = self.state.lock().expect("breaker lock");
-        if let Some(e) = state.ejected.as_mut()
-            && e.probe == Some(claim)
-        {
-            e.probe = None;
-        }
-    }
-
     /// A success: the failure streak ends and an ejected endpoint (its probe passed)
     /// is back. Returns true if it came back.
     pub fn success(&self) -> bool {
@@ -152,9 +173,29 @@ impl Breaker {
         state.ejected.take().is_some()
     }
 
+    /// A failure of this endpoint, one of `peers` (every endpoint of its destination,
+    /// itself included): ejects it when the streak reaches the threshold (or its probe
+    /// failed) and the cap on ejected endpoints allows; returns true if it was ejected.
+    pub fn record_failure<'a>(
+        &self,
+        peers: impl ExactSizeIterator<Item = &'a Breaker>,
+        config: &EjectionConfig,
+        reason: &str,
+        now: Instant,
+    ) -> bool {
+        let total = peers.len();
+        let ejected = peers.filter(|b| b.is_ejected(now)).count();
+        self.failure(
+            config,
+            reason,
+            config.may_eject_another(ejected, total),
+            now,
+        )
+    }
+
     /// A failure. Ejects the endpoint when the streak reaches the threshold (or its probe
     /// failed) and `may_eject` allows one more ejection; returns true if it was ejected.
-    pub fn failure(
+    fn failure(
         &self,
         config: &EjectionConfig,
         reason: &str,
@@ -191,11 +232,12 @@ impl Breaker {
 // === impl Probe ===
 
 impl Probe {
-    /// Claims the probe of `endpoint` if its ejection ran out and no probe is out.
-    pub fn claim(endpoint: &Arc<Endpoint>, config: &EjectionConfig, now: Instant) -> Option<Probe> {
-        let until = endpoint.breaker.claim_probe(now, config.probe_wait)?;
+    /// Claims the probe of `breaker`'s endpoint if its ejection ran out and no probe is
+    /// out.
+    pub fn claim(breaker: &Breaker, config: &EjectionConfig, now: Instant) -> Option<Probe> {
+        let until = breaker.claim_probe(now, config.probe_wait)?;
         Some(Probe {
-            endpoint: endpoint.clone(),
+            breaker: breaker.state.clone(),
             until,
             settled: false,
         })
@@ -208,9 +250,16 @@ impl Probe {
 }
 
 impl Drop for Probe {
+    /// Unsettled: gives the claim back, if it is still the current one.
     fn drop(&mut self) {
-        if !self.settled {
-            self.endpoint.breaker.release_probe(self.until);
+        if self.settled {
+            return;
+        }
+        let mut state = self.breaker.lock().expect("breaker lock");
+        if let Some(e) = state.ejected.as_mut()
+            && e.probe == Some(self.until)
+        {
+            e.probe = None;
         }
     }
 }
@@ -229,13 +278,13 @@ mod tests {
         }
     }
 
-    fn ejected_endpoint(c: &EjectionConfig, now: Instant) -> Arc<Endpoint> {
-        let e = Arc::new(Endpoint::new("a:1".into(), 1, None));
+    fn ejected(c: &EjectionConfig, now: Instant) -> Breaker {
+        let b = Breaker::default();
         for _ in 0..3 {
-            e.breaker.failure(c, "refused", true, now);
+            b.failure(c, "refused", true, now);
         }
-        assert!(e.breaker.is_ejected(now));
-        e
+        assert!(b.is_ejected(now));
+        b
     }
 
     #[tokio::test(start_paused = true)]
@@ -299,15 +348,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn no_more_than_max_percent_of_the_peers_are_ejected_at_once() {
+        let c = config();
+        let now = Instant::now();
+        let peers: Vec<Breaker> = (0..4).map(|_| Breaker::default()).collect();
+        let fail_three_times =
+            |b: &Breaker| (0..3).any(|_| b.record_failure(peers.iter(), &c, "refused", now));
+        assert!(fail_three_times(&peers[0]), "1 of 4 out");
+        assert!(fail_three_times(&peers[1]), "2 of 4 out: 50 %");
+        assert!(!fail_three_times(&peers[2]), "a third would be 75 %");
+        assert!(!peers[2].is_ejected(now));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_probe_dropped_unsettled_lets_the_next_request_probe() {
         let c = config();
         let now = Instant::now();
-        let e = ejected_endpoint(&c, now);
+        let e = ejected(&c, now);
         let t = now + Duration::from_secs(30);
         let probe = Probe::claim(&e, &c, t).expect("the ejection ran out");
         assert!(Probe::claim(&e, &c, t).is_none(), "one probe at a time");
         drop(probe);
-        assert_eq!(e.breaker.availability(t), Availability::Probe);
+        assert_eq!(e.availability(t), Availability::Probe);
         assert!(Probe::claim(&e, &c, t).is_some());
     }
 
@@ -315,15 +377,12 @@ mod tests {
     async fn a_probe_that_never_answers_is_given_up_on_after_the_probe_wait() {
         let c = config();
         let now = Instant::now();
-        let e = ejected_endpoint(&c, now);
+        let e = ejected(&c, now);
         let t = now + Duration::from_secs(30);
         let hanging = Probe::claim(&e, &c, t).unwrap();
-        assert!(
-            e.breaker
-                .is_ejected(t + c.probe_wait - Duration::from_millis(1))
-        );
+        assert!(e.is_ejected(t + c.probe_wait - Duration::from_millis(1)));
         let later = t + c.probe_wait;
-        assert_eq!(e.breaker.availability(later), Availability::Probe);
+        assert_eq!(e.availability(later), Availability::Probe);
         let next = Probe::claim(&e, &c, later).expect("another request probes");
         // The stale probe's late release does not free the new claim.
         drop(hanging);
@@ -335,17 +394,14 @@ mod tests {
     async fn a_settled_failed_probe_ejects_again_for_longer() {
         let c = config();
         let now = Instant::now();
-        let e = ejected_endpoint(&c, now);
+        let e = ejected(&c, now);
         let t = now + Duration::from_secs(30);
         let probe = Probe::claim(&e, &c, t).unwrap();
-        assert!(
-            e.breaker.failure(&c, "timeout", true, t),
-            "a failed probe ejects"
-        );
+        assert!(e.failure(&c, "timeout", true, t), "a failed probe ejects");
         probe.settle();
-        assert!(e.breaker.is_ejected(t + Duration::from_secs(59)));
+        assert!(e.is_ejected(t + Duration::from_secs(59)));
         assert_eq!(
-            e.breaker.availability(t + Duration::from_secs(60)),
+            e.availability(t + Duration::from_secs(60)),
             Availability::Probe
         );
     }

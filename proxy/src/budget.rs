@@ -12,21 +12,43 @@ const SLOT: Duration = Duration::from_secs(1);
 /// Slots in the window.
 const SLOTS: usize = 10;
 
-#[derive(Clone, Copy, Debug)]
+/// How many retries a destination may send (flags `--retry-budget`,
+/// `--retry-min-per-second`).
+#[derive(clap::Args, Clone, Copy, Debug)]
 pub struct BudgetConfig {
-    /// Retries allowed per original request (0.2 = 20 %).
+    /// Retries allowed on top of original requests, as a share (0.2 = 20 %).
+    #[arg(
+        long = "retry-budget",
+        env = "MESH_RETRY_BUDGET",
+        default_value_t = 0.2
+    )]
     pub ratio: f64,
-    /// Retries allowed per second whatever the traffic, so low-traffic services can
+
+    /// Retries per second allowed whatever the traffic, so low-traffic services can
     /// still retry.
+    #[arg(
+        long = "retry-min-per-second",
+        env = "MESH_RETRY_MIN_PER_SECOND",
+        default_value_t = 10
+    )]
     pub min_per_second: u32,
 }
 
 impl Default for BudgetConfig {
     fn default() -> Self {
-        BudgetConfig {
-            ratio: 0.2,
-            min_per_second: 10,
+        crate::flags::defaults()
+    }
+}
+
+impl BudgetConfig {
+    pub fn validate(&self) -> Result<(), crate::flags::Invalid> {
+        if !(0.0..=10.0).contains(&self.ratio) {
+            return Err(crate::flags::Invalid::new(
+                "--retry-budget",
+                "must be a share between 0.0 and 10.0",
+            ));
         }
+        Ok(())
     }
 }
 

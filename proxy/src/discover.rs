@@ -1,140 +1,58 @@
 //! Discovery: destination service name → its current endpoints.
 //!
 //! Each destination has one task that long-polls the registry on that service's index
-//! and publishes complete endpoint sets into an `ArcSwap`, so requests read them without
-//! taking a lock. A name the registry says does not exist (`exists:false`), or that is no
-//! valid service name at all (a dotted DNS name, an IP address), is resolved through DNS
-//! instead, re-resolved when its TTL runs out; the registry watch continues, so a service
-//! that registers later takes over from DNS. While the registry is unreachable the last
-//! known endpoints stay in use and the watch retries with capped, jittered backoff.
+//! and publishes complete endpoint sets into the [`Destination`], so requests read them
+//! without taking a lock. A name the registry says does not exist (`exists:false`), or
+//! that is no valid service name at all (a dotted DNS name, an IP address), is resolved
+//! through DNS instead, re-resolved when its TTL runs out; the registry watch continues,
+//! so a service that registers later takes over from DNS. While the registry is
+//! unreachable the last known endpoints stay in use and the watch retries with capped,
+//! jittered backoff.
 //!
 //! Destinations are bounded: one unused for `--destination-idle-timeout` is dropped with
 //! its watch, and past `--max-destinations` new names are refused, so an app sending
 //! arbitrary `Host` values cannot make the sidecar hold a watch per name forever.
-//! Endpoints this sidecar must not dial ([`DialPolicy`]: its own listeners, plaintext
-//! ones under strict mTLS) are kept out of the sets, with the reason.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use mesh_registry_api::{Client, ServiceListing, validate};
-use serde::Serialize;
-use tokio::sync::watch;
+use mesh_registry_api::{Client, validate};
 use tokio::time::Instant;
 
-use crate::breaker::Availability;
-use crate::budget::{BudgetConfig, RetryBudget};
+use crate::budget::BudgetConfig;
+pub use crate::destination::{Destination, DialPolicy, EndpointSet, Refused};
 use crate::dns::Dns;
-use crate::endpoint::{Endpoint, Source};
 use crate::error::{ErrorKind, ProxyError};
-use crate::loops::OwnListeners;
-use crate::metrics::{Direction, EndpointState, Metrics, ServiceMetrics};
-
-/// Registration metadata key holding a sidecar's mTLS mode.
-pub const TLS_METADATA: &str = "tls";
+use crate::flags::Invalid;
+use crate::metrics::{Direction, EndpointState, Metrics};
 
 /// How long a request waits for a destination's first resolution before answering
 /// `no-endpoints`: the registry answers in milliseconds when it is up.
 const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
 
-/// The endpoints of one destination at one moment; replaced whole on every update.
-#[derive(Debug, Default)]
-pub struct EndpointSet {
-    pub endpoints: Vec<Arc<Endpoint>>,
-    pub source: Option<Source>,
-    /// Endpoints discovery found but this sidecar will not dial.
-    pub refused: Vec<Refused>,
-}
-
-/// A discovered endpoint this sidecar will not dial, and why.
-#[derive(Clone, Debug)]
-pub struct Refused {
-    pub address: String,
-    /// What a request finding only such endpoints is answered with.
-    pub kind: ErrorKind,
-    pub why: String,
-}
-
-/// An endpoint as discovery found it, before the dial policy has its say.
-struct Found {
-    address: String,
-    weight: u32,
-    instance: Option<String>,
-    /// Registered by a mesh sidecar.
-    sidecar: bool,
-    /// Speaks mTLS.
-    tls: bool,
-    /// Why it does not, for a refusal.
-    plain: &'static str,
-}
-
-/// Which discovered endpoints may be dialled.
-#[derive(Clone, Debug, Default)]
-pub struct DialPolicy {
-    /// Never this sidecar's own listeners: a request there would loop.
-    pub own: OwnListeners,
-    /// `--tls strict`: only sidecars that speak mTLS, but for `plaintext_to`.
-    pub strict: bool,
-    /// Destinations that may be called in plaintext under strict mTLS
-    /// (`--plaintext-to`).
-    pub plaintext_to: Vec<String>,
-}
-
-/// How discovery bounds and filters its destinations.
-#[derive(Clone, Debug)]
+/// How many destinations are followed, for how long, and where names the registry does
+/// not know are resolved.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Discovery")]
 pub struct DiscoveryConfig {
-    pub budget: BudgetConfig,
-    /// A destination no request used for this long is dropped with its watch.
+    /// A destination no request used for this long is dropped, with its registry watch
+    /// and DNS refreshes; the next request for it starts afresh.
+    #[arg(long = "destination-idle-timeout", env = "MESH_DESTINATION_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
-    /// Destinations followed at once; past them new names are refused.
+
+    /// Destinations followed at once; past them, requests for new names get a fast 503
+    /// (`overloaded`) until some fall idle.
+    #[arg(long, env = "MESH_MAX_DESTINATIONS", default_value_t = 1000)]
     pub max_destinations: usize,
-    pub dial: DialPolicy,
-}
 
-impl Default for DiscoveryConfig {
-    fn default() -> Self {
-        DiscoveryConfig {
-            budget: BudgetConfig::default(),
-            idle_timeout: Duration::from_secs(10),
-            max_destinations: 1000,
-            dial: DialPolicy::default(),
-        }
-    }
-}
-
-/// One destination service and its discovery state.
-pub struct Destination {
-    pub name: String,
-    endpoints: ArcSwap<EndpointSet>,
-    /// Round-robin position, shared by every request to this destination.
-    pub cursor: AtomicUsize,
-    /// True once the first resolution (successful or not) is done.
-    resolved: watch::Sender<bool>,
-    /// Why the set is empty or stale, for `/debug/endpoints`.
-    last_error: Mutex<Option<String>>,
-    /// Retries allowed to this destination.
-    pub budget: RetryBudget,
-    /// Requests to this destination in flight now (bounded by `--max-pending`).
-    pub pending: AtomicUsize,
-    /// Its outbound metric series.
-    pub metrics: Arc<ServiceMetrics>,
-    /// When a request last asked for it, in milliseconds since discovery started.
-    last_used: AtomicU64,
-    /// The task keeping its endpoints current, stopped when it is dropped for idleness.
-    follower: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-/// A request in flight to a destination.
-pub struct Pending(Arc<Destination>);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// DNS server (`IP:PORT`) for names the registry does not know; by default the
+    /// system's (`/etc/resolv.conf`). `/etc/hosts` is read either way.
+    #[arg(long, env = "MESH_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// All destinations, created on first use and dropped when idle.
@@ -147,192 +65,32 @@ pub struct Discovery {
     /// Port used for DNS answers (which carry no port) when the caller gave none.
     default_port: u16,
     config: DiscoveryConfig,
+    /// Each destination's retry budget.
+    budget: BudgetConfig,
+    /// Which endpoints may be dialled.
+    dial: DialPolicy,
     /// The zero of every destination's `last_used`.
     started: Instant,
 }
 
-// === impl Destination ===
+// === impl DiscoveryConfig ===
 
-impl Destination {
-    /// The current endpoints, without locking.
-    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
-        self.endpoints.load()
-    }
-
-    fn publish(&self, set: EndpointSet, metrics: &Metrics) {
-        if let Some(source) = set.source {
-            metrics.discovery_update(&self.name, source);
-        }
-        // Said once per refused endpoint, not at every refresh of an unchanged set.
-        let before = self.endpoints.load();
-        for refused in &set.refused {
-            if !before.refused.iter().any(|r| r.address == refused.address) {
-                tracing::warn!(service = %self.name, endpoint = %refused.address, "not dialled: {}", refused.why);
-            }
-        }
-        self.endpoints.store(Arc::new(set));
-        self.refresh_gauges(metrics);
-        self.resolved.send_replace(true);
-    }
-
-    /// Updates `mesh_endpoints` for this destination from its endpoints' states.
-    pub fn refresh_gauges(&self, metrics: &Metrics) {
-        let now = Instant::now();
-        let set = self.endpoints.load();
-        let ejected = set
-            .endpoints
-            .iter()
-            .filter(|e| e.breaker.is_ejected(now))
-            .count();
-        metrics.set_endpoints(
-            &self.name,
-            EndpointState::Ready,
-            set.endpoints.len() - ejected,
-        );
-        metrics.set_endpoints(&self.name, EndpointState::Ejected, ejected);
-    }
-
-    /// Counts a request in flight to this destination, unless `max` already are.
-    pub fn try_begin(self: &Arc<Self>, max: usize) -> Option<Pending> {
-        let before = self.pending.fetch_add(1, Ordering::AcqRel);
-        if before >= max {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Pending(self.clone()))
-    }
-
-    fn set_error(&self, error: Option<String>) {
-        *self.last_error.lock().expect("error lock") = error;
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("error lock").clone()
-    }
-
-    /// Registry instances → endpoints.
-    fn registry_set(&self, listing: &ServiceListing, dial: &DialPolicy) -> EndpointSet {
-        let found = listing.instances.iter().map(|i| {
-            // A sidecar registers its mTLS mode; an instance without one is no sidecar.
-            let mode = i.metadata.get(TLS_METADATA).map(String::as_str);
-            Found {
-                address: i.address.clone(),
-                weight: i.weight,
-                instance: Some(i.id.clone()),
-                sidecar: mode.is_some(),
-                tls: mode.is_some_and(|m| m != "off"),
-                plain: match mode {
-                    None => "registered by something that is no mesh sidecar",
-                    Some("off") => "a sidecar with mTLS off",
-                    Some(_) => "",
-                },
-            }
-        });
-        self.endpoint_set(Source::Registry, found, dial)
-    }
-
-    /// DNS answers → endpoints: plaintext, weight 1, no sidecar.
-    fn dns_set(&self, addresses: &[std::net::IpAddr], port: u16, dial: &DialPolicy) -> EndpointSet {
-        let found = addresses.iter().map(|ip| Found {
-            address: std::net::SocketAddr::new(*ip, port).to_string(),
-            weight: 1,
-            instance: None,
-            sidecar: false,
-            tls: false,
-            plain: "found through DNS",
-        });
-        self.endpoint_set(Source::Dns, found, dial)
-    }
-
-    /// The endpoints `found` that `dial` allows, keeping the existing `Endpoint` (and so
-    /// its latency history and ejection state) for every one that stays as it was.
-    fn endpoint_set(
-        &self,
-        source: Source,
-        found: impl Iterator<Item = Found>,
-        dial: &DialPolicy,
-    ) -> EndpointSet {
-        let current = self.endpoints.load();
-        let mut set = EndpointSet {
-            source: Some(source),
-            ..EndpointSet::default()
-        };
-        for f in found {
-            if let Err(refused) = dial.check(&self.name, &f.address, f.tls, f.plain) {
-                set.refused.push(refused);
-                continue;
-            }
-            let endpoint = current
-                .endpoints
-                .iter()
-                .find(|e| {
-                    e.address == f.address
-                        && e.weight == f.weight
-                        && (e.sidecar, e.tls) == (f.sidecar, f.tls)
-                })
-                .cloned()
-                .unwrap_or_else(|| {
-                    let e = Endpoint::new(f.address, f.weight, f.instance);
-                    Arc::new(if f.sidecar { e.sidecar(f.tls) } else { e })
-                });
-            set.endpoints.push(endpoint);
-        }
-        set
-    }
-
-    /// The error for a request that found no endpoint to dial.
-    pub fn no_endpoints(&self) -> ProxyError {
-        let set = self.endpoints();
-        if let Some(refused) = set.refused.first() {
-            return ProxyError::new(
-                refused.kind,
-                format!(
-                    "no endpoint of {} may be dialled: {}",
-                    self.name, refused.why
-                ),
-            );
-        }
-        let why = self
-            .last_error()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        ProxyError::new(
-            ErrorKind::NoEndpoints,
-            format!("no endpoints for {}{why}", self.name),
-        )
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        crate::flags::defaults()
     }
 }
 
-// === impl DialPolicy ===
-
-impl DialPolicy {
-    /// May `address`, an endpoint of `destination`, be dialled? `tls`: it speaks mTLS;
-    /// `plain`: why it does not, for the refusal.
-    fn check(
-        &self,
-        destination: &str,
-        address: &str,
-        tls: bool,
-        plain: &str,
-    ) -> Result<(), Refused> {
-        if let Ok(addr) = address.parse()
-            && let Err(e) = self.own.check(addr)
-        {
-            return Err(Refused {
-                address: address.to_owned(),
-                kind: e.kind,
-                why: e.message,
-            });
+impl DiscoveryConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_destinations == 0 {
+            return Err(Invalid::new("--max-destinations", "must be at least 1"));
         }
-        if self.strict && !tls && !self.plaintext_to.iter().any(|d| d == destination) {
-            return Err(Refused {
-                address: address.to_owned(),
-                kind: ErrorKind::Insecure,
-                why: format!(
-                    "{address} does not speak mTLS ({plain}) and this sidecar is --tls strict; \
-                     to call {destination} in plaintext, add --plaintext-to {destination}"
-                ),
-            });
+        if self.idle_timeout < Duration::from_millis(100) {
+            return Err(Invalid::new(
+                "--destination-idle-timeout",
+                "must be at least 100ms",
+            ));
         }
         Ok(())
     }
@@ -342,12 +100,22 @@ impl DialPolicy {
 
 impl Discovery {
     /// Discovery, with a task that drops idle destinations for as long as it exists.
+    /// Destinations get `budget` for their retries; `dial` says which endpoints they
+    /// keep.
     pub fn new(
         registry: Client,
-        dns: Option<Dns>,
         metrics: Arc<Metrics>,
         config: DiscoveryConfig,
+        budget: BudgetConfig,
+        dial: DialPolicy,
     ) -> Arc<Self> {
+        let dns = match Dns::new(config.dns_server) {
+            Ok(dns) => Some(dns),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: names unknown to the registry will not resolve");
+                None
+            }
+        };
         let discovery = Arc::new(Discovery {
             registry,
             dns,
@@ -355,6 +123,8 @@ impl Discovery {
             destinations: Mutex::new(HashMap::new()),
             default_port: 80,
             config,
+            budget,
+            dial,
             started: Instant::now(),
         });
         tokio::spawn(evict_idle(Arc::downgrade(&discovery)));
@@ -391,18 +161,8 @@ impl Discovery {
                     ));
                 }
                 None => {
-                    let d = Arc::new(Destination {
-                        name: name.to_owned(),
-                        endpoints: ArcSwap::from_pointee(EndpointSet::default()),
-                        cursor: AtomicUsize::new(0),
-                        resolved: watch::Sender::new(false),
-                        last_error: Mutex::new(None),
-                        budget: RetryBudget::new(self.config.budget),
-                        pending: AtomicUsize::new(0),
-                        metrics: self.metrics.service(Direction::Outbound, name),
-                        last_used: AtomicU64::new(now),
-                        follower: Mutex::new(None),
-                    });
+                    let metrics = self.metrics.service(Direction::Outbound, name);
+                    let d = Arc::new(Destination::new(name, self.budget, metrics, now));
                     all.insert(key.into_owned(), d.clone());
                     (d, true)
                 }
@@ -498,7 +258,7 @@ impl Discovery {
                         dns_refresh = None;
                         destination.set_error(None);
                         tracing::debug!(service = %name, endpoints = listing.instances.len(), "registry update");
-                        let set = destination.registry_set(&listing, &self.config.dial);
+                        let set = destination.registry_set(&listing, &self.dial);
                         destination.publish(set, &self.metrics);
                     }
                     Ok(_) => {
@@ -536,7 +296,7 @@ impl Discovery {
         match dns.lookup(&destination.name).await {
             Ok(answer) => {
                 destination.set_error(None);
-                let set = destination.dns_set(&answer.addresses, port, &self.config.dial);
+                let set = destination.dns_set(&answer.addresses, port, &self.dial);
                 destination.publish(set, &self.metrics);
                 answer.refresh_at
             }
@@ -578,92 +338,5 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// One destination as `/debug/endpoints` shows it.
-#[derive(Serialize)]
-pub struct DestinationView {
-    pub service: String,
-    pub source: Option<Source>,
-    pub last_error: Option<String>,
-    pub endpoints: Vec<EndpointView>,
-    /// Endpoints discovery found but this sidecar will not dial.
-    pub refused: Vec<RefusedView>,
-}
-
-#[derive(Serialize)]
-pub struct RefusedView {
-    pub address: String,
-    pub reason: String,
-}
-
-#[derive(Serialize)]
-pub struct EndpointView {
-    pub address: String,
-    pub instance: Option<String>,
-    pub state: &'static str,
-    pub weight: u32,
-    pub ewma_ms: f64,
-    pub in_flight: usize,
-    pub last_error: Option<String>,
-    /// Why the endpoint is in (or out of) rotation.
-    pub reason: String,
-    /// How much longer an ejected endpoint stays out.
-    pub ejected_for_ms: Option<u64>,
-}
-
-impl DestinationView {
-    pub fn of(d: &Destination) -> Self {
-        let set = d.endpoints();
-        let now = Instant::now();
-        DestinationView {
-            service: d.name.clone(),
-            source: set.source,
-            last_error: d.last_error(),
-            endpoints: set
-                .endpoints
-                .iter()
-                .map(|e| {
-                    let listed = match set.source {
-                        Some(Source::Registry) => "listed as passing by the registry",
-                        Some(Source::Dns) => "returned by DNS",
-                        None => "",
-                    };
-                    let (state, reason, ejected_for_ms) = match e.breaker.availability(now) {
-                        Availability::Ready => (EndpointState::Ready, listed.to_owned(), None),
-                        Availability::Probe => (
-                            EndpointState::Ready,
-                            "ejection over: the next request is its probe".to_owned(),
-                            None,
-                        ),
-                        Availability::Ejected { until, reason, .. } => (
-                            EndpointState::Ejected,
-                            format!("ejected: {reason}"),
-                            Some(until.saturating_duration_since(now).as_millis() as u64),
-                        ),
-                    };
-                    EndpointView {
-                        address: e.address.clone(),
-                        instance: e.instance.clone(),
-                        state: state.as_str(),
-                        weight: e.weight,
-                        ewma_ms: e.ewma().as_secs_f64() * 1000.0,
-                        in_flight: e.in_flight(),
-                        last_error: e.last_error(),
-                        reason,
-                        ejected_for_ms,
-                    }
-                })
-                .collect(),
-            refused: set
-                .refused
-                .iter()
-                .map(|r| RefusedView {
-                    address: r.address.clone(),
-                    reason: r.why.clone(),
-                })
-                .collect(),
-        }
     }
 }

@@ -8,7 +8,6 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, BoxBody};
 use crate::grpc;
-use crate::retry::Retryable;
 
 /// Header naming the cause of an answer the proxy made itself.
 pub const MESH_ERROR: http::HeaderName = http::HeaderName::from_static("mesh-error");
@@ -41,6 +40,19 @@ pub enum ErrorKind {
     Loop,
     /// mTLS is on but this sidecar has no certificate yet.
     NoIdentity,
+}
+
+/// Whether a failed try may be made again on another endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retryable {
+    /// Nothing of the request was acted on (never sent, refused, or a gRPC status that
+    /// says so): any request may go elsewhere.
+    Any,
+    /// It may have reached the app: only requests that are safe to repeat (idempotent,
+    /// or marked `mesh-retry: true`).
+    IdempotentOnly,
+    /// Never: another endpoint would not change the answer.
+    Never,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +154,19 @@ impl ErrorKind {
     }
 }
 
+// === impl Retryable ===
+
+impl Retryable {
+    /// May a request that is `repeatable` (idempotent or marked) be tried again?
+    pub fn allows(self, repeatable: bool) -> bool {
+        match self {
+            Retryable::Any => true,
+            Retryable::IdempotentOnly => repeatable,
+            Retryable::Never => false,
+        }
+    }
+}
+
 // === impl ProxyError ===
 
 impl ProxyError {
@@ -181,6 +206,18 @@ impl ProxyError {
             .insert(MESH_ERROR, HeaderValue::from_static(self.kind.as_str()));
         response
     }
+}
+
+/// An error and its causes on one line: hyper's outer errors say little by themselves.
+pub fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
-//! Sending a request on to its next hop over pooled connections, and handing the answer
-//! back with its completion observed.
+//! Sending a request on to its next hop over pooled connections: plaintext or mTLS,
+//! HTTP/1.1 or HTTP/2, with hop-by-hop headers removed both ways.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -10,18 +9,15 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::{self, BoxBody, Observed};
-use crate::endpoint::InFlight;
-use crate::error::{ErrorKind, ProxyError};
+use crate::body::BoxBody;
+use crate::error::{ErrorKind, ProxyError, source_chain};
 use crate::headers;
 use crate::io::Io;
 use crate::loops::OwnListeners;
-use crate::metrics::ResponseTimer;
 use crate::pool::Pool;
 use crate::tls::{Identity, IdentitySlot};
 
@@ -46,22 +42,25 @@ impl Wire {
             Wire::Http1
         }
     }
+
+    /// The one ALPN protocol offered in a TLS handshake for this wire.
+    pub fn alpn(self) -> &'static [u8] {
+        match self {
+            Wire::Http1 => b"http/1.1",
+            Wire::Http2 => b"h2",
+        }
+    }
 }
 
 /// Opens connections to next hops and sends requests over a [`Pool`]'s connections.
 #[derive(Clone)]
 pub struct Clients {
     connect_timeout: Duration,
-    /// With mTLS on: this sidecar's identity (once it has one), and the client
-    /// configuration per peer service and wire (ALPN offers only that wire's protocol).
+    /// With mTLS on: this sidecar's identity (once it has one).
     identity: Option<Arc<IdentitySlot>>,
-    tls_configs: Arc<Mutex<TlsConfigs>>,
     /// A connection that lands on one of these is a loop, and is dropped.
     own: OwnListeners,
 }
-
-/// Client TLS configurations by peer service and wire.
-type TlsConfigs = HashMap<(String, Wire), Arc<ClientConfig>>;
 
 // === impl Clients ===
 
@@ -74,7 +73,6 @@ impl Clients {
         Clients {
             connect_timeout,
             identity,
-            tls_configs: Arc::default(),
             own,
         }
     }
@@ -250,7 +248,7 @@ impl Clients {
         let Some((service, identity)) = tls else {
             return Ok(Io::Plain(stream));
         };
-        let config = self.tls_config(identity, service, wire);
+        let config = identity.client_config(service, wire.alpn());
         // The peer proves its service by its certificate's SPIFFE ID; the name below
         // only fills the handshake.
         let host = pool.authority().map(Authority::host).unwrap_or("peer");
@@ -264,21 +262,6 @@ impl Clients {
         .map_err(|_| failed("TLS handshake timed out".into()))?
         .map_err(|e| failed(format!("TLS handshake failed: {e}")))?;
         Ok(Io::Tls(Box::new(stream.into())))
-    }
-
-    fn tls_config(&self, identity: &Arc<Identity>, service: &str, wire: Wire) -> Arc<ClientConfig> {
-        let mut configs = self.tls_configs.lock().expect("tls configs lock");
-        configs
-            .entry((service.to_owned(), wire))
-            .or_insert_with(|| {
-                let mut config = (*identity.client_config(service)).clone();
-                config.alpn_protocols = vec![match wire {
-                    Wire::Http1 => b"http/1.1".to_vec(),
-                    Wire::Http2 => b"h2".to_vec(),
-                }];
-                Arc::new(config)
-            })
-            .clone()
     }
 }
 
@@ -356,40 +339,6 @@ fn prepare(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The answer for the caller: the next hop's response, streamed, with the metrics and the
-/// endpoint's in-flight count settled when the stream ends.
-pub fn observe<B>(
-    response: Response<B>,
-    timer: ResponseTimer,
-    in_flight: Option<InFlight>,
-) -> Response<BoxBody>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
-    B::Error: Into<crate::body::BoxError>,
-{
-    let status = response.status();
-    // A trailers-only gRPC answer carries its status in the headers.
-    let header_status = crate::grpc::status_of(response.headers());
-    response.map(|incoming| {
-        body::boxed(Observed::new(incoming, move |ending| {
-            drop(in_flight);
-            timer.finish(status, ending.grpc_status.or(header_status), ending.failed);
-        }))
-    })
-}
-
-/// An error and its causes on one line: hyper's outer errors say little by themselves.
-pub fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +349,7 @@ mod tests {
             .version(Version::HTTP_2)
             .uri("http://recommendations/Recommendations/Recommend?x=1")
             .header(header::CONNECTION, "close")
-            .body(body::empty())
+            .body(crate::body::empty())
             .unwrap();
         request
             .headers_mut()
@@ -420,7 +369,7 @@ mod tests {
         let request = Request::builder()
             .uri("http://web/x")
             .header(header::HOST, "elsewhere")
-            .body(body::empty())
+            .body(crate::body::empty())
             .unwrap();
         let out = prepare(request, &Pool::new("10.0.0.7:4143"), Wire::Http1, false).unwrap();
         assert_eq!(out.headers()[header::HOST], "web");

@@ -31,6 +31,46 @@ pub fn status_of(headers: &HeaderMap) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Status code names, by number.
+const NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// A status code by number (`8`) or name (`RESOURCE_EXHAUSTED`), as flags take it.
+pub fn parse_code(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return if (n as usize) < NAMES.len() {
+            Ok(n)
+        } else {
+            Err(format!("{n} is not a gRPC code (0-16)"))
+        };
+    }
+    let upper = s.trim().to_ascii_uppercase();
+    NAMES
+        .iter()
+        .position(|n| *n == upper)
+        .map(|i| i as u32)
+        .ok_or_else(|| {
+            format!("{s:?} is not a gRPC code name like UNAVAILABLE or RESOURCE_EXHAUSTED")
+        })
+}
+
 /// A trailers-only gRPC answer: HTTP 200 with the status in the headers and no body,
 /// which every gRPC client reads as the call's final status.
 pub fn trailers_only(code: u32, message: &str) -> Response<BoxBody> {
@@ -78,6 +118,14 @@ mod tests {
         assert_eq!(status_of(&h), None);
         h.insert("grpc-status", "14".parse().unwrap());
         assert_eq!(status_of(&h), Some(14));
+    }
+
+    #[test]
+    fn codes_parse_by_number_or_name() {
+        assert_eq!(parse_code("8"), Ok(8));
+        assert_eq!(parse_code("resource_exhausted"), Ok(8));
+        assert!(parse_code("17").is_err());
+        assert!(parse_code("NOPE").is_err());
     }
 
     #[test]

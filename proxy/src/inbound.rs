@@ -12,10 +12,10 @@ use hyper::body::Incoming;
 
 use crate::body::{self, BoxBody, FromCaller};
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
-use crate::forward::{self, Clients, Wire};
+use crate::forward::{Clients, Wire};
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::outbound::fail;
 use crate::pool::Pool;
+use crate::respond::{fail, observe};
 use crate::server::Peer;
 use crate::{grpc, headers};
 
@@ -87,7 +87,7 @@ impl Inbound {
         match self.clients.send(request, &self.pool, wire, None).await {
             Ok(mut response) => {
                 response.headers_mut().remove(MESH_ERROR);
-                forward::observe(response, timer, None)
+                observe(response, timer, None)
             }
             Err(e) => match caller_fault.get().map(ProxyError::caller_body) {
                 Some(caller) => {

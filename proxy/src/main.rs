@@ -37,8 +37,8 @@ async fn start(config: Config) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let Err(message) = config.validate() {
-        eprintln!("error: {message}");
+    if let Err(invalid) = config.validate() {
+        eprintln!("error: {invalid}");
         std::process::exit(2);
     }
     if let Err(e) = serve(config).await {
@@ -48,7 +48,8 @@ async fn start(config: Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listeners = Listeners::bind(&config).await?;
+    let local_service = config.registration.service.is_some();
+    let listeners = Listeners::bind(&config.listen, local_service).await?;
     mesh_proxy::run(listeners, config, shutdown_signal()).await?;
     Ok(())
 }

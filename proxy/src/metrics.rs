@@ -1,19 +1,91 @@
 //! The proxy's Prometheus metrics (names and labels are the contract in
-//! `ARCHITECTURE.md`), in one registry served on the admin port.
+//! `ARCHITECTURE.md`), in one registry served on the admin port. Each family takes one
+//! label set type ([`labels`]).
+
+mod labels;
+mod service;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
-use http::StatusCode;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
 };
-use tokio::time::Instant;
+
+pub use self::labels::Transport;
+use self::labels::{
+    Endpoints, Labels, Latency, Open, Requests, Responses, Retries, Service, Updates,
+};
+pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics};
+use crate::endpoint::Source;
+use crate::retry::Reason;
 
 /// Distinct service names used as label values; later ones are counted as `other`, so an
 /// app calling many hosts cannot blow up Prometheus.
 pub const MAX_SERVICE_LABELS: usize = 100;
+
+/// A metric's name and help text.
+type Def = (&'static str, &'static str);
+
+const REQUESTS: Def = (
+    "mesh_requests_total",
+    "Requests received, by direction and service.",
+);
+const RESPONSES: Def = (
+    "mesh_responses_total",
+    "Responses completed, by status code, gRPC status and classification.",
+);
+const LATENCY: Def = (
+    "mesh_response_latency_seconds",
+    "Time from request received to response stream completed.",
+);
+const RETRIES: Def = (
+    "mesh_retries_total",
+    "Retries sent, by destination service and reason.",
+);
+const BUDGET_EXHAUSTED: Def = (
+    "mesh_retry_budget_exhausted_total",
+    "Failures returned because the retry budget was spent.",
+);
+const ENDPOINTS: Def = (
+    "mesh_endpoints",
+    "Known endpoints by destination service and state.",
+);
+const EJECTIONS: Def = (
+    "mesh_endpoint_ejections_total",
+    "Endpoints ejected for failing.",
+);
+const OPEN_CONNECTIONS: Def = (
+    "mesh_tcp_open_connections",
+    "Open client connections per listener direction.",
+);
+const DISCOVERY_UPDATES: Def = (
+    "mesh_discovery_updates_total",
+    "Endpoint set updates applied, by destination service and source.",
+);
+const INBOUND_CONNECTIONS: Def = (
+    "mesh_inbound_connections_total",
+    "Inbound connections accepted by transport: tls, plaintext (permissive mode) or refused.",
+);
+const POLICY_DENIED: Def = (
+    "mesh_policy_denied_total",
+    "Inbound requests refused by the caller allow-list (403 / PERMISSION_DENIED).",
+);
+const REGISTRY_CONNECTED: Def = (
+    "mesh_registry_connected",
+    "1 when the last call to the registry succeeded, else 0.",
+);
+const CERT_EXPIRY: Def = (
+    "mesh_tls_cert_expiry_timestamp_seconds",
+    "Unix time the sidecar's certificate expires.",
+);
+const CERT_ROTATIONS: Def = (
+    "mesh_tls_cert_rotations_total",
+    "Certificates renewed since start.",
+);
 
 /// Latency buckets from 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -29,6 +101,43 @@ pub enum Direction {
     Outbound,
 }
 
+/// Endpoint states for `mesh_endpoints`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    Ready,
+    Ejected,
+}
+
+/// A metric family (a prometheus vec `V`) whose series are told apart by the label set
+/// `L`.
+pub struct Family<L, V> {
+    vec: V,
+    labels: PhantomData<fn(&L)>,
+}
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    requests: Family<Requests, IntCounterVec>,
+    responses: Family<Responses, IntCounterVec>,
+    latency: Family<Latency, HistogramVec>,
+    retries: Family<Retries, IntCounterVec>,
+    retry_budget_exhausted: Family<Service, IntCounterVec>,
+    endpoints: Family<Endpoints, IntGaugeVec>,
+    endpoint_ejections: Family<Service, IntCounterVec>,
+    tcp_open: Family<Open, IntGaugeVec>,
+    discovery_updates: Family<Updates, IntCounterVec>,
+    inbound_connections: Family<Transport, IntCounterVec>,
+    policy_denied: Family<Service, IntCounterVec>,
+    pub registry_connected: IntGauge,
+    /// Unix time the sidecar's certificate expires (mTLS on).
+    pub cert_expiry: IntGauge,
+    pub cert_rotations: IntCounter,
+    /// Service names admitted as label values (a std Mutex: no await while held).
+    services: Mutex<HashSet<String>>,
+}
+
+// === impl Direction ===
+
 impl Direction {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,12 +147,7 @@ impl Direction {
     }
 }
 
-/// Endpoint states for `mesh_endpoints`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndpointState {
-    Ready,
-    Ejected,
-}
+// === impl EndpointState ===
 
 impl EndpointState {
     pub fn as_str(self) -> &'static str {
@@ -54,145 +158,78 @@ impl EndpointState {
     }
 }
 
-pub struct Metrics {
-    registry: prometheus::Registry,
-    requests: IntCounterVec,
-    responses: IntCounterVec,
-    latency: HistogramVec,
-    retries: IntCounterVec,
-    retry_budget_exhausted: IntCounterVec,
-    endpoints: IntGaugeVec,
-    endpoint_ejections: IntCounterVec,
-    tcp_open: IntGaugeVec,
-    discovery_updates: IntCounterVec,
-    pub registry_connected: IntGauge,
-    inbound_connections: IntCounterVec,
-    policy_denied: IntCounterVec,
-    /// Unix time the sidecar's certificate expires (mTLS on).
-    pub cert_expiry: IntGauge,
-    pub cert_rotations: prometheus::IntCounter,
-    /// Service names admitted as label values (a std Mutex: no await while held).
-    services: Mutex<HashSet<String>>,
+// === impl Family ===
+
+impl<L: Labels, P: MetricVecBuilder + 'static> Family<L, MetricVec<P>> {
+    /// The series for `labels`.
+    pub fn get(&self, labels: &L) -> P::M {
+        labels.with_values(|values| self.vec.with_label_values(values))
+    }
+
+    /// A family made by `new` from its label names, in `registry`.
+    fn registered(
+        registry: &prometheus::Registry,
+        new: impl FnOnce(&[&str]) -> prometheus::Result<MetricVec<P>>,
+    ) -> Self {
+        Family {
+            vec: registered(registry, new(L::NAMES)),
+            labels: PhantomData,
+        }
+    }
+}
+
+impl<L: Labels> Family<L, IntCounterVec> {
+    fn counter(registry: &prometheus::Registry, (name, help): Def) -> Self {
+        Self::registered(registry, |names| {
+            IntCounterVec::new(Opts::new(name, help), names)
+        })
+    }
+}
+
+impl<L: Labels> Family<L, IntGaugeVec> {
+    fn gauge(registry: &prometheus::Registry, (name, help): Def) -> Self {
+        Self::registered(registry, |names| {
+            IntGaugeVec::new(Opts::new(name, help), names)
+        })
+    }
+}
+
+impl<L: Labels> Family<L, HistogramVec> {
+    fn histogram(registry: &prometheus::Registry, (name, help): Def) -> Self {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        Self::registered(registry, |names| HistogramVec::new(opts, names))
+    }
 }
 
 // === impl Metrics ===
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
+        let r = prometheus::Registry::new();
         let m = Metrics {
-            registry: prometheus::Registry::new(),
-            requests: counter(
-                "mesh_requests_total",
-                "Requests received, by direction and service.",
-                &["direction", "service"],
+            requests: Family::counter(&r, REQUESTS),
+            responses: Family::counter(&r, RESPONSES),
+            latency: Family::histogram(&r, LATENCY),
+            retries: Family::counter(&r, RETRIES),
+            retry_budget_exhausted: Family::counter(&r, BUDGET_EXHAUSTED),
+            endpoints: Family::gauge(&r, ENDPOINTS),
+            endpoint_ejections: Family::counter(&r, EJECTIONS),
+            tcp_open: Family::gauge(&r, OPEN_CONNECTIONS),
+            discovery_updates: Family::counter(&r, DISCOVERY_UPDATES),
+            inbound_connections: Family::counter(&r, INBOUND_CONNECTIONS),
+            policy_denied: Family::counter(&r, POLICY_DENIED),
+            registry_connected: registered(
+                &r,
+                IntGauge::new(REGISTRY_CONNECTED.0, REGISTRY_CONNECTED.1),
             ),
-            responses: counter(
-                "mesh_responses_total",
-                "Responses completed, by status code, gRPC status and classification.",
-                &[
-                    "direction",
-                    "service",
-                    "status_code",
-                    "grpc_status",
-                    "classification",
-                ],
-            ),
-            latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "mesh_response_latency_seconds",
-                    "Time from request received to response stream completed.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["direction", "service", "classification"],
-            )
-            .expect("valid metric"),
-            retries: counter(
-                "mesh_retries_total",
-                "Retries sent, by destination service and reason.",
-                &["service", "reason"],
-            ),
-            retry_budget_exhausted: counter(
-                "mesh_retry_budget_exhausted_total",
-                "Failures returned because the retry budget was spent.",
-                &["service"],
-            ),
-            endpoints: IntGaugeVec::new(
-                Opts::new(
-                    "mesh_endpoints",
-                    "Known endpoints by destination service and state.",
-                ),
-                &["service", "state"],
-            )
-            .expect("valid metric"),
-            endpoint_ejections: counter(
-                "mesh_endpoint_ejections_total",
-                "Endpoints ejected for failing.",
-                &["service"],
-            ),
-            tcp_open: IntGaugeVec::new(
-                Opts::new(
-                    "mesh_tcp_open_connections",
-                    "Open client connections per listener direction.",
-                ),
-                &["direction"],
-            )
-            .expect("valid metric"),
-            discovery_updates: counter(
-                "mesh_discovery_updates_total",
-                "Endpoint set updates applied, by destination service and source.",
-                &["service", "source"],
-            ),
-            registry_connected: IntGauge::new(
-                "mesh_registry_connected",
-                "1 when the last call to the registry succeeded, else 0.",
-            )
-            .expect("valid metric"),
-            inbound_connections: counter(
-                "mesh_inbound_connections_total",
-                "Inbound connections accepted by transport: tls, plaintext (permissive mode) or refused.",
-                &["tls"],
-            ),
-            policy_denied: counter(
-                "mesh_policy_denied_total",
-                "Inbound requests refused by the caller allow-list (403 / PERMISSION_DENIED).",
-                &["service"],
-            ),
-            cert_expiry: IntGauge::new(
-                "mesh_tls_cert_expiry_timestamp_seconds",
-                "Unix time the sidecar's certificate expires.",
-            )
-            .expect("valid metric"),
-            cert_rotations: prometheus::IntCounter::new(
-                "mesh_tls_cert_rotations_total",
-                "Certificates renewed since start.",
-            )
-            .expect("valid metric"),
+            cert_expiry: registered(&r, IntGauge::new(CERT_EXPIRY.0, CERT_EXPIRY.1)),
+            cert_rotations: registered(&r, IntCounter::new(CERT_ROTATIONS.0, CERT_ROTATIONS.1)),
+            registry: r,
             services: Mutex::new(HashSet::new()),
         };
-        for c in [
-            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.responses.clone()),
-            Box::new(m.latency.clone()),
-            Box::new(m.retries.clone()),
-            Box::new(m.retry_budget_exhausted.clone()),
-            Box::new(m.endpoints.clone()),
-            Box::new(m.endpoint_ejections.clone()),
-            Box::new(m.tcp_open.clone()),
-            Box::new(m.discovery_updates.clone()),
-            Box::new(m.registry_connected.clone()),
-            Box::new(m.inbound_connections.clone()),
-            Box::new(m.policy_denied.clone()),
-            Box::new(m.cert_expiry.clone()),
-            Box::new(m.cert_rotations.clone()),
-        ] {
-            m.registry.register(c).expect("metric names are unique");
-        }
         // Both directions appear from the start, at zero.
-        for d in [Direction::Inbound, Direction::Outbound] {
-            m.tcp_open.with_label_values(&[d.as_str()]).set(0);
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            m.tcp_open.get(&Open { direction }).set(0);
         }
         Arc::new(m)
     }
@@ -215,9 +252,10 @@ impl Metrics {
     pub fn service(self: &Arc<Self>, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
         let service = self.service_label(service);
         Arc::new(ServiceMetrics {
-            requests: self
-                .requests
-                .with_label_values(&[direction.as_str(), &service]),
+            requests: self.requests.get(&Requests {
+                direction,
+                service: service.clone(),
+            }),
             latency: Default::default(),
             ok: Default::default(),
             metrics: self.clone(),
@@ -230,70 +268,69 @@ impl Metrics {
     /// alerts see them before the first event.
     pub fn destination_added(&self, service: &str) {
         let service = self.service_label(service);
-        self.retry_budget_exhausted.with_label_values(&[&service]);
-        for reason in crate::retry::Reason::ALL {
-            self.retries.with_label_values(&[&service, reason.as_str()]);
+        for reason in Reason::ALL {
+            self.retries.get(&Retries {
+                service: service.clone(),
+                reason,
+            });
         }
-        self.endpoint_ejections.with_label_values(&[&service]);
-        self.endpoints
-            .with_label_values(&[&service, EndpointState::Ejected.as_str()])
-            .set(0);
+        let labels = Service { service };
+        self.retry_budget_exhausted.get(&labels);
+        self.endpoint_ejections.get(&labels);
+        self.set_endpoints(&labels.service, EndpointState::Ejected, 0);
     }
 
-    /// Counts an inbound connection by transport (`tls`, `plaintext`, `refused`).
-    pub fn inbound_connection(&self, kind: &'static str) {
-        self.inbound_connections.with_label_values(&[kind]).inc();
+    /// Counts an inbound connection by how it was taken.
+    pub fn inbound_connection(&self, transport: Transport) {
+        self.inbound_connections.get(&transport).inc();
     }
 
     /// Makes the local service's denial counter visible at zero (with an allow-list).
     pub fn policy_added(&self, service: &str) {
-        let service = self.service_label(service);
-        self.policy_denied.with_label_values(&[&service]);
+        self.policy_denied.get(&self.service_labels(service));
     }
 
     /// Counts a request the allow-list refused.
     pub fn denied(&self, service: &str) {
-        let service = self.service_label(service);
-        self.policy_denied.with_label_values(&[&service]).inc();
+        self.policy_denied.get(&self.service_labels(service)).inc();
     }
 
     /// Counts a retry sent to `service`.
-    pub fn retried(&self, service: &str, reason: &str) {
+    pub fn retried(&self, service: &str, reason: Reason) {
         let service = self.service_label(service);
-        self.retries.with_label_values(&[&service, reason]).inc();
+        self.retries.get(&Retries { service, reason }).inc();
     }
 
     /// Counts a failure returned because the retry budget was spent.
     pub fn budget_exhausted(&self, service: &str) {
-        let service = self.service_label(service);
-        self.retry_budget_exhausted
-            .with_label_values(&[&service])
-            .inc();
+        let labels = self.service_labels(service);
+        self.retry_budget_exhausted.get(&labels).inc();
     }
 
     /// Counts an endpoint ejection.
     pub fn ejected(&self, service: &str) {
-        let service = self.service_label(service);
-        self.endpoint_ejections.with_label_values(&[&service]).inc();
+        self.endpoint_ejections
+            .get(&self.service_labels(service))
+            .inc();
     }
 
     pub fn set_endpoints(&self, service: &str, state: EndpointState, n: usize) {
         let service = self.service_label(service);
         self.endpoints
-            .with_label_values(&[&service, state.as_str()])
+            .get(&Endpoints { service, state })
             .set(n as i64);
     }
 
-    pub fn discovery_update(&self, service: &str, source: crate::endpoint::Source) {
+    pub fn discovery_update(&self, service: &str, source: Source) {
         let service = self.service_label(service);
         self.discovery_updates
-            .with_label_values(&[&service, source.as_str()])
+            .get(&Updates { service, source })
             .inc();
     }
 
     /// Counts an accepted connection until the guard drops.
-    pub fn connection_opened(self: &Arc<Self>, direction: Direction) -> ConnectionGuard {
-        let gauge = self.tcp_open.with_label_values(&[direction.as_str()]);
+    pub fn connection_opened(&self, direction: Direction) -> ConnectionGuard {
+        let gauge = self.tcp_open.get(&Open { direction });
         gauge.inc();
         ConnectionGuard(gauge)
     }
@@ -306,107 +343,30 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
-}
 
-/// One service's series in one direction. The request counter exists from the start;
-/// the other series appear with their first response.
-pub struct ServiceMetrics {
-    metrics: Arc<Metrics>,
-    direction: Direction,
-    /// The label value (the name, or `other` past the cap).
-    service: String,
-    requests: IntCounter,
-    /// Latency by classification: `[success, failure]`.
-    latency: [OnceLock<Histogram>; 2],
-    /// `mesh_responses_total` for the common answers: 200 without, and with, gRPC status 0.
-    ok: [OnceLock<IntCounter>; 2],
-}
-
-impl ServiceMetrics {
-    /// Counts a request and returns the timer that records its response.
-    pub fn request(self: &Arc<Self>) -> ResponseTimer {
-        self.request_since(Instant::now())
-    }
-
-    /// As [`request`](Self::request), for a request that arrived at `started`.
-    pub fn request_since(self: &Arc<Self>, started: Instant) -> ResponseTimer {
-        self.requests.inc();
-        ResponseTimer {
-            service: self.clone(),
-            started,
+    fn service_labels(&self, service: &str) -> Service {
+        Service {
+            service: self.service_label(service),
         }
     }
-
-    fn response(&self, status: StatusCode, grpc_status: Option<u32>, failure: bool) {
-        let classification = classification(failure);
-        let common = match (status, grpc_status, failure) {
-            (StatusCode::OK, None, false) => Some(0),
-            (StatusCode::OK, Some(0), false) => Some(1),
-            _ => None,
-        };
-        let labels = |grpc: &str| {
-            self.metrics.responses.with_label_values(&[
-                self.direction.as_str(),
-                &self.service,
-                status.as_str(),
-                grpc,
-                classification,
-            ])
-        };
-        match common {
-            Some(i) => self.ok[i]
-                .get_or_init(|| labels(if i == 0 { "" } else { "0" }))
-                .inc(),
-            None => labels(&grpc_status.map(|c| c.to_string()).unwrap_or_default()).inc(),
-        }
-    }
-
-    fn latency(&self, failure: bool) -> &Histogram {
-        self.latency[usize::from(failure)].get_or_init(|| {
-            self.metrics.latency.with_label_values(&[
-                self.direction.as_str(),
-                &self.service,
-                classification(failure),
-            ])
-        })
-    }
 }
 
-/// The `classification` label value.
-fn classification(failure: bool) -> &'static str {
-    if failure { "failure" } else { "success" }
-}
-
-/// Records one response when it completes.
-pub struct ResponseTimer {
-    service: Arc<ServiceMetrics>,
-    started: Instant,
-}
-
-impl ResponseTimer {
-    /// `grpc_status` is that of the trailers (or trailers-only headers) when the call was
-    /// gRPC; `failed` means the stream broke before its end.
-    pub fn finish(self, status: StatusCode, grpc_status: Option<u32>, failed: bool) {
-        let failure =
-            failed || status.is_server_error() || grpc_status.is_some_and(|code| code != 0);
-        self.service.response(status, grpc_status, failure);
-        self.service
-            .latency(failure)
-            .observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
-/// An open connection, counted in `mesh_tcp_open_connections` while alive.
-pub struct ConnectionGuard(IntGauge);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// A metric without labels, registered.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &prometheus::Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+
     use super::*;
 
     #[test]

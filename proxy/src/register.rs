@@ -1,142 +1,302 @@
-//! Self-registration: check the local app's health and keep the instance registered
-//! with that health as its status.
+//! The local service's instance in the registry: registered once the sidecar can serve
+//! peers (with mTLS on, once it has its certificate), kept alive by heartbeats that carry
+//! the app's health, and withdrawn first at shutdown so peers stop sending before the
+//! listeners drain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::BodyExt;
-use mesh_registry_api::Status;
-use tokio::net::TcpStream;
-use tokio::sync::watch;
+use mesh_registry_api::{Client, Registrar, Status, validate};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
-use crate::body;
-use crate::forward::{Clients, Wire};
+use crate::flags::Invalid;
 use crate::inbound::AppProtocol;
-use crate::pool::Pool;
+use crate::metrics::Metrics;
+use crate::tls::{IdentitySlot, TLS_METADATA, TlsMode};
 
-/// Deadline for one health check.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Until the app first passes, checks start this often and double up to the interval:
-/// an app that comes up a moment after its sidecar is routable a moment later.
-const FIRST_CHECK_WAIT: Duration = Duration::from_millis(100);
-/// gRPC status UNIMPLEMENTED: the app has no health service.
-const UNIMPLEMENTED: u32 = 12;
+/// Deadline for the deregistration at shutdown, so a dead registry cannot hold it up.
+const DEREGISTER_WAIT: Duration = Duration::from_secs(6);
 
-/// How the app's health is checked.
-#[derive(Clone, Debug)]
-pub enum Check {
-    /// A TCP connection can be opened.
-    Tcp,
-    /// `GET path` answers 2xx.
-    Http { path: String },
-    /// `grpc.health.v1.Health/Check` answers SERVING (a TCP connect when the app has no
-    /// health service).
-    Grpc,
+/// The local service, its app, and how its instance is registered.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Local service")]
+pub struct RegistrationConfig {
+    /// Name of the local service. Without it the sidecar is outbound-only: it registers
+    /// nothing and opens no inbound listener.
+    #[arg(long, env = "MESH_SERVICE")]
+    pub service: Option<String>,
+
+    /// Address of the local app, which peers' calls are forwarded to.
+    #[arg(long, env = "MESH_APP")]
+    pub app: Option<SocketAddr>,
+
+    /// How to speak to the app; by default in the caller's HTTP version.
+    #[arg(long, env = "MESH_APP_PROTOCOL", value_enum)]
+    pub app_protocol: Option<AppProtocol>,
+
+    /// Address peers dial to reach this instance (registered in the registry); by
+    /// default the inbound address, with 127.0.0.1 for an unspecified IP.
+    #[arg(long, env = "MESH_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Instance id in the registry; by default `<service>-<hostname>-<inbound port>`.
+    #[arg(long, env = "MESH_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Relative share of traffic this instance asks for (1-1000).
+    #[arg(long, env = "MESH_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
+
+    /// Lease of the registration; heartbeats go at a third of it.
+    #[arg(long, env = "MESH_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// How often the app's health is checked.
+    #[arg(long, env = "MESH_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// HTTP path to check the app's health with (HTTP apps); without it a TCP connect
+    /// is the check (gRPC apps are asked `grpc.health.v1.Health/Check`).
+    #[arg(long, env = "MESH_HEALTH_PATH")]
+    pub health_path: Option<String>,
 }
 
-impl Check {
-    pub fn choose(protocol: Option<AppProtocol>, health_path: Option<&str>) -> Check {
-        match (protocol, health_path) {
-            (_, Some(path)) => Check::Http {
-                path: path.to_owned(),
-            },
-            (Some(AppProtocol::Grpc), None) => Check::Grpc,
-            _ => Check::Tcp,
+/// The instance's registration while the sidecar runs.
+pub struct Registration {
+    deregister: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    state: RegistrationState,
+}
+
+/// What `/ready` says of the registration.
+#[derive(Clone)]
+pub struct RegistrationState {
+    /// True from the first successful registration on: the sidecar is ready.
+    pub ready: watch::Receiver<bool>,
+    /// The registry holds a live lease for the instance, as far as we know.
+    pub registered: watch::Receiver<bool>,
+    /// The app's health: the status the instance is registered with.
+    pub health: watch::Receiver<Status>,
+}
+
+// === impl RegistrationConfig ===
+
+impl RegistrationConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(service) = &self.service {
+            validate::service_name(service)
+                .map_err(|e| Invalid::new("--service", e.to_string()))?;
+            if self.app.is_none() {
+                return Err(Invalid::new(
+                    "--app",
+                    "required with --service: the address of the local app",
+                ));
+            }
         }
+        if let Some(id) = &self.instance_id {
+            validate::instance_id(id).map_err(|e| Invalid::new("--instance-id", e.to_string()))?;
+        }
+        if let Some(advertise) = &self.advertise {
+            validate::address(advertise).map_err(|e| Invalid::new("--advertise", e.to_string()))?;
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err(Invalid::new("--weight", "must be within 1-1000"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
+            return Err(Invalid::new("--ttl", "must be within 1s-1h"));
+        }
+        Ok(())
+    }
+
+    /// The address registered for peers to dial, for an inbound listener at `inbound`.
+    pub fn advertised(&self, inbound: SocketAddr) -> String {
+        self.advertise.clone().unwrap_or_else(|| {
+            let ip = if inbound.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                inbound.ip()
+            };
+            SocketAddr::new(ip, inbound.port()).to_string()
+        })
+    }
+
+    /// The admin address registered for Prometheus: the advertised host with the admin
+    /// port.
+    pub fn advertised_admin(&self, inbound: SocketAddr, admin_port: u16) -> String {
+        let advertised = self.advertised(inbound);
+        let host = advertised
+            .rsplit_once(':')
+            .map(|(host, _)| host)
+            .unwrap_or(&advertised);
+        format!("{host}:{admin_port}")
+    }
+
+    /// The registered instance id.
+    pub fn instance(&self, service: &str, inbound: SocketAddr) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("pid{}", std::process::id()));
+            let raw = format!("{service}-{host}-{}", inbound.port());
+            raw.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(validate::MAX_INSTANCE_ID)
+                .collect()
+        })
+    }
+
+    /// The registrar of `service`'s instance behind the inbound listener at `inbound`:
+    /// the registry is told where peers and Prometheus (`admin_port`) reach it, how to
+    /// speak to it, its weight and lease, and its mTLS mode (which also marks it as a
+    /// sidecar).
+    pub fn registrar(
+        &self,
+        registry: Client,
+        service: &str,
+        inbound: SocketAddr,
+        admin_port: u16,
+        tls: TlsMode,
+    ) -> Registrar {
+        let mut spec = mesh_registry_api::Registration::new(self.advertised(inbound));
+        spec.protocol = match self.app_protocol {
+            Some(AppProtocol::Grpc) => mesh_registry_api::Protocol::Grpc,
+            Some(AppProtocol::H2) => mesh_registry_api::Protocol::H2,
+            _ => mesh_registry_api::Protocol::Http,
+        };
+        spec.weight = self.weight;
+        spec.ttl = self.ttl;
+        spec.metadata
+            .insert(TLS_METADATA.into(), tls.as_str().into());
+        spec.metadata.insert(
+            mesh_registry_api::ADMIN_METADATA.into(),
+            self.advertised_admin(inbound, admin_port),
+        );
+        let id = self.instance(service, inbound);
+        tracing::info!(%service, %id, address = %spec.address, "registering");
+        Registrar::new(registry, service, &id, spec)
     }
 }
 
-/// Checks the app every `interval` (faster until it first passes) and publishes its
-/// status when it changes, which the registration loop reports without waiting for its
-/// next heartbeat. An unchanged status is not published: heartbeats keep their own pace.
-pub async fn watch_health(
-    app: SocketAddr,
-    check: Check,
-    clients: Clients,
-    pool: Arc<Pool>,
-    interval: Duration,
-    status: watch::Sender<Status>,
-) {
-    let mut wait = FIRST_CHECK_WAIT.min(interval);
-    let mut passed = false;
-    loop {
-        let now =
-            match tokio::time::timeout(CHECK_TIMEOUT, probe(app, &check, &clients, &pool)).await {
-                Ok(s) => s,
-                Err(_) => Status::Critical,
-            };
-        status.send_if_modified(|current| {
-            if *current == now {
-                return false;
+// === impl Registration ===
+
+impl Registration {
+    /// Registers the instance in the background, with `health` as its status, once
+    /// `identity` (with mTLS on) has a certificate: peers could not call it before.
+    pub fn start(
+        registrar: Registrar,
+        identity: Option<Arc<IdentitySlot>>,
+        health: watch::Receiver<Status>,
+        metrics: &Metrics,
+    ) -> Registration {
+        let state = RegistrationState {
+            ready: follow_registered(registrar.subscribe_registered(), metrics),
+            registered: registrar.subscribe_registered(),
+            health: health.clone(),
+        };
+        let (deregister, mut deregistered) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Some(slot) = identity {
+                tokio::select! {
+                    () = slot.wait() => {}
+                    _ = &mut deregistered => return,
+                }
             }
-            tracing::info!(%app, from = %*current, to = %now, "app health changed");
-            *current = now;
-            true
+            registrar
+                .run(health, async {
+                    let _ = deregistered.await;
+                })
+                .await
         });
-        passed |= now == Status::Passing;
-        let next = if passed { interval } else { wait };
-        wait = (wait * 2).min(interval);
-        tokio::time::sleep(next).await;
+        Registration {
+            deregister,
+            task,
+            state,
+        }
+    }
+
+    pub fn state(&self) -> RegistrationState {
+        self.state.clone()
+    }
+
+    /// Deregisters (waiting a bounded time for the registry), so peers stop sending
+    /// new requests here.
+    pub async fn withdraw(self) {
+        tracing::info!("shutting down: deregistering");
+        let _ = self.deregister.send(());
+        if tokio::time::timeout(DEREGISTER_WAIT, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("deregistration did not finish in time");
+        }
     }
 }
 
-async fn probe(app: SocketAddr, check: &Check, clients: &Clients, pool: &Pool) -> Status {
-    match check {
-        Check::Tcp => tcp(app).await,
-        Check::Http { path } => {
-            let request = Request::get(path.as_str()).body(body::empty());
-            let Ok(request) = request else {
-                return Status::Critical;
-            };
-            match clients.send(request, pool, Wire::Http1, None).await {
-                Ok(r) if r.status().is_success() => Status::Passing,
-                _ => Status::Critical,
+/// Follows the registration state into the `mesh_registry_connected` gauge; the
+/// returned flag turns true at the first registration and stays so.
+fn follow_registered(
+    mut registered: watch::Receiver<bool>,
+    metrics: &Metrics,
+) -> watch::Receiver<bool> {
+    let (ready, receiver) = watch::channel(false);
+    let connected = metrics.registry_connected.clone();
+    tokio::spawn(async move {
+        while registered.changed().await.is_ok() {
+            let now = *registered.borrow_and_update();
+            connected.set(i64::from(now));
+            if now {
+                ready.send_replace(true);
             }
         }
-        Check::Grpc => grpc(app, clients, pool).await,
-    }
+    });
+    receiver
 }
 
-async fn tcp(app: SocketAddr) -> Status {
-    match TcpStream::connect(app).await {
-        Ok(_) => Status::Passing,
-        Err(_) => Status::Critical,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
 
-/// One `grpc.health.v1.Health/Check` for the whole server (`service: ""`), encoded by
-/// hand: the request is an empty message, the answer's field 1 is the serving status.
-async fn grpc(app: SocketAddr, clients: &Clients, pool: &Pool) -> Status {
-    let request = Request::post("/grpc.health.v1.Health/Check")
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header(header::TE, "trailers")
-        .body(body::full(Bytes::from_static(&[0, 0, 0, 0, 0])));
-    let Ok(request) = request else {
-        return Status::Critical;
-    };
-    let Ok(response) = clients.send(request, pool, Wire::Http2, None).await else {
-        return Status::Critical;
-    };
-    let header_status = crate::grpc::status_of(response.headers());
-    let Ok(collected) = response.into_body().collect().await else {
-        return Status::Critical;
-    };
-    let code = collected
-        .trailers()
-        .and_then(crate::grpc::status_of)
-        .or(header_status);
-    match code {
-        Some(0) => {}
-        Some(UNIMPLEMENTED) => return tcp(app).await,
-        _ => return Status::Critical,
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["mesh-proxy"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
     }
-    // Frame: 1 byte compressed flag, 4 bytes length, then `08 <status>` for field 1.
-    let bytes = collected.to_bytes();
-    match bytes.get(5..) {
-        Some([0x08, 1, ..]) => Status::Passing,
-        _ => Status::Critical,
+
+    #[test]
+    fn the_admin_address_is_advertised_with_the_same_host() {
+        let c = parse(&["--advertise", "web-1:4143"]);
+        let inbound = c.listen.inbound;
+        assert_eq!(c.registration.advertised_admin(inbound, 4191), "web-1:4191");
+        let c = parse(&["--advertise", "[::1]:4143"]);
+        assert_eq!(c.registration.advertised_admin(inbound, 9), "[::1]:9");
+    }
+
+    #[test]
+    fn the_advertised_address_defaults_to_a_dialable_inbound() {
+        let advertised = |args: &[&str]| {
+            let c = parse(args);
+            c.registration.advertised(c.listen.inbound)
+        };
+        assert_eq!(advertised(&[]), "127.0.0.1:4143");
+        assert_eq!(advertised(&["--inbound", "10.1.2.3:4143"]), "10.1.2.3:4143");
+        assert_eq!(advertised(&["--advertise", "web-1:4143"]), "web-1:4143");
+        let c = parse(&["--instance-id", "x"]);
+        assert_eq!(c.registration.instance("web", c.listen.inbound), "x");
+        let c = parse(&[]);
+        assert!(validate::instance_id(&c.registration.instance("web", c.listen.inbound)).is_ok());
     }
 }

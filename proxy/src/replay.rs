@@ -99,6 +99,43 @@ impl State {
     fn sendable(&self) -> bool {
         !self.touched || !self.overflowed
     }
+
+    /// Notes what the live original gave the clone reading it: data joins the copy
+    /// (until the copy outgrows the limit), trailers are kept, the end is marked. That
+    /// clone has now sent them, so its `replayed` and `trailers_sent` move on.
+    fn keep(
+        &mut self,
+        polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        replayed: &mut usize,
+        trailers_sent: &mut bool,
+    ) {
+        if polled.is_ready() {
+            self.touched = true;
+        }
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.copied += data.len();
+                    if self.copied > self.limit {
+                        self.overflowed = true;
+                        self.copy.clear();
+                    } else if !self.overflowed {
+                        self.copy.push(data.clone());
+                        *replayed += 1;
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.trailers = Some(trailers.clone());
+                    *trailers_sent = true;
+                }
+            }
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Err(_))) => self.overflowed = true,
+            Poll::Pending => {}
+        }
+        if self.rest.is_end_stream() {
+            self.ended = true;
+        }
+    }
 }
 
 impl Body for ReplayBody {
@@ -140,32 +177,7 @@ impl Body for ReplayBody {
 
         // Then the live original, copying as it goes.
         let polled = Pin::new(&mut state.rest).poll_frame(cx);
-        if polled.is_ready() {
-            state.touched = true;
-        }
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    state.copied += data.len();
-                    if state.copied > state.limit {
-                        state.overflowed = true;
-                        state.copy.clear();
-                    } else if !state.overflowed {
-                        state.copy.push(data.clone());
-                        this.replayed += 1;
-                    }
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    state.trailers = Some(trailers.clone());
-                    this.trailers_sent = true;
-                }
-            }
-            Poll::Ready(None) => state.ended = true,
-            Poll::Ready(Some(Err(_))) => state.overflowed = true,
-            Poll::Pending => {}
-        }
-        if state.rest.is_end_stream() {
-            state.ended = true;
-        }
+        state.keep(&polled, &mut this.replayed, &mut this.trailers_sent);
         polled
     }
 

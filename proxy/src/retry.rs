@@ -28,7 +28,8 @@ use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
 use crate::budget::BudgetConfig;
-use crate::error::{ErrorKind, MESH_ERROR};
+use crate::error::{ErrorKind, MESH_ERROR, Retryable};
+use crate::flags::Invalid;
 use crate::grpc;
 
 /// Header marking a request retryable whatever its method (`mesh-retry: true`).
@@ -40,46 +41,46 @@ pub const MESH_RETRY: http::HeaderName = http::HeaderName::from_static("mesh-ret
 const PEEK_FIRST_WAIT: Duration = Duration::from_millis(20);
 const PEEK_WAIT: Duration = Duration::from_millis(5);
 
-#[derive(Clone, Debug)]
+/// Which failures are retried, how often and after what wait (flags `--retry-*`).
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Retries")]
 pub struct RetryConfig {
-    /// Tries in total, the first included (1 disables retries).
+    /// Tries per request in total, the first included (1 disables retries).
+    #[arg(
+        long = "retry-attempts",
+        env = "MESH_RETRY_ATTEMPTS",
+        default_value_t = 3
+    )]
     pub max_attempts: u32,
+
+    /// Backoff before the first retry; it doubles per retry (full jitter).
+    #[arg(long = "retry-backoff", env = "MESH_RETRY_BACKOFF", default_value = "25ms", value_parser = humantime::parse_duration)]
     pub backoff_base: Duration,
+
+    /// Longest backoff between retries.
+    #[arg(long = "retry-backoff-max", env = "MESH_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub backoff_cap: Duration,
-    /// HTTP statuses retried for idempotent or marked requests.
+
+    /// HTTP statuses retried for idempotent (or `mesh-retry: true`) requests.
+    #[arg(
+        long = "retry-statuses",
+        env = "MESH_RETRY_STATUSES",
+        value_delimiter = ',',
+        default_value = "502,503,504"
+    )]
     pub statuses: Vec<u16>,
-    /// gRPC status codes retried (UNAVAILABLE is always among them).
+
+    /// gRPC codes retried, as numbers or names (UNAVAILABLE is always retried).
+    #[arg(long = "retry-grpc-codes", env = "MESH_RETRY_GRPC_CODES", value_delimiter = ',', value_parser = grpc::parse_code)]
     pub grpc_codes: Vec<u32>,
-    /// Request and response bytes kept to make a retry possible.
+
+    /// Bytes of a request body (and of a gRPC answer) kept to make a retry possible;
+    /// larger ones stream through and are not retried.
+    #[arg(long = "retry-buffer", env = "MESH_RETRY_BUFFER", default_value_t = 64 * 1024)]
     pub buffer_limit: usize,
+
+    #[command(flatten)]
     pub budget: BudgetConfig,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            max_attempts: 3,
-            backoff_base: Duration::from_millis(25),
-            backoff_cap: Duration::from_millis(250),
-            statuses: vec![502, 503, 504],
-            grpc_codes: vec![grpc::UNAVAILABLE],
-            buffer_limit: 64 * 1024,
-            budget: BudgetConfig::default(),
-        }
-    }
-}
-
-/// Whether a failed try may be made again on another endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retryable {
-    /// Nothing of the request was acted on (never sent, refused, or a gRPC status that
-    /// says so): any request may go elsewhere.
-    Any,
-    /// It may have reached the app: only requests that are safe to repeat (idempotent,
-    /// or marked `mesh-retry: true`).
-    IdempotentOnly,
-    /// Never: another endpoint would not change the answer.
-    Never,
 }
 
 /// The end of a failed try: whether it may be retried, and why it would be.
@@ -120,19 +121,6 @@ impl Reason {
     }
 }
 
-// === impl Retryable ===
-
-impl Retryable {
-    /// May a request that is `repeatable` (idempotent or marked) be tried again?
-    pub fn allows(self, repeatable: bool) -> bool {
-        match self {
-            Retryable::Any => true,
-            Retryable::IdempotentOnly => repeatable,
-            Retryable::Never => false,
-        }
-    }
-}
-
 // === impl Verdict ===
 
 impl Verdict {
@@ -149,7 +137,35 @@ impl Verdict {
 
 // === impl RetryConfig ===
 
+impl Default for RetryConfig {
+    fn default() -> Self {
+        crate::flags::defaults()
+    }
+}
+
 impl RetryConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_attempts == 0 {
+            return Err(Invalid::new(
+                "--retry-attempts",
+                "must be at least 1 (1 disables retries)",
+            ));
+        }
+        if self.backoff_base > self.backoff_cap {
+            return Err(Invalid::new(
+                "--retry-backoff",
+                "must not exceed --retry-backoff-max",
+            ));
+        }
+        self.budget.validate()
+    }
+
+    /// Whether a gRPC status is retried: UNAVAILABLE always (the server did not act on
+    /// the call), others when `--retry-grpc-codes` names them.
+    fn retries_grpc(&self, code: u32) -> bool {
+        code == grpc::UNAVAILABLE || self.grpc_codes.contains(&code)
+    }
+
     /// Backoff before try number `attempt` (2 for the first retry): full jitter under an
     /// exponential ceiling.
     pub fn backoff(&self, attempt: u32) -> Duration {
@@ -180,7 +196,7 @@ impl RetryConfig {
             return Some(Verdict::of_error(kind));
         }
         if let Some(code) = grpc_status {
-            return self.grpc_codes.contains(&code).then_some(Verdict {
+            return self.retries_grpc(code).then_some(Verdict {
                 retryable: Retryable::Any,
                 reason: Reason::GrpcStatus,
             });

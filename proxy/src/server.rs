@@ -1,5 +1,6 @@
 //! Serving one listener: HTTP/1.1 and HTTP/2 prior knowledge on the same port (told apart
-//! by the first bytes), with connection and header limits and a graceful drain.
+//! by the first bytes), with connection and header limits and a graceful drain; and
+//! [`Servers`], the listeners of one shutdown stage.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,13 +13,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
 
 use crate::body::BoxBody;
+use crate::error::source_chain;
 use crate::io::Io;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{ConnectionGuard, Direction, Metrics, Transport};
 use crate::tls::{IdentitySlot, TlsMode};
 
 /// Protections every listener applies.
@@ -77,6 +80,44 @@ pub struct Peer {
     pub tls: bool,
 }
 
+/// Listeners served together and stopped together: one stage of the shutdown.
+pub struct Servers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+// === impl Servers ===
+
+impl Default for Servers {
+    fn default() -> Self {
+        Servers {
+            stop: watch::Sender::new(false),
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl Servers {
+    /// Serves `listener` with `handler` in a task of its own, until [`stop`](Self::stop).
+    pub fn serve<H, F>(&mut self, serve: Serve, listener: TcpListener, handler: H)
+    where
+        H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let stop = self.stop.subscribe();
+        self.tasks
+            .push(tokio::spawn(self::serve(serve, listener, handler, stop)));
+    }
+
+    /// Stops accepting on every listener and waits until each has drained.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
 /// Serves `listener` with `handler` until `stop` turns true, then stops accepting and
 /// waits up to `drain` for open requests to finish.
 pub async fn serve<H, F>(
@@ -88,27 +129,10 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<BoxBody>> + Send + 'static,
 {
-    let Serve {
-        name,
-        direction,
-        metrics,
-        limits,
-        drain,
-        tls,
-    } = serve;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+    let builder = connection_builder(&serve.limits);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-
+    let slots = Arc::new(Semaphore::new(serve.limits.max_connections));
+    let name = serve.name;
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("never closed"),
@@ -127,46 +151,80 @@ pub async fn serve<H, F>(
             () = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
+        let connection = Connection {
+            serve: serve.clone(),
+            builder: builder.clone(),
+            open: serve.direction.map(|d| serve.metrics.connection_opened(d)),
+        };
         let watcher = graceful.watcher();
-        let open = direction.map(|d| metrics.connection_opened(d));
-        let (tls, metrics) = (tls.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let Some((io, peer)) = secure(
-                stream,
-                peer,
-                tls.as_ref(),
-                limits.header_read_timeout,
-                &metrics,
-            )
-            .await
-            else {
-                return;
-            };
-            let service = service_fn(move |request| {
-                let response = handler(request, peer.clone());
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                // Malformed requests end here (hyper has answered 400 where it could).
-                tracing::debug!(listener = name, error = %crate::forward::source_chain(e.as_ref()), "connection closed with an error");
-            }
-            drop((open, permit));
-        });
+        tokio::spawn(connection.run(stream, peer, handler.clone(), watcher, permit));
     }
-
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(serve.drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
             listener = name,
-            ?drain,
+            drain = ?serve.drain,
             "requests still open after the drain timeout; closing"
         );
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 on one connection, with the listener's limits.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    builder
+}
+
+/// One accepted connection, counted open while it lives.
+struct Connection {
+    serve: Serve,
+    builder: auto::Builder<TokioExecutor>,
+    open: Option<ConnectionGuard>,
+}
+
+impl Connection {
+    /// Secures the connection (or refuses it), then serves its requests until it
+    /// closes or the drain ends it.
+    async fn run<H, F>(
+        self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        handler: H,
+        watcher: Watcher,
+        permit: OwnedSemaphorePermit,
+    ) where
+        H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let serve = &self.serve;
+        let timeout = serve.limits.header_read_timeout;
+        let Some((io, peer)) =
+            secure(stream, addr, serve.tls.as_ref(), timeout, &serve.metrics).await
+        else {
+            return;
+        };
+        let service = service_fn(move |request| {
+            let response = handler(request, peer.clone());
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(connection.into_owned()).await {
+            // Malformed requests end here (hyper has answered 400 where it could).
+            tracing::debug!(listener = serve.name, error = %source_chain(e.as_ref()), "connection closed with an error");
+        }
+        drop((self.open, permit));
     }
 }
 
@@ -188,59 +246,74 @@ async fn secure(
         tracing::debug!(%addr, "connection closed: nothing sent within the header read timeout");
         return None;
     }
-    let plain = |stream| {
-        let peer = Peer {
-            addr,
-            identity: None,
-            tls: false,
-        };
-        Some((Io::Plain(stream), peer))
-    };
+    let plain = |stream| Some((Io::Plain(stream), Peer::plaintext(addr)));
     let Some(tls) = tls else {
         return plain(stream);
     };
     let Some(acceptor) = tls.identity.acceptor() else {
         tracing::info!(%addr, why = %tls.identity.why_missing(), "connection refused: no certificate yet");
-        metrics.inbound_connection("refused");
+        metrics.inbound_connection(Transport::Refused);
         return None;
     };
     // A TLS connection starts with a handshake record (0x16); anything else is plaintext.
     if first[0] != 0x16 {
         if tls.mode == TlsMode::Strict {
             tracing::info!(%addr, "plaintext connection refused: inbound is strict mTLS");
-            metrics.inbound_connection("refused");
+            metrics.inbound_connection(Transport::Refused);
             return None;
         }
-        metrics.inbound_connection("plaintext");
+        metrics.inbound_connection(Transport::Plaintext);
         return plain(stream);
     }
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => {
-            let identity = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| crate::tls::peer_service(cert, &tls.trust_domain));
-            metrics.inbound_connection("tls");
-            Some((
-                Io::Tls(Box::new(stream.into())),
-                Peer {
-                    addr,
-                    identity,
-                    tls: true,
-                },
-            ))
-        }
+    let accepted = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+    let peer = match accepted {
+        Ok(Ok(stream)) => Some(handshaken(stream, addr, &tls.trust_domain)),
         Ok(Err(e)) => {
             tracing::info!(%addr, error = %e, "TLS handshake refused");
-            metrics.inbound_connection("refused");
             None
         }
         Err(_) => {
             tracing::info!(%addr, "TLS handshake timed out");
-            metrics.inbound_connection("refused");
             None
+        }
+    };
+    let transport = if peer.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Refused
+    };
+    metrics.inbound_connection(transport);
+    peer
+}
+
+/// A connection whose TLS handshake succeeded, and the caller its certificate proves.
+fn handshaken(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    addr: SocketAddr,
+    trust_domain: &str,
+) -> (Io, Peer) {
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| crate::tls::peer_service(cert, trust_domain));
+    let peer = Peer {
+        addr,
+        identity,
+        tls: true,
+    };
+    (Io::Tls(Box::new(stream.into())), peer)
+}
+
+// === impl Peer ===
+
+impl Peer {
+    fn plaintext(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            identity: None,
+            tls: false,
         }
     }
 }

@@ -1,29 +1,27 @@
-//! Mutual TLS between sidecars: this sidecar's identity (a short-lived certificate from
-//! the registry's CA, renewed at two thirds of its life) and the rustls configurations
-//! that present it and check peers'.
+//! Mutual TLS between sidecars: the modes, their flags, this sidecar's [`Identity`]
+//! ([`identity`]), and the rustls configurations that present it and check peers'.
 //!
 //! An identity is a SPIFFE ID, `spiffe://<trust domain>/service/<name>`, carried as the
-//! certificate's only (URI) subject alternative name. The private key is generated here
-//! and never leaves the process: the registry only sees a CSR.
+//! certificate's only (URI) subject alternative name.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub mod identity;
 
-use arc_swap::ArcSwap;
-use mesh_registry_api::{Backoff, Client};
-use rcgen::{CertificateParams, KeyPair, SanType};
+use std::sync::Arc;
+
+use mesh_registry_api::validate;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::error::{ErrorKind, ProxyError};
-use crate::metrics::Metrics;
+pub use self::identity::{Identity, IdentitySlot};
+use crate::flags::Invalid;
+
+/// Registration metadata key holding a sidecar's mTLS mode; its presence marks the
+/// instance as a mesh sidecar.
+pub const TLS_METADATA: &str = "tls";
 
 /// Whether sidecar-to-sidecar traffic is encrypted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -38,6 +36,40 @@ pub enum TlsMode {
     Strict,
 }
 
+/// mTLS and the policy that rests on it.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "mTLS and policy")]
+pub struct TlsConfig {
+    /// mTLS between sidecars: off, permissive (inbound also takes plaintext) or strict.
+    #[arg(long = "tls", env = "MESH_TLS", value_enum, default_value = "off")]
+    pub mode: TlsMode,
+
+    /// Token that lets this sidecar get its certificate from the registry's CA (the
+    /// registry's `--join-token`).
+    #[arg(long, env = "MESH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Trust domain of the mesh's SPIFFE IDs (as the registry's `--trust-domain`).
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
+
+    /// Services allowed to call this one, by mTLS identity (comma list). Empty: every
+    /// meshed caller.
+    #[arg(long, env = "MESH_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+
+    /// A destination this sidecar may call in plaintext even under `--tls strict` (an
+    /// un-meshed service). Repeatable; the env var takes a comma list.
+    #[arg(
+        long = "plaintext-to",
+        env = "MESH_PLAINTEXT_TO",
+        value_delimiter = ','
+    )]
+    pub plaintext_to: Vec<String>,
+}
+
+// === impl TlsMode ===
+
 impl TlsMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,185 +80,40 @@ impl TlsMode {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot make a key or CSR: {0}")]
-    Key(String),
-    #[error("the registry did not sign our certificate: {0}")]
-    Sign(#[from] mesh_registry_api::ClientError),
-    #[error("the registry's answer is unusable: {0}")]
-    Answer(String),
-}
+// === impl TlsConfig ===
 
-/// Where this sidecar's identity appears once the CA has signed its first certificate.
-/// Until then the admin listener says why on `/ready`, the data listeners refuse
-/// (outbound: 503 `no-identity`; inbound: connections closed), and nothing is
-/// registered; afterwards it holds the identity and the inbound TLS acceptor.
-pub struct IdentitySlot {
-    identity: OnceLock<Arc<Identity>>,
-    acceptor: OnceLock<tokio_rustls::TlsAcceptor>,
-    /// Why there is no identity yet.
-    waiting: Mutex<String>,
-    ready: tokio::sync::watch::Sender<bool>,
-}
-
-/// This sidecar's certificate and the mesh's trust anchor.
-pub struct Identity {
-    pub service: String,
-    pub trust_domain: String,
-    current: ArcSwap<CertifiedKey>,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-    /// Unix time the current certificate expires.
-    not_after: AtomicU64,
-    /// Lifetime the CA gives certificates (seconds).
-    ttl: AtomicU64,
-    /// Client configurations per expected peer service.
-    clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
-}
-
-// === impl IdentitySlot ===
-
-impl Default for IdentitySlot {
-    fn default() -> Self {
-        IdentitySlot {
-            identity: OnceLock::new(),
-            acceptor: OnceLock::new(),
-            waiting: Mutex::new(
-                "waiting for the registry's CA to sign the first certificate".into(),
-            ),
-            ready: tokio::sync::watch::Sender::new(false),
+impl TlsConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.mode != TlsMode::Off
+            && self
+                .join_token
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+        {
+            return Err(Invalid::new(
+                "--join-token",
+                "needed with --tls to get a certificate from the registry",
+            ));
         }
-    }
-}
-
-impl IdentitySlot {
-    pub fn get(&self) -> Option<&Arc<Identity>> {
-        self.identity.get()
-    }
-
-    /// The inbound TLS acceptor, once there is an identity.
-    pub fn acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.acceptor.get()
-    }
-
-    /// Why there is no certificate yet (meaningless once there is one).
-    pub fn why_missing(&self) -> String {
-        self.waiting.lock().expect("waiting lock").clone()
-    }
-
-    /// The error for a request that needs the identity before there is one.
-    pub fn missing(&self) -> ProxyError {
-        ProxyError::new(
-            ErrorKind::NoIdentity,
-            format!(
-                "this sidecar has no mTLS certificate yet: {}",
-                self.why_missing()
-            ),
-        )
-    }
-
-    /// Resolves once there is an identity.
-    pub async fn wait(&self) {
-        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
-    }
-
-    /// Gets a first certificate from the registry, retrying until it succeeds (the
-    /// sidecar cannot serve without it), and puts it in the slot.
-    pub async fn obtain(
-        &self,
-        registry: &Client,
-        service: &str,
-        trust_domain: &str,
-        join_token: &str,
-    ) -> Arc<Identity> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            let issued = Identity::issue_first(registry, service, trust_domain, join_token).await;
-            let installed = issued.and_then(|identity| {
-                let config = identity.server_config().map_err(TlsError::Answer)?;
-                Ok((identity, config))
-            });
-            match installed {
-                Ok((identity, config)) => {
-                    let _ = self.acceptor.set(tokio_rustls::TlsAcceptor::from(config));
-                    let _ = self.identity.set(identity.clone());
-                    self.ready.send_replace(true);
-                    tracing::info!(id = %mesh_registry_api::spiffe_id(trust_domain, service), "certificate obtained");
-                    return identity;
-                }
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    *self.waiting.lock().expect("waiting lock") =
-                        format!("the registry's CA did not sign one ({e}); retrying");
-                    tracing::warn!(error = %e, ?wait, "no certificate yet; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+        for caller in &self.allow {
+            validate::service_name(caller).map_err(|e| Invalid::new("--allow", e.to_string()))?;
         }
+        if !self.allow.is_empty() && self.mode == TlsMode::Off {
+            return Err(Invalid::new(
+                "--allow",
+                "needs --tls permissive or strict: callers are known by their certificates",
+            ));
+        }
+        if self.plaintext_to.iter().any(|d| d.trim().is_empty()) {
+            return Err(Invalid::new("--plaintext-to", "needs a destination name"));
+        }
+        Ok(())
     }
 }
 
 // === impl Identity ===
 
 impl Identity {
-    async fn issue_first(
-        registry: &Client,
-        service: &str,
-        trust_domain: &str,
-        join_token: &str,
-    ) -> Result<Arc<Identity>, TlsError> {
-        let issued = issue(registry, service, trust_domain, join_token).await?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Ok(Arc::new(Identity {
-            service: service.to_owned(),
-            trust_domain: trust_domain.to_owned(),
-            current: ArcSwap::from(issued.key),
-            roots: Arc::new(issued.roots),
-            provider,
-            not_after: AtomicU64::new(issued.not_after),
-            ttl: AtomicU64::new(issued.ttl),
-            clients: Mutex::new(HashMap::new()),
-        }))
-    }
-
-    /// Renews the certificate at two thirds of its life, for as long as the process
-    /// runs. Open connections keep the certificate they were made with; new handshakes
-    /// use the new one.
-    pub async fn renew_forever(
-        self: Arc<Self>,
-        registry: Client,
-        join_token: String,
-        metrics: Arc<Metrics>,
-    ) {
-        metrics
-            .cert_expiry
-            .set(self.not_after.load(Ordering::Relaxed) as i64);
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        loop {
-            let not_after = self.not_after.load(Ordering::Relaxed) as f64;
-            let ttl = self.ttl.load(Ordering::Relaxed) as f64;
-            let renew_in = (not_after - ttl / 3.0 - unix_now_f64()).max(1.0);
-            tokio::time::sleep(Duration::from_secs_f64(renew_in)).await;
-            match issue(&registry, &self.service, &self.trust_domain, &join_token).await {
-                Ok(issued) => {
-                    backoff.reset();
-                    self.current.store(issued.key);
-                    self.not_after.store(issued.not_after, Ordering::Relaxed);
-                    self.ttl.store(issued.ttl, Ordering::Relaxed);
-                    metrics.cert_expiry.set(issued.not_after as i64);
-                    metrics.cert_rotations.inc();
-                    tracing::info!(not_after = issued.not_after, "certificate renewed");
-                }
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, ?wait, "certificate renewal failed; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
-
     /// The inbound configuration: TLS 1.3, ALPN h2 and http/1.1, client certificates
     /// required and checked against the mesh CA.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, String> {
@@ -243,11 +130,17 @@ impl Identity {
         Ok(Arc::new(config))
     }
 
-    /// The outbound configuration for calling `service`: the server must prove it *is*
-    /// that service (its certificate's SPIFFE ID), not merely a member of the mesh.
-    pub fn client_config(self: &Arc<Self>, service: &str) -> Arc<ClientConfig> {
+    /// The outbound configuration for calling `service` over `alpn` (`h2` or
+    /// `http/1.1`, the only protocol offered): the server must prove it *is* that
+    /// service (its certificate's SPIFFE ID), not merely a member of the mesh. Made once
+    /// per service and protocol.
+    pub fn client_config(
+        self: &Arc<Self>,
+        service: &str,
+        alpn: &'static [u8],
+    ) -> Arc<ClientConfig> {
         let mut clients = self.clients.lock().expect("clients lock");
-        if let Some(config) = clients.get(service) {
+        if let Some(config) = clients.get(&(service.to_owned(), alpn)) {
             return config.clone();
         }
         let verifier = Arc::new(PeerVerifier {
@@ -255,67 +148,17 @@ impl Identity {
             roots: self.roots.clone(),
             provider: self.provider.clone(),
         });
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3 is supported by ring")
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(Current(self.clone())));
+        config.alpn_protocols = vec![alpn.to_vec()];
         let config = Arc::new(config);
-        clients.insert(service.to_owned(), config.clone());
+        clients.insert((service.to_owned(), alpn), config.clone());
         config
     }
-}
-
-/// A fresh key, a CSR for the service's SPIFFE ID, and the registry's signature.
-struct Issued {
-    key: Arc<CertifiedKey>,
-    roots: RootCertStore,
-    not_after: u64,
-    ttl: u64,
-}
-
-async fn issue(
-    registry: &Client,
-    service: &str,
-    trust_domain: &str,
-    join_token: &str,
-) -> Result<Issued, TlsError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| TlsError::Key(e.to_string()))?;
-    let mut params = CertificateParams::default();
-    let id = mesh_registry_api::spiffe_id(trust_domain, service);
-    let uri = id
-        .as_str()
-        .try_into()
-        .map_err(|e: rcgen::Error| TlsError::Key(e.to_string()))?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|r| r.pem())
-        .map_err(|e| TlsError::Key(e.to_string()))?;
-    let signed = registry.sign(service, &csr, join_token).await?;
-
-    let leaf = CertificateDer::from_pem_slice(signed.certificate.as_bytes())
-        .map_err(|e| TlsError::Answer(format!("certificate: {e}")))?;
-    let ca = CertificateDer::from_pem_slice(signed.ca.as_bytes())
-        .map_err(|e| TlsError::Answer(format!("ca: {e}")))?;
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(ca)
-        .map_err(|e| TlsError::Answer(format!("ca: {e}")))?;
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| TlsError::Key(e.to_string()))?;
-    let not_after = x509_parser::parse_x509_certificate(&leaf)
-        .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
-        .map_err(|e| TlsError::Answer(format!("certificate: {e}")))?;
-    Ok(Issued {
-        key: Arc::new(CertifiedKey::new(vec![leaf], signing)),
-        roots,
-        not_after,
-        ttl: signed.ttl.as_secs().max(1),
-    })
 }
 
 /// The service named by a peer's certificate, if it is a SPIFFE ID of our trust domain.
@@ -342,24 +185,9 @@ fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-fn unix_now_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// Presents the current certificate, as a server and as a client.
 #[derive(Debug)]
 struct Current(Arc<Identity>);
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
-    }
-}
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

@@ -166,7 +166,7 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
     let registry = Registry::start().await;
     let url = registry.url();
     let mut spec = SidecarSpec::client(&url);
-    spec.extra = vec!["--header-read-timeout", "300ms"];
+    spec.config.listen.header_read_timeout = Duration::from_millis(300);
     let client = Sidecar::start(spec).await;
 
     let mut stream = tokio::net::TcpStream::connect(client.outbound)
@@ -223,7 +223,7 @@ async fn past_the_connection_limit_new_connections_wait_their_turn() {
     let _server = Sidecar::start(SidecarSpec::server(&url, "web", app.addr)).await;
     registry.until_passing("web", 1).await;
     let mut spec = SidecarSpec::client(&url);
-    spec.extra = vec!["--max-connections", "1"];
+    spec.config.listen.max_connections = 1;
     let client = Sidecar::start(spec).await;
     let request = b"GET /whoami HTTP/1.1\r\nHost: web\r\n\r\n";
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{App, H2Conn, Registry, Sidecar, SidecarSpec};
+use mesh_proxy::balance::Strategy;
 
 struct Fleet {
     registry: Registry,
@@ -70,7 +71,7 @@ async fn p2c_sends_less_to_a_slow_instance_than_round_robin() {
     let url = f.registry.url();
 
     let mut rr_spec = SidecarSpec::client(&url);
-    rr_spec.extra = vec!["--balancer", "round-robin"];
+    rr_spec.config.outbound.balancer = Strategy::RoundRobin;
     let rr = Sidecar::start(rr_spec).await;
     let rr_counts = spread(&H2Conn::connect(rr.outbound).await, 120, 4).await;
 

@@ -11,20 +11,21 @@ use bytes::Bytes;
 use common::{App, H2Conn, Registry, Sidecar, SidecarSpec, TestBody};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
+use mesh_proxy::Config;
 use mesh_registry_api::Registration;
 
 const MIB: usize = 1024 * 1024;
 
 /// A registry, `web` behind its sidecar, and a client sidecar with an upstream listener
-/// for `web`; `extra` flags for the client.
-async fn pair(app: &App, extra: Vec<&'static str>) -> (Registry, Sidecar, Sidecar) {
+/// for `web`; `settings` for the client.
+async fn pair(app: &App, settings: impl FnOnce(&mut Config)) -> (Registry, Sidecar, Sidecar) {
     let registry = Registry::start().await;
     let server = Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await;
     registry.until_passing("web", 1).await;
     let url = registry.url();
     let mut spec = SidecarSpec::client(&url);
     spec.upstreams = vec!["web"];
-    spec.extra = extra;
+    settings(&mut spec.config);
     let client = Sidecar::start(spec).await;
     (registry, server, client)
 }
@@ -36,7 +37,7 @@ fn metric(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn uploads_larger_than_the_retry_buffer_are_sent_once_on_every_listener() {
     let app = App::start("web-1").await;
-    let (_registry, _server, client) = pair(&app, vec![]).await;
+    let (_registry, _server, client) = pair(&app, |_| {}).await;
     let big = Bytes::from(vec![7u8; MIB]);
 
     // HTTP/1.1 with Content-Length, through the Host-routed and the upstream listener.
@@ -67,7 +68,7 @@ async fn uploads_larger_than_the_retry_buffer_are_sent_once_on_every_listener() 
 #[tokio::test]
 async fn a_large_upload_goes_elsewhere_when_its_first_endpoint_refuses_the_connection() {
     let app = App::start("web-1").await;
-    let (registry, _server, client) = pair(&app, vec![]).await;
+    let (registry, _server, client) = pair(&app, |_| {}).await;
     // A second instance, registered as a sidecar, whose address refuses connections.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,7 +97,7 @@ async fn a_large_upload_goes_elsewhere_when_its_first_endpoint_refuses_the_conne
 #[tokio::test]
 async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint() {
     let app = App::start("web-1").await;
-    let (_registry, _server, client) = pair(&app, vec!["--eject-after", "2"]).await;
+    let (_registry, _server, client) = pair(&app, |c| c.ejection.consecutive_failures = 2).await;
 
     for _ in 0..6 {
         // A malformed chunk size.
@@ -150,7 +151,7 @@ async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint(
 #[tokio::test]
 async fn a_malformed_chunk_is_answered_400_with_the_reason() {
     let app = App::start("web-1").await;
-    let (_registry, _server, client) = pair(&app, vec![]).await;
+    let (_registry, _server, client) = pair(&app, |_| {}).await;
     // The head is complete and routable; the body breaks after it has started to flow.
     let mut stream = tokio::net::TcpStream::connect(client.outbound)
         .await
@@ -174,7 +175,7 @@ async fn a_malformed_chunk_is_answered_400_with_the_reason() {
 #[tokio::test]
 async fn a_streaming_answer_is_passed_on_before_its_first_message() {
     let app = App::start("web-1").await;
-    let (_registry, _server, client) = pair(&app, vec![]).await;
+    let (_registry, _server, client) = pair(&app, |_| {}).await;
     let stream = tokio::net::TcpStream::connect(client.outbound)
         .await
         .unwrap();

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use common::{App, JOIN_TOKEN, Registry, Sidecar, SidecarSpec};
 use http::StatusCode;
+use mesh_proxy::tls::TlsMode;
 
 async fn without_certificate(registry: &Registry, app: &App, token: &'static str) -> Sidecar {
     let url = registry.url();
     let mut spec = SidecarSpec::server(&url, "web", app.addr);
-    spec.extra = vec!["--tls", "strict", "--join-token", token];
+    spec.config.tls.mode = TlsMode::Strict;
+    spec.config.tls.join_token = Some(token.to_owned());
     Sidecar::start_unready(spec).await
 }
 

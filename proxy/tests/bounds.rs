@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use common::{App, Registry, Sidecar, SidecarSpec};
 use http::StatusCode;
+use mesh_proxy::Config;
 
 /// A client sidecar; made-up names get "no such name" from the harness's DNS server.
-async fn client(registry: &Registry, extra: &[&str]) -> Sidecar {
+async fn client(registry: &Registry, settings: impl FnOnce(&mut Config)) -> Sidecar {
     let url = registry.url();
     let mut spec = SidecarSpec::client(&url);
-    spec.extra = extra.to_vec();
+    settings(&mut spec.config);
     Sidecar::start(spec).await
 }
 
@@ -49,7 +50,10 @@ async fn watchers(registry: &Registry) -> f64 {
 #[tokio::test]
 async fn idle_destinations_are_dropped_with_their_registry_watches() {
     let registry = Registry::start().await;
-    let sidecar = client(&registry, &["--destination-idle-timeout", "1s"]).await;
+    let sidecar = client(&registry, |c| {
+        c.discovery.idle_timeout = Duration::from_secs(1)
+    })
+    .await;
     for i in 0..50 {
         let answer = common::get_h1(sidecar.outbound, &format!("typo-{i}"), "/").await;
         assert_eq!(
@@ -78,7 +82,7 @@ async fn idle_destinations_are_dropped_with_their_registry_watches() {
 #[tokio::test]
 async fn past_max_destinations_new_names_get_a_fast_503() {
     let registry = Registry::start().await;
-    let sidecar = client(&registry, &["--max-destinations", "3"]).await;
+    let sidecar = client(&registry, |c| c.discovery.max_destinations = 3).await;
     for i in 0..3 {
         let answer = common::get_h1(sidecar.outbound, &format!("name-{i}"), "/").await;
         assert_ne!(answer.headers.get("mesh-error").unwrap(), "overloaded");
@@ -104,7 +108,7 @@ async fn past_max_destinations_new_names_get_a_fast_503() {
 #[tokio::test]
 async fn deadline_headers_cannot_panic_the_proxy() {
     let (registry, _app, _server) = web().await;
-    let sidecar = client(&registry, &[]).await;
+    let sidecar = client(&registry, |_| {}).await;
     let h1 = common::h1();
     let send = |name: &'static str, value: &'static str| {
         let request = http::Request::get(format!("http://{}/whoami", sidecar.outbound))
@@ -131,7 +135,10 @@ async fn deadline_headers_cannot_panic_the_proxy() {
 #[tokio::test]
 async fn request_heads_proxies_must_not_trust() {
     let (registry, _app, _server) = web().await;
-    let sidecar = client(&registry, &["--header-read-timeout", "300ms"]).await;
+    let sidecar = client(&registry, |c| {
+        c.listen.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
 
     let two_hosts = common::raw(
         sidecar.outbound,
@@ -162,7 +169,7 @@ async fn request_heads_proxies_must_not_trust() {
 #[tokio::test]
 async fn many_open_connections_stay_cheap_and_do_not_stop_service() {
     let (registry, _app, _server) = web().await;
-    let sidecar = client(&registry, &["--max-connections", "200"]).await;
+    let sidecar = client(&registry, |c| c.listen.max_connections = 200).await;
     let addr: SocketAddr = sidecar.outbound;
     // More idle clients than the listener serves at once: the extra ones wait in the
     // accept queue, and the sidecar keeps answering the ones it serves.
@@ -199,7 +206,10 @@ async fn many_open_connections_stay_cheap_and_do_not_stop_service() {
 async fn a_thousand_and_more_names_stay_within_the_default_bounds() {
     let registry = Registry::start().await;
     // None falls idle during the test, however slow the machine.
-    let sidecar = client(&registry, &["--destination-idle-timeout", "10m"]).await;
+    let sidecar = client(&registry, |c| {
+        c.discovery.idle_timeout = Duration::from_secs(600)
+    })
+    .await;
     let (mut unknown, mut overloaded) = (0, 0);
     for i in 0..1200 {
         let answer = common::get_h1(sidecar.outbound, &format!("name-{i}"), "/").await;

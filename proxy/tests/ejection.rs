@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use common::{App, Mode, Registry, Sidecar, SidecarSpec};
 use http::StatusCode;
+use mesh_proxy::Config;
 
 fn metric(text: &str, series: &str) -> f64 {
     common::metric(text, series).unwrap_or(0.0)
 }
 
-/// `web` served by a steady app and a flaky one, and a client sidecar with `extra`.
-async fn setup(extra: Vec<&'static str>) -> (Registry, App, App, Vec<Sidecar>, Sidecar) {
+/// `web` served by a steady app and a flaky one, and a client sidecar that ejects after
+/// two failures for 300 ms, with `settings`.
+async fn setup(settings: impl FnOnce(&mut Config)) -> (Registry, App, App, Vec<Sidecar>, Sidecar) {
     let registry = Registry::start().await;
     let steady = App::start("steady").await;
     let flaky = App::start("flaky").await;
@@ -26,9 +28,9 @@ async fn setup(extra: Vec<&'static str>) -> (Registry, App, App, Vec<Sidecar>, S
     registry.until_passing("web", 2).await;
     let url = registry.url();
     let mut spec = SidecarSpec::client(&url);
-    let mut flags = vec!["--eject-after", "2", "--eject-backoff", "300ms"];
-    flags.extend(extra);
-    spec.extra = flags;
+    spec.config.ejection.consecutive_failures = 2;
+    spec.config.ejection.base = Duration::from_millis(300);
+    settings(&mut spec.config);
     let client = Sidecar::start(spec).await;
     (registry, steady, flaky, servers, client)
 }
@@ -67,7 +69,8 @@ async fn until_back(client: &Sidecar) {
 
 #[tokio::test]
 async fn a_probe_that_times_out_counts_as_a_failure_and_the_endpoint_still_comes_back() {
-    let (_r, _steady, flaky, _servers, client) = setup(vec!["--per-try-timeout", "200ms"]).await;
+    let (_r, _steady, flaky, _servers, client) =
+        setup(|c| c.outbound.per_try_timeout = Some(Duration::from_millis(200))).await;
     flaky.set_mode(Mode::Failing);
     until_ejections(&client, 1.0).await;
     // Its probe will hang until the per-try deadline: a failure, so it is out again.
@@ -79,7 +82,7 @@ async fn a_probe_that_times_out_counts_as_a_failure_and_the_endpoint_still_comes
 
 #[tokio::test]
 async fn a_probe_its_caller_gives_up_on_does_not_keep_the_endpoint_out() {
-    let (_r, _steady, flaky, _servers, client) = setup(vec![]).await;
+    let (_r, _steady, flaky, _servers, client) = setup(|_| {}).await;
     flaky.set_mode(Mode::Failing);
     until_ejections(&client, 1.0).await;
     flaky.set_mode(Mode::Hanging);

@@ -157,7 +157,8 @@ async fn heartbeats_go_at_a_third_of_the_ttl_however_often_health_is_checked() {
     let url = registry.url();
     let app = App::start("web-1").await;
     let mut spec = SidecarSpec::server(&url, "web", app.addr);
-    spec.extra = vec!["--health-interval", "50ms", "--ttl", "3s"];
+    spec.config.registration.health_interval = Duration::from_millis(50);
+    spec.config.registration.ttl = Duration::from_secs(3);
     let _sidecar = Sidecar::start(spec).await;
     registry.until_passing("web", 1).await;
     let before = heartbeats(&registry).await;
@@ -177,7 +178,7 @@ async fn an_app_that_comes_up_after_its_sidecar_is_routable_at_once() {
         .local_addr()
         .unwrap();
     let mut spec = SidecarSpec::server(&url, "web", port);
-    spec.extra = vec!["--health-interval", "30s"];
+    spec.config.registration.health_interval = Duration::from_secs(30);
     let sidecar = Sidecar::start(spec).await;
     until_status(&registry, "web", Some(Status::Critical)).await;
     let ready = common::get(&format!("http://{}/ready", sidecar.admin)).await;

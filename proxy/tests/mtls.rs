@@ -10,23 +10,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{App, H2Conn, JOIN_TOKEN, Registry, Sidecar, SidecarSpec, TestBody};
 use http::{Method, Request, StatusCode, Version};
+use mesh_proxy::tls::TlsMode;
 use mesh_registry_api::Registration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// A sidecar for `service` in front of `app`, with mTLS in `mode` and extra flags.
+/// A sidecar for `service` in front of `app`, with mTLS in `mode` and `allow` callers.
 async fn meshed(
     registry: &Registry,
     service: &str,
     app: &App,
-    mode: &str,
-    extra: &[&str],
+    mode: TlsMode,
+    allow: &[&str],
 ) -> Sidecar {
     let url = registry.url();
     let mut spec = SidecarSpec::server(&url, service, app.addr);
-    spec.extra = vec!["--tls", mode, "--join-token", JOIN_TOKEN];
-    spec.extra.extend_from_slice(extra);
+    spec.config.tls.mode = mode;
+    spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
+    spec.config.tls.allow = allow.iter().map(|s| s.to_string()).collect();
     Sidecar::start(spec).await
 }
 
@@ -38,9 +40,9 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn sidecars_talk_over_mtls_with_registry_issued_certificates() {
     let registry = Registry::start_with_ca(DAY).await;
     let web_app = App::start("web-1").await;
-    let web = meshed(&registry, "web", &web_app, "strict", &[]).await;
+    let web = meshed(&registry, "web", &web_app, TlsMode::Strict, &[]).await;
     let caller_app = App::start("marketplace").await;
-    let caller = meshed(&registry, "marketplace", &caller_app, "strict", &[]).await;
+    let caller = meshed(&registry, "marketplace", &caller_app, TlsMode::Strict, &[]).await;
     registry.until_passing("web", 1).await;
 
     let answer = common::get_h1(caller.outbound, "web", "/whoami").await;
@@ -80,9 +82,9 @@ async fn rotation_keeps_an_open_http2_connection_working() {
     // Certificates live 3 s: each sidecar renews about every 2 s.
     let registry = Registry::start_with_ca(Duration::from_secs(3)).await;
     let web_app = App::start("web-1").await;
-    let web = meshed(&registry, "web", &web_app, "strict", &[]).await;
+    let web = meshed(&registry, "web", &web_app, TlsMode::Strict, &[]).await;
     let caller_app = App::start("marketplace").await;
-    let caller = meshed(&registry, "marketplace", &caller_app, "strict", &[]).await;
+    let caller = meshed(&registry, "marketplace", &caller_app, TlsMode::Strict, &[]).await;
     registry.until_passing("web", 1).await;
 
     let conn = H2Conn::connect(caller.outbound).await;
@@ -106,7 +108,7 @@ async fn rotation_keeps_an_open_http2_connection_working() {
 async fn strict_inbound_refuses_plaintext_and_foreign_certificates() {
     let registry = Registry::start_with_ca(DAY).await;
     let app = App::start("web-1").await;
-    let web = meshed(&registry, "web", &app, "strict", &[]).await;
+    let web = meshed(&registry, "web", &app, TlsMode::Strict, &[]).await;
     let inbound = web.inbound.unwrap();
 
     // Plaintext: the connection is closed without an answer.
@@ -145,7 +147,7 @@ async fn strict_inbound_refuses_plaintext_and_foreign_certificates() {
 async fn permissive_inbound_lets_plaintext_in_and_labels_it() {
     let registry = Registry::start_with_ca(DAY).await;
     let app = App::start("web-1").await;
-    let web = meshed(&registry, "web", &app, "permissive", &[]).await;
+    let web = meshed(&registry, "web", &app, TlsMode::Permissive, &[]).await;
     let answer = common::get_h1(web.inbound.unwrap(), "web", "/whoami").await;
     assert_eq!(
         (answer.status, answer.text.as_str()),
@@ -163,7 +165,7 @@ async fn permissive_inbound_lets_plaintext_in_and_labels_it() {
 async fn the_caller_refuses_a_server_that_is_not_the_service_it_called() {
     let registry = Registry::start_with_ca(DAY).await;
     let db_app = App::start("db-1").await;
-    let db = meshed(&registry, "db", &db_app, "strict", &[]).await;
+    let db = meshed(&registry, "db", &db_app, TlsMode::Strict, &[]).await;
     // A registration that claims `web` lives at db's sidecar.
     let mut lie = Registration::new(db.inbound.unwrap().to_string());
     lie.metadata.insert("tls".into(), "strict".into());
@@ -174,7 +176,7 @@ async fn the_caller_refuses_a_server_that_is_not_the_service_it_called() {
         .await
         .unwrap();
     let caller_app = App::start("marketplace").await;
-    let caller = meshed(&registry, "marketplace", &caller_app, "strict", &[]).await;
+    let caller = meshed(&registry, "marketplace", &caller_app, TlsMode::Strict, &[]).await;
 
     let answer = common::get_h1(caller.outbound, "web", "/whoami").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text);
@@ -199,15 +201,15 @@ async fn the_allow_list_admits_its_callers_and_denies_others() {
         &registry,
         "recommendations",
         &app,
-        "strict",
-        &["--allow", "marketplace"],
+        TlsMode::Strict,
+        &["marketplace"],
     )
     .await;
     registry.until_passing("recommendations", 1).await;
     let market_app = App::start("marketplace").await;
-    let market = meshed(&registry, "marketplace", &market_app, "strict", &[]).await;
+    let market = meshed(&registry, "marketplace", &market_app, TlsMode::Strict, &[]).await;
     let other_app = App::start("other").await;
-    let other = meshed(&registry, "other", &other_app, "strict", &[]).await;
+    let other = meshed(&registry, "other", &other_app, TlsMode::Strict, &[]).await;
 
     let allowed = common::get_h1(market.outbound, "recommendations", "/whoami").await;
     assert_eq!(allowed.status, StatusCode::OK);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{App, H2Conn, Registry, Sidecar, SidecarSpec, TestBody};
 use http::{Method, Request, StatusCode, Version};
+use mesh_proxy::Config;
 use mesh_registry_api::Registration;
 
 /// `web` served by the given apps, each behind its own sidecar.
@@ -22,10 +23,10 @@ async fn service(registry: &Registry, apps: &[&App]) -> Vec<Sidecar> {
     sidecars
 }
 
-async fn client(registry: &Registry, extra: Vec<&str>) -> Sidecar {
+async fn client(registry: &Registry, settings: impl FnOnce(&mut Config)) -> Sidecar {
     let url = registry.url();
     let mut spec = SidecarSpec::client(&url);
-    spec.extra = extra;
+    settings(&mut spec.config);
     Sidecar::start(spec).await
 }
 
@@ -50,7 +51,7 @@ async fn unavailable_in_trailers_from_one_instance_is_retried_on_the_other() {
     let good = App::start("web-good").await;
     let bad = App::start("web-failing").await;
     let _s = service(&registry, &[&good, &bad]).await;
-    let client = client(&registry, vec![]).await;
+    let client = client(&registry, |_| {}).await;
     let conn = H2Conn::connect(client.outbound).await;
 
     for _ in 0..40 {
@@ -95,10 +96,10 @@ async fn an_instance_refusing_connections_is_ejected_probed_and_readmitted() {
         .await
         .unwrap();
     registry.until_passing("web", 2).await;
-    let client = client(
-        &registry,
-        vec!["--eject-after", "2", "--eject-backoff", "500ms"],
-    )
+    let client = client(&registry, |c| {
+        c.ejection.consecutive_failures = 2;
+        c.ejection.base = Duration::from_millis(500);
+    })
     .await;
 
     for _ in 0..30 {
@@ -151,7 +152,7 @@ async fn a_post_is_not_retried_on_503_but_a_get_and_a_marked_post_are() {
     let registry = Registry::start().await;
     let app = App::start("web-1").await;
     let _s = service(&registry, &[&app]).await;
-    let client = client(&registry, vec![]).await;
+    let client = client(&registry, |_| {}).await;
     let url = format!("http://{}/status/503", client.outbound);
     let send = |method: Method, marked: bool| {
         let mut b = Request::builder()
@@ -201,10 +202,10 @@ async fn retries_stop_at_the_budget_and_say_so() {
     let app = App::start("web-1").await;
     let _s = service(&registry, &[&app]).await;
     // No share of traffic, a floor of 1 retry per second: 10 retries per 10 s window.
-    let client = client(
-        &registry,
-        vec!["--retry-budget", "0", "--retry-min-per-second", "1"],
-    )
+    let client = client(&registry, |c| {
+        c.retry.budget.ratio = 0.0;
+        c.retry.budget.min_per_second = 1;
+    })
     .await;
 
     let mut exhausted = 0;
@@ -239,7 +240,7 @@ async fn grpc_timeout_is_enforced_and_the_rest_is_passed_on() {
     let registry = Registry::start().await;
     let slow = App::start_with_latency("web-slow", Duration::from_secs(2)).await;
     let _s = service(&registry, &[&slow]).await;
-    let client = client(&registry, vec![]).await;
+    let client = client(&registry, |_| {}).await;
     let conn = H2Conn::connect(client.outbound).await;
 
     let mut call = grpc_call("/grpc.Test/Call");
@@ -275,7 +276,7 @@ async fn a_large_failing_answer_streams_through_and_is_not_retried() {
     let registry = Registry::start().await;
     let big = App::start("web-big").await;
     let _s = service(&registry, &[&big]).await;
-    let client = client(&registry, vec![]).await;
+    let client = client(&registry, |_| {}).await;
     let conn = H2Conn::connect(client.outbound).await;
 
     let answer = conn.send(grpc_call("/grpc.Test/Call")).await;
@@ -294,7 +295,7 @@ async fn a_leaving_instance_finishes_its_requests_and_gets_no_new_ones() {
     let mut a = App::start("web-a").await;
     let b = App::start("web-b").await;
     let mut sidecars = service(&registry, &[&a, &b]).await;
-    let client = client(&registry, vec![]).await;
+    let client = client(&registry, |_| {}).await;
 
     // A slow request lands on a (retry until it does).
     let slow = loop {
@@ -334,7 +335,7 @@ async fn past_the_pending_limit_requests_are_refused_at_once() {
     let registry = Registry::start().await;
     let app = App::start("web-1").await;
     let _s = service(&registry, &[&app]).await;
-    let client = client(&registry, vec!["--max-pending", "1"]).await;
+    let client = client(&registry, |c| c.outbound.max_pending = 1).await;
     let outbound = client.outbound;
     let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1000").await });
     for _ in 0..500 {

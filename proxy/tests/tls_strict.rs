@@ -11,15 +11,23 @@ use bytes::Bytes;
 use common::{App, JOIN_TOKEN, Registry, Sidecar, SidecarSpec};
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use mesh_proxy::Config;
+use mesh_proxy::tls::TlsMode;
 use mesh_registry_api::Registration;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-async fn meshed(registry: &Registry, service: &str, app: &App, extra: &[&'static str]) -> Sidecar {
+async fn meshed(
+    registry: &Registry,
+    service: &str,
+    app: &App,
+    settings: impl FnOnce(&mut Config),
+) -> Sidecar {
     let url = registry.url();
     let mut spec = SidecarSpec::server(&url, service, app.addr);
-    spec.extra = vec!["--tls", "strict", "--join-token", JOIN_TOKEN];
-    spec.extra.extend_from_slice(extra);
+    spec.config.tls.mode = TlsMode::Strict;
+    spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
+    settings(&mut spec.config);
     Sidecar::start(spec).await
 }
 
@@ -46,12 +54,12 @@ fn with_secret(addr: std::net::SocketAddr, host: &str) -> Request<Full<Bytes>> {
 async fn a_strict_sidecar_never_sends_a_request_to_a_rogue_plaintext_instance() {
     let registry = Registry::start_with_ca(DAY).await;
     let web_app = App::start("web-1").await;
-    let web = meshed(&registry, "web", &web_app, &[]).await;
+    let web = meshed(&registry, "web", &web_app, |_| {}).await;
     let evil = App::start("evil").await;
     rogue(&registry, &evil).await;
     registry.until_passing("web", 2).await;
     let caller_app = App::start("marketplace").await;
-    let caller = meshed(&registry, "marketplace", &caller_app, &[]).await;
+    let caller = meshed(&registry, "marketplace", &caller_app, |_| {}).await;
 
     for _ in 0..20 {
         let answer = common::send(&common::h1(), with_secret(caller.outbound, "web")).await;
@@ -87,7 +95,7 @@ async fn plaintext_needs_a_flag_naming_the_destination() {
     let plain = App::start("plain").await;
     let caller_app = App::start("marketplace").await;
 
-    let strict = meshed(&registry, "marketplace", &caller_app, &[]).await;
+    let strict = meshed(&registry, "marketplace", &caller_app, |_| {}).await;
     let dns_name = format!("localhost:{}", plain.addr.port());
     for host in ["web", dns_name.as_str()] {
         let answer = common::get_h1(strict.outbound, host, "/whoami").await;
@@ -103,12 +111,9 @@ async fn plaintext_needs_a_flag_naming_the_destination() {
     drop(strict);
 
     let caller_app = App::start("marketplace").await;
-    let allowing = meshed(
-        &registry,
-        "marketplace",
-        &caller_app,
-        &["--plaintext-to", "web", "--plaintext-to", "localhost"],
-    )
+    let allowing = meshed(&registry, "marketplace", &caller_app, |c| {
+        c.tls.plaintext_to = vec!["web".into(), "localhost".into()]
+    })
     .await;
     assert_eq!(
         common::get_h1(allowing.outbound, "web", "/whoami")

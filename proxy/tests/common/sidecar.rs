@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_proxy::config::Upstream;
 use mesh_proxy::inbound::AppProtocol;
+use mesh_proxy::listeners::Upstream;
 use mesh_proxy::{Config, Listeners};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,16 +27,22 @@ pub struct SidecarSpec<'a> {
     /// `(service name, app address, app protocol)` for a sidecar that registers.
     pub app: Option<(&'a str, SocketAddr, Option<AppProtocol>)>,
     pub upstreams: Vec<&'a str>,
-    pub extra: Vec<&'a str>,
+    /// The sidecar's settings: the defaults, with quick health checks and short leases.
+    /// The harness fills in the registry, the listeners, the service and its app, and
+    /// (unless set) a DNS server that knows no name.
+    pub config: Config,
 }
 
 impl<'a> SidecarSpec<'a> {
     pub fn client(registry: &'a str) -> Self {
+        let mut config = Config::default();
+        config.registration.health_interval = Duration::from_millis(100);
+        config.registration.ttl = Duration::from_secs(2);
         SidecarSpec {
             registry,
             app: None,
             upstreams: Vec::new(),
-            extra: Vec::new(),
+            config,
         }
     }
 
@@ -58,78 +64,57 @@ impl Sidecar {
 
     /// Starts a sidecar without waiting for it to become ready.
     pub async fn start_unready(spec: SidecarSpec<'_>) -> Sidecar {
+        let mut config = spec.config;
+        config.registry.url = spec.registry.to_owned();
         let inbound = match spec.app {
-            Some(_) => Some(listener().await),
+            Some((service, app, protocol)) => {
+                let inbound = listener().await;
+                let addr = inbound.local_addr().unwrap();
+                let registration = &mut config.registration;
+                registration.service = Some(service.to_owned());
+                registration.app = Some(app);
+                registration.app_protocol = protocol;
+                registration.advertise = Some(addr.to_string());
+                registration.instance_id = Some(format!("{service}-{}", addr.port()));
+                config.listen.inbound = addr;
+                Some(inbound)
+            }
             None => None,
         };
-        let outbound = listener().await;
-        let admin = listener().await;
-        let mut args: Vec<String> = vec![
-            "mesh-proxy".into(),
-            "--registry".into(),
-            spec.registry.into(),
-        ];
-        // Quick health checks and short leases, unless the test sets its own.
-        for (flag, value) in [("--health-interval", "100ms"), ("--ttl", "2s")] {
-            if !spec.extra.contains(&flag) {
-                args.extend([flag.into(), value.into()]);
-            }
-        }
-        if let (Some((service, app, protocol)), Some(inbound)) = (spec.app, &inbound) {
-            let inbound_addr = inbound.local_addr().unwrap();
-            args.extend([
-                "--service".into(),
-                service.into(),
-                "--app".into(),
-                app.to_string(),
-                "--advertise".into(),
-                inbound_addr.to_string(),
-                "--inbound".into(),
-                inbound_addr.to_string(),
-                "--instance-id".into(),
-                format!("{service}-{}", inbound_addr.port()),
-            ]);
-            if let Some(p) = protocol {
-                let name = match p {
-                    AppProtocol::Http => "http",
-                    AppProtocol::H2 => "h2",
-                    AppProtocol::Grpc => "grpc",
-                };
-                args.extend(["--app-protocol".into(), name.into()]);
-            }
-        }
-        if !spec.extra.contains(&"--dns-server") {
+        if config.discovery.dns_server.is_none() {
             // Names the registry does not know never reach the machine's resolver.
-            args.extend(["--dns-server".into(), super::nxdomain_dns().await]);
+            config.discovery.dns_server = Some(super::nxdomain_dns().await.parse().unwrap());
         }
-        args.extend(spec.extra.iter().map(|s| s.to_string()));
-        let config = Config::try_parse_from_args(&args);
         let mut upstreams = Vec::new();
-        let mut upstream_addrs = Vec::new();
         for name in spec.upstreams {
             let l = listener().await;
-            let addr = l.local_addr().unwrap();
-            upstream_addrs.push(addr);
-            upstreams.push((
-                Upstream {
-                    service: name.into(),
-                    port: None,
-                    listen: addr,
-                },
-                l,
-            ));
+            let listen = l.local_addr().unwrap();
+            let upstream = Upstream {
+                service: name.into(),
+                port: None,
+                listen,
+            };
+            upstreams.push((upstream, l));
         }
-        let addrs = (
-            inbound.as_ref().map(|l| l.local_addr().unwrap()),
-            outbound.local_addr().unwrap(),
-            admin.local_addr().unwrap(),
-        );
         let listeners = Listeners {
             inbound,
-            outbound,
+            outbound: listener().await,
             upstreams,
-            admin,
+            admin: listener().await,
         };
+        Self::run(listeners, config)
+    }
+
+    /// Runs the sidecar in a task of its own.
+    fn run(listeners: Listeners, config: Config) -> Sidecar {
+        let address = |l: &tokio::net::TcpListener| l.local_addr().unwrap();
+        let inbound = listeners.inbound.as_ref().map(address);
+        let (outbound, admin) = (address(&listeners.outbound), address(&listeners.admin));
+        let upstreams = listeners
+            .upstreams
+            .iter()
+            .map(|(_, l)| address(l))
+            .collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             mesh_proxy::run(listeners, config, async {
@@ -139,10 +124,10 @@ impl Sidecar {
             .unwrap();
         });
         Sidecar {
-            inbound: addrs.0,
-            outbound: addrs.1,
-            upstreams: upstream_addrs,
-            admin: addrs.2,
+            inbound,
+            outbound,
+            upstreams,
+            admin,
             stop: Some(stop),
             task: Some(task),
         }
@@ -174,16 +159,5 @@ impl Sidecar {
 impl Drop for Sidecar {
     fn drop(&mut self) {
         self.begin_shutdown();
-    }
-}
-
-/// `Config::try_parse_from` without pulling clap into every test file.
-trait ParseArgs {
-    fn try_parse_from_args(args: &[String]) -> Config;
-}
-
-impl ParseArgs for Config {
-    fn try_parse_from_args(args: &[String]) -> Config {
-        <Config as clap::Parser>::try_parse_from(args).unwrap()
     }
 }

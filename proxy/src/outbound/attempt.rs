@@ -1,0 +1,173 @@
+//! One try of a request against one endpoint: send it within the try's deadline, read a
+//! gRPC answer's status while a retry could still follow, tell the endpoint's breaker and
+//! latency estimate how it went, and judge the outcome.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{Call, Failure, Outbound, Tried, Try};
+use crate::body::{self, BoxBody};
+use crate::breaker::Probe;
+use crate::discover::Destination;
+use crate::endpoint::Endpoint;
+use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
+use crate::grpc;
+use crate::retry::{self, Verdict};
+
+// === impl Outbound ===
+
+impl Outbound {
+    /// One try, judged. The probe claim, when the try is an ejected endpoint's probe, is
+    /// settled whatever happens: dropped unsettled (releasing it) if the caller's own
+    /// body broke or the try is cancelled.
+    pub(super) async fn try_once(&self, call: &Call<'_>, attempt: Try) -> Tried {
+        let Try {
+            chosen,
+            request,
+            retry_left,
+        } = attempt;
+        let (endpoint, probe) = (chosen.endpoint, chosen.probe);
+        let in_flight = endpoint.start();
+        let started = Instant::now();
+        let deadline = call.deadlines.try_deadline(started);
+        let response = match self.send(call, &endpoint, request, deadline).await {
+            Ok(response) => response,
+            Err(e) => return self.unanswered(call, &endpoint, probe, e),
+        };
+        endpoint.observe(started.elapsed());
+        let (mut response, grpc_status) = self.read_status(response, retry_left, deadline).await;
+        self.feedback(call.destination, &endpoint, response.status(), grpc_status);
+        if let Some(probe) = probe {
+            probe.settle();
+        }
+        let status = response.status();
+        let verdict =
+            self.retry
+                .classify_response(status, response.headers(), grpc_status, endpoint.sidecar);
+        if !endpoint.sidecar {
+            // Only sidecars speak for the mesh.
+            response.headers_mut().remove(MESH_ERROR);
+        }
+        match verdict {
+            Some(verdict) => Tried::Failed(Failure::Answer(response), Some(verdict)),
+            None => Tried::Done((response, in_flight)),
+        }
+    }
+
+    /// Sends the request to the endpoint, over mTLS when both sides speak it; no answer
+    /// by `deadline` is a timeout.
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        endpoint: &Endpoint,
+        request: http::Request<BoxBody>,
+        deadline: Option<Instant>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let tls_to =
+            (self.identity.is_some() && endpoint.tls).then_some(call.destination.name.as_str());
+        let sent = self
+            .clients
+            .send(request, &endpoint.pool, call.wire, tls_to);
+        let Some(at) = deadline else {
+            return sent.await;
+        };
+        tokio::time::timeout_at(at, sent).await.unwrap_or_else(|_| {
+            Err(ProxyError::new(
+                ErrorKind::Timeout,
+                format!("no answer from {} within the deadline", endpoint.address),
+            ))
+        })
+    }
+
+    /// A try that got no answer: the endpoint's failure, unless the caller broke its own
+    /// body.
+    fn unanswered(
+        &self,
+        call: &Call<'_>,
+        endpoint: &Arc<Endpoint>,
+        probe: Option<Probe>,
+        e: ProxyError,
+    ) -> Tried {
+        if let Some(why) = call.caller_fault.get() {
+            // The caller broke its own body: the endpoint did nothing wrong.
+            let e = ProxyError::caller_body(why);
+            tracing::debug!(endpoint = %endpoint.address, error = %e, "caller's body broke");
+            return Tried::Failed(Failure::Proxy(e), None);
+        }
+        tracing::debug!(endpoint = %endpoint.address, error = %e, "try failed");
+        endpoint.set_error(Some(e.to_string()));
+        // A slow answer alone does not eject; a probe that times out does.
+        let counts = match e.kind {
+            ErrorKind::Timeout => probe.is_some(),
+            ErrorKind::Loop | ErrorKind::NoIdentity => false,
+            _ => true,
+        };
+        if counts {
+            self.record_failure(call.destination, endpoint, &e.message);
+        }
+        if let Some(probe) = probe {
+            probe.settle();
+        }
+        let verdict = Verdict::of_error(e.kind);
+        Tried::Failed(Failure::Proxy(e), Some(verdict))
+    }
+
+    /// The answer, and its gRPC status when it has one: in the headers (trailers-only),
+    /// or in the trailers, which for a small answer are read before anything is passed
+    /// on while `retry_left`.
+    async fn read_status(
+        &self,
+        response: Response<Incoming>,
+        retry_left: bool,
+        deadline: Option<Instant>,
+    ) -> (Response<BoxBody>, Option<u32>) {
+        let status = grpc::status_of(response.headers());
+        if retry_left && status.is_none() {
+            return retry::peek_grpc(response, self.retry.buffer_limit, deadline).await;
+        }
+        (response.map(body::boxed), status)
+    }
+
+    /// Tells the endpoint's breaker how its answer went: a 5xx or gRPC UNAVAILABLE is a
+    /// failure, anything else a success (which brings a probed endpoint back).
+    fn feedback(
+        &self,
+        destination: &Destination,
+        endpoint: &Endpoint,
+        status: StatusCode,
+        grpc_status: Option<u32>,
+    ) {
+        if status.is_server_error() || grpc_status == Some(grpc::UNAVAILABLE) {
+            let grpc = grpc_status.map(|c| format!(" grpc-status {c}"));
+            endpoint.set_error(Some(format!(
+                "answered {status}{}",
+                grpc.unwrap_or_default()
+            )));
+            self.record_failure(destination, endpoint, "failure status");
+            return;
+        }
+        endpoint.set_error(None);
+        if endpoint.breaker.success() {
+            tracing::info!(endpoint = %endpoint.address, "probe succeeded; endpoint back in rotation");
+            destination.refresh_gauges(&self.metrics);
+        }
+    }
+
+    /// A failure of `endpoint`; the breaker decides whether it is ejected.
+    fn record_failure(&self, destination: &Destination, endpoint: &Endpoint, reason: &str) {
+        let set = destination.endpoints();
+        let peers = set.endpoints.iter().map(|e| &e.breaker);
+        let now = Instant::now();
+        if endpoint
+            .breaker
+            .record_failure(peers, &self.ejection, reason, now)
+        {
+            tracing::warn!(service = %destination.name, endpoint = %endpoint.address, %reason, "endpoint ejected");
+            self.metrics.ejected(&destination.name);
+            destination.refresh_gauges(&self.metrics);
+        }
+    }
+}

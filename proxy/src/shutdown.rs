@@ -1,0 +1,66 @@
+//! Stopping the sidecar without failing a request: each stage stops only once nothing
+//! can still need it.
+//!
+//! 1. The instance is deregistered, so peers stop sending new requests here.
+//! 2. The inbound listener stops accepting and drains peers' requests in flight.
+//! 3. The app's own listeners (outbound, upstream) stay open until the app has exited
+//!    (an app finishing its work may still make calls), or the drain timeout ends.
+//! 4. The admin listener stops last, so `/metrics` and `/ready` answer throughout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::register::Registration;
+use crate::server::Servers;
+
+/// The running sidecar's stages, in the order they stop.
+pub struct Shutdown {
+    /// With `--service`.
+    pub local: Option<LocalApp>,
+    pub outbound: Servers,
+    pub admin: Servers,
+    /// How long in-flight requests, and the app, may take to finish.
+    pub drain: Duration,
+}
+
+/// The local app's stage: the inbound listener in front of it, and its registration.
+pub struct LocalApp {
+    pub app: SocketAddr,
+    pub inbound: Servers,
+    pub registration: Registration,
+}
+
+// === impl Shutdown ===
+
+impl Shutdown {
+    pub async fn run(self) {
+        let mut inbound = None;
+        if let Some(local) = self.local {
+            local.registration.withdraw().await;
+            inbound = Some((local.inbound, local.app));
+        }
+        let drain_ends = Instant::now() + self.drain;
+        tracing::info!(drain = ?self.drain, "draining in-flight requests");
+        if let Some((servers, app)) = inbound {
+            servers.stop().await;
+            if tokio::time::timeout_at(drain_ends, app_exited(app))
+                .await
+                .is_err()
+            {
+                tracing::info!(%app, "the app is still running at the end of the drain; closing its listeners");
+            }
+        }
+        self.outbound.stop().await;
+        self.admin.stop().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Resolves once the app no longer accepts connections.
+async fn app_exited(app: SocketAddr) {
+    while tokio::net::TcpStream::connect(app).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
