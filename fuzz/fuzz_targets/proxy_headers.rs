@@ -8,6 +8,7 @@
 
 #![no_main]
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
@@ -17,6 +18,9 @@ use mesh_proxy::error::ErrorKind;
 use mesh_proxy::outbound::Route;
 use mesh_proxy::retry::RetryConfig;
 use mesh_proxy::{grpc, headers, loops};
+
+/// The default retry policy, made once: it comes from the flags' declarations.
+static RETRY: LazyLock<RetryConfig> = LazyLock::new(RetryConfig::default);
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|b| *b == b'\n');
@@ -94,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(kind.as_str().as_bytes(), value.as_bytes());
         }
     }
-    let retry = RetryConfig::default();
+    let retry = &*RETRY;
     let status = StatusCode::from_u16(500 + u16::from(target.first().copied().unwrap_or(0) % 100))
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let _ = retry.classify_response(status, &map, grpc::status_of(&map), true);

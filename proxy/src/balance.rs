@@ -42,12 +42,16 @@ pub fn choose(
 ) -> Option<Chosen> {
     let now = Instant::now();
     let set = destination.endpoints();
-    let ready: Vec<Arc<Endpoint>> = set
-        .endpoints
-        .iter()
-        .filter(|e| !matches!(e.breaker.availability(now), Availability::Ejected { .. }))
-        .cloned()
-        .collect();
+    let out =
+        |e: &&Arc<Endpoint>| matches!(e.breaker.availability(now), Availability::Ejected { .. });
+    // Most of the time no endpoint is out, and the set is the candidates as it is.
+    let some_out: Vec<Arc<Endpoint>>;
+    let ready = if set.endpoints.iter().any(|e| out(&e)) {
+        some_out = set.endpoints.iter().filter(|e| !out(e)).cloned().collect();
+        &some_out[..]
+    } else {
+        &set.endpoints[..]
+    };
     if ready.is_empty() {
         let oldest = set.endpoints.iter().min_by_key(|e| e.breaker.ejected_at());
         return oldest.map(|endpoint| Chosen {
@@ -55,7 +59,7 @@ pub fn choose(
             probe: None,
         });
     }
-    let endpoint = pick(strategy, &ready, &destination.cursor, previous)?;
+    let endpoint = pick(strategy, ready, &destination.cursor, previous)?;
     let probe = Probe::claim(&endpoint.breaker, ejection, now);
     if probe.is_some() {
         tracing::info!(endpoint = %endpoint.address, "probing an ejected endpoint");
@@ -70,24 +74,29 @@ pub fn pick(
     cursor: &AtomicUsize,
     avoid: Option<&Endpoint>,
 ) -> Option<Arc<Endpoint>> {
-    let candidates: Vec<&Arc<Endpoint>> = match avoid {
-        Some(avoid) if endpoints.len() > 1 => endpoints
-            .iter()
-            .filter(|e| !std::ptr::eq(e.as_ref(), avoid))
-            .collect(),
-        _ => endpoints.iter().collect(),
+    let others: Vec<Arc<Endpoint>>;
+    let candidates = match avoid {
+        // A retry: copying the list costs less than a retry does anyway.
+        Some(avoid) if endpoints.len() > 1 => {
+            let kept = endpoints
+                .iter()
+                .filter(|e| !std::ptr::eq(e.as_ref(), avoid));
+            others = kept.cloned().collect();
+            &others[..]
+        }
+        _ => endpoints,
     };
     match candidates.len() {
         0 => None,
         1 => Some(candidates[0].clone()),
         _ => Some(match strategy {
-            Strategy::P2c => p2c(&candidates),
-            Strategy::RoundRobin => round_robin(&candidates, cursor),
+            Strategy::P2c => p2c(candidates),
+            Strategy::RoundRobin => round_robin(candidates, cursor),
         }),
     }
 }
 
-fn p2c(candidates: &[&Arc<Endpoint>]) -> Arc<Endpoint> {
+fn p2c(candidates: &[Arc<Endpoint>]) -> Arc<Endpoint> {
     let mut rng = rand::rng();
     let a = weighted(candidates, &mut rng);
     // Draw the second among the others so the two choices differ.
@@ -101,7 +110,7 @@ fn p2c(candidates: &[&Arc<Endpoint>]) -> Arc<Endpoint> {
     if b == a {
         b = (a + 1) % candidates.len();
     }
-    let (ea, eb) = (candidates[a], candidates[b]);
+    let (ea, eb) = (&candidates[a], &candidates[b]);
     if ea.load() <= eb.load() {
         ea.clone()
     } else {
@@ -110,7 +119,7 @@ fn p2c(candidates: &[&Arc<Endpoint>]) -> Arc<Endpoint> {
 }
 
 /// An index drawn with probability proportional to weight.
-fn weighted(candidates: &[&Arc<Endpoint>], rng: &mut impl Rng) -> usize {
+fn weighted(candidates: &[Arc<Endpoint>], rng: &mut impl Rng) -> usize {
     let total: u64 = candidates.iter().map(|e| u64::from(e.weight)).sum();
     let mut ticket = rng.random_range(0..total);
     for (i, e) in candidates.iter().enumerate() {
@@ -123,13 +132,13 @@ fn weighted(candidates: &[&Arc<Endpoint>], rng: &mut impl Rng) -> usize {
     candidates.len() - 1
 }
 
-fn round_robin(candidates: &[&Arc<Endpoint>], cursor: &AtomicUsize) -> Arc<Endpoint> {
+fn round_robin(candidates: &[Arc<Endpoint>], cursor: &AtomicUsize) -> Arc<Endpoint> {
     let total: u64 = candidates.iter().map(|e| u64::from(e.weight)).sum();
     let mut ticket = cursor.fetch_add(1, Ordering::Relaxed) as u64 % total;
     for e in candidates {
         let w = u64::from(e.weight);
         if ticket < w {
-            return (*e).clone();
+            return e.clone();
         }
         ticket -= w;
     }

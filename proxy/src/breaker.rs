@@ -24,20 +24,28 @@ const PROBE_WAIT: Duration = Duration::from_secs(10);
 #[command(next_help_heading = "Outlier ejection")]
 pub struct EjectionConfig {
     /// Consecutive failures (connect errors, 5xx, gRPC UNAVAILABLE) that eject an endpoint.
-    #[arg(long = "eject-after", env = "MESH_EJECT_AFTER", default_value_t = 5)]
+    #[arg(
+        long = "eject-after",
+        value_name = "EJECT_AFTER",
+        env = "MESH_EJECT_AFTER",
+        default_value_t = 5
+    )]
     pub consecutive_failures: u32,
 
     /// First ejection's length; it doubles per repeat.
-    #[arg(long = "eject-backoff", env = "MESH_EJECT_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "eject-backoff",
+        value_name = "EJECT_BACKOFF", env = "MESH_EJECT_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub base: Duration,
 
     /// Longest ejection.
-    #[arg(long = "eject-backoff-max", env = "MESH_EJECT_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long = "eject-backoff-max",
+        value_name = "EJECT_BACKOFF_MAX", env = "MESH_EJECT_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max: Duration,
 
     /// Largest share of a service's endpoints ejected at once, in percent.
     #[arg(
         long = "eject-max-percent",
+        value_name = "EJECT_MAX_PERCENT",
         env = "MESH_EJECT_MAX_PERCENT",
         default_value_t = 50
     )]

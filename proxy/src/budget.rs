@@ -19,6 +19,7 @@ pub struct BudgetConfig {
     /// Retries allowed on top of original requests, as a share (0.2 = 20 %).
     #[arg(
         long = "retry-budget",
+        value_name = "RETRY_BUDGET",
         env = "MESH_RETRY_BUDGET",
         default_value_t = 0.2
     )]
@@ -28,6 +29,7 @@ pub struct BudgetConfig {
     /// still retry.
     #[arg(
         long = "retry-min-per-second",
+        value_name = "RETRY_MIN_PER_SECOND",
         env = "MESH_RETRY_MIN_PER_SECOND",
         default_value_t = 10
     )]

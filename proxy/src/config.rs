@@ -66,6 +66,7 @@ pub struct RegistryConfig {
     /// Registry base URL.
     #[arg(
         long = "registry",
+        value_name = "REGISTRY",
         env = "MESH_REGISTRY",
         default_value = "http://127.0.0.1:7700"
     )]
@@ -74,6 +75,7 @@ pub struct RegistryConfig {
     /// Bearer token for registry writes (the registry's `--token`).
     #[arg(
         long = "registry-token",
+        value_name = "REGISTRY_TOKEN",
         env = "MESH_REGISTRY_TOKEN",
         hide_env_values = true
     )]

@@ -41,7 +41,8 @@ const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
 pub struct DiscoveryConfig {
     /// A destination no request used for this long is dropped, with its registry watch
     /// and DNS refreshes; the next request for it starts afresh.
-    #[arg(long = "destination-idle-timeout", env = "MESH_DESTINATION_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long = "destination-idle-timeout",
+        value_name = "DESTINATION_IDLE_TIMEOUT", env = "MESH_DESTINATION_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Destinations followed at once; past them, requests for new names get a fast 503

@@ -224,7 +224,7 @@ impl Stages<'_> {
         let mut servers = Servers::default();
         servers.serve(serve, listener, move |request, peer| {
             let inbound = inbound.clone();
-            async move { inbound.handle(request, peer).await }
+            async move { Ok(inbound.handle(request, peer).await) }
         });
         servers
     }
@@ -262,7 +262,7 @@ impl Stages<'_> {
             let (outbound, route) = (outbound.clone(), Arc::new(route));
             let handler = move |request, _peer| {
                 let (outbound, route) = (outbound.clone(), route.clone());
-                async move { outbound.handle(&route, request).await }
+                async move { Ok(outbound.handle(&route, request).await) }
             };
             servers.serve(
                 self.serve(name, Some(Direction::Outbound)),
@@ -299,7 +299,7 @@ impl Stages<'_> {
         let mut servers = Servers::default();
         servers.serve(serve, listener, move |request, peer: server::Peer| {
             let admin = admin.clone();
-            async move { admin.handle(request, peer.addr) }
+            async move { Ok(admin.handle(request, peer.addr)) }
         });
         servers
     }

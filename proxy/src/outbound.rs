@@ -7,16 +7,19 @@
 //! 2. **destination**: the destination's name (fixed for an upstream listener, else
 //!    `Host` / `:authority`) → discovery's state for it; from here on the answer is
 //!    counted in the destination's metrics;
-//! 3. **bound**: the destination's requests in flight, a fast 503 rather than a queue;
-//! 4. **call**: the request's deadlines (a bad deadline header is refused) and whether
-//!    it may be repeated;
-//! 5. **tries**: discovery's endpoints minus ejected ones → the balancer picks one
+//! 3. **begin**: bound the destination's requests in flight (a fast 503 rather than a
+//!    queue), then work out the request's deadlines (a bad deadline header is refused)
+//!    and whether it may be repeated ([`call`]);
+//! 4. **tries**: discovery's endpoints minus ejected ones → the balancer picks one
 //!    (never the previous try's when another is ready) → [`attempt`] sends the request
 //!    over a pooled connection and judges the outcome ([`Verdict`]); a retryable
 //!    failure is tried again elsewhere if the request may be repeated, and the retry
 //!    budget, the attempt limit and the deadline allow, after a jittered backoff;
-//! 6. **answer**: the answer streams back while metrics and the endpoint's in-flight
+//! 5. **answer**: the answer streams back while metrics and the endpoint's in-flight
 //!    count follow it to its end ([`respond`]).
+//!
+//! The steps are plain functions where they can be: each async layer would make every
+//! request's future larger and every poll longer.
 
 mod attempt;
 mod call;
@@ -35,6 +38,7 @@ use crate::balance::{self, Strategy};
 use crate::body::BoxBody;
 use crate::breaker::EjectionConfig;
 use crate::deadline::{self, Deadlines};
+use crate::destination::Pending;
 use crate::discover::{Destination, Discovery};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
@@ -153,7 +157,11 @@ impl Outbound {
             }
         };
         let started = Instant::now();
-        let destination = match self.destination(&service, port).await {
+        let found = match self.identity_missing() {
+            Some(e) => Err(e),
+            None => self.discovery.destination(&service, port).await,
+        };
+        let destination = match found {
             Ok(destination) => destination,
             Err(e) => {
                 // Refused before a destination exists: counted under its name all the same.
@@ -162,7 +170,11 @@ impl Outbound {
             }
         };
         let timer = destination.metrics.request_since(started);
-        match self.call(&destination, request, grpc).await {
+        let answered = match self.begin(&destination, request, grpc) {
+            Ok((call, body, _pending)) => self.tries(&call, body).await,
+            Err(e) => Err(Failure::Proxy(e)),
+        };
+        match answered {
             Ok((response, in_flight)) => respond::observe(response, timer, Some(in_flight)),
             Err(Failure::Answer(response)) => respond::observe(response, timer, None),
             Err(Failure::Proxy(e)) => respond::fail(e, grpc, timer),
@@ -187,44 +199,36 @@ impl Outbound {
         Ok(destination)
     }
 
-    /// Step 2: the destination, once this sidecar may call anything at all.
-    async fn destination(
-        &self,
-        service: &str,
-        port: Option<u16>,
-    ) -> Result<Arc<Destination>, ProxyError> {
-        if let Some(slot) = &self.identity
-            && slot.get().is_none()
-        {
-            return Err(slot.missing());
-        }
-        self.discovery.destination(service, port).await
+    /// Step 2 may not be taken before this sidecar has its certificate (mTLS on): the
+    /// error saying why, if so.
+    fn identity_missing(&self) -> Option<ProxyError> {
+        let slot = self.identity.as_ref()?;
+        slot.get().is_none().then(|| slot.missing())
     }
 
-    /// Steps 3 to 5, for a request whose destination is known.
-    async fn call(
+    /// Step 3, for a request whose destination is known: it is counted in flight (or
+    /// refused), and set on its way.
+    fn begin<'d>(
         &self,
-        destination: &Arc<Destination>,
+        destination: &'d Arc<Destination>,
         request: Request<Incoming>,
         grpc: bool,
-    ) -> Result<Answered, Failure> {
-        let Some(_pending) = destination.try_begin(self.config.max_pending) else {
-            let e = ProxyError::new(
+    ) -> Result<(Call<'d>, ReplayBody, Pending), ProxyError> {
+        let Some(pending) = destination.try_begin(self.config.max_pending) else {
+            return Err(ProxyError::new(
                 ErrorKind::Overloaded,
                 format!(
                     "{} already has {} requests in flight",
                     destination.name, self.config.max_pending
                 ),
-            );
-            return Err(Failure::Proxy(e));
+            ));
         };
         destination.budget.deposit();
-        let (call, body) = Call::new(destination, request, grpc, &self.config, &self.retry)
-            .map_err(Failure::Proxy)?;
-        self.tries(&call, body).await
+        let (call, body) = Call::new(destination, request, grpc, &self.config, &self.retry)?;
+        Ok((call, body, pending))
     }
 
-    /// Step 5: tries until one answers, or no other may be made.
+    /// Step 4: tries until one answers, or no other may be made.
     async fn tries(&self, call: &Call<'_>, body: ReplayBody) -> Result<Answered, Failure> {
         let attempts = self.retry.max_attempts.max(1);
         let mut previous: Option<Arc<Endpoint>> = None;

@@ -48,22 +48,26 @@ pub struct RetryConfig {
     /// Tries per request in total, the first included (1 disables retries).
     #[arg(
         long = "retry-attempts",
+        value_name = "RETRY_ATTEMPTS",
         env = "MESH_RETRY_ATTEMPTS",
         default_value_t = 3
     )]
     pub max_attempts: u32,
 
     /// Backoff before the first retry; it doubles per retry (full jitter).
-    #[arg(long = "retry-backoff", env = "MESH_RETRY_BACKOFF", default_value = "25ms", value_parser = humantime::parse_duration)]
+    #[arg(long = "retry-backoff",
+        value_name = "RETRY_BACKOFF", env = "MESH_RETRY_BACKOFF", default_value = "25ms", value_parser = humantime::parse_duration)]
     pub backoff_base: Duration,
 
     /// Longest backoff between retries.
-    #[arg(long = "retry-backoff-max", env = "MESH_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long = "retry-backoff-max",
+        value_name = "RETRY_BACKOFF_MAX", env = "MESH_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub backoff_cap: Duration,
 
     /// HTTP statuses retried for idempotent (or `mesh-retry: true`) requests.
     #[arg(
         long = "retry-statuses",
+        value_name = "RETRY_STATUSES",
         env = "MESH_RETRY_STATUSES",
         value_delimiter = ',',
         default_value = "502,503,504"
@@ -71,12 +75,14 @@ pub struct RetryConfig {
     pub statuses: Vec<u16>,
 
     /// gRPC codes retried, as numbers or names (UNAVAILABLE is always retried).
-    #[arg(long = "retry-grpc-codes", env = "MESH_RETRY_GRPC_CODES", value_delimiter = ',', value_parser = grpc::parse_code)]
+    #[arg(long = "retry-grpc-codes",
+        value_name = "RETRY_GRPC_CODES", env = "MESH_RETRY_GRPC_CODES", value_delimiter = ',', value_parser = grpc::parse_code)]
     pub grpc_codes: Vec<u32>,
 
     /// Bytes of a request body (and of a gRPC answer) kept to make a retry possible;
     /// larger ones stream through and are not retried.
-    #[arg(long = "retry-buffer", env = "MESH_RETRY_BUFFER", default_value_t = 64 * 1024)]
+    #[arg(long = "retry-buffer",
+        value_name = "RETRY_BUFFER", env = "MESH_RETRY_BUFFER", default_value_t = 64 * 1024)]
     pub buffer_limit: usize,
 
     #[command(flatten)]

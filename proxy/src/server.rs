@@ -24,6 +24,11 @@ use crate::io::Io;
 use crate::metrics::{ConnectionGuard, Direction, Metrics, Transport};
 use crate::tls::{IdentitySlot, TlsMode};
 
+/// What a listener's handler answers with. hyper's services may fail; ours never do
+/// (every error is an answer), and return their future as hyper polls it, with no
+/// wrapper around it: a layer more would copy every request's future once more.
+pub type Answer = Result<Response<BoxBody>, Infallible>;
+
 /// Protections every listener applies.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -102,7 +107,7 @@ impl Servers {
     pub fn serve<H, F>(&mut self, serve: Serve, listener: TcpListener, handler: H)
     where
         H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<BoxBody>> + Send + 'static,
+        F: Future<Output = Answer> + Send + 'static,
     {
         let stop = self.stop.subscribe();
         self.tasks
@@ -127,7 +132,7 @@ pub async fn serve<H, F>(
     mut stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<BoxBody>> + Send + 'static,
+    F: Future<Output = Answer> + Send + 'static,
 {
     let builder = connection_builder(&serve.limits);
     let graceful = GracefulShutdown::new();
@@ -206,7 +211,7 @@ impl Connection {
         permit: OwnedSemaphorePermit,
     ) where
         H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<BoxBody>> + Send + 'static,
+        F: Future<Output = Answer> + Send + 'static,
     {
         let serve = &self.serve;
         let timeout = serve.limits.header_read_timeout;
@@ -215,10 +220,7 @@ impl Connection {
         else {
             return;
         };
-        let service = service_fn(move |request| {
-            let response = handler(request, peer.clone());
-            async move { Ok::<_, Infallible>(response.await) }
-        });
+        let service = service_fn(move |request| handler(request, peer.clone()));
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(connection.into_owned()).await {
             // Malformed requests end here (hyper has answered 400 where it could).

@@ -41,7 +41,13 @@ pub enum TlsMode {
 #[command(next_help_heading = "mTLS and policy")]
 pub struct TlsConfig {
     /// mTLS between sidecars: off, permissive (inbound also takes plaintext) or strict.
-    #[arg(long = "tls", env = "MESH_TLS", value_enum, default_value = "off")]
+    #[arg(
+        long = "tls",
+        value_name = "TLS",
+        env = "MESH_TLS",
+        value_enum,
+        default_value = "off"
+    )]
     pub mode: TlsMode,
 
     /// Token that lets this sidecar get its certificate from the registry's CA (the

@@ -1,15 +1,15 @@
-//! One try of a request against one endpoint: send it within the try's deadline, read a
-//! gRPC answer's status while a retry could still follow, tell the endpoint's breaker and
-//! latency estimate how it went, and judge the outcome.
+//! One try of a request against one endpoint: send it within the try's deadline (over
+//! mTLS when both sides speak it), read a gRPC answer's status while a retry could still
+//! follow, tell the endpoint's breaker and latency estimate how it went, and judge the
+//! outcome.
 
 use std::sync::Arc;
 
-use http::{Response, StatusCode};
-use hyper::body::Incoming;
+use http::StatusCode;
 use tokio::time::Instant;
 
 use super::{Call, Failure, Outbound, Tried, Try};
-use crate::body::{self, BoxBody};
+use crate::body;
 use crate::breaker::Probe;
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
@@ -33,12 +33,31 @@ impl Outbound {
         let in_flight = endpoint.start();
         let started = Instant::now();
         let deadline = call.deadlines.try_deadline(started);
-        let response = match self.send(call, &endpoint, request, deadline).await {
+        let tls_to =
+            (self.identity.is_some() && endpoint.tls).then_some(call.destination.name.as_str());
+        let sent = self
+            .clients
+            .send(request, &endpoint.pool, call.wire, tls_to);
+        let answered = match deadline {
+            Some(at) => tokio::time::timeout_at(at, sent)
+                .await
+                .unwrap_or_else(|_| Err(no_answer_in_time(&endpoint))),
+            None => sent.await,
+        };
+        let response = match answered {
             Ok(response) => response,
             Err(e) => return self.unanswered(call, &endpoint, probe, e),
         };
         endpoint.observe(started.elapsed());
-        let (mut response, grpc_status) = self.read_status(response, retry_left, deadline).await;
+        // A gRPC status may be in the headers (trailers-only) or in the trailers, which
+        // for a small answer are read before anything is passed on while a retry could
+        // still follow.
+        let grpc_status = grpc::status_of(response.headers());
+        let (mut response, grpc_status) = if retry_left && grpc_status.is_none() {
+            retry::peek_grpc(response, self.retry.buffer_limit, deadline).await
+        } else {
+            (response.map(body::boxed), grpc_status)
+        };
         self.feedback(call.destination, &endpoint, response.status(), grpc_status);
         if let Some(probe) = probe {
             probe.settle();
@@ -55,31 +74,6 @@ impl Outbound {
             Some(verdict) => Tried::Failed(Failure::Answer(response), Some(verdict)),
             None => Tried::Done((response, in_flight)),
         }
-    }
-
-    /// Sends the request to the endpoint, over mTLS when both sides speak it; no answer
-    /// by `deadline` is a timeout.
-    async fn send(
-        &self,
-        call: &Call<'_>,
-        endpoint: &Endpoint,
-        request: http::Request<BoxBody>,
-        deadline: Option<Instant>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let tls_to =
-            (self.identity.is_some() && endpoint.tls).then_some(call.destination.name.as_str());
-        let sent = self
-            .clients
-            .send(request, &endpoint.pool, call.wire, tls_to);
-        let Some(at) = deadline else {
-            return sent.await;
-        };
-        tokio::time::timeout_at(at, sent).await.unwrap_or_else(|_| {
-            Err(ProxyError::new(
-                ErrorKind::Timeout,
-                format!("no answer from {} within the deadline", endpoint.address),
-            ))
-        })
     }
 
     /// A try that got no answer: the endpoint's failure, unless the caller broke its own
@@ -113,22 +107,6 @@ impl Outbound {
         }
         let verdict = Verdict::of_error(e.kind);
         Tried::Failed(Failure::Proxy(e), Some(verdict))
-    }
-
-    /// The answer, and its gRPC status when it has one: in the headers (trailers-only),
-    /// or in the trailers, which for a small answer are read before anything is passed
-    /// on while `retry_left`.
-    async fn read_status(
-        &self,
-        response: Response<Incoming>,
-        retry_left: bool,
-        deadline: Option<Instant>,
-    ) -> (Response<BoxBody>, Option<u32>) {
-        let status = grpc::status_of(response.headers());
-        if retry_left && status.is_none() {
-            return retry::peek_grpc(response, self.retry.buffer_limit, deadline).await;
-        }
-        (response.map(body::boxed), status)
     }
 
     /// Tells the endpoint's breaker how its answer went: a 5xx or gRPC UNAVAILABLE is a
@@ -170,4 +148,12 @@ impl Outbound {
             destination.refresh_gauges(&self.metrics);
         }
     }
+}
+
+/// The error for a try whose endpoint did not answer within the try's deadline.
+fn no_answer_in_time(endpoint: &Endpoint) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::Timeout,
+        format!("no answer from {} within the deadline", endpoint.address),
+    )
 }

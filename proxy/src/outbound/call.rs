@@ -1,4 +1,4 @@
-//! Step 4 of the request path: one request on its way, with its deadlines, whether it
+//! One request on its way (step 3 of the request path), with its deadlines, whether it
 //! may be repeated, and the request each try sends.
 
 use http::Request;
@@ -35,7 +35,7 @@ pub(super) struct Call<'a> {
 // === impl Call ===
 
 impl<'a> Call<'a> {
-    /// Step 4: the request's deadlines and whether it may be repeated; its body, kept
+    /// The request's deadlines and whether it may be repeated; its body, kept
     /// replayable up to the retry buffer.
     pub fn new(
         destination: &'a Destination,
