@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::body::{self, BoxBody};
 use crate::breaker::Availability;
 use crate::discover::{Destination, Discovery};
-use crate::endpoint::Source;
+use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
 use crate::register::RegistrationState;
 use crate::tls::IdentitySlot;
@@ -153,10 +153,17 @@ pub struct EndpointView {
     pub state: &'static str,
     pub weight: u32,
     pub ewma_ms: f64,
+    /// The balancer's estimate of the share of recent tries that succeeded.
+    pub success: f64,
+    /// Tries over the success-rate window, and the share that succeeded.
+    pub tries: u64,
+    pub success_rate: f64,
     pub in_flight: usize,
     pub last_error: Option<String>,
     /// Why the endpoint is in (or out of) rotation.
     pub reason: String,
+    /// The rule that ejected it (`consecutive-failures`, `success-rate`, `probe-failed`).
+    pub ejected_by: Option<&'static str>,
     /// How much longer an ejected endpoint stays out.
     pub ejected_for_ms: Option<u64>,
 }
@@ -164,7 +171,11 @@ pub struct EndpointView {
 impl DestinationView {
     pub fn of(d: &Destination) -> Self {
         let set = d.endpoints();
-        let now = Instant::now();
+        let listed = match set.source {
+            Some(Source::Registry) => "listed as passing by the registry",
+            Some(Source::Dns) => "returned by DNS",
+            None => "",
+        };
         DestinationView {
             service: d.name.clone(),
             source: set.source,
@@ -172,37 +183,7 @@ impl DestinationView {
             endpoints: set
                 .endpoints
                 .iter()
-                .map(|e| {
-                    let listed = match set.source {
-                        Some(Source::Registry) => "listed as passing by the registry",
-                        Some(Source::Dns) => "returned by DNS",
-                        None => "",
-                    };
-                    let (state, reason, ejected_for_ms) = match e.breaker.availability(now) {
-                        Availability::Ready => (EndpointState::Ready, listed.to_owned(), None),
-                        Availability::Probe => (
-                            EndpointState::Ready,
-                            "ejection over: the next request is its probe".to_owned(),
-                            None,
-                        ),
-                        Availability::Ejected { until, reason, .. } => (
-                            EndpointState::Ejected,
-                            format!("ejected: {reason}"),
-                            Some(until.saturating_duration_since(now).as_millis() as u64),
-                        ),
-                    };
-                    EndpointView {
-                        address: e.address.clone(),
-                        instance: e.instance.clone(),
-                        state: state.as_str(),
-                        weight: e.weight,
-                        ewma_ms: e.ewma().as_secs_f64() * 1000.0,
-                        in_flight: e.in_flight(),
-                        last_error: e.last_error(),
-                        reason,
-                        ejected_for_ms,
-                    }
-                })
+                .map(|e| EndpointView::of(e, listed, Instant::now()))
                 .collect(),
             refused: set
                 .refused
@@ -212,6 +193,48 @@ impl DestinationView {
                     reason: r.why.clone(),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl EndpointView {
+    /// An endpoint `listed` by its source, as it stands at `now`.
+    fn of(e: &Endpoint, listed: &str, now: Instant) -> Self {
+        let (state, reason, ejected_by, ejected_for_ms) = match e.breaker.availability(now) {
+            Availability::Ready => (EndpointState::Ready, listed.to_owned(), None, None),
+            Availability::Probe => (
+                EndpointState::Ready,
+                "ejection over: the next request is its probe".to_owned(),
+                None,
+                None,
+            ),
+            Availability::Ejected {
+                until,
+                rule,
+                reason,
+                ..
+            } => (
+                EndpointState::Ejected,
+                format!("ejected: {reason}"),
+                Some(rule.as_str()),
+                Some(until.saturating_duration_since(now).as_millis() as u64),
+            ),
+        };
+        let outcomes = e.breaker.success_rate(now);
+        EndpointView {
+            address: e.address.clone(),
+            instance: e.instance.clone(),
+            state: state.as_str(),
+            weight: e.weight,
+            ewma_ms: e.ewma().as_secs_f64() * 1000.0,
+            success: e.success(),
+            tries: outcomes.tries(),
+            success_rate: outcomes.rate(),
+            in_flight: e.in_flight(),
+            last_error: e.last_error(),
+            reason,
+            ejected_by,
+            ejected_for_ms,
         }
     }
 }

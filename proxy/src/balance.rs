@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::breaker::{Availability, EjectionConfig, Probe};
+use crate::breaker::{EjectionConfig, Probe};
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 
@@ -31,9 +31,11 @@ pub struct Chosen {
     pub probe: Option<Probe>,
 }
 
-/// An endpoint of `destination` for the next try: the ready ones minus the previous
-/// try's (when there is another). When every endpoint is ejected, the one ejected longest
-/// ago: a request is better sent to an endpoint that may have recovered than refused.
+/// An endpoint of `destination` for the next try. An endpoint whose ejection ran out
+/// takes it as its probe (unless it was the previous try's); otherwise the balancer
+/// chooses among the ready ones, minus the previous try's when there is another. When
+/// every endpoint is ejected, the one ejected longest ago: a request is better sent to
+/// an endpoint that may have recovered than refused.
 pub fn choose(
     strategy: Strategy,
     destination: &Destination,
@@ -42,13 +44,23 @@ pub fn choose(
 ) -> Option<Chosen> {
     let now = Instant::now();
     let set = destination.endpoints();
-    let out =
-        |e: &&Arc<Endpoint>| matches!(e.breaker.availability(now), Availability::Ejected { .. });
+    let mut some_out = false;
+    for endpoint in &set.endpoints {
+        if endpoint.breaker.is_ejected(now) {
+            some_out = true;
+        } else if endpoint.breaker.probe_due(now)
+            && !previous.is_some_and(|p| std::ptr::eq(p, endpoint.as_ref()))
+            && let Some(chosen) = probe(endpoint, ejection, now)
+        {
+            return Some(chosen);
+        }
+    }
     // Most of the time no endpoint is out, and the set is the candidates as it is.
-    let some_out: Vec<Arc<Endpoint>>;
-    let ready = if set.endpoints.iter().any(|e| out(&e)) {
-        some_out = set.endpoints.iter().filter(|e| !out(e)).cloned().collect();
-        &some_out[..]
+    let ready_ones: Vec<Arc<Endpoint>>;
+    let ready = if some_out {
+        let ready = set.endpoints.iter().filter(|e| !e.breaker.is_ejected(now));
+        ready_ones = ready.cloned().collect();
+        &ready_ones[..]
     } else {
         &set.endpoints[..]
     };
@@ -60,11 +72,20 @@ pub fn choose(
         });
     }
     let endpoint = pick(strategy, ready, &destination.cursor, previous)?;
-    let probe = Probe::claim(&endpoint.breaker, ejection, now);
-    if probe.is_some() {
-        tracing::info!(endpoint = %endpoint.address, "probing an ejected endpoint");
-    }
-    Some(Chosen { endpoint, probe })
+    Some(probe(&endpoint, ejection, now).unwrap_or(Chosen {
+        endpoint,
+        probe: None,
+    }))
+}
+
+/// `endpoint` with the claim on its probe, if its ejection ran out and no probe is out.
+fn probe(endpoint: &Arc<Endpoint>, ejection: &EjectionConfig, now: Instant) -> Option<Chosen> {
+    let probe = Probe::claim(&endpoint.breaker, ejection, now)?;
+    tracing::info!(endpoint = %endpoint.address, "probing an ejected endpoint");
+    Some(Chosen {
+        endpoint: endpoint.clone(),
+        probe: Some(probe),
+    })
 }
 
 /// Chooses among `endpoints`, avoiding `avoid` when another endpoint exists.
@@ -187,10 +208,36 @@ mod tests {
     #[test]
     fn p2c_avoids_the_slow_endpoint() {
         let eps = endpoints(&[1, 1, 1]);
-        eps[0].observe(Duration::from_millis(500));
+        eps[0].succeeded(Duration::from_millis(500));
         let c = counts(Strategy::P2c, &eps, 3000);
         // The slow one only wins when both draws hit it, which they never do together.
         assert_eq!(c.get("e0:1").copied().unwrap_or(0), 0, "{c:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_steers_away_from_an_endpoint_that_fails_fast() {
+        let eps = endpoints(&[1, 1, 1]);
+        let cursor = AtomicUsize::new(0);
+        let (mut tries, mut picked) = (0u32, HashMap::<String, usize>::new());
+        for _ in 0..3000 {
+            let e = pick(Strategy::P2c, &eps, &cursor, None).unwrap();
+            *picked.entry(e.address.clone()).or_default() += 1;
+            // Every endpoint answers in 2 ms; e0 fails every third try it gets, at once.
+            if e.address == "e0:1" {
+                tries += 1;
+                if tries.is_multiple_of(3) {
+                    e.failed(Duration::from_micros(100));
+                    continue;
+                }
+            }
+            e.succeeded(Duration::from_millis(2));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let share = picked["e0:1"] as f64 / 3000.0;
+        assert!(
+            share < 0.15,
+            "the failing endpoint got {share:.2} of the tries: {picked:?}"
+        );
     }
 
     #[test]

@@ -1,20 +1,25 @@
-//! Outlier ejection, per endpoint: after enough consecutive failures the endpoint is taken
-//! out of rotation for a backoff that doubles with each repeat, then let back in for one
-//! probe request that decides whether it stays. No more than `--eject-max-percent` of a
-//! destination's endpoints are out at once: when a whole service fails, ejecting all of
-//! it would only turn errors into `no-endpoints`.
+//! Outlier ejection, per endpoint: after enough consecutive failures, or with a success
+//! rate far below its peers' ([`success_rate`]), the endpoint is taken out of rotation
+//! for a backoff that doubles with each repeat, then let back in for one probe request
+//! that decides whether it stays. No more than `--eject-max-percent` of a destination's
+//! endpoints are out at once: when a whole service fails, ejecting all of it would only
+//! turn errors into `no-endpoints`.
 //!
 //! A probe always ends: its request passes or fails (a timeout is a failure), or its
 //! caller gives up and the [`Probe`] guard, dropped unsettled, lets the next request
 //! probe instead. A probe still out after [`EjectionConfig::probe_wait`] (an endpoint that
 //! never answers a request without a deadline) is given up on the same way.
 
+pub mod success_rate;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use self::success_rate::{Outcomes, SuccessRateConfig};
 use crate::flags::{Invalid, defaults};
+use crate::window::Window;
 
 /// How long a probe may stay unanswered before another request may probe instead.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
@@ -51,6 +56,9 @@ pub struct EjectionConfig {
     )]
     pub max_percent: u32,
 
+    #[command(flatten)]
+    pub success_rate: SuccessRateConfig,
+
     /// How long a probe may stay unanswered before another request may probe instead.
     #[arg(skip = PROBE_WAIT)]
     pub probe_wait: Duration,
@@ -69,7 +77,7 @@ impl EjectionConfig {
         if self.max_percent > 100 {
             return Err(Invalid::new("--eject-max-percent", "must be at most 100"));
         }
-        Ok(())
+        self.success_rate.validate()
     }
 
     /// May one more of `total` endpoints be ejected while `ejected` are out already?
@@ -78,25 +86,54 @@ impl EjectionConfig {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breaker {
     /// A std Mutex: a few comparisons under it, never an await. Shared with the
     /// endpoint's [`Probe`], which gives its claim back when dropped unsettled.
     state: Arc<Mutex<State>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// Failures in a row.
     failures: u32,
+    /// Successes and failures over the success-rate window.
+    outcomes: Window,
     /// Ejections so far (the backoff doubles with each).
     ejections: u32,
     ejected: Option<Ejection>,
+}
+
+/// A failure, as the endpoint's breaker is told it.
+#[derive(Clone, Copy, Debug)]
+pub struct Failure<'a> {
+    /// What went wrong, for the ejection's reason.
+    pub what: &'a str,
+}
+
+/// Which rule ejected an endpoint: the `reason` of `mesh_endpoint_ejections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    ConsecutiveFailures,
+    SuccessRate,
+    /// Its probe failed, so it is out again.
+    ProbeFailed,
+}
+
+/// What the breaker reads of the endpoint's peers before judging a failure.
+#[derive(Clone, Copy, Debug)]
+struct Peers {
+    /// One more ejection stays within `--eject-max-percent`.
+    may_eject: bool,
+    /// The outcomes of the peers in rotation, together.
+    outcomes: Outcomes,
 }
 
 #[derive(Clone, Debug)]
 struct Ejection {
     at: Instant,
     until: Instant,
+    rule: Rule,
     reason: String,
     /// A probe request is out until then; no other request may use the endpoint
     /// meanwhile.
@@ -121,13 +158,46 @@ pub enum Availability {
     Ejected {
         since: Instant,
         until: Instant,
+        rule: Rule,
         reason: String,
     },
     /// The ejection ran out: the next request is its probe.
     Probe,
 }
 
+// === impl Rule ===
+
+impl Rule {
+    pub const ALL: [Rule; 3] = [
+        Rule::ConsecutiveFailures,
+        Rule::SuccessRate,
+        Rule::ProbeFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::ConsecutiveFailures => "consecutive-failures",
+            Rule::SuccessRate => "success-rate",
+            Rule::ProbeFailed => "probe-failed",
+        }
+    }
+}
+
 // === impl Breaker ===
+
+impl Default for Breaker {
+    fn default() -> Self {
+        let state = State {
+            failures: 0,
+            outcomes: Window::new(success_rate::WINDOW, Instant::now()),
+            ejections: 0,
+            ejected: None,
+        };
+        Breaker {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+}
 
 impl Breaker {
     pub fn availability(&self, now: Instant) -> Availability {
@@ -140,13 +210,20 @@ impl Breaker {
             Some(e) => Availability::Ejected {
                 since: e.at,
                 until: e.until,
+                rule: e.rule,
                 reason: e.reason.clone(),
             },
         }
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
-        matches!(self.availability(now), Availability::Ejected { .. })
+        self.state.lock().expect("breaker lock").is_ejected(now)
+    }
+
+    /// The ejection ran out and no probe is out: the next request should be its probe.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        let state = self.state.lock().expect("breaker lock");
+        state.ejected.is_some() && !state.is_ejected(now)
     }
 
     /// When the endpoint was last ejected, if it is out now.
@@ -174,66 +251,111 @@ impl Breaker {
     }
 
     /// A success: the failure streak ends and an ejected endpoint (its probe passed)
-    /// is back. Returns true if it came back.
-    pub fn success(&self) -> bool {
+    /// is back, its old outcomes forgotten. Returns true if it came back.
+    pub fn success(&self, now: Instant) -> bool {
         let mut state = self.state.lock().expect("breaker lock");
         state.failures = 0;
-        state.ejected.take().is_some()
+        let back = state.ejected.take().is_some();
+        if back {
+            state.outcomes.clear();
+        }
+        state.outcomes.add(now, [1, 0]);
+        back
+    }
+
+    /// The success rate over the window, and the tries it counts.
+    pub fn success_rate(&self, now: Instant) -> Outcomes {
+        self.state.lock().expect("breaker lock").outcomes(now)
     }
 
     /// A failure of this endpoint, one of `peers` (every endpoint of its destination,
-    /// itself included): ejects it when the streak reaches the threshold (or its probe
-    /// failed) and the cap on ejected endpoints allows; returns true if it was ejected.
+    /// itself included): ejects it when the streak reaches the threshold, its success
+    /// rate is an outlier among the peers in rotation, or its probe failed, and the cap
+    /// on ejected endpoints allows; the rule that ejected it, if one did.
     pub fn record_failure<'a>(
         &self,
         peers: impl ExactSizeIterator<Item = &'a Breaker>,
         config: &EjectionConfig,
-        reason: &str,
+        failure: Failure<'_>,
         now: Instant,
-    ) -> bool {
+    ) -> Option<Rule> {
+        // Peers are read first, each under its own lock, none while this one is held.
         let total = peers.len();
-        let ejected = peers.filter(|b| b.is_ejected(now)).count();
-        self.failure(
-            config,
-            reason,
-            config.may_eject_another(ejected, total),
-            now,
-        )
+        let (mut out, mut outcomes) = (0, Outcomes::default());
+        for peer in peers.filter(|peer| !std::ptr::eq(*peer, self)) {
+            let mut state = peer.state.lock().expect("breaker lock");
+            if state.is_ejected(now) {
+                out += 1;
+            } else {
+                outcomes += state.outcomes(now);
+            }
+        }
+        let peers = Peers {
+            may_eject: config.may_eject_another(out, total),
+            outcomes,
+        };
+        self.failure(config, failure, peers, now)
     }
 
-    /// A failure. Ejects the endpoint when the streak reaches the threshold (or its probe
-    /// failed) and `may_eject` allows one more ejection; returns true if it was ejected.
+    /// A failure, judged against what the peers look like.
     fn failure(
         &self,
         config: &EjectionConfig,
-        reason: &str,
-        may_eject: bool,
+        failure: Failure<'_>,
+        peers: Peers,
         now: Instant,
-    ) -> bool {
+    ) -> Option<Rule> {
         let mut state = self.state.lock().expect("breaker lock");
         state.failures = state.failures.saturating_add(1);
-        let probe_failed = state.ejected.as_ref().is_some_and(|e| e.probe.is_some());
-        let threshold = state.failures >= config.consecutive_failures.max(1);
-        if !(probe_failed || (threshold && state.ejected.is_none() && may_eject)) {
-            return false;
-        }
-        state.ejections = state.ejections.saturating_add(1);
+        state.outcomes.add(now, [0, 1]);
+        let what = failure.what;
+        let (rule, reason) = match &state.ejected {
+            Some(e) if e.probe.is_some() => (Rule::ProbeFailed, format!("probe failed: {what}")),
+            Some(_) => return None,
+            None if !peers.may_eject => return None,
+            None if state.failures >= config.consecutive_failures.max(1) => {
+                let reason = format!("{} consecutive failures, last: {what}", state.failures);
+                (Rule::ConsecutiveFailures, reason)
+            }
+            None => {
+                let own = state.outcomes(now);
+                let outlier = config.success_rate.outlier(own, peers.outcomes)?;
+                (Rule::SuccessRate, format!("{outlier}; last: {what}"))
+            }
+        };
+        state.eject(config, rule, reason, now);
+        Some(rule)
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected
+            .as_ref()
+            .is_some_and(|e| now < e.until || e.probe.is_some_and(|until| now < until))
+    }
+
+    fn outcomes(&mut self, now: Instant) -> Outcomes {
+        let [succeeded, failed] = self.outcomes.totals(now);
+        Outcomes { succeeded, failed }
+    }
+
+    /// Out of rotation for a backoff that doubles with each ejection.
+    fn eject(&mut self, config: &EjectionConfig, rule: Rule, reason: String, now: Instant) {
+        self.ejections = self.ejections.saturating_add(1);
         let backoff = config
             .base
-            .saturating_mul(1u32 << (state.ejections - 1).min(16))
+            .saturating_mul(1u32 << (self.ejections - 1).min(16))
             .min(config.max);
-        let reason = if probe_failed {
-            format!("probe failed: {reason}")
-        } else {
-            format!("{} consecutive failures, last: {reason}", state.failures)
-        };
-        state.ejected = Some(Ejection {
+        self.ejected = Some(Ejection {
             at: now,
             until: now + backoff,
+            rule,
             reason,
             probe: None,
         });
-        true
     }
 }
 
@@ -282,14 +404,30 @@ mod tests {
             base: Duration::from_secs(30),
             max: Duration::from_secs(100),
             max_percent: 50,
+            success_rate: SuccessRateConfig {
+                factor: 0.8,
+                min_requests: 10,
+            },
             probe_wait: Duration::from_secs(10),
         }
+    }
+
+    /// Peers that leave room for an ejection (or not), and have no outcomes.
+    fn room(may_eject: bool) -> Peers {
+        Peers {
+            may_eject,
+            outcomes: Outcomes::default(),
+        }
+    }
+
+    fn refused() -> Failure<'static> {
+        Failure { what: "refused" }
     }
 
     fn ejected(c: &EjectionConfig, now: Instant) -> Breaker {
         let b = Breaker::default();
         for _ in 0..3 {
-            b.failure(c, "refused", true, now);
+            b.failure(c, refused(), room(true), now);
         }
         assert!(b.is_ejected(now));
         b
@@ -300,10 +438,10 @@ mod tests {
         let b = Breaker::default();
         let c = config();
         let now = Instant::now();
-        assert!(!b.failure(&c, "refused", true, now));
-        assert!(!b.failure(&c, "refused", true, now));
+        assert!(b.failure(&c, refused(), room(true), now).is_none());
+        assert!(b.failure(&c, refused(), room(true), now).is_none());
         assert!(
-            b.failure(&c, "refused", true, now),
+            b.failure(&c, refused(), room(true), now).is_some(),
             "third consecutive failure ejects"
         );
         assert!(b.is_ejected(now + Duration::from_secs(29)));
@@ -322,19 +460,19 @@ mod tests {
         assert!(b.is_ejected(t1), "out while its probe runs");
 
         // The probe fails: out again, for twice as long.
-        assert!(b.failure(&c, "refused", true, t1));
+        assert!(b.failure(&c, refused(), room(true), t1).is_some());
         assert!(b.is_ejected(t1 + Duration::from_secs(59)));
         let t2 = t1 + Duration::from_secs(60);
         assert!(b.claim_probe(t2, c.probe_wait).is_some());
         // Third ejection would be 120 s: capped at 100 s.
-        assert!(b.failure(&c, "refused", true, t2));
+        assert!(b.failure(&c, refused(), room(true), t2).is_some());
         assert!(b.is_ejected(t2 + Duration::from_secs(99)));
         assert!(!b.is_ejected(t2 + Duration::from_secs(100)));
 
         // A passing probe brings it back.
         let t3 = t2 + Duration::from_secs(100);
         assert!(b.claim_probe(t3, c.probe_wait).is_some());
-        assert!(b.success());
+        assert!(b.success(now));
         assert_eq!(b.availability(t3), Availability::Ready);
     }
 
@@ -343,16 +481,19 @@ mod tests {
         let b = Breaker::default();
         let c = config();
         let now = Instant::now();
-        b.failure(&c, "x", true, now);
-        b.failure(&c, "x", true, now);
-        assert!(!b.success());
-        assert!(!b.failure(&c, "x", true, now));
-        assert!(!b.failure(&c, "x", true, now));
+        b.failure(&c, refused(), room(true), now);
+        b.failure(&c, refused(), room(true), now);
+        assert!(!b.success(now));
+        assert!(b.failure(&c, refused(), room(true), now).is_none());
+        assert!(b.failure(&c, refused(), room(true), now).is_none());
         assert!(
-            !b.failure(&c, "x", false, now),
+            b.failure(&c, refused(), room(false), now).is_none(),
             "too many endpoints out already"
         );
-        assert!(b.failure(&c, "x", true, now), "allowed again");
+        assert!(
+            b.failure(&c, refused(), room(true), now).is_some(),
+            "allowed again"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -360,12 +501,97 @@ mod tests {
         let c = config();
         let now = Instant::now();
         let peers: Vec<Breaker> = (0..4).map(|_| Breaker::default()).collect();
-        let fail_three_times =
-            |b: &Breaker| (0..3).any(|_| b.record_failure(peers.iter(), &c, "refused", now));
+        let fail_three_times = |b: &Breaker| {
+            (0..3).any(|_| b.record_failure(peers.iter(), &c, refused(), now).is_some())
+        };
         assert!(fail_three_times(&peers[0]), "1 of 4 out");
         assert!(fail_three_times(&peers[1]), "2 of 4 out: 50 %");
         assert!(!fail_three_times(&peers[2]), "a third would be 75 %");
         assert!(!peers[2].is_ejected(now));
+    }
+
+    /// Tells `b` of tries in the pattern `pattern` (`s` a success, `f` a failure),
+    /// `times` over, one a millisecond from `start`; the rule that ejected it, if any.
+    fn tries(
+        b: &Breaker,
+        peers: &[Breaker],
+        pattern: &str,
+        times: usize,
+        start: Instant,
+    ) -> Option<Rule> {
+        let c = config();
+        let mut now = start;
+        for outcome in pattern.chars().cycle().take(pattern.len() * times) {
+            now += Duration::from_millis(1);
+            let rule = match outcome {
+                's' => {
+                    b.success(now);
+                    None
+                }
+                _ => b.record_failure(peers.iter(), &c, refused(), now),
+            };
+            if rule.is_some() {
+                return rule;
+            }
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_often_but_never_in_a_row_ejects_by_success_rate() {
+        let now = Instant::now();
+        let peers: Vec<Breaker> = (0..2).map(|_| Breaker::default()).collect();
+        assert_eq!(tries(&peers[1], &peers, "s", 20, now), None);
+        // Two successes, then a failure: never three failures in a row, 67 % success.
+        let rule = tries(&peers[0], &peers, "ssf", 10, now);
+        assert_eq!(rule, Some(Rule::SuccessRate));
+        let later = now + Duration::from_millis(100);
+        match peers[0].availability(later) {
+            Availability::Ejected { rule, reason, .. } => {
+                assert_eq!(rule, Rule::SuccessRate);
+                assert!(
+                    reason.starts_with("success rate 67 % of 12 tries"),
+                    "{reason}"
+                );
+            }
+            other => panic!("not ejected: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_failing_alike_ejects_none() {
+        let now = Instant::now();
+        let peers: Vec<Breaker> = (0..3).map(|_| Breaker::default()).collect();
+        for round in 0..20 {
+            for b in &peers {
+                let start = now + Duration::from_millis(10 * round);
+                assert_eq!(tries(b, &peers, "ssf", 1, start), None);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_from_ejection_an_endpoint_starts_with_a_clean_slate() {
+        let c = config();
+        let now = Instant::now();
+        let peers: Vec<Breaker> = (0..2).map(|_| Breaker::default()).collect();
+        tries(&peers[1], &peers, "s", 20, now);
+        assert_eq!(
+            tries(&peers[0], &peers, "ssf", 10, now),
+            Some(Rule::SuccessRate)
+        );
+        let probe_time = now + c.base + Duration::from_secs(1);
+        tries(&peers[1], &peers, "s", 20, probe_time);
+        let probe = Probe::claim(&peers[0], &c, probe_time).expect("its ejection ran out");
+        assert!(peers[0].success(probe_time), "the probe passed: back");
+        probe.settle();
+        assert_eq!(
+            peers[0].success_rate(probe_time).tries(),
+            1,
+            "old outcomes forgotten"
+        );
+        let failure = peers[0].record_failure(peers.iter(), &c, refused(), probe_time);
+        assert_eq!(failure, None, "one failure is no outlier yet");
     }
 
     #[tokio::test(start_paused = true)]
@@ -405,7 +631,10 @@ mod tests {
         let e = ejected(&c, now);
         let t = now + Duration::from_secs(30);
         let probe = Probe::claim(&e, &c, t).unwrap();
-        assert!(e.failure(&c, "timeout", true, t), "a failed probe ejects");
+        assert!(
+            e.failure(&c, refused(), room(true), t).is_some(),
+            "a failed probe ejects"
+        );
         probe.settle();
         assert!(e.is_ejected(t + Duration::from_secs(59)));
         assert_eq!(

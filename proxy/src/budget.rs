@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Length of one slot of the window.
-const SLOT: Duration = Duration::from_secs(1);
-/// Slots in the window.
-const SLOTS: usize = 10;
+use crate::window::Window;
+
+/// How far back the budget looks.
+const WINDOW: Duration = Duration::from_secs(10);
 
 /// How many retries a destination may send (flags `--retry-budget`,
 /// `--retry-min-per-second`).
@@ -56,16 +56,8 @@ impl BudgetConfig {
 
 pub struct RetryBudget {
     config: BudgetConfig,
-    /// A std Mutex: a few additions under it, never an await.
+    /// Requests and retries. A std Mutex: a few additions under it, never an await.
     window: Mutex<Window>,
-}
-
-struct Window {
-    /// (requests, retries) per slot, oldest first.
-    slots: [(u64, u64); SLOTS],
-    /// Start of the newest slot.
-    newest: Instant,
-    current: usize,
 }
 
 // === impl RetryBudget ===
@@ -74,57 +66,29 @@ impl RetryBudget {
     pub fn new(config: BudgetConfig) -> Self {
         RetryBudget {
             config,
-            window: Mutex::new(Window {
-                slots: [(0, 0); SLOTS],
-                newest: Instant::now(),
-                current: 0,
-            }),
+            window: Mutex::new(Window::new(WINDOW, Instant::now())),
         }
     }
 
     /// Counts an original request (which earns `ratio` of a retry).
     pub fn deposit(&self) {
         let mut w = self.window.lock().expect("budget lock");
-        let i = w.advance(Instant::now());
-        w.slots[i].0 += 1;
+        w.add(Instant::now(), [1, 0]);
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
         let mut w = self.window.lock().expect("budget lock");
-        let i = w.advance(Instant::now());
-        let (requests, retries) = w
-            .slots
-            .iter()
-            .fold((0u64, 0u64), |(a, b), (r, t)| (a + r, b + t));
-        let floor = f64::from(self.config.min_per_second) * (SLOTS as f64 * SLOT.as_secs_f64());
+        let now = Instant::now();
+        let [requests, retries] = w.totals(now);
+        let floor = f64::from(self.config.min_per_second) * w.length().as_secs_f64();
         let allowed = requests as f64 * self.config.ratio + floor;
         if (retries as f64) < allowed.floor() {
-            w.slots[i].1 += 1;
+            w.add(now, [0, 1]);
             true
         } else {
             false
         }
-    }
-}
-
-// === impl Window ===
-
-impl Window {
-    /// Moves the window to `now`, clearing slots that fell out; returns the slot of now.
-    fn advance(&mut self, now: Instant) -> usize {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.newest) >= SLOT && steps < SLOTS {
-            self.newest += SLOT;
-            self.current = (self.current + 1) % SLOTS;
-            self.slots[self.current] = (0, 0);
-            steps += 1;
-        }
-        if now.saturating_duration_since(self.newest) >= SLOT {
-            // Idle for longer than the window: start afresh.
-            self.newest = now;
-        }
-        self.current
     }
 }
 

@@ -1,5 +1,13 @@
-//! One destination endpoint and what the balancer knows about it: peak-EWMA latency,
-//! requests in flight, the last error.
+//! One destination endpoint and what the balancer knows about it: peak-EWMA latency of
+//! its answers, the share of its recent tries that succeeded, requests in flight, the
+//! last error.
+//!
+//! Failures count against an endpoint's load: its cost is divided by the square of its
+//! success estimate (a third of tries failing roughly doubles it), and a failure never
+//! lowers its latency estimate (a fast failure is no sign of a fast endpoint), so P2C
+//! steers traffic away from an endpoint that fails more than its peers. While an
+//! endpoint gets no tries both estimates drift back (latency towards zero, success
+//! towards one), so it is tried again before long.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +19,14 @@ use tokio::time::Instant;
 /// Latency assumed for an endpoint before its first answer: low enough that new
 /// endpoints get traffic, high enough that they do not get all of it.
 const DEFAULT_RTT: Duration = Duration::from_millis(10);
-/// How fast old latency observations fade.
+/// How fast old observations fade while new ones come in, and how fast the estimates
+/// drift back while none do.
 const DECAY: Duration = Duration::from_secs(10);
+/// How far one try moves the success estimate: about the last ten tries count.
+const SUCCESS_WEIGHT: f64 = 0.1;
+/// The success estimate is never taken as lower than this when it divides the cost, so
+/// an endpoint failing every try costs at most 400 times its latency.
+const SUCCESS_FLOOR: f64 = 0.05;
 
 /// Where discovery found the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -43,7 +57,8 @@ pub struct Endpoint {
     pub sidecar: bool,
     /// The endpoint is a sidecar that speaks mTLS.
     pub tls: bool,
-    ewma: Mutex<PeakEwma>,
+    /// A std Mutex: held for a few arithmetic operations, never across an await.
+    estimate: Mutex<Estimate>,
     in_flight: AtomicUsize,
     last_error: Mutex<Option<String>>,
     /// Outlier ejection state.
@@ -52,22 +67,55 @@ pub struct Endpoint {
     pub pool: crate::pool::Pool,
 }
 
-/// Peak-EWMA latency (Finagle, Linkerd): a slower observation replaces the estimate at
-/// once, a faster one pulls it down gradually, so an endpoint that starts to stall is
-/// avoided immediately and trusted again slowly.
+/// What the balancer knows of an endpoint's recent tries.
 #[derive(Debug)]
-struct PeakEwma {
+struct Estimate {
+    /// Peak-EWMA latency (Finagle, Linkerd), in nanoseconds: a slower observation
+    /// replaces the estimate at once, a faster one pulls it down gradually, so an
+    /// endpoint that starts to stall is avoided immediately and trusted again slowly.
     nanos: f64,
+    /// When latency was last observed.
     stamp: Instant,
+    /// Share of recent tries that succeeded (an EWMA over tries, 1 at first).
+    success: f64,
+    /// When a try last ended.
+    tried: Instant,
 }
 
-// === impl PeakEwma ===
+// === impl Estimate ===
 
-impl PeakEwma {
-    /// How much of the estimate still counts after the time since the last observation.
-    fn weight_of_past(&self, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
-        (-elapsed / DECAY.as_secs_f64()).exp()
+impl Estimate {
+    /// How much of an estimate still counts `elapsed` after its last update.
+    fn weight_of_past(elapsed: Duration) -> f64 {
+        (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
+    }
+
+    fn latency(&self, now: Instant) -> f64 {
+        self.nanos * Self::weight_of_past(now.saturating_duration_since(self.stamp))
+    }
+
+    /// The success estimate at `now`, drifting back towards 1 while no try ends.
+    fn success(&self, now: Instant) -> f64 {
+        let w = Self::weight_of_past(now.saturating_duration_since(self.tried));
+        1.0 - (1.0 - self.success) * w
+    }
+
+    /// A try that took `rtt`, lowering the estimate only if it `succeeded`.
+    fn observe(&mut self, now: Instant, rtt: Duration) {
+        let rtt = rtt.as_nanos() as f64;
+        if rtt > self.nanos {
+            self.nanos = rtt;
+        } else {
+            let w = Self::weight_of_past(now.saturating_duration_since(self.stamp));
+            self.nanos = self.nanos * w + rtt * (1.0 - w);
+        }
+        self.stamp = now;
+    }
+
+    fn tried(&mut self, now: Instant, succeeded: bool) {
+        let outcome = if succeeded { 1.0 } else { 0.0 };
+        self.success = self.success(now) * (1.0 - SUCCESS_WEIGHT) + outcome * SUCCESS_WEIGHT;
+        self.tried = now;
     }
 }
 
@@ -82,9 +130,11 @@ impl Endpoint {
             instance,
             sidecar: false,
             tls: false,
-            ewma: Mutex::new(PeakEwma {
+            estimate: Mutex::new(Estimate {
                 nanos: DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
+                success: 1.0,
+                tried: Instant::now(),
             }),
             in_flight: AtomicUsize::new(0),
             last_error: Mutex::new(None),
@@ -99,36 +149,52 @@ impl Endpoint {
         self
     }
 
-    /// Records the time one request took to get its response headers.
-    pub fn observe(&self, rtt: Duration) {
+    /// Records a try that succeeded, `rtt` after it was sent (its answer's head).
+    pub fn succeeded(&self, rtt: Duration) {
         let now = Instant::now();
-        // A std Mutex: held for a few arithmetic operations, never across an await.
-        let mut e = self.ewma.lock().expect("ewma lock");
-        let rtt = rtt.as_nanos() as f64;
-        if rtt > e.nanos {
-            e.nanos = rtt;
-        } else {
-            let w = e.weight_of_past(now);
-            e.nanos = e.nanos * w + rtt * (1.0 - w);
+        let mut estimate = self.estimate.lock().expect("estimate lock");
+        estimate.observe(now, rtt);
+        estimate.tried(now, true);
+    }
+
+    /// Records a try that failed, `rtt` after it was sent: a slow failure raises the
+    /// latency estimate as a slow answer does, a fast one leaves it alone.
+    pub fn failed(&self, rtt: Duration) {
+        let now = Instant::now();
+        let mut estimate = self.estimate.lock().expect("estimate lock");
+        if rtt.as_nanos() as f64 > estimate.nanos {
+            estimate.observe(now, rtt);
         }
-        e.stamp = now;
+        estimate.tried(now, false);
     }
 
     /// The current latency estimate. Without new observations it decays towards zero,
     /// so an endpoint that has not been tried for a while gets tried again.
     pub fn ewma(&self) -> Duration {
-        let e = self.ewma.lock().expect("ewma lock");
-        Duration::from_nanos((e.nanos * e.weight_of_past(Instant::now())) as u64)
+        let estimate = self.estimate.lock().expect("estimate lock");
+        Duration::from_nanos(estimate.latency(Instant::now()) as u64)
+    }
+
+    /// The share of recent tries that succeeded, as the balancer sees it.
+    pub fn success(&self) -> f64 {
+        let estimate = self.estimate.lock().expect("estimate lock");
+        estimate.success(Instant::now())
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The balancer's cost: expected latency times queue depth, per unit of weight.
+    /// The balancer's cost: expected latency times queue depth, per unit of weight, and
+    /// higher the more of its recent tries failed.
     pub fn load(&self) -> f64 {
-        let nanos = self.ewma().as_nanos() as f64;
-        nanos * (self.in_flight() as f64 + 1.0) / f64::from(self.weight)
+        let now = Instant::now();
+        let (nanos, success) = {
+            let estimate = self.estimate.lock().expect("estimate lock");
+            (estimate.latency(now), estimate.success(now))
+        };
+        let success = success.max(SUCCESS_FLOOR);
+        nanos * (self.in_flight() as f64 + 1.0) / f64::from(self.weight) / (success * success)
     }
 
     /// Counts a request in flight until the guard drops.
@@ -164,22 +230,63 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn peaks_are_taken_at_once_and_decay_slowly() {
         let e = Endpoint::new("a:1".into(), 1, None);
-        e.observe(Duration::from_millis(100));
+        e.succeeded(Duration::from_millis(100));
         assert_eq!(e.ewma(), Duration::from_millis(100));
         tokio::time::advance(Duration::from_secs(1)).await;
-        e.observe(Duration::from_millis(1));
+        e.succeeded(Duration::from_millis(1));
         let after = e.ewma();
         assert!(
             after < Duration::from_millis(100) && after > Duration::from_millis(80),
             "{after:?}"
         );
         tokio::time::advance(Duration::from_secs(60)).await;
-        e.observe(Duration::from_millis(1));
+        e.succeeded(Duration::from_millis(1));
         assert!(e.ewma() < Duration::from_millis(2));
         // Unobserved, the estimate fades so the endpoint gets tried again.
-        e.observe(Duration::from_millis(500));
+        e.succeeded(Duration::from_millis(500));
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(e.ewma() < Duration::from_millis(30), "{:?}", e.ewma());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_raise_the_cost_and_a_fast_failure_never_lowers_latency() {
+        let e = Endpoint::new("a:1".into(), 1, None);
+        e.succeeded(Duration::from_millis(10));
+        let healthy = e.load();
+        for _ in 0..3 {
+            e.failed(Duration::from_millis(1));
+        }
+        assert_eq!(
+            e.ewma(),
+            Duration::from_millis(10),
+            "fast failures say nothing of speed"
+        );
+        // Three failures in a row: success 0.9³ ≈ 0.73, so the cost is about 1.9 times.
+        let ratio = e.load() / healthy;
+        assert!((1.8..2.0).contains(&ratio), "{ratio}");
+        e.failed(Duration::from_millis(50));
+        assert_eq!(
+            e.ewma(),
+            Duration::from_millis(50),
+            "a slow failure is slow"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_success_estimate_recovers_with_successes_and_while_idle() {
+        let e = Endpoint::new("a:1".into(), 1, None);
+        for _ in 0..10 {
+            e.failed(Duration::from_millis(1));
+        }
+        let failing = e.success();
+        assert!(failing < 0.4, "{failing}");
+        for _ in 0..10 {
+            e.succeeded(Duration::from_millis(1));
+        }
+        assert!(e.success() > failing + 0.3, "{}", e.success());
+        e.failed(Duration::from_millis(1));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(e.success() > 0.99, "untried for a minute: {}", e.success());
     }
 
     #[tokio::test(start_paused = true)]

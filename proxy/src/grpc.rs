@@ -8,6 +8,7 @@ use crate::body::{self, BoxBody};
 /// gRPC status codes the proxy produces.
 pub const DEADLINE_EXCEEDED: u32 = 4;
 pub const PERMISSION_DENIED: u32 = 7;
+pub const RESOURCE_EXHAUSTED: u32 = 8;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
 

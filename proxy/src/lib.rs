@@ -49,6 +49,7 @@ pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod window;
 
 use std::future::Future;
 use std::net::SocketAddr;

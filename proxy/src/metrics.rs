@@ -17,9 +17,10 @@ use prometheus::{
 
 pub use self::labels::Transport;
 use self::labels::{
-    Endpoints, Labels, Latency, Open, Requests, Responses, Retries, Service, Updates,
+    Ejections, Endpoints, Labels, Latency, Open, Requests, Responses, Retries, Service, Updates,
 };
 pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics};
+use crate::breaker::Rule;
 use crate::endpoint::Source;
 use crate::retry::Reason;
 
@@ -56,7 +57,7 @@ const ENDPOINTS: Def = (
 );
 const EJECTIONS: Def = (
     "mesh_endpoint_ejections_total",
-    "Endpoints ejected for failing.",
+    "Endpoints ejected, by the rule that ejected them.",
 );
 const OPEN_CONNECTIONS: Def = (
     "mesh_tcp_open_connections",
@@ -123,7 +124,7 @@ pub struct Metrics {
     retries: Family<Retries, IntCounterVec>,
     retry_budget_exhausted: Family<Service, IntCounterVec>,
     endpoints: Family<Endpoints, IntGaugeVec>,
-    endpoint_ejections: Family<Service, IntCounterVec>,
+    endpoint_ejections: Family<Ejections, IntCounterVec>,
     tcp_open: Family<Open, IntGaugeVec>,
     discovery_updates: Family<Updates, IntCounterVec>,
     inbound_connections: Family<Transport, IntCounterVec>,
@@ -274,9 +275,14 @@ impl Metrics {
                 reason,
             });
         }
+        for rule in Rule::ALL {
+            self.endpoint_ejections.get(&Ejections {
+                service: service.clone(),
+                rule,
+            });
+        }
         let labels = Service { service };
         self.retry_budget_exhausted.get(&labels);
-        self.endpoint_ejections.get(&labels);
         self.set_endpoints(&labels.service, EndpointState::Ejected, 0);
     }
 
@@ -307,10 +313,11 @@ impl Metrics {
         self.retry_budget_exhausted.get(&labels).inc();
     }
 
-    /// Counts an endpoint ejection.
-    pub fn ejected(&self, service: &str) {
+    /// Counts an endpoint ejection, by the rule that ejected it.
+    pub fn ejected(&self, service: &str, rule: Rule) {
+        let service = self.service_label(service);
         self.endpoint_ejections
-            .get(&self.service_labels(service))
+            .get(&Ejections { service, rule })
             .inc();
     }
 

@@ -129,7 +129,7 @@ async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint(
 
     let m = client.metrics().await;
     assert_eq!(
-        metric(&m, r#"mesh_endpoint_ejections_total{service="web"}"#),
+        common::metric_sum(&m, "mesh_endpoint_ejections_total", r#"service="web""#),
         0.0,
         "{m}"
     );

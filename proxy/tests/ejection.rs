@@ -1,6 +1,8 @@
 //! The ejection lifecycle end to end: an ejected endpoint's probe may time out, hang or
-//! be abandoned by its caller, and the endpoint must still come back once it is healthy.
-//! (The state machine itself is tested under a paused clock in `breaker.rs`.)
+//! be abandoned by its caller, and the endpoint must still come back once it is healthy;
+//! the success-rate rule leaves alone what is only slow, and a service failing alike.
+//! (The state machine itself is tested under a paused clock in `breaker.rs`, and an
+//! outlier by success rate, with grpcio, in `python_interop.rs`.)
 
 mod common;
 
@@ -10,10 +12,6 @@ use std::time::{Duration, Instant};
 use common::{App, Mode, Registry, Sidecar, SidecarSpec};
 use http::StatusCode;
 use mesh_proxy::Config;
-
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
 
 /// `web` served by a steady app and a flaky one, and a client sidecar that ejects after
 /// two failures for 300 ms, with `settings`.
@@ -41,7 +39,7 @@ async fn until_ejections(client: &Sidecar, n: f64) {
         let answer = common::get_h1(client.outbound, "web", "/whoami").await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
         let m = client.metrics().await;
-        if metric(&m, r#"mesh_endpoint_ejections_total{service="web"}"#) >= n {
+        if common::metric_sum(&m, "mesh_endpoint_ejections_total", r#"service="web""#) >= n {
             return;
         }
         assert!(Instant::now() < deadline, "never ejected {n} times: {m}");
@@ -104,4 +102,70 @@ async fn a_probe_its_caller_gives_up_on_does_not_keep_the_endpoint_out() {
     }
     flaky.set_mode(Mode::Normal);
     until_back(&client).await;
+}
+
+/// `web` served by one app per latency, all in `mode`, and a client sidecar.
+async fn fleet(latencies: &[u64], mode: Mode) -> (Registry, Vec<App>, Vec<Sidecar>, Sidecar) {
+    let registry = Registry::start().await;
+    let (mut apps, mut servers) = (Vec::new(), Vec::new());
+    for (i, ms) in latencies.iter().enumerate() {
+        let app = App::start_with_latency(&format!("web-{i}"), Duration::from_millis(*ms)).await;
+        app.set_mode(mode);
+        servers.push(Sidecar::start(SidecarSpec::server(&registry.url(), "web", app.addr)).await);
+        apps.push(app);
+    }
+    registry.until_passing("web", latencies.len()).await;
+    let client = Sidecar::start(SidecarSpec::client(&registry.url())).await;
+    (registry, apps, servers, client)
+}
+
+/// Every endpoint of `web` the client sees is in rotation.
+async fn none_ejected(client: &Sidecar) {
+    let m = client.metrics().await;
+    let ejections = common::metric_sum(&m, "mesh_endpoint_ejections_total", r#"service="web""#);
+    assert_eq!(ejections, 0.0, "{m}");
+    let debug = common::get(&format!("http://{}/debug/endpoints", client.admin)).await;
+    assert!(
+        !debug.text.contains(r#""state": "ejected""#),
+        "{}",
+        debug.text
+    );
+}
+
+#[tokio::test]
+async fn an_instance_that_is_only_slow_is_not_ejected() {
+    let (_r, apps, _servers, client) = fleet(&[0, 150], Mode::Normal).await;
+    let conn = common::H2Conn::connect(client.outbound).await;
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..8)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.get("web", "/whoami").await.status })
+            })
+            .collect();
+        for call in batch {
+            assert_eq!(call.await.unwrap(), StatusCode::OK);
+        }
+    }
+    assert!(
+        apps[1].received.load(Ordering::SeqCst) > 0,
+        "the slow one was tried"
+    );
+    none_ejected(&client).await;
+}
+
+#[tokio::test]
+async fn a_service_whose_instances_all_fail_alike_ejects_none() {
+    // Every instance fails a third of its requests: none is an outlier among its peers.
+    let (_r, apps, _servers, client) = fleet(&[0, 0, 0], Mode::Flaky).await;
+    for _ in 0..300 {
+        common::get_h1(client.outbound, "web", "/whoami").await;
+    }
+    for app in &apps {
+        assert!(
+            app.received.load(Ordering::SeqCst) >= 10,
+            "every instance had tries to judge"
+        );
+    }
+    none_ejected(&client).await;
 }

@@ -168,3 +168,110 @@ async fn unavailable_in_grpcio_trailers_is_retried_on_the_other_instance() {
     );
     drop((good.child, bad.child));
 }
+
+/// Tries that reached an instance, as its sidecar counted them.
+async fn tries(sidecar: &Sidecar) -> f64 {
+    let metrics = sidecar.metrics().await;
+    let inbound = r#"mesh_requests_total{direction="inbound",service="recommendations"}"#;
+    common::metric(&metrics, inbound).unwrap_or(0.0)
+}
+
+/// How the client sidecar sees the endpoint at `address`.
+async fn endpoint_view(client: &Sidecar, address: std::net::SocketAddr) -> Value {
+    let text = common::get(&format!("http://{}/debug/endpoints", client.admin))
+        .await
+        .text;
+    let destinations: Value = serde_json::from_str(&text).unwrap();
+    destinations[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == address.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint {address} in {text}"))
+}
+
+#[tokio::test]
+async fn an_instance_failing_3_calls_in_10_gets_little_traffic_and_is_ejected_by_success_rate() {
+    let stubs = stubs().await;
+    let registry = Registry::start().await;
+    let url = registry.url();
+    let good = PythonServer::start(stubs.path(), "ok", "py-good").await;
+    let flaky = PythonServer::start(stubs.path(), "flaky", "py-flaky").await;
+    let mut sidecars = Vec::new();
+    for server in [&good, &flaky] {
+        let mut spec = SidecarSpec::server(&url, "recommendations", server.addr);
+        spec.app = Some(("recommendations", server.addr, Some(AppProtocol::Grpc)));
+        sidecars.push(Sidecar::start(spec).await);
+    }
+    let flaky_inbound = sidecars[1].inbound.unwrap();
+    registry.until_passing("recommendations", 2).await;
+    let mut spec = SidecarSpec::client(&url);
+    spec.upstreams = vec!["recommendations"];
+    let client = Sidecar::start(spec).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", client.upstreams[0]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut stub = recommendations::pb::recommendations_client::RecommendationsClient::new(channel);
+    let request = recommendations::pb::RecommendationRequest {
+        user_id: 1,
+        category: 0,
+        max_results: 1,
+    };
+    let retried = r#"mesh_retries_total{reason="grpc-status",service="recommendations"}"#;
+
+    // 300 sequential calls, as an app makes them. Every call succeeds: retries hide the
+    // failures. Few tries go to the flaky instance.
+    for _ in 0..300 {
+        stub.recommend(request).await.expect("every call succeeds");
+    }
+    let (good_n, flaky_n) = (tries(&sidecars[0]).await, tries(&sidecars[1]).await);
+    let retries = common::metric(&client.metrics().await, retried).unwrap_or(0.0);
+    eprintln!(
+        "300 calls: {good_n} tries to the good instance, {flaky_n} to the flaky one, {retries} retries"
+    );
+    assert!(
+        flaky_n <= (good_n + flaky_n) / 4.0,
+        "the flaky instance got {flaky_n} of {} tries",
+        good_n + flaky_n
+    );
+
+    // More calls until the flaky instance has had enough tries for its success rate to
+    // be judged, and is ejected for it.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let mut calls = 300;
+    let view = loop {
+        let view = endpoint_view(&client, flaky_inbound).await;
+        if view["state"] == "ejected" {
+            break view;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "not ejected after {calls} calls: {view}"
+        );
+        for _ in 0..100 {
+            stub.recommend(request).await.expect("every call succeeds");
+        }
+        calls += 100;
+    };
+    assert_eq!(view["ejected_by"], "success-rate", "{view}");
+    let (to_good, to_flaky) = (tries(&sidecars[0]).await, tries(&sidecars[1]).await);
+    eprintln!(
+        "ejected after {calls} calls: {to_good} tries to the good instance, {to_flaky} to the flaky one; {view}"
+    );
+    assert!(
+        to_flaky <= (to_good + to_flaky) / 4.0,
+        "the flaky instance got {to_flaky} of {} tries",
+        to_good + to_flaky
+    );
+
+    // Ejected, it gets no more calls.
+    for _ in 0..100 {
+        stub.recommend(request).await.expect("every call succeeds");
+    }
+    assert_eq!(tries(&sidecars[1]).await, to_flaky);
+    drop((good.child, flaky.child));
+}

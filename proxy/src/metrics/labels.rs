@@ -10,6 +10,7 @@
 use http::StatusCode;
 
 use super::{Direction, EndpointState};
+use crate::breaker::Rule;
 use crate::endpoint::Source;
 use crate::retry::Reason;
 
@@ -52,9 +53,15 @@ pub struct Retries {
 }
 
 /// Families counted per service alone: `mesh_retry_budget_exhausted_total`,
-/// `mesh_endpoint_ejections_total`, `mesh_policy_denied_total`.
+/// `mesh_policy_denied_total`.
 pub struct Service {
     pub service: String,
+}
+
+/// `mesh_endpoint_ejections_total`: the rule that ejected the endpoint.
+pub struct Ejections {
+    pub service: String,
+    pub rule: Rule,
 }
 
 /// `mesh_endpoints`.
@@ -139,6 +146,13 @@ impl Labels for Service {
     const NAMES: &'static [&'static str] = &["service"];
     fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
         f(&[&self.service])
+    }
+}
+
+impl Labels for Ejections {
+    const NAMES: &'static [&'static str] = &["service", "reason"];
+    fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        f(&[&self.service, self.rule.as_str()])
     }
 }
 

@@ -4,13 +4,14 @@
 //! outcome.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::Instant;
 
 use super::{Call, Failure, Outbound, Tried, Try};
 use crate::body;
-use crate::breaker::Probe;
+use crate::breaker::{self, Probe};
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
@@ -44,11 +45,11 @@ impl Outbound {
                 .unwrap_or_else(|_| Err(no_answer_in_time(&endpoint))),
             None => sent.await,
         };
+        let rtt = started.elapsed();
         let response = match answered {
             Ok(response) => response,
-            Err(e) => return self.unanswered(call, &endpoint, probe, e),
+            Err(e) => return self.unanswered(call, &endpoint, probe, e, rtt),
         };
-        endpoint.observe(started.elapsed());
         // A gRPC status may be in the headers (trailers-only) or in the trailers, which
         // for a small answer are read before anything is passed on while a retry could
         // still follow.
@@ -58,7 +59,13 @@ impl Outbound {
         } else {
             (response.map(body::boxed), grpc_status)
         };
-        self.feedback(call.destination, &endpoint, response.status(), grpc_status);
+        self.feedback(
+            call.destination,
+            &endpoint,
+            response.status(),
+            grpc_status,
+            rtt,
+        );
         if let Some(probe) = probe {
             probe.settle();
         }
@@ -76,14 +83,15 @@ impl Outbound {
         }
     }
 
-    /// A try that got no answer: the endpoint's failure, unless the caller broke its own
-    /// body.
+    /// A try that got no answer after `rtt`: the endpoint's failure, unless the caller
+    /// broke its own body (or the endpoint was never reached).
     fn unanswered(
         &self,
         call: &Call<'_>,
         endpoint: &Arc<Endpoint>,
         probe: Option<Probe>,
         e: ProxyError,
+        rtt: Duration,
     ) -> Tried {
         if let Some(why) = call.caller_fault.get() {
             // The caller broke its own body: the endpoint did nothing wrong.
@@ -93,13 +101,17 @@ impl Outbound {
         }
         tracing::debug!(endpoint = %endpoint.address, error = %e, "try failed");
         endpoint.set_error(Some(e.to_string()));
-        // A slow answer alone does not eject; a probe that times out does.
-        let counts = match e.kind {
+        // A slow answer alone does not eject (a probe that times out does), but it
+        // steers the balancer away as any failure does.
+        let ejects = match e.kind {
             ErrorKind::Timeout => probe.is_some(),
             ErrorKind::Loop | ErrorKind::NoIdentity => false,
             _ => true,
         };
-        if counts {
+        if !matches!(e.kind, ErrorKind::Loop | ErrorKind::NoIdentity) {
+            endpoint.failed(rtt);
+        }
+        if ejects {
             self.record_failure(call.destination, endpoint, &e.message);
         }
         if let Some(probe) = probe {
@@ -109,16 +121,20 @@ impl Outbound {
         Tried::Failed(Failure::Proxy(e), Some(verdict))
     }
 
-    /// Tells the endpoint's breaker how its answer went: a 5xx or gRPC UNAVAILABLE is a
-    /// failure, anything else a success (which brings a probed endpoint back).
+    /// Tells the balancer and the endpoint's breaker how its answer went, `rtt` after
+    /// the try was sent. A 5xx or gRPC UNAVAILABLE is a failure to both; gRPC
+    /// RESOURCE_EXHAUSTED (an overloaded server) to the balancer only; anything else is
+    /// a success (which brings a probed endpoint back).
     fn feedback(
         &self,
         destination: &Destination,
         endpoint: &Endpoint,
         status: StatusCode,
         grpc_status: Option<u32>,
+        rtt: Duration,
     ) {
         if status.is_server_error() || grpc_status == Some(grpc::UNAVAILABLE) {
+            endpoint.failed(rtt);
             let grpc = grpc_status.map(|c| format!(" grpc-status {c}"));
             endpoint.set_error(Some(format!(
                 "answered {status}{}",
@@ -127,24 +143,30 @@ impl Outbound {
             self.record_failure(destination, endpoint, "failure status");
             return;
         }
+        match grpc_status {
+            Some(grpc::RESOURCE_EXHAUSTED) => endpoint.failed(rtt),
+            _ => endpoint.succeeded(rtt),
+        }
         endpoint.set_error(None);
-        if endpoint.breaker.success() {
+        if endpoint.breaker.success(Instant::now()) {
             tracing::info!(endpoint = %endpoint.address, "probe succeeded; endpoint back in rotation");
             destination.refresh_gauges(&self.metrics);
         }
     }
 
     /// A failure of `endpoint`; the breaker decides whether it is ejected.
-    fn record_failure(&self, destination: &Destination, endpoint: &Endpoint, reason: &str) {
+    fn record_failure(&self, destination: &Destination, endpoint: &Endpoint, what: &str) {
         let set = destination.endpoints();
         let peers = set.endpoints.iter().map(|e| &e.breaker);
         let now = Instant::now();
-        if endpoint
+        let failure = breaker::Failure { what };
+        if let Some(rule) = endpoint
             .breaker
-            .record_failure(peers, &self.ejection, reason, now)
+            .record_failure(peers, &self.ejection, failure, now)
         {
-            tracing::warn!(service = %destination.name, endpoint = %endpoint.address, %reason, "endpoint ejected");
-            self.metrics.ejected(&destination.name);
+            let by = rule.as_str();
+            tracing::warn!(service = %destination.name, endpoint = %endpoint.address, rule = by, "endpoint ejected: {what}");
+            self.metrics.ejected(&destination.name, rule);
             destination.refresh_gauges(&self.metrics);
         }
     }

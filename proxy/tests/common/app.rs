@@ -54,6 +54,8 @@ pub enum Mode {
     Failing = 1,
     /// Never answers.
     Hanging = 2,
+    /// 503 to every third request it receives, the others answered as normal.
+    Flaky = 3,
 }
 
 struct Shared {
@@ -168,6 +170,9 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Response<AppBody> {
     match shared.mode.load(Ordering::SeqCst) {
         1 => return status(StatusCode::SERVICE_UNAVAILABLE),
         2 => std::future::pending::<()>().await,
+        3 if shared.received.load(Ordering::SeqCst).is_multiple_of(3) => {
+            return status(StatusCode::SERVICE_UNAVAILABLE);
+        }
         _ => {}
     }
     let name = shared.name.as_str();

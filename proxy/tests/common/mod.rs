@@ -56,3 +56,14 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         })
         .map(|v| v.trim().parse().unwrap())
 }
+
+/// The sum of every series of metric `name` whose labels include `label` (`service="web"`),
+/// in a Prometheus text body; 0 without any.
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == label))
+        .map(|(_, value)| value.trim().parse::<f64>().unwrap())
+        .sum()
+}

@@ -2,13 +2,16 @@
 
 Run by tests/python_interop.rs with the generated stubs on PYTHONPATH:
 
-    python3 recommendations_server.py PORT ok|unavailable NAME
+    python3 recommendations_server.py PORT ok|unavailable|flaky NAME
 
-`ok` answers one book; `unavailable` aborts every call with UNAVAILABLE. It prints
-"ready" once serving and stops when its standard input closes.
+`ok` answers one book; `unavailable` aborts every call with UNAVAILABLE; `flaky` aborts
+3 calls in every 10 with UNAVAILABLE (the 3rd, 6th and 9th) and answers the others. It
+prints "ready" once serving and stops when its standard input closes.
 """
 
+import itertools
 import sys
+import threading
 from concurrent import futures
 
 import grpc
@@ -21,10 +24,15 @@ class Recommendations(recommendations_pb2_grpc.RecommendationsServicer):
     def __init__(self, mode, name):
         self.mode = mode
         self.name = name
+        self.calls = itertools.count(1)
+        self.lock = threading.Lock()
 
     def Recommend(self, request, context):
         context.set_trailing_metadata((("x-served-by", self.name),))
-        if self.mode == "unavailable":
+        with self.lock:
+            call = next(self.calls)
+        failing = self.mode == "unavailable" or (self.mode == "flaky" and call % 10 in (3, 6, 9))
+        if failing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this instance is failing on purpose")
         book = recommendations_pb2.BookRecommendation(id=1, title="The Maltese Falcon")
         return recommendations_pb2.RecommendationResponse(recommendations=[book])
