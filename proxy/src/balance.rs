@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::breaker::{EjectionConfig, Probe};
+use crate::breaker::{EjectionConfig, Probe, Standing};
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 
@@ -44,15 +44,18 @@ pub fn choose(
 ) -> Option<Chosen> {
     let now = Instant::now();
     let set = destination.endpoints();
-    let mut some_out = false;
+    let is_previous = |e: &Endpoint| previous.is_some_and(|p| std::ptr::eq(p, e));
+    let (mut some_out, mut previous_due) = (false, false);
     for endpoint in &set.endpoints {
-        if endpoint.breaker.is_ejected(now) {
-            some_out = true;
-        } else if endpoint.breaker.probe_due(now)
-            && !previous.is_some_and(|p| std::ptr::eq(p, endpoint.as_ref()))
-            && let Some(chosen) = probe(endpoint, ejection, now)
-        {
-            return Some(chosen);
+        match endpoint.breaker.standing(now) {
+            Standing::Ready => {}
+            Standing::Ejected => some_out = true,
+            Standing::ProbeDue if is_previous(endpoint) => previous_due = true,
+            Standing::ProbeDue => {
+                if let Some(chosen) = probe(endpoint, ejection, now) {
+                    return Some(chosen);
+                }
+            }
         }
     }
     // Most of the time no endpoint is out, and the set is the candidates as it is.
@@ -72,7 +75,11 @@ pub fn choose(
         });
     }
     let endpoint = pick(strategy, ready, &destination.cursor, previous)?;
-    Some(probe(&endpoint, ejection, now).unwrap_or(Chosen {
+    // Only the previous try's endpoint may still be due a probe here.
+    let probed = previous_due
+        .then(|| probe(&endpoint, ejection, now))
+        .flatten();
+    Some(probed.unwrap_or(Chosen {
         endpoint,
         probe: None,
     }))
@@ -208,7 +215,7 @@ mod tests {
     #[test]
     fn p2c_avoids_the_slow_endpoint() {
         let eps = endpoints(&[1, 1, 1]);
-        eps[0].succeeded(Duration::from_millis(500));
+        eps[0].succeeded(Duration::from_millis(500), Instant::now());
         let c = counts(Strategy::P2c, &eps, 3000);
         // The slow one only wins when both draws hit it, which they never do together.
         assert_eq!(c.get("e0:1").copied().unwrap_or(0), 0, "{c:?}");
@@ -226,11 +233,11 @@ mod tests {
             if e.address == "e0:1" {
                 tries += 1;
                 if tries.is_multiple_of(3) {
-                    e.failed(Duration::from_micros(100));
+                    e.failed(Duration::from_micros(100), Instant::now());
                     continue;
                 }
             }
-            e.succeeded(Duration::from_millis(2));
+            e.succeeded(Duration::from_millis(2), Instant::now());
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         let share = picked["e0:1"] as f64 / 3000.0;

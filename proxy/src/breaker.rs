@@ -150,6 +150,15 @@ pub struct Probe {
     settled: bool,
 }
 
+/// Whether an endpoint may take a request now, in short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Ready,
+    Ejected,
+    /// The ejection ran out and no probe is out: the next request should be its probe.
+    ProbeDue,
+}
+
 /// Whether an endpoint may take a request now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Availability {
@@ -220,10 +229,15 @@ impl Breaker {
         self.state.lock().expect("breaker lock").is_ejected(now)
     }
 
-    /// The ejection ran out and no probe is out: the next request should be its probe.
-    pub fn probe_due(&self, now: Instant) -> bool {
+    /// Where the endpoint stands, without the details [`availability`](Self::availability)
+    /// gives.
+    pub fn standing(&self, now: Instant) -> Standing {
         let state = self.state.lock().expect("breaker lock");
-        state.ejected.is_some() && !state.is_ejected(now)
+        match &state.ejected {
+            None => Standing::Ready,
+            Some(_) if state.is_ejected(now) => Standing::Ejected,
+            Some(_) => Standing::ProbeDue,
+        }
     }
 
     /// When the endpoint was last ejected, if it is out now.

@@ -96,11 +96,16 @@ impl Estimate {
 
     /// The success estimate at `now`, drifting back towards 1 while no try ends.
     fn success(&self, now: Instant) -> f64 {
+        if self.success >= 1.0 {
+            // The common case, and no time to weigh.
+            return 1.0;
+        }
         let w = Self::weight_of_past(now.saturating_duration_since(self.tried));
         1.0 - (1.0 - self.success) * w
     }
 
-    /// A try that took `rtt`, lowering the estimate only if it `succeeded`.
+    /// Folds in a try's latency: a slower one replaces the estimate at once, a faster one
+    /// pulls it down by how much time has passed since the last.
     fn observe(&mut self, now: Instant, rtt: Duration) {
         let rtt = rtt.as_nanos() as f64;
         if rtt > self.nanos {
@@ -113,8 +118,11 @@ impl Estimate {
     }
 
     fn tried(&mut self, now: Instant, succeeded: bool) {
-        let outcome = if succeeded { 1.0 } else { 0.0 };
-        self.success = self.success(now) * (1.0 - SUCCESS_WEIGHT) + outcome * SUCCESS_WEIGHT;
+        self.success = match succeeded {
+            true if self.success >= 1.0 => 1.0,
+            true => self.success(now) * (1.0 - SUCCESS_WEIGHT) + SUCCESS_WEIGHT,
+            false => self.success(now) * (1.0 - SUCCESS_WEIGHT),
+        };
         self.tried = now;
     }
 }
@@ -149,18 +157,17 @@ impl Endpoint {
         self
     }
 
-    /// Records a try that succeeded, `rtt` after it was sent (its answer's head).
-    pub fn succeeded(&self, rtt: Duration) {
-        let now = Instant::now();
+    /// Records a try that succeeded at `now`, `rtt` after it was sent (its answer's
+    /// head).
+    pub fn succeeded(&self, rtt: Duration, now: Instant) {
         let mut estimate = self.estimate.lock().expect("estimate lock");
         estimate.observe(now, rtt);
         estimate.tried(now, true);
     }
 
-    /// Records a try that failed, `rtt` after it was sent: a slow failure raises the
-    /// latency estimate as a slow answer does, a fast one leaves it alone.
-    pub fn failed(&self, rtt: Duration) {
-        let now = Instant::now();
+    /// Records a try that failed at `now`, `rtt` after it was sent: a slow failure
+    /// raises the latency estimate as a slow answer does, a fast one leaves it alone.
+    pub fn failed(&self, rtt: Duration, now: Instant) {
         let mut estimate = self.estimate.lock().expect("estimate lock");
         if rtt.as_nanos() as f64 > estimate.nanos {
             estimate.observe(now, rtt);
@@ -230,20 +237,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn peaks_are_taken_at_once_and_decay_slowly() {
         let e = Endpoint::new("a:1".into(), 1, None);
-        e.succeeded(Duration::from_millis(100));
+        e.succeeded(Duration::from_millis(100), Instant::now());
         assert_eq!(e.ewma(), Duration::from_millis(100));
         tokio::time::advance(Duration::from_secs(1)).await;
-        e.succeeded(Duration::from_millis(1));
+        e.succeeded(Duration::from_millis(1), Instant::now());
         let after = e.ewma();
         assert!(
             after < Duration::from_millis(100) && after > Duration::from_millis(80),
             "{after:?}"
         );
         tokio::time::advance(Duration::from_secs(60)).await;
-        e.succeeded(Duration::from_millis(1));
+        e.succeeded(Duration::from_millis(1), Instant::now());
         assert!(e.ewma() < Duration::from_millis(2));
         // Unobserved, the estimate fades so the endpoint gets tried again.
-        e.succeeded(Duration::from_millis(500));
+        e.succeeded(Duration::from_millis(500), Instant::now());
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(e.ewma() < Duration::from_millis(30), "{:?}", e.ewma());
     }
@@ -251,10 +258,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_raise_the_cost_and_a_fast_failure_never_lowers_latency() {
         let e = Endpoint::new("a:1".into(), 1, None);
-        e.succeeded(Duration::from_millis(10));
+        e.succeeded(Duration::from_millis(10), Instant::now());
         let healthy = e.load();
         for _ in 0..3 {
-            e.failed(Duration::from_millis(1));
+            e.failed(Duration::from_millis(1), Instant::now());
         }
         assert_eq!(
             e.ewma(),
@@ -264,7 +271,7 @@ mod tests {
         // Three failures in a row: success 0.9³ ≈ 0.73, so the cost is about 1.9 times.
         let ratio = e.load() / healthy;
         assert!((1.8..2.0).contains(&ratio), "{ratio}");
-        e.failed(Duration::from_millis(50));
+        e.failed(Duration::from_millis(50), Instant::now());
         assert_eq!(
             e.ewma(),
             Duration::from_millis(50),
@@ -276,15 +283,15 @@ mod tests {
     async fn the_success_estimate_recovers_with_successes_and_while_idle() {
         let e = Endpoint::new("a:1".into(), 1, None);
         for _ in 0..10 {
-            e.failed(Duration::from_millis(1));
+            e.failed(Duration::from_millis(1), Instant::now());
         }
         let failing = e.success();
         assert!(failing < 0.4, "{failing}");
         for _ in 0..10 {
-            e.succeeded(Duration::from_millis(1));
+            e.succeeded(Duration::from_millis(1), Instant::now());
         }
         assert!(e.success() > failing + 0.3, "{}", e.success());
-        e.failed(Duration::from_millis(1));
+        e.failed(Duration::from_millis(1), Instant::now());
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(e.success() > 0.99, "untried for a minute: {}", e.success());
     }

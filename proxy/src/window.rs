@@ -59,17 +59,22 @@ impl Window {
 
     /// Moves the window to `now`, clearing slots that fell out; returns the slot of now.
     fn advance(&mut self, now: Instant) -> usize {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.newest) >= self.slot && steps < SLOTS {
-            self.newest += self.slot;
+        let elapsed = now.saturating_duration_since(self.newest);
+        if elapsed < self.slot {
+            return self.current;
+        }
+        let steps = (elapsed.as_nanos() / self.slot.as_nanos()) as usize;
+        if steps >= SLOTS {
+            // Idle for longer than the window: start afresh.
+            self.clear();
+            self.newest = now;
+            return self.current;
+        }
+        for _ in 0..steps {
             self.current = (self.current + 1) % SLOTS;
             self.slots[self.current] = [0, 0];
-            steps += 1;
         }
-        if now.saturating_duration_since(self.newest) >= self.slot {
-            // Idle for longer than the window: start afresh.
-            self.newest = now;
-        }
+        self.newest += self.slot * steps as u32;
         self.current
     }
 }

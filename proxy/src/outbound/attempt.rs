@@ -109,7 +109,7 @@ impl Outbound {
             _ => true,
         };
         if !matches!(e.kind, ErrorKind::Loop | ErrorKind::NoIdentity) {
-            endpoint.failed(rtt);
+            endpoint.failed(rtt, Instant::now());
         }
         if ejects {
             self.record_failure(call.destination, endpoint, &e.message);
@@ -133,8 +133,9 @@ impl Outbound {
         grpc_status: Option<u32>,
         rtt: Duration,
     ) {
+        let now = Instant::now();
         if status.is_server_error() || grpc_status == Some(grpc::UNAVAILABLE) {
-            endpoint.failed(rtt);
+            endpoint.failed(rtt, now);
             let grpc = grpc_status.map(|c| format!(" grpc-status {c}"));
             endpoint.set_error(Some(format!(
                 "answered {status}{}",
@@ -144,11 +145,11 @@ impl Outbound {
             return;
         }
         match grpc_status {
-            Some(grpc::RESOURCE_EXHAUSTED) => endpoint.failed(rtt),
-            _ => endpoint.succeeded(rtt),
+            Some(grpc::RESOURCE_EXHAUSTED) => endpoint.failed(rtt, now),
+            _ => endpoint.succeeded(rtt, now),
         }
         endpoint.set_error(None);
-        if endpoint.breaker.success(Instant::now()) {
+        if endpoint.breaker.success(now) {
             tracing::info!(endpoint = %endpoint.address, "probe succeeded; endpoint back in rotation");
             destination.refresh_gauges(&self.metrics);
         }
