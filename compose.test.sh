@@ -29,7 +29,7 @@ compose=(docker-compose -p "$project")
 started=$SECONDS
 torn_down=""
 mkdir -p target
-standin=$(mktemp -d target/docker-prometheus.XXXXXX)  # the stand-in's build context, logs
+standin=$(mktemp -d target/docker-prometheus.XXXXXX)  # logs of this run
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -90,22 +90,9 @@ step "tools"
 for tool in docker docker-compose python3 curl cargo; do
     command -v "$tool" >/dev/null || fail "$tool is required"
 done
-if [[ ! -x /usr/bin/prometheus ]]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
 
-# Debian's Prometheus is dynamically linked against glibc only: the binary, libc and the
-# loader make a working image, laid out like the official one.
 step "Prometheus stand-in image"
-mkdir "$standin/empty"
-cp -L /usr/bin/prometheus /lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2 \
-    docker/prometheus-standin.Dockerfile "$standin/"
-DOCKER_BUILDKIT=0 docker build --quiet -f "$standin/prometheus-standin.Dockerfile" \
-    -t "$PROMETHEUS_IMAGE" "$standin" >/dev/null 2>&1 || fail "building $PROMETHEUS_IMAGE"
-docker image inspect -f '{{.Size}}' "$PROMETHEUS_IMAGE" |
-    awk -v n="$PROMETHEUS_IMAGE" '{ printf "  %-32s %5.1f MB\n", n, $1 / 1e6 }'
+bash docker/prometheus-standin.sh "$PROMETHEUS_IMAGE" || fail "building $PROMETHEUS_IMAGE"
 
 export MARKETPLACE_PORT="$(port 5000)" REGISTRY_PORT="$(port 7700)" PROMETHEUS_PORT="$(port 9090)"
 page="http://127.0.0.1:$MARKETPLACE_PORT/"

@@ -22,8 +22,10 @@ say() { printf '==> %s\n' "$*"; }
 say "static binaries (cargo build --profile dist --target $triple, crt-static)"
 # With an explicit --target, RUSTFLAGS apply to the binaries only, not to build scripts and
 # proc macros, which keep running on the host as usual.
+built=$SECONDS
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --target "$triple" \
     -p mesh-registry -p mesh-proxy -p recommendations -p marketplace
+say "static binaries built in $((SECONDS - built)) s"
 
 # A staging directory of this run's own: another build (CI, a colleague) may run at the
 # same time.

@@ -9,20 +9,59 @@
 # ports MARKETPLACE_PORT (5000), REGISTRY_PORT (7700), PROMETHEUS_PORT (9090), GRAFANA_PORT
 # (3000), the third-party images PROMETHEUS_IMAGE and GRAFANA_IMAGE, and HEALTHY_TIMEOUT
 # (120, seconds). Stop with: docker-compose -p mesh down -v (see docs/deploy-compose.md).
+#
+# Prometheus and Grafana come from Docker Hub. Where Prometheus' image cannot be pulled,
+# a local stand-in is built from Debian's package instead (docker/prometheus-standin.sh);
+# Grafana has none, so the observability profile needs its image. A failed start takes
+# down what it created (containers, network, volumes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-mesh}"
 timeout="${HEALTHY_TIMEOUT:-120}"
 prometheus="http://127.0.0.1:${PROMETHEUS_PORT:-9090}"
+prometheus_ui="$prometheus/targets"
 
 say() { printf '==> %s\n' "$*"; }
+
+# Present locally, or pulled now.
+have_image() {
+    docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1" >/dev/null 2>&1
+}
 
 case "${1:-}" in
     --no-build) ;;
     "") bash docker/build.sh ;;
     *) echo "usage: docker/up.sh [--no-build]" >&2; exit 2 ;;
 esac
+
+export PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
+if ! have_image "$PROMETHEUS_IMAGE"; then
+    standin="mesh/prometheus-standin:${MESH_TAG:-dev}"
+    say "$PROMETHEUS_IMAGE cannot be pulled here: building $standin from Debian's prometheus"
+    bash docker/prometheus-standin.sh "$standin"
+    export PROMETHEUS_IMAGE=$standin
+    # Debian's build serves Prometheus' classic UI.
+    prometheus_ui="$prometheus/classic/targets"
+fi
+if [[ ,${COMPOSE_PROFILES:-}, == *,observability,* ]]; then
+    grafana_image="${GRAFANA_IMAGE:-grafana/grafana:10.4.2}"
+    if ! have_image "$grafana_image"; then
+        echo "error: $grafana_image cannot be pulled here, and the observability profile needs it;" >&2
+        echo "       run without COMPOSE_PROFILES=observability (Prometheus alone), or set GRAFANA_IMAGE" >&2
+        exit 1
+    fi
+fi
+
+# A start that fails leaves nothing behind: no container, network or volume.
+up_done=""
+cleanup() {
+    if [[ -z "$up_done" ]]; then
+        echo "start failed: removing what it created (docker-compose down -v)" >&2
+        docker-compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
 
 say "docker-compose up -d (project $COMPOSE_PROJECT_NAME)"
 started=$SECONDS
@@ -45,17 +84,19 @@ while :; do
     if ((SECONDS - started > timeout)); then
         printf '  not healthy: %s\n' "${pending[@]}" >&2
         docker-compose ps >&2
+        docker-compose logs --no-color --tail 20 >&2 || true
         exit 1
     fi
     sleep 0.5
 done
+up_done=yes
 say "healthy $((SECONDS - started)) s after up -d"
 
 cat <<EOF
 
   page         http://127.0.0.1:${MARKETPLACE_PORT:-5000}/
   registry     http://127.0.0.1:${REGISTRY_PORT:-7700}/v1/services   (sidecars: /v1/prometheus/targets)
-  prometheus   $prometheus/targets
+  prometheus   $prometheus_ui
 EOF
 if [[ -n "$(docker-compose ps -q grafana 2>/dev/null)" ]]; then
     echo "  grafana      http://127.0.0.1:${GRAFANA_PORT:-3000}/   (dashboard: Mesh overview)"

@@ -28,7 +28,12 @@ else
 fi
 
 # --- schema validator -----------------------------------------------------------------
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'kubernetes-validate>=1.37,<2' pyyaml
+# In a virtualenv of its own: a distribution's Python refuses packages in its own
+# environment (externally managed).
+venv=${K8S_VALIDATE_VENV:-$HOME/.cache/mesh/k8s-validate-venv}
+[[ -x $venv/bin/python3 ]] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.37,<2' pyyaml
+python="$venv/bin/python3"
 
 # --- render every overlay -------------------------------------------------------------
 overlays=(k8s base)
@@ -46,7 +51,7 @@ done
 
 # --- kinds per overlay, then schema validation ------------------------------------------
 set +e
-python3 - "$out" "${overlays[@]}" <<'EOF' | tee "$out/schema.log"
+"$python" - "$out" "${overlays[@]}" <<'EOF' | tee "$out/schema.log"
 import collections, os, sys
 import yaml
 import kubernetes_validate as kv
@@ -77,7 +82,7 @@ schema_rc=${PIPESTATUS[0]}
 # --- invariants -----------------------------------------------------------------------
 echo
 echo "invariants:"
-python3 "$k8s/test_manifests.py" "$out" | tee "$out/invariants.log" | grep -v '^ok '
+"$python" "$k8s/test_manifests.py" "$out" | tee "$out/invariants.log" | grep -v '^ok '
 invariants_rc=${PIPESTATUS[0]}
 
 # --- the Prometheus configuration, where promtool is installed ------------------------

@@ -16,6 +16,11 @@ pub const PACKAGES: [&str; 4] = [
     "marketplace",
 ];
 
+/// This package, built with them: the same packages selected as by `cargo run -p
+/// mesh-demo` (which depends on them), so cargo resolves the same features and finds every
+/// dependency already built.
+const LAUNCHER: &str = "mesh-demo";
+
 /// Where each program is.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -77,7 +82,7 @@ pub fn build_command(cargo: OsString, exe_dir: &Path, manifest: Option<&Path>) -
     if let Some(manifest) = manifest {
         command.extend(["--manifest-path".into(), manifest.into()]);
     }
-    for package in PACKAGES {
+    for package in std::iter::once(LAUNCHER).chain(PACKAGES) {
         command.extend(["-p".into(), package.into()]);
     }
     command
@@ -131,6 +136,8 @@ mod tests {
                 "--release",
                 "--target-dir",
                 "/w/target",
+                "-p",
+                "mesh-demo",
                 "-p",
                 "mesh-registry",
                 "-p",

@@ -75,12 +75,26 @@ use crate::server::{InboundTls, Serve, Servers};
 use crate::shutdown::{LocalApp, Shutdown};
 use crate::tls::{IdentitySlot, TlsMode};
 
+/// Why the sidecar could not start. Messages carry their causes: none is a `source`, so a
+/// printed chain says each once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Bind(#[from] BindError),
+    #[error("{0}")]
+    Bind(BindError),
     #[error("invalid configuration: {0}")]
-    Config(#[from] Invalid),
+    Config(Invalid),
+}
+
+impl From<BindError> for Error {
+    fn from(e: BindError) -> Self {
+        Error::Bind(e)
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Config(e)
+    }
 }
 
 /// Runs the sidecar until `shutdown` resolves (or `POST /shutdown`), then stops it in

@@ -64,14 +64,14 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// A listener that could not be bound, with the flag that chose its address.
+/// A listener that could not be bound, with the flag that chose its address. The message
+/// carries the cause, so it is no `source` too (a printed chain would say it twice).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({flag}): {source}")]
+#[error("cannot listen on {addr} ({flag}): {cause}")]
 pub struct BindError {
     pub flag: &'static str,
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub cause: std::io::Error,
 }
 
 // === impl Listen ===
@@ -135,7 +135,7 @@ impl Listeners {
         async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| BindError { flag, addr, source })
+                .map_err(|cause| BindError { flag, addr, cause })
         }
         let inbound = match local_service {
             true => Some(bind("--inbound", listen.inbound).await?),

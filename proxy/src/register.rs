@@ -28,8 +28,9 @@ pub struct RegistrationConfig {
     #[arg(long, env = "MESH_SERVICE")]
     pub service: Option<String>,
 
-    /// Address of the local app, which peers' calls are forwarded to.
-    #[arg(long, env = "MESH_APP")]
+    /// Address of the local app, which peers' calls are forwarded to: `IP:PORT`, or
+    /// `HOST:PORT` with a host name resolved once at start-up (an IPv4 address first).
+    #[arg(long, env = "MESH_APP", value_parser = parse_app)]
     pub app: Option<SocketAddr>,
 
     /// How to speak to the app; by default in the caller's HTTP version.
@@ -79,6 +80,28 @@ pub struct RegistrationState {
     pub registered: watch::Receiver<bool>,
     /// The app's health: the status the instance is registered with.
     pub health: watch::Receiver<Status>,
+}
+
+/// `--app`: an address, or a host name and port resolved now.
+fn parse_app(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    if value.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        return Err(format!("{value:?} is not HOST:PORT (e.g. 127.0.0.1:8080)"));
+    }
+    let addrs: Vec<SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {value:?}: {e}; give the app's IP:PORT instead"))?
+        .collect();
+    // `localhost` often lists ::1 first while apps commonly listen on 127.0.0.1 only.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{value:?} resolves to no address; give the app's IP:PORT instead"))
 }
 
 // === impl RegistrationConfig ===
@@ -274,6 +297,22 @@ mod tests {
         let mut all = vec!["mesh-proxy"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn the_app_may_be_named_by_host_name() {
+        let c = parse(&["--app", "localhost:5000"]);
+        assert_eq!(c.registration.app, Some("127.0.0.1:5000".parse().unwrap()));
+        assert_eq!(
+            parse(&["--app", "[::1]:5000"]).registration.app,
+            Some("[::1]:5000".parse().unwrap())
+        );
+        let refused = |value: &str| {
+            Config::try_parse_from(["mesh-proxy", "--app", value])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused("localhost").contains("not HOST:PORT"), "{}", refused("localhost"));
     }
 
     #[test]

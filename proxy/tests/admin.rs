@@ -212,6 +212,10 @@ async fn the_probe_binary_reports_readiness_by_exit_code() {
         probe(format!("tcp://{closed}")).await.status.code(),
         Some(1)
     );
+    let help = probe("--help".into()).await;
+    assert!(help.status.success(), "{help:?}");
+    assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: mesh-probe"));
+    assert_eq!(probe("localhost:4191".into()).await.status.code(), Some(1));
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Python's grpcio, an independent gRPC implementation, calling the Rust recommendations
 //! service through a sidecar pair: the mesh is invisible to a real third-party client.
 //!
-//! Needs `python3` with grpcio (`pip install -r requirements-test.txt`); stubs are
+//! Needs Python with grpcio (`$PYTHON`, as the README's test command sets it); stubs are
 //! generated from the service's `.proto` at test time.
 
 mod common;

@@ -9,25 +9,24 @@ use mesh_registry_api::{ErrorBody, ErrorDetail};
 
 use crate::respond;
 
-/// Why the registry could not start or keep serving.
+/// Why the registry could not start or keep serving. Each message carries its cause, so
+/// none is marked as a `source`: printing the chain would say the cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the snapshot {path}: {source}")]
+    #[error("cannot read the snapshot {path}: {cause}")]
     SnapshotRead {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "the snapshot {path} is corrupt ({reason}); refusing to start with an empty catalog. \
          Move the file aside to start empty on purpose."
     )]
     SnapshotCorrupt { path: PathBuf, reason: String },
-    #[error("cannot write the snapshot in {dir}: {source}")]
+    #[error("cannot write the snapshot in {dir}: {cause}")]
     SnapshotWrite {
         dir: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot use the CA: {0}")]
     Ca(String),
@@ -35,7 +34,13 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     #[error("server error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 /// A request the registry refuses, with the field it blames.

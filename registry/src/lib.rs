@@ -150,9 +150,9 @@ fn load_catalog(config: &Config) -> Result<Catalog, Error> {
         tracing::info!("no --data-dir: the catalog is kept in memory only");
         return Ok(Catalog::new(grace));
     };
-    let write_error = |source| Error::SnapshotWrite {
+    let write_error = |cause| Error::SnapshotWrite {
         dir: dir.clone(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(dir).map_err(write_error)?;
     let catalog = match snapshot::load(dir, grace, Instant::now())? {

@@ -61,7 +61,7 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::SnapshotRead { path, source: e }),
+        Err(cause) => return Err(Error::SnapshotRead { path, cause }),
     };
     let file: SnapshotFile =
         serde_json::from_slice(&bytes).map_err(|e| Error::SnapshotCorrupt {

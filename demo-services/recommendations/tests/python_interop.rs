@@ -2,8 +2,9 @@
 //! generated from our `.proto` by `grpc_tools.protoc` at test time, and a Python client
 //! (`tests/python/interop_client.py`) calls the in-process server.
 //!
-//! Needs `python3` with grpcio: `pip install grpcio grpcio-tools`. The interpreter can be
-//! chosen with the `PYTHON` environment variable.
+//! Needs Python with grpcio and grpcio-tools: the README's test command makes a virtualenv
+//! in `.venv` and points the `PYTHON` environment variable at its interpreter (`python3`
+//! without it).
 
 #[path = "support/python.rs"]
 mod python;

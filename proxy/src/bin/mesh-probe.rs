@@ -11,12 +11,29 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+const USAGE: &str = "usage: mesh-probe http://HOST:PORT/PATH | tcp://HOST:PORT
+
+Exits 0 when the URL answers 2xx (http://) or a TCP connection opens (tcp://), 1 otherwise
+with the reason on stderr; a health check for images without a shell.";
+
 fn main() -> ExitCode {
-    let Some(target) = std::env::args().nth(1) else {
-        eprintln!("usage: mesh-probe http://HOST:PORT/PATH | tcp://HOST:PORT");
-        return ExitCode::from(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let target = match args.as_slice() {
+        [flag] if matches!(flag.as_str(), "-h" | "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        [flag] if matches!(flag.as_str(), "-V" | "--version") => {
+            println!("mesh-probe {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        [target] => target,
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    match probe(&target) {
+    match probe(target) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("mesh-probe {target}: {why}");

@@ -33,7 +33,8 @@ pub async fn stubs(proto_dir: &Path) -> tempfile::TempDir {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}; install Python 3", python()));
     assert!(
         probe.status.success(),
-        "this test needs Python's grpcio: pip install -r requirements-test.txt\n{}",
+        "this test needs Python's grpcio, and $PYTHON pointing at it: see the README's test \
+         command (a virtualenv in .venv)\n{}",
         String::from_utf8_lossy(&probe.stderr),
     );
     let out = tempfile::tempdir().unwrap();
