@@ -88,7 +88,10 @@ fn parse_app(value: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = value.parse() {
         return Ok(addr);
     }
-    if value.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+    if value
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
         return Err(format!("{value:?} is not HOST:PORT (e.g. 127.0.0.1:8080)"));
     }
     let addrs: Vec<SocketAddr> = value
@@ -312,7 +315,11 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(refused("localhost").contains("not HOST:PORT"), "{}", refused("localhost"));
+        assert!(
+            refused("localhost").contains("not HOST:PORT"),
+            "{}",
+            refused("localhost")
+        );
     }
 
     #[test]

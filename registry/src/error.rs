@@ -24,10 +24,7 @@ pub enum Error {
     )]
     SnapshotCorrupt { path: PathBuf, reason: String },
     #[error("cannot write the snapshot in {dir}: {cause}")]
-    SnapshotWrite {
-        dir: PathBuf,
-        cause: std::io::Error,
-    },
+    SnapshotWrite { dir: PathBuf, cause: std::io::Error },
     #[error("cannot use the CA: {0}")]
     Ca(String),
     /// A flag's value is unusable; the message names the flag.
