@@ -103,6 +103,8 @@ impl Admin {
         let mut body = serde_json::json!({
             "ready": reason.is_none(),
             "registry_connected": self.metrics.registry_connected.get() == 1,
+            // So operators' tools can tell a mesh running mixed releases.
+            "version": env!("CARGO_PKG_VERSION"),
         });
         if let Some(reason) = &reason {
             body["reason"] = reason.as_str().into();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, header};
+use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -21,7 +21,7 @@ use crate::types::{
 use crate::validate;
 
 /// Deadline for a plain (non-blocking) request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time a blocking query may take past its `wait`: the server adds up to wait/16
 /// of jitter, and the answer must still travel back.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(10);
@@ -141,6 +141,14 @@ impl Client {
         self.call(Method::GET, &path, None, REQUEST_TIMEOUT).await
     }
 
+    /// Every instance of a service, whatever its status (`?all=true`): what operators look
+    /// at, where [`Client::service`] is what routing uses.
+    pub async fn service_all(&self, service: &str) -> Result<ServiceListing, ClientError> {
+        check_service(service)?;
+        let path = format!("/v1/services/{service}?all=true");
+        self.call(Method::GET, &path, None, REQUEST_TIMEOUT).await
+    }
+
     /// Blocks until the service's index exceeds `index` or `wait` elapses, then returns the
     /// passing instances. `index` 0 answers at once.
     pub async fn service_blocking(
@@ -200,7 +208,7 @@ impl Client {
             .await
     }
 
-    /// One request with `bearer` (if any) as its token.
+    /// One request with `bearer` (if any) as its token, decoded.
     async fn call_with<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -209,9 +217,25 @@ impl Client {
         timeout: Duration,
         bearer: Option<&str>,
     ) -> Result<T, ClientError> {
+        let answer = self
+            .exchange(method, path_and_query, body, timeout, bearer)
+            .await?;
+        decode(&self.url(path_and_query), answer.status, &answer.body)
+    }
+
+    /// One request, its answer read whole but not decoded: for the routes whose answers
+    /// are not the registry's JSON alone (relayed sidecar pages, headers that matter).
+    pub(crate) async fn exchange(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        bearer: Option<&str>,
+    ) -> Result<Answer, ClientError> {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path_and_query}", self.base))
+            .uri(self.url(path_and_query))
             .header(header::ACCEPT, "application/json");
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
@@ -222,7 +246,7 @@ impl Client {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::InvalidUrl {
-                url: format!("{}{path_and_query}", self.base),
+                url: self.url(path_and_query),
                 reason: e.to_string(),
             })?;
 
@@ -232,22 +256,28 @@ impl Client {
                 .request(request)
                 .await
                 .map_err(|e| self.transport(e))?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| self.transport(e))?
                 .to_bytes();
-            Ok::<_, ClientError>((status, bytes))
+            Ok::<_, ClientError>(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
-        let (status, bytes) = tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
                 base: self.base.to_string(),
                 timeout,
-            })??;
-        decode(&format!("{}{path_and_query}", self.base), status, &bytes)
+            })?
+    }
+
+    pub(crate) fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.base)
     }
 
     fn transport(&self, e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
@@ -258,14 +288,21 @@ impl Client {
     }
 }
 
-fn check_service(service: &str) -> Result<(), ClientError> {
+/// A whole answer, before decoding.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub(crate) fn check_service(service: &str) -> Result<(), ClientError> {
     validate::service_name(service).map_err(|message| ClientError::InvalidArgument {
         field: "service",
         message,
     })
 }
 
-fn check_names(service: &str, id: &str) -> Result<(), ClientError> {
+pub(crate) fn check_names(service: &str, id: &str) -> Result<(), ClientError> {
     check_service(service)?;
     validate::instance_id(id).map_err(|message| ClientError::InvalidArgument {
         field: "id",

@@ -55,7 +55,17 @@ impl ClientError {
         matches!(self, ClientError::Api { status: 404, detail } if detail.code == "not_found")
     }
 
-    /// What answered has no such route: the registry URL is wrong.
+    /// The registry's error code (`not_found`, `unauthorized`, `sidecar_unreachable`, …),
+    /// when the registry answered with an error body.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { detail, .. } => Some(&detail.code),
+            _ => None,
+        }
+    }
+
+    /// What answered has no such route: the registry URL is wrong (or, for a route newer
+    /// than the registry, the registry is older than the caller).
     pub fn is_no_route(&self) -> bool {
         matches!(self, ClientError::NoRoute { .. })
     }
@@ -81,7 +91,14 @@ pub(crate) fn decode<T: DeserializeOwned>(
     status: StatusCode,
     bytes: &[u8],
 ) -> Result<T, ClientError> {
-    let shown = || String::from_utf8_lossy(bytes).chars().take(200).collect();
+    // Trimmed: the text is quoted inside a one-line error.
+    let shown = || {
+        String::from_utf8_lossy(bytes)
+            .trim()
+            .chars()
+            .take(200)
+            .collect()
+    };
     let bad = |reason: String| ClientError::BadResponse {
         status: status.as_u16(),
         reason,

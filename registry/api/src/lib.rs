@@ -9,18 +9,24 @@
 //!   it is worth retrying.
 //! - [`Watch`]: long-polls one service and yields its full endpoint set on every change.
 //! - [`Registrar`]: keeps one instance registered for as long as it runs.
+//! - [`Client::readyz`] and [`Client::admin`]: what operators' tools ask, the registry's
+//!   readiness and clock, and sidecars' admin pages relayed by the registry.
 
+mod admin;
 mod backoff;
 mod client;
 mod error;
+mod readiness;
 mod registrar;
 pub mod types;
 pub mod validate;
 mod watch;
 
+pub use admin::{AdminAnswer, AdminPath};
 pub use backoff::Backoff;
 pub use client::Client;
 pub use error::ClientError;
+pub use readiness::{CaSummary, Readiness, Ready};
 pub use registrar::Registrar;
 pub use types::*;
 pub use watch::{DEFAULT_WAIT, Watch};

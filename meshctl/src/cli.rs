@@ -1,0 +1,255 @@
+//! Command-line flags (each also read from an environment variable).
+//!
+//! The global flags may come before or after the command (`meshctl -o json services`,
+//! `meshctl services -o json`), as operators type them either way.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use mesh_registry_api::{MAX_TTL, MIN_TTL, Protocol, Status, validate};
+
+use crate::output::Format;
+
+/// The mesh's operators' CLI: health checks, services and instances, endpoints as
+/// sidecars see them, and live golden metrics. Everything goes through the registry.
+#[derive(Parser, Debug)]
+// A flag given twice takes its last value, so an alias with `--registry` can be overridden.
+#[command(name = "meshctl", version, args_override_self = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The registry's base URL (`http://host:port`).
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_REGISTRY",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub registry: String,
+
+    /// Output format: aligned columns, or JSON for scripts.
+    #[arg(short = 'o', long, global = true, env = "MESHCTL_OUTPUT", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    /// Bearer token for registry writes (register, deregister): the registry's `--token`.
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_REGISTRY_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Dial sidecars' admin addresses directly instead of through the registry's relay
+    /// (which needs only the registry reachable). Without it, meshctl falls back to
+    /// dialling by itself when the registry has no relay.
+    #[arg(long, global = true, env = "MESHCTL_DIRECT")]
+    pub direct: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Checks the mesh's health, one line per check; exits 1 if any check fails.
+    Check,
+    /// Lists services with their instance counts.
+    Services,
+    /// Lists every instance of a service, whatever its status.
+    Instances {
+        /// The service.
+        service: String,
+    },
+    /// Shows the endpoints of a service as sidecars see them (state, ejection, latency).
+    Endpoints {
+        /// The destination service.
+        service: String,
+        /// The sidecar to ask, as `service/instance-id` or an instance id; without it,
+        /// every sidecar that follows SERVICE is asked.
+        #[arg(long, env = "MESHCTL_VIA", value_name = "SIDECAR")]
+        via: Option<String>,
+    },
+    /// Registers an instance (it holds a lease of --ttl: without heartbeats it turns
+    /// critical when that runs out).
+    Register(RegisterArgs),
+    /// Removes an instance.
+    Deregister {
+        /// The instance's service.
+        service: String,
+        /// The instance's id.
+        id: String,
+    },
+    /// Live golden metrics of the calls sidecars make, per destination service.
+    Top(TopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// The service (a DNS label).
+    pub service: String,
+    /// The instance's id, unique within the service.
+    pub id: String,
+
+    /// `host:port` peers dial: the instance's sidecar inbound listener.
+    #[arg(long, env = "MESHCTL_ADDRESS", value_name = "HOST:PORT", value_parser = address)]
+    pub address: String,
+
+    /// How peers talk to it: http (HTTP/1.1), h2 (h2c) or grpc.
+    #[arg(long, env = "MESHCTL_PROTOCOL", default_value = "http", value_parser = protocol)]
+    pub protocol: Protocol,
+
+    /// Its share of traffic, 1-1000.
+    #[arg(long, env = "MESHCTL_WEIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub weight: u32,
+
+    /// Lease length, 1s-1h.
+    #[arg(long, env = "MESHCTL_TTL", default_value = "10s", value_parser = ttl)]
+    pub ttl: Duration,
+
+    /// Status to register with: passing, warning or critical.
+    #[arg(long, env = "MESHCTL_STATUS", default_value = "passing", value_parser = status)]
+    pub status: Status,
+
+    /// A tag (repeatable).
+    #[arg(
+        long = "tag",
+        env = "MESHCTL_TAGS",
+        value_delimiter = ',',
+        value_name = "TAG"
+    )]
+    pub tags: Vec<String>,
+
+    /// A metadata entry `KEY=VALUE` (repeatable).
+    #[arg(long = "meta", env = "MESHCTL_META", value_delimiter = ',', value_name = "KEY=VALUE", value_parser = meta)]
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// Only this destination service.
+    pub service: Option<String>,
+
+    /// Time between samples: each line is the rate over one interval.
+    #[arg(long, env = "MESHCTL_INTERVAL", default_value = "2s", value_parser = interval)]
+    pub interval: Duration,
+
+    /// Print one sample (taken over one interval) and exit.
+    #[arg(long, env = "MESHCTL_ONCE")]
+    pub once: bool,
+}
+
+fn address(value: &str) -> Result<String, String> {
+    validate::address(value).map(|()| value.to_owned())
+}
+
+fn protocol(value: &str) -> Result<Protocol, String> {
+    match value {
+        "http" => Ok(Protocol::Http),
+        "h2" => Ok(Protocol::H2),
+        "grpc" => Ok(Protocol::Grpc),
+        _ => Err("must be http, h2 or grpc".into()),
+    }
+}
+
+fn status(value: &str) -> Result<Status, String> {
+    match value {
+        "passing" => Ok(Status::Passing),
+        "warning" => Ok(Status::Warning),
+        "critical" => Ok(Status::Critical),
+        _ => Err("must be passing, warning or critical".into()),
+    }
+}
+
+fn ttl(value: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err("must be within 1s-1h".into());
+    }
+    Ok(ttl)
+}
+
+fn interval(value: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    // Shorter than this, a sample is mostly the time it takes to fetch the metrics.
+    if interval < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(interval)
+}
+
+fn meta(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err("must be KEY=VALUE".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let cli = Cli::try_parse_from(["meshctl", "services", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.output, Format::Json);
+        let cli = Cli::try_parse_from(["meshctl", "--output", "json", "--direct", "check"]);
+        let cli = cli.unwrap();
+        assert!(cli.global.direct);
+        assert_eq!(cli.global.output, Format::Json);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (
+                &["register", "web", "a", "--address", "nope"][..],
+                "--address",
+            ),
+            (
+                &["register", "web", "a", "--address", "h:1", "--weight", "0"],
+                "--weight",
+            ),
+            (
+                &["register", "web", "a", "--address", "h:1", "--meta", "x"],
+                "--meta",
+            ),
+            (&["top", "--interval", "1ms"], "--interval"),
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn metadata_and_tags_repeat() {
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "register",
+            "web",
+            "a",
+            "--address",
+            "h:1",
+            "--tag",
+            "v2",
+            "--tag",
+            "canary",
+            "--meta",
+            "zone=eu-1",
+            "--meta",
+            "url=a=b",
+        ])
+        .unwrap();
+        let Command::Register(args) = cli.command else {
+            panic!("not register")
+        };
+        assert_eq!(args.tags, ["v2", "canary"]);
+        assert_eq!(args.metadata[1], ("url".to_owned(), "a=b".to_owned()));
+    }
+}

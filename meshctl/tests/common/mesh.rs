@@ -1,0 +1,222 @@
+//! A registry, apps and sidecars serving in-process, each stopped when dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use mesh_proxy::tls::TlsMode;
+use mesh_proxy::{Config, Listeners};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The join token of test registries with a CA.
+pub const JOIN_TOKEN: &str = "join-the-mesh";
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub client: mesh_registry_api::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    _ca_dir: Option<tempfile::TempDir>,
+}
+
+impl Registry {
+    pub async fn start() -> Registry {
+        Self::start_with(mesh_registry::Config::default()).await
+    }
+
+    /// A registry whose CA issues certificates for a day.
+    pub async fn start_with_ca() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let config = mesh_registry::Config {
+            ca_dir: Some(dir.path().to_owned()),
+            join_token: Some(JOIN_TOKEN.into()),
+            ..mesh_registry::Config::default()
+        };
+        let mut registry = Self::start_with(config).await;
+        registry._ca_dir = Some(dir);
+        registry
+    }
+
+    pub async fn start_with(config: mesh_registry::Config) -> Registry {
+        let listener = listener().await;
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            mesh_registry::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Registry {
+            addr,
+            client: mesh_registry_api::Client::new(&format!("http://{addr}")).unwrap(),
+            stop: Some(stop),
+            task,
+            _ca_dir: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it and waits until it is gone.
+    pub async fn kill(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An app answering `/status/N` with status N and anything else with 200.
+pub struct App {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl App {
+    pub async fn start() -> App {
+        let listener = listener().await;
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let status = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/status/")
+                        .and_then(|code| code.parse().ok())
+                        .and_then(|code| StatusCode::from_u16(code).ok())
+                        .unwrap_or(StatusCode::OK);
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    *response.status_mut() = status;
+                    Ok::<_, Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        App { addr, task }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A sidecar registered as an instance of `service` in front of its own app.
+pub struct Sidecar {
+    pub service: String,
+    pub id: String,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    _app: App,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Sidecar {
+    pub async fn start(registry: &Registry, service: &str) -> Sidecar {
+        Self::start_with(registry, service, TlsMode::Off).await
+    }
+
+    /// A sidecar with mTLS in `tls` (the registry needs a CA for anything but off).
+    /// Returns once the registry lists it as passing.
+    pub async fn start_with(registry: &Registry, service: &str, tls: TlsMode) -> Sidecar {
+        let app = App::start().await;
+        let listeners = Listeners {
+            inbound: Some(listener().await),
+            outbound: listener().await,
+            upstreams: Vec::new(),
+            admin: listener().await,
+        };
+        let address = |l: &TcpListener| l.local_addr().unwrap();
+        let inbound = address(listeners.inbound.as_ref().unwrap());
+        let (outbound, admin) = (address(&listeners.outbound), address(&listeners.admin));
+        let id = format!("{service}-{}", inbound.port());
+
+        let mut config = Config::default();
+        config.registry.url = registry.url();
+        let r = &mut config.registration;
+        r.service = Some(service.to_owned());
+        r.app = Some(app.addr);
+        r.advertise = Some(inbound.to_string());
+        r.instance_id = Some(id.clone());
+        r.health_interval = Duration::from_millis(100);
+        config.listen.inbound = inbound;
+        config.tls.mode = tls;
+        config.tls.join_token = (tls != TlsMode::Off).then(|| JOIN_TOKEN.to_owned());
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            mesh_proxy::run(listeners, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let sidecar = Sidecar {
+            service: service.to_owned(),
+            id,
+            inbound,
+            outbound,
+            admin,
+            _app: app,
+            stop: Some(stop),
+        };
+        sidecar.until_passing(registry).await;
+        sidecar
+    }
+
+    /// `service/id`, as meshctl names it.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.service, self.id)
+    }
+
+    /// Waits until the registry lists it as passing and its `/ready` says so too (it
+    /// learns of its registration a moment after the registry).
+    async fn until_passing(&self, registry: &Registry) {
+        for _ in 0..500 {
+            let listing = registry.client.service(&self.service).await.unwrap();
+            if listing.instances.iter().any(|i| i.id == self.id)
+                && super::call(self.admin, "admin", "/ready").await == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} never registered as passing", self.name());
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

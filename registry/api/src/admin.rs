@@ -1,0 +1,167 @@
+//! Sidecars' admin pages relayed by the registry:
+//! `GET /v1/services/{service}/instances/{id}/admin/{path}`.
+//!
+//! Operators' tools run where the registry is reachable, but sidecars' admin ports often
+//! are not (compose publishes the registry's port only). The registry fetches
+//! `http://<instance metadata "admin">/<path>` and answers with the sidecar's status,
+//! content type and body, so one reachable address is enough to inspect the whole mesh.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+
+use crate::client::{Answer, REQUEST_TIMEOUT, check_names};
+use crate::types::ErrorBody;
+use crate::{Client, ClientError};
+
+/// The admin pages the registry relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdminPath {
+    /// `/ready`: readiness JSON (200 ready, 503 not yet).
+    Ready,
+    /// `/metrics`: Prometheus text.
+    Metrics,
+    /// `/debug/endpoints`: JSON, every destination the sidecar follows.
+    DebugEndpoints,
+}
+
+// === impl AdminPath ===
+
+impl AdminPath {
+    /// The path under the sidecar's admin address, without the leading `/`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminPath::Ready => "ready",
+            AdminPath::Metrics => "metrics",
+            AdminPath::DebugEndpoints => "debug/endpoints",
+        }
+    }
+}
+
+impl fmt::Display for AdminPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}", self.as_str())
+    }
+}
+
+/// A sidecar's answer, whatever its status: a sidecar that is not ready answers `/ready`
+/// with 503, and that is an answer, not a failure to get one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+impl AdminAnswer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+// === impl Client ===
+
+impl Client {
+    /// The sidecar page `path` of instance `id` of `service`, fetched by the registry from
+    /// the address in the instance's `admin` metadata.
+    ///
+    /// The registry's own refusals are errors: [`ClientError::Api`] with code `no_admin`
+    /// (404: the instance names no admin address), `sidecar_unreachable` (502) or
+    /// `sidecar_timeout` (504, after 2 s); [`ClientError::NoRoute`] from a registry that
+    /// has no relay (older releases), where callers may dial the sidecar themselves.
+    pub async fn admin(
+        &self,
+        service: &str,
+        id: &str,
+        path: AdminPath,
+    ) -> Result<AdminAnswer, ClientError> {
+        check_names(service, id)?;
+        let route = format!(
+            "/v1/services/{service}/instances/{id}/admin/{}",
+            path.as_str()
+        );
+        let answer = self
+            .exchange(Method::GET, &route, None, REQUEST_TIMEOUT, None)
+            .await?;
+        relayed(&self.url(&route), answer)
+    }
+}
+
+/// The sidecar's answer, or the registry's refusal. No sidecar page is shaped like the
+/// registry's error JSON, so a failing answer in that shape is the registry speaking.
+fn relayed(url: &str, answer: Answer) -> Result<AdminAnswer, ClientError> {
+    if !answer.status.is_success()
+        && let Ok(refusal) = serde_json::from_slice::<ErrorBody>(&answer.body)
+    {
+        let detail = refusal.error;
+        if answer.status == StatusCode::NOT_FOUND && detail.code == "no_route" {
+            return Err(ClientError::NoRoute {
+                url: url.to_owned(),
+                reason: format!("{}: {}", detail.code, detail.message),
+            });
+        }
+        return Err(ClientError::Api {
+            status: answer.status.as_u16(),
+            detail,
+        });
+    }
+    let content_type = answer
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(AdminAnswer {
+        status: answer.status.as_u16(),
+        content_type,
+        body: answer.body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::*;
+
+    const URL: &str = "http://r:7700/v1/services/web/instances/a/admin/ready";
+
+    fn answer(status: u16, body: &'static str) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn sidecar_answers_pass_through_whatever_their_status() {
+        let ready = relayed(URL, answer(200, r#"{"ready":true}"#)).unwrap();
+        assert!(ready.is_success());
+        assert_eq!(ready.content_type.as_deref(), Some("application/json"));
+        let unready = relayed(URL, answer(503, r#"{"ready":false,"reason":"x"}"#)).unwrap();
+        assert_eq!(unready.status, 503);
+        let missing = relayed(URL, answer(404, "not found; try /metrics\n")).unwrap();
+        assert_eq!(missing.status, 404);
+    }
+
+    #[test]
+    fn the_registrys_refusals_are_errors() {
+        let body = r#"{"error":{"code":"sidecar_unreachable","message":"refused"}}"#;
+        let err = relayed(URL, answer(502, body)).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 502, detail } if detail.code == "sidecar_unreachable")
+        );
+        let body = r#"{"error":{"code":"no_admin","message":"no admin metadata"}}"#;
+        let err = relayed(URL, answer(404, body)).unwrap_err();
+        assert!(!err.is_no_route(), "{err}");
+    }
+
+    #[test]
+    fn a_registry_without_the_relay_says_no_route() {
+        let body = r#"{"error":{"code":"no_route","message":"no route for /v1/…"}}"#;
+        assert!(relayed(URL, answer(404, body)).unwrap_err().is_no_route());
+    }
+}
