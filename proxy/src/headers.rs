@@ -54,6 +54,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `headers` holds `name`. For a name that is no standard header (the mesh's
+/// own), one pass over the few names a message carries is cheaper than a hashed lookup.
+pub fn holds(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.keys().any(|n| n == name)
+}
+
+/// Removes `name`, without a hashed lookup when it is not there (most of the time).
+pub fn remove(headers: &mut HeaderMap, name: &HeaderName) {
+    if holds(headers, name) {
+        headers.remove(name);
+    }
+}
+
 /// Refuses a request head that proxies must not pass on: two `Host` headers (RFC 9112
 /// §3.2), which two hops could read as two different destinations.
 pub fn check_request(headers: &HeaderMap) -> Result<(), ProxyError> {

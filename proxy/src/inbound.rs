@@ -86,7 +86,7 @@ impl Inbound {
         let request = http::Request::from_parts(parts, body::boxed(incoming));
         match self.clients.send(request, &self.pool, wire, None).await {
             Ok(mut response) => {
-                response.headers_mut().remove(MESH_ERROR);
+                headers::remove(response.headers_mut(), &MESH_ERROR);
                 observe(response, timer, None)
             }
             Err(e) => match caller_fault.get().map(ProxyError::caller_body) {

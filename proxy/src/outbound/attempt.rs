@@ -15,8 +15,8 @@ use crate::breaker::{self, Probe};
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
-use crate::grpc;
 use crate::retry::{self, Verdict};
+use crate::{grpc, headers};
 
 // === impl Outbound ===
 
@@ -75,7 +75,7 @@ impl Outbound {
                 .classify_response(status, response.headers(), grpc_status, endpoint.sidecar);
         if !endpoint.sidecar {
             // Only sidecars speak for the mesh.
-            response.headers_mut().remove(MESH_ERROR);
+            headers::remove(response.headers_mut(), &MESH_ERROR);
         }
         match verdict {
             Some(verdict) => Tried::Failed(Failure::Answer(response), Some(verdict)),

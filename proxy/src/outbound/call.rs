@@ -12,6 +12,7 @@ use crate::deadline::{self, Deadlines};
 use crate::discover::Destination;
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::Wire;
+use crate::headers;
 use crate::replay::ReplayBody;
 use crate::retry::{self, RetryConfig};
 
@@ -55,7 +56,7 @@ impl<'a> Call<'a> {
         let (mut head, incoming) = request.into_parts();
         let (incoming, caller_fault) = FromCaller::new(incoming);
         let repeatable = retry::is_idempotent(&head.method) || retry::is_marked(&head.headers);
-        head.headers.remove(retry::MESH_RETRY);
+        headers::remove(&mut head.headers, &retry::MESH_RETRY);
         let call = Call {
             destination,
             wire: Wire::of_version(head.version),
