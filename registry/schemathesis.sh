@@ -83,7 +83,7 @@ st registry/schemathesis.toml --max-examples "$max_examples" \
 
 echo "==> blocking-query waits (index 0 never blocks)"
 st registry/schemathesis-wait.toml --max-examples "$max_examples" \
-    --include-path-regex '^/v1/services(/\{service\})?$' || status=1
+    --include-path-regex '^/v1/(services(/\{service\})?|events)$' || status=1
 
 echo "==> the CA routes without a join token (401)"
 st registry/schemathesis.toml --max-examples 20 --include-path-regex '^/v1/ca/' || status=1

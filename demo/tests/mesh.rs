@@ -14,25 +14,7 @@ use std::{
 
 use mesh_demo::http::{Client, GetError, Response};
 use rustix::process::{Signal, kill_process};
-use support::{Launcher, Ports, bin_dir, wait_gone};
-
-/// Start-up of nine processes; generous for debug builds on a loaded machine.
-const READY: Duration = Duration::from_secs(90);
-
-fn start_mesh(ports: &Ports) -> (Launcher, BTreeMap<String, u32>) {
-    let mut args = vec![
-        "--bin-dir".to_owned(),
-        bin_dir().display().to_string(),
-        "--ready-timeout".to_owned(),
-        "60s".to_owned(),
-    ];
-    args.extend(ports.flags());
-    let mut launcher = Launcher::start(&args);
-    let pids = launcher.wait_ready(READY);
-    // Nine children and the watchdog.
-    assert_eq!(pids.len(), 10, "{pids:?}");
-    (launcher, pids)
-}
+use support::{Launcher, Ports, bin_dir, start_mesh, wait_gone};
 
 /// Blocking GETs for a synchronous test.
 struct Http {

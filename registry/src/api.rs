@@ -20,9 +20,10 @@ use crate::catalog::{Catalog, UnknownInstance};
 use crate::error::ApiError;
 use crate::join::JoinTokens;
 use crate::metrics::{Metrics, Route};
-use crate::respond::{no_content, set_index, text_response};
+use crate::respond::{no_content, set_index, short_duration, text_response};
 use crate::route::{Target, target};
-use crate::{auth, request, watch as blocking};
+use crate::sidecar::{self, AdminPage};
+use crate::{auth, request, ui, watch as blocking};
 
 // Moved to `crate::respond`; re-exported so their old paths keep working.
 pub use crate::respond::{INDEX_HEADER, json};
@@ -46,6 +47,22 @@ pub struct State {
 }
 
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
+
+/// The body of `GET /readyz`.
+#[derive(serde::Serialize)]
+struct Readiness {
+    status: &'static str,
+    version: &'static str,
+    /// `null` when the registry signs no certificates.
+    ca: Option<CaSummary>,
+}
+
+#[derive(serde::Serialize)]
+struct CaSummary {
+    trust_domain: String,
+    /// The lifetime of the certificates it issues (`--cert-ttl`).
+    cert_ttl: String,
+}
 
 // === impl State ===
 
@@ -133,6 +150,10 @@ impl State {
             (&Method::PUT, Target::Heartbeat(s, id)) => {
                 (Route::Heartbeat, self.heartbeat(s, id, headers, body).await)
             }
+            (&Method::GET, Target::SidecarAdmin(s, id, page)) => {
+                (Route::SidecarAdmin, self.sidecar_admin(s, id, page).await)
+            }
+            (&Method::GET, Target::Events) => (Route::Events, self.events(query).await),
             (&Method::GET, Target::Metrics) => (Route::Metrics, Ok(self.metrics_page())),
             (&Method::GET, Target::Healthz) => (Route::Healthz, Ok(healthz())),
             (&Method::GET, Target::Readyz) => (Route::Readyz, self.readyz()),
@@ -142,6 +163,8 @@ impl State {
                 (Route::PrometheusTargets, Ok(self.prometheus_targets()))
             }
             (&Method::GET, Target::OpenApi) => (Route::OpenApi, Ok(openapi())),
+            (&Method::GET, Target::ToDashboard) => (Route::Ui, Ok(ui::redirect())),
+            (&Method::GET, Target::Ui(asset)) => (Route::Ui, Ok(asset.response())),
             (method, target) => {
                 let error = ApiError::MethodNotAllowed {
                     method: method.to_string(),
@@ -173,6 +196,41 @@ impl State {
         let mut response = json(StatusCode::OK, &listing);
         set_index(&mut response, listing.index);
         Ok(response)
+    }
+
+    /// The recent events after `?index=`, blocking like the other queries until there
+    /// is one.
+    async fn events(&self, query: Option<&str>) -> Answer {
+        let q = request::query(query)?;
+        let events = self.catalog.events();
+        // An index ahead of the ring's comes from before a restart: answer at once, with
+        // everything, rather than block until this ring catches up with it.
+        let seen = q.index.filter(|&seen| seen <= events.index());
+        let mut index_rx = events.subscribe();
+        self.block(&mut index_rx, seen, q.wait).await;
+        let page = events.since(seen.unwrap_or(0));
+        let mut response = json(StatusCode::OK, &page);
+        set_index(&mut response, page.index);
+        Ok(response)
+    }
+
+    /// One of an instance's sidecar admin pages, read from the address it registered.
+    async fn sidecar_admin(&self, service: &str, id: &str, page: AdminPage) -> Answer {
+        check_names(service, id)?;
+        let admin = self
+            .catalog
+            .admin_address(service, id)
+            .map_err(|UnknownInstance| {
+                ApiError::NotFound(format!("service {service:?} has no instance {id:?}"))
+            })?
+            .ok_or_else(|| {
+                ApiError::NoAdmin(format!(
+                    "instance {id:?} of service {service:?} registered no sidecar admin \
+                     address (metadata \"admin\")"
+                ))
+            })?;
+        let answer = sidecar::fetch(&admin, page).await?;
+        Ok(answer.into_response(&admin))
     }
 
     async fn register<B>(&self, service: &str, id: &str, headers: &HeaderMap, body: B) -> Answer
@@ -294,14 +352,20 @@ impl State {
         json(StatusCode::OK, &self.catalog.prometheus_targets())
     }
 
+    /// Ready, with what clients (the dashboard, `meshctl`) show about this registry.
     fn readyz(&self) -> Answer {
         if *self.shutdown.borrow() {
             return Err(ApiError::Unavailable);
         }
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ready"}),
-        ))
+        let readiness = Readiness {
+            status: "ready",
+            version: env!("CARGO_PKG_VERSION"),
+            ca: self.ca.as_ref().map(|ca| CaSummary {
+                trust_domain: ca.trust_domain.clone(),
+                cert_ttl: short_duration(ca.leaf_ttl),
+            }),
+        };
+        Ok(json(StatusCode::OK, &readiness))
     }
 
     async fn block(&self, index_rx: &mut watch::Receiver<u64>, seen: Option<u64>, wait: Duration) {
@@ -334,38 +398,4 @@ fn unknown(service: &str, id: &str) -> ApiError {
     ApiError::NotFound(format!(
         "service {service:?} has no instance {id:?}; register it first"
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_openapi_document_is_json_and_names_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-        let paths = doc["paths"].as_object().unwrap();
-        for (path, methods) in [
-            ("/v1/services", &["get"][..]),
-            ("/v1/services/{service}", &["get"]),
-            ("/v1/services/{service}/instances/{id}", &["put", "delete"]),
-            ("/v1/services/{service}/instances/{id}/heartbeat", &["put"]),
-            ("/metrics", &["get"]),
-            ("/healthz", &["get"]),
-            ("/readyz", &["get"]),
-            ("/openapi.json", &["get"]),
-            ("/v1/prometheus/targets", &["get"]),
-            ("/v1/ca/sign", &["post"]),
-            ("/v1/ca/bundle", &["get"]),
-        ] {
-            for m in methods {
-                assert!(paths[path].get(*m).is_some(), "{m} {path} missing");
-            }
-            let concrete = path.replace("{service}", "web").replace("{id}", "a");
-            assert!(
-                target(&concrete).is_some(),
-                "{path} is documented but not routed"
-            );
-        }
-    }
 }

@@ -18,6 +18,8 @@ use mesh_registry_api::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::events::{self, EventKind, Events};
+
 // Moved to `crate::entry`; re-exported so their old paths keep working.
 pub use crate::entry::{Entry, LeaseState};
 
@@ -50,6 +52,8 @@ pub struct Catalog {
     catalog_tx: watch::Sender<u64>,
     /// How long an expired instance stays listed as critical before removal.
     critical_grace: Duration,
+    /// The timeline of recent changes, recorded where they happen.
+    events: Events,
 }
 
 // === impl Catalog ===
@@ -67,6 +71,7 @@ impl Catalog {
             last_index: AtomicU64::new(index),
             catalog_tx: watch::Sender::new(index),
             critical_grace,
+            events: Events::new(),
         }
     }
 
@@ -77,6 +82,11 @@ impl Catalog {
 
     pub(crate) fn critical_grace(&self) -> Duration {
         self.critical_grace
+    }
+
+    /// The timeline of recent changes.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Creates or replaces an instance. Re-sending an identical registration only renews
@@ -91,9 +101,12 @@ impl Catalog {
         let mut svc = self.service_mut(service);
         let wall = SystemTime::now();
         let expires_at = now + registration.ttl;
-        let unchanged = svc.instances.get(id).is_some_and(|e| {
-            e.registration == registration && matches!(e.lease, LeaseState::Live { .. })
+        let before = svc.instances.get(id).map(|e| {
+            let expired = matches!(e.lease, LeaseState::Expired { .. });
+            (&e.registration, expired)
         });
+        let unchanged = before.is_some_and(|(old, expired)| !expired && *old == registration);
+        let detail = (!unchanged).then(|| events::registration_detail(before, &registration));
         let entry = svc
             .instances
             .entry(id.to_owned())
@@ -112,6 +125,10 @@ impl Catalog {
                 spared: false,
             });
         let instance = entry.listed(id);
+        if let Some(detail) = detail {
+            self.events
+                .record(EventKind::Registered, service, id, detail);
+        }
         if !unchanged {
             self.bump(&mut svc);
         }
@@ -131,9 +148,11 @@ impl Catalog {
         let mut svc = self.services.get_mut(service).ok_or(UnknownInstance)?;
         let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
         let before = entry.status();
+        let expired = matches!(entry.lease, LeaseState::Expired { .. });
         if let Some(status) = status {
             entry.registration.status = status;
         }
+        let reported = output.clone();
         if output.is_some() {
             entry.output = output;
         }
@@ -149,6 +168,9 @@ impl Catalog {
             ttl: entry.registration.ttl,
         };
         if lease.status != before {
+            let output = reported.as_deref();
+            let (kind, detail) = events::heartbeat_event(before, lease.status, expired, output);
+            self.events.record(kind, service, id, detail);
             self.bump(&mut svc);
         }
         Ok((lease, svc.index))
@@ -157,7 +179,10 @@ impl Catalog {
     /// Removes an instance; returns the service's new index.
     pub fn deregister(&self, service: &str, id: &str) -> Result<u64, UnknownInstance> {
         let mut svc = self.services.get_mut(service).ok_or(UnknownInstance)?;
-        svc.instances.remove(id).ok_or(UnknownInstance)?;
+        let entry = svc.instances.remove(id).ok_or(UnknownInstance)?;
+        let detail = format!("was {} at {}", entry.status(), entry.registration.address);
+        self.events
+            .record(EventKind::Deregistered, service, id, detail);
         self.bump(&mut svc);
         Ok(svc.index)
     }

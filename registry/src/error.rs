@@ -65,6 +65,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the registry is shutting down")]
     Unavailable,
+    /// The instance registered no sidecar admin address (metadata `admin`).
+    #[error("{0}")]
+    NoAdmin(String),
+    /// The sidecar's admin port refused, could not be reached, or answered badly.
+    #[error("{0}")]
+    SidecarUnreachable(String),
+    /// The sidecar's admin port did not answer in time.
+    #[error("{0}")]
+    SidecarTimeout(String),
 }
 
 // === impl ApiError ===
@@ -105,6 +114,11 @@ impl ApiError {
                 Some("content-type"),
             ),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::NoAdmin(_) => (StatusCode::NOT_FOUND, "no_admin", None),
+            ApiError::SidecarUnreachable(_) => {
+                (StatusCode::BAD_GATEWAY, "sidecar_unreachable", None)
+            }
+            ApiError::SidecarTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "sidecar_timeout", None),
         };
         let body = ErrorBody {
             error: ErrorDetail {

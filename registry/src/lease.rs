@@ -10,6 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::catalog::Catalog;
 use crate::entry::{Entry, LeaseState};
+use crate::events::{EventKind, Events};
 use crate::metrics::Metrics;
 
 /// What one sweep did, summed over all services.
@@ -36,11 +37,17 @@ impl Catalog {
     /// still leaves after at most two TTLs.
     pub fn sweep(&self, now: Instant) -> SweepReport {
         let mut report = SweepReport::default();
-        let grace = self.critical_grace();
         for mut svc in self.services.iter_mut() {
-            let guard = guard_holds(svc.key(), &svc.instances, now);
-            if sweep_instances(&mut svc.instances, now, guard, grace, &mut report) {
-                self.bump(&mut svc);
+            let (service, state) = svc.pair_mut();
+            let sweep = ServiceSweep {
+                service,
+                now,
+                grace: self.critical_grace(),
+                guard: guard_holds(service, &state.instances, now),
+                events: self.events(),
+            };
+            if sweep.run(&mut state.instances, &mut report) {
+                self.bump(state);
             }
         }
         self.collect_empty();
@@ -56,65 +63,113 @@ fn sparable(entry: &Entry, now: Instant) -> bool {
         && entry.status() == Status::Passing
 }
 
-/// Whether the mass-expiry guard (see [`Catalog::sweep`]) holds back the expiries of one
-/// service in this sweep.
-fn guard_holds(service: &str, instances: &BTreeMap<String, Entry>, now: Instant) -> bool {
+/// The mass-expiry guard (see [`Catalog::sweep`]) holding back expiries of one service.
+#[derive(Clone, Copy, Debug)]
+struct Guard {
+    /// Leases it extends.
+    expiring: usize,
+    /// Passing instances of the service.
+    passing: usize,
+}
+
+/// Whether the mass-expiry guard holds back the expiries of one service in this sweep.
+fn guard_holds(service: &str, instances: &BTreeMap<String, Entry>, now: Instant) -> Option<Guard> {
     let passing = instances
         .values()
         .filter(|e| e.status() == Status::Passing)
         .count();
-    let sparable = instances.values().filter(|e| sparable(e, now)).count();
-    let holds = sparable >= 2 && sparable * 2 > passing;
-    if holds {
-        tracing::warn!(
-            service = %service,
-            expiring = sparable,
-            passing,
-            "mass expiry held back: most of this service's leases ran out at once, \
-             which usually means the registry was starved or partitioned; \
-             extending them by one TTL"
-        );
+    let expiring = instances.values().filter(|e| sparable(e, now)).count();
+    if expiring < 2 || expiring * 2 <= passing {
+        return None;
     }
-    holds
+    tracing::warn!(
+        service = %service,
+        expiring,
+        passing,
+        "mass expiry held back: most of this service's leases ran out at once, \
+         which usually means the registry was starved or partitioned; \
+         extending them by one TTL"
+    );
+    Some(Guard { expiring, passing })
 }
 
-/// Expires, spares or removes the instances of one service whose time came by `now`.
-/// Returns whether the service's listing changed, so its watchers need waking.
-fn sweep_instances(
-    instances: &mut BTreeMap<String, Entry>,
+/// One service's sweep: what it needs besides the instances.
+struct ServiceSweep<'a> {
+    service: &'a str,
     now: Instant,
-    guard: bool,
     grace: Duration,
-    report: &mut SweepReport,
-) -> bool {
-    let mut changed = false;
-    instances.retain(|_, entry| match entry.lease {
-        LeaseState::Live { expires_at } if expires_at <= now => {
-            if guard && sparable(entry, now) {
-                entry.spared = true;
-                entry.lease = LeaseState::Live {
-                    expires_at: now + entry.registration.ttl,
-                };
-                report.spared += 1;
-            } else {
-                // An instance that already reported itself critical looks the same once
-                // expired: no change for its watchers.
-                changed |= entry.status() != Status::Critical;
-                entry.lease = LeaseState::Expired {
-                    remove_at: now + grace,
-                };
-                report.expired += 1;
+    guard: Option<Guard>,
+    /// Every expiry, removal and sparing is an event of the timeline.
+    events: &'a Events,
+}
+
+// === impl ServiceSweep ===
+
+impl ServiceSweep<'_> {
+    /// Expires, spares or removes the instances whose time came. Returns whether the
+    /// service's listing changed, so its watchers need waking.
+    fn run(&self, instances: &mut BTreeMap<String, Entry>, report: &mut SweepReport) -> bool {
+        let now = self.now;
+        let mut changed = false;
+        instances.retain(|id, entry| match entry.lease {
+            LeaseState::Live { expires_at } if expires_at <= now => {
+                if let Some(guard) = self.guard.filter(|_| sparable(entry, now)) {
+                    self.spare(id, entry, guard);
+                    report.spared += 1;
+                } else {
+                    // An instance that already reported itself critical looks the same
+                    // once expired: no change for its watchers.
+                    changed |= entry.status() != Status::Critical;
+                    self.expire(id, entry);
+                    report.expired += 1;
+                }
+                true
             }
-            true
-        }
-        LeaseState::Expired { remove_at } if remove_at <= now => {
-            report.removed += 1;
-            changed = true;
-            false
-        }
-        _ => true,
-    });
-    changed
+            LeaseState::Expired { remove_at } if remove_at <= now => {
+                let detail = format!(
+                    "removed after {} critical without a heartbeat",
+                    humantime::format_duration(self.grace)
+                );
+                self.events
+                    .record(EventKind::Removed, self.service, id, detail);
+                report.removed += 1;
+                changed = true;
+                false
+            }
+            _ => true,
+        });
+        changed
+    }
+
+    fn spare(&self, id: &str, entry: &mut Entry, guard: Guard) {
+        let ttl = entry.registration.ttl;
+        entry.spared = true;
+        entry.lease = LeaseState::Live {
+            expires_at: self.now + ttl,
+        };
+        let detail = format!(
+            "lease extended by {}: the mass-expiry guard held back {} of {} passing \
+             instances whose leases ran out at once",
+            humantime::format_duration(ttl),
+            guard.expiring,
+            guard.passing
+        );
+        self.events
+            .record(EventKind::Spared, self.service, id, detail);
+    }
+
+    fn expire(&self, id: &str, entry: &mut Entry) {
+        entry.lease = LeaseState::Expired {
+            remove_at: self.now + self.grace,
+        };
+        let detail = format!(
+            "lease expired: no heartbeat for {}; removed in {} unless one arrives",
+            humantime::format_duration(entry.registration.ttl),
+            humantime::format_duration(self.grace)
+        );
+        self.events
+            .record(EventKind::Critical, self.service, id, detail);
+    }
 }
 
 /// Runs [`Catalog::sweep`] every `interval` until `shutdown` turns true.
@@ -235,6 +290,78 @@ mod tests {
         assert_eq!((report.spared, report.expired), (0, 2));
         assert_eq!(passing(&c, "web"), 2);
         assert_eq!(passing(&c, "solo"), 0);
+    }
+
+    fn kinds(c: &Catalog) -> Vec<(EventKind, String)> {
+        let page = c.events().since(0);
+        page.events
+            .into_iter()
+            .map(|e| (e.kind, e.instance))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_records_the_expiry_then_the_removal_when_they_happen() {
+        let c = std::sync::Arc::new(Catalog::new(GRACE));
+        c.register("web", "a", reg(1000), Instant::now());
+        let (stop, stopped) = watch::channel(false);
+        let sweeper = tokio::spawn({
+            let c = c.clone();
+            async move {
+                let metrics = Metrics::new();
+                run_sweeper(&c, &metrics, Duration::from_millis(100), stopped).await
+            }
+        });
+        let registered = vec![(EventKind::Registered, "a".to_owned())];
+        tokio::time::sleep(Duration::from_millis(950)).await;
+        assert_eq!(kinds(&c), registered);
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut expired = registered.clone();
+        expired.push((EventKind::Critical, "a".to_owned()));
+        assert_eq!(kinds(&c), expired);
+        let detail = &c.events().since(0).events[1].detail;
+        assert!(
+            detail.starts_with("lease expired: no heartbeat for 1s"),
+            "{detail}"
+        );
+
+        tokio::time::sleep(GRACE - Duration::from_millis(200)).await;
+        assert_eq!(kinds(&c), expired, "removed before the grace period ended");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut removed = expired;
+        removed.push((EventKind::Removed, "a".to_owned()));
+        assert_eq!(kinds(&c), removed);
+
+        stop.send_replace(true);
+        sweeper.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sparing_is_an_event_per_instance_and_the_next_expiry_too() {
+        let c = Catalog::new(GRACE);
+        let t0 = Instant::now();
+        for id in ["a", "b"] {
+            c.register("web", id, reg(1000), t0);
+        }
+        let registered = c.events().index();
+        c.sweep(t0 + Duration::from_secs(1));
+        let page = c.events().since(registered);
+        let spared: Vec<_> = page
+            .events
+            .iter()
+            .map(|e| (e.kind, &e.instance[..]))
+            .collect();
+        assert_eq!(spared, [(EventKind::Spared, "a"), (EventKind::Spared, "b")]);
+        assert!(
+            page.events[0].detail.contains("held back 2 of 2"),
+            "{}",
+            page.events[0].detail
+        );
+        c.sweep(t0 + Duration::from_secs(2));
+        let later = c.events().since(page.index);
+        assert!(later.events.iter().all(|e| e.kind == EventKind::Critical));
+        assert_eq!(later.events.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,9 +9,11 @@
 //! Module map, in the order a request meets them: [`server`] (connections) →
 //! [`api`] (the routing table and handlers; [`route`] matches paths, [`auth`] checks
 //! tokens, [`respond`] builds answers) → [`request`] (parsing, validation) →
-//! [`catalog`] (state, indexes; one [`entry`] per instance) → [`watch`] (blocking
-//! queries); beside them [`lease`] (expiry sweep), [`snapshot`] (persistence),
-//! [`metrics`] and [`prometheus_sd`] (scrape targets for Prometheus).
+//! [`catalog`] (state, indexes; one [`entry`] per instance; [`events`] records what
+//! changed) → [`watch`] (blocking queries); beside them [`lease`] (expiry sweep),
+//! [`snapshot`] (persistence), [`metrics`], [`prometheus_sd`] (scrape targets for
+//! Prometheus), and for the dashboard at `/ui/`, [`ui`] (its files) and [`sidecar`]
+//! (reading sidecars' admin pages on its behalf).
 
 pub mod api;
 pub mod auth;
@@ -20,6 +22,7 @@ pub mod catalog;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod events;
 pub mod join;
 pub mod lease;
 pub mod metrics;
@@ -28,7 +31,9 @@ pub mod request;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod sidecar;
 pub mod snapshot;
+pub mod ui;
 pub mod watch;
 
 use std::future::Future;

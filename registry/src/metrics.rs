@@ -26,6 +26,10 @@ pub enum Route {
     PrometheusTargets,
     CaSign,
     CaBundle,
+    Events,
+    SidecarAdmin,
+    /// The dashboard's files and the redirects to it.
+    Ui,
     /// Anything that matched no route.
     Unknown,
 }
@@ -47,6 +51,9 @@ impl Route {
             Route::PrometheusTargets => "prometheus_targets",
             Route::CaSign => "ca_sign",
             Route::CaBundle => "ca_bundle",
+            Route::Events => "events",
+            Route::SidecarAdmin => "sidecar_admin",
+            Route::Ui => "ui",
             Route::Unknown => "unknown",
         }
     }

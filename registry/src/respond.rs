@@ -4,6 +4,8 @@
 //! errors to answers ([`crate::error`]) build responses; with the helpers here, neither
 //! has to reach into the other.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
@@ -44,4 +46,44 @@ pub fn set_index(response: &mut Response<Full<Bytes>>, index: u64) {
     response
         .headers_mut()
         .insert(INDEX_HEADER, HeaderValue::from(index));
+}
+
+/// A duration as operators write the flags: hours at most (`24h`, `1h 30m`, `45s`), where
+/// humantime would say `1day`. Parses back with humantime; below a millisecond is dropped.
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let parts: Vec<String> = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(d.subsec_millis()), "ms"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, unit)| format!("{n}{unit}"))
+    .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_durations_stop_at_hours_and_parse_back() {
+        for (d, text) in [
+            (Duration::from_secs(24 * 3600), "24h"),
+            (Duration::from_secs(5400), "1h 30m"),
+            (Duration::from_secs(45), "45s"),
+            (Duration::from_millis(1500), "1s 500ms"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(short_duration(d), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), d);
+        }
+    }
 }

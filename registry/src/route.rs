@@ -4,6 +4,9 @@
 //! its own. The method is left to the routing table in [`crate::api`], so a known path
 //! with a wrong method gets a 405 naming the right ones rather than a 404.
 
+use crate::sidecar::AdminPage;
+use crate::ui::{self, Asset};
+
 /// A route matched by path alone; the method is checked afterwards.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target<'a> {
@@ -11,6 +14,9 @@ pub enum Target<'a> {
     Service(&'a str),
     Instance(&'a str, &'a str),
     Heartbeat(&'a str, &'a str),
+    /// One of an instance's sidecar admin pages, read by the registry.
+    SidecarAdmin(&'a str, &'a str, AdminPage),
+    Events,
     Metrics,
     Healthz,
     Readyz,
@@ -18,9 +24,21 @@ pub enum Target<'a> {
     PrometheusTargets,
     CaSign,
     CaBundle,
+    /// `/` and `/ui`, redirected to the dashboard.
+    ToDashboard,
+    /// A file of the dashboard under `/ui/`.
+    Ui(&'static Asset),
 }
 
 pub fn target(path: &str) -> Option<Target<'_>> {
+    // The dashboard's paths are matched as they are: `/ui/` keeps its slash, which its
+    // relative links need.
+    if path == "/" || path == "/ui" {
+        return Some(Target::ToDashboard);
+    }
+    if let Some(name) = path.strip_prefix(ui::PATH) {
+        return ui::asset(name).map(Target::Ui);
+    }
     let path = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
@@ -31,6 +49,24 @@ pub fn target(path: &str) -> Option<Target<'_>> {
         ["v1", "services", service] => Target::Service(service),
         ["v1", "services", service, "instances", id] => Target::Instance(service, id),
         ["v1", "services", service, "instances", id, "heartbeat"] => Target::Heartbeat(service, id),
+        [
+            "v1",
+            "services",
+            service,
+            "instances",
+            id,
+            "admin",
+            page @ ..,
+        ] => {
+            let page = match page {
+                ["ready"] => AdminPage::Ready,
+                ["metrics"] => AdminPage::Metrics,
+                ["debug", "endpoints"] => AdminPage::DebugEndpoints,
+                _ => return None,
+            };
+            Target::SidecarAdmin(service, id, page)
+        }
+        ["v1", "events"] => Target::Events,
         ["metrics"] => Target::Metrics,
         ["healthz"] => Target::Healthz,
         ["readyz"] => Target::Readyz,
@@ -70,7 +106,41 @@ mod tests {
             Some(Target::Heartbeat("web", "a"))
         );
         assert_eq!(target("/v1/services/web/instances"), None);
-        assert_eq!(target("/"), None);
         assert_eq!(target("//v1/services"), None);
+    }
+
+    #[test]
+    fn only_three_admin_pages_are_routed() {
+        let admin = |page| Some(Target::SidecarAdmin("web", "a", page));
+        let base = "/v1/services/web/instances/a/admin";
+        assert_eq!(target(&format!("{base}/ready")), admin(AdminPage::Ready));
+        assert_eq!(
+            target(&format!("{base}/metrics")),
+            admin(AdminPage::Metrics)
+        );
+        assert_eq!(
+            target(&format!("{base}/debug/endpoints")),
+            admin(AdminPage::DebugEndpoints)
+        );
+        for other in [
+            "",
+            "/shutdown",
+            "/debug",
+            "/live",
+            "/metrics/x",
+            "/../metrics",
+        ] {
+            assert_eq!(target(&format!("{base}{other}")), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_dashboard_is_at_ui_with_its_slash() {
+        assert_eq!(target("/"), Some(Target::ToDashboard));
+        assert_eq!(target("/ui"), Some(Target::ToDashboard));
+        assert!(matches!(target("/ui/"), Some(Target::Ui(a)) if a.name.is_empty()));
+        assert!(matches!(target("/ui/app.js"), Some(Target::Ui(a)) if a.name == "app.js"));
+        assert_eq!(target("/ui/missing.js"), None);
+        assert_eq!(target("/ui//"), None);
     }
 }

@@ -23,6 +23,26 @@ use rustix::process::{Pid, Signal, kill_process};
 
 pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_mesh-demo");
 
+/// Start-up of nine processes; generous for debug builds on a loaded machine.
+pub const READY: Duration = Duration::from_secs(90);
+
+/// Starts the whole demo (three recommendations instances) on `ports` and waits until it
+/// is ready; returns the launcher and the `name=pid` table it printed.
+pub fn start_mesh(ports: &Ports) -> (Launcher, BTreeMap<String, u32>) {
+    let mut args = vec![
+        "--bin-dir".to_owned(),
+        bin_dir().display().to_string(),
+        "--ready-timeout".to_owned(),
+        "60s".to_owned(),
+    ];
+    args.extend(ports.flags());
+    let mut launcher = Launcher::start(&args);
+    let pids = launcher.wait_ready(READY);
+    // Nine children and the watchdog.
+    assert_eq!(pids.len(), 10, "{pids:?}");
+    (launcher, pids)
+}
+
 /// The directory holding the programs the launcher starts; panics with the command that
 /// builds them when one is missing.
 pub fn bin_dir() -> PathBuf {

@@ -1,0 +1,103 @@
+//! The dashboard's routes over real sockets: the redirects to `/ui/`, its files with their
+//! content types, and what `/readyz` tells it (and `meshctl`) about the registry.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestRegistry;
+use http::{Method, StatusCode};
+use mesh_registry::Config;
+use mesh_registry::ca::Ca;
+
+const GET: Method = Method::GET;
+
+#[tokio::test]
+async fn the_root_and_ui_without_its_slash_redirect_to_the_dashboard() {
+    let r = TestRegistry::start_default().await;
+    for path in ["/", "/ui"] {
+        let answer = r.raw(GET, path, &[], Bytes::new()).await;
+        assert_eq!(answer.status, StatusCode::PERMANENT_REDIRECT, "{path}");
+        assert_eq!(answer.headers["location"], "/ui/", "{path}");
+        assert!(answer.headers.contains_key("x-mesh-index"));
+    }
+    let post = r.raw(Method::POST, "/", &[], Bytes::new()).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.error_code(), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
+    let r = TestRegistry::start_default().await;
+    let page = r.raw(GET, "/ui/", &[], Bytes::new()).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["cache-control"], "no-cache");
+    assert!(
+        page.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    assert!(page.text.contains("<title>mesh-registry dashboard</title>"));
+    assert!(page.text.contains(r#"<script type="module" src="app.js">"#));
+
+    for (file, content_type) in [
+        ("style.css", "text/css; charset=utf-8"),
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("api.js", "text/javascript; charset=utf-8"),
+        ("figures.js", "text/javascript; charset=utf-8"),
+        ("sidecars.js", "text/javascript; charset=utf-8"),
+        ("view.js", "text/javascript; charset=utf-8"),
+    ] {
+        let answer = r.raw(GET, &format!("/ui/{file}"), &[], Bytes::new()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{file}");
+        assert_eq!(answer.headers["content-type"], content_type, "{file}");
+        assert_eq!(answer.headers["cache-control"], "no-cache", "{file}");
+        assert!(!answer.text.is_empty(), "{file}");
+    }
+    let missing = r.raw(GET, "/ui/missing.js", &[], Bytes::new()).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.error_code(), "no_route");
+
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains(r#"mesh_registry_http_requests_total{code="200",route="ui"} 7"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_the_version_and_no_ca() {
+    let r = TestRegistry::start_default().await;
+    let ready = r.raw(GET, "/readyz", &[], Bytes::new()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(
+        ready.json,
+        serde_json::json!({"status": "ready", "version": env!("CARGO_PKG_VERSION"), "ca": null})
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_the_trust_domain_and_the_certificates_lifetime_of_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Ca::generate("example.org").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &generated.cert_pem).unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), &generated.key_pem).unwrap();
+    let r = TestRegistry::start(Config {
+        ca_cert: Some(dir.path().join("ca.pem")),
+        ca_key: Some(dir.path().join("ca-key.pem")),
+        join_token: Some("join-me".into()),
+        trust_domain: "example.org".into(),
+        cert_ttl: Duration::from_secs(24 * 3600),
+        ..Config::default()
+    })
+    .await;
+    let ready = r.raw(GET, "/readyz", &[], Bytes::new()).await;
+    assert_eq!(
+        ready.json["ca"],
+        serde_json::json!({"trust_domain": "example.org", "cert_ttl": "24h"})
+    );
+    assert_eq!(ready.json["status"], "ready");
+}

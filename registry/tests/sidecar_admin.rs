@@ -1,0 +1,291 @@
+//! Reading a sidecar's admin pages through the registry, over real sockets: a small fake
+//! admin server answers (or misbehaves), and the registry passes answers on or says
+//! precisely why it could not.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Answer, TestRegistry};
+use http::{Method, StatusCode};
+use mesh_registry_api::Registration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const GET: Method = Method::GET;
+const METRICS: &str = "# TYPE mesh_requests_total counter\nmesh_requests_total{direction=\"inbound\",service=\"web\"} 7\n";
+
+/// How the fake admin server answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Like a mesh-proxy: `/ready`, `/metrics`, `/debug/endpoints`, 404 otherwise.
+    Sidecar,
+    /// A sidecar that is not ready: 503 on `/ready`.
+    NotReady,
+    /// Accepts, reads the request, never answers.
+    Silent,
+    /// Answers something that is not HTTP.
+    Garbage,
+    /// Redirects elsewhere.
+    Redirect,
+    /// Declares and sends more than the registry reads.
+    Huge,
+}
+
+/// A fake sidecar admin port; `requests` holds each request's head as it arrived.
+struct FakeAdmin {
+    address: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeAdmin {
+    async fn start(behaviour: Behaviour) -> FakeAdmin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer(stream, behaviour, seen.clone()));
+            }
+        });
+        FakeAdmin { address, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn answer(mut stream: TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Vec<String>>>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read_exact(&mut byte).await.is_err() {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+    seen.lock().unwrap().push(head);
+    let reply = |status: &str, content_type: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let bytes = match (behaviour, path.as_str()) {
+        (Behaviour::Silent, _) => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
+        (Behaviour::Garbage, _) => b"hello, this is not HTTP\r\n\r\n".to_vec(),
+        (Behaviour::Redirect, _) => {
+            b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n"
+                .to_vec()
+        }
+        (Behaviour::Huge, _) => {
+            let mut bytes =
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2097152\r\n\r\n"
+                    .to_vec();
+            bytes.extend(vec![b'x'; 2 * 1024 * 1024]);
+            bytes
+        }
+        (Behaviour::NotReady, "/ready") => reply(
+            "503 Service Unavailable",
+            "application/json",
+            r#"{"ready":false,"registry_connected":true,"reason":"no mTLS certificate yet"}"#,
+        ),
+        (_, "/ready") => reply(
+            "200 OK",
+            "application/json",
+            r#"{"ready":true,"registry_connected":true}"#,
+        ),
+        (_, "/metrics") => reply("200 OK", "text/plain; version=0.0.4", METRICS),
+        (_, "/debug/endpoints") => reply("200 OK", "application/json", "[]\n"),
+        _ => reply("404 Not Found", "text/plain", "not found\n"),
+    };
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Registers `web/a` with its sidecar admin address (or none).
+async fn register(r: &TestRegistry, admin: Option<String>) {
+    let mut registration = Registration::new("127.0.0.1:4143");
+    if let Some(admin) = admin {
+        registration.metadata.insert("admin".into(), admin);
+    }
+    r.client.register("web", "a", &registration).await.unwrap();
+}
+
+async fn admin_page(r: &TestRegistry, page: &str) -> Answer {
+    let path = format!("/v1/services/web/instances/a/admin/{page}");
+    r.raw(GET, &path, &[], Bytes::new()).await
+}
+
+#[tokio::test]
+async fn the_three_pages_are_passed_on_with_the_sidecars_status_and_type() {
+    let fake = FakeAdmin::start(Behaviour::Sidecar).await;
+    let r = TestRegistry::start_default().await;
+    register(&r, Some(fake.address.to_string())).await;
+
+    let metrics = admin_page(&r, "metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert_eq!(metrics.headers["content-type"], "text/plain; version=0.0.4");
+    assert_eq!(
+        metrics.headers["x-mesh-sidecar"],
+        fake.address.to_string().as_str()
+    );
+    assert_eq!(metrics.text, METRICS);
+
+    let ready = admin_page(&r, "ready").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json["ready"], true);
+    let endpoints = admin_page(&r, "debug/endpoints").await;
+    assert_eq!(endpoints.headers["content-type"], "application/json");
+    assert_eq!(endpoints.json, serde_json::json!([]));
+
+    // Plain GETs of those paths, to the registered address and nothing else.
+    let requests = fake.requests();
+    let lines: Vec<&str> = requests.iter().map(|h| h.lines().next().unwrap()).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /metrics HTTP/1.1",
+            "GET /ready HTTP/1.1",
+            "GET /debug/endpoints HTTP/1.1"
+        ]
+    );
+    let host = format!("host: {}", fake.address);
+    assert!(
+        requests[0].to_lowercase().contains(&host),
+        "{}",
+        requests[0]
+    );
+    assert!(
+        r.metrics()
+            .await
+            .contains(r#"mesh_registry_http_requests_total{code="200",route="sidecar_admin"} 3"#)
+    );
+}
+
+#[tokio::test]
+async fn a_sidecar_that_is_not_ready_is_passed_on_as_such() {
+    let fake = FakeAdmin::start(Behaviour::NotReady).await;
+    let r = TestRegistry::start_default().await;
+    register(&r, Some(fake.address.to_string())).await;
+    let ready = admin_page(&r, "ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json["reason"], "no mTLS certificate yet");
+    assert!(ready.headers.contains_key("x-mesh-sidecar"));
+}
+
+#[tokio::test]
+async fn unknown_instances_missing_addresses_and_other_pages_are_404s_with_their_codes() {
+    let r = TestRegistry::start_default().await;
+    let unknown = admin_page(&r, "metrics").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.error_code(), "not_found");
+
+    register(&r, None).await;
+    let none = admin_page(&r, "metrics").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert_eq!(none.error_code(), "no_admin");
+    assert!(!none.headers.contains_key("x-mesh-sidecar"));
+
+    for page in [
+        "shutdown",
+        "live",
+        "debug",
+        "metrics/x",
+        "",
+        "%2e%2e/metrics",
+    ] {
+        let other = admin_page(&r, page).await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND, "{page}");
+        assert_eq!(other.error_code(), "no_route", "{page}");
+    }
+    let post = r
+        .raw(
+            Method::POST,
+            "/v1/services/web/instances/a/admin/metrics",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    let bad = r
+        .raw(
+            GET,
+            "/v1/services/Web/instances/a/admin/ready",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.error_field(), Some("service"));
+}
+
+#[tokio::test]
+async fn a_refused_or_misbehaving_sidecar_is_a_502_naming_the_address_and_why() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let garbage = FakeAdmin::start(Behaviour::Garbage)
+        .await
+        .address
+        .to_string();
+    let redirect = FakeAdmin::start(Behaviour::Redirect)
+        .await
+        .address
+        .to_string();
+    let huge = FakeAdmin::start(Behaviour::Huge).await.address.to_string();
+    let r = TestRegistry::start_default().await;
+    for (admin, why) in [
+        (refused.as_str(), "cannot connect"),
+        (garbage.as_str(), "no answer"),
+        (redirect.as_str(), "redirects are not followed"),
+        (huge.as_str(), "larger than 1048576 bytes"),
+        ("no_such-host:x", "not host:port"),
+    ] {
+        register(&r, Some(admin.to_owned())).await;
+        let answer = admin_page(&r, "metrics").await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{admin}");
+        assert_eq!(answer.error_code(), "sidecar_unreachable", "{admin}");
+        let message = answer.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(admin) && message.contains(why),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_that_never_answers_is_a_504_after_two_seconds() {
+    let silent = FakeAdmin::start(Behaviour::Silent).await;
+    let r = TestRegistry::start_default().await;
+    register(&r, Some(silent.address.to_string())).await;
+    let started = Instant::now();
+    let answer = admin_page(&r, "debug/endpoints").await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.error_code(), "sidecar_timeout");
+    assert!(
+        answer.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&silent.address.to_string())
+    );
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Other requests were not held up meanwhile: the registry still answers at once.
+    let started = Instant::now();
+    r.client.services().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
