@@ -62,31 +62,41 @@ pub struct HealthCheck {
 // === impl HealthCheck ===
 
 impl HealthCheck {
-    /// Checks the app in a task of its own, for the life of the process. The receiver
-    /// sees each change of status, which the registration reports without waiting for
-    /// its next heartbeat; an unchanged status is not published, so heartbeats keep
-    /// their own pace.
-    pub fn spawn(self) -> watch::Receiver<Status> {
+    /// Checks the app in a task of its own, for the life of the process. The status
+    /// receiver sees each change of status, which the registration reports without
+    /// waiting for its next heartbeat; an unchanged status is not published, so
+    /// heartbeats keep their own pace. The output receiver holds what the last check saw
+    /// (why it failed), which heartbeats carry.
+    pub fn spawn(self) -> (watch::Receiver<Status>, watch::Receiver<Option<String>>) {
         let (status, receiver) = watch::channel(Status::Critical);
-        tokio::spawn(self.run(status));
-        receiver
+        let (output, outputs) = watch::channel(Some("not checked yet".to_owned()));
+        tokio::spawn(self.run(status, output));
+        (receiver, outputs)
     }
 
     /// Checks faster until the app first passes.
-    async fn run(self, status: watch::Sender<Status>) {
+    async fn run(self, status: watch::Sender<Status>, output: watch::Sender<Option<String>>) {
         let app = self.app;
         let mut wait = FIRST_CHECK_WAIT.min(self.interval);
         let mut passed = false;
         loop {
-            let now = match tokio::time::timeout(CHECK_TIMEOUT, self.probe()).await {
-                Ok(s) => s,
-                Err(_) => Status::Critical,
+            let verdict = match tokio::time::timeout(CHECK_TIMEOUT, self.probe()).await {
+                Ok(verdict) => verdict,
+                Err(_) => critical(format!("no answer within {CHECK_TIMEOUT:?}")),
             };
+            // The output first: the registration, woken by the status, reads it.
+            output.send_if_modified(|current| {
+                let changed = *current != verdict.output;
+                *current = verdict.output.clone();
+                changed
+            });
+            let now = verdict.status;
             status.send_if_modified(|current| {
                 if *current == now {
                     return false;
                 }
-                tracing::info!(%app, from = %*current, to = %now, "app health changed");
+                let saw = verdict.output.as_deref().unwrap_or("");
+                tracing::info!(%app, from = %*current, to = %now, "app health changed: {saw}");
                 *current = now;
                 true
             });
@@ -97,18 +107,21 @@ impl HealthCheck {
         }
     }
 
-    async fn probe(&self) -> Status {
+    async fn probe(&self) -> Verdict {
         let (clients, pool) = (&self.clients, self.pool.as_ref());
         match &self.check {
             Check::Tcp => tcp(self.app).await,
             Check::Http { path } => {
                 let request = Request::get(path.as_str()).body(body::empty());
                 let Ok(request) = request else {
-                    return Status::Critical;
+                    return critical(format!("{path:?} is not a path to GET"));
                 };
                 match clients.send(request, pool, Wire::Http1, None).await {
-                    Ok(r) if r.status().is_success() => Status::Passing,
-                    _ => Status::Critical,
+                    Ok(r) if r.status().is_success() => {
+                        Verdict::passing(format!("GET {path} answered {}", r.status()))
+                    }
+                    Ok(r) => critical(format!("GET {path} answered {}", r.status())),
+                    Err(e) => critical(format!("GET {path}: {e}")),
                 }
             }
             Check::Grpc => grpc(self.app, clients, pool).await,
@@ -116,29 +129,53 @@ impl HealthCheck {
     }
 }
 
-async fn tcp(app: SocketAddr) -> Status {
+/// A health check's outcome: the status, and what the check saw (for a failed one, why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: Status,
+    pub output: Option<String>,
+}
+
+impl Verdict {
+    fn passing(what: String) -> Verdict {
+        Verdict {
+            status: Status::Passing,
+            output: Some(what),
+        }
+    }
+}
+
+fn critical(why: String) -> Verdict {
+    Verdict {
+        status: Status::Critical,
+        output: Some(why),
+    }
+}
+
+async fn tcp(app: SocketAddr) -> Verdict {
     match TcpStream::connect(app).await {
-        Ok(_) => Status::Passing,
-        Err(_) => Status::Critical,
+        Ok(_) => Verdict::passing(format!("connected to {app}")),
+        Err(e) => critical(format!("cannot connect to {app}: {e}")),
     }
 }
 
 /// One `grpc.health.v1.Health/Check` for the whole server (`service: ""`), encoded by
 /// hand: the request is an empty message, the answer's field 1 is the serving status.
-async fn grpc(app: SocketAddr, clients: &Clients, pool: &Pool) -> Status {
+async fn grpc(app: SocketAddr, clients: &Clients, pool: &Pool) -> Verdict {
     let request = Request::post("/grpc.health.v1.Health/Check")
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
         .body(body::full(Bytes::from_static(&[0, 0, 0, 0, 0])));
     let Ok(request) = request else {
-        return Status::Critical;
+        return critical("cannot build the gRPC health check".into());
     };
-    let Ok(response) = clients.send(request, pool, Wire::Http2, None).await else {
-        return Status::Critical;
+    let response = match clients.send(request, pool, Wire::Http2, None).await {
+        Ok(response) => response,
+        Err(e) => return critical(format!("gRPC health check: {e}")),
     };
     let header_status = crate::grpc::status_of(response.headers());
     let Ok(collected) = response.into_body().collect().await else {
-        return Status::Critical;
+        return critical("gRPC health check: the answer broke off".into());
     };
     let code = collected
         .trailers()
@@ -147,12 +184,13 @@ async fn grpc(app: SocketAddr, clients: &Clients, pool: &Pool) -> Status {
     match code {
         Some(0) => {}
         Some(UNIMPLEMENTED) => return tcp(app).await,
-        _ => return Status::Critical,
+        Some(code) => return critical(format!("gRPC health check answered grpc-status {code}")),
+        None => return critical("gRPC health check answered no grpc-status".into()),
     }
     // Frame: 1 byte compressed flag, 4 bytes length, then `08 <status>` for field 1.
     let bytes = collected.to_bytes();
     match bytes.get(5..) {
-        Some([0x08, 1, ..]) => Status::Passing,
-        _ => Status::Critical,
+        Some([0x08, 1, ..]) => Verdict::passing("gRPC health check: SERVING".into()),
+        _ => critical("gRPC health check: the app is not SERVING".into()),
     }
 }

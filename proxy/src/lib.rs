@@ -194,9 +194,12 @@ impl Stages<'_> {
             interval: registration.health_interval,
         };
         let (inbound_at, tls) = (config.listen.inbound, config.tls.mode);
-        let registrar = registration.registrar(registry, service, inbound_at, admin_port, tls);
+        let (health, output) = health.spawn();
+        let registrar = registration
+            .registrar(registry, service, inbound_at, admin_port, tls)
+            .with_output(output);
         let identity = self.identity.clone();
-        let registration = Registration::start(registrar, identity, health.spawn(), self.metrics);
+        let registration = Registration::start(registrar, identity, health, self.metrics);
         LocalApp {
             app,
             inbound,

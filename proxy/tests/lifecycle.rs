@@ -11,15 +11,20 @@ use http::StatusCode;
 use mesh_registry_api::Status;
 
 async fn status_of(registry: &Registry, service: &str) -> Option<Status> {
+    first_instance(registry, service).await["status"]
+        .as_str()
+        .map(|s| serde_json::from_value(serde_json::Value::String(s.into())).unwrap())
+}
+
+/// The first instance of `service` the registry lists, whatever its status.
+async fn first_instance(registry: &Registry, service: &str) -> serde_json::Value {
     let all = common::get(&format!(
         "{}/v1/services/{service}?all=true",
         registry.url()
     ))
     .await;
     let json: serde_json::Value = serde_json::from_slice(&all.body).unwrap();
-    json["instances"][0]["status"]
-        .as_str()
-        .map(|s| serde_json::from_value(serde_json::Value::String(s.into())).unwrap())
+    json["instances"][0].clone()
 }
 
 async fn until_status(registry: &Registry, service: &str, want: Option<Status>) {
@@ -42,6 +47,10 @@ async fn the_apps_health_is_the_registered_status() {
 
     app.stop();
     until_status(&registry, "web", Some(Status::Critical)).await;
+    // The heartbeat that said so carried what the health check saw.
+    let instance = first_instance(&registry, "web").await;
+    let output = instance["output"].as_str().unwrap_or_default();
+    assert!(output.starts_with("cannot connect to 127.0.0.1:"), "{instance}");
     assert!(
         registry
             .client

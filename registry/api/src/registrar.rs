@@ -22,6 +22,9 @@ pub struct Registrar {
     id: String,
     registration: Registration,
     registered: watch::Sender<bool>,
+    /// What the instance's last health check saw, sent with each heartbeat (see
+    /// [`with_output`](Registrar::with_output)).
+    output: Option<watch::Receiver<Option<String>>>,
 }
 
 // === impl Registrar ===
@@ -34,7 +37,15 @@ impl Registrar {
             id: id.to_owned(),
             registration,
             registered: watch::Sender::new(false),
+            output: None,
         }
+    }
+
+    /// Heartbeats carry the current value of `output`: what the last health check saw
+    /// (why it failed), which the registry lists with the instance.
+    pub fn with_output(mut self, output: watch::Receiver<Option<String>>) -> Self {
+        self.output = Some(output);
+        self
     }
 
     /// True while the registry holds a live lease for this instance, as far as we know.
@@ -166,7 +177,7 @@ impl Registrar {
         if registered {
             let heartbeat = Heartbeat {
                 status: Some(status),
-                output: None,
+                output: self.output.as_ref().and_then(|o| o.borrow().clone()),
             };
             self.client
                 .heartbeat(&self.service, &self.id, &heartbeat)
