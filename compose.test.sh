@@ -115,6 +115,13 @@ books=$(grep -c '<li>' <<<"$body" || true)
 [[ $books -eq 3 ]] || fail "expected 3 <li>, got $books in: $body"
 echo "title \"Online Books For You\", $books books"
 
+step "the sidecars seen from the host, through the registry (dashboard, meshctl)"
+curl -fsS "$registry/ui/" | grep -q '<title>' || fail "no dashboard at $registry/ui/"
+relayed=$(curl -fsS "$registry/v1/services/marketplace/instances/marketplace-1/admin/debug/endpoints") \
+    || fail "the registry did not relay marketplace-1's /debug/endpoints"
+grep -q '"recommendations"' <<<"$relayed" || fail "marketplace-1's sidecar does not follow recommendations: $relayed"
+cargo run -q --release -p meshctl -- --registry "$registry" check || fail "meshctl check failed"
+
 step "50 page loads/s for 30 s; recommendations-1 killed after 8 s"
 victim=$("${compose[@]}" ps -q recommendations-1)
 PAGE="$page" REGISTRY="$registry" VICTIM="$victim" python3 - <<'EOF'

@@ -95,7 +95,9 @@ say "healthy $((SECONDS - started)) s after up -d"
 cat <<EOF
 
   page         http://127.0.0.1:${MARKETPLACE_PORT:-5000}/
+  dashboard    http://127.0.0.1:${REGISTRY_PORT:-7700}/ui/
   registry     http://127.0.0.1:${REGISTRY_PORT:-7700}/v1/services   (sidecars: /v1/prometheus/targets)
+  meshctl      cargo run -q --release -p meshctl -- --registry http://127.0.0.1:${REGISTRY_PORT:-7700} check
   prometheus   $prometheus_ui
 EOF
 if [[ -n "$(docker-compose ps -q grafana 2>/dev/null)" ]]; then

@@ -22,6 +22,7 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
         ),
         String::new(),
         format!("  page       {}", plan.page_url),
+        format!("  dashboard  {}", plan.dashboard_url),
         format!("  registry   {}", plan.services_url),
     ];
     // The marketplace's sidecar first: its outbound side counts calls and retries.
@@ -58,6 +59,11 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
         own_command(),
         plan.page_url
     ));
+    lines.push(format!(
+        "  meshctl    {} --registry {} check    # also: services, endpoints recommendations, top",
+        sibling("meshctl"),
+        plan.registry_url
+    ));
     lines.push("  stop       Ctrl-C".to_owned());
     lines.push(String::new());
     lines.push(READY_LINE.to_owned());
@@ -90,14 +96,27 @@ pub fn report(exit: &Exit) {
 
 /// How to run this program again: relative to the working directory when under it.
 fn own_command() -> String {
-    let Ok(exe) = std::env::current_exe() else {
-        return "mesh-demo".to_owned();
-    };
+    match std::env::current_exe() {
+        Ok(exe) => shown(&exe),
+        Err(_) => "mesh-demo".to_owned(),
+    }
+}
+
+/// How to run `program`, built next to this one.
+fn sibling(program: &str) -> String {
+    match std::env::current_exe() {
+        Ok(exe) => shown(&exe.with_file_name(program)),
+        Err(_) => program.to_owned(),
+    }
+}
+
+/// `path`, relative to the working directory when under it.
+fn shown(path: &std::path::Path) -> String {
     let relative = std::env::current_dir()
         .ok()
-        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_owned()));
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.to_owned()));
     match relative {
         Some(path) => format!("./{}", path.display()),
-        None => exe.display().to_string(),
+        None => path.display().to_string(),
     }
 }

@@ -16,9 +16,13 @@ pub const PACKAGES: [&str; 4] = [
     "marketplace",
 ];
 
+/// Built with them, though the demo does not run it: the operators' CLI, which the
+/// launcher suggests once the mesh is up.
+const TOOLS: [&str; 1] = ["meshctl"];
+
 /// This package, built with them: the same packages selected as by `cargo run -p
-/// mesh-demo` (which depends on them), so cargo resolves the same features and finds every
-/// dependency already built.
+/// mesh-demo` (which depends on them all), so cargo resolves the same features and finds
+/// every dependency already built.
 const LAUNCHER: &str = "mesh-demo";
 
 /// Where each program is.
@@ -82,7 +86,7 @@ pub fn build_command(cargo: OsString, exe_dir: &Path, manifest: Option<&Path>) -
     if let Some(manifest) = manifest {
         command.extend(["--manifest-path".into(), manifest.into()]);
     }
-    for package in std::iter::once(LAUNCHER).chain(PACKAGES) {
+    for package in std::iter::once(LAUNCHER).chain(PACKAGES).chain(TOOLS) {
         command.extend(["-p".into(), package.into()]);
     }
     command
@@ -145,7 +149,9 @@ mod tests {
                 "-p",
                 "recommendations",
                 "-p",
-                "marketplace"
+                "marketplace",
+                "-p",
+                "meshctl"
             ]
         );
         let debug = build_command("cargo".into(), Path::new("/w/target/debug"), None);

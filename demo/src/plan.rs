@@ -87,6 +87,8 @@ pub struct Plan {
     pub page_url: Uri,
     /// The registry's service list.
     pub services_url: Uri,
+    /// The registry's dashboard.
+    pub dashboard_url: Uri,
     pub registry_url: String,
 }
 
@@ -191,6 +193,7 @@ impl Plan {
             pairs,
             page_url: url(ports.marketplace, "/"),
             services_url: url(ports.registry, "/v1/services"),
+            dashboard_url: url(ports.registry, "/ui/"),
             registry_url,
             ports,
         }

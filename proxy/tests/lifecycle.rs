@@ -50,7 +50,10 @@ async fn the_apps_health_is_the_registered_status() {
     // The heartbeat that said so carried what the health check saw.
     let instance = first_instance(&registry, "web").await;
     let output = instance["output"].as_str().unwrap_or_default();
-    assert!(output.starts_with("cannot connect to 127.0.0.1:"), "{instance}");
+    assert!(
+        output.starts_with("cannot connect to 127.0.0.1:"),
+        "{instance}"
+    );
     assert!(
         registry
             .client
