@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Memory per open connection: N idle keep-alive client connections (each after one
-# request) held on the one-hop mesh-proxy and on nginx, in the same run. Prints the RSS
-# each process gained per connection, and the ratio.
+# request) held on the one-hop mesh-proxy, on nginx and on Envoy, in the same run. Prints
+# the RSS each process gained per connection, and mesh-proxy's ratio to each.
 #
 #   bench/connections.sh [N]        # N connections per target, default 5000
 #
-# Needs python3, curl and nginx (installed with apt-get when missing and run as root).
+# Needs python3, curl and nginx (installed with apt-get when missing and run as root);
+# Envoy as in bench/run.sh (envoy_bin in bench/lib.sh), configured the same way.
 # Uses the dist build (cargo build --profile dist), like bench/run.sh; BENCH_PROFILE=release
 # for a quicker build. Only 127.0.0.1.
 set -euo pipefail
@@ -23,15 +24,17 @@ for tool in nginx python3 curl; do
 done
 # Each held connection is a file descriptor here and one (or two) in the target.
 ulimit -n $((N * 2 + 1000))
+ENVOY_BIN=$(envoy_bin)
 
 PROFILE=${BENCH_PROFILE:-dist}
 cargo build --profile "$PROFILE" -q -p mesh-proxy -p mesh-registry -p mesh-bench
-BIN=$PWD/target/$PROFILE
+BIN=$(target_dir)/$PROFILE
 TMP=$(mktemp -d)
 PIDS=()
 trap cleanup EXIT
 
 BACKEND=$BASE; REGISTRY=$((BASE + 1)); OUTBOUND=$((BASE + 2)); ADMIN=$((BASE + 3)); NGINX=$((BASE + 4))
+ENVOY=$((BASE + 5)); ENVOY_ADMIN=$((BASE + 6))
 "$BIN/mesh-bench" backend --listen "127.0.0.1:$BACKEND" >>"$TMP/log" 2>&1 & PIDS+=($!)
 "$BIN/mesh-registry" --listen "127.0.0.1:$REGISTRY" >>"$TMP/log" 2>&1 & PIDS+=($!)
 wait_port "$BACKEND"; wait_port "$REGISTRY"
@@ -43,7 +46,11 @@ MESH_PID=$!
 nginx_conf "$TMP/nginx" "$NGINX" "$BACKEND" "worker_rlimit_nofile $((N * 2 + 1000));"
 sed -i "s/worker_connections 4096/worker_connections $((N * 2 + 100))/" "$TMP/nginx/nginx.conf"
 nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' >>"$TMP/log" 2>&1 & PIDS+=($!)
-wait_port "$OUTBOUND"; wait_port "$NGINX"
+envoy_conf "$TMP/envoy.yaml" "$ENVOY" "$BACKEND" "$ENVOY_ADMIN"
+"$ENVOY_BIN" --config-path "$TMP/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn \
+  >>"$TMP/log" 2>&1 & PIDS+=($!)
+ENVOY_PID=$!
+wait_port "$OUTBOUND"; wait_port "$NGINX"; wait_port "$ENVOY"
 
 rss_kb() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 # The nginx worker holds the connections.
@@ -83,7 +90,8 @@ measure() {
 echo "holding $N idle keep-alive connections on each target" >&2
 mesh=$(measure mesh-proxy "$OUTBOUND" "$MESH_PID")
 nginx=$(measure nginx "$NGINX" "$(nginx_worker)")
-python3 - "$N" "$mesh" "$nginx" <<'PY'
+envoy=$(measure envoy "$ENVOY" "$ENVOY_PID")
+python3 - "$N" "$mesh" "$nginx" "$envoy" <<'PY'
 import sys
 n = int(sys.argv[1])
 rows = [line.split() for line in sys.argv[2:]]
@@ -93,5 +101,6 @@ for name, before, after in rows:
     before, after = int(before), int(after)
     per[name] = (after - before) * 1024 / n
     print(f"{name:<12} {before/1024:>9.1f} MB {after/1024:>12.1f} MB {per[name]/1024:>12.2f} KiB")
-print(f"mesh-proxy / nginx per connection: {per['mesh-proxy'] / per['nginx']:.2f}x")
+for other in ("nginx", "envoy"):
+    print(f"mesh-proxy / {other} per connection: {per['mesh-proxy'] / per[other]:.2f}x")
 PY

