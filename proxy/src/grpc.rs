@@ -26,6 +26,11 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// The `grpc-status` in a header block (response headers of a trailers-only answer, or
 /// trailers).
 pub fn status_of(headers: &HeaderMap) -> Option<u32> {
+    // Most answers are no gRPC answers: one pass over their few names is cheaper than the
+    // hashed lookup of a name that is no standard header.
+    if !headers.keys().any(|name| name == GRPC_STATUS) {
+        return None;
+    }
     headers
         .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())

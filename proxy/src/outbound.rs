@@ -32,7 +32,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use self::call::Call;
+use self::call::{Call, TryBody};
 pub use self::route::Route;
 use crate::balance::{self, Strategy};
 use crate::body::BoxBody;
@@ -45,7 +45,6 @@ use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::flags::Invalid;
 use crate::forward::Clients;
 use crate::metrics::{Direction, Metrics};
-use crate::replay::ReplayBody;
 use crate::retry::{RetryConfig, Verdict};
 use crate::tls::IdentitySlot;
 use crate::{grpc, headers, loops, respond};
@@ -213,7 +212,7 @@ impl Outbound {
         destination: &'d Arc<Destination>,
         request: Request<Incoming>,
         grpc: bool,
-    ) -> Result<(Call<'d>, ReplayBody, Pending), ProxyError> {
+    ) -> Result<(Call<'d>, TryBody, Pending), ProxyError> {
         let Some(pending) = destination.try_begin(self.config.max_pending) else {
             return Err(ProxyError::new(
                 ErrorKind::Overloaded,
@@ -229,7 +228,7 @@ impl Outbound {
     }
 
     /// Step 4: tries until one answers, or no other may be made.
-    async fn tries(&self, call: &Call<'_>, body: ReplayBody) -> Result<Answered, Failure> {
+    async fn tries(&self, call: &Call<'_>, body: TryBody) -> Result<Answered, Failure> {
         let attempts = self.retry.max_attempts.max(1);
         let mut previous: Option<Arc<Endpoint>> = None;
         let mut last: Option<(Failure, Verdict)> = None;
@@ -287,7 +286,7 @@ impl Outbound {
     fn may_retry(
         &self,
         call: &Call<'_>,
-        body: &ReplayBody,
+        body: &TryBody,
         previous: Option<&Endpoint>,
     ) -> Result<(), Stop> {
         if !body.is_replayable() {

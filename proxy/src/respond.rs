@@ -59,20 +59,21 @@ pub struct Ending {
 }
 
 /// Forwards a body untouched and calls `on_end` exactly once: at the end of the stream,
-/// on its first error, or when it is dropped early (the client went away).
-pub struct Observed<B> {
+/// on its first error, or when it is dropped early (the client went away). `on_end` is
+/// kept as it is, not boxed: one allocation less per answer.
+pub struct Observed<B, F: FnOnce(Ending)> {
     inner: B,
-    on_end: Option<Box<dyn FnOnce(Ending) + Send>>,
+    on_end: Option<F>,
     grpc_status: Option<u32>,
 }
 
 // === impl Observed ===
 
-impl<B> Observed<B> {
-    pub fn new(inner: B, on_end: impl FnOnce(Ending) + Send + 'static) -> Self {
+impl<B, F: FnOnce(Ending)> Observed<B, F> {
+    pub fn new(inner: B, on_end: F) -> Self {
         Observed {
             inner,
-            on_end: Some(Box::new(on_end)),
+            on_end: Some(on_end),
             grpc_status: None,
         }
     }
@@ -87,9 +88,10 @@ impl<B> Observed<B> {
     }
 }
 
-impl<B> Body for Observed<B>
+impl<B, F> Body for Observed<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
+    F: FnOnce(Ending) + Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -124,7 +126,7 @@ where
     }
 }
 
-impl<B> Drop for Observed<B> {
+impl<B, F: FnOnce(Ending)> Drop for Observed<B, F> {
     fn drop(&mut self) {
         // Dropped before the end: the client hung up or the connection failed.
         self.finish(true);

@@ -3,6 +3,7 @@
 
 use http::Request;
 use http::request::Parts;
+use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::replay::ReplayBody;
 use crate::retry::{self, RetryConfig};
 
 /// One request on its way: what each of its tries needs but the body, which one try at
-/// a time reads (a [`ReplayBody`] that tries share).
+/// a time reads (a [`TryBody`] that tries share).
 pub(super) struct Call<'a> {
     pub destination: &'a Destination,
     /// The caller's request head, copied into every try.
@@ -44,7 +45,7 @@ impl<'a> Call<'a> {
         grpc: bool,
         config: &OutboundConfig,
         retry: &RetryConfig,
-    ) -> Result<(Self, ReplayBody), ProxyError> {
+    ) -> Result<(Self, TryBody), ProxyError> {
         let now = Instant::now();
         let deadlines = Deadlines::of(
             request.headers(),
@@ -54,7 +55,7 @@ impl<'a> Call<'a> {
         )
         .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
         let (mut head, incoming) = request.into_parts();
-        let (incoming, caller_fault) = FromCaller::new(incoming);
+        let (body, caller_fault) = TryBody::of(incoming, retry.buffer_limit);
         let repeatable = retry::is_idempotent(&head.method) || retry::is_marked(&head.headers);
         headers::remove(&mut head.headers, &retry::MESH_RETRY);
         let call = Call {
@@ -66,16 +67,13 @@ impl<'a> Call<'a> {
             repeatable,
             caller_fault,
         };
-        Ok((
-            call,
-            ReplayBody::new(body::boxed(incoming), retry.buffer_limit),
-        ))
+        Ok((call, body))
     }
 
     /// The request for one more try: the caller's head, the replayable body, and for
     /// gRPC the deadline that is left. None while an earlier try still holds the body.
-    pub fn request(&self, body: &ReplayBody) -> Option<Request<BoxBody>> {
-        let mut request = Request::new(body::boxed(body.try_clone()?));
+    pub fn request(&self, body: &TryBody) -> Option<Request<BoxBody>> {
+        let mut request = Request::new(body.for_try()?);
         *request.method_mut() = self.head.method.clone();
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
@@ -88,5 +86,45 @@ impl<'a> Call<'a> {
                 .insert(deadline::GRPC_TIMEOUT, deadline::grpc_timeout(remaining));
         }
         Some(request)
+    }
+}
+
+/// The request's body for its tries.
+pub(super) enum TryBody {
+    /// No body (most requests): every try sends none, with nothing to allocate, copy or
+    /// watch.
+    Empty,
+    /// A body the tries share, replayable up to the retry buffer (boxed: it is large, and
+    /// a request with a body costs more than one allocation anyway).
+    Replay(Box<ReplayBody>),
+}
+
+// === impl TryBody ===
+
+impl TryBody {
+    /// The body of `incoming`, and what notes the caller breaking it.
+    fn of(incoming: Incoming, limit: usize) -> (TryBody, CallerFault) {
+        if incoming.is_end_stream() {
+            return (TryBody::Empty, CallerFault::default());
+        }
+        let (incoming, fault) = FromCaller::new(incoming);
+        let body = ReplayBody::new(body::boxed(incoming), limit);
+        (TryBody::Replay(Box::new(body)), fault)
+    }
+
+    /// Another try could still send the whole body.
+    pub fn is_replayable(&self) -> bool {
+        match self {
+            TryBody::Empty => true,
+            TryBody::Replay(body) => body.is_replayable(),
+        }
+    }
+
+    /// The body for one more try; None while an earlier try still holds it.
+    fn for_try(&self) -> Option<BoxBody> {
+        match self {
+            TryBody::Empty => Some(body::empty()),
+            TryBody::Replay(body) => Some(body::boxed(body.try_clone()?)),
+        }
     }
 }
