@@ -197,6 +197,17 @@ mod tests {
         let defaults = parse(&[]);
         assert_eq!(defaults.discovery.idle_timeout, Duration::from_secs(10));
         assert_eq!(defaults.discovery.max_destinations, 1000);
+        assert_eq!(
+            refused(&["--header-read-timeout", "0s"]),
+            "--header-read-timeout"
+        );
+        // Idle kept-alive connections last an hour by default; 0 keeps them.
+        assert_eq!(
+            defaults.listen.limits().idle_timeout,
+            Some(Duration::from_secs(3600))
+        );
+        let never = parse(&["--idle-timeout", "0"]).listen.limits().idle_timeout;
+        assert_eq!(never, None);
     }
 
     #[test]

@@ -36,10 +36,17 @@ pub struct Listen {
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// A client must send its request head within this time (slowloris protection);
-    /// open streams and idle connections are never timed out by the proxy.
+    /// A client must send its request head within this time once it has begun it, and a
+    /// new connection its first byte (slowloris protection); open streams are never
+    /// timed out by the proxy.
     #[arg(long, env = "MESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// An HTTP/1.1 connection kept alive this long without a new request is closed
+    /// (0: never). Longer than callers' connection pools keep theirs idle, so they close
+    /// first.
+    #[arg(id = "connection_idle_timeout", long = "idle-timeout", env = "MESH_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     /// How long shutdown waits for in-flight requests after deregistering.
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -81,6 +88,12 @@ impl Listen {
         if self.max_connections == 0 {
             return Err(Invalid::new("--max-connections", "must be at least 1"));
         }
+        if self.header_read_timeout < Duration::from_millis(1) {
+            return Err(Invalid::new(
+                "--header-read-timeout",
+                "must be at least 1ms",
+            ));
+        }
         Ok(())
     }
 
@@ -89,6 +102,7 @@ impl Listen {
         Limits {
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
             ..Limits::default()
         }
     }

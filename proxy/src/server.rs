@@ -24,6 +24,8 @@ use crate::io::Io;
 use crate::metrics::{ConnectionGuard, Direction, Metrics, Transport};
 use crate::tls::{IdentitySlot, TlsMode};
 
+mod idle;
+
 /// What a listener's handler answers with. hyper's services may fail; ours never do
 /// (every error is an answer), and return their future as hyper polls it, with no
 /// wrapper around it: a layer more would copy every request's future once more.
@@ -37,9 +39,12 @@ pub struct Limits {
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// A client that has not sent its request head by then is dropped (slowloris), as
-    /// is a connection that sends nothing at all. Only the head: open streams have no
-    /// timer of ours.
+    /// is a new connection that sends nothing at all. Only the head: open streams have
+    /// no timer of ours.
     pub header_read_timeout: Duration,
+    /// An HTTP/1.1 connection waiting this long for its next request is closed; `None`
+    /// never closes one.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -48,6 +53,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -177,12 +183,12 @@ pub async fn serve<H, F>(
     }
 }
 
-/// HTTP/1.1 and HTTP/2 on one connection, with the listener's limits.
+/// HTTP/1.1 and HTTP/2 on one connection, with the listener's limits. HTTP/1.1's timer
+/// is the connection's own (see [`idle`]).
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -221,10 +227,19 @@ impl Connection {
             return;
         };
         let service = service_fn(move |request| handler(request, peer.clone()));
-        let connection = self.builder.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(connection.into_owned()).await {
-            // Malformed requests end here (hyper has answered 400 where it could).
-            tracing::debug!(listener = serve.name, error = %source_chain(e.as_ref()), "connection closed with an error");
+        let watch = idle::Watch::new(timeout, serve.limits.idle_timeout);
+        let mut builder = self.builder;
+        builder.http1().timer(watch.timer());
+        let connection = builder.serve_connection(TokioIo::new(watch.io(io)), service);
+        tokio::select! {
+            biased;
+            served = watcher.watch(connection.into_owned()) => if let Err(e) = served {
+                // Malformed requests end here (hyper has answered 400 where it could).
+                tracing::debug!(listener = serve.name, error = %source_chain(e.as_ref()), "connection closed with an error");
+            },
+            expired = watch.expired() => {
+                tracing::debug!(listener = serve.name, why = %expired, "connection closed");
+            }
         }
         drop((self.open, permit));
     }

@@ -1,7 +1,8 @@
 //! Resource bounds and request heads a proxy must not take at face value: destinations
 //! (one per distinct Host) are evicted when idle and capped, deadline headers cannot
 //! overflow the clock, two `Host` headers are refused, an absolute-form target wins over
-//! `Host`, and a connection that sends nothing is closed.
+//! `Host`, a connection that sends nothing is closed, and a kept-alive connection lives
+//! until its idle timeout, not its header read timeout.
 
 mod common;
 
@@ -228,4 +229,91 @@ async fn a_thousand_and_more_names_stay_within_the_default_bounds() {
     assert_eq!((unknown, overloaded), (1000, 200));
     assert_eq!(destinations(&sidecar).await, 1000);
     assert!(watchers(&registry).await <= 1000.0);
+}
+
+/// Sends `request` on `stream` and reads one whole answer (a length-delimited or chunked
+/// body); `None` when the proxy closed the connection instead.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.ok()?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_lowercase();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|n| n.trim().parse::<usize>().unwrap());
+            let complete = match length {
+                Some(n) => answer.len() >= head_end + 4 + n,
+                None => text.ends_with("0\r\n\r\n"),
+            };
+            if complete {
+                return Some(String::from_utf8_lossy(&answer).into_owned());
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// How long until the proxy closes `stream` (reading and discarding what it sends).
+async fn until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut sink = [0u8; 1024];
+    let closed = tokio::time::timeout(limit, async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {limit:?}"
+    );
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn kept_alive_connections_outlive_the_header_read_timeout_until_the_idle_timeout() {
+    let (registry, _app, _server) = web().await;
+    let header_read = Duration::from_millis(300);
+    let idle = Duration::from_secs(2);
+    let sidecar = client(&registry, |c| {
+        c.listen.header_read_timeout = header_read;
+        c.listen.idle_timeout = idle;
+    })
+    .await;
+    const GET: &[u8] = b"GET /whoami HTTP/1.1\r\nhost: web\r\n\r\n";
+    let connect = || tokio::net::TcpStream::connect(sidecar.outbound);
+
+    // Waiting between requests is not a slow request head: a pooled connection that
+    // sits idle for several header read timeouts is still served.
+    let mut kept = connect().await.unwrap();
+    let first = exchange(&mut kept, GET).await.expect("first answer");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(header_read * 4).await;
+    let again = exchange(&mut kept, GET).await;
+    let again = again.expect("the idle kept-alive connection was closed");
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // A head that has started must still be finished within the header read timeout
+    // (checked every header read timeout: closed within twice it).
+    use tokio::io::AsyncWriteExt;
+    kept.write_all(b"GET /whoami HTTP/1.1\r\nhost: w")
+        .await
+        .unwrap();
+    let slow_head = until_closed(&mut kept, idle).await;
+    assert!(slow_head >= header_read, "closed after {slow_head:?}");
+
+    // An idle connection is closed once it has been idle for the idle timeout.
+    let mut idle_conn = connect().await.unwrap();
+    assert!(exchange(&mut idle_conn, GET).await.is_some());
+    let idled = until_closed(&mut idle_conn, idle * 3).await;
+    assert!(
+        idled >= idle,
+        "closed after {idled:?}, before the idle timeout"
+    );
 }

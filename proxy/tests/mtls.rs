@@ -334,3 +334,32 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn a_pooled_tls_connection_idle_past_the_header_read_timeout_is_reused() {
+    let registry = Registry::start_with_ca(DAY).await;
+    let web_app = App::start("web-1").await;
+    let url = registry.url();
+    let mut spec = SidecarSpec::server(&url, "web", web_app.addr);
+    spec.config.tls.mode = TlsMode::Strict;
+    spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
+    spec.config.listen.header_read_timeout = Duration::from_millis(300);
+    let web = Sidecar::start(spec).await;
+    let caller_app = App::start("marketplace").await;
+    let caller = meshed(&registry, "marketplace", &caller_app, TlsMode::Strict, &[]).await;
+    registry.until_passing("web", 1).await;
+
+    // Pauses between calls longer than the server's header read timeout: the caller's
+    // pooled connection must still be open, not replaced by a new handshake per call.
+    for _ in 0..3 {
+        let answer = common::get_h1(caller.outbound, "web", "/whoami").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let m = web.metrics().await;
+    assert_eq!(
+        metric(&m, r#"mesh_inbound_connections_total{tls="tls"}"#),
+        1.0,
+        "{m}"
+    );
+}
