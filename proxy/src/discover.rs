@@ -10,8 +10,9 @@
 //! jittered backoff.
 //!
 //! Destinations are bounded: one unused for `--destination-idle-timeout` is dropped with
-//! its watch, and past `--max-destinations` new names are refused, so an app sending
-//! arbitrary `Host` values cannot make the sidecar hold a watch per name forever.
+//! its watch (one with endpoints no sooner than its pooled connections idle out), and past
+//! `--max-destinations` new names are refused, so an app sending arbitrary `Host` values
+//! cannot make the sidecar hold a watch per name forever.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -40,7 +41,8 @@ const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(3);
 #[command(next_help_heading = "Discovery")]
 pub struct DiscoveryConfig {
     /// A destination no request used for this long is dropped, with its registry watch
-    /// and DNS refreshes; the next request for it starts afresh.
+    /// and DNS refreshes; the next request for it starts afresh. One with endpoints is
+    /// kept at least as long as its idle pooled connections (90 s).
     #[arg(long = "destination-idle-timeout",
         value_name = "DESTINATION_IDLE_TIMEOUT", env = "MESH_DESTINATION_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
@@ -195,17 +197,25 @@ impl Discovery {
     }
 
     /// Drops every destination no request used for the idle timeout (and none is using
-    /// now), stopping its watch.
+    /// now), stopping its watch. One with endpoints is kept at least as long as their
+    /// pooled connections would be, so a quiet spell does not close them (and the next
+    /// burst does not open, and handshake, a connection per request in flight).
     fn evict_idle(&self) {
         let idle = self.config.idle_timeout.as_millis() as u64;
+        let connected = idle.max(crate::pool::IDLE_TIMEOUT.as_millis() as u64);
         let now = self.millis();
         let evicted: Vec<Arc<Destination>> = self
             .destinations
             .lock()
             .expect("destinations lock")
             .extract_if(|_, d| {
+                let limit = if d.endpoints().endpoints.is_empty() {
+                    idle
+                } else {
+                    connected
+                };
                 d.pending.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(d.last_used.load(Ordering::Relaxed)) >= idle
+                    && now.saturating_sub(d.last_used.load(Ordering::Relaxed)) >= limit
             })
             .map(|(_, d)| d)
             .collect();

@@ -336,25 +336,30 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
 }
 
 #[tokio::test]
-async fn a_pooled_tls_connection_idle_past_the_header_read_timeout_is_reused() {
+async fn a_pooled_tls_connection_outlives_quiet_spells() {
     let registry = Registry::start_with_ca(DAY).await;
-    let web_app = App::start("web-1").await;
     let url = registry.url();
+    let web_app = App::start("web-1").await;
     let mut spec = SidecarSpec::server(&url, "web", web_app.addr);
     spec.config.tls.mode = TlsMode::Strict;
     spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
     spec.config.listen.header_read_timeout = Duration::from_millis(300);
     let web = Sidecar::start(spec).await;
     let caller_app = App::start("marketplace").await;
-    let caller = meshed(&registry, "marketplace", &caller_app, TlsMode::Strict, &[]).await;
+    let mut spec = SidecarSpec::server(&url, "marketplace", caller_app.addr);
+    spec.config.tls.mode = TlsMode::Strict;
+    spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
+    spec.config.discovery.idle_timeout = Duration::from_millis(500);
+    let caller = Sidecar::start(spec).await;
     registry.until_passing("web", 1).await;
 
-    // Pauses between calls longer than the server's header read timeout: the caller's
-    // pooled connection must still be open, not replaced by a new handshake per call.
+    // Pauses between calls longer than the server's header read timeout and the caller's
+    // destination idle timeout: the caller's pooled connection must still be open, not
+    // replaced by a new handshake per call.
     for _ in 0..3 {
         let answer = common::get_h1(caller.outbound, "web", "/whoami").await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     let m = web.metrics().await;
     assert_eq!(
