@@ -23,11 +23,18 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers, including those the `Connection` header names. `TE:
 /// trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names is cheaper than a
-    // lookup per hop-by-hop header.
-    let any = headers
-        .keys()
-        .any(|name| name == header::TE || HOP_BY_HOP.contains(name));
+    // Most messages carry none of them, and gRPC's carry `TE: trailers` alone: one pass
+    // over the headers is cheaper than a lookup per hop-by-hop header.
+    let any = headers.iter().any(|(name, value)| {
+        if name == header::TE {
+            !value
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"trailers")
+        } else {
+            HOP_BY_HOP.contains(name)
+        }
+    });
     if !any {
         return;
     }
@@ -80,15 +87,18 @@ pub fn check_request(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Adds `x-request-id` (128 random bits, hex) when the request has none.
+/// Adds `x-request-id` (128 random bits, hex) when the request has none. The value is
+/// marked never to be indexed by HPACK: unique to one request, it would only push
+/// reusable entries out of both ends' HTTP/2 header tables.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if !headers.contains_key(REQUEST_ID) {
+    if !holds(headers, &REQUEST_ID) {
         let id: u128 = rand::rng().random();
         let mut hex = [0u8; 32];
         for (i, digit) in hex.iter_mut().enumerate() {
             *digit = b"0123456789abcdef"[((id >> (124 - 4 * i)) & 0xf) as usize];
         }
-        let value = HeaderValue::from_bytes(&hex).expect("hex is a valid header");
+        let mut value = HeaderValue::from_bytes(&hex).expect("hex is a valid header");
+        value.set_sensitive(true);
         headers.insert(REQUEST_ID, value);
     }
 }
@@ -113,6 +123,22 @@ mod tests {
         assert!(!h.contains_key(header::UPGRADE));
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["traceparent"], "00-abc-def-01");
+
+        // gRPC's `TE: trailers` alone passes as it is; anything else in TE goes.
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, "Trailers ".parse().unwrap());
+        strip_hop_by_hop(&mut grpc);
+        assert_eq!(grpc[header::TE], "Trailers ");
+        let mut two = HeaderMap::new();
+        two.append(header::TE, "trailers".parse().unwrap());
+        two.append(header::TE, "deflate".parse().unwrap());
+        two.insert(header::PROXY_AUTHORIZATION, "Basic eA==".parse().unwrap());
+        strip_hop_by_hop(&mut two);
+        assert_eq!(
+            two.get_all(header::TE).iter().collect::<Vec<_>>(),
+            ["trailers"]
+        );
+        assert!(!two.contains_key(header::PROXY_AUTHORIZATION));
     }
 
     #[test]
