@@ -4,6 +4,7 @@
 # the RSS each process gained per connection, and mesh-proxy's ratio to each.
 #
 #   bench/connections.sh [N]        # N connections per target, default 5000
+#   BENCH_JSON=1 bench/connections.sh 1000   # one JSON line instead (bench/run.sh does this)
 #
 # Needs python3, curl and nginx (installed with apt-get when missing and run as root);
 # Envoy as in bench/run.sh (envoy_bin in bench/lib.sh), configured the same way.
@@ -91,10 +92,13 @@ echo "holding $N idle keep-alive connections on each target" >&2
 mesh=$(measure mesh-proxy "$OUTBOUND" "$MESH_PID")
 nginx=$(measure nginx "$NGINX" "$(nginx_worker)")
 envoy=$(measure envoy "$ENVOY" "$ENVOY_PID")
-python3 - "$N" "$mesh" "$nginx" "$envoy" <<'PY'
-import sys
-n = int(sys.argv[1])
-rows = [line.split() for line in sys.argv[2:]]
+python3 - "$N" "${BENCH_JSON:-0}" "$mesh" "$nginx" "$envoy" <<'PY'
+import json, sys
+n, as_json = int(sys.argv[1]), sys.argv[2] == "1"
+rows = [line.split() for line in sys.argv[3:]]
+if as_json:
+    print(json.dumps({"connections": n, "rss_kb": {name: {"before": int(b), "after": int(a)} for name, b, a in rows}}))
+    sys.exit(0)
 per = {}
 print(f"{'target':<12} {'RSS before':>12} {'RSS with conns':>15} {'per connection':>15}")
 for name, before, after in rows:

@@ -340,6 +340,10 @@ if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; th
   record "{\"scenario\":\"instructions\",\"result\":$r}"
 fi
 
+echo "memory per open connection: 1,000 idle keep-alive connections on mesh-proxy, nginx and Envoy" >&2
+r=$(BENCH_JSON=1 BENCH_PORT_BASE=$((BASE + 40)) bash bench/connections.sh 1000)
+record "{\"scenario\":\"connections\",\"result\":$r}"
+
 if [ "$SKIP_REGISTRY" = 1 ]; then
   echo "S6: skipped (BENCH_SKIP_REGISTRY=1)" >&2
 else
