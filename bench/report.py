@@ -303,7 +303,12 @@ def main():
     w("When either closed them after 10 s (as each did before), every burst after a pause")
     w("opened a connection per request in flight, each with a TLS handshake under mTLS, and")
     w("the mTLS pair's p99 reached tens of milliseconds. The first burst on a cold pool still")
-    w("opens several connections at once.\n")
+    w("opens several connections at once.")
+    tls = one("s2_tls_connections")
+    if tls:
+        w(f"In this run the mTLS pair's server sidecar accepted {tls['after'] - tls['before']:g} TLS")
+        w(f"connections over all of S2 and S5 (it had {tls['before']:g} before, from the warm-up and S1).")
+    w("")
     plot = make_plot(src, out, s2, reps, rates)
     if plot:
         w(f"![p99 added over direct, by rate]({plot})\n")

@@ -262,6 +262,8 @@ open_loop_run() {  # scenario rep rate target-line
 }
 
 echo "S2 and S5: fixed rates ($RATES req/s, $DURATION each), S5 with scrapes and churn" >&2
+# TLS connections the mTLS pair's server sidecar accepts over S2: each is a handshake.
+TLS_CONNS_BEFORE_S2=$(metric "$TLS_SC_ADMIN" 'mesh_inbound_connections_total{tls="tls"}')
 for rep in $(seq "$REPS"); do
   for rate in $RATES; do
     for t in "${TARGETS[@]}"; do open_loop_run s2 "$rep" "$rate" "$t"; done
@@ -273,6 +275,7 @@ for rep in $(seq "$REPS"); do
     record "{\"scenario\":\"s5_background\",\"rep\":$rep,\"rate\":$rate,\"scrapes\":$(grep -c . "$TMP/scrapes" || true),\"scrape_failures\":$(grep -c fail "$TMP/scrapes" || true),\"churn_ops\":$(grep -c . "$TMP/churn" || true),\"churn_failures\":$(grep -c fail "$TMP/churn" || true),\"discovery_updates_bench\":$((bench1 - bench0)),\"discovery_updates_backend\":$((backend1 - backend0)),\"retries\":$((retries1 - retries0))}"
   done
 done
+record "{\"scenario\":\"s2_tls_connections\",\"before\":$TLS_CONNS_BEFORE_S2,\"after\":$(metric "$TLS_SC_ADMIN" 'mesh_inbound_connections_total{tls="tls"}')}"
 
 echo "S3: wrk, $WRK_DURATION each" >&2
 for rep in $(seq "$REPS"); do
