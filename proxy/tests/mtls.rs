@@ -24,11 +24,25 @@ async fn meshed(
     mode: TlsMode,
     allow: &[&str],
 ) -> Sidecar {
+    meshed_with(registry, service, app, mode, |c| {
+        c.tls.allow = allow.iter().map(|s| s.to_string()).collect();
+    })
+    .await
+}
+
+/// [`meshed`], with `settings` applied to its configuration.
+async fn meshed_with(
+    registry: &Registry,
+    service: &str,
+    app: &App,
+    mode: TlsMode,
+    settings: impl FnOnce(&mut mesh_proxy::Config),
+) -> Sidecar {
     let url = registry.url();
     let mut spec = SidecarSpec::server(&url, service, app.addr);
     spec.config.tls.mode = mode;
     spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
-    spec.config.tls.allow = allow.iter().map(|s| s.to_string()).collect();
+    settings(&mut spec.config);
     Sidecar::start(spec).await
 }
 
@@ -338,19 +352,20 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
 #[tokio::test]
 async fn a_pooled_tls_connection_outlives_quiet_spells() {
     let registry = Registry::start_with_ca(DAY).await;
-    let url = registry.url();
     let web_app = App::start("web-1").await;
-    let mut spec = SidecarSpec::server(&url, "web", web_app.addr);
-    spec.config.tls.mode = TlsMode::Strict;
-    spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
-    spec.config.listen.header_read_timeout = Duration::from_millis(300);
-    let web = Sidecar::start(spec).await;
+    let web = meshed_with(&registry, "web", &web_app, TlsMode::Strict, |c| {
+        c.listen.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
     let caller_app = App::start("marketplace").await;
-    let mut spec = SidecarSpec::server(&url, "marketplace", caller_app.addr);
-    spec.config.tls.mode = TlsMode::Strict;
-    spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
-    spec.config.discovery.idle_timeout = Duration::from_millis(500);
-    let caller = Sidecar::start(spec).await;
+    let caller = meshed_with(
+        &registry,
+        "marketplace",
+        &caller_app,
+        TlsMode::Strict,
+        |c| c.discovery.idle_timeout = Duration::from_millis(500),
+    )
+    .await;
     registry.until_passing("web", 1).await;
 
     // Pauses between calls longer than the server's header read timeout and the caller's
