@@ -21,6 +21,11 @@ use crate::loops::OwnListeners;
 use crate::pool::Pool;
 use crate::tls::{Identity, IdentitySlot};
 
+/// On an answer that came over a connection opened for its request: how long opening it
+/// (TCP, then TLS) took. The balancer weighs an endpoint by its answers, not by that.
+#[derive(Clone, Copy, Debug)]
+pub struct Connected(pub Duration);
+
 /// HTTP version spoken to the next hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wire {
@@ -133,19 +138,26 @@ impl Clients {
     ) -> Result<Result<Response<Incoming>, hyper::Error>, ProxyError> {
         let secure = tls.is_some();
         loop {
-            let (mut sender, pooled) = match pool.take_h1(secure) {
-                Some(sender) => (sender, true),
+            let (mut sender, opened) = match pool.take_h1(secure) {
+                Some(sender) => (sender, None),
                 // Boxed: the rare path's futures would otherwise make every request's
                 // future (moved several times per request) over twice as large.
-                None => (Box::pin(self.open_h1(pool, tls)).await?, false),
+                None => {
+                    let started = tokio::time::Instant::now();
+                    let sender = Box::pin(self.open_h1(pool, tls)).await?;
+                    (sender, Some(Connected(started.elapsed())))
+                }
             };
             match sender.try_send_request(request).await {
-                Ok(response) => {
+                Ok(mut response) => {
                     pool.put_h1(secure, sender);
+                    if let Some(opened) = opened {
+                        response.extensions_mut().insert(opened);
+                    }
                     return Ok(Ok(response));
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if pooled => request = unsent,
+                    Some(unsent) if opened.is_none() => request = unsent,
                     _ => return Ok(Err(e.into_error())),
                 },
             }
@@ -161,24 +173,30 @@ impl Clients {
     ) -> Result<Result<Response<Incoming>, hyper::Error>, ProxyError> {
         let secure = tls.is_some();
         loop {
-            let (mut sender, pooled) = match pool.h2(secure) {
-                Some(sender) => (sender, true),
+            let (mut sender, opened) = match pool.h2(secure) {
+                Some(sender) => (sender, None),
                 None => {
+                    let started = tokio::time::Instant::now();
                     let _connecting = pool.h2_connecting(secure).await;
                     match pool.h2(secure) {
-                        Some(sender) => (sender, true),
+                        Some(sender) => (sender, None),
                         None => {
                             let sender = Box::pin(self.open_h2(pool, tls)).await?;
                             pool.set_h2(secure, sender.clone());
-                            (sender, false)
+                            (sender, Some(Connected(started.elapsed())))
                         }
                     }
                 }
             };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(Ok(response)),
+                Ok(mut response) => {
+                    if let Some(opened) = opened {
+                        response.extensions_mut().insert(opened);
+                    }
+                    return Ok(Ok(response));
+                }
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if pooled => request = unsent,
+                    Some(unsent) if opened.is_none() => request = unsent,
                     _ => return Ok(Err(e.into_error())),
                 },
             }
@@ -342,6 +360,53 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP/1.1 and HTTP/2 server on 127.0.0.1 answering `ok` to everything.
+    async fn server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(crate::body::full("ok")))
+                });
+                tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_a_new_connection_says_how_long_opening_it_took() {
+        let addr = server().await;
+        let clients = Clients::new(Duration::from_secs(2), None, OwnListeners::default());
+        let get = || {
+            Request::get("http://web/")
+                .body(crate::body::empty())
+                .unwrap()
+        };
+        for wire in [Wire::Http1, Wire::Http2] {
+            let pool = Pool::new(addr.to_string());
+            let first = clients.send(get(), &pool, wire, None).await.unwrap();
+            let opened = first.extensions().get::<Connected>();
+            assert!(
+                opened.is_some(),
+                "{wire:?}: the first answer opened the connection"
+            );
+            if wire == Wire::Http2 {
+                // The shared connection carries the next call: nothing was opened for it.
+                let second = clients.send(get(), &pool, wire, None).await.unwrap();
+                assert!(second.extensions().get::<Connected>().is_none());
+            }
+        }
+    }
 
     #[test]
     fn requests_are_re_aimed_and_hosts_kept_for_http1() {

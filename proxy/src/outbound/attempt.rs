@@ -15,6 +15,7 @@ use crate::breaker::{self, Probe};
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
+use crate::forward::Connected;
 use crate::retry::{self, Verdict};
 use crate::{grpc, headers};
 
@@ -45,11 +46,15 @@ impl Outbound {
                 .unwrap_or_else(|_| Err(no_answer_in_time(&endpoint))),
             None => sent.await,
         };
-        let rtt = started.elapsed();
+        let elapsed = started.elapsed();
         let response = match answered {
             Ok(response) => response,
-            Err(e) => return self.unanswered(call, &endpoint, probe, e, rtt),
+            Err(e) => return self.unanswered(call, &endpoint, probe, e, elapsed),
         };
+        // The balancer weighs how the endpoint answers, not how long a new connection to
+        // it took to open (a TLS handshake is worth many answers).
+        let opening = response.extensions().get::<Connected>();
+        let rtt = elapsed.saturating_sub(opening.map_or(Duration::ZERO, |c| c.0));
         // A gRPC status may be in the headers (trailers-only) or in the trailers, which
         // for a small answer are read before anything is passed on while a retry could
         // still follow.
