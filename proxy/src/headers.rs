@@ -23,14 +23,11 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers, including those the `Connection` header names. `TE:
 /// trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them, and gRPC's carry `TE: trailers` alone: one pass
-    // over the headers is cheaper than a lookup per hop-by-hop header.
+    // Most messages carry none of them, and gRPC's carry `te: trailers` alone, as it is
+    // sent on: one pass over the headers is cheaper than a lookup per hop-by-hop header.
     let any = headers.iter().any(|(name, value)| {
         if name == header::TE {
-            !value
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"trailers")
+            value != "trailers"
         } else {
             HOP_BY_HOP.contains(name)
         }
@@ -124,11 +121,16 @@ mod tests {
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["traceparent"], "00-abc-def-01");
 
-        // gRPC's `TE: trailers` alone passes as it is; anything else in TE goes.
+        // gRPC's `te: trailers` passes; any other spelling is sent on as that, and the
+        // rest of TE goes.
         let mut grpc = HeaderMap::new();
-        grpc.insert(header::TE, "Trailers ".parse().unwrap());
+        grpc.insert(header::TE, "trailers".parse().unwrap());
         strip_hop_by_hop(&mut grpc);
-        assert_eq!(grpc[header::TE], "Trailers ");
+        assert_eq!(grpc[header::TE], "trailers");
+        let mut odd = HeaderMap::new();
+        odd.insert(header::TE, "traiLers ".parse().unwrap());
+        strip_hop_by_hop(&mut odd);
+        assert_eq!(odd[header::TE], "trailers");
         let mut two = HeaderMap::new();
         two.append(header::TE, "trailers".parse().unwrap());
         two.append(header::TE, "deflate".parse().unwrap());
