@@ -250,6 +250,8 @@ def observe():
         "requests": scalar('sum(mesh_requests_total{direction="outbound", service="recommendations"})'),
         "retries": scalar("sum(mesh_retries_total)"),
         "ejections": scalar("sum(mesh_endpoint_ejections_total)"),
+        # Calls that reached recommendations-1's sidecar after its app died and failed there.
+        "dead": scalar('sum(mesh_responses_total{direction="inbound", instance="recommendations-1", classification!="success"})'),
         "tls": scalar('sum(mesh_inbound_connections_total{app="recommendations", tls="tls"})'),
         "plaintext": scalar('sum(mesh_inbound_connections_total{tls="plaintext"})'),
         "sidecars": sorted((t["labels"].get("instance", "?"), t["health"]) for t in sidecars),
@@ -260,8 +262,10 @@ def problems(seen):
     found = []
     if seen["requests"] <= 0:
         found.append("no outbound request to recommendations recorded")
-    if seen["retries"] + seen["ejections"] <= 0:
-        found.append("neither retries nor ejections recorded")
+    # Whether a call reaches the dead instance before the registry drops it (about 1 s)
+    # is up to the balancer; every call that did must have been retried elsewhere.
+    if seen["dead"] > 0 and seen["retries"] + seen["ejections"] <= 0:
+        found.append(f"{seen['dead']:.0f} calls failed at recommendations-1, yet neither retries nor ejections recorded")
     if seen["tls"] <= 0 or seen["plaintext"] > 0:
         found.append("calls to recommendations did not all arrive over mTLS")
     if len(seen["sidecars"]) != 3 or any(h != "up" for _, h in seen["sidecars"]):
@@ -277,7 +281,7 @@ while True:
         break
     time.sleep(1)
 print(f"  mesh_requests_total outbound to recommendations: {seen['requests']:.0f}")
-print(f"  mesh_retries_total: {seen['retries']:.0f}, mesh_endpoint_ejections_total: {seen['ejections']:.0f}")
+print(f"  calls failed at the dead instance's sidecar: {seen['dead']:.0f}; mesh_retries_total: {seen['retries']:.0f}, mesh_endpoint_ejections_total: {seen['ejections']:.0f}")
 print(f"  inbound connections to recommendations over mTLS: {seen['tls']:.0f}, plaintext anywhere: {seen['plaintext']:.0f}")
 print(f"  sidecar targets (from the registry): {', '.join(f'{i} {h}' for i, h in seen['sidecars'])}")
 print(f"  registry target: {', '.join(seen['registry'])}")
