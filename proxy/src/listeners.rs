@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::flags::Invalid;
 use crate::loops::OwnListeners;
-use crate::server::Limits;
+use crate::server::{Limits, MAX_HEADER_BYTES};
 
 /// Where each listener listens, and the limits they all apply.
 #[derive(clap::Args, Clone, Debug)]
@@ -101,9 +101,9 @@ impl Listen {
     pub fn limits(&self) -> Limits {
         Limits {
             max_connections: self.max_connections,
+            max_header_bytes: MAX_HEADER_BYTES,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
-            ..Limits::default()
         }
     }
 }

@@ -62,9 +62,8 @@ fn is_local(ip: IpAddr) -> bool {
 /// Counts one more outbound pass in `mesh-hops`; a request that has already made
 /// [`MAX_HOPS`] is going round in a loop.
 pub fn count_hop(headers: &mut HeaderMap) -> Result<(), ProxyError> {
-    // The first pass (most requests) finds no count: one pass over the names is cheaper
-    // than a hashed lookup.
-    let counted = headers.keys().any(|name| name == MESH_HOPS);
+    // The first pass (most requests) finds no count.
+    let counted = crate::headers::holds(headers, &MESH_HOPS);
     let hops = match counted.then(|| headers.get(&MESH_HOPS)).flatten() {
         None => 0,
         Some(v) => v

@@ -47,16 +47,8 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Some(Duration::from_secs(3600)),
-        }
-    }
-}
+/// Largest request head every listener takes: no flag sets it.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How one listener is served.
 #[derive(Clone)]
