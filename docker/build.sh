@@ -6,7 +6,8 @@
 #   MESH_TAG=1.2 docker/build.sh     # another tag
 #
 # The binaries are linked statically against glibc (crt-static), so they run in an empty
-# image; mesh-probe goes into every image for the health checks. Images are built with the
+# image; mesh-probe goes into every image for the health checks. Cargo puts them under
+# CARGO_TARGET_DIR when that is set, else under ./target. Images are built with the
 # classic builder (no BuildKit features) from a staging directory that holds only what the
 # images need, so the build context stays a few megabytes instead of the whole target dir.
 set -euo pipefail
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 
 tag="${MESH_TAG:-dev}"
 triple=x86_64-unknown-linux-gnu
-release="target/$triple/dist"
+target_dir="${CARGO_TARGET_DIR:-target}"
+release="$target_dir/$triple/dist"
 images=(registry proxy recommendations marketplace)
 
 say() { printf '==> %s\n' "$*"; }
@@ -29,14 +31,23 @@ say "static binaries built in $((SECONDS - built)) s"
 
 # A staging directory of this run's own: another build (CI, a colleague) may run at the
 # same time.
-mkdir -p target
-stage=$(mktemp -d target/docker-context.XXXXXX)
+mkdir -p "$target_dir"
+stage=$(mktemp -d "$target_dir/docker-context.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/empty"
 for bin in mesh-registry mesh-proxy mesh-probe recommendations marketplace; do
-    if ! ldd "$release/$bin" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then
+    # ldd on a missing file fails too, and would be taken for a dynamic binary.
+    if [[ ! -f "$release/$bin" ]]; then
+        echo "error: missing binary $release/$bin: cargo did not put it there" \
+            "(CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-<unset>})" >&2
+        exit 1
+    fi
+    # ldd exits 1 for some static binaries ("not a dynamic executable"), so its output is
+    # read apart from its status.
+    linkage=$(ldd "$release/$bin" 2>&1 || true)
+    if ! grep -Eq 'statically linked|not a dynamic executable' <<<"$linkage"; then
         echo "error: $release/$bin is dynamically linked; a FROM scratch image cannot run it" >&2
-        ldd "$release/$bin" >&2 || true
+        printf '%s\n' "$linkage" >&2
         exit 1
     fi
     cp "$release/$bin" "$stage/"
