@@ -5,7 +5,9 @@ Schema validation says each object is well-formed; these checks say the objects 
 with each other and with the mesh's contracts: one native sidecar per meshed pod, its
 flags matching the app beside it, probes on real paths and ports, the security context
 and resources on every container, images set through kustomize, Services reaching real
-ports, and network policies letting through exactly the mesh's traffic.
+ports, and network policies letting through exactly the mesh's traffic. Where the registry
+keeps its catalog in etcd (the ha overlay): the etcd members agreeing with each other and
+with the registry's endpoints, replicas and disruption budgets that keep both available.
 
 Run with: python3 k8s/test_manifests.py [RENDERED_DIR]
 RENDERED_DIR holds one `<overlay>.yaml` per overlay (as k8s/validate.sh writes them);
@@ -36,6 +38,8 @@ ENTRY_POINT = "marketplace"
 # How long the sidecar waits for the registry to confirm a deregistration before draining.
 DEREGISTER_WAIT_S = 6
 RESTRICTED_UID = 65534
+ETCD_BINARY = "etcd"
+NODE_TOPOLOGY = "kubernetes.io/hostname"
 
 
 def overlays():
@@ -211,6 +215,100 @@ def duration_s(text):
     if not m:
         raise ValueError(f"unreadable duration {text!r}")
     return int(m.group(1)) * units[m.group(2)]
+
+
+def flags_of(container):
+    """`--flag=value` and `--flag value` arguments of the command line, as flag -> value."""
+    argv = (container.get("command") or []) + (container.get("args") or [])
+    flags = {}
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if eq:
+            flags[key] = value
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            flags[key] = argv[i + 1]
+        else:
+            flags[key] = True
+    return flags
+
+
+def setting(container, flag, var):
+    """A setting given as a flag or as its environment variable (the flag wins)."""
+    return flags_of(container).get(flag, env_of(container)[0].get(var))
+
+
+def quantity_bytes(text):
+    units = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    m = re.fullmatch(r"(\d+)([KMGT]i?|k)?", str(text).strip())
+    if not m:
+        raise ValueError(f"unreadable quantity {text!r}")
+    return int(m.group(1)) * units[m.group(2) or ""]
+
+
+def http_url(url):
+    """(host, port) of a plain http://host:port URL, or None."""
+    m = re.fullmatch(r"http://([^:/]+):(\d+)/?", url.strip())
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def budgets_for(objects, template):
+    labels = template["metadata"].get("labels", {})
+    return [o for o in objects if o["kind"] == "PodDisruptionBudget"
+            and selects(o["spec"].get("selector"), labels)]
+
+
+def spread_over_nodes(template):
+    """Pod anti-affinity (preferred or required) or a topology spread over nodes, for the
+    template's own pods."""
+    spec, labels = template["spec"], template["metadata"].get("labels", {})
+    anti = spec.get("affinity", {}).get("podAntiAffinity", {})
+    terms = anti.get("requiredDuringSchedulingIgnoredDuringExecution", []) + [
+        t["podAffinityTerm"] for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+    terms += spec.get("topologySpreadConstraints", [])
+    return any(t.get("topologyKey") == NODE_TOPOLOGY and selects(t.get("labelSelector"), labels)
+               for t in terms)
+
+
+def runs_etcd(container):
+    command = container.get("command") or []
+    if command:
+        return os.path.basename(command[0]) == ETCD_BINARY
+    return container["image"].split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1] == ETCD_BINARY
+
+
+def etcd_cluster(objects):
+    """(StatefulSet, its etcd container) of the registry's store, if the overlay has one."""
+    for workload, template in pod_templates(objects):
+        for c in template["spec"]["containers"]:
+            if workload["kind"] == "StatefulSet" and runs_etcd(c):
+                return workload, c
+    return None, None
+
+
+def etcd_members(sts):
+    """Member name -> the host names that reach it through the headless Service."""
+    name, service = sts["metadata"]["name"], sts["spec"].get("serviceName", "")
+    ns = sts["metadata"].get("namespace", "")
+    members = {}
+    for i in range(sts["spec"].get("replicas", 1)):
+        host = f"{name}-{i}.{service}"
+        members[f"{name}-{i}"] = {host, f"{host}.{ns}", f"{host}.{ns}.svc", f"{host}.{ns}.svc.cluster.local"}
+    return members
+
+
+def listen_port(flags, flag):
+    """The port of a --listen-*-urls flag (one URL)."""
+    parsed = http_url(str(flags.get(flag, "")))
+    return parsed[1] if parsed else None
+
+
+def registry_on_etcd(objects):
+    dep = find(objects, "Deployment", REGISTRY_SERVICE)
+    return bool(dep and setting(dep["spec"]["template"]["spec"]["containers"][0],
+                                "etcd-endpoints", "REGISTRY_ETCD_ENDPOINTS"))
 
 
 # === the checks ===
@@ -571,6 +669,22 @@ def check_registry(objects):
     dep = find(objects, "Deployment", REGISTRY_SERVICE)
     if not dep:
         return ["no registry Deployment"]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    problems = []
+    listen = setting(c, "listen", "REGISTRY_LISTEN") or "0.0.0.0:7700"
+    if container_port(c, port_of(listen)) is None:
+        problems.append(f"REGISTRY_LISTEN {listen} is not a containerPort")
+    for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        how, port, got = probe_target(c.get(kind, {}))
+        if how != "httpGet" or got != path or container_port(c, port) != port_of(listen):
+            problems.append(f"{kind} is not GET {path} on the API port")
+    if registry_on_etcd(objects):
+        return problems + registry_etcd_problems(objects, dep)
+    return problems + registry_volume_problems(objects, dep)
+
+
+def registry_volume_problems(objects, dep):
+    """One replica holding the catalog, snapshotted to its claim."""
     spec = dep["spec"]
     problems = []
     if spec.get("replicas", 1) != 1:
@@ -579,15 +693,7 @@ def check_registry(objects):
         problems.append("strategy is not Recreate (the volume is ReadWriteOnce)")
     pod = spec["template"]["spec"]
     c = pod["containers"][0]
-    env = env_of(c)[0]
-    listen = env.get("REGISTRY_LISTEN", "0.0.0.0:7700")
-    if container_port(c, port_of(listen)) is None:
-        problems.append(f"REGISTRY_LISTEN {listen} is not a containerPort")
-    for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
-        how, port, got = probe_target(c.get(kind, {}))
-        if how != "httpGet" or got != path or container_port(c, port) != port_of(listen):
-            problems.append(f"{kind} is not GET {path} on the API port")
-    data_dir = env.get("REGISTRY_DATA_DIR")
+    data_dir = setting(c, "data-dir", "REGISTRY_DATA_DIR")
     mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
     volume = next((v for v in pod.get("volumes", []) if v["name"] == mounts.get(data_dir)), None)
     claim = volume and volume.get("persistentVolumeClaim", {}).get("claimName")
@@ -599,6 +705,199 @@ def check_registry(objects):
     if pvc and pod.get("securityContext", {}).get("fsGroup") != RESTRICTED_UID:
         problems.append(f"no fsGroup {RESTRICTED_UID}: the volume would not be writable")
     return problems
+
+
+def registry_etcd_problems(objects, dep):
+    """Stateless replicas on etcd: several of them, every member as an endpoint, no volume
+    of their own, one CA from a Secret, a budget and a spread that keep one serving."""
+    spec = dep["spec"]
+    template = spec["template"]
+    pod = template["spec"]
+    c = pod["containers"][0]
+    problems = []
+    replicas = spec.get("replicas", 1)
+    if replicas < 2:
+        problems.append(f"{replicas} registry replica on etcd: one pod is still a single point of failure")
+    if spec.get("strategy", {}).get("type", "RollingUpdate") != "RollingUpdate":
+        problems.append("strategy is not RollingUpdate (Recreate stops every replica at once)")
+    if setting(c, "data-dir", "REGISTRY_DATA_DIR") is not None:
+        problems.append("--data-dir (REGISTRY_DATA_DIR) is set: the registry refuses it with etcd")
+    if setting(c, "ca-dir", "REGISTRY_CA_DIR") is not None:
+        problems.append("--ca-dir (REGISTRY_CA_DIR) is set: with etcd it is refused unless it already"
+                        " holds a CA; give every replica the same one with --ca-cert/--ca-key from a Secret")
+    claims = [v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+    if claims:
+        problems.append(f"stateless replicas mount claims {claims}")
+
+    sts, etcd = etcd_cluster(objects)
+    endpoints = [e for e in str(setting(c, "etcd-endpoints", "REGISTRY_ETCD_ENDPOINTS")).split(",") if e]
+    if not sts:
+        problems.append("--etcd-endpoints is set but there is no etcd StatefulSet")
+    else:
+        members = etcd_members(sts)
+        client_port = listen_port(flags_of(etcd), "listen-client-urls")
+        named = set()
+        for url in endpoints:
+            parsed = http_url(url)
+            member = parsed and next((m for m, hosts in members.items() if parsed[0] in hosts), None)
+            if not member or parsed[1] != client_port:
+                problems.append(f"etcd endpoint {url!r} is not a member's client URL (port {client_port})")
+            else:
+                named.add(member)
+        if named != set(members):
+            problems.append(f"--etcd-endpoints misses members {sorted(set(members) - named)}")
+    prefix = setting(c, "etcd-prefix", "REGISTRY_ETCD_PREFIX")
+    if prefix is not None and not str(prefix).startswith("/"):
+        problems.append(f"--etcd-prefix {prefix!r} does not start with / (the registry refuses it)")
+
+    # The CA: both files from one Secret, so every replica signs with the same key.
+    cert, key = setting(c, "ca-cert", "REGISTRY_CA_CERT"), setting(c, "ca-key", "REGISTRY_CA_KEY")
+    if not (cert and key):
+        problems.append("no --ca-cert and --ca-key: replicas on etcd need the CA from a Secret")
+    else:
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        secrets = set()
+        for path in (cert, key):
+            mount = next((m for m in c.get("volumeMounts", [])
+                          if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+            secret = mount and volumes.get(mount["name"], {}).get("secret")
+            if not secret:
+                problems.append(f"{path} is not in a mounted Secret")
+                continue
+            if not mount.get("readOnly"):
+                problems.append(f"the Secret holding {path} is mounted writable")
+            items = [i["path"] for i in secret.get("items", [])]
+            if items and path[len(mount["mountPath"].rstrip("/")) + 1:] not in items:
+                problems.append(f"{path} is not among the Secret's items {items}")
+            secrets.add(secret["secretName"])
+        if len(secrets) > 1:
+            problems.append(f"the CA certificate and key come from different Secrets {sorted(secrets)}")
+
+    budgets = budgets_for(objects, template)
+    if not budgets:
+        problems.append("no PodDisruptionBudget: a drain may take every replica at once")
+    for b in budgets:
+        least = b["spec"].get("minAvailable", replicas - b["spec"].get("maxUnavailable", replicas))
+        if not isinstance(least, int) or not 1 <= least < replicas:
+            problems.append(f"budget {b['metadata']['name']}: keeps {least!r} of {replicas} replicas"
+                            " (at least 1, and fewer than all, or drains block)")
+    if not spread_over_nodes(template):
+        problems.append(f"replicas are not spread over nodes ({NODE_TOPOLOGY})")
+    return problems
+
+
+def check_etcd(objects):
+    """The members agree on the cluster they form, find each other before any is ready,
+    keep their data on claims, and keep a quorum through drains and node losses."""
+    sts, c = etcd_cluster(objects)
+    if not sts:
+        return ["no etcd StatefulSet"]
+    spec, template = sts["spec"], sts["spec"]["template"]
+    labels = template["metadata"].get("labels", {})
+    replicas = spec.get("replicas", 1)
+    quorum = replicas // 2 + 1
+    problems = []
+    if replicas < 3 or replicas % 2 == 0:
+        problems.append(f"{replicas} members: an odd number, at least 3, survives losing one")
+    if spec.get("podManagementPolicy") != "Parallel":
+        problems.append("podManagementPolicy is not Parallel: a member is ready only with a quorum,"
+                        " so starting them one by one never gets past the first")
+
+    headless = find(objects, "Service", spec.get("serviceName", ""))
+    flags, env = flags_of(c), env_of(c)[0]
+    client_port = listen_port(flags, "listen-client-urls")
+    peer_port = listen_port(flags, "listen-peer-urls")
+    for flag, port in (("listen-client-urls", client_port), ("listen-peer-urls", peer_port)):
+        if port is None or container_port(c, port) is None:
+            problems.append(f"--{flag} {flags.get(flag)!r} is not one http:// URL on a containerPort")
+    if not headless:
+        problems.append(f"serviceName {spec.get('serviceName')!r} is not a Service")
+    else:
+        if headless["spec"].get("clusterIP") != "None":
+            problems.append(f"Service {headless['metadata']['name']} is not headless (clusterIP: None)")
+        if headless["spec"].get("publishNotReadyAddresses") is not True:
+            problems.append(f"Service {headless['metadata']['name']} does not publish unready members:"
+                            " they could not find each other to form a quorum")
+        if not selects(headless["spec"].get("selector"), labels):
+            problems.append(f"Service {headless['metadata']['name']} does not select the members")
+        ports = {pod_port(template["spec"], p.get("targetPort", p["port"])) for p in headless["spec"]["ports"]}
+        if not {client_port, peer_port} <= ports:
+            problems.append(f"Service {headless['metadata']['name']} lacks the client or peer port")
+    clients = [s for s in service_for(objects, labels) if s["spec"].get("clusterIP") != "None"
+               and any(pod_port(template["spec"], p.get("targetPort", p["port"])) == client_port
+                       for p in s["spec"]["ports"])]
+    if not clients:
+        problems.append("no client Service (a ClusterIP Service on the client port)")
+
+    # Each member's name and URLs, as Kubernetes expands $(POD_NAME) in that pod.
+    pod_name = env.get("POD_NAME")
+    if not (isinstance(pod_name, dict) and pod_name.get("fieldRef", {}).get("fieldPath") == "metadata.name"):
+        problems.append("POD_NAME does not come from metadata.name")
+    members = etcd_members(sts)
+    initial = {}
+    for entry in str(flags.get("initial-cluster", "")).split(","):
+        name, _, url = entry.partition("=")
+        if name:
+            initial[name] = url
+    if set(initial) != set(members):
+        problems.append(f"--initial-cluster names {sorted(initial)}, the members are {sorted(members)}")
+    if flags.get("name") != "$(POD_NAME)":
+        problems.append(f"--name is {flags.get('name')!r}, not $(POD_NAME)")
+    for member, hosts in members.items():
+        def own(flag, member=member):
+            return str(flags.get(flag, "")).replace("$(POD_NAME)", member)
+
+        url = initial.get(member)
+        parsed = http_url(url or "")
+        if url is not None and (not parsed or parsed[0] not in hosts or parsed[1] != peer_port):
+            problems.append(f"--initial-cluster {member}={url} is not its DNS name on the peer port {peer_port}")
+        if url is not None and own("initial-advertise-peer-urls") != url:
+            problems.append(f"{member} advertises {own('initial-advertise-peer-urls')!r} to peers,"
+                            f" --initial-cluster says {url!r}")
+        advertised = http_url(own("advertise-client-urls"))
+        if not advertised or advertised[0] not in hosts or advertised[1] != client_port:
+            problems.append(f"{member} advertises clients {own('advertise-client-urls')!r},"
+                            " not its DNS name on the client port")
+    if flags.get("initial-cluster-state", "new") != "new":
+        problems.append("--initial-cluster-state is not new (the StatefulSet bootstraps the cluster)")
+
+    # Data on a claim per member, large enough for the backend quota.
+    claims = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+    data_dir = str(flags.get("data-dir", ""))
+    mount = next((m for m in c.get("volumeMounts", [])
+                  if data_dir == m["mountPath"] or data_dir.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    claim = mount and claims.get(mount["name"])
+    if not claim:
+        problems.append(f"--data-dir {data_dir!r} is not on a volumeClaimTemplate")
+    else:
+        if claim["spec"].get("accessModes") != ["ReadWriteOnce"]:
+            problems.append("the members' claims are not ReadWriteOnce")
+        size = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
+        quota = int(flags.get("quota-backend-bytes", 2 * 2**30))
+        if quota >= size:
+            problems.append(f"--quota-backend-bytes {quota} does not leave room on a {size}-byte claim")
+        if template["spec"].get("securityContext", {}).get("fsGroup") != RESTRICTED_UID:
+            problems.append(f"no fsGroup {RESTRICTED_UID}: the volume would not be writable")
+
+    budgets = budgets_for(objects, template)
+    if not budgets:
+        problems.append("no PodDisruptionBudget: a drain may take the quorum")
+    for b in budgets:
+        down = b["spec"].get("maxUnavailable", replicas - b["spec"].get("minAvailable", 0))
+        if not isinstance(down, int) or not 1 <= down <= replicas - quorum:
+            problems.append(f"budget {b['metadata']['name']}: lets {down!r} of {replicas} members go"
+                            f" (at least 1, at most {replicas - quorum} to keep a quorum of {quorum})")
+    if not spread_over_nodes(template):
+        problems.append(f"members are not spread over nodes ({NODE_TOPOLOGY})")
+    return problems
+
+
+def check_claims_mounted(objects):
+    """Every PersistentVolumeClaim belongs to a pod (a left-over claim holds a disk for nothing)."""
+    used = {v["persistentVolumeClaim"]["claimName"] for _, t in pod_templates(objects)
+            for v in t["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
+    return [f"PersistentVolumeClaim {o['metadata']['name']} is mounted by no pod"
+            for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] not in used]
 
 
 # === network policies ===
@@ -723,6 +1022,31 @@ def check_network_policies(objects):
         ("marketplace -> DNS (TCP)", mkt, dns, 53, "TCP", True),
         ("recommendations -> outside the namespace, not DNS", rec, dns, 443, "TCP", False),
     ]
+    sts, etcd_container = etcd_cluster(objects)
+    if sts:
+        # The catalog in etcd is reached through the registry only.
+        etcd = pods[sts["metadata"]["name"]]
+        flags = flags_of(etcd_container)
+        client = listen_port(flags, "listen-client-urls")
+        peer = listen_port(flags, "listen-peer-urls")
+        metrics = listen_port(flags, "listen-metrics-urls")
+        cases += [
+            ("registry -> etcd client port", reg, etcd, client, "TCP", True),
+            ("etcd member -> etcd member, peer port", etcd, etcd, peer, "TCP", True),
+            ("registry -> etcd peer port", reg, etcd, peer, "TCP", False),
+            ("marketplace -> etcd client port", mkt, etcd, client, "TCP", False),
+            ("recommendations -> etcd client port", rec, etcd, client, "TCP", False),
+            ("un-meshed pod -> etcd client port", unmeshed, etcd, client, "TCP", False),
+            ("un-meshed pod -> etcd peer port", unmeshed, etcd, peer, "TCP", False),
+            ("prometheus (same namespace) -> etcd client port", prometheus_here, etcd, client, "TCP", False),
+            ("outside -> etcd client port", outsider, etcd, client, "TCP", False),
+            ("outside -> etcd peer port", outsider, etcd, peer, "TCP", False),
+        ]
+        if metrics is not None:
+            cases += [
+                ("prometheus (other namespace) -> etcd metrics", prometheus_there, etcd, metrics, "TCP", True),
+                ("un-meshed pod -> etcd metrics", unmeshed, etcd, metrics, "TCP", False),
+            ]
     for what, src, dst, port, proto, want in cases:
         got = reachable(policies, src, dst, port, proto)
         if got != want:
@@ -790,6 +1114,9 @@ def checks_for(overlay, objects, images):
     yield f"{overlay}: Services reach real ports", check_services, (objects,)
     yield f"{overlay}: Services target the sidecar (the app at the entry point)", check_meshed_services_target_sidecar, (objects,)
     yield f"{overlay}: registry", check_registry, (objects,)
+    if registry_on_etcd(objects) or etcd_cluster(objects)[0]:
+        yield f"{overlay}: etcd members", check_etcd, (objects,)
+    yield f"{overlay}: claims are mounted", check_claims_mounted, (objects,)
     yield f"{overlay}: network policies", check_network_policies, (objects,)
     yield f"{overlay}: marketplace Service type", check_entry_service, (overlay, objects)
     if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "prometheus" for o in objects):
@@ -870,17 +1197,92 @@ MUTATIONS = {
 }
 
 
-def self_test(checks, objects, images):
-    for what, mutate in MUTATIONS.items():
+def _registry(objects):
+    return find(objects, "Deployment", REGISTRY_SERVICE)
+
+
+def _etcd(objects):
+    return etcd_cluster(objects)[0]
+
+
+def _set_arg(container, flag, value):
+    container["args"] = [f"--{flag}={value}" if a.startswith(f"--{flag}=") else a for a in container["args"]]
+
+
+def _drop_env(container, var):
+    container["env"] = [e for e in container["env"] if e["name"] != var]
+
+
+# Each breaks the ha overlay in one way a hand edit could; every one must be reported.
+HA_MUTATIONS = {
+    "two etcd members (no quorum once one is lost)":
+        lambda o: _etcd(o)["spec"].update(replicas=2),
+    "a member missing from --initial-cluster":
+        lambda o: _set_arg(etcd_cluster(o)[1], "initial-cluster",
+                           "etcd-0=http://etcd-0.etcd:2380,etcd-1=http://etcd-1.etcd:2380"),
+    "--initial-cluster on the client port":
+        lambda o: _set_arg(etcd_cluster(o)[1], "initial-cluster", ",".join(
+            f"etcd-{i}=http://etcd-{i}.etcd:2379" for i in range(3))),
+    "a member advertising its pod IP's name to peers":
+        lambda o: _set_arg(etcd_cluster(o)[1], "initial-advertise-peer-urls", "http://$(POD_NAME):2380"),
+    "etcd members started one by one":
+        lambda o: _etcd(o)["spec"].update(podManagementPolicy="OrderedReady"),
+    "the headless Service hides unready members":
+        lambda o: find(o, "Service", "etcd")["spec"].pop("publishNotReadyAddresses"),
+    "etcd data on the container's filesystem":
+        lambda o: _etcd(o)["spec"].pop("volumeClaimTemplates"),
+    "no etcd disruption budget":
+        lambda o: o.remove(find(o, "PodDisruptionBudget", "etcd")),
+    "an etcd budget that lets the quorum go":
+        lambda o: find(o, "PodDisruptionBudget", "etcd")["spec"].update(maxUnavailable=2),
+    "etcd members not spread over nodes":
+        lambda o: _etcd(o)["spec"]["template"]["spec"].pop("affinity"),
+    "one registry replica":
+        lambda o: _registry(o)["spec"].update(replicas=1),
+    "the registry recreated (every replica down at once)":
+        lambda o: _registry(o)["spec"].update(strategy={"type": "Recreate"}),
+    "--etcd-endpoints misses a member":
+        lambda o: _set_env(_app(o, REGISTRY_SERVICE), "REGISTRY_ETCD_ENDPOINTS",
+                           "http://etcd-0.etcd:2379,http://etcd-1.etcd:2379"),
+    "--etcd-endpoints on the peer port":
+        lambda o: _set_env(_app(o, REGISTRY_SERVICE), "REGISTRY_ETCD_ENDPOINTS",
+                           ",".join(f"http://etcd-{i}.etcd:2380" for i in range(3))),
+    "the registry keeps a data dir":
+        lambda o: _app(o, REGISTRY_SERVICE)["env"].append({"name": "REGISTRY_DATA_DIR", "value": "/data"}),
+    "a CA made by each replica":
+        lambda o: (_drop_env(_app(o, REGISTRY_SERVICE), "REGISTRY_CA_CERT"),
+                   _drop_env(_app(o, REGISTRY_SERVICE), "REGISTRY_CA_KEY"),
+                   _app(o, REGISTRY_SERVICE)["env"].append({"name": "REGISTRY_CA_DIR", "value": "/ca"})),
+    "the CA key outside the Secret":
+        lambda o: _set_env(_app(o, REGISTRY_SERVICE), "REGISTRY_CA_KEY", "/tmp/ca-key.pem"),
+    "no registry disruption budget":
+        lambda o: o.remove(find(o, "PodDisruptionBudget", REGISTRY_SERVICE)),
+    "registry replicas not spread over nodes":
+        lambda o: _registry(o)["spec"]["template"]["spec"].pop("affinity"),
+    "the base's registry claim left behind":
+        lambda o: o.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                            "metadata": {"name": "registry-data", "namespace": "mesh"},
+                            "spec": {"accessModes": ["ReadWriteOnce"],
+                                     "resources": {"requests": {"storage": "1Gi"}}}}),
+    "etcd's client port open to the namespace":
+        lambda o: find(o, "NetworkPolicy", "etcd-client-from-registry")["spec"]["ingress"][0].update(
+            {"from": [{"podSelector": {}}]}),
+    "no peer policy":
+        lambda o: o.remove(find(o, "NetworkPolicy", "etcd-peers")),
+}
+
+
+def self_test(checks, overlay, objects, images, mutations):
+    for what, mutate in mutations.items():
         broken = copy.deepcopy(objects)
         mutate(broken)
         caught = []
-        for _, check, args in checks_for("base", broken, images):
+        for _, check, args in checks_for(overlay, broken, images):
             try:
                 caught += check(*args)
             except Exception as error:  # noqa: BLE001 - a crash also reports the breakage
                 caught.append(str(error))
-        checks.expect(f"caught: {what}", lambda c=caught: [] if c else ["not reported by any check"])
+        checks.expect(f"caught ({overlay}): {what}", lambda c=caught: [] if c else ["not reported by any check"])
 
 
 def run(rendered_dir=None):
@@ -892,7 +1294,9 @@ def run(rendered_dir=None):
         rendered[overlay] = (objects, images)
         for name, check, args in checks_for(overlay, objects, images):
             checks.expect(name, check, *args)
-    self_test(checks, *rendered["base"])
+    self_test(checks, "base", *rendered["base"], MUTATIONS)
+    if "ha" in rendered:
+        self_test(checks, "ha", *rendered["ha"], HA_MUTATIONS)
     print(f"{checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0
 
