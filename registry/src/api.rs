@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::ca::Ca;
 use crate::catalog::{Catalog, UnknownInstance};
 use crate::error::ApiError;
+use crate::etcd::{EtcdStore, StoreStatus, WriteError};
 use crate::join::JoinTokens;
 use crate::metrics::{Metrics, Route};
 use crate::respond::{no_content, set_index, short_duration, text_response};
@@ -27,6 +28,10 @@ use crate::{auth, request, ui, watch as blocking};
 
 // Moved to `crate::respond`; re-exported so their old paths keep working.
 pub use crate::respond::{INDEX_HEADER, json};
+
+/// Set to `true` on every answer of a replica that cannot reach etcd: it answers from
+/// the last state it saw.
+pub const STALE_HEADER: &str = "x-mesh-stale";
 
 /// The OpenAPI 3 description of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -41,6 +46,8 @@ pub struct State {
     ca: Option<Arc<Ca>>,
     /// Bearer tokens for `POST /v1/ca/sign`, each with the services it may claim.
     join_tokens: JoinTokens,
+    /// The etcd store, when the catalog is kept there; writes go through it.
+    etcd: Option<Arc<EtcdStore>>,
     /// Turns true when shutdown starts: blocking queries answer at once and `/readyz`
     /// reports 503.
     shutdown: watch::Receiver<bool>,
@@ -55,6 +62,7 @@ struct Readiness {
     version: &'static str,
     /// `null` when the registry signs no certificates.
     ca: Option<CaSummary>,
+    store: StoreStatus,
 }
 
 #[derive(serde::Serialize)]
@@ -79,8 +87,15 @@ impl State {
             token: token.map(String::into_bytes),
             ca: None,
             join_tokens: JoinTokens::default(),
+            etcd: None,
             shutdown,
         }
+    }
+
+    /// Keeps the catalog in etcd: writes go there, reads come from the mirror.
+    pub fn with_etcd(mut self, etcd: Arc<EtcdStore>) -> Self {
+        self.etcd = Some(etcd);
+        self
     }
 
     /// Turns on certificate signing for the holders of `join_tokens`.
@@ -99,12 +114,21 @@ impl State {
         let started = std::time::Instant::now();
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_owned();
-        let (route, answer) = self
-            .dispatch(&parts.method, &parts.uri, &parts.headers, body)
-            .await;
+        let (route, answer) = match self.unsynced(&path) {
+            Some(refused) => (Route::Unknown, Err(refused)),
+            None => {
+                self.dispatch(&parts.method, &parts.uri, &parts.headers, body)
+                    .await
+            }
+        };
         let mut response = answer.unwrap_or_else(ApiError::into_response);
         if !response.headers().contains_key(INDEX_HEADER) {
             set_index(&mut response, self.catalog.index());
+        }
+        if self.etcd.as_ref().is_some_and(|e| e.is_stale()) {
+            response
+                .headers_mut()
+                .insert(STALE_HEADER, http::HeaderValue::from_static("true"));
         }
         let status = response.status();
         self.metrics.count_request(route, status.as_u16());
@@ -145,7 +169,7 @@ impl State {
                 (Route::Register, self.register(s, id, headers, body).await)
             }
             (&Method::DELETE, Target::Instance(s, id)) => {
-                (Route::Deregister, self.deregister(s, id, headers))
+                (Route::Deregister, self.deregister(s, id, headers).await)
             }
             (&Method::PUT, Target::Heartbeat(s, id)) => {
                 (Route::Heartbeat, self.heartbeat(s, id, headers, body).await)
@@ -241,9 +265,15 @@ impl State {
         let body = self.write_body(service, id, headers, body).await?;
         let registration = request::registration(&body)?;
         let (address, ttl) = (registration.address.clone(), registration.ttl);
-        let (instance, index) = self
-            .catalog
-            .register(service, id, registration, Instant::now());
+        let (instance, index) = match &self.etcd {
+            Some(etcd) => etcd
+                .register(service, id, registration)
+                .await
+                .map_err(|e| write_error(e, service, id))?,
+            None => self
+                .catalog
+                .register(service, id, registration, Instant::now()),
+        };
         tracing::info!(%service, %id, %address, ttl = %humantime::format_duration(ttl), "registered");
         let mut response = json(StatusCode::OK, &instance);
         set_index(&mut response, index);
@@ -257,10 +287,14 @@ impl State {
     {
         let body = self.write_body(service, id, headers, body).await?;
         let beat = request::heartbeat(&body)?;
-        let (lease, index) = self
-            .catalog
-            .heartbeat(service, id, beat.status, beat.output, Instant::now())
-            .map_err(|UnknownInstance| unknown(service, id))?;
+        let (lease, index) = match &self.etcd {
+            Some(etcd) => etcd.heartbeat(service, id, beat.status, beat.output).await,
+            None => self
+                .catalog
+                .heartbeat(service, id, beat.status, beat.output, Instant::now())
+                .map_err(WriteError::Unknown),
+        }
+        .map_err(|e| write_error(e, service, id))?;
         let mut response = json(StatusCode::OK, &lease);
         set_index(&mut response, index);
         Ok(response)
@@ -286,13 +320,17 @@ impl State {
         Ok(body)
     }
 
-    fn deregister(&self, service: &str, id: &str, headers: &HeaderMap) -> Answer {
+    async fn deregister(&self, service: &str, id: &str, headers: &HeaderMap) -> Answer {
         auth::authorize_write(headers, self.token.as_deref())?;
         check_names(service, id)?;
-        let index = self
-            .catalog
-            .deregister(service, id)
-            .map_err(|UnknownInstance| unknown(service, id))?;
+        let index = match &self.etcd {
+            Some(etcd) => etcd.deregister(service, id).await,
+            None => self
+                .catalog
+                .deregister(service, id)
+                .map_err(WriteError::Unknown),
+        }
+        .map_err(|e| write_error(e, service, id))?;
         tracing::info!(%service, %id, "deregistered");
         let mut response = no_content();
         set_index(&mut response, index);
@@ -357,8 +395,13 @@ impl State {
         if *self.shutdown.borrow() {
             return Err(ApiError::Unavailable);
         }
+        let store = match &self.etcd {
+            Some(etcd) => etcd.status(),
+            None => StoreStatus::memory(),
+        };
         let readiness = Readiness {
-            status: "ready",
+            status: if store.stale { "stale" } else { "ready" },
+            store,
             version: env!("CARGO_PKG_VERSION"),
             ca: self.ca.as_ref().map(|ca| CaSummary {
                 trust_domain: ca.trust_domain.clone(),
@@ -366,6 +409,18 @@ impl State {
             }),
         };
         Ok(json(StatusCode::OK, &readiness))
+    }
+
+    /// Until a replica has read the catalog from etcd, the API answers 503: an empty
+    /// listing would tell sidecars that every service is gone.
+    fn unsynced(&self, path: &str) -> Option<ApiError> {
+        let etcd = self.etcd.as_ref()?;
+        (path.starts_with("/v1/") && !etcd.is_synced()).then(|| {
+            ApiError::StoreUnavailable(
+                "this replica has not read the catalog from etcd yet; try another replica"
+                    .to_owned(),
+            )
+        })
     }
 
     async fn block(&self, index_rx: &mut watch::Receiver<u64>, seen: Option<u64>, wait: Duration) {
@@ -392,6 +447,15 @@ fn no_route(path: &str) -> ApiError {
 fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
     validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
     validate::instance_id(id).map_err(|m| ApiError::invalid("id", m))
+}
+
+/// A refused write as an answer: 404 for an instance the registry does not know, 503
+/// naming etcd when the store cannot take it.
+fn write_error(e: WriteError, service: &str, id: &str) -> ApiError {
+    match e {
+        WriteError::Unknown(UnknownInstance) => unknown(service, id),
+        other => other.into(),
+    }
 }
 
 fn unknown(service: &str, id: &str) -> ApiError {

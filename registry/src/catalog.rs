@@ -304,6 +304,13 @@ impl Catalog {
     /// catalog's. Called with the service's shard locked, so a service's index only grows.
     pub(crate) fn bump(&self, svc: &mut Service) {
         let index = self.last_index.fetch_add(1, Ordering::SeqCst) + 1;
+        self.bump_to(svc, index);
+    }
+
+    /// Sets a changed service's index to one given from outside (an etcd revision, which
+    /// only grows) and wakes its watchers and the catalog's.
+    pub(crate) fn bump_to(&self, svc: &mut Service, index: u64) {
+        self.last_index.fetch_max(index, Ordering::SeqCst);
         svc.index = index;
         svc.tx.send_replace(index);
         self.catalog_tx.send_if_modified(|current| {

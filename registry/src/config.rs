@@ -27,6 +27,21 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// etcd endpoints, comma-separated (`http://a:2379,http://b:2379`): keep the catalog
+    /// in that etcd cluster instead of this process, so any number of replicas can serve
+    /// it. Without it the catalog is this process's own (memory and `--data-dir`).
+    #[arg(
+        long,
+        env = "REGISTRY_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        conflicts_with = "data_dir"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The key prefix of the catalog in etcd: several meshes can share one cluster.
+    #[arg(long, env = "REGISTRY_ETCD_PREFIX", default_value = "/mesh")]
+    pub etcd_prefix: String,
+
     /// Bearer token that writes (register, heartbeat, deregister) must present.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -99,6 +114,42 @@ pub enum Command {
 // === impl Config ===
 
 impl Config {
+    /// The etcd endpoints as base URLs, when the catalog is kept in etcd.
+    pub fn etcd(&self) -> Option<Vec<String>> {
+        let endpoints: Vec<String> = self
+            .etcd_endpoints
+            .iter()
+            .map(|e| e.trim().trim_end_matches('/').to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        (!endpoints.is_empty()).then_some(endpoints)
+    }
+
+    fn validate_etcd(&self) -> Result<(), String> {
+        for endpoint in self.etcd().unwrap_or_default() {
+            let uri: http::Uri = endpoint.parse().map_err(|_| {
+                format!("--etcd-endpoints: {endpoint:?} is not a URL (http://host:port)")
+            })?;
+            if uri.scheme_str() != Some("http") || uri.port_u16().is_none() || uri.path() != "/" {
+                return Err(format!(
+                    "--etcd-endpoints: {endpoint:?} must be http://host:port (TLS to etcd is \
+                     not supported: keep etcd on a private network)"
+                ));
+            }
+        }
+        let prefix = &self.etcd_prefix;
+        let valid = prefix.starts_with('/')
+            && prefix.len() <= 128
+            && prefix.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(format!(
+                "--etcd-prefix {prefix:?} must start with / and hold at most 128 printable \
+                 ASCII characters"
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values clap cannot; the message names the flag.
     pub fn validate(&self) -> Result<(), String> {
         if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&self.sweep_interval) {
@@ -107,6 +158,7 @@ impl Config {
         if self.snapshot_debounce > Duration::from_secs(60) {
             return Err("--snapshot-debounce must be at most 60s".into());
         }
+        self.validate_etcd()?;
         let has_ca = self.ca_cert.is_some() || self.ca_dir.is_some();
         let flag = match (&self.join_token, &self.join_tokens) {
             (Some(_), _) => Some("--join-token"),
@@ -160,6 +212,8 @@ impl Default for Config {
             cert_ttl: Duration::from_secs(24 * 3600),
             listen: ([0, 0, 0, 0], 7700).into(),
             data_dir: None,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/mesh".into(),
             token: None,
             critical_grace: Duration::from_secs(30),
             sweep_interval: Duration::from_millis(100),

@@ -65,6 +65,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the registry is shutting down")]
     Unavailable,
+    /// The store behind the catalog (etcd) cannot take writes, or has not been read yet.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// The instance registered no sidecar admin address (metadata `admin`).
     #[error("{0}")]
     NoAdmin(String),
@@ -114,6 +117,9 @@ impl ApiError {
                 Some("content-type"),
             ),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::StoreUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None)
+            }
             ApiError::NoAdmin(_) => (StatusCode::NOT_FOUND, "no_admin", None),
             ApiError::SidecarUnreachable(_) => {
                 (StatusCode::BAD_GATEWAY, "sidecar_unreachable", None)

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use mesh_registry_api::{Registration, Status};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// How many events the ring keeps; older ones are dropped.
@@ -27,7 +27,7 @@ pub const NO_EVENTS: u64 = 1;
 const MAX_DETAIL: usize = 512;
 
 /// What happened to an instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// A new instance, or a registration that replaced the previous one.

@@ -57,7 +57,7 @@ impl Catalog {
 
 /// A lease the mass-expiry guard may extend: it ran out by `now`, has not been extended
 /// since the instance's last heartbeat, and the instance reported itself passing.
-fn sparable(entry: &Entry, now: Instant) -> bool {
+pub(crate) fn sparable(entry: &Entry, now: Instant) -> bool {
     matches!(entry.lease, LeaseState::Live { expires_at } if expires_at <= now)
         && !entry.spared
         && entry.status() == Status::Passing
@@ -65,7 +65,7 @@ fn sparable(entry: &Entry, now: Instant) -> bool {
 
 /// The mass-expiry guard (see [`Catalog::sweep`]) holding back expiries of one service.
 #[derive(Clone, Copy, Debug)]
-struct Guard {
+pub(crate) struct Guard {
     /// Leases it extends.
     expiring: usize,
     /// Passing instances of the service.
@@ -73,7 +73,11 @@ struct Guard {
 }
 
 /// Whether the mass-expiry guard holds back the expiries of one service in this sweep.
-fn guard_holds(service: &str, instances: &BTreeMap<String, Entry>, now: Instant) -> Option<Guard> {
+pub(crate) fn guard_holds(
+    service: &str,
+    instances: &BTreeMap<String, Entry>,
+    now: Instant,
+) -> Option<Guard> {
     let passing = instances
         .values()
         .filter(|e| e.status() == Status::Passing)
@@ -126,10 +130,7 @@ impl ServiceSweep<'_> {
                 true
             }
             LeaseState::Expired { remove_at } if remove_at <= now => {
-                let detail = format!(
-                    "removed after {} critical without a heartbeat",
-                    humantime::format_duration(self.grace)
-                );
+                let detail = removal_detail(self.grace);
                 self.events
                     .record(EventKind::Removed, self.service, id, detail);
                 report.removed += 1;
@@ -147,13 +148,7 @@ impl ServiceSweep<'_> {
         entry.lease = LeaseState::Live {
             expires_at: self.now + ttl,
         };
-        let detail = format!(
-            "lease extended by {}: the mass-expiry guard held back {} of {} passing \
-             instances whose leases ran out at once",
-            humantime::format_duration(ttl),
-            guard.expiring,
-            guard.passing
-        );
+        let detail = spare_detail(ttl, guard);
         self.events
             .record(EventKind::Spared, self.service, id, detail);
     }
@@ -162,14 +157,36 @@ impl ServiceSweep<'_> {
         entry.lease = LeaseState::Expired {
             remove_at: self.now + self.grace,
         };
-        let detail = format!(
-            "lease expired: no heartbeat for {}; removed in {} unless one arrives",
-            humantime::format_duration(entry.registration.ttl),
-            humantime::format_duration(self.grace)
-        );
+        let detail = expiry_detail(entry.registration.ttl, self.grace);
         self.events
             .record(EventKind::Critical, self.service, id, detail);
     }
+}
+
+/// The event details of what a sweep does, shared by both stores.
+pub(crate) fn expiry_detail(ttl: Duration, grace: Duration) -> String {
+    format!(
+        "lease expired: no heartbeat for {}; removed in {} unless one arrives",
+        humantime::format_duration(ttl),
+        humantime::format_duration(grace)
+    )
+}
+
+pub(crate) fn removal_detail(grace: Duration) -> String {
+    format!(
+        "removed after {} critical without a heartbeat",
+        humantime::format_duration(grace)
+    )
+}
+
+pub(crate) fn spare_detail(ttl: Duration, guard: Guard) -> String {
+    format!(
+        "lease extended by {}: the mass-expiry guard held back {} of {} passing \
+         instances whose leases ran out at once",
+        humantime::format_duration(ttl),
+        guard.expiring,
+        guard.passing
+    )
 }
 
 /// Runs [`Catalog::sweep`] every `interval` until `shutdown` turns true.

@@ -13,7 +13,8 @@
 //! changed) → [`watch`] (blocking queries); beside them [`lease`] (expiry sweep),
 //! [`snapshot`] (persistence), [`metrics`], [`prometheus_sd`] (scrape targets for
 //! Prometheus), and for the dashboard at `/ui/`, [`ui`] (its files) and [`sidecar`]
-//! (reading sidecars' admin pages on its behalf).
+//! (reading sidecars' admin pages on its behalf). With `--etcd-endpoints`, [`etcd`] keeps
+//! the catalog in etcd instead, as a mirror each replica follows.
 
 pub mod api;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod catalog;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod etcd;
 pub mod events;
 pub mod join;
 pub mod lease;
@@ -60,16 +62,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
-    let catalog = Arc::new(load_catalog(&config)?);
     let metrics = Arc::new(Metrics::new());
+    let (catalog, etcd) = match config.etcd() {
+        Some(endpoints) => {
+            let catalog = Arc::new(Catalog::new(config.critical_grace));
+            let etcd_metrics = Arc::new(etcd::metrics::EtcdMetrics::new(&metrics));
+            let store = etcd::EtcdStore::new(
+                endpoints.clone(),
+                &config.etcd_prefix,
+                catalog.clone(),
+                etcd_metrics,
+            );
+            tracing::info!(endpoints = %endpoints.join(","), prefix = %config.etcd_prefix, "the catalog is kept in etcd");
+            (catalog, Some(Arc::new(store)))
+        }
+        None => (Arc::new(load_catalog(&config)?), None),
+    };
 
     // `stopping` turns true when shutdown starts (blocking queries answer, /readyz fails);
     // `stopped` once requests are drained, for the sweeper and the final snapshot.
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let (stopped, stopped_rx) = tokio::sync::watch::channel(false);
-    let background = Background::spawn(&config, &catalog, &metrics, stopped_rx);
+    let background = Background::spawn(&config, &catalog, &metrics, etcd.as_ref(), stopped_rx);
 
     let mut state = api::State::new(catalog.clone(), metrics, config.token.clone(), stopping_rx);
+    if let Some(etcd) = etcd {
+        state = state.with_etcd(etcd);
+    }
     if let Some((ca, join_tokens)) = load_ca(&config)? {
         state = state.with_ca(Arc::new(ca), join_tokens);
     }
@@ -87,10 +106,12 @@ pub async fn run(
 }
 
 /// The tasks that run beside the server: the lease sweeper and, with `--data-dir`, the
-/// snapshot writer. Both stop once `stopped` turns true, the writer after a final write.
+/// snapshot writer; with etcd, the store's tasks instead. All stop once `stopped` turns
+/// true, the writer after a final write.
 struct Background {
-    sweeper: JoinHandle<()>,
+    sweeper: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
+    etcd: Option<etcd::Tasks>,
 }
 
 // === impl Background ===
@@ -100,8 +121,17 @@ impl Background {
         config: &Config,
         catalog: &Arc<Catalog>,
         metrics: &Arc<Metrics>,
+        etcd: Option<&Arc<etcd::EtcdStore>>,
         stopped: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
+        if let Some(store) = etcd {
+            let tasks = etcd::Tasks::spawn(store, metrics, config.sweep_interval, stopped);
+            return Background {
+                sweeper: None,
+                writer: None,
+                etcd: Some(tasks),
+            };
+        }
         let sweeper = tokio::spawn({
             let (catalog, metrics) = (catalog.clone(), metrics.clone());
             let interval = config.sweep_interval;
@@ -117,14 +147,20 @@ impl Background {
                 stopped,
             ))
         });
-        Background { sweeper, writer }
+        Background {
+            sweeper: Some(sweeper),
+            writer,
+            etcd: None,
+        }
     }
 
-    /// Waits for both to end, once `stopped` has turned true.
+    /// Waits for them to end, once `stopped` has turned true.
     async fn finish(self) {
-        let _ = self.sweeper.await;
-        if let Some(writer) = self.writer {
-            let _ = writer.await;
+        for task in [self.sweeper, self.writer].into_iter().flatten() {
+            let _ = task.await;
+        }
+        if let Some(tasks) = self.etcd {
+            tasks.finish().await;
         }
     }
 }
@@ -133,6 +169,17 @@ impl Background {
 /// a CA missing there is created first.
 fn load_ca(config: &Config) -> Result<Option<(ca::Ca, join::JoinTokens)>, Error> {
     let (cert, key) = match (&config.ca_dir, &config.ca_cert, &config.ca_key) {
+        // Replicas must share one CA: two replicas creating one each at the same moment
+        // would sign with different keys.
+        (Some(dir), _, _) if config.etcd().is_some() && !dir.join("ca-key.pem").exists() => {
+            return Err(Error::Ca(format!(
+                "{} holds no CA, and with --etcd-endpoints every replica must sign with the \
+                 same one: create it once with `mesh-registry gen-ca --out {}` and give every \
+                 replica the same files",
+                dir.display(),
+                dir.display()
+            )));
+        }
         (Some(dir), _, _) => {
             let said = ca::write_new(dir, &config.trust_domain, false).map_err(Error::Ca)?;
             tracing::info!("{said}");

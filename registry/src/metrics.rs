@@ -133,6 +133,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector of another part of the registry (the etcd store's) to `/metrics`.
+    pub fn add(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
     pub fn count_request(&self, route: Route, code: u16) {
         let labels = RequestLabels { route, code };
         self.http_requests.with_label_values(&labels.values()).inc();

@@ -38,14 +38,42 @@ struct SnapshotFile {
     services: BTreeMap<String, BTreeMap<String, StoredInstance>>,
 }
 
+/// One instance as it is written down: in the snapshot, and in etcd by the etcd store.
+/// Leases are not written: they are the business of whoever receives the heartbeats.
 #[derive(Serialize, Deserialize)]
-struct StoredInstance {
+pub(crate) struct StoredInstance {
     #[serde(flatten)]
-    registration: Registration,
+    pub(crate) registration: Registration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
+    pub(crate) output: Option<String>,
     registered_at: String,
     last_heartbeat: String,
+}
+
+// === impl StoredInstance ===
+
+impl StoredInstance {
+    pub(crate) fn of(entry: &Entry) -> Self {
+        StoredInstance {
+            registration: entry.registration.clone(),
+            output: entry.output.clone(),
+            registered_at: humantime::format_rfc3339_millis(entry.registered_at).to_string(),
+            last_heartbeat: humantime::format_rfc3339_millis(entry.last_heartbeat).to_string(),
+        }
+    }
+
+    /// The entry, holding `lease`. Times that do not parse (a hand-edited file) read as now.
+    pub(crate) fn into_entry(self, lease: LeaseState) -> Entry {
+        let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
+        Entry {
+            lease,
+            registered_at: parse(&self.registered_at),
+            last_heartbeat: parse(&self.last_heartbeat),
+            registration: self.registration,
+            output: self.output,
+            spared: false,
+        }
+    }
 }
 
 /// Path of the snapshot file in `dir`.
@@ -79,22 +107,12 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
         reason,
     })?;
     let catalog = Catalog::starting_at(file.index, critical_grace);
-    let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
     for (service, instances) in file.services {
         let entries = instances
             .into_iter()
             .map(|(id, stored)| {
-                let entry = Entry {
-                    lease: LeaseState::Live {
-                        expires_at: now + stored.registration.ttl,
-                    },
-                    registered_at: parse(&stored.registered_at),
-                    last_heartbeat: parse(&stored.last_heartbeat),
-                    registration: stored.registration,
-                    output: stored.output,
-                    spared: false,
-                };
-                (id, entry)
+                let expires_at = now + stored.registration.ttl;
+                (id, stored.into_entry(LeaseState::Live { expires_at }))
             })
             .collect();
         catalog.restore_service(&service, entries, catalog.index());
@@ -135,17 +153,7 @@ pub fn write(dir: &Path, catalog: &Catalog) -> std::io::Result<()> {
                 let instances = svc
                     .instances
                     .iter()
-                    .map(|(id, e)| {
-                        let stored = StoredInstance {
-                            registration: e.registration.clone(),
-                            output: e.output.clone(),
-                            registered_at: humantime::format_rfc3339_millis(e.registered_at)
-                                .to_string(),
-                            last_heartbeat: humantime::format_rfc3339_millis(e.last_heartbeat)
-                                .to_string(),
-                        };
-                        (id.clone(), stored)
-                    })
+                    .map(|(id, e)| (id.clone(), StoredInstance::of(e)))
                     .collect();
                 (svc.key().clone(), instances)
             })

@@ -1,0 +1,264 @@
+//! The tasks that keep a replica's mirror current and its lease alive: the watch, the
+//! quorum probe, the replica's etcd lease, and the lease sweep.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::client::WatchMessage;
+use super::{EtcdStore, REPLICA_LEASE_TTL};
+use crate::entry::LeaseState;
+use crate::metrics::Metrics;
+
+/// How often a replica checks that etcd answers a linearizable read, and that its watch
+/// keeps up with what that read shows.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes in a row that see the watch behind before it is opened again.
+const BEHIND_PROBES: u32 = 2;
+
+/// The running tasks of one replica.
+pub struct Tasks {
+    handles: Vec<JoinHandle<()>>,
+    store: Arc<EtcdStore>,
+}
+
+// === impl Tasks ===
+
+impl Tasks {
+    /// Starts the tasks; they run until `stopped` turns true.
+    pub fn spawn(
+        store: &Arc<EtcdStore>,
+        metrics: &Arc<Metrics>,
+        sweep_interval: Duration,
+        stopped: watch::Receiver<bool>,
+    ) -> Self {
+        let reopen = Arc::new(Notify::new());
+        let handles = vec![
+            tokio::spawn(store.clone().keep_lease(stopped.clone())),
+            tokio::spawn(store.clone().follow(reopen.clone(), stopped.clone())),
+            tokio::spawn(store.clone().probe(reopen, stopped.clone())),
+            tokio::spawn(
+                store
+                    .clone()
+                    .run_sweeper(metrics.clone(), sweep_interval, stopped),
+            ),
+        ];
+        Tasks {
+            handles,
+            store: store.clone(),
+        }
+    }
+
+    /// Waits for the tasks to end, then gives up this replica's etcd lease, so the leases
+    /// it owned pass to other replicas at once rather than after the lease's TTL.
+    pub async fn finish(self) {
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+        let lease = self.store.lease.swap(0, Ordering::Relaxed);
+        if lease != 0 {
+            match self.store.etcd.revoke(lease).await {
+                Ok(()) => tracing::info!("gave up this replica's etcd lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give up the etcd lease; it runs out by itself")
+                }
+            }
+        }
+    }
+}
+
+// === impl EtcdStore ===
+
+impl EtcdStore {
+    /// Holds this replica's etcd lease: granted at start, renewed at a third of its TTL,
+    /// granted anew when etcd lost it (the replica was cut off for longer than the TTL;
+    /// its owner keys are gone then, and its sidecars' next heartbeats claim them back).
+    async fn keep_lease(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(REPLICA_LEASE_TTL / 3);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            let lease = self.lease.load(Ordering::Relaxed);
+            let kept = match lease {
+                0 => false,
+                lease => match self.etcd.keep_alive(lease).await {
+                    Ok(kept) => kept,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not renew the etcd lease");
+                        continue;
+                    }
+                },
+            };
+            if kept {
+                continue;
+            }
+            match self.etcd.grant(REPLICA_LEASE_TTL).await {
+                Ok(id) => {
+                    if lease != 0 {
+                        tracing::warn!(
+                            "this replica's etcd lease ran out (cut off too long); took a new one"
+                        );
+                    }
+                    self.lease.store(id, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get an etcd lease; writes wait for one")
+                }
+            }
+        }
+    }
+
+    /// Follows etcd: a full read, then a watch from the revision after it; a watch that
+    /// ends is opened again where it stopped, and one whose revisions were compacted
+    /// away starts over with a full read.
+    async fn follow(self: Arc<Self>, reopen: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut read_all = true;
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let followed = tokio::select! {
+                r = self.follow_once(&mut read_all) => r,
+                () = reopen.notified() => Ok(()),
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            match followed {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the etcd watch; opening it again");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// One watch, from a full read when `read_all`; returns when the stream ends.
+    async fn follow_once(&self, read_all: &mut bool) -> Result<(), super::EtcdError> {
+        if *read_all {
+            let (revision, kvs) = self.etcd.range_prefix(&self.prefix).await?;
+            let instances = kvs.len();
+            self.resync(revision, kvs);
+            *read_all = false;
+            if !self.synced.send_replace(true) {
+                tracing::info!(revision, keys = instances, endpoint = %self.etcd.endpoint(), "read the catalog from etcd");
+            }
+        }
+        let from = *self.applied.borrow() + 1;
+        let mut stream = self.etcd.watch(&self.prefix, from).await?;
+        tracing::debug!(from, "watching etcd");
+        loop {
+            match stream.next().await? {
+                Some(WatchMessage::Changes(changes)) => self.apply(changes),
+                Some(WatchMessage::Compacted { compact_revision }) => {
+                    tracing::warn!(
+                        compact_revision,
+                        "etcd compacted revisions the watch had not seen; reading everything again"
+                    );
+                    *read_all = true;
+                    return Ok(());
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Checks once a second that etcd answers a linearizable read (no answer: the replica
+    /// is stale) and that the watch has seen what that read shows (behind twice in a row:
+    /// the watch's member is cut off, so it is opened again, at another member).
+    async fn probe(self: Arc<Self>, reopen: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut behind = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            match self.etcd.latest_under(&self.prefix).await {
+                Ok(latest) => {
+                    self.reachable();
+                    behind = if latest > *self.applied.borrow() {
+                        behind + 1
+                    } else {
+                        0
+                    };
+                    if behind >= BEHIND_PROBES {
+                        tracing::warn!(
+                            latest,
+                            applied = *self.applied.borrow(),
+                            "the etcd watch is behind; opening it again"
+                        );
+                        self.etcd.fail_over(&self.etcd.endpoint());
+                        reopen.notify_one();
+                        behind = 0;
+                    }
+                }
+                Err(e) => self.unreachable(&e),
+            }
+        }
+    }
+
+    fn unreachable(&self, e: &super::EtcdError) {
+        if !self.stale.send_replace(true) {
+            tracing::error!(error = %e, "etcd is unreachable: answering reads from the last state (marked stale), refusing writes");
+            self.metrics.stale.set(1);
+        }
+    }
+
+    /// Back from stale: the leases this replica holds start afresh, because the
+    /// heartbeats it refused while stale would otherwise expire them all at once.
+    fn reachable(&self) {
+        if !self.stale.send_replace(false) {
+            return;
+        }
+        self.metrics.stale.set(0);
+        let now = Instant::now();
+        for mut svc in self.catalog.services.iter_mut() {
+            for entry in svc.instances.values_mut() {
+                if let LeaseState::Live { expires_at } = &mut entry.lease {
+                    *expires_at = (*expires_at).max(now + entry.registration.ttl);
+                }
+            }
+        }
+        tracing::info!("etcd is reachable again: accepting writes");
+    }
+
+    /// Runs [`EtcdStore::sweep`] every `interval`.
+    async fn run_sweeper(
+        self: Arc<Self>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            let report = self.sweep(Instant::now()).await;
+            if report.expired > 0 || report.removed > 0 {
+                tracing::info!(
+                    expired = report.expired,
+                    removed = report.removed,
+                    "lease sweep"
+                );
+            }
+            metrics.lease_expirations.inc_by(report.expired as u64);
+            metrics.expiry_guard_spared.inc_by(report.spared as u64);
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The etcd store: any number of stateless registry replicas in front of one etcd
+//! cluster, serving the same API with the same meaning as the embedded store.
+//!
+//! Each replica keeps the whole catalog in memory, as a mirror of etcd fed by one watch
+//! ([`mirror`]); reads and blocking queries are answered from it exactly as in the
+//! embedded store. Writes go to etcd first, as transactions, and the answer waits until
+//! the replica's own mirror shows them (read your writes).
+//!
+//! Keys under the prefix (`/mesh/` by default):
+//!
+//! | key | value | written when |
+//! |---|---|---|
+//! | `instances/{service}/{id}` | the instance (registration, output, times; `expired_at` once its lease ran out) | it is registered or replaced, its status changes, its lease runs out or comes back |
+//! | `services/{service}` | the last change (`kind`, `instance`, `detail`) | with every change a listing shows: its revision is the service's index |
+//! | `owners/{service}/{id}` | the replica receiving its heartbeats, under that replica's etcd lease | a replica receives the first heartbeat of an instance |
+//!
+//! Heartbeats are not written: the replica that receives an instance's heartbeats owns
+//! its lease, in memory, like the embedded store does, and says so once in etcd (the
+//! owner key). It writes only when something changes: a status, an expiry, a new owner.
+//! A replica that dies takes its etcd lease with it, and so its owner keys; its instances'
+//! sidecars fail over to another replica, which takes them over with their next
+//! heartbeat. An instance that nobody owns expires one TTL after its owner went away,
+//! through whichever replica gets there first (a transaction compares the instance's
+//! revision, so it happens once).
+//!
+//! Indexes are etcd revisions: a service's index is the revision of its `services/` key,
+//! so it is the same on every replica, and grows across replicas and restarts.
+
+mod background;
+pub mod client;
+pub mod metrics;
+mod mirror;
+mod sweep;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use mesh_registry_api::{Instance, Lease, Registration, Status};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::catalog::{Catalog, UnknownInstance};
+use crate::entry::{Entry, LeaseState};
+use crate::error::ApiError;
+use crate::events::{self, EventKind};
+use crate::snapshot::StoredInstance;
+use client::{Compare, Etcd, EtcdError, Op};
+use metrics::EtcdMetrics;
+
+pub use background::Tasks;
+
+/// The TTL of each replica's own etcd lease, which its owner keys hang on: how long a
+/// dead replica's instances stay owned by it.
+const REPLICA_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long a write waits for the replica's mirror to show it before answering anyway.
+const READ_YOUR_WRITE: Duration = Duration::from_secs(2);
+
+/// An instance as written under `instances/`.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    stored: StoredInstance,
+    /// When its lease ran out (milliseconds since the Unix epoch): it is critical and is
+    /// removed `--critical-grace` later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expired_at: Option<u64>,
+}
+
+/// A change to a service, written under `services/` in the same transaction: every
+/// replica records the same event from it.
+#[derive(Serialize, Deserialize)]
+struct ServiceChange {
+    kind: EventKind,
+    instance: String,
+    detail: String,
+}
+
+/// Why a write failed.
+#[derive(Debug)]
+pub enum WriteError {
+    Unknown(UnknownInstance),
+    Etcd(EtcdError),
+    /// The replica is cut off from etcd: it does not try, it answers at once.
+    Stale,
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Unknown(_) => ApiError::NotFound("no such instance".to_owned()),
+            WriteError::Etcd(e) => ApiError::StoreUnavailable(format!(
+                "{e}; reads are answered from this replica's last state"
+            )),
+            WriteError::Stale => ApiError::StoreUnavailable(
+                "etcd is unreachable from this replica (no quorum answers); reads are \
+                 answered from its last state"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// Where the store stands, for `/readyz`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStatus {
+    /// `memory` (the embedded store) or `etcd`.
+    pub kind: &'static str,
+    /// True while etcd is unreachable and answers come from the last state seen.
+    pub stale: bool,
+    /// The etcd revision the catalog reflects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// The etcd member requests go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+// === impl StoreStatus ===
+
+impl StoreStatus {
+    pub fn memory() -> Self {
+        StoreStatus {
+            kind: "memory",
+            stale: false,
+            revision: None,
+            endpoint: None,
+        }
+    }
+}
+
+/// One replica's view of etcd: the client, the mirror's bookkeeping, and this replica's
+/// identity and lease.
+pub struct EtcdStore {
+    etcd: Etcd,
+    /// Ends in `/`.
+    prefix: String,
+    /// This replica's name in owner keys.
+    replica: String,
+    catalog: Arc<Catalog>,
+    metrics: Arc<EtcdMetrics>,
+    mirror: std::sync::Mutex<mirror::Mirror>,
+    /// The revision the mirror has applied.
+    applied: watch::Sender<i64>,
+    stale: watch::Sender<bool>,
+    /// True once the mirror holds etcd's state (the first full read).
+    synced: watch::Sender<bool>,
+    /// This replica's etcd lease; 0 while it has none.
+    lease: AtomicI64,
+}
+
+// === impl EtcdStore ===
+
+impl EtcdStore {
+    pub fn new(
+        endpoints: Vec<String>,
+        prefix: &str,
+        catalog: Arc<Catalog>,
+        metrics: Arc<EtcdMetrics>,
+    ) -> Self {
+        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+        let replica = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+        EtcdStore {
+            etcd: Etcd::new(endpoints, metrics.clone()),
+            prefix,
+            replica,
+            catalog,
+            metrics,
+            mirror: Default::default(),
+            applied: watch::Sender::new(0),
+            stale: watch::Sender::new(false),
+            synced: watch::Sender::new(false),
+            lease: AtomicI64::new(0),
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        *self.stale.borrow()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        StoreStatus {
+            kind: "etcd",
+            stale: self.is_stale(),
+            revision: Some(*self.applied.borrow()),
+            endpoint: Some(self.etcd.endpoint()),
+        }
+    }
+
+    /// Creates or replaces an instance (see [`Catalog::register`]). An identical
+    /// re-registration of a live instance writes nothing but, at most, its owner.
+    pub async fn register(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Registration,
+    ) -> Result<(Instance, u64), WriteError> {
+        self.writable()?;
+        let before = self.entry(service, id);
+        let unchanged = before.as_ref().is_some_and(|e| {
+            matches!(e.lease, LeaseState::Live { .. }) && e.registration == registration
+        });
+        if unchanged {
+            self.claim(service, id).await?;
+            return self
+                .renew(service, id, None, None)
+                .map(|(entry, index)| (entry.listed(id), index))
+                .map_err(WriteError::Unknown);
+        }
+        let detail = events::registration_detail(
+            before.as_ref().map(|e| {
+                (
+                    &e.registration,
+                    matches!(e.lease, LeaseState::Expired { .. }),
+                )
+            }),
+            &registration,
+        );
+        let now = SystemTime::now();
+        let entry = Entry {
+            registration,
+            output: before.as_ref().and_then(|e| e.output.clone()),
+            lease: LeaseState::Live {
+                expires_at: Instant::now(),
+            },
+            registered_at: before.as_ref().map_or(now, |e| e.registered_at),
+            last_heartbeat: now,
+            spared: false,
+        };
+        let change = ServiceChange {
+            kind: EventKind::Registered,
+            instance: id.to_owned(),
+            detail,
+        };
+        let revision = self
+            .write_instance(service, id, &entry, Some(change))
+            .await?;
+        Ok((entry.listed(id), revision))
+    }
+
+    /// Renews a lease (see [`Catalog::heartbeat`]): in memory only, unless the listed
+    /// status changes or the lease had run out, or this replica does not own it yet.
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        status: Option<Status>,
+        output: Option<String>,
+    ) -> Result<(Lease, u64), WriteError> {
+        self.writable()?;
+        let entry = self
+            .entry(service, id)
+            .ok_or(WriteError::Unknown(UnknownInstance))?;
+        let before = entry.status();
+        let expired = matches!(entry.lease, LeaseState::Expired { .. });
+        let reported = status.unwrap_or(entry.registration.status);
+        let lease = |status| Lease {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            status,
+            ttl: entry.registration.ttl,
+        };
+        if expired || reported != entry.registration.status {
+            let mut entry = entry.clone();
+            entry.registration.status = reported;
+            entry.output = output.clone().or(entry.output);
+            entry.last_heartbeat = SystemTime::now();
+            let change = (reported != before).then(|| {
+                let (kind, detail) =
+                    events::heartbeat_event(before, reported, expired, output.as_deref());
+                ServiceChange {
+                    kind,
+                    instance: id.to_owned(),
+                    detail,
+                }
+            });
+            let revision = self.write_instance(service, id, &entry, change).await?;
+            return Ok((lease(reported), revision));
+        }
+        self.claim(service, id).await?;
+        let (entry, index) = self
+            .renew(service, id, output, Some(reported))
+            .map_err(WriteError::Unknown)?;
+        Ok((lease(entry.status()), index))
+    }
+
+    /// Removes an instance; returns the service's new index.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<u64, WriteError> {
+        self.writable()?;
+        let entry = self
+            .entry(service, id)
+            .ok_or(WriteError::Unknown(UnknownInstance))?;
+        let change = ServiceChange {
+            kind: EventKind::Deregistered,
+            instance: id.to_owned(),
+            detail: format!("was {} at {}", entry.status(), entry.registration.address),
+        };
+        let ops = self.removal(service, id, &change);
+        let (_, revision) = self.etcd.txn(&[], &ops).await.map_err(WriteError::Etcd)?;
+        self.read_your_write(revision).await;
+        Ok(revision as u64)
+    }
+
+    /// Writes an instance, takes it over, and (when its listing changed) moves the
+    /// service's index with the event every replica will record.
+    async fn write_instance(
+        &self,
+        service: &str,
+        id: &str,
+        entry: &Entry,
+        change: Option<ServiceChange>,
+    ) -> Result<u64, WriteError> {
+        let record = Record {
+            stored: StoredInstance::of(entry),
+            expired_at: None,
+        };
+        let mut ops = vec![
+            Op::Put {
+                key: self.instance_key(service, id),
+                value: serde_json::to_vec(&record).expect("records serialize"),
+                lease: 0,
+            },
+            self.owner_op(service, id),
+        ];
+        ops.extend(change.map(|c| self.service_op(service, &c)));
+        let (_, revision) = self.etcd.txn(&[], &ops).await.map_err(WriteError::Etcd)?;
+        self.read_your_write(revision).await;
+        Ok(self
+            .catalog
+            .listing(service, true)
+            .index
+            .max(revision as u64))
+    }
+
+    /// Makes this replica the owner of an instance's lease, unless it already is.
+    async fn claim(&self, service: &str, id: &str) -> Result<(), WriteError> {
+        if self.owns(service, id) {
+            return Ok(());
+        }
+        let op = self.owner_op(service, id);
+        let (_, revision) = self.etcd.txn(&[], &[op]).await.map_err(WriteError::Etcd)?;
+        self.read_your_write(revision).await;
+        Ok(())
+    }
+
+    /// Renews the lease in the mirror (this replica owns it now).
+    fn renew(
+        &self,
+        service: &str,
+        id: &str,
+        output: Option<String>,
+        status: Option<Status>,
+    ) -> Result<(Entry, u64), UnknownInstance> {
+        let mut svc = self
+            .catalog
+            .services
+            .get_mut(service)
+            .ok_or(UnknownInstance)?;
+        let index = svc.index;
+        let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
+        if let Some(status) = status {
+            entry.registration.status = status;
+        }
+        if output.is_some() {
+            entry.output = output;
+        }
+        entry.lease = LeaseState::Live {
+            expires_at: Instant::now() + entry.registration.ttl,
+        };
+        entry.last_heartbeat = SystemTime::now();
+        entry.spared = false;
+        Ok((entry.clone(), index))
+    }
+
+    /// The operations that remove an instance with `change` as its service's event.
+    fn removal(&self, service: &str, id: &str, change: &ServiceChange) -> Vec<Op> {
+        vec![
+            Op::Delete(self.instance_key(service, id)),
+            Op::Delete(self.owner_key(service, id)),
+            self.service_op(service, change),
+        ]
+    }
+
+    fn writable(&self) -> Result<(), WriteError> {
+        // Without its etcd lease the replica could not mark the leases it takes over.
+        if self.is_stale() || !self.is_synced() || self.lease.load(Ordering::Relaxed) == 0 {
+            Err(WriteError::Stale)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits until the mirror shows `revision`, so a read that follows the answer sees
+    /// the write; bounded, in case the watch is behind.
+    async fn read_your_write(&self, revision: i64) {
+        let started = Instant::now();
+        let mut applied = self.applied.subscribe();
+        let shown = tokio::time::timeout(READ_YOUR_WRITE, applied.wait_for(|a| *a >= revision));
+        if shown.await.is_ok() {
+            self.metrics
+                .watch_lag
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            tracing::warn!(
+                revision,
+                "the watch has not shown this write yet; answering anyway"
+            );
+        }
+    }
+
+    fn entry(&self, service: &str, id: &str) -> Option<Entry> {
+        let svc = self.catalog.services.get(service)?;
+        svc.instances.get(id).cloned()
+    }
+
+    fn owns(&self, service: &str, id: &str) -> bool {
+        let mirror = self
+            .mirror
+            .lock()
+            .expect("the mirror lock is never poisoned");
+        mirror.owner(service, id) == Some(self.replica.as_str())
+    }
+
+    fn owner_op(&self, service: &str, id: &str) -> Op {
+        Op::Put {
+            key: self.owner_key(service, id),
+            value: self.replica.clone().into_bytes(),
+            lease: self.lease.load(Ordering::Relaxed),
+        }
+    }
+
+    fn service_op(&self, service: &str, change: &ServiceChange) -> Op {
+        Op::Put {
+            key: format!("{}services/{service}", self.prefix),
+            value: serde_json::to_vec(change).expect("changes serialize"),
+            lease: 0,
+        }
+    }
+
+    fn instance_key(&self, service: &str, id: &str) -> String {
+        format!("{}instances/{service}/{id}", self.prefix)
+    }
+
+    fn owner_key(&self, service: &str, id: &str) -> String {
+        format!("{}owners/{service}/{id}", self.prefix)
+    }
+
+    /// A compare that holds while the instance is as the mirror last saw it.
+    fn unchanged(&self, service: &str, id: &str) -> Compare {
+        let mirror = self
+            .mirror
+            .lock()
+            .expect("the mirror lock is never poisoned");
+        let revision = mirror.revision(service, id).unwrap_or(0);
+        Compare::ModRevision(self.instance_key(service, id), revision)
+    }
+}
