@@ -4,6 +4,7 @@
 //! long-running loops (blocking queries, heartbeats) on top of it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,12 +27,20 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// of jitter, and the answer must still travel back.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(10);
 
-/// Handle to one registry; cheap to clone (connections are pooled and shared).
+/// Handle to a registry, or to several replicas of one; cheap to clone (connections are
+/// pooled, and clones share which replica is in use).
+///
+/// With several replicas, requests go to the one that answered last. A replica that
+/// cannot be reached, does not answer in time, or answers 503 (shutting down, or cut off
+/// from its store) hands the request to the next one, so watches, heartbeats and
+/// certificate renewals carry on across a replica's death without an error.
 #[derive(Clone)]
 pub struct Client {
     http: HttpClient<HttpConnector, Full<Bytes>>,
-    /// `http://host:port` with any trailing slash removed.
-    base: Arc<str>,
+    /// `http://host:port` of each replica, with any trailing slash removed.
+    bases: Arc<[Arc<str>]>,
+    /// Index in `bases` of the replica in use.
+    current: Arc<AtomicUsize>,
     token: Option<Arc<str>>,
 }
 
@@ -39,38 +48,20 @@ pub struct Client {
 
 impl Client {
     /// A client for the registry at `url` (`http://host:port`, optionally with a trailing
-    /// `/`; a bare `host:port` means http). TLS to the registry is not supported.
+    /// `/`; a bare `host:port` means http), or for several replicas of it, comma-separated
+    /// (`http://r1:7700,http://r2:7700`). TLS to the registry is not supported.
     pub fn new(url: &str) -> Result<Self, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let with_scheme = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
-        let uri: http::Uri = with_scheme.parse().map_err(|_| invalid("not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(invalid("only http:// registries are supported"));
-        }
-        if uri.authority().is_none() {
-            return Err(invalid("missing host"));
-        }
-        // Every route is absolute (`/v1/...`): a path here would be prepended to all of
-        // them, and the registry would answer 404 to everything.
-        if uri.path() != "/" || uri.query().is_some() {
-            return Err(invalid(
-                "the registry URL must be just http://host:port, without a path or a query",
-            ));
-        }
-        let base = with_scheme.trim_end_matches('/').to_owned();
+        let bases = url
+            .split(',')
+            .map(|one| base(one.trim()).map(Arc::from))
+            .collect::<Result<Vec<Arc<str>>, _>>()?;
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
         Ok(Client {
             http,
-            base: base.into(),
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             token: None,
         })
     }
@@ -81,9 +72,9 @@ impl Client {
         self
     }
 
-    /// The registry's base URL.
+    /// The base URL of the registry (replica) requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     /// Creates or replaces an instance; returns it as stored.
@@ -225,6 +216,7 @@ impl Client {
 
     /// One request, its answer read whole but not decoded: for the routes whose answers
     /// are not the registry's JSON alone (relayed sidecar pages, headers that matter).
+    /// Tried at each replica in turn while they fail (see [`Client`]).
     pub(crate) async fn exchange(
         &self,
         method: Method,
@@ -233,34 +225,77 @@ impl Client {
         timeout: Duration,
         bearer: Option<&str>,
     ) -> Result<Answer, ClientError> {
+        let attempt = Attempt {
+            method,
+            path_and_query,
+            has_body: body.is_some(),
+            body: Bytes::from(body.unwrap_or_default()),
+            timeout,
+            bearer,
+        };
+        let mut failed = None;
+        for _ in 0..self.bases.len() {
+            let base = self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].clone();
+            let answer = self.exchange_at(&base, &attempt).await;
+            let replica_failed = match &answer {
+                Ok(answer) => answer.status == StatusCode::SERVICE_UNAVAILABLE,
+                Err(e) => matches!(
+                    e,
+                    ClientError::Transport { .. } | ClientError::Timeout { .. }
+                ),
+            };
+            if !replica_failed || self.bases.len() == 1 {
+                return answer;
+            }
+            self.fail_over(&base);
+            tracing::warn!(registry = %base, next = %self.base_url(), "registry replica failed; trying the next one");
+            failed = Some(answer);
+        }
+        failed.expect("at least one replica")
+    }
+
+    /// Moves on from `failed` to the next replica, unless another request already did.
+    fn fail_over(&self, failed: &Arc<str>) {
+        let i = self.current.load(Ordering::Relaxed);
+        if Arc::ptr_eq(&self.bases[i % self.bases.len()], failed) {
+            let next = (i + 1) % self.bases.len();
+            let _ = self
+                .current
+                .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// One request to one replica.
+    async fn exchange_at(&self, base: &str, attempt: &Attempt<'_>) -> Result<Answer, ClientError> {
+        let url = format!("{base}{}", attempt.path_and_query);
         let mut request = Request::builder()
-            .method(method)
-            .uri(self.url(path_and_query))
+            .method(attempt.method.clone())
+            .uri(&url)
             .header(header::ACCEPT, "application/json");
-        if body.is_some() {
+        if attempt.has_body {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
-        if let Some(token) = bearer {
+        if let Some(token) = attempt.bearer {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::InvalidUrl {
-                url: self.url(path_and_query),
-                reason: e.to_string(),
-            })?;
-
+        let request =
+            request
+                .body(Full::new(attempt.body.clone()))
+                .map_err(|e| ClientError::InvalidUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
         let exchange = async {
             let response = self
                 .http
                 .request(request)
                 .await
-                .map_err(|e| self.transport(e))?;
+                .map_err(|e| transport(base, e))?;
             let (parts, body) = response.into_parts();
             let body = body
                 .collect()
                 .await
-                .map_err(|e| self.transport(e))?
+                .map_err(|e| transport(base, e))?
                 .to_bytes();
             Ok::<_, ClientError>(Answer {
                 status: parts.status,
@@ -268,24 +303,27 @@ impl Client {
                 body,
             })
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(attempt.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
-                base: self.base.to_string(),
-                timeout,
+                base: base.to_owned(),
+                timeout: attempt.timeout,
             })?
     }
 
     pub(crate) fn url(&self, path_and_query: &str) -> String {
-        format!("{}{path_and_query}", self.base)
+        format!("{}{path_and_query}", self.base_url())
     }
+}
 
-    fn transport(&self, e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
-        ClientError::Transport {
-            base: self.base.to_string(),
-            source: Box::new(e),
-        }
-    }
+/// One request as it is sent to each replica it is tried at.
+struct Attempt<'a> {
+    method: Method,
+    path_and_query: &'a str,
+    has_body: bool,
+    body: Bytes,
+    timeout: Duration,
+    bearer: Option<&'a str>,
 }
 
 /// A whole answer, before decoding.
@@ -293,6 +331,41 @@ pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+fn transport(base: &str, e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
+    ClientError::Transport {
+        base: base.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// One replica's base URL, checked: `http://host:port` without a path or a query.
+fn base(url: &str) -> Result<String, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let with_scheme = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    let uri: http::Uri = with_scheme.parse().map_err(|_| invalid("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(invalid("only http:// registries are supported"));
+    }
+    if uri.authority().is_none() {
+        return Err(invalid("missing host"));
+    }
+    // Every route is absolute (`/v1/...`): a path here would be prepended to all of
+    // them, and the registry would answer 404 to everything.
+    if uri.path() != "/" || uri.query().is_some() {
+        return Err(invalid(
+            "the registry URL must be just http://host:port, without a path or a query",
+        ));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_owned())
 }
 
 pub(crate) fn check_service(service: &str) -> Result<(), ClientError> {

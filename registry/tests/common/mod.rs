@@ -16,6 +16,8 @@ use mesh_registry_api::Client;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod etcd;
+
 pub struct TestRegistry {
     pub addr: SocketAddr,
     pub client: Client,

@@ -1,0 +1,392 @@
+//! The etcd store against a real etcd: replicas serving each other's writes, indexes from
+//! revisions, heartbeats that are not writes, leases across replicas, and the faults (a
+//! replica killed, an etcd member lost, etcd's quorum lost and back).
+//!
+//! Replicas are `mesh-registry` processes, so that killing one is a real SIGKILL; etcd
+//! is the real binary (see `common/etcd.rs` for where it comes from).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::etcd::{EtcdCluster, Replica, get};
+use common::{JSON, raw};
+use http::{Method, StatusCode};
+use mesh_registry_api::{Client, Heartbeat, Registrar, Registration, Status};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mesh-registry");
+
+async fn replica(etcd: &EtcdCluster, extra: &[&str]) -> Replica {
+    Replica::start(Path::new(BINARY), &etcd.endpoints(), extra).await
+}
+
+fn ttl(registration: Registration, ttl: Duration) -> Registration {
+    Registration {
+        ttl,
+        ..registration
+    }
+}
+
+/// `service`'s instances with their status, as `replica` lists them (`?all=true`).
+async fn statuses(replica: &Replica, service: &str) -> Vec<(String, String)> {
+    let (_, _, listing) = get(&format!("{}/v1/services/{service}?all=true", replica.url))
+        .await
+        .expect("the replica answers");
+    listing["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let field = |f: &str| i[f].as_str().unwrap().to_owned();
+            (field("id"), field("status"))
+        })
+        .collect()
+}
+
+/// Polls until `check` holds, for at most `within`; panics with `what` otherwise.
+async fn until<F: AsyncFn() -> bool>(within: Duration, what: &str, check: F) {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_each_others_writes_and_wake_only_the_changed_services_watchers() {
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
+    let (to_a, to_b) = (Client::new(&a.url).unwrap(), Client::new(&b.url).unwrap());
+
+    let stored = to_a
+        .register("web", "web-1", &Registration::new("10.0.0.1:4143"))
+        .await
+        .unwrap();
+    let listed = to_b.service("web").await.unwrap();
+    assert_eq!(listed.instances, vec![stored], "B lists what A stored");
+    assert_eq!(
+        listed.index,
+        to_a.service("web").await.unwrap().index,
+        "one index on both"
+    );
+
+    // A write through A wakes a blocking query parked on B.
+    let mut woken_after = Vec::new();
+    for i in 0..30 {
+        let index = to_b.service("web").await.unwrap().index;
+        let watch = tokio::spawn({
+            let to_b = to_b.clone();
+            async move {
+                let listing = to_b
+                    .service_blocking("web", index, Duration::from_secs(10))
+                    .await;
+                (listing.unwrap(), Instant::now())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let registration = Registration::new(format!("10.0.1.{i}:4143"));
+        let written = Instant::now();
+        to_a.register("web", &format!("extra-{i}"), &registration)
+            .await
+            .unwrap();
+        let (listing, woken) = watch.await.unwrap();
+        assert!(listing.index > index);
+        assert!(
+            listing
+                .instances
+                .iter()
+                .any(|x| x.id == format!("extra-{i}"))
+        );
+        woken_after.push(woken.saturating_duration_since(written));
+    }
+    woken_after.sort();
+    let p99 = woken_after[woken_after.len() * 99 / 100];
+    println!(
+        "blocking query on B woken after A's write was sent: p50 {:?}, p99 {p99:?}",
+        woken_after[woken_after.len() / 2]
+    );
+    assert!(p99 <= Duration::from_millis(100), "p99 {p99:?}");
+
+    // A write to another service leaves web's watchers asleep until their wait ends.
+    let index = to_b.service("web").await.unwrap().index;
+    let started = Instant::now();
+    let watch = tokio::spawn({
+        let to_b = to_b.clone();
+        async move {
+            to_b.service_blocking("web", index, Duration::from_secs(1))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    to_a.register("db", "db-1", &Registration::new("10.0.0.9:4143"))
+        .await
+        .unwrap();
+    let listing = watch.await.unwrap().unwrap();
+    assert_eq!(listing.index, index);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_are_the_same_on_every_replica_and_never_go_back_across_restarts() {
+    let etcd = EtcdCluster::start(1).await;
+    let a = replica(&etcd, &[]).await;
+    let to_a = Client::new(&a.url).unwrap();
+    to_a.register("web", "web-1", &Registration::new("10.0.0.1:4143"))
+        .await
+        .unwrap();
+    to_a.register("web", "web-2", &Registration::new("10.0.0.2:4143"))
+        .await
+        .unwrap();
+    to_a.register("db", "db-1", &Registration::new("10.0.0.3:4143"))
+        .await
+        .unwrap();
+    to_a.deregister("web", "web-2").await.unwrap();
+    let web = to_a.service("web").await.unwrap().index;
+    let catalog = to_a.services().await.unwrap().index;
+    a.kill();
+
+    // A replica started afterwards knows the same indexes, the deregistration included.
+    let c = replica(&etcd, &[]).await;
+    let to_c = Client::new(&c.url).unwrap();
+    assert_eq!(to_c.service("web").await.unwrap().index, web);
+    assert_eq!(to_c.services().await.unwrap().index, catalog);
+    to_c.deregister("web", "web-1").await.unwrap();
+    let emptied = to_c.service("web").await.unwrap();
+    assert!(!emptied.exists && emptied.index > web);
+    assert_eq!(to_c.service("nobody").await.unwrap().index, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_not_etcd_writes_only_changes_are() {
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
+    let (to_a, to_b) = (Client::new(&a.url).unwrap(), Client::new(&b.url).unwrap());
+    to_a.register("web", "web-1", &Registration::new("10.0.0.1:4143"))
+        .await
+        .unwrap();
+
+    let beats = |client: Client, n: usize| async move {
+        let started = Instant::now();
+        for _ in 0..n {
+            client
+                .heartbeat("web", "web-1", &Heartbeat::default())
+                .await
+                .unwrap();
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+    let before = etcd.revision(0).await;
+    let rate = beats(to_a.clone(), 1000).await;
+    assert_eq!(
+        etcd.revision(0).await,
+        before,
+        "heartbeats to the owner write nothing"
+    );
+
+    // The sidecar moves to B: one write, B taking the lease over; then nothing again.
+    beats(to_b.clone(), 1000).await;
+    let after = etcd.revision(0).await;
+    assert_eq!(after, before + 1, "one write for the new owner");
+    println!("{rate:.0} heartbeats/s to one replica; etcd writes: 0, then 1 for a change of owner");
+
+    // A status change is a write, seen by the other replica.
+    let warning = Heartbeat {
+        status: Some(Status::Warning),
+        output: Some("slow".into()),
+    };
+    to_b.heartbeat("web", "web-1", &warning).await.unwrap();
+    assert_eq!(etcd.revision(0).await, after + 1);
+    assert_eq!(
+        statuses(&a, "web").await,
+        vec![("web-1".into(), "warning".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_runs_out_is_critical_then_removed_on_every_replica() {
+    let etcd = EtcdCluster::start(1).await;
+    let grace = ["--critical-grace", "1s"];
+    let (a, b) = (replica(&etcd, &grace).await, replica(&etcd, &grace).await);
+    let to_a = Client::new(&a.url).unwrap();
+    let registration = ttl(Registration::new("10.0.0.1:4143"), Duration::from_secs(1));
+    to_a.register("web", "web-1", &registration).await.unwrap();
+    let registered = Instant::now();
+
+    until(Duration::from_secs(3), "critical on B", async || {
+        statuses(&b, "web").await == vec![("web-1".into(), "critical".into())]
+    })
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_millis(900),
+        "not before its TTL"
+    );
+    until(Duration::from_secs(3), "removed on B", async || {
+        statuses(&b, "web").await.is_empty()
+    })
+    .await;
+    let (_, _, events) = get(&format!("{}/v1/events", b.url)).await.unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["registered", "critical", "removed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mass_expiry_guard_spares_a_service_whose_leases_run_out_together() {
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
+    let to_a = Client::new(&a.url).unwrap();
+    for i in 0..3 {
+        let registration = ttl(
+            Registration::new(format!("10.0.0.{i}:4143")),
+            Duration::from_secs(2),
+        );
+        to_a.register("web", &format!("web-{i}"), &registration)
+            .await
+            .unwrap();
+    }
+    // All three fall silent at once: their leases are extended by one TTL, once.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let passing = statuses(&b, "web").await;
+    assert!(
+        passing.iter().all(|(_, s)| s == "passing"),
+        "spared: {passing:?}"
+    );
+    let (_, _, events) = get(&format!("{}/v1/events", a.url)).await.unwrap();
+    let spared = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "spared");
+    assert_eq!(spared.count(), 3);
+    until(
+        Duration::from_secs(4),
+        "critical after the second TTL",
+        async || {
+            statuses(&b, "web")
+                .await
+                .iter()
+                .all(|(_, s)| s == "critical")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_heartbeats_loses_no_instance() {
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
+    let both = Client::new(&format!("{},{}", a.url, b.url)).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut registrars = Vec::new();
+    for i in 0..3 {
+        let registration = ttl(
+            Registration::new(format!("10.0.0.{i}:4143")),
+            Duration::from_secs(2),
+        );
+        let registrar = Registrar::new(both.clone(), "web", &format!("web-{i}"), registration);
+        let (_health_tx, health) = tokio::sync::watch::channel(Status::Passing);
+        let mut stopped = stopped.clone();
+        registrars.push(tokio::spawn(async move {
+            let _keep = _health_tx;
+            registrar
+                .run(health, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    until(Duration::from_secs(5), "all registered", async || {
+        statuses(&b, "web").await.len() == 3
+    })
+    .await;
+
+    // Every lease is A's; A dies without a word. Its etcd lease (10 s) and the instances'
+    // TTLs (2 s) run out in the window watched below: none may turn critical.
+    a.kill();
+    let killed = Instant::now();
+    while killed.elapsed() < Duration::from_secs(14) {
+        let seen = statuses(&b, "web").await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen.iter().all(|(_, s)| s == "passing"),
+            "{:?} after the kill: {seen:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(both.base_url(), b.url, "the registrars moved to B");
+    stop.send_replace(true);
+    for registrar in registrars {
+        registrar.await.unwrap();
+    }
+    assert!(
+        statuses(&b, "web").await.is_empty(),
+        "deregistered through B on shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_returns() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
+    let to_a = Client::new(&a.url).unwrap();
+    let register = |id: &'static str| {
+        let url = format!("{}/v1/services/web/instances/{id}", a.url);
+        async move {
+            let body = Bytes::from(r#"{"address":"10.0.0.1:4143","ttl":"1h"}"#);
+            raw(Method::PUT, &url, &[JSON], body).await
+        }
+    };
+    assert_eq!(register("web-1").await.status, StatusCode::OK);
+
+    // One member of three lost: writes go on.
+    etcd.kill(2);
+    assert_eq!(register("web-2").await.status, StatusCode::OK);
+
+    // Two of three: no quorum. Reads answer from the last state, marked stale.
+    etcd.kill(1);
+    until(Duration::from_secs(10), "A marked stale", async || {
+        let (_, _, ready) = get(&format!("{}/readyz", a.url)).await.unwrap();
+        ready["status"] == "stale" && ready["store"]["stale"] == true
+    })
+    .await;
+    let (status, headers, listing) = get(&format!("{}/v1/services/web", a.url)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-mesh-stale"], "true");
+    assert_eq!(listing["instances"].as_array().unwrap().len(), 2);
+    let refused = register("web-3").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), "store_unavailable");
+    assert!(
+        refused.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcd"),
+        "{}",
+        refused.text
+    );
+
+    // etcd back: both replicas catch up without a restart.
+    etcd.restart(1).await;
+    etcd.restart(2).await;
+    until(Duration::from_secs(15), "A writable again", async || {
+        register("web-3").await.status == StatusCode::OK
+    })
+    .await;
+    let (_, headers, _) = get(&format!("{}/v1/services/web", a.url)).await.unwrap();
+    assert!(!headers.contains_key("x-mesh-stale"));
+    until(Duration::from_secs(5), "B caught up", async || {
+        statuses(&b, "web").await.len() == 3
+    })
+    .await;
+    assert_eq!(to_a.service("web").await.unwrap().instances.len(), 3);
+}
