@@ -63,7 +63,9 @@ pub struct Config {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Registry")]
 pub struct RegistryConfig {
-    /// Registry base URL.
+    /// Registry base URL, or the URLs of several registry replicas, comma-separated
+    /// (`http://r1:7700,http://r2:7700`): requests go to one and fail over to the next
+    /// when it cannot be reached or answers 503.
     #[arg(
         long = "registry",
         value_name = "REGISTRY",

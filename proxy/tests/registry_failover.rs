@@ -1,0 +1,131 @@
+//! Sidecars given several registry replicas (`--registry r1,r2`) on the etcd store: one
+//! replica killed with SIGKILL under load costs no call between meshed services, and no
+//! instance is removed. The replicas are real `mesh-registry` processes on a real etcd.
+//!
+//! Needs `mesh-registry` built next to this test's binaries (`cargo test --workspace`
+//! builds it) and etcd (see `registry/tests/common/etcd.rs`).
+
+mod common;
+#[path = "../../registry/tests/common/etcd.rs"]
+mod etcd;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{App, Sidecar, SidecarSpec, get_h1};
+use etcd::{EtcdCluster, Replica, get};
+use http::StatusCode;
+
+fn registry_binary() -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .parent()
+        .unwrap();
+    let binary = dir.join("mesh-registry");
+    assert!(
+        binary.is_file(),
+        "missing {}: build it first (`cargo build -p mesh-registry`; `cargo test --workspace` does)",
+        binary.display()
+    );
+    binary
+}
+
+/// The events `replica` recorded for `service`, as `kind: detail`.
+async fn events(replica: &Replica, service: &str) -> Vec<String> {
+    let (_, _, events) = get(&format!("{}/v1/events", replica.url)).await.unwrap();
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["service"] == service)
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["kind"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_a_registry_replica_killed_under_load() {
+    let etcd = EtcdCluster::start(1).await;
+    let binary = registry_binary();
+    let a = Replica::start(&binary, &etcd.endpoints(), &[]).await;
+    let b = Replica::start(&binary, &etcd.endpoints(), &[]).await;
+    let registries = format!("{},{}", a.url, b.url);
+
+    let apps = [App::start("web-1").await, App::start("web-2").await];
+    let mut sidecars = Vec::new();
+    for app in &apps {
+        sidecars.push(Sidecar::start(SidecarSpec::server(&registries, "web", app.addr)).await);
+    }
+    let client = Sidecar::start(SidecarSpec::client(&registries)).await;
+    let passing = format!("{}/v1/services/web", b.url);
+    for _ in 0..100 {
+        let (_, _, listing) = get(&passing).await.unwrap();
+        if listing["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Calls through the client's sidecar, four at a time, for the whole test. A's lease
+    // in etcd (10 s) and the sidecars' leases (2 s) both run out within the load.
+    let (calls, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let started = Instant::now();
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (calls, failed, outbound) = (calls.clone(), failed.clone(), client.outbound);
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(17) {
+                    let answer = get_h1(outbound, "web", "/whoami").await;
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if answer.status != StatusCode::OK {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failed call: {} {}", answer.status, answer.text);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.kill();
+    for task in load {
+        task.await.unwrap();
+    }
+
+    let (calls, failed) = (
+        calls.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    println!("{calls} calls, {failed} failed, across a registry replica killed with SIGKILL");
+    assert!(calls > 500, "the load ran: {calls} calls");
+    assert_eq!(failed, 0);
+    let (_, _, listing) = get(&passing).await.unwrap();
+    assert_eq!(
+        listing["instances"].as_array().unwrap().len(),
+        2,
+        "{listing}"
+    );
+    let events = events(&b, "web").await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.contains("lease expired") || e.starts_with("removed")),
+        "no lease ran out, no instance was removed: {events:#?}"
+    );
+    let ready = common::get(&format!("http://{}/ready", sidecars[0].admin)).await;
+    assert!(
+        ready.text.contains(r#""registered":true"#),
+        "{}",
+        ready.text
+    );
+}
