@@ -27,62 +27,11 @@ images=("${images[@]/#/mesh/}")
 images=("${images[@]/%/:$MESH_TAG}")
 compose=(docker-compose -p "$project")
 started=$SECONDS
-torn_down=""
 mkdir -p target
-standin=$(mktemp -d target/docker-prometheus.XXXXXX)  # logs of this run
+logs=$(mktemp -d target/docker-prometheus.XXXXXX)  # logs of this run
 
-step() { printf '\n==> %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-
-# The default port if it is free, else any free one: another stack (or a developer's
-# `docker/up.sh`) may hold the default.
-port() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-for port in (int(sys.argv[1]), 0):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        print(s.getsockname()[1])
-        break
-EOF
-}
-
-# Stops and removes the project's containers, network and volumes, then checks that none
-# is left. Runs once: at the end of the test, or from the trap when a step failed.
-teardown() {
-    [[ -n "$torn_down" ]] && return 0
-    torn_down=yes
-    "${compose[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-    if [[ -z "${KEEP_IMAGES:-}" ]]; then
-        docker image rm "${images[@]}" >/dev/null 2>&1 || true
-    fi
-    local filter="label=com.docker.compose.project=$project" left
-    left="$(docker ps -aq --filter "$filter")$(docker network ls -q --filter "$filter")"
-    left+="$(docker volume ls -q --filter "$filter")$(docker volume ls -q --filter "name=${project}_")"
-    left+="$(docker network ls -q --filter "name=${project}_")"
-    if [[ -n "$left" ]]; then
-        echo "left behind by project $project:" >&2
-        docker ps -a --filter "$filter" >&2
-        docker network ls --filter "name=${project}_" >&2
-        docker volume ls --filter "name=${project}_" >&2
-        return 1
-    fi
-    echo "no container, network or volume of $project is left"
-}
-
-on_exit() {
-    local rc=$?
-    if [[ $rc -ne 0 && -z "$torn_down" ]]; then
-        echo "--- last logs of $project ---" >&2
-        "${compose[@]}" logs --no-color --tail 25 >&2 2>&1 || true
-    fi
-    teardown || rc=1
-    rm -rf "$standin"
-    exit "$rc"
-}
+# step, fail, port, teardown, on_exit: shared with compose.ha.test.sh.
+source compose.lib.sh
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
@@ -102,7 +51,7 @@ prometheus="http://127.0.0.1:$PROMETHEUS_PORT"
 # docker/up.sh: docker/build.sh (static binaries once, the four images), up -d, then the
 # bounded wait until every container is healthy and Prometheus ready.
 step "docker/up.sh (project $project)"
-up_log="$standin/up.log"
+up_log="$logs/up.log"
 COMPOSE_PROJECT_NAME="$project" bash docker/up.sh | tee "$up_log"
 time_to_healthy=$(sed -n 's/^==> healthy \([0-9]*\) s after up -d$/\1/p' "$up_log")
 containers=$("${compose[@]}" ps -q | wc -l)
