@@ -22,7 +22,7 @@ project="mesh-e2e-$$"
 export MESH_TAG="e2e-$$"
 export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
 # Every image this run builds: a tag of its own, so removing them touches nobody else's.
-images=(registry proxy recommendations marketplace prometheus-standin)
+images=(registry proxy recommendations marketplace etcd prometheus-standin)
 images=("${images[@]/#/mesh/}")
 images=("${images[@]/%/:$MESH_TAG}")
 compose=(docker-compose -p "$project")
@@ -48,7 +48,7 @@ page="http://127.0.0.1:$MARKETPLACE_PORT/"
 registry="http://127.0.0.1:$REGISTRY_PORT"
 prometheus="http://127.0.0.1:$PROMETHEUS_PORT"
 
-# docker/up.sh: docker/build.sh (static binaries once, the four images), up -d, then the
+# docker/up.sh: docker/build.sh (static binaries once, the images), up -d, then the
 # bounded wait until every container is healthy and Prometheus ready.
 step "docker/up.sh (project $project)"
 up_log="$logs/up.log"

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Builds the mesh's container images: static binaries (profile dist) once, then four FROM scratch
-# images holding them.
+# images holding them, and a fifth with etcd for the registry's highly available setup.
 #
-#   docker/build.sh                  # mesh/registry:dev, mesh/proxy:dev, ...
+#   docker/build.sh                  # mesh/registry:dev, mesh/proxy:dev, ..., mesh/etcd:dev
 #   MESH_TAG=1.2 docker/build.sh     # another tag
 #
 # The binaries are linked statically against glibc (crt-static), so they run in an empty
 # image; mesh-probe goes into every image for the health checks. Cargo puts them under
-# CARGO_TARGET_DIR when that is set, else under ./target. Images are built with the
+# CARGO_TARGET_DIR when that is set, else under ./target. etcd is its official static
+# build, downloaded once by docker/etcd-binaries.sh. Images are built with the
 # classic builder (no BuildKit features) from a staging directory that holds only what the
-# images need, so the build context stays a few megabytes instead of the whole target dir.
+# images need, so the build context stays tens of megabytes instead of the whole target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,7 @@ tag="${MESH_TAG:-dev}"
 triple=x86_64-unknown-linux-gnu
 target_dir="${CARGO_TARGET_DIR:-target}"
 release="$target_dir/$triple/dist"
-images=(registry proxy recommendations marketplace)
+images=(registry proxy recommendations marketplace etcd)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -52,6 +53,13 @@ for bin in mesh-registry mesh-proxy mesh-probe recommendations marketplace; do
     fi
     cp "$release/$bin" "$stage/"
 done
+say "etcd (static release build)"
+bash docker/etcd-binaries.sh "$stage"
+# etcd wants its data directory private (0700; it warns otherwise). COPY keeps the mode of
+# what it copies but makes a destination directory 0755, so the image gets the directory
+# as the content of another one.
+mkdir -p "$stage/etcd-fs"
+mkdir -m 700 "$stage/etcd-fs/etcd-data"
 for name in "${images[@]}"; do cp "docker/$name.Dockerfile" "$stage/"; done
 command -v file >/dev/null && say "binaries are static: $(file -b "$stage/mesh-proxy" | sed "s/, BuildID.*//")"
 
