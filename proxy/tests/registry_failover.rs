@@ -86,10 +86,10 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
                 while started.elapsed() < Duration::from_secs(17) {
                     let answer = get_h1(outbound, "web", "/whoami").await;
                     calls.fetch_add(1, Ordering::Relaxed);
-                    if answer.status != StatusCode::OK {
-                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                            eprintln!("first failed call: {} {}", answer.status, answer.text);
-                        }
+                    if answer.status != StatusCode::OK
+                        && failed.fetch_add(1, Ordering::Relaxed) == 0
+                    {
+                        eprintln!("first failed call: {} {}", answer.status, answer.text);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

@@ -69,13 +69,14 @@ async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
 }
 
 #[tokio::test]
-async fn readyz_names_the_version_and_no_ca() {
+async fn readyz_names_the_version_no_ca_and_the_store() {
     let r = TestRegistry::start_default().await;
     let ready = r.raw(GET, "/readyz", &[], Bytes::new()).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(
         ready.json,
-        serde_json::json!({"status": "ready", "version": env!("CARGO_PKG_VERSION"), "ca": null})
+        serde_json::json!({"status": "ready", "version": env!("CARGO_PKG_VERSION"), "ca": null,
+                           "store": {"kind": "memory", "stale": false}})
     );
 }
 

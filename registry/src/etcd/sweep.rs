@@ -84,11 +84,11 @@ impl EtcdStore {
                             ));
                         }
                     }
-                    LeaseState::Expired { remove_at } if remove_at <= now => {
-                        if self.responsible(service, id) {
-                            report.removed += 1;
-                            actions.push(Action::Remove(service.clone(), id.clone()));
-                        }
+                    LeaseState::Expired { remove_at }
+                        if remove_at <= now && self.responsible(service, id) =>
+                    {
+                        report.removed += 1;
+                        actions.push(Action::Remove(service.clone(), id.clone()));
                     }
                     _ => {}
                 }
