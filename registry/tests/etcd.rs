@@ -63,10 +63,11 @@ async fn replicas_serve_each_others_writes_and_wake_only_the_changed_services_wa
     let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
     let (to_a, to_b) = (Client::new(&a.url).unwrap(), Client::new(&b.url).unwrap());
 
-    let stored = to_a
-        .register("web", "web-1", &Registration::new("10.0.0.1:4143"))
-        .await
-        .unwrap();
+    let mut registration = Registration::new("10.0.0.1:4143");
+    registration
+        .metadata
+        .insert("admin".into(), "10.0.0.1:4191".into());
+    let stored = to_a.register("web", "web-1", &registration).await.unwrap();
     let listed = to_b.service("web").await.unwrap();
     assert_eq!(listed.instances, vec![stored], "B lists what A stored");
     assert_eq!(
@@ -74,6 +75,28 @@ async fn replicas_serve_each_others_writes_and_wake_only_the_changed_services_wa
         to_a.service("web").await.unwrap().index,
         "one index on both"
     );
+
+    // Prometheus finds the instance's sidecar through either replica, and each replica's
+    // metrics show the catalog and where it stands with etcd.
+    let (_, _, targets) = get(&format!("{}/v1/prometheus/targets", b.url))
+        .await
+        .unwrap();
+    assert_eq!(targets[0]["targets"][0], "10.0.0.1:4191", "{targets}");
+    let metrics = raw(
+        Method::GET,
+        &format!("{}/metrics", b.url),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .text;
+    for series in [
+        r#"mesh_registry_instances{service="web",status="passing"} 1"#,
+        "mesh_registry_store_stale 0",
+        r#"mesh_registry_etcd_request_duration_seconds_count{op="range"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
 
     // A write through A wakes a blocking query parked on B.
     let mut woken_after = Vec::new();
