@@ -97,7 +97,44 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let b_metrics = format!("{}/metrics", b.url);
+    let served_by_b = async || {
+        let text = common::get(&b_metrics).await.text;
+        let count = |route: &str| {
+            common::metric(
+                &text,
+                &format!(r#"mesh_registry_http_requests_total{{code="200",route="{route}"}}"#),
+            )
+            .unwrap_or(0.0)
+        };
+        let watchers = common::metric(&text, "mesh_registry_watchers").unwrap_or(0.0);
+        (count("heartbeat"), watchers)
+    };
+    let before = served_by_b().await;
     a.kill();
+    let killed = Instant::now();
+    // Every sidecar used A, the first replica given; how soon do their heartbeats and
+    // blocking queries (parked watches) reach B?
+    let (mut heartbeat_moved, mut watch_moved) = (None, None);
+    while killed.elapsed() < Duration::from_secs(10)
+        && (heartbeat_moved.is_none() || watch_moved.is_none())
+    {
+        let now = served_by_b().await;
+        if now.0 > before.0 {
+            heartbeat_moved.get_or_insert(killed.elapsed());
+        }
+        if now.1 > before.1 {
+            watch_moved.get_or_insert(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "after the kill, first heartbeat on B: {heartbeat_moved:?}, first watch on B: {watch_moved:?}"
+    );
+    assert!(
+        heartbeat_moved.is_some() && watch_moved.is_some(),
+        "the sidecars moved to B"
+    );
     for task in load {
         task.await.unwrap();
     }

@@ -121,8 +121,6 @@ impl EtcdCluster {
                 "--initial-cluster-token",
                 "mesh-test",
             ])
-            // Elections in a few hundred milliseconds: the fault tests wait for them.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
