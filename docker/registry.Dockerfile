@@ -1,11 +1,14 @@
 # mesh-registry in an empty image. Built by docker/build.sh from a staging directory that
-# holds only the static binaries, so the build context is a few megabytes.
+# holds only the static binaries, not the whole target dir.
 FROM scratch
 COPY mesh-registry mesh-probe /
 # The snapshot directory, owned by the unprivileged user. A scratch image has no chown, so
 # the ownership comes in with the copy; a fresh named volume mounted here starts as a copy
 # of this directory, ownership included.
 COPY --chown=65534:65534 empty/ /data/
+# The same for a CA shared by several replicas (compose.ha.yaml: `gen-ca --out /ca` into a
+# volume mounted here).
+COPY --chown=65534:65534 empty/ /ca/
 USER 65534:65534
 EXPOSE 7700
 HEALTHCHECK --interval=2s --timeout=2s --retries=3 CMD ["/mesh-probe", "http://127.0.0.1:7700/readyz"]

@@ -4,11 +4,13 @@
 #   docker/up.sh                                   # project "mesh", images tagged dev
 #   COMPOSE_PROFILES=observability docker/up.sh    # with Grafana
 #   docker/up.sh --no-build                        # reuse the images already built
+#   docker/up.sh -f compose.ha.yaml                # with override files (-f, repeatable)
 #
 # Settings from the environment: COMPOSE_PROJECT_NAME (mesh), MESH_TAG (dev), the published
 # ports MARKETPLACE_PORT (5000), REGISTRY_PORT (7700), PROMETHEUS_PORT (9090), GRAFANA_PORT
 # (3000), the third-party images PROMETHEUS_IMAGE and GRAFANA_IMAGE, and HEALTHY_TIMEOUT
-# (120, seconds). Stop with: docker-compose -p mesh down -v (see docs/deploy-compose.md).
+# (120, seconds). Stop with: docker-compose -p mesh down -v (see docs/deploy-compose.md),
+# giving it the same -f files.
 #
 # Prometheus and Grafana come from Docker Hub. Where Prometheus' image cannot be pulled,
 # a local stand-in is built from Debian's package instead (docker/prometheus-standin.sh);
@@ -29,11 +31,24 @@ have_image() {
     docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1" >/dev/null 2>&1
 }
 
-case "${1:-}" in
-    --no-build) ;;
-    "") bash docker/build.sh ;;
-    *) echo "usage: docker/up.sh [--no-build]" >&2; exit 2 ;;
-esac
+usage() { echo "usage: docker/up.sh [--no-build] [-f OVERRIDE.yaml]..." >&2; exit 2; }
+build=yes
+files=(compose.yaml)
+while (($#)); do
+    case $1 in
+        --no-build) build="" ;;
+        -f) (($# >= 2)) || usage; files+=("$2"); shift ;;
+        *) usage ;;
+    esac
+    shift
+done
+# Override files reach every docker-compose command below, the cleanup's too, through
+# COMPOSE_FILE (compose.yaml first: paths resolve against it).
+if ((${#files[@]} > 1)); then
+    COMPOSE_FILE=$(IFS=:; echo "${files[*]}")
+    export COMPOSE_FILE
+fi
+if [[ -n $build ]]; then bash docker/build.sh; fi
 
 export PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
 if ! have_image "$PROMETHEUS_IMAGE"; then
@@ -73,9 +88,14 @@ say "waiting until every container is healthy (at most $timeout s)"
 while :; do
     pending=()
     for id in $(docker-compose ps -q); do
-        # Running, and healthy if the image or compose.yaml gives it a health check.
+        # Running, and healthy if the image or compose.yaml gives it a health check; or a
+        # one-shot job (no restart policy, e.g. compose.ha.yaml's registry-ca) that
+        # finished with status 0.
         state=$(docker inspect -f '{{.Name}} {{.State.Status}}{{if .State.Health}}/{{.State.Health.Status}}{{end}}' "$id")
-        [[ ${state#* } == running || ${state#* } == running/healthy ]] || pending+=("${state#/}")
+        [[ ${state#* } == running || ${state#* } == running/healthy ]] && continue
+        job=$(docker inspect -f '{{.State.Status}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}}' "$id")
+        [[ $job == "exited 0 no" || $job == "exited 0 " ]] && continue
+        pending+=("${state#/}")
     done
     # Prometheus has no health check in compose.yaml (the official image and the test's
     # stand-in share no probe command): ask it directly.
@@ -97,6 +117,11 @@ cat <<EOF
   page         http://127.0.0.1:${MARKETPLACE_PORT:-5000}/
   dashboard    http://127.0.0.1:${REGISTRY_PORT:-7700}/ui/
   registry     http://127.0.0.1:${REGISTRY_PORT:-7700}/v1/services   (sidecars: /v1/prometheus/targets)
+EOF
+if [[ -n "$(docker-compose ps -q registry-2 2>/dev/null)" ]]; then
+    echo "  registry-2   http://127.0.0.1:${REGISTRY_2_PORT:-7701}/v1/services   (the same catalog, from etcd)"
+fi
+cat <<EOF
   meshctl      cargo run -q --release -p meshctl -- --registry http://127.0.0.1:${REGISTRY_PORT:-7700} check
   prometheus   $prometheus_ui
 EOF
