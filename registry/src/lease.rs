@@ -189,9 +189,10 @@ pub(crate) fn spare_detail(ttl: Duration, guard: Guard) -> String {
     )
 }
 
-/// Runs [`Catalog::sweep`] every `interval` until `shutdown` turns true.
-pub async fn run_sweeper(
-    catalog: &Catalog,
+/// Runs `sweep` ([`Catalog::sweep`], or the etcd store's) every `interval` until
+/// `shutdown` turns true.
+pub async fn run_sweeper<F: Future<Output = SweepReport>>(
+    mut sweep: impl FnMut(Instant) -> F,
     metrics: &Metrics,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -204,7 +205,7 @@ pub async fn run_sweeper(
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let report = catalog.sweep(Instant::now());
+        let report = sweep(Instant::now()).await;
         if report.expired > 0 || report.removed > 0 {
             tracing::info!(
                 expired = report.expired,
@@ -326,7 +327,8 @@ mod tests {
             let c = c.clone();
             async move {
                 let metrics = Metrics::new();
-                run_sweeper(&c, &metrics, Duration::from_millis(100), stopped).await
+                let sweep = |now| std::future::ready(c.sweep(now));
+                run_sweeper(sweep, &metrics, Duration::from_millis(100), stopped).await
             }
         });
         let registered = vec![(EventKind::Registered, "a".to_owned())];

@@ -136,7 +136,10 @@ impl Background {
             let (catalog, metrics) = (catalog.clone(), metrics.clone());
             let interval = config.sweep_interval;
             let stopped = stopped.clone();
-            async move { lease::run_sweeper(&catalog, &metrics, interval, stopped).await }
+            async move {
+                let sweep = |now| std::future::ready(catalog.sweep(now));
+                lease::run_sweeper(sweep, &metrics, interval, stopped).await
+            }
         });
         let writer = config.data_dir.clone().map(|dir| {
             tokio::spawn(snapshot::run_writer(

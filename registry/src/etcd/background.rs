@@ -12,6 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::client::WatchMessage;
 use super::{EtcdStore, REPLICA_LEASE_TTL};
 use crate::entry::LeaseState;
+use crate::lease;
 use crate::metrics::Metrics;
 
 /// How often a replica checks that etcd answers a linearizable read, and that its watch
@@ -41,11 +42,16 @@ impl Tasks {
             tokio::spawn(store.clone().keep_lease(stopped.clone())),
             tokio::spawn(store.clone().follow(reopen.clone(), stopped.clone())),
             tokio::spawn(store.clone().probe(reopen, stopped.clone())),
-            tokio::spawn(
-                store
-                    .clone()
-                    .run_sweeper(metrics.clone(), sweep_interval, stopped),
-            ),
+            tokio::spawn({
+                let (store, metrics) = (store.clone(), metrics.clone());
+                async move {
+                    let sweep = |now| {
+                        let store = store.clone();
+                        async move { store.sweep(now).await }
+                    };
+                    lease::run_sweeper(sweep, &metrics, sweep_interval, stopped).await
+                }
+            }),
         ];
         Tasks {
             handles,
@@ -233,32 +239,5 @@ impl EtcdStore {
             }
         }
         tracing::info!("etcd is reachable again: accepting writes");
-    }
-
-    /// Runs [`EtcdStore::sweep`] every `interval`.
-    async fn run_sweeper(
-        self: Arc<Self>,
-        metrics: Arc<Metrics>,
-        interval: Duration,
-        mut stopped: watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stopped.wait_for(|s| *s) => return,
-            }
-            let report = self.sweep(Instant::now()).await;
-            if report.expired > 0 || report.removed > 0 {
-                tracing::info!(
-                    expired = report.expired,
-                    removed = report.removed,
-                    "lease sweep"
-                );
-            }
-            metrics.lease_expirations.inc_by(report.expired as u64);
-            metrics.expiry_guard_spared.inc_by(report.spared as u64);
-        }
     }
 }

@@ -124,10 +124,7 @@ impl EtcdStore {
         }
         // Taken after the catalog's locks are released: the sweep takes them in the other
         // order (a service's shard, then this).
-        let mut mirror = self
-            .mirror
-            .lock()
-            .expect("the mirror lock is never poisoned");
+        let mut mirror = self.mirror();
         mirror.owners = owners;
         mirror.revisions = revisions;
         drop(mirror);
@@ -141,10 +138,7 @@ impl EtcdStore {
                 let Some(record) = self.record(kv) else {
                     return;
                 };
-                let mut mirror = self
-                    .mirror
-                    .lock()
-                    .expect("the mirror lock is never poisoned");
+                let mut mirror = self.mirror();
                 let key = (service.to_owned(), id.to_owned());
                 mirror.revisions.insert(key.clone(), kv.mod_revision);
                 let owner = mirror.owners.get(&key).map(String::as_str);
@@ -156,9 +150,7 @@ impl EtcdStore {
             Some(Key::Owner(service, id)) => {
                 let owner = String::from_utf8_lossy(&kv.value).into_owned();
                 let elsewhere = owner != self.replica;
-                self.mirror
-                    .lock()
-                    .expect("the mirror lock is never poisoned")
+                self.mirror()
                     .owners
                     .insert((service.to_owned(), id.to_owned()), owner);
                 self.set_deadline(service, id, elsewhere);
@@ -185,9 +177,7 @@ impl EtcdStore {
     fn apply_delete(&self, key: &str) {
         match self.key(key) {
             Some(Key::Instance(service, id)) => {
-                self.mirror
-                    .lock()
-                    .expect("the mirror lock is never poisoned")
+                self.mirror()
                     .revisions
                     .remove(&(service.to_owned(), id.to_owned()));
                 if let Some(mut svc) = self.catalog.services.get_mut(service) {
@@ -195,9 +185,7 @@ impl EtcdStore {
                 }
             }
             Some(Key::Owner(service, id)) => {
-                self.mirror
-                    .lock()
-                    .expect("the mirror lock is never poisoned")
+                self.mirror()
                     .owners
                     .remove(&(service.to_owned(), id.to_owned()));
                 // Nobody owns it now: it expires one TTL from now unless a replica takes

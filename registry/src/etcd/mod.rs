@@ -413,16 +413,21 @@ impl EtcdStore {
         }
     }
 
+    /// The mirror's bookkeeping. Never taken while waiting for a catalog lock: the sweep
+    /// holds a service's lock when it asks who owns an instance.
+    fn mirror(&self) -> std::sync::MutexGuard<'_, mirror::Mirror> {
+        self.mirror
+            .lock()
+            .expect("the mirror lock is never poisoned")
+    }
+
     fn entry(&self, service: &str, id: &str) -> Option<Entry> {
         let svc = self.catalog.services.get(service)?;
         svc.instances.get(id).cloned()
     }
 
     fn owns(&self, service: &str, id: &str) -> bool {
-        let mirror = self
-            .mirror
-            .lock()
-            .expect("the mirror lock is never poisoned");
+        let mirror = self.mirror();
         mirror.owner(service, id) == Some(self.replica.as_str())
     }
 
@@ -452,10 +457,7 @@ impl EtcdStore {
 
     /// A compare that holds while the instance is as the mirror last saw it.
     fn unchanged(&self, service: &str, id: &str) -> Compare {
-        let mirror = self
-            .mirror
-            .lock()
-            .expect("the mirror lock is never poisoned");
+        let mirror = self.mirror();
         let revision = mirror.revision(service, id).unwrap_or(0);
         Compare::ModRevision(self.instance_key(service, id), revision)
     }

@@ -153,10 +153,7 @@ impl EtcdStore {
     /// Whether this replica removes an expired instance: it owns its lease, or nobody
     /// does (its owner is gone).
     fn responsible(&self, service: &str, id: &str) -> bool {
-        let mirror = self
-            .mirror
-            .lock()
-            .expect("the mirror lock is never poisoned");
+        let mirror = self.mirror();
         mirror
             .owner(service, id)
             .is_none_or(|owner| owner == self.replica)
