@@ -2,7 +2,6 @@
 //! quorum probe, the replica's etcd lease, and the lease sweep.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -65,7 +64,7 @@ impl Tasks {
         for handle in self.handles {
             let _ = handle.await;
         }
-        let lease = self.store.lease.swap(0, Ordering::Relaxed);
+        let lease = self.store.lease.send_replace(0);
         if lease != 0 {
             match self.store.etcd.revoke(lease).await {
                 Ok(()) => tracing::info!("gave up this replica's etcd lease"),
@@ -91,7 +90,7 @@ impl EtcdStore {
                 _ = tick.tick() => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            let lease = self.lease.load(Ordering::Relaxed);
+            let lease = *self.lease.borrow();
             let kept = match lease {
                 0 => false,
                 lease => match self.etcd.keep_alive(lease).await {
@@ -112,7 +111,7 @@ impl EtcdStore {
                             "this replica's etcd lease ran out (cut off too long); took a new one"
                         );
                     }
-                    self.lease.store(id, Ordering::Relaxed);
+                    self.lease.send_replace(id);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot get an etcd lease; writes wait for one")
@@ -157,6 +156,9 @@ impl EtcdStore {
             let instances = kvs.len();
             self.resync(revision, kvs);
             *read_all = false;
+            // Writes need the replica's etcd lease (owner keys hang on it): the API
+            // opens once both are there.
+            let _ = self.lease.subscribe().wait_for(|lease| *lease != 0).await;
             if !self.synced.send_replace(true) {
                 tracing::info!(revision, keys = instances, endpoint = %self.etcd.endpoint(), "read the catalog from etcd");
             }

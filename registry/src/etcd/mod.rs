@@ -33,7 +33,6 @@ mod mirror;
 mod sweep;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use mesh_registry_api::{Instance, Lease, Registration, Status};
@@ -147,7 +146,7 @@ pub struct EtcdStore {
     /// True once the mirror holds etcd's state (the first full read).
     synced: watch::Sender<bool>,
     /// This replica's etcd lease; 0 while it has none.
-    lease: AtomicI64,
+    lease: watch::Sender<i64>,
 }
 
 // === impl EtcdStore ===
@@ -171,7 +170,7 @@ impl EtcdStore {
             applied: watch::Sender::new(0),
             stale: watch::Sender::new(false),
             synced: watch::Sender::new(false),
-            lease: AtomicI64::new(0),
+            lease: watch::Sender::new(0),
         }
     }
 
@@ -388,7 +387,7 @@ impl EtcdStore {
 
     fn writable(&self) -> Result<(), WriteError> {
         // Without its etcd lease the replica could not mark the leases it takes over.
-        if self.is_stale() || !self.is_synced() || self.lease.load(Ordering::Relaxed) == 0 {
+        if self.is_stale() || !self.is_synced() || *self.lease.borrow() == 0 {
             Err(WriteError::Stale)
         } else {
             Ok(())
@@ -435,7 +434,7 @@ impl EtcdStore {
         Op::Put {
             key: self.owner_key(service, id),
             value: self.replica.clone().into_bytes(),
-            lease: self.lease.load(Ordering::Relaxed),
+            lease: *self.lease.borrow(),
         }
     }
 
