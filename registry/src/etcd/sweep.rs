@@ -159,3 +159,91 @@ impl EtcdStore {
             .is_none_or(|owner| owner == self.replica)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::Action;
+    use crate::catalog::Catalog;
+    use crate::etcd::EtcdStore;
+    use crate::etcd::client::{Change, Kv};
+    use crate::etcd::metrics::EtcdMetrics;
+    use crate::lease::SweepReport;
+    use crate::metrics::Metrics;
+
+    fn store() -> EtcdStore {
+        let metrics = EtcdMetrics::new(&Metrics::new());
+        let catalog = Arc::new(Catalog::new(Duration::from_secs(30)));
+        // Never contacted: the test feeds the mirror what a watch would.
+        EtcdStore::new(
+            vec!["http://127.0.0.1:9".into()],
+            "/t",
+            catalog,
+            Arc::new(metrics),
+        )
+    }
+
+    fn put(key: &str, value: &str, revision: i64) -> Change {
+        Change::Put(Kv {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            mod_revision: revision,
+            lease: 0,
+        })
+    }
+
+    /// The instances a sweep at `now` would expire.
+    fn expiring(store: &EtcdStore, now: Instant) -> Vec<String> {
+        let mut report = SweepReport::default();
+        store
+            .decide(now, &mut report)
+            .into_iter()
+            .filter_map(|action| match action {
+                Action::Expire(_, id, _) => Some(id),
+                Action::Remove(..) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_owned_by_another_replica_is_its_to_expire_until_that_replica_is_gone() {
+        let store = store();
+        let record = r#"{"address":"10.0.0.1:4143","ttl":"10s",
+            "registered_at":"2026-12-02T00:00:00Z","last_heartbeat":"2026-12-02T00:00:00Z"}"#;
+        store.apply(vec![
+            put("/t/instances/web/web-1", record, 2),
+            put("/t/owners/web/web-1", "another-replica", 2),
+            put(
+                "/t/services/web",
+                r#"{"kind":"registered","instance":"web-1","detail":"new"}"#,
+                2,
+            ),
+        ]);
+        let listing = store.catalog.listing("web", false);
+        assert_eq!((listing.index, listing.instances.len()), (2, 1));
+
+        // Its owner hears its heartbeats, not this replica: silence here means nothing.
+        let start = Instant::now();
+        assert!(expiring(&store, start + Duration::from_secs(3600)).is_empty());
+
+        // The owner's etcd lease ran out: one TTL from now it is this replica's to expire.
+        store.apply(vec![Change::Delete {
+            key: "/t/owners/web/web-1".into(),
+            revision: 3,
+        }]);
+        assert!(expiring(&store, start + Duration::from_millis(9_900)).is_empty());
+        assert_eq!(expiring(&store, start + Duration::from_secs(10)), ["web-1"]);
+
+        // Taken over by this replica (a heartbeat arrived): its own lease, from now.
+        let replica = store.replica.clone();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        store.apply(vec![put("/t/owners/web/web-1", &replica, 4)]);
+        let now = Instant::now();
+        assert!(expiring(&store, now + Duration::from_millis(9_900)).is_empty());
+        assert_eq!(expiring(&store, now + Duration::from_secs(10)), ["web-1"]);
+    }
+}
