@@ -48,6 +48,7 @@ async fn a_plain_mesh_passes_with_one_warning_for_its_missing_ca() {
         format!("✔ sidecar {} ready: ready", web.name()),
         format!("✔ sidecar {} ready: ready", front.name()),
         "✔ versions: ".to_owned(),
+        "✔ registry store: memory (this registry process)".to_owned(),
     ] {
         assert!(
             check.stdout.lines().any(|l| l.starts_with(&expected)),
@@ -61,7 +62,7 @@ async fn a_plain_mesh_passes_with_one_warning_for_its_missing_ca() {
         "every sidecar says its release:\n{}",
         check.stdout
     );
-    let summary = "‼ 7 checks: 6 ok, 1 warning, 0 failed\n";
+    let summary = "‼ 8 checks: 7 ok, 1 warning, 0 failed\n";
     assert!(check.stdout.ends_with(summary), "{}", check.stdout);
 }
 
@@ -75,7 +76,7 @@ async fn checks_as_json_carry_a_hint_where_not_ok() {
     assert_eq!(json.code, Some(0));
     let checks = json.json();
     let checks = checks.as_array().unwrap();
-    assert_eq!(checks.len(), 7);
+    assert_eq!(checks.len(), 8);
     for check in checks {
         let ca = check["name"] == "CA";
         assert_eq!(
@@ -184,6 +185,6 @@ async fn a_mesh_with_mtls_has_its_ca_and_certificates_checked() {
     assert!(
         check
             .stdout
-            .ends_with("✔ 9 checks: 9 ok, 0 warnings, 0 failed\n")
+            .ends_with("✔ 10 checks: 10 ok, 0 warnings, 0 failed\n")
     );
 }

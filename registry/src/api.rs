@@ -11,14 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use mesh_registry_api::validate;
+use mesh_registry_api::{StoreStatus, validate};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::ca::Ca;
 use crate::catalog::{Catalog, UnknownInstance};
 use crate::error::ApiError;
-use crate::etcd::{EtcdStore, StoreStatus, WriteError};
+use crate::etcd::{EtcdStore, WriteError};
 use crate::join::JoinTokens;
 use crate::metrics::{Metrics, Route};
 use crate::respond::{no_content, set_index, short_duration, text_response};

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use mesh_registry_api::{CaSummary, ClientError};
+use mesh_registry_api::{CaSummary, ClientError, StoreStatus};
 
 use super::Check;
 use crate::{Ctl, human};
@@ -62,6 +62,9 @@ pub async fn check(ctl: &Ctl, checks: &mut Vec<Check>) -> Option<Facts> {
         .as_deref()
         .map_or(String::new(), |v| format!(", version {v}"));
     checks.push(Check::ok("registry ready", format!("{url} is ready{said}")));
+    if let Some(store) = &ready.readiness.store {
+        checks.push(store_check(url, store));
+    }
     checks.push(match ready.date {
         Some(date) => skew(date, sent, received),
         None => Check::warning(
@@ -83,6 +86,29 @@ pub async fn check(ctl: &Ctl, checks: &mut Vec<Check>) -> Option<Facts> {
     };
     checks.push(ca_check(&ca));
     Some(Facts { version, ca })
+}
+
+/// Where the registry keeps its catalog, and whether it can write there.
+fn store_check(url: &str, store: &StoreStatus) -> Check {
+    let endpoint = store.endpoint.as_deref().unwrap_or("etcd");
+    match (store.kind.as_str(), store.stale) {
+        ("etcd", true) => Check::warning(
+            "registry store",
+            format!(
+                "{url} cannot reach an etcd quorum ({endpoint}): it answers from its last state and refuses writes"
+            ),
+            "check etcd's members (etcdctl endpoint health); registrations and heartbeats \
+             are refused until a quorum answers, while sidecars keep routing on what they know",
+        ),
+        ("etcd", false) => Check::ok(
+            "registry store",
+            format!(
+                "etcd at {endpoint}, revision {}",
+                store.revision.unwrap_or_default()
+            ),
+        ),
+        (kind, _) => Check::ok("registry store", format!("{kind} (this registry process)")),
+    }
 }
 
 fn unready(url: &str, e: &ClientError) -> Check {

@@ -26,7 +26,7 @@ pub use admin::{AdminAnswer, AdminPath};
 pub use backoff::Backoff;
 pub use client::Client;
 pub use error::ClientError;
-pub use readiness::{CaSummary, Readiness, Ready};
+pub use readiness::{CaSummary, Readiness, Ready, StoreStatus};
 pub use registrar::Registrar;
 pub use types::*;
 pub use watch::{DEFAULT_WAIT, Watch};

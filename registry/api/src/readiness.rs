@@ -14,7 +14,8 @@ use crate::{Client, ClientError};
 /// Body of `GET /readyz`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Readiness {
-    /// `ready` while serving (a registry shutting down answers 503 instead).
+    /// `ready` while serving, `stale` while serving from the last state it saw (its etcd
+    /// is unreachable); a registry shutting down answers 503 instead.
     pub status: String,
     /// The registry's release; `None` from registries older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,6 +24,39 @@ pub struct Readiness {
     /// as registries older than the field do not.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "said")]
     pub ca: Option<Option<CaSummary>>,
+    /// Where the catalog is kept; `None` from registries older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
+}
+
+/// Where the registry keeps its catalog, as `/readyz` describes it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// `memory` (the embedded store) or `etcd`.
+    pub kind: String,
+    /// True while etcd is unreachable: the registry answers reads from the last state it
+    /// saw and refuses writes (`status` is then `stale`).
+    pub stale: bool,
+    /// etcd only: the etcd revision the catalog reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// etcd only: the etcd member the registry's requests go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+// === impl StoreStatus ===
+
+impl StoreStatus {
+    /// The embedded store (memory, with or without a snapshot).
+    pub fn memory() -> Self {
+        StoreStatus {
+            kind: "memory".to_owned(),
+            stale: false,
+            revision: None,
+            endpoint: None,
+        }
+    }
 }
 
 /// The registry's CA, as `/readyz` describes it.

@@ -35,7 +35,7 @@ mod sweep;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_registry_api::{Instance, Lease, Registration, Status};
+use mesh_registry_api::{Instance, Lease, Registration, Status, StoreStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -101,34 +101,6 @@ impl From<WriteError> for ApiError {
     }
 }
 
-/// Where the store stands, for `/readyz`.
-#[derive(Clone, Debug, Serialize)]
-pub struct StoreStatus {
-    /// `memory` (the embedded store) or `etcd`.
-    pub kind: &'static str,
-    /// True while etcd is unreachable and answers come from the last state seen.
-    pub stale: bool,
-    /// The etcd revision the catalog reflects.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<i64>,
-    /// The etcd member requests go to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-}
-
-// === impl StoreStatus ===
-
-impl StoreStatus {
-    pub fn memory() -> Self {
-        StoreStatus {
-            kind: "memory",
-            stale: false,
-            revision: None,
-            endpoint: None,
-        }
-    }
-}
-
 /// One replica's view of etcd: the client, the mirror's bookkeeping, and this replica's
 /// identity and lease.
 pub struct EtcdStore {
@@ -184,7 +156,7 @@ impl EtcdStore {
 
     pub fn status(&self) -> StoreStatus {
         StoreStatus {
-            kind: "etcd",
+            kind: "etcd".to_owned(),
             stale: self.is_stale(),
             revision: Some(*self.applied.borrow()),
             endpoint: Some(self.etcd.endpoint()),
