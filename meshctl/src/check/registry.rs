@@ -219,6 +219,33 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_cut_off_from_etcd_is_a_warning_naming_etcd() {
+        let mut store = StoreStatus {
+            kind: "etcd".into(),
+            stale: true,
+            revision: Some(812),
+            endpoint: Some("http://etcd-1:2379".into()),
+        };
+        let stale = store_check("http://r:7700", &store);
+        assert_eq!(stale.status, Status::Warning);
+        assert!(
+            stale.detail.contains("etcd quorum (http://etcd-1:2379)"),
+            "{}",
+            stale.detail
+        );
+        store.stale = false;
+        let fine = store_check("http://r:7700", &store);
+        assert_eq!(
+            (fine.status, fine.detail.as_str()),
+            (Status::Ok, "etcd at http://etcd-1:2379, revision 812")
+        );
+        assert_eq!(
+            store_check("http://r:7700", &StoreStatus::memory()).status,
+            Status::Ok
+        );
+    }
+
+    #[test]
     fn skew_is_judged_on_what_the_rounding_leaves_certain() {
         // Same clock: the Date header rounds down by up to a second.
         let same = skew(at(1000.0), at(1000.7), at(1000.72));
