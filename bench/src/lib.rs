@@ -84,9 +84,13 @@ pub enum Action {
     },
     /// Time from a deregistration to each blocking watcher's answer.
     Watch {
-        /// Registry address.
+        /// Registry address: the watchers' (and the writes', without `write_registry`).
         #[arg(long)]
         registry: SocketAddr,
+        /// Another replica of the same catalog to send the registrations and
+        /// deregistrations to, so the time includes the way from one replica to the other.
+        #[arg(long)]
+        write_registry: Option<SocketAddr>,
         /// Blocking watchers, each on its own connection.
         #[arg(long, default_value_t = 100)]
         watchers: usize,
@@ -181,9 +185,13 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         } => registry::register(registry, start, count, per_service, concurrency).await?,
         Action::Watch {
             registry,
+            write_registry,
             watchers,
             trials,
-        } => registry::watch_latency(registry, watchers, trials).await?,
+        } => {
+            let writes = write_registry.unwrap_or(registry);
+            registry::watch_latency(registry, writes, watchers, trials).await?
+        }
         Action::Heartbeat {
             registry,
             rate,

@@ -1,5 +1,6 @@
 //! Registry load: many registrations over HTTP, heartbeats at a fixed rate, lookups, and
-//! how soon blocking watchers see a deregistration.
+//! how soon blocking watchers see a deregistration (sent to their registry or to another
+//! replica of the same catalog).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,13 +157,17 @@ fn mesh_index(headers: &http::HeaderMap) -> Option<u64> {
     headers.get("x-mesh-index")?.to_str().ok()?.parse().ok()
 }
 
+/// Times deregistrations sent to `writes`, from just before each is sent to each blocking
+/// watcher on `registry` seeing it. With two replicas of one catalog (`writes` !=
+/// `registry`) the time includes the way from one replica to the other.
 pub async fn watch_latency(
     registry: SocketAddr,
+    writes: SocketAddr,
     watchers: usize,
     trials: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let service = "bench-watched";
-    let mut admin = Conn::open(registry).await?;
+    let mut admin = Conn::open(writes).await?;
     let put = |id: &str| {
         (
             format!("/v1/services/{service}/instances/{id}"),
@@ -175,6 +180,11 @@ pub async fn watch_latency(
         admin
             .send(http::Method::PUT, HOST, &path, Some(body))
             .await?;
+    }
+    if writes != registry {
+        // The watchers' first answer must already list both instances, or the first
+        // deregistration could be timed against a listing that never had it.
+        until_listed(registry, service, 2).await?;
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
@@ -236,11 +246,38 @@ pub async fn watch_latency(
     }
     Ok(json!({
         "watchers": watchers,
+        "across_replicas": writes != registry,
         "trials": trials,
         "missed": missed,
         "every_watcher_us": percentiles_us(&all),
         "slowest_watcher_per_trial_us": percentiles_us(&slowest),
     }))
+}
+
+/// Waits (at most 5 s) until `registry` lists `n` instances of `service`.
+async fn until_listed(registry: SocketAddr, service: &str, n: usize) -> anyhow::Result<()> {
+    let mut conn = Conn::open(registry).await?;
+    let path = format!("/v1/services/{service}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = match conn.send(http::Method::GET, HOST, &path, None).await {
+            Ok((status, _, body)) if status.is_success() => {
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| Some(v.get("instances")?.as_array()?.len()))
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        };
+        if listed >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{registry} did not list {n} instances of {service} within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits (at most 2 s) for `n` watcher answers; returns their delays after `t0` and how
