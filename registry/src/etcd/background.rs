@@ -183,37 +183,41 @@ impl EtcdStore {
     }
 
     /// Checks once a second that etcd answers a linearizable read (no answer: the replica
-    /// is stale) and that the watch has seen what that read shows (behind twice in a row:
-    /// the watch's member is cut off, so it is opened again, at another member).
+    /// is stale) and that the watch keeps up: it must have shown, by each probe, the
+    /// latest change the probe before saw (a second earlier). Behind that twice in a row,
+    /// the watch's member is taken to be cut off and the watch is opened again, at another
+    /// member. The read covers the `services/` keys only (one per service, written with
+    /// every change a listing shows), so it stays cheap however many instances there are.
     async fn probe(self: Arc<Self>, reopen: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut behind = 0;
+        let services = format!("{}services/", self.prefix);
+        let (mut behind, mut seen_before) = (0, 0);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            match self.etcd.latest_under(&self.prefix).await {
-                Ok(latest) => {
-                    self.reachable();
-                    behind = if latest > *self.applied.borrow() {
-                        behind + 1
-                    } else {
-                        0
-                    };
-                    if behind >= BEHIND_PROBES {
-                        tracing::warn!(
-                            latest,
-                            applied = *self.applied.borrow(),
-                            "the etcd watch is behind; opening it again"
-                        );
-                        self.etcd.fail_over(&self.etcd.endpoint());
-                        reopen.notify_one();
-                        behind = 0;
-                    }
+            let latest = match self.etcd.latest_under(&services).await {
+                Ok(latest) => latest,
+                Err(e) => {
+                    self.unreachable(&e);
+                    continue;
                 }
-                Err(e) => self.unreachable(&e),
+            };
+            self.reachable();
+            let applied = *self.applied.borrow();
+            behind = if applied < seen_before { behind + 1 } else { 0 };
+            seen_before = latest;
+            if behind >= BEHIND_PROBES {
+                tracing::warn!(
+                    latest,
+                    applied,
+                    "the etcd watch is behind; opening it again"
+                );
+                self.etcd.fail_over(&self.etcd.endpoint());
+                reopen.notify_one();
+                behind = 0;
             }
         }
     }

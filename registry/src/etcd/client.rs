@@ -140,6 +140,7 @@ impl Etcd {
 
     /// The highest revision at which a key under `prefix` was written, by a linearizable
     /// read: what a watch that is keeping up has seen. Also tells whether etcd has quorum.
+    /// etcd sorts every key under `prefix` for it: keep the prefix's keys few.
     pub async fn latest_under(&self, prefix: &str) -> Result<i64, EtcdError> {
         let body = json!({
             "key": b64(prefix), "range_end": b64(&prefix_end(prefix)),
