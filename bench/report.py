@@ -664,10 +664,10 @@ def s6_etcd_lines(s6, e, machine):
                         f"{f(x['txns_over_100ms'])} of the {f(x['txns'])} writes took over 100 ms")
     w(para(
         "Each replica checks once a second that etcd answers a linearizable read and that its watch is not "
-        "behind, by asking etcd for the newest key under the prefix (sorted by modification revision, limit 1). "
-        "To sort, etcd reads every key under the prefix, two per instance, so the probe costs more as the "
-        "catalog grows, on the one core etcd shares with both replicas; a write that arrives while etcd serves "
-        f"a probe can wait behind it. While the watchers were timed with 10k instances, {during(ew)}"
+        "behind, by asking etcd for the newest of the `services/` keys (one per service, sorted by modification "
+        "revision, limit 1); etcd reads every key it sorts, so the probe's cost grows with the number of "
+        "services, not of instances. A write that arrives while etcd serves a probe waits behind it, on the "
+        f"one core etcd shares with both replicas. While the watchers were timed with 10k instances, {during(ew)}"
         + (f"; with the catalog empty, {during(ew0)}." if ew0 else ".")))
     return o
 
