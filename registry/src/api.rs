@@ -395,6 +395,9 @@ impl State {
         if *self.shutdown.borrow() {
             return Err(ApiError::Unavailable);
         }
+        if let Some(refused) = self.unsynced("/v1/") {
+            return Err(refused);
+        }
         let store = match &self.etcd {
             Some(etcd) => etcd.status(),
             None => StoreStatus::memory(),
@@ -411,8 +414,8 @@ impl State {
         Ok(json(StatusCode::OK, &readiness))
     }
 
-    /// Until a replica has read the catalog from etcd, the API answers 503: an empty
-    /// listing would tell sidecars that every service is gone.
+    /// Until a replica has read the catalog from etcd, the API (and `/readyz`) answers
+    /// 503: an empty listing would tell sidecars that every service is gone.
     fn unsynced(&self, path: &str) -> Option<ApiError> {
         let etcd = self.etcd.as_ref()?;
         (path.starts_with("/v1/") && !etcd.is_synced()).then(|| {

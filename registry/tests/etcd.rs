@@ -416,3 +416,29 @@ async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_re
     .await;
     assert_eq!(to_a.service("web").await.unwrap().instances.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_reached_etcd_is_not_ready_and_lists_nothing() {
+    // Nothing listens there: the replica cannot read the catalog.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", nowhere.local_addr().unwrap());
+    drop(nowhere);
+    let replica = Replica::spawn(Path::new(BINARY), &endpoint, &[]);
+    let ready = format!("{}/readyz", replica.url);
+    let mut answer = None;
+    for _ in 0..200 {
+        answer = get(&ready).await;
+        if answer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, body) = answer.expect("the replica answers");
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    // An empty listing would tell sidecars that every service is gone.
+    let (status, _, body) = get(&format!("{}/v1/services/web", replica.url))
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+}

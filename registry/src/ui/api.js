@@ -22,7 +22,8 @@ export class RequestError extends Error {
   }
 }
 
-// GET `path`: resolves to {status, index, contentType, text}. Rejects on a network
+// GET `path`: resolves to {status, index, stale, contentType, text}, `stale` being true
+// when a registry on etcd answered from its last state (X-Mesh-Stale). Rejects on a network
 // failure or when the deadline passes; HTTP errors resolve (the caller decides).
 export async function get(path, deadlineMs = REQUEST_DEADLINE_MS) {
   let response;
@@ -38,6 +39,7 @@ export async function get(path, deadlineMs = REQUEST_DEADLINE_MS) {
   return {
     status: response.status,
     index: Number(response.headers.get("x-mesh-index") ?? 0),
+    stale: response.headers.get("x-mesh-stale") === "true",
     contentType: response.headers.get("content-type") ?? "",
     text: await response.text(),
   };
@@ -58,7 +60,7 @@ export async function getJSON(path, deadlineMs = REQUEST_DEADLINE_MS) {
     const message = error?.message ?? `HTTP ${answer.status}`;
     throw new RequestError(message, answer.status, error?.code ?? "http");
   }
-  return { index: answer.index, body };
+  return { index: answer.index, stale: answer.stale, body };
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -24,6 +24,8 @@ const state = {
   events: [],
   problems: { services: null, events: null },
   updated: null,
+  // A registry on etcd that cannot reach it answers from its last state.
+  stale: false,
 };
 const sidecars = new Sidecars(render);
 
@@ -53,6 +55,7 @@ function loadListings() {
       names.map((name) => getJSON(`v1/services/${encodeURIComponent(name)}?all=true`)),
     );
     const listings = new Map();
+    state.stale = answers.some((answer) => answer.status === "fulfilled" && answer.value.stale);
     answers.forEach((answer, i) => {
       const kept = state.listings.get(names[i]);
       if (answer.status === "fulfilled") listings.set(names[i], answer.value.body);
@@ -107,8 +110,9 @@ function render() {
   replace("ca-summary", registry?.ca ? `CA ${registry.ca.trust_domain}, certificates ${registry.ca.cert_ttl}` : registry ? "no CA" : "");
   const problem = state.problems.services ?? state.problems.events;
   const connection = document.getElementById("connection");
-  connection.dataset.connection = problem ? "down" : "live";
-  replace("connection", problem ? `${problem} (retrying)` : state.updated ? `live · catalog read ${state.updated.toLocaleTimeString()}` : "connecting…");
+  connection.dataset.connection = problem ? "down" : state.stale ? "stale" : "live";
+  const stale = state.stale ? " · stale: the registry cannot reach etcd, this is its last state" : "";
+  replace("connection", problem ? `${problem} (retrying)` : state.updated ? `live · catalog read ${state.updated.toLocaleTimeString()}${stale}` : "connecting…");
   replace("services", servicesTable(state.services, state.listings));
   replace("instances", instancesSection(state.services, state.listings, (service, instance) => sidecars.panel(service, instance.id)));
   replace("certificates", certificatesTable(sidecars.all(), registry?.ca ?? null));

@@ -217,19 +217,7 @@ impl Replica {
     /// Starts `binary` on a free port with `--etcd-endpoints endpoints` and `extra` flags,
     /// and waits until it has read the catalog from etcd.
     pub async fn start(binary: &std::path::Path, endpoints: &str, extra: &[&str]) -> Replica {
-        let port = free_port();
-        let process = Command::new(binary)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--etcd-endpoints", endpoints])
-            .args(extra)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let replica = Replica {
-            url: format!("http://127.0.0.1:{port}"),
-            process,
-        };
+        let replica = Self::spawn(binary, endpoints, extra);
         for _ in 0..200 {
             let synced = get(&format!("{}/v1/services", replica.url)).await;
             if synced.is_some_and(|(status, _, _)| status == 200) {
@@ -241,6 +229,23 @@ impl Replica {
             "the replica at {} did not read the catalog in 10 s",
             replica.url
         );
+    }
+
+    /// Starts `binary` as [`Replica::start`] does, without waiting for anything.
+    pub fn spawn(binary: &std::path::Path, endpoints: &str, extra: &[&str]) -> Replica {
+        let port = free_port();
+        let process = Command::new(binary)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--etcd-endpoints", endpoints])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Replica {
+            url: format!("http://127.0.0.1:{port}"),
+            process,
+        }
     }
 
     /// SIGKILL: no graceful shutdown, its etcd lease is left to run out.
