@@ -95,36 +95,22 @@ grep -q '<title>Online Books For You</title>' <<<"$body" || fail "no title in: $
 echo "the page loads"
 
 step "50 page loads/s for 40 s; registry-1 killed at 8 s, etcd-2 stopped at 20 s"
-PAGE="$page" REGISTRY2="$registry2" \
+PYTHONPATH="$PWD" PAGE="$page" REGISTRY2="$registry2" \
     REGISTRY1_ID="$("${compose[@]}" ps -q registry-1)" ETCD2_ID="$("${compose[@]}" ps -q etcd-2)" \
     python3 - <<'EOF'
 """Steady page loads at a fixed rate while a registry replica dies and an etcd member stops;
 watches registry-2's own counters to see when the sidecars moved to it."""
-import collections, json, os, re, subprocess, sys, threading, time, urllib.request
-from concurrent.futures import ThreadPoolExecutor
+import collections, json, os, re, subprocess, sys, time, urllib.request
+from compose_pageload import PageLoads
 
 RATE, DURATION, KILL_AT, STOP_ETCD_AT = 50, 40.0, 8.0, 20.0
-page, registry2 = os.environ["PAGE"], os.environ["REGISTRY2"]
+registry2 = os.environ["REGISTRY2"]
 
-results = []  # (seconds since start, failure reason or None)
-lock = threading.Lock()
-t0 = time.monotonic()
+loads = PageLoads(os.environ["PAGE"], RATE, DURATION)
+t0 = loads.t0
 events = {}  # what happened -> seconds since start
 samples = []  # (seconds since start, {route: answered requests}, {route: 200s}, parked watches) from registry-2
 problems = []
-
-def load():
-    started = time.monotonic() - t0
-    reason = None
-    try:
-        with urllib.request.urlopen(page, timeout=10) as answer:
-            body = answer.read().decode()
-        if "<title>Online Books For You</title>" not in body or body.count("<li>") != 3:
-            reason = "page without the title or 3 books"
-    except Exception as error:  # HTTP 5xx, refused, timeout: all count as failed loads
-        reason = f"{type(error).__name__}: {error}"
-    with lock:
-        results.append((started, reason))
 
 def faults():
     time.sleep(KILL_AT)
@@ -173,18 +159,7 @@ def watch_registry2():
             problems.append(f"registry-2 did not answer at {now:.1f} s: {error}")
         time.sleep(0.25)
 
-threads = [threading.Thread(target=faults), threading.Thread(target=watch_registry2)]
-for t in threads:
-    t.start()
-with ThreadPoolExecutor(max_workers=32) as pool:
-    for n in range(int(RATE * DURATION)):
-        delay = t0 + n / RATE - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        pool.submit(load)
-for t in threads:
-    t.join()
-elapsed = time.monotonic() - t0
+elapsed = loads.run(faults, watch_registry2)
 
 def at(t, which, route):
     """registry-2's count for `route` in the last sample at or before t (which: 1 all
@@ -206,8 +181,7 @@ def count(route, start, end, which=1):
     return at(end, which, route) - at(start, which, route)
 
 kill, etcd = events["kill"], events["etcd"]
-failed = [r for r in results if r[1]]
-print(f"  {len(results)} page loads in {elapsed:.1f} s ({len(results) / elapsed:.1f}/s)")
+loads.print_rate(elapsed)
 print(f"  registry-2 before the kill ({kill:.0f} s): {count('heartbeat', 0, kill):.0f} heartbeats, "
       f"{max(s[3] for s in samples if s[0] <= kill):.0f} watches parked at once")
 hb, watch = first_rise("heartbeat", kill), first_watch(kill)
@@ -216,9 +190,7 @@ print(f"  registry-2 after the kill: first heartbeat {hb if hb is None else f'{h
       f"{count('heartbeat', kill, etcd):.0f} heartbeats until etcd-2 stopped")
 after_etcd = count("heartbeat", etcd, elapsed, which=2)
 print(f"  registry-2 after etcd-2 stopped: {after_etcd:.0f} heartbeats answered 200")
-print(f"FAILED PAGE LOADS: {len(failed)}")
-for reason, n in collections.Counter(r for _, r in failed).most_common(5):
-    print(f"  {n} x {reason}")
+failed = loads.print_failures()
 if failed:
     problems.append(f"{len(failed)} page loads failed")
 if hb is None:

@@ -73,35 +73,19 @@ cargo run -q --release -p meshctl -- --registry "$registry" check || fail "meshc
 
 step "50 page loads/s for 40 s; recommendations-1 killed from 8 s on, while it takes traffic"
 victim=$("${compose[@]}" ps -q recommendations-1)
-PAGE="$page" REGISTRY="$registry" VICTIM="$victim" python3 - <<'EOF'
+PYTHONPATH="$PWD" PAGE="$page" REGISTRY="$registry" VICTIM="$victim" python3 - <<'EOF'
 """Steady page loads at a fixed rate while one recommendations app is killed."""
-import collections, json, os, re, subprocess, sys, threading, time, urllib.request
-from concurrent.futures import ThreadPoolExecutor
+import collections, json, os, subprocess, sys, time, urllib.request
+from compose_pageload import PageLoads
 
 # The kill comes KILL_AT s in, or up to KILL_WINDOW s later (see kill()).
 RATE, DURATION, KILL_AT, KILL_WINDOW = 50, 40.0, 8.0, 20.0
 LEASE_PLUS_GRACE = 40.0  # registry defaults: 10 s lease + 30 s critical grace
-page, registry, victim = os.environ["PAGE"], os.environ["REGISTRY"], os.environ["VICTIM"]
+registry, victim = os.environ["REGISTRY"], os.environ["VICTIM"]
 
-results = []  # (seconds since start, served by or None, failure reason or None)
-lock = threading.Lock()
-t0 = time.monotonic()
+loads = PageLoads(os.environ["PAGE"], RATE, DURATION)
+results, t0 = loads.results, loads.t0
 killed_at = None
-
-def load():
-    started = time.monotonic() - t0
-    served, reason = None, None
-    try:
-        with urllib.request.urlopen(page, timeout=10) as answer:
-            body = answer.read().decode()
-        if "<title>Online Books For You</title>" not in body or body.count("<li>") != 3:
-            reason = "page without the title or 3 books"
-        m = re.search(r"instance <code>([^<]+)</code>", body)
-        served = m.group(1) if m else None
-    except Exception as error:  # HTTP 5xx, refused, timeout: all count as failed loads
-        reason = f"{type(error).__name__}: {error}"
-    with lock:
-        results.append((started, served, reason))
 
 def kill():
     global killed_at
@@ -112,7 +96,7 @@ def kill():
     # failing that, right after it served one.
     started = time.monotonic()
     while time.monotonic() - started < KILL_WINDOW:
-        with lock:
+        with loads.lock:
             recent = [s for _, s, _ in results[-3:]]
         run = 3 if time.monotonic() - started < KILL_WINDOW / 2 else 1
         if len(recent) >= run and all(s == "recommendations-1" for s in recent[-run:]):
@@ -140,29 +124,15 @@ def watch_registry():
             return
         time.sleep(0.2)
 
-threads = [threading.Thread(target=kill), threading.Thread(target=watch_registry)]
-for t in threads:
-    t.start()
-with ThreadPoolExecutor(max_workers=32) as pool:
-    for n in range(int(RATE * DURATION)):
-        delay = t0 + n / RATE - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        pool.submit(load)
-for t in threads:
-    t.join()
-elapsed = time.monotonic() - t0
+elapsed = loads.run(kill, watch_registry)
 
-failed = [r for r in results if r[2]]
 before = collections.Counter(s for t, s, _ in results if t < killed_at)
 after = collections.Counter(s for t, s, _ in results if t >= killed_at + 1)
-print(f"  {len(results)} page loads in {elapsed:.1f} s ({len(results) / elapsed:.1f}/s)")
+loads.print_rate(elapsed)
 print(f"  served before the kill: {dict(before)}; from 1 s after it: {dict(after)}")
 for what, at in sorted(registry_seen.items(), key=lambda kv: kv[1]):
     print(f"  registry: recommendations-1 {'critical' if what == 'critical' else 'no longer listed as passing'} {at:.1f} s after the kill")
-print(f"FAILED PAGE LOADS: {len(failed)}")
-for reason, n in collections.Counter(r for _, _, r in failed).most_common(5):
-    print(f"  {n} x {reason}")
+failed = loads.print_failures()
 problems = []
 if failed:
     problems.append(f"{len(failed)} page loads failed")
