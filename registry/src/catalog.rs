@@ -149,18 +149,8 @@ impl Catalog {
         let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
         let before = entry.status();
         let expired = matches!(entry.lease, LeaseState::Expired { .. });
-        if let Some(status) = status {
-            entry.registration.status = status;
-        }
         let reported = output.clone();
-        if output.is_some() {
-            entry.output = output;
-        }
-        entry.lease = LeaseState::Live {
-            expires_at: now + entry.registration.ttl,
-        };
-        entry.last_heartbeat = SystemTime::now();
-        entry.spared = false;
+        entry.renew(status, output, now);
         let lease = Lease {
             service: service.to_owned(),
             id: id.to_owned(),

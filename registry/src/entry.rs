@@ -43,6 +43,22 @@ impl Entry {
         }
     }
 
+    /// A heartbeat: the lease starts again from `now`, with the status and output it
+    /// reported (each kept when not given), and the guard may spare it again.
+    pub(crate) fn renew(&mut self, status: Option<Status>, output: Option<String>, now: Instant) {
+        if let Some(status) = status {
+            self.registration.status = status;
+        }
+        if output.is_some() {
+            self.output = output;
+        }
+        self.lease = LeaseState::Live {
+            expires_at: now + self.registration.ttl,
+        };
+        self.last_heartbeat = SystemTime::now();
+        self.spared = false;
+    }
+
     /// The instance as listings show it.
     pub(crate) fn listed(&self, id: &str) -> Instance {
         let r = &self.registration;

@@ -319,7 +319,9 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Renews the lease in the mirror (this replica owns it now).
+    /// Renews the lease in the mirror (this replica owns it now). Never moves the index,
+    /// unlike [`Catalog::heartbeat`]: indexes are etcd revisions, and the callers have
+    /// checked that the listing does not change.
     fn renew(
         &self,
         service: &str,
@@ -334,17 +336,7 @@ impl EtcdStore {
             .ok_or(UnknownInstance)?;
         let index = svc.index;
         let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
-        if let Some(status) = status {
-            entry.registration.status = status;
-        }
-        if output.is_some() {
-            entry.output = output;
-        }
-        entry.lease = LeaseState::Live {
-            expires_at: Instant::now() + entry.registration.ttl,
-        };
-        entry.last_heartbeat = SystemTime::now();
-        entry.spared = false;
+        entry.renew(status, output, Instant::now());
         Ok((entry.clone(), index))
     }
 
