@@ -62,6 +62,22 @@ impl StoredInstance {
         }
     }
 
+    /// Holds one written instance to the rules the API holds registrations to: what was
+    /// written by hand, or by another version, must not smuggle in what the API would
+    /// refuse. The message names the service, the instance and the field.
+    pub(crate) fn check(&self, service: &str, id: &str) -> Result<(), String> {
+        validate::service_name(service).map_err(|m| format!("service {service:?}: {m}"))?;
+        let at = |e: ApiError| match e {
+            ApiError::InvalidArgument { field, message } => {
+                format!("service {service:?}, instance {id:?}, field {field}: {message}")
+            }
+            other => format!("service {service:?}, instance {id:?}: {other}"),
+        };
+        validate::instance_id(id).map_err(|m| at(ApiError::invalid("id", m)))?;
+        request::check_registration(&self.registration).map_err(at)?;
+        request::check_output(self.output.as_deref()).map_err(at)
+    }
+
     /// The entry, holding `lease`. Times that do not parse (a hand-edited file) read as now.
     pub(crate) fn into_entry(self, lease: LeaseState) -> Entry {
         let parse = |t: &str| humantime::parse_rfc3339(t).unwrap_or_else(|_| SystemTime::now());
@@ -124,17 +140,8 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
 /// hand, or written by another version, must not smuggle in what the API would refuse.
 fn check(file: &SnapshotFile) -> Result<(), String> {
     for (service, instances) in &file.services {
-        validate::service_name(service).map_err(|m| format!("service {service:?}: {m}"))?;
         for (id, stored) in instances {
-            let at = |e: ApiError| match e {
-                ApiError::InvalidArgument { field, message } => {
-                    format!("service {service:?}, instance {id:?}, field {field}: {message}")
-                }
-                other => format!("service {service:?}, instance {id:?}: {other}"),
-            };
-            validate::instance_id(id).map_err(|m| at(ApiError::invalid("id", m)))?;
-            request::check_registration(&stored.registration).map_err(at)?;
-            request::check_output(stored.output.as_deref()).map_err(at)?;
+            stored.check(service, id)?;
         }
     }
     Ok(())

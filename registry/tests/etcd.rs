@@ -442,3 +442,65 @@ async fn a_replica_that_never_reached_etcd_is_not_ready_and_lists_nothing() {
         .unwrap();
     assert_eq!(status, 503, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_into_etcd_by_hand_are_held_to_the_apis_rules() {
+    use mesh_registry::etcd::client::{Etcd, Op};
+    use mesh_registry::etcd::metrics::EtcdMetrics;
+
+    let etcd = EtcdCluster::start(1).await;
+    let a = replica(&etcd, &[]).await;
+    let metrics = std::sync::Arc::new(EtcdMetrics::new(&mesh_registry::metrics::Metrics::new()));
+    let by_hand = Etcd::new(vec![etcd.endpoint(0)], metrics);
+    let put = |key: &str, value: &str| Op::Put {
+        key: format!("/mesh/{key}"),
+        value: value.as_bytes().to_vec(),
+        lease: 0,
+    };
+    let times = r#""registered_at":"2026-12-02T00:00:00Z","last_heartbeat":"2026-12-02T00:00:00Z""#;
+    let change = r#"{"kind":"registered","instance":"x","detail":"by hand"}"#;
+    let ops = [
+        // Refused by the API: an address that is not host:port, an id with a space, a
+        // service name with capitals, and a record that is not one.
+        put(
+            "instances/web/web-1",
+            &format!(r#"{{"address":"not an address",{times}}}"#),
+        ),
+        put(
+            "instances/web/bad id",
+            &format!(r#"{{"address":"10.0.0.2:4143",{times}}}"#),
+        ),
+        put(
+            "instances/Web/web-3",
+            &format!(r#"{{"address":"10.0.0.3:4143",{times}}}"#),
+        ),
+        put("instances/web/web-4", "{"),
+        // What the API would have written.
+        put(
+            "instances/web/web-5",
+            &format!(r#"{{"address":"10.0.0.5:4143",{times}}}"#),
+        ),
+        put("services/web", change),
+    ];
+    by_hand.txn(&[], &ops).await.unwrap();
+
+    until(
+        Duration::from_secs(5),
+        "the valid record listed",
+        async || !statuses(&a, "web").await.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        statuses(&a, "web").await,
+        vec![("web-5".into(), "passing".into())]
+    );
+    let (status, _, _) = get(&format!("{}/v1/services/Web", a.url)).await.unwrap();
+    assert_eq!(status, 400, "the name itself is refused by the API");
+
+    // A replica that starts afterwards reads the same keys and refuses the same records.
+    let b = replica(&etcd, &[]).await;
+    assert_eq!(
+        statuses(&b, "web").await,
+        vec![("web-5".into(), "passing".into())]
+    );
+}

@@ -77,7 +77,7 @@ impl EtcdStore {
         for kv in &kvs {
             match self.key(&kv.key) {
                 Some(Key::Instance(service, id)) => {
-                    if let Some(record) = self.record(kv) {
+                    if let Some(record) = self.record(service, id, kv) {
                         records
                             .entry(service.to_owned())
                             .or_default()
@@ -135,7 +135,7 @@ impl EtcdStore {
         let revision = kv.mod_revision as u64;
         match self.key(&kv.key) {
             Some(Key::Instance(service, id)) => {
-                let Some(record) = self.record(kv) else {
+                let Some(record) = self.record(service, id, kv) else {
                     return;
                 };
                 let mut mirror = self.mirror();
@@ -233,11 +233,17 @@ impl EtcdStore {
         record.stored.into_entry(lease)
     }
 
-    fn record(&self, kv: &Kv) -> Option<Record> {
-        match serde_json::from_slice(&kv.value) {
+    /// The record of `service`/`id`, held to the API's rules like a snapshot's entries:
+    /// a key written into etcd by hand (or by another version) must not reach sidecars
+    /// with what the API would refuse.
+    fn record(&self, service: &str, id: &str, kv: &Kv) -> Option<Record> {
+        let record = serde_json::from_slice::<Record>(&kv.value)
+            .map_err(|e| e.to_string())
+            .and_then(|record| record.stored.check(service, id).map(|()| record));
+        match record {
             Ok(record) => Some(record),
-            Err(e) => {
-                tracing::warn!(key = %kv.key, error = %e, "ignoring an instance record that does not parse");
+            Err(reason) => {
+                tracing::warn!(key = %kv.key, %reason, "ignoring an instance record the API would refuse");
                 None
             }
         }
