@@ -4,7 +4,6 @@
 //! long-running loops (blocking queries, heartbeats) on top of it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +13,7 @@ use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use crate::Rotation;
 use crate::error::{ClientError, decode};
 use crate::types::{
     Heartbeat, Instance, Lease, Registration, ServiceList, ServiceListing, SignRequest,
@@ -38,9 +38,7 @@ const BLOCKING_MARGIN: Duration = Duration::from_secs(10);
 pub struct Client {
     http: HttpClient<HttpConnector, Full<Bytes>>,
     /// `http://host:port` of each replica, with any trailing slash removed.
-    bases: Arc<[Arc<str>]>,
-    /// Index in `bases` of the replica in use.
-    current: Arc<AtomicUsize>,
+    bases: Rotation<Arc<str>>,
     token: Option<Arc<str>>,
 }
 
@@ -60,8 +58,7 @@ impl Client {
             .build_http();
         Ok(Client {
             http,
-            bases: bases.into(),
-            current: Arc::new(AtomicUsize::new(0)),
+            bases: Rotation::new(bases),
             token: None,
         })
     }
@@ -74,7 +71,7 @@ impl Client {
 
     /// The base URL of the registry (replica) requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+        self.bases.current().1
     }
 
     /// Creates or replaces an instance; returns it as stored.
@@ -235,7 +232,8 @@ impl Client {
         };
         let mut failed = None;
         for _ in 0..self.bases.len() {
-            let base = self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].clone();
+            let (at, base) = self.bases.current();
+            let base = base.clone();
             let answer = self.exchange_at(&base, &attempt).await;
             let replica_failed = match &answer {
                 Ok(answer) => answer.status == StatusCode::SERVICE_UNAVAILABLE,
@@ -247,22 +245,11 @@ impl Client {
             if !replica_failed || self.bases.len() == 1 {
                 return answer;
             }
-            self.fail_over(&base);
+            self.bases.fail_over(at);
             tracing::warn!(registry = %base, next = %self.base_url(), "registry replica failed; trying the next one");
             failed = Some(answer);
         }
         failed.expect("at least one replica")
-    }
-
-    /// Moves on from `failed` to the next replica, unless another request already did.
-    fn fail_over(&self, failed: &Arc<str>) {
-        let i = self.current.load(Ordering::Relaxed);
-        if Arc::ptr_eq(&self.bases[i % self.bases.len()], failed) {
-            let next = (i + 1) % self.bases.len();
-            let _ = self
-                .current
-                .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
-        }
     }
 
     /// One request to one replica.

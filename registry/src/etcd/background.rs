@@ -215,7 +215,7 @@ impl EtcdStore {
                     applied,
                     "the etcd watch is behind; opening it again"
                 );
-                self.etcd.fail_over(&self.etcd.endpoint());
+                self.etcd.move_on();
                 reopen.notify_one();
                 behind = 0;
             }

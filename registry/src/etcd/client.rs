@@ -8,7 +8,6 @@
 //! next, so losing one member of a cluster costs one failed attempt, not an outage.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,6 +17,7 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
+use mesh_registry_api::Rotation;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
@@ -104,9 +104,8 @@ pub enum Op {
 #[derive(Clone)]
 pub struct Etcd {
     http: HttpClient<HttpConnector, Full<Bytes>>,
-    endpoints: Arc<[String]>,
-    /// Index in `endpoints` of the member that answered last.
-    current: Arc<AtomicUsize>,
+    /// The members, the one that answered last in use.
+    endpoints: Rotation<String>,
     metrics: Arc<EtcdMetrics>,
 }
 
@@ -123,8 +122,7 @@ impl Etcd {
             .build(connector);
         Etcd {
             http,
-            endpoints: endpoints.into(),
-            current: Arc::new(AtomicUsize::new(0)),
+            endpoints: Rotation::new(endpoints),
             metrics,
         }
     }
@@ -213,14 +211,15 @@ impl Etcd {
             "key": b64(prefix), "range_end": b64(&prefix_end(prefix)),
             "start_revision": start_revision.to_string(),
         }});
-        let endpoint = self.endpoint();
+        let (at, endpoint) = self.endpoints.current();
+        let endpoint = endpoint.clone();
         let request = post(&endpoint, "/v3/watch", &body);
         let response = tokio::time::timeout(ATTEMPT_TIMEOUT, self.http.request(request))
             .await
             .map_err(|_| unreachable(&endpoint, "timed out opening the watch"))?
             .map_err(|e| unreachable(&endpoint, &e.to_string()))?;
         if response.status() != StatusCode::OK {
-            self.fail_over(&endpoint);
+            self.endpoints.fail_over(at);
             return Err(EtcdError::Refused {
                 endpoint,
                 status: response.status().as_u16(),
@@ -236,21 +235,12 @@ impl Etcd {
 
     /// The endpoint requests go to now.
     pub fn endpoint(&self) -> String {
-        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints[i].clone()
+        self.endpoints.current().1.clone()
     }
 
-    /// Moves on from `failed` to the next endpoint, unless another request already did.
-    pub fn fail_over(&self, failed: &str) {
-        let i = self.current.load(Ordering::Relaxed);
-        if self.endpoints[i % self.endpoints.len()] == failed {
-            let _ = self.current.compare_exchange(
-                i,
-                (i + 1) % self.endpoints.len(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
+    /// Moves on from the endpoint in use to the next one.
+    pub fn move_on(&self) {
+        self.endpoints.fail_over(self.endpoints.current().0);
     }
 
     /// One request, tried at each endpoint in turn until one answers.
@@ -259,13 +249,13 @@ impl Etcd {
         let attempts = async {
             let mut last = None;
             for _ in 0..self.endpoints.len() {
-                let endpoint = self.endpoint();
-                match self.attempt(&endpoint, path, &body).await {
+                let (at, endpoint) = self.endpoints.current();
+                match self.attempt(endpoint, path, &body).await {
                     Ok(answer) => return Ok(answer),
                     Err(e) if e.is_final() => return Err(e),
                     Err(e) => {
                         tracing::debug!(%endpoint, error = %e, "etcd request failed; trying the next member");
-                        self.fail_over(&endpoint);
+                        self.endpoints.fail_over(at);
                         last = Some(e);
                     }
                 }
