@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use mesh_registry_api::Rotation;
@@ -28,6 +28,10 @@ use super::metrics::EtcdMetrics;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Deadline of a request over every endpoint it tries.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest answer, or message of a watch, taken from etcd: what a member that lies
+/// (or a proxy in front of it that misbehaves) can make a replica hold in memory. A full
+/// read of 10k instances is about 15 MiB.
+const MAX_ANSWER: usize = 256 << 20;
 
 /// Why an etcd request failed. Messages name etcd and the endpoint, because they end up
 /// in the registry's 503 answers and logs.
@@ -107,6 +111,8 @@ pub struct Etcd {
     /// The members, the one that answered last in use.
     endpoints: Rotation<String>,
     metrics: Arc<EtcdMetrics>,
+    /// [`MAX_ANSWER`], smaller in tests.
+    max_answer: usize,
 }
 
 // === impl Etcd ===
@@ -124,6 +130,7 @@ impl Etcd {
             http,
             endpoints: Rotation::new(endpoints),
             metrics,
+            max_answer: MAX_ANSWER,
         }
     }
 
@@ -214,10 +221,20 @@ impl Etcd {
         let (at, endpoint) = self.endpoints.current();
         let endpoint = endpoint.clone();
         let request = post(&endpoint, "/v3/watch", &body);
-        let response = tokio::time::timeout(ATTEMPT_TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| unreachable(&endpoint, "timed out opening the watch"))?
-            .map_err(|e| unreachable(&endpoint, &e.to_string()))?;
+        // A member that cannot be reached, or refuses, is left for the next: the watch is
+        // opened again there after the caller's backoff.
+        let response = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.http.request(request)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                self.endpoints.fail_over(at);
+                return Err(unreachable(&endpoint, &e.to_string()));
+            }
+            Err(_) => {
+                self.endpoints.fail_over(at);
+                return Err(unreachable(&endpoint, "timed out opening the watch"));
+            }
+        };
         if response.status() != StatusCode::OK {
             self.endpoints.fail_over(at);
             return Err(EtcdError::Refused {
@@ -230,6 +247,8 @@ impl Etcd {
             endpoint,
             body: response.into_body(),
             buffer: BytesMut::new(),
+            scanned: 0,
+            max_message: self.max_answer,
         })
     }
 
@@ -278,11 +297,13 @@ impl Etcd {
                 .await
                 .map_err(|e| unreachable(endpoint, &e.to_string()))?;
             let status = response.status();
-            let bytes = response
-                .into_body()
+            let bytes = Limited::new(response.into_body(), self.max_answer)
                 .collect()
                 .await
-                .map_err(|e| unreachable(endpoint, &e.to_string()))?
+                .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
+                    Some(_) => too_large(endpoint, "an answer", self.max_answer),
+                    None => unreachable(endpoint, &e.to_string()),
+                })?
                 .to_bytes();
             Ok::<_, EtcdError>((status, bytes))
         };
@@ -330,7 +351,11 @@ impl Op {
 pub struct WatchStream {
     endpoint: String,
     body: hyper::body::Incoming,
+    /// Bytes read and not yet taken as messages.
     buffer: BytesMut,
+    /// How much of `buffer` is known to hold no newline.
+    scanned: usize,
+    max_message: usize,
 }
 
 // === impl WatchStream ===
@@ -340,12 +365,21 @@ impl WatchStream {
     /// cancelled the watch). Messages are newline-separated JSON objects.
     pub async fn next(&mut self) -> Result<Option<WatchMessage>, EtcdError> {
         loop {
-            if let Some(at) = self.buffer.iter().position(|&b| b == b'\n') {
-                let line = self.buffer.split_to(at + 1);
+            if let Some(at) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') {
+                let line = self.buffer.split_to(self.scanned + at + 1);
+                self.scanned = 0;
                 if let Some(message) = self.parse(&line)? {
                     return Ok(Some(message));
                 }
                 continue;
+            }
+            self.scanned = self.buffer.len();
+            if self.buffer.len() > self.max_message {
+                return Err(too_large(
+                    &self.endpoint,
+                    "a watch message",
+                    self.max_message,
+                ));
             }
             match self.body.frame().await {
                 None => return Ok(None),
@@ -403,6 +437,13 @@ fn post(endpoint: &str, path: &str, body: &Value) -> Request<Full<Bytes>> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("endpoints are checked URLs")
+}
+
+fn too_large(endpoint: &str, what: &str, limit: usize) -> EtcdError {
+    EtcdError::Malformed {
+        endpoint: endpoint.to_owned(),
+        reason: format!("{what} larger than {} MiB", limit >> 20),
+    }
 }
 
 fn unreachable(endpoint: &str, reason: &str) -> EtcdError {
@@ -473,6 +514,66 @@ fn base64_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer on 127.0.0.1 that answers every request 200 with a body that never ends
+    /// and holds no newline; returns its URL.
+    async fn endless_peer() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0; 4096];
+                    let _ = socket.read(&mut head).await;
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                  transfer-encoding: chunked\r\n\r\n";
+                    socket.write_all(answer.as_bytes()).await?;
+                    let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                    loop {
+                        socket.write_all(chunk.as_bytes()).await?;
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_stops_sending_is_cut_off_at_the_limit() {
+        let metrics = Arc::new(EtcdMetrics::new(&crate::metrics::Metrics::new()));
+        let mut etcd = Etcd::new(vec![endless_peer().await], metrics);
+        etcd.max_answer = 1 << 20;
+
+        let mut watch = etcd.watch("/mesh/", 1).await.unwrap();
+        let refused = watch.next().await.unwrap_err().to_string();
+        assert!(
+            refused.contains("a watch message larger than 1 MiB"),
+            "{refused}"
+        );
+
+        let refused = etcd.range_prefix("/mesh/").await.unwrap_err().to_string();
+        assert!(refused.contains("an answer larger than 1 MiB"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_cannot_reach_a_member_is_opened_at_the_next() {
+        // A port nothing listens on any more: connections to it are refused.
+        let dead = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let live = endless_peer().await;
+        let metrics = Arc::new(EtcdMetrics::new(&crate::metrics::Metrics::new()));
+        let etcd = Etcd::new(vec![dead.clone(), live.clone()], metrics);
+
+        let refused = etcd.watch("/mesh/", 1).await.err().unwrap().to_string();
+        assert!(refused.contains(&dead), "{refused}");
+        assert!(etcd.watch("/mesh/", 1).await.is_ok());
+        assert_eq!(etcd.endpoint(), live);
+    }
 
     #[test]
     fn the_range_of_a_prefix_ends_just_past_it() {
