@@ -481,6 +481,12 @@ async fn records_written_into_etcd_by_hand_are_held_to_the_apis_rules() {
             &format!(r#"{{"address":"10.0.0.5:4143",{times}}}"#),
         ),
         put("services/web", change),
+        // Names the API refuses in a service key, and in the instance its event names.
+        put("services/Bad Name", change),
+        put(
+            "services/api",
+            r#"{"kind":"registered","instance":"bad id","detail":"by hand"}"#,
+        ),
     ];
     by_hand.txn(&[], &ops).await.unwrap();
 
@@ -496,6 +502,23 @@ async fn records_written_into_etcd_by_hand_are_held_to_the_apis_rules() {
     );
     let (status, _, _) = get(&format!("{}/v1/services/Web", a.url)).await.unwrap();
     assert_eq!(status, 400, "the name itself is refused by the API");
+    let (_, _, events) = get(&format!("{}/v1/events", a.url)).await.unwrap();
+    let named: Vec<(&str, &str)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["service"].as_str().unwrap(),
+                e["instance"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [("web", "x")],
+        "only the event the API could have made"
+    );
 
     // A replica that starts afterwards reads the same keys and refuses the same records.
     let b = replica(&etcd, &[]).await;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mesh_registry_api::validate;
 use tokio::time::Instant;
 
 use super::client::{Change, Kv};
@@ -156,7 +157,10 @@ impl EtcdStore {
                 self.set_deadline(service, id, elsewhere);
             }
             Some(Key::Service(service)) => {
-                let change: Option<ServiceChange> = serde_json::from_slice(&kv.value).ok();
+                // The event names an instance: held to the API's rule for ids, as keys are.
+                let change = serde_json::from_slice::<ServiceChange>(&kv.value)
+                    .ok()
+                    .filter(|c| validate::instance_id(&c.instance).is_ok());
                 let mut svc = self.catalog.service_mut(service);
                 if let Some(change) = change {
                     self.catalog.events().record(
@@ -249,13 +253,26 @@ impl EtcdStore {
         }
     }
 
+    /// What a key under the prefix holds; `None` for keys of no kind we write, and for
+    /// names the API refuses: a key written by hand must not create a service, an event
+    /// or an owner that no request could.
     fn key<'a>(&self, key: &'a str) -> Option<Key<'a>> {
         let rest = key.strip_prefix(self.prefix.as_str())?;
         let (kind, rest) = rest.split_once('/')?;
+        let named = || {
+            let (service, id) = rest.split_once('/')?;
+            let refused = validate::service_name(service)
+                .and_then(|()| validate::instance_id(id))
+                .err();
+            refused.map_or(Some((service, id)), |reason| ignored(key, &reason))
+        };
         match kind {
-            "instances" => rest.split_once('/').map(|(s, id)| Key::Instance(s, id)),
-            "owners" => rest.split_once('/').map(|(s, id)| Key::Owner(s, id)),
-            "services" => Some(Key::Service(rest)),
+            "instances" => named().map(|(s, id)| Key::Instance(s, id)),
+            "owners" => named().map(|(s, id)| Key::Owner(s, id)),
+            "services" => match validate::service_name(rest) {
+                Ok(()) => Some(Key::Service(rest)),
+                Err(reason) => ignored(key, &reason),
+            },
             _ => None,
         }
     }
@@ -270,6 +287,11 @@ impl EtcdStore {
         });
         self.metrics.revision.set(*self.applied.borrow());
     }
+}
+
+fn ignored<T>(key: &str, reason: &str) -> Option<T> {
+    tracing::warn!(%key, %reason, "ignoring an etcd key whose name the API would refuse");
+    None
 }
 
 /// The deadline of a live lease: one TTL from now when this replica owns it or nobody
