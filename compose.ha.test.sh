@@ -24,33 +24,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Only what this script sets: a caller's profile or extra compose files would change the stack.
-unset COMPOSE_PROFILES COMPOSE_FILE COMPOSE_PROJECT_NAME
-project="mesh-e2e-ha-$$"
-export MESH_TAG="e2e-ha-$$"
-export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
-# Every image this run builds: a tag of its own, so removing them touches nobody else's.
-images=(registry proxy recommendations marketplace etcd prometheus-standin)
-images=("${images[@]/#/mesh/}")
-images=("${images[@]/%/:$MESH_TAG}")
-compose=(docker-compose -p "$project" -f compose.yaml -f compose.ha.yaml)
-started=$SECONDS
-mkdir -p target
-logs=$(mktemp -d target/compose-ha.XXXXXX)  # logs of this run
-
-# step, fail, port, teardown, on_exit: shared with compose.test.sh.
+# The run's names (project, image tag, logs), its traps and tools: compose.lib.sh, shared
+# with the other compose test.
 source compose.lib.sh
-trap on_exit EXIT
-trap 'exit 130' INT TERM
+begin_run e2e-ha compose.yaml compose.ha.yaml
 
 # Seconds since an $EPOCHREALTIME, with one decimal; whether fewer than $2 have passed.
 since() { LC_ALL=C awk -v t="$1" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.1f", now - t }'; }
 within() { LC_ALL=C awk -v t="$1" -v now="$EPOCHREALTIME" -v limit="$2" 'BEGIN { exit !(now - t < limit) }'; }
-
-step "tools"
-for tool in docker docker-compose python3 curl cargo; do
-    command -v "$tool" >/dev/null || fail "$tool is required"
-done
 
 step "images (docker/build.sh) and the Prometheus stand-in"
 bash docker/build.sh

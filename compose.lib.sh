@@ -1,12 +1,6 @@
 # Shell functions shared by the compose end-to-end tests (compose.test.sh,
-# compose.ha.test.sh), sourced rather than copied so both tear down and report alike.
-#
-# The sourcing script sets, before calling them:
-#   project   the compose project name of this run
-#   compose   the docker-compose command as an array: (docker-compose -p "$project" [-f ...])
-#   images    every image the run builds (removed on exit unless KEEP_IMAGES is set)
-#   logs      a directory of this run's own, removed on exit
-# and installs the traps: trap on_exit EXIT; trap 'exit 130' INT TERM
+# compose.ha.test.sh), sourced rather than copied so both set up, tear down and report
+# alike. A script sources it, then calls begin_run first.
 
 torn_down=""
 
@@ -27,6 +21,43 @@ for port in (int(sys.argv[1]), 0):
         print(s.getsockname()[1])
         break
 EOF
+}
+
+# Names the run and installs its traps: begin_run NAME [COMPOSE_FILE...] sets
+#   project   mesh-NAME-PID, the compose project name of this run
+#   MESH_TAG  NAME-PID, the tag of every image it builds (exported, as PROMETHEUS_IMAGE)
+#   images    those images (removed on exit unless KEEP_IMAGES is set)
+#   compose   the docker-compose command as an array, with -f for each COMPOSE_FILE
+#   logs      a directory of this run's own under target/, removed on exit
+#   started   $SECONDS when the run began
+# then checks the tools every run needs.
+begin_run() {
+    local name=$1 file tool
+    shift
+    # Only what the script sets: a caller's profile or extra compose files would change
+    # the stack.
+    unset COMPOSE_PROFILES COMPOSE_FILE COMPOSE_PROJECT_NAME
+    project="mesh-$name-$$"
+    export MESH_TAG="$name-$$"
+    export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
+    # A tag of the run's own, so removing them touches nobody else's.
+    images=(registry proxy recommendations marketplace etcd prometheus-standin)
+    images=("${images[@]/#/mesh/}")
+    images=("${images[@]/%/:$MESH_TAG}")
+    compose=(docker-compose -p "$project")
+    for file in "$@"; do
+        compose+=(-f "$file")
+    done
+    started=$SECONDS
+    mkdir -p target
+    logs=$(mktemp -d "target/compose-$name.XXXXXX")
+    trap on_exit EXIT
+    trap 'exit 130' INT TERM
+
+    step "tools"
+    for tool in docker docker-compose python3 curl cargo; do
+        command -v "$tool" >/dev/null || fail "$tool is required"
+    done
 }
 
 # Stops and removes the project's containers, network and volumes, then checks that none

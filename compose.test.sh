@@ -16,29 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Only what this script sets: a caller's profile or extra compose files would change the stack.
-unset COMPOSE_PROFILES COMPOSE_FILE COMPOSE_PROJECT_NAME
-project="mesh-e2e-$$"
-export MESH_TAG="e2e-$$"
-export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
-# Every image this run builds: a tag of its own, so removing them touches nobody else's.
-images=(registry proxy recommendations marketplace etcd prometheus-standin)
-images=("${images[@]/#/mesh/}")
-images=("${images[@]/%/:$MESH_TAG}")
-compose=(docker-compose -p "$project")
-started=$SECONDS
-mkdir -p target
-logs=$(mktemp -d target/docker-prometheus.XXXXXX)  # logs of this run
-
-# step, fail, port, teardown, on_exit: shared with compose.ha.test.sh.
+# The run's names (project, image tag, logs), its traps and tools: compose.lib.sh, shared
+# with the other compose test.
 source compose.lib.sh
-trap on_exit EXIT
-trap 'exit 130' INT TERM
-
-step "tools"
-for tool in docker docker-compose python3 curl cargo; do
-    command -v "$tool" >/dev/null || fail "$tool is required"
-done
+begin_run e2e
 
 step "Prometheus stand-in image"
 bash docker/prometheus-standin.sh "$PROMETHEUS_IMAGE" || fail "building $PROMETHEUS_IMAGE"
