@@ -149,19 +149,21 @@ impl EtcdStore {
         }
     }
 
-    /// One watch, from a full read when `read_all`; returns when the stream ends.
+    /// One watch, from a full read when `read_all`; returns when the stream ends. May be
+    /// dropped at any await (the probe asks for the watch again): each step is done once.
     async fn follow_once(&self, read_all: &mut bool) -> Result<(), super::EtcdError> {
         if *read_all {
             let (revision, kvs) = self.etcd.range_prefix(&self.prefix).await?;
-            let instances = kvs.len();
+            let keys = kvs.len();
             self.resync(revision, kvs);
             *read_all = false;
+            tracing::info!(revision, keys, endpoint = %self.etcd.endpoint(), "read the catalog from etcd");
+        }
+        if !self.is_synced() {
             // Writes need the replica's etcd lease (owner keys hang on it): the API
-            // opens once both are there.
+            // opens once it holds the catalog and the lease.
             let _ = self.lease.subscribe().wait_for(|lease| *lease != 0).await;
-            if !self.synced.send_replace(true) {
-                tracing::info!(revision, keys = instances, endpoint = %self.etcd.endpoint(), "read the catalog from etcd");
-            }
+            self.synced.send_replace(true);
         }
         let from = *self.applied.borrow() + 1;
         let mut stream = self.etcd.watch(&self.prefix, from).await?;
@@ -245,5 +247,71 @@ impl EtcdStore {
             }
         }
         tracing::info!("etcd is reachable again: accepting writes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{Notify, watch};
+
+    use crate::catalog::Catalog;
+    use crate::etcd::EtcdStore;
+    use crate::etcd::metrics::EtcdMetrics;
+    use crate::metrics::Metrics;
+
+    /// A peer on 127.0.0.1 that answers a range with an empty catalog at revision 5 and
+    /// holds a watch open without a message; returns its URL.
+    async fn quiet_etcd() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = vec![0; 4096];
+                    let n = socket.read(&mut head).await?;
+                    let answer = if head[..n].starts_with(b"POST /v3/watch") {
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+                    } else {
+                        let body = r#"{"header":{"revision":"5"}}"#;
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    socket.write_all(answer.as_bytes()).await?;
+                    // Held open: the watch never ends, the range's connection idles.
+                    let _ = socket.read(&mut head).await;
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_watch_reopened_while_the_replica_waits_for_its_lease_still_opens_the_api() {
+        let metrics = Arc::new(EtcdMetrics::new(&Metrics::new()));
+        let catalog = Arc::new(Catalog::new(Duration::from_secs(30)));
+        let store = EtcdStore::new(vec![quiet_etcd().await], "/t", catalog, metrics);
+        let store = Arc::new(store);
+        let (reopen, (_stop, stopped)) = (Arc::new(Notify::new()), watch::channel(false));
+        tokio::spawn(store.clone().follow(reopen.clone(), stopped));
+
+        // The catalog is read; the replica waits for its etcd lease before it opens.
+        let mut applied = store.applied.subscribe();
+        applied.wait_for(|a| *a == 5).await.unwrap();
+        assert!(!store.is_synced());
+        // The probe asks for the watch to be opened again meanwhile.
+        reopen.notify_one();
+        tokio::task::yield_now().await;
+        store.lease.send_replace(7);
+
+        let mut synced = store.synced.subscribe();
+        let opened = tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s));
+        assert!(opened.await.is_ok(), "the API never opens");
     }
 }
