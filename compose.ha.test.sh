@@ -28,13 +28,16 @@ cd "$(dirname "$0")"
 # with the other compose test.
 source compose.lib.sh
 begin_run e2e-ha compose.yaml compose.ha.yaml
+# The operator token compose.yaml gives the registry: the test's own writes need it, as
+# sidecars write with their certificates on the TLS listener.
+operator="authorization: Bearer ${MESH_OPERATOR_TOKEN:-dev-only-operator-token-not-for-real-deployments}"
 
 # Seconds since an $EPOCHREALTIME, with one decimal; whether fewer than $2 have passed.
 since() { LC_ALL=C awk -v t="$1" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.1f", now - t }'; }
 within() { LC_ALL=C awk -v t="$1" -v now="$EPOCHREALTIME" -v limit="$2" 'BEGIN { exit !(now - t < limit) }'; }
 
-step "images (docker/build.sh) and the Prometheus stand-in"
-bash docker/build.sh
+step "images (docker/build.sh --etcd) and the Prometheus stand-in"
+bash docker/build.sh --etcd
 bash docker/prometheus-standin.sh "$PROMETHEUS_IMAGE" || fail "building $PROMETHEUS_IMAGE"
 # A registry without etcd support would only show up as replicas that never get healthy.
 help=$(docker run --rm "mesh/registry:$MESH_TAG" --help)
@@ -52,8 +55,8 @@ up_log="$logs/up.log"
 COMPOSE_PROJECT_NAME="$project" bash docker/up.sh --no-build -f compose.ha.yaml | tee "$up_log"
 time_to_healthy=$(sed -n 's/^==> healthy \([0-9]*\) s after up -d$/\1/p' "$up_log")
 containers=$("${compose[@]}" ps -q | wc -l)
-[[ $containers -eq 13 ]] ||
-    fail "expected 13 containers (3 etcd, registry-ca, 2 registries, Prometheus, 3 sidecars, 3 apps), got $containers"
+[[ $containers -eq 17 ]] ||
+    fail "expected 17 containers (3 etcd, registry-ca, 2 registries, Prometheus, 5 sidecars, 5 apps), got $containers"
 [[ -z $("${compose[@]}" ps -q registry) ]] || fail "compose.yaml's single registry is running beside the replicas"
 
 step "the etcd cluster and the two replicas"
@@ -192,11 +195,11 @@ passing=$(python3 -c 'import json,sys; print(" ".join(sorted(i["id"] for i in js
 ! grep -qi '^x-mesh-stale: *true' "$logs/headers" || fail "registry-2 answers stale with 2 of 3 etcd members up"
 echo "registry-2 lists both instances, passing (heartbeats reach it), not stale"
 instance="$registry2/v1/services/ha-check/instances/ha-check-1"
-code=$(curl -sS -o "$logs/put" -w '%{http_code}' -X PUT -H 'content-type: application/json' \
+code=$(curl -sS -o "$logs/put" -w '%{http_code}' -X PUT -H "$operator" -H 'content-type: application/json' \
     -d '{"address":"ha-check:1"}' "$instance")
 [[ $code == 200 ]] || fail "PUT through registry-2 without etcd-2: $code $(cat "$logs/put")"
 curl -fsS "$registry2/v1/services/ha-check" | grep -q '"ha-check-1"' || fail "registry-2 does not list what it just registered"
-code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$instance")
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE -H "$operator" "$instance")
 [[ $code == 204 ]] || fail "DELETE through registry-2 without etcd-2: $code"
 echo "write through registry-2 with etcd-2 stopped: PUT 200, listed, DELETE 204"
 
@@ -217,7 +220,7 @@ def targets():
 deadline = time.monotonic() + 30
 while True:
     sidecars, registries = targets()
-    good = len(sidecars) == 3 and all(h == "up" for _, h in sidecars) and ("registry-2:7700", "up") in registries
+    good = len(sidecars) == 5 and all(h == "up" for _, h in sidecars) and ("registry-2:7700", "up") in registries
     if good or time.monotonic() > deadline:
         break
     time.sleep(1)
@@ -244,7 +247,7 @@ echo "reads: X-Mesh-Stale: true $time_to_stale s after docker stop etcd-3 began 
 ready=$(curl -sS "$registry2/readyz")
 grep -q '"status":"stale"' <<<"$ready" || fail "registry-2's /readyz while etcd has no quorum: $ready"
 echo "registry-2 /readyz: $ready"
-code=$(curl -sS -m 30 -o "$logs/put" -w '%{http_code}' -X PUT -H 'content-type: application/json' \
+code=$(curl -sS -m 30 -o "$logs/put" -w '%{http_code}' -X PUT -H "$operator" -H 'content-type: application/json' \
     -d '{"address":"ha-check:1"}' "$instance") || true
 [[ $code == 503 ]] && grep -qi etcd "$logs/put" ||
     fail "a write without quorum answered $code, not 503 naming etcd: $(cat "$logs/put")"
@@ -267,12 +270,12 @@ until ready "$registry2" && ready "$registry1"; do
 done
 echo "both replicas ready (not stale) $(since "$recovering") s after docker-compose start etcd-3 registry-1 began"
 # One catalog: what one replica writes, the other lists.
-code=$(curl -sS -o "$logs/put" -w '%{http_code}' -X PUT -H 'content-type: application/json' \
+code=$(curl -sS -o "$logs/put" -w '%{http_code}' -X PUT -H "$operator" -H 'content-type: application/json' \
     -d '{"address":"ha-check:1"}' "$registry1/v1/services/ha-check/instances/ha-check-1")
 [[ $code == 200 ]] || fail "PUT through registry-1 after recovery: $code $(cat "$logs/put")"
 curl -fsS "$registry2/v1/services/ha-check" | grep -q '"ha-check-1"' ||
     fail "registry-2 does not list what registry-1 registered"
-code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$instance")
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE -H "$operator" "$instance")
 [[ $code == 204 ]] || fail "DELETE through registry-2 after recovery: $code"
 listed1=$(ids "$registry1") || fail "GET $registry1/v1/services/recommendations"
 [[ $listed1 == "recommendations-1 recommendations-2" ]] || fail "the restarted registry-1 lists [$listed1]"

@@ -10,9 +10,15 @@
 # 3. loads the page, then keeps ~50 page loads a second going for 40 s while one
 #    recommendations app container is killed: not one load may fail, and the registry must
 #    stop listing the killed instance within lease + grace;
-# 4. asks Prometheus what it saw (requests, retries or ejections, connections over mTLS,
-#    every sidecar target up) and checks the Grafana dashboard's queries against it;
-# 5. tears the stack down (also on failure) and checks nothing of it is left.
+# 4. uses the cache (Redis, opaque TCP) with redis-cli in the marketplace's network
+#    namespace: SET/GET/PING through its sidecar; then holds blocked connections on both
+#    instances and kills cache-1: the connections it held end (and the marketplace's
+#    sidecar counts them closed), those at cache-2 stay open, new ones all reach cache-2,
+#    right after the kill as once cache-1 is no longer listed;
+# 5. asks Prometheus what it saw (requests, retries or ejections, connections over mTLS,
+#    connections to the cache, every sidecar target up) and checks the Grafana
+#    dashboard's queries against it;
+# 6. tears the stack down (also on failure) and checks nothing of it is left.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,7 +42,7 @@ up_log="$logs/up.log"
 COMPOSE_PROJECT_NAME="$project" bash docker/up.sh | tee "$up_log"
 time_to_healthy=$(sed -n 's/^==> healthy \([0-9]*\) s after up -d$/\1/p' "$up_log")
 containers=$("${compose[@]}" ps -q | wc -l)
-[[ $containers -eq 8 ]] || fail "expected 8 containers (registry, Prometheus, 3 sidecars, 3 apps), got $containers"
+[[ $containers -eq 13 ]] || fail "expected 13 containers (the one-shot registry-ca, registry, Prometheus, 5 sidecars, 5 apps), got $containers"
 
 step "the page through the marketplace sidecar ($page)"
 body=$(curl -fsS "$page") || fail "GET $page"
@@ -50,7 +56,21 @@ curl -fsS "$registry/ui/" | grep -q '<title>' || fail "no dashboard at $registry
 relayed=$(curl -fsS "$registry/v1/services/marketplace/instances/marketplace-1/admin/debug/endpoints") \
     || fail "the registry did not relay marketplace-1's /debug/endpoints"
 grep -q '"recommendations"' <<<"$relayed" || fail "marketplace-1's sidecar does not follow recommendations: $relayed"
-cargo run -q --release -p meshctl -- --registry "$registry" check || fail "meshctl check failed"
+# The binary the local demo builds; `cargo run -p meshctl` alone would resolve other
+# dependency features and recompile them.
+meshctl="${CARGO_TARGET_DIR:-target}/release/meshctl"
+[[ -x $meshctl ]] || cargo build -q --release -p meshctl
+"$meshctl" --registry "$registry" check || fail "meshctl check failed"
+
+step "registry writes are bound to the sidecars' identities"
+owners=$(curl -fsS "$registry/v1/services/recommendations?all=true" | python3 -c \
+    'import json, sys; print(" ".join(sorted({i["owner"] for i in json.load(sys.stdin)["instances"]})))')
+[[ $owners == "spiffe://mesh.local/service/recommendations" ]] \
+    || fail "recommendations' instances should be owned by its certificate, not: $owners"
+forged=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'content-type: application/json' \
+    -d '{"address":"10.6.6.6:4143"}' "$registry/v1/services/recommendations/instances/recommendations-1")
+[[ $forged == 401 ]] || fail "a write without credentials got $forged, not 401"
+echo "instances owned by $owners; an anonymous PUT over recommendations-1: $forged"
 
 step "50 page loads/s for 40 s; recommendations-1 killed from 8 s on, while it takes traffic"
 victim=$("${compose[@]}" ps -q recommendations-1)
@@ -127,6 +147,127 @@ state=$(docker inspect -f '{{.State.Status}} (restarts: {{.RestartCount}})' "$vi
 [[ $state == exited* ]] || fail "the killed container is $state: the restart policy brought it back"
 echo "killed container: $state"
 
+step "the cache through the marketplace's sidecar: Redis as opaque TCP, cache-1 killed"
+cache_started=$SECONDS
+cache_image="mesh/cache:$MESH_TAG"
+cache1=$("${compose[@]}" ps -q cache-1)
+cache2=$("${compose[@]}" ps -q cache-2)
+marketplace_admin="$registry/v1/services/marketplace/instances/marketplace-1/admin"
+# Clients run redis-cli in the marketplace's network namespace, where 127.0.0.1:6379 is its
+# sidecar's upstream listener for cache. Without --no-healthcheck the image's own check
+# would dial that listener every 2 s, adding connections of its own.
+client=(docker run --label "$client_label" --no-healthcheck
+    --network "container:$("${compose[@]}" ps -q marketplace-sidecar)")
+cli=(/redis-cli -h 127.0.0.1 -p 6379)
+
+# The marketplace sidecar's samples of metric $1 for its connections to cache, summed over
+# the reasons named after it (all, if none).
+spliced() {
+    curl -fsS "$marketplace_admin/metrics" | python3 -c '
+import re, sys
+name, reasons = sys.argv[1], sys.argv[2:]
+total = 0.0
+for line in sys.stdin:
+    m = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line.strip())
+    if m and m[1] == name:
+        labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", m[2]))
+        if (labels.get("direction"), labels.get("service")) == ("outbound", "cache") \
+                and (not reasons or labels.get("reason") in reasons):
+            total += float(m[3])
+print(int(total))' "$@"
+}
+# The cache instances the marketplace's sidecar routes to.
+routed() {
+    curl -fsS "$marketplace_admin/debug/endpoints" | python3 -c '
+import json, sys
+print(" ".join(sorted(e["instance"] for d in json.load(sys.stdin) if d["service"] == "cache" for e in d["endpoints"])))'
+}
+# The databases whose BLPOP an instance is blocked in: each held connection selects a
+# database of its own (-n), so CLIENT LIST on the instance tells which ones reached it.
+blocked() {
+    docker exec "$1" /redis-cli -p 6379 CLIENT LIST |
+        sed -n 's/.* db=\([0-9]*\) .* cmd=blpop .*/\1/p' | sort -n | xargs
+}
+all_blocked() { (($(wc -w <<<"$(blocked "$cache1") $(blocked "$cache2")") == $1)); }
+exited() { [[ $(docker inspect -f '{{.State.Status}}' "$1") == exited ]]; }
+counted_closed() { (($(spliced mesh_spliced_closed_total closed reset) - closed_before >= $1)); }
+routes_to() { [[ $(routed) == "$1" ]]; }
+
+# One connection: the commands reach one instance and its answers come back.
+answers=$(printf 'SET mesh-e2e through-the-mesh\nGET mesh-e2e\nPING\n' |
+    "${client[@]}" --rm -i "$cache_image" "${cli[@]}") || fail "redis-cli through the mesh: $answers"
+[[ $answers == $'OK\nthrough-the-mesh\nPONG' ]] || fail "SET, GET, PING answered: $answers"
+holders=0
+for id in "$cache1" "$cache2"; do
+    if [[ $(docker exec "$id" /redis-cli -p 6379 GET mesh-e2e) == through-the-mesh ]]; then
+        holders=$((holders + 1))
+    fi
+done
+[[ $holders -eq 1 ]] || fail "the key is on $holders cache instances, not on one"
+echo "SET, GET, PING over one connection: OK, through-the-mesh, PONG; the key is on one instance"
+
+# Held connections (BLPOP on a key nobody pushes to), one at a time until each instance
+# holds one: p2c sends a new connection to the endpoint with fewer open, weighed by its
+# connect latency, so the first two usually split. Kept stopped, not removed, once they
+# exit: their status tells how the connection ended.
+held=()
+for db in 1 2 3 4 5 6; do
+    held+=("$("${client[@]}" -d "$cache_image" "${cli[@]}" -n "$db" BLPOP mesh-e2e-held 0)")
+    eventually 10 "held connection $db blocked at an instance" all_blocked "$db"
+    on1=$(blocked "$cache1") on2=$(blocked "$cache2")
+    if [[ -n $on1 && -n $on2 ]]; then
+        break
+    fi
+done
+[[ -n $on1 && -n $on2 ]] || fail "$db held connections all went to one instance (cache-1: [$on1], cache-2: [$on2])"
+echo "held connections (by database): cache-1 [$on1], cache-2 [$on2]"
+
+closed_before=$(spliced mesh_spliced_closed_total closed reset)
+reset_before=$(spliced mesh_spliced_closed_total reset)
+docker kill "$cache1" >/dev/null
+for db in $on1; do
+    eventually 10 "the client held at cache-1 (database $db) still runs after the kill" exited "${held[db - 1]}"
+    status=$(docker inspect -f '{{.State.ExitCode}}' "${held[db - 1]}")
+    said=$(docker logs "${held[db - 1]}" 2>&1 | tail -n 1)
+    [[ $status -ne 0 ]] || fail "the client held at cache-1 (database $db) exited 0: $said"
+    echo "  held at cache-1 (database $db): its client exited $status: $said"
+done
+eventually 10 "the marketplace's sidecar did not count the $(wc -w <<<"$on1") closed connection(s)" \
+    counted_closed "$(wc -w <<<"$on1")"
+reset=$(($(spliced mesh_spliced_closed_total reset) - reset_before))
+closed=$(($(spliced mesh_spliced_closed_total closed reset) - closed_before - reset))
+echo "  counted by the marketplace's sidecar since the kill: reason=\"reset\" +$reset, reason=\"closed\" +$closed"
+for db in $on2; do
+    if exited "${held[db - 1]}"; then
+        fail "the client held at cache-2 (database $db) ended with cache-1's kill"
+    fi
+done
+[[ $(blocked "$cache2") == "$on2" ]] || fail "cache-2 holds [$(blocked "$cache2")], not [$on2], after cache-1's kill"
+open=$(spliced mesh_spliced_open_connections)
+[[ $open -eq $(wc -w <<<"$on2") ]] || fail "mesh_spliced_open_connections to cache is $open, not $(wc -w <<<"$on2")"
+echo "  held at cache-2 [$on2]: still blocked there; open connections to cache: $open"
+
+# New connections at once, most likely before cache-1's sidecar has reported its app: that
+# sidecar tells the marketplace's (over mTLS) that it cannot reach Redis, which then tries
+# cache-2; the client never sees a connection closed under it.
+survivor=${held[${on2%% *} - 1]}
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    pong=$(docker exec "$survivor" "${cli[@]}" PING 2>&1) || true
+    [[ $pong == PONG ]] || fail "new connection $i right after the kill answered: $pong"
+done
+echo "  10 new connections right after the kill (routed to: $(routed)): PONG each"
+
+# New connections once the sidecar routes to cache-2 alone (cache-1's sidecar reports its
+# app critical within a health check, 2 s; the registry's lease + grace is the bound).
+eventually 40 "the marketplace's sidecar still routes to cache-1" routes_to cache-2
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    pong=$(docker exec "$survivor" "${cli[@]}" PING 2>&1) || true
+    [[ $pong == PONG ]] || fail "new connection $i after the kill answered: $pong"
+done
+[[ $(blocked "$cache2") == "$on2" ]] || fail "cache-2 holds [$(blocked "$cache2")], not [$on2], after the new connections"
+echo "  10 new connections after the kill: PONG each; routed to: $(routed)"
+echo "cache stage: $((SECONDS - cache_started)) s"
+
 step "what Prometheus saw ($prometheus)"
 PROMETHEUS="$prometheus" python3 - <<'EOF'
 """Polls Prometheus until its data shows the traffic, the kill's effects and healthy
@@ -153,6 +294,9 @@ def observe():
         # Calls that reached recommendations-1's sidecar after its app died and failed there.
         "dead": scalar('sum(mesh_responses_total{direction="inbound", instance="recommendations-1", classification!="success"})'),
         "tls": scalar('sum(mesh_inbound_connections_total{app="recommendations", tls="tls"})'),
+        # The marketplace's connections carried to the cache, and the cache sidecars' side.
+        "cache": scalar('sum(mesh_spliced_connections_total{direction="outbound", service="cache"})'),
+        "cache_tls": scalar('sum(mesh_inbound_connections_total{app="cache", tls="tls"})'),
         "plaintext": scalar('sum(mesh_inbound_connections_total{tls="plaintext"})'),
         "sidecars": sorted((t["labels"].get("instance", "?"), t["health"]) for t in sidecars),
         "registry": [t["health"] for t in targets if t["labels"]["job"] == "mesh-registry"],
@@ -168,7 +312,9 @@ def problems(seen):
         found.append(f"{seen['dead']:.0f} calls failed at recommendations-1, yet neither retries nor ejections recorded")
     if seen["tls"] <= 0 or seen["plaintext"] > 0:
         found.append("calls to recommendations did not all arrive over mTLS")
-    if len(seen["sidecars"]) != 3 or any(h != "up" for _, h in seen["sidecars"]):
+    if seen["cache"] <= 0 or seen["cache_tls"] <= 0:
+        found.append("no connection to the cache recorded, carried or over mTLS")
+    if len(seen["sidecars"]) != 5 or any(h != "up" for _, h in seen["sidecars"]):
         found.append(f"sidecar targets not all up: {seen['sidecars']}")
     if seen["registry"] != ["up"]:
         found.append(f"registry target: {seen['registry']}")
@@ -183,6 +329,7 @@ while True:
 print(f"  mesh_requests_total outbound to recommendations: {seen['requests']:.0f}")
 print(f"  calls failed at the dead instance's sidecar: {seen['dead']:.0f}; mesh_retries_total: {seen['retries']:.0f}, mesh_endpoint_ejections_total: {seen['ejections']:.0f}")
 print(f"  inbound connections to recommendations over mTLS: {seen['tls']:.0f}, plaintext anywhere: {seen['plaintext']:.0f}")
+print(f"  connections to the cache carried by the marketplace's sidecar: {seen['cache']:.0f}; taken by the cache sidecars over mTLS: {seen['cache_tls']:.0f}")
 print(f"  sidecar targets (from the registry): {', '.join(f'{i} {h}' for i, h in seen['sidecars'])}")
 print(f"  registry target: {', '.join(seen['registry'])}")
 sys.exit("; ".join(problems(seen)) or None)

@@ -16,6 +16,13 @@
 # BENCH_ONLY=s6 runs S6 alone (under 2 minutes) and rewrites only the S6 section and the
 # registry rows of the goals table in BENCH_OUT, which must hold a full report already.
 #
+# Carried bytes (single-stream TCP throughput, memory per idle WebSocket connection and
+# WebSocket echo round trips, through a sidecar pair against direct, HAProxy and Envoy) is a
+# scenario of its own: `bench/tcp.sh`, about a minute. It is not run from here: its
+# single stream keeps four processes busy at once, which the one CPU this script gives the
+# targets under test cannot hold. The report keeps its section as it was, with that run's
+# figures and date.
+#
 # Needs taskset, python3, curl, wrk, nginx, haproxy, h2load and nghttp (gnuplot for the plot,
 # perf for the profile, valgrind for instruction counts: optional). When one of wrk, nginx,
 # haproxy, h2load, nghttp or valgrind is missing and the script runs as root on a system with

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Builds the mesh's container images: static binaries (profile dist) once, then four FROM scratch
-# images holding them, and a fifth with etcd for the registry's highly available setup.
+# images holding them and a fifth with Debian's Redis, the cache; with --etcd, a sixth with
+# etcd for the registry's highly available setup.
 #
-#   docker/build.sh                  # mesh/registry:dev, mesh/proxy:dev, ..., mesh/etcd:dev
+#   docker/build.sh                  # mesh/registry:dev, mesh/proxy:dev, ..., mesh/cache:dev
+#   docker/build.sh --etcd           # the same and mesh/etcd:dev (for compose.ha.yaml)
 #   MESH_TAG=1.2 docker/build.sh     # another tag
 #
 # The binaries are linked statically against glibc (crt-static), so they run in an empty
 # image; mesh-probe goes into every image for the health checks. Cargo puts them under
-# CARGO_TARGET_DIR when that is set, else under ./target. etcd is its official static
-# build, downloaded once by docker/etcd-binaries.sh. Images are built with the
-# classic builder (no BuildKit features) from a staging directory that holds only what the
-# images need, so the build context stays tens of megabytes instead of the whole target dir.
+# CARGO_TARGET_DIR when that is set, else under ./target. Redis is Debian's, dynamically
+# linked: docker/redis-files.sh copies it with the libraries it links (installing the
+# package when missing). etcd is its official static build, downloaded once by
+# docker/etcd-binaries.sh. Images are built with the classic builder (no BuildKit
+# features) from a staging directory that holds only what the images need, so the build
+# context stays tens of megabytes instead of the whole target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +22,12 @@ tag="${MESH_TAG:-dev}"
 triple=x86_64-unknown-linux-gnu
 target_dir="${CARGO_TARGET_DIR:-target}"
 release="$target_dir/$triple/dist"
-images=(registry proxy recommendations marketplace etcd)
+images=(registry proxy recommendations marketplace cache)
+case ${1:-} in
+    --etcd) images+=(etcd) ;;
+    "") ;;
+    *) echo "usage: docker/build.sh [--etcd]" >&2; exit 2 ;;
+esac
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -53,13 +62,17 @@ for bin in mesh-registry mesh-proxy mesh-probe recommendations marketplace; do
     fi
     cp "$release/$bin" "$stage/"
 done
-say "etcd (static release build)"
-bash docker/etcd-binaries.sh "$stage"
-# etcd wants its data directory private (0700; it warns otherwise). COPY keeps the mode of
-# what it copies but makes a destination directory 0755, so the image gets the directory
-# as the content of another one.
-mkdir -p "$stage/etcd-fs"
-mkdir -m 700 "$stage/etcd-fs/etcd-data"
+say "Redis (Debian's, with the libraries it links)"
+bash docker/redis-files.sh "$stage/cache-fs"
+if [[ " ${images[*]} " == *" etcd "* ]]; then
+    say "etcd (static release build)"
+    bash docker/etcd-binaries.sh "$stage"
+    # etcd wants its data directory private (0700; it warns otherwise). COPY keeps the mode
+    # of what it copies but makes a destination directory 0755, so the image gets the
+    # directory as the content of another one.
+    mkdir -p "$stage/etcd-fs"
+    mkdir -m 700 "$stage/etcd-fs/etcd-data"
+fi
 for name in "${images[@]}"; do cp "docker/$name.Dockerfile" "$stage/"; done
 command -v file >/dev/null && say "binaries are static: $(file -b "$stage/mesh-proxy" | sed "s/, BuildID.*//")"
 

@@ -13,9 +13,11 @@
 # giving it the same -f files.
 #
 # Prometheus and Grafana come from Docker Hub. Where Prometheus' image cannot be pulled,
-# a local stand-in is built from Debian's package instead (docker/prometheus-standin.sh);
-# Grafana has none, so the observability profile needs its image. A failed start takes
-# down what it created (containers, network, volumes).
+# a local stand-in is built once from Debian's package instead (docker/prometheus-standin.sh)
+# and reused by later runs; Grafana has none, so the observability profile needs its image,
+# which is checked before anything is built. etcd's image is built only for a stack that
+# runs it (-f compose.ha.yaml). A failed start takes down what it created (containers,
+# network, volumes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,23 +50,36 @@ if ((${#files[@]} > 1)); then
     COMPOSE_FILE=$(IFS=:; echo "${files[*]}")
     export COMPOSE_FILE
 fi
-if [[ -n $build ]]; then bash docker/build.sh; fi
-
-export PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
-if ! have_image "$PROMETHEUS_IMAGE"; then
-    standin="mesh/prometheus-standin:${MESH_TAG:-dev}"
-    say "$PROMETHEUS_IMAGE cannot be pulled here: building $standin from Debian's prometheus"
-    bash docker/prometheus-standin.sh "$standin"
-    export PROMETHEUS_IMAGE=$standin
-    # Debian's build serves Prometheus' classic UI.
-    prometheus_ui="$prometheus/classic/targets"
-fi
+# Third-party images first: a missing one is reported before minutes of building.
 if [[ ,${COMPOSE_PROFILES:-}, == *,observability,* ]]; then
     grafana_image="${GRAFANA_IMAGE:-grafana/grafana:10.4.2}"
     if ! have_image "$grafana_image"; then
         echo "error: $grafana_image cannot be pulled here, and the observability profile needs it;" >&2
         echo "       run without COMPOSE_PROFILES=observability (Prometheus alone), or set GRAFANA_IMAGE" >&2
         exit 1
+    fi
+fi
+export PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
+standin=""
+if ! have_image "$PROMETHEUS_IMAGE"; then
+    standin="mesh/prometheus-standin:${MESH_TAG:-dev}"
+    if docker image inspect "$standin" >/dev/null 2>&1; then
+        say "$PROMETHEUS_IMAGE cannot be pulled here: using $standin, built earlier"
+    else
+        say "$PROMETHEUS_IMAGE cannot be pulled here: building $standin from Debian's prometheus"
+        bash docker/prometheus-standin.sh "$standin"
+    fi
+    export PROMETHEUS_IMAGE=$standin
+    # Debian's build serves Prometheus' classic UI.
+    prometheus_ui="$prometheus/classic/targets"
+fi
+
+# etcd's image only for a stack that runs etcd (compose.ha.yaml).
+if [[ -n $build ]]; then
+    if grep -qs 'mesh/etcd' "${files[@]}"; then
+        bash docker/build.sh --etcd
+    else
+        bash docker/build.sh
     fi
 fi
 
@@ -121,10 +136,19 @@ EOF
 if [[ -n "$(docker-compose ps -q registry-2 2>/dev/null)" ]]; then
     echo "  registry-2   http://127.0.0.1:${REGISTRY_2_PORT:-7701}/v1/services   (the same catalog, from etcd)"
 fi
+meshctl="${CARGO_TARGET_DIR:-./target}/release/meshctl"
+if [[ ! -x $meshctl ]]; then
+    meshctl="cargo build --release -p meshctl && $meshctl"
+fi
 cat <<EOF
-  meshctl      cargo run -q --release -p meshctl -- --registry http://127.0.0.1:${REGISTRY_PORT:-7700} check
+  meshctl      $meshctl --registry http://127.0.0.1:${REGISTRY_PORT:-7700} check
   prometheus   $prometheus_ui
 EOF
 if [[ -n "$(docker-compose ps -q grafana 2>/dev/null)" ]]; then
     echo "  grafana      http://127.0.0.1:${GRAFANA_PORT:-3000}/   (dashboard: Mesh overview)"
+fi
+if [[ -n $standin ]]; then
+    # docker-compose would try to pull the default image for prometheus otherwise.
+    echo
+    echo "  For later docker-compose commands: export PROMETHEUS_IMAGE=$standin"
 fi

@@ -3,11 +3,16 @@
 
 Schema validation says each object is well-formed; these checks say the objects agree
 with each other and with the mesh's contracts: one native sidecar per meshed pod, its
-flags matching the app beside it, probes on real paths and ports, the security context
-and resources on every container, images set through kustomize, Services reaching real
-ports, and network policies letting through exactly the mesh's traffic. Where the registry
-keeps its catalog in etcd (the ha overlay): the etcd members agreeing with each other and
-with the registry's endpoints, replicas and disruption budgets that keep both available.
+flags matching the app beside it (its port, and the protocol the kubelet probes it in),
+probes on real paths and ports, the security context and resources on every container,
+images set through kustomize, Services reaching real ports, and network policies letting through exactly the mesh's traffic. Credentials: no
+overlay leaves registry writes open; the registry serves its TLS listener with the CA and
+the per-service join tokens from Secrets that no other container reads; each sidecar
+checks the registry against the CA certificate from a ConfigMap and holds its own
+service's join token only; no Secret or ConfigMap, rendered or committed, holds a private
+key. Where the registry keeps its catalog in etcd (the ha overlay): the etcd members
+agreeing with each other and with the registry's endpoints, replicas and disruption budgets
+that keep both available.
 
 Run with: python3 k8s/test_manifests.py [RENDERED_DIR]
 RENDERED_DIR holds one `<overlay>.yaml` per overlay (as k8s/validate.sh writes them);
@@ -15,18 +20,20 @@ without it, every overlay is rendered with `kubectl kustomize`. Prints one line 
 and `N passed, N failed` last; exits 1 if any check failed.
 """
 
+import base64
 import copy
 import ipaddress
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
 K8S = os.path.dirname(os.path.abspath(__file__))
 
-# Ports and paths from the mesh's contracts (ARCHITECTURE.md, docs/proxy.md).
+# Ports and paths from the mesh's contracts (docs/proxy.md, docs/registry-api.md).
 SIDECAR_IMAGE = "mesh/proxy"
 SIDECAR_BINARY = "mesh-proxy"
 MESHED_LABEL = ("mesh/sidecar", "true")
@@ -35,11 +42,21 @@ REGISTRY_SERVICE = "registry"
 # The one Service outsiders call (browsers, load balancers): it targets the app, since they
 # have no mesh identity and a strict-mTLS inbound listener would refuse them.
 ENTRY_POINT = "marketplace"
+# The app protocols a sidecar may declare (--app-protocol); `tcp` carries the app's
+# connections as bytes.
+APP_PROTOCOLS = ("http", "h2", "grpc", "tcp")
 # How long the sidecar waits for the registry to confirm a deregistration before draining.
 DEREGISTER_WAIT_S = 6
 RESTRICTED_UID = 65534
 ETCD_BINARY = "etcd"
 NODE_TOPOLOGY = "kubernetes.io/hostname"
+# Credentials (docs/deploy-kubernetes.md, "Credentials"): the mesh CA's certificate for the
+# sidecars, without its key; one join-token Secret per service, for that service's sidecars.
+CA_BUNDLE = "mesh-ca-bundle"
+CA_BUNDLE_KEY = "ca.pem"
+JOIN_TOKEN_SECRET = "mesh-join-token-{}"
+# The PEM armour of any private key (PKCS#8, SEC1 "EC", PKCS#1 "RSA", encrypted).
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 
 
 def overlays():
@@ -305,6 +322,84 @@ def listen_port(flags, flag):
     return parsed[1] if parsed else None
 
 
+def registry_container(objects):
+    dep = find(objects, "Deployment", REGISTRY_SERVICE)
+    return (dep, dep["spec"]["template"]["spec"]["containers"][0]) if dep else (None, None)
+
+
+def service_port_to(objects, name, pod_spec, number):
+    """The port of Service `name` that reaches the pod's port `number`, if any."""
+    svc = find(objects, "Service", name)
+    for p in svc["spec"]["ports"] if svc else []:
+        if pod_port(pod_spec, p.get("targetPort", p["port"])) == number:
+            return p["port"]
+    return None
+
+
+def mounted_volume(pod_spec, container, path):
+    """(mount, volume) holding the file `path` in the container, or (None, None)."""
+    for m in container.get("volumeMounts", []):
+        if str(path).startswith(m["mountPath"].rstrip("/") + "/"):
+            volume = next((v for v in pod_spec.get("volumes", []) if v["name"] == m["name"]), None)
+            return m, volume
+    return None, None
+
+
+def file_in_volume(mount, source, path):
+    """Whether `path` under `mount` is one of the volume source's files (all keys, or its
+    items)."""
+    items = [i["path"] for i in source.get("items", [])]
+    return not items or path[len(mount["mountPath"].rstrip("/")) + 1:] in items
+
+
+def secrets_read(pod_spec, container):
+    """Names of the Secrets a container reads: env, envFrom and mounted volumes."""
+    names = set()
+    for item in container.get("env", []):
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            names.add(ref["name"])
+    for item in container.get("envFrom", []):
+        if "secretRef" in item:
+            names.add(item["secretRef"]["name"])
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        v = volumes.get(m["name"], {})
+        if "secret" in v:
+            names.add(v["secret"]["secretName"])
+        for source in v.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
+
+
+def secret_ref(value):
+    """The secretKeyRef of an env value (as env_of gives it), or None."""
+    return value.get("secretKeyRef") if isinstance(value, dict) else None
+
+
+def decoded(obj):
+    """A Secret's or ConfigMap's data as text, key -> value (base64 undone)."""
+    out = dict(obj.get("stringData") or {})
+    if obj["kind"] == "ConfigMap":
+        out.update(obj.get("data") or {})
+    binary = (obj.get("data") or {}) if obj["kind"] == "Secret" else (obj.get("binaryData") or {})
+    for key, value in binary.items():
+        out[key] = base64.b64decode(value).decode("utf-8", "replace")
+    return out
+
+
+def token_lines(text):
+    """The lines of a tokens file (the registry's --join-tokens format) as
+    (services, token, line number)."""
+    lines = []
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            lines.append((fields[0], fields[1] if len(fields) > 1 else "", n))
+    return lines
+
+
 def registry_on_etcd(objects):
     dep = find(objects, "Deployment", REGISTRY_SERVICE)
     return bool(dep and setting(dep["spec"]["template"]["spec"]["containers"][0],
@@ -506,25 +601,73 @@ def check_sidecar_app(template):
 
 
 def check_sidecar_registry(template, objects):
-    """MESH_REGISTRY names the registry Service and its port; the token is the registry's."""
-    env = env_of(mesh_sidecar(template["spec"]))[0]
+    """MESH_REGISTRY is the registry Service's TLS port over https, checked against the CA
+    certificate from the bundle ConfigMap; mTLS is on, since the certificate is what the
+    sidecar writes with."""
+    spec = template["spec"]
+    sidecar = mesh_sidecar(spec)
+    env = env_of(sidecar)[0]
     registry_svc = find(objects, "Service", REGISTRY_SERVICE)
-    if not registry_svc:
-        return [f"no Service {REGISTRY_SERVICE!r}"]
-    url = env.get("MESH_REGISTRY", "")
-    m = re.fullmatch(r"http://([^:/]+):(\d+)/?", url)
+    dep, registry = registry_container(objects)
+    if not registry_svc or not registry:
+        return [f"no Service and Deployment {REGISTRY_SERVICE!r}"]
     ns = registry_svc["metadata"].get("namespace", "")
     names = {REGISTRY_SERVICE, f"{REGISTRY_SERVICE}.{ns}", f"{REGISTRY_SERVICE}.{ns}.svc",
              f"{REGISTRY_SERVICE}.{ns}.svc.cluster.local"}
-    ports = [p["port"] for p in registry_svc["spec"]["ports"]]
+    tls_listen = setting(registry, "tls-listen", "REGISTRY_TLS_LISTEN")
+    tls_port = tls_listen and service_port_to(objects, REGISTRY_SERVICE, dep["spec"]["template"]["spec"],
+                                              port_of(tls_listen))
+    if not tls_port:
+        return [f"the Service {REGISTRY_SERVICE} has no port to a TLS listener for the sidecars"]
     problems = []
-    if not m or m.group(1) not in names or int(m.group(2)) not in ports:
-        problems.append(f"MESH_REGISTRY {url!r} is not the registry Service ({REGISTRY_SERVICE}:{ports})")
-    registry = find(objects, "Deployment", REGISTRY_SERVICE)
-    if registry:
-        registry_env = env_of(registry["spec"]["template"]["spec"]["containers"][0])[0]
-        if registry_env.get("REGISTRY_TOKEN") != env.get("MESH_REGISTRY_TOKEN"):
-            problems.append("MESH_REGISTRY_TOKEN does not come from the registry's REGISTRY_TOKEN source")
+    urls = [u.strip() for u in str(env.get("MESH_REGISTRY", "")).split(",")]
+    for url in urls:
+        m = re.fullmatch(r"https://([^:/]+):(\d+)/?", url)
+        if not m or m.group(1) not in names or int(m.group(2)) != tls_port:
+            problems.append(f"MESH_REGISTRY {url!r} is not https:// to the registry Service's TLS port"
+                            f" ({REGISTRY_SERVICE}:{tls_port})")
+    ca = env.get("MESH_REGISTRY_CA")
+    mount, volume = mounted_volume(spec, sidecar, ca) if isinstance(ca, str) else (None, None)
+    bundle = (volume or {}).get("configMap")
+    if not ca:
+        problems.append("no MESH_REGISTRY_CA: the sidecar cannot tell the registry from an impostor")
+    elif not bundle or bundle.get("name") != CA_BUNDLE:
+        problems.append(f"MESH_REGISTRY_CA {ca} is not in a mounted ConfigMap {CA_BUNDLE}")
+    else:
+        if not mount.get("readOnly"):
+            problems.append(f"the ConfigMap {CA_BUNDLE} is mounted writable")
+        name = ca[len(mount["mountPath"].rstrip("/")) + 1:]
+        items = {i["path"]: i["key"] for i in bundle.get("items", [])}
+        if (items.get(name) if items else name) != CA_BUNDLE_KEY:
+            problems.append(f"MESH_REGISTRY_CA {ca} is not the ConfigMap's key {CA_BUNDLE_KEY}")
+    if env.get("MESH_TLS", "off") == "off":
+        problems.append("MESH_TLS is off: without a certificate the sidecar cannot write to the registry")
+    return problems
+
+
+def check_sidecar_join_token(template, objects):
+    """The sidecar's join token comes from its own service's Secret, the only Secret it
+    reads; the app beside it reads none of the mesh's Secrets."""
+    spec = template["spec"]
+    sidecar = mesh_sidecar(spec)
+    env = env_of(sidecar)[0]
+    service = env.get("MESH_SERVICE")
+    own = JOIN_TOKEN_SECRET.format(service)
+    problems = []
+    ref = secret_ref(env.get("MESH_JOIN_TOKEN"))
+    if not ref or ref.get("name") != own:
+        problems.append(f"MESH_JOIN_TOKEN does not come from the Secret {own}, this service's own")
+    elif ref.get("optional"):
+        problems.append(f"MESH_JOIN_TOKEN is optional: without {own} the sidecar would start and never join")
+    others = secrets_read(spec, sidecar) - {own}
+    if others:
+        problems.append(f"the sidecar reads Secrets besides its join token: {sorted(others)}")
+    for c in spec["containers"]:
+        read = secrets_read(spec, c)
+        leaked = (read & registry_secrets(objects)) | {
+            n for n in read if n.startswith(JOIN_TOKEN_SECRET.format(""))}
+        if leaked:
+            problems.append(f"{c['name']} (an app) reads the mesh's Secrets {sorted(leaked)}")
     return problems
 
 
@@ -571,6 +714,29 @@ def check_sidecar_upstreams(template, objects):
     if len(listeners) != len(set(listeners)):
         problems.append(f"ports clash inside the pod: {sorted(listeners)}")
     return problems
+
+
+def check_sidecar_protocol(template):
+    """MESH_APP_PROTOCOL is one the proxy knows, and the one the kubelet probes the app in:
+    gRPC probes for grpc, TCP probes alone for tcp, HTTP probes for http, h2 or none (the
+    caller's version)."""
+    spec = template["spec"]
+    declared = env_of(mesh_sidecar(spec))[0].get("MESH_APP_PROTOCOL")
+    if declared is not None and declared not in APP_PROTOCOLS:
+        return [f"MESH_APP_PROTOCOL {declared!r} is none of {sorted(APP_PROTOCOLS)}"]
+    kinds = {probe_target(p)[0] for c in spec["containers"] for p in probes(c).values()} - {"exec"}
+    if "grpc" in kinds:
+        expected = "grpc"
+    elif kinds == {"tcpSocket"}:
+        expected = "tcp"
+    elif "httpGet" in kinds:
+        expected = declared if declared in (None, "http", "h2") else "http"
+    else:
+        return []
+    if declared != expected:
+        return [f"MESH_APP_PROTOCOL is {declared!r}, but the app is probed with {sorted(kinds)}:"
+                f" expected {expected!r}"]
+    return []
 
 
 def check_sidecar_probes(template):
@@ -677,7 +843,7 @@ def check_registry(objects):
     for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         how, port, got = probe_target(c.get(kind, {}))
         if how != "httpGet" or got != path or container_port(c, port) != port_of(listen):
-            problems.append(f"{kind} is not GET {path} on the API port")
+            problems.append(f"{kind} is not GET {path} on the plain API port")
     if registry_on_etcd(objects):
         return problems + registry_etcd_problems(objects, dep)
     return problems + registry_volume_problems(objects, dep)
@@ -709,7 +875,8 @@ def registry_volume_problems(objects, dep):
 
 def registry_etcd_problems(objects, dep):
     """Stateless replicas on etcd: several of them, every member as an endpoint, no volume
-    of their own, one CA from a Secret, a budget and a spread that keep one serving."""
+    of their own, a budget and a spread that keep one serving (the one CA from a Secret is
+    every overlay's: check_registry_credentials)."""
     spec = dep["spec"]
     template = spec["template"]
     pod = template["spec"]
@@ -722,9 +889,6 @@ def registry_etcd_problems(objects, dep):
         problems.append("strategy is not RollingUpdate (Recreate stops every replica at once)")
     if setting(c, "data-dir", "REGISTRY_DATA_DIR") is not None:
         problems.append("--data-dir (REGISTRY_DATA_DIR) is set: the registry refuses it with etcd")
-    if setting(c, "ca-dir", "REGISTRY_CA_DIR") is not None:
-        problems.append("--ca-dir (REGISTRY_CA_DIR) is set: with etcd it is refused unless it already"
-                        " holds a CA; give every replica the same one with --ca-cert/--ca-key from a Secret")
     claims = [v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
     if claims:
         problems.append(f"stateless replicas mount claims {claims}")
@@ -750,29 +914,6 @@ def registry_etcd_problems(objects, dep):
     if prefix is not None and not str(prefix).startswith("/"):
         problems.append(f"--etcd-prefix {prefix!r} does not start with / (the registry refuses it)")
 
-    # The CA: both files from one Secret, so every replica signs with the same key.
-    cert, key = setting(c, "ca-cert", "REGISTRY_CA_CERT"), setting(c, "ca-key", "REGISTRY_CA_KEY")
-    if not (cert and key):
-        problems.append("no --ca-cert and --ca-key: replicas on etcd need the CA from a Secret")
-    else:
-        volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        secrets = set()
-        for path in (cert, key):
-            mount = next((m for m in c.get("volumeMounts", [])
-                          if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
-            secret = mount and volumes.get(mount["name"], {}).get("secret")
-            if not secret:
-                problems.append(f"{path} is not in a mounted Secret")
-                continue
-            if not mount.get("readOnly"):
-                problems.append(f"the Secret holding {path} is mounted writable")
-            items = [i["path"] for i in secret.get("items", [])]
-            if items and path[len(mount["mountPath"].rstrip("/")) + 1:] not in items:
-                problems.append(f"{path} is not among the Secret's items {items}")
-            secrets.add(secret["secretName"])
-        if len(secrets) > 1:
-            problems.append(f"the CA certificate and key come from different Secrets {sorted(secrets)}")
-
     budgets = budgets_for(objects, template)
     if not budgets:
         problems.append("no PodDisruptionBudget: a drain may take every replica at once")
@@ -783,6 +924,201 @@ def registry_etcd_problems(objects, dep):
                             " (at least 1, and fewer than all, or drains block)")
     if not spread_over_nodes(template):
         problems.append(f"replicas are not spread over nodes ({NODE_TOPOLOGY})")
+    return problems
+
+
+# === credentials ===
+
+
+def registry_secrets(objects):
+    """The Secrets the registry reads: the CA with its key, every service's join token, the
+    operator token. No other container may read them."""
+    dep, c = registry_container(objects)
+    return secrets_read(dep["spec"]["template"]["spec"], c) if dep else set()
+
+
+def secret_file_problems(pod_spec, container, path, what):
+    """(problems, Secret name) for a file that must come from a read-only mounted Secret."""
+    mount, volume = mounted_volume(pod_spec, container, path)
+    secret = (volume or {}).get("secret")
+    if not secret:
+        return [f"{what} {path} is not in a mounted Secret"], None
+    problems = []
+    if not mount.get("readOnly"):
+        problems.append(f"the Secret holding {what} {path} is mounted writable")
+    if not file_in_volume(mount, secret, path):
+        problems.append(f"{what} {path} is not among the Secret's items")
+    return problems, secret["secretName"]
+
+
+def check_registry_tls(objects):
+    """The TLS listener sidecars write on: a declared port of its own, exposed by the
+    Service, its certificate naming the Service's names. The probes stay on the plain
+    listener (check_registry)."""
+    dep, c = registry_container(objects)
+    if not dep:
+        return ["no registry Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    tls = setting(c, "tls-listen", "REGISTRY_TLS_LISTEN")
+    if not tls:
+        return ["no REGISTRY_TLS_LISTEN: sidecars have nowhere to write with their certificates"]
+    problems = []
+    listen = setting(c, "listen", "REGISTRY_LISTEN") or "0.0.0.0:7700"
+    if port_of(tls) == port_of(listen):
+        problems.append(f"REGISTRY_TLS_LISTEN {tls} is the plain listener's port")
+    if container_port(c, port_of(tls)) is None:
+        problems.append(f"REGISTRY_TLS_LISTEN {tls} is not a containerPort")
+    elif service_port_to(objects, REGISTRY_SERVICE, pod, port_of(tls)) is None:
+        problems.append(f"the Service {REGISTRY_SERVICE} does not expose the TLS listener ({port_of(tls)})")
+    ns = dep["metadata"].get("namespace", "")
+    wanted = {REGISTRY_SERVICE, f"{REGISTRY_SERVICE}.{ns}", f"{REGISTRY_SERVICE}.{ns}.svc",
+              f"{REGISTRY_SERVICE}.{ns}.svc.cluster.local"}
+    names = setting(c, "tls-names", "REGISTRY_TLS_NAMES") or "localhost,127.0.0.1,::1"
+    missing = wanted - {n.strip() for n in str(names).split(",")}
+    if missing:
+        problems.append(f"REGISTRY_TLS_NAMES lacks the Service's names {sorted(missing)}")
+    return problems
+
+
+def check_registry_credentials(objects):
+    """The CA (certificate and key) and the per-service join tokens from read-only Secrets;
+    no CA made on a volume, no shared join token; the operator token, if any, from a
+    Secret."""
+    dep, c = registry_container(objects)
+    if not dep:
+        return ["no registry Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    env, flags = env_of(c)[0], flags_of(c)
+    problems = []
+    if setting(c, "ca-dir", "REGISTRY_CA_DIR") is not None:
+        problems.append("--ca-dir (REGISTRY_CA_DIR) is set: a CA the registry makes itself cannot be"
+                        f" handed to the sidecars (the ConfigMap {CA_BUNDLE}), and replicas on etcd"
+                        " would each need the same one; give it --ca-cert/--ca-key from a Secret")
+    cert, key = setting(c, "ca-cert", "REGISTRY_CA_CERT"), setting(c, "ca-key", "REGISTRY_CA_KEY")
+    if not (cert and key):
+        problems.append("no --ca-cert and --ca-key: no CA to sign the sidecars' certificates")
+    else:
+        secrets = set()
+        for path, what in ((cert, "the CA certificate"), (key, "the CA key")):
+            found, secret = secret_file_problems(pod, c, path, what)
+            problems += found
+            secrets |= {secret} if secret else set()
+        if len(secrets) > 1:
+            problems.append(f"the CA certificate and key come from different Secrets {sorted(secrets)}")
+    if "join-token" in flags or env.get("REGISTRY_JOIN_TOKEN") is not None:
+        problems.append("a shared join token (REGISTRY_JOIN_TOKEN): its holder may get a certificate"
+                        " for any service")
+    tokens = setting(c, "join-tokens", "REGISTRY_JOIN_TOKENS")
+    if not tokens:
+        problems.append("no REGISTRY_JOIN_TOKENS: no per-service join tokens")
+    else:
+        problems += secret_file_problems(pod, c, tokens, "the join tokens file")[0]
+    if "token" in flags or isinstance(env.get("REGISTRY_TOKEN"), str):
+        problems.append("the operator token is written into the manifest, not taken from a Secret")
+    return problems
+
+
+def check_registry_writes_closed(objects):
+    """Every write needs an identity: a CA with the TLS listener (the sidecars'
+    certificates), service tokens, or an operator token that is always there. Without any,
+    the registry is open: whoever reaches it may redirect any service's calls."""
+    dep, c = registry_container(objects)
+    if not dep:
+        return ["no registry Deployment"]
+    env = env_of(c)[0]
+    ca = setting(c, "ca-cert", "REGISTRY_CA_CERT") or setting(c, "ca-dir", "REGISTRY_CA_DIR")
+    tls = setting(c, "tls-listen", "REGISTRY_TLS_LISTEN")
+    tokens = setting(c, "tokens", "REGISTRY_TOKENS")
+    operator = flags_of(c).get("token", env.get("REGISTRY_TOKEN"))
+    ref = secret_ref(operator)
+    operator_always = isinstance(operator, str) or bool(ref and not ref.get("optional"))
+    if (ca and tls) or tokens or operator_always:
+        return []
+    return ["registry writes are open: no CA with REGISTRY_TLS_LISTEN, no REGISTRY_TOKENS, and no"
+            " operator token that is always set (an optional Secret may be missing)"]
+
+
+def check_registry_secrets_private(objects):
+    """The registry's Secrets are read by no other container: the CA key mints any
+    identity, the join tokens file holds every service's token."""
+    dep, registry = registry_container(objects)
+    secrets = registry_secrets(objects)
+    problems = []
+    for workload, template in pod_templates(objects):
+        for c in all_containers(template["spec"]):
+            if workload is dep and c["name"] == registry["name"]:
+                continue
+            shared = secrets_read(template["spec"], c) & secrets
+            if shared:
+                problems.append(f"{workload['metadata']['name']}/{c['name']} reads the registry's"
+                                f" Secrets {sorted(shared)}")
+    return problems
+
+
+def join_tokens_secret(objects):
+    """(Secret, key) of the registry's join tokens file, where the overlay renders it."""
+    dep, c = registry_container(objects)
+    path = dep and setting(c, "join-tokens", "REGISTRY_JOIN_TOKENS")
+    if not isinstance(path, str):
+        return None, None
+    mount, volume = mounted_volume(dep["spec"]["template"]["spec"], c, path)
+    source = (volume or {}).get("secret")
+    secret = source and find(objects, "Secret", source.get("secretName"))
+    if not secret:
+        return None, None
+    name = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    key = next((i["key"] for i in source.get("items", []) if i["path"] == name), name)
+    return secret, key
+
+
+def check_join_tokens_agree(objects):
+    """Where the overlay carries the join tokens (dev): every line of the registry's file is
+    good for one service, and each meshed service's Secret holds the token of its line."""
+    secret, key = join_tokens_secret(objects)
+    text = decoded(secret).get(key)
+    if text is None:
+        return [f"the Secret {secret['metadata']['name']} has no key {key!r}"]
+    lines = token_lines(text)
+    problems = [f"line {n}: the token is good for {services!r}, not for one service"
+                for services, _, n in lines if "," in services or services == "*"]
+    services = {env_of(mesh_sidecar(t["spec"]))[0].get("MESH_SERVICE")
+                for _, t in pod_templates(objects) if is_meshed(t)}
+    for service in sorted(services):
+        name = JOIN_TOKEN_SECRET.format(service)
+        own = find(objects, "Secret", name)
+        if not own:
+            problems.append(f"no Secret {name} beside the registry's join tokens")
+            continue
+        token = decoded(own).get("token")
+        scopes = [s for s, t, _ in lines if t == token]
+        if scopes != [service]:
+            problems.append(f"{name}'s token is good for {scopes or 'nothing'} in the registry's file,"
+                            f" not for {service!r}")
+    return problems
+
+
+def check_no_private_keys(objects):
+    """No rendered Secret or ConfigMap holds a private key: the CA's is made in the cluster
+    (k8s/create-ca.sh), never kept in the manifests."""
+    return [f"{o['kind']}/{o['metadata']['name']}: key {key!r} holds a private key"
+            for o in objects if o["kind"] in ("Secret", "ConfigMap")
+            for key, value in sorted(decoded(o).items()) if PRIVATE_KEY.search(value)]
+
+
+def check_no_committed_private_keys(directory):
+    """No file under the manifests' directory holds a private key: a generator could put
+    it in a Secret or ConfigMap."""
+    problems = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    if PRIVATE_KEY.search(f.read()):
+                        problems.append(f"{os.path.relpath(path, directory)} holds a private key")
+            except OSError as error:
+                problems.append(f"{path}: {error}")
     return problems
 
 
@@ -992,8 +1328,9 @@ def check_network_policies(objects):
     inbound = sidecar_port("recommendations", "MESH_INBOUND", "0.0.0.0:4143")
     admin = sidecar_port("recommendations", "MESH_ADMIN", "0.0.0.0:4191")
     app = port_of(env_of(rec.spec["containers"][0])[0]["RECOMMENDATIONS_LISTEN"])
-    registry = find(objects, "Service", REGISTRY_SERVICE)["spec"]["ports"][0]
-    registry_port = pod_port(reg.spec, registry.get("targetPort", registry["port"]))
+    registry = registry_container(objects)[1]
+    registry_port = port_of(setting(registry, "listen", "REGISTRY_LISTEN") or "0.0.0.0:7700")
+    registry_tls = port_of(setting(registry, "tls-listen", "REGISTRY_TLS_LISTEN") or "0.0.0.0:7743")
     entry = find(objects, "Service", ENTRY_POINT)["spec"]["ports"][0]
     entry_port = pod_port(mkt.spec, entry.get("targetPort", entry["port"]))
     outsider = Pod("", {}, external=True)
@@ -1005,23 +1342,46 @@ def check_network_policies(objects):
     cases = [
         ("marketplace -> recommendations sidecar inbound", mkt, rec, inbound, "TCP", True),
         ("marketplace -> recommendations app port (bypassing the sidecar)", mkt, rec, app, "TCP", False),
-        ("marketplace -> registry", mkt, reg, registry_port, "TCP", True),
-        ("recommendations -> registry", rec, reg, registry_port, "TCP", True),
-        ("un-meshed pod -> registry", unmeshed, reg, registry_port, "TCP", False),
+        ("marketplace -> registry TLS listener", mkt, reg, registry_tls, "TCP", True),
+        ("recommendations -> registry TLS listener", rec, reg, registry_tls, "TCP", True),
+        ("marketplace -> registry plain listener (sidecars use TLS)", mkt, reg, registry_port, "TCP", False),
+        ("un-meshed pod -> registry TLS listener", unmeshed, reg, registry_tls, "TCP", False),
+        ("un-meshed pod -> registry plain listener", unmeshed, reg, registry_port, "TCP", False),
         ("un-meshed pod -> recommendations sidecar inbound", unmeshed, rec, inbound, "TCP", False),
         ("prometheus (same namespace) -> sidecar admin", prometheus_here, rec, admin, "TCP", True),
-        ("prometheus (same namespace) -> registry", prometheus_here, reg, registry_port, "TCP", True),
+        ("prometheus (same namespace) -> registry plain listener", prometheus_here, reg, registry_port, "TCP", True),
+        ("prometheus (other namespace) -> registry plain listener", prometheus_there, reg, registry_port, "TCP", True),
+        ("prometheus (same namespace) -> registry TLS listener", prometheus_here, reg, registry_tls, "TCP", False),
         ("prometheus (other namespace) -> sidecar admin", prometheus_there, mkt, admin, "TCP", True),
         ("un-meshed pod -> sidecar admin", unmeshed, rec, admin, "TCP", False),
         ("outside -> marketplace entry port", outsider, mkt, entry_port, "TCP", True),
         ("outside -> marketplace admin", outsider, mkt, admin, "TCP", False),
         ("outside -> marketplace sidecar inbound", outsider, mkt, inbound, "TCP", False),
         ("outside -> recommendations sidecar inbound", outsider, rec, inbound, "TCP", False),
-        ("outside -> registry", outsider, reg, registry_port, "TCP", False),
+        ("outside -> registry plain listener", outsider, reg, registry_port, "TCP", False),
+        ("outside -> registry TLS listener", outsider, reg, registry_tls, "TCP", False),
         ("marketplace -> DNS (UDP)", mkt, dns, 53, "UDP", True),
         ("marketplace -> DNS (TCP)", mkt, dns, 53, "TCP", True),
         ("recommendations -> outside the namespace, not DNS", rec, dns, 443, "TCP", False),
     ]
+    cache = pods.get("cache")
+    if cache:
+        # The cache's inbound listener for the marketplace alone (its sidecar's allow list),
+        # Redis' own port for nobody.
+        cache_inbound = sidecar_port("cache", "MESH_INBOUND", "0.0.0.0:4143")
+        cache_admin = sidecar_port("cache", "MESH_ADMIN", "0.0.0.0:4191")
+        redis = int(flags_of(cache.spec["containers"][0]).get("port", 6379))
+        cases += [
+            ("marketplace -> cache sidecar inbound", mkt, cache, cache_inbound, "TCP", True),
+            ("marketplace -> cache app port (bypassing the sidecar)", mkt, cache, redis, "TCP", False),
+            ("recommendations -> cache sidecar inbound (not on its allow list)", rec, cache, cache_inbound, "TCP", False),
+            ("un-meshed pod -> cache sidecar inbound", unmeshed, cache, cache_inbound, "TCP", False),
+            ("outside -> cache sidecar inbound", outsider, cache, cache_inbound, "TCP", False),
+            ("cache -> registry TLS listener", cache, reg, registry_tls, "TCP", True),
+            ("cache -> recommendations sidecar inbound", cache, rec, inbound, "TCP", True),
+            ("prometheus (other namespace) -> cache sidecar admin", prometheus_there, cache, cache_admin, "TCP", True),
+            ("un-meshed pod -> cache sidecar admin", unmeshed, cache, cache_admin, "TCP", False),
+        ]
     sts, etcd_container = etcd_cluster(objects)
     if sts:
         # The catalog in etcd is reached through the registry only.
@@ -1061,8 +1421,10 @@ def check_prometheus_config(objects):
     if not cm:
         return None
     config = yaml.safe_load(cm["data"]["prometheus.yml"])
-    registry = find(objects, "Service", REGISTRY_SERVICE)
-    port = registry["spec"]["ports"][0]["port"]
+    # The plain listener: Prometheus neither has nor needs the mesh CA.
+    dep, registry = registry_container(objects)
+    port = service_port_to(objects, REGISTRY_SERVICE, dep["spec"]["template"]["spec"],
+                           port_of(setting(registry, "listen", "REGISTRY_LISTEN") or "0.0.0.0:7700"))
     problems = []
     jobs = {j["job_name"]: j for j in config.get("scrape_configs", [])}
     urls = [sd["url"] for j in jobs.values() for sd in j.get("http_sd_configs", [])]
@@ -1105,8 +1467,10 @@ def checks_for(overlay, objects, images):
         if is_meshed(template):
             yield f"{name}: sidecar registers the workload and pod", check_sidecar_identity, (workload, template, objects)
             yield f"{name}: sidecar forwards to the app's port", check_sidecar_app, (template,)
-            yield f"{name}: sidecar uses the registry Service", check_sidecar_registry, (template, objects)
+            yield f"{name}: sidecar uses the registry Service over TLS, checked against the CA bundle", check_sidecar_registry, (template, objects)
+            yield f"{name}: sidecar holds its own service's join token only", check_sidecar_join_token, (template, objects)
             yield f"{name}: upstreams match where the app dials", check_sidecar_upstreams, (template, objects)
+            yield f"{name}: sidecar declares the protocol the app is probed in", check_sidecar_protocol, (template,)
             yield f"{name}: sidecar probes on /ready and /live", check_sidecar_probes, (template,)
             yield f"{name}: grace period covers the drain", check_shutdown, (template,)
         if workload["metadata"]["name"] != "prometheus":
@@ -1114,6 +1478,13 @@ def checks_for(overlay, objects, images):
     yield f"{overlay}: Services reach real ports", check_services, (objects,)
     yield f"{overlay}: Services target the sidecar (the app at the entry point)", check_meshed_services_target_sidecar, (objects,)
     yield f"{overlay}: registry", check_registry, (objects,)
+    yield f"{overlay}: registry TLS listener", check_registry_tls, (objects,)
+    yield f"{overlay}: registry credentials from Secrets", check_registry_credentials, (objects,)
+    yield f"{overlay}: registry writes are not open", check_registry_writes_closed, (objects,)
+    yield f"{overlay}: the registry's Secrets stay with the registry", check_registry_secrets_private, (objects,)
+    if join_tokens_secret(objects)[0]:
+        yield f"{overlay}: join tokens agree with the registry's file", check_join_tokens_agree, (objects,)
+    yield f"{overlay}: no private key in a Secret or ConfigMap", check_no_private_keys, (objects,)
     if registry_on_etcd(objects) or etcd_cluster(objects)[0]:
         yield f"{overlay}: etcd members", check_etcd, (objects,)
     yield f"{overlay}: claims are mounted", check_claims_mounted, (objects,)
@@ -1140,6 +1511,26 @@ def _set_env(container, var, value):
             item["value"] = value
 
 
+def _pod(objects, name):
+    return find(objects, "Deployment", name)["spec"]["template"]["spec"]
+
+
+def _secret_ref(container, var):
+    return next(e for e in container["env"] if e["name"] == var)["valueFrom"]["secretKeyRef"]
+
+
+def _mount(container, path):
+    return next(m for m in container["volumeMounts"] if m["mountPath"] == path)
+
+
+def _drop_env(container, var):
+    container["env"] = [e for e in container["env"] if e["name"] != var]
+
+
+# An EC key's armour, made up here so that no key is ever written in this directory.
+_FAKE_KEY = "-----BEGIN " + "EC PRIVATE KEY-----\nMHcCAQEEI...\n-----END " + "EC PRIVATE KEY-----\n"
+
+
 # Each breaks the base in one way a hand edit could; every one must be reported.
 MUTATIONS = {
     "marketplace dials another port than its upstream listener":
@@ -1152,10 +1543,10 @@ MUTATIONS = {
         lambda o: _sidecar(o, "recommendations")["livenessProbe"]["httpGet"].update(port="mesh-inbound"),
     "a writable root filesystem":
         lambda o: _app(o, "marketplace")["securityContext"].pop("readOnlyRootFilesystem"),
-    "the registry URL on a wrong port":
-        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY", "http://registry:7701"),
+    "the registry URL on the plain listener's port":
+        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY", "https://registry:7700"),
     "the registry URL in another namespace":
-        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY", "http://registry.other:7700"),
+        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY", "https://registry.other:7743"),
     "an image bypassing kustomize images:":
         lambda o: _sidecar(o, "marketplace").update(image="mesh/proxy:latest"),
     "MESH_SERVICE differs from the workload":
@@ -1181,6 +1572,19 @@ MUTATIONS = {
         lambda o: _app(o, "recommendations")["resources"]["limits"].pop("memory"),
     "the recommendations Service bypasses the sidecar":
         lambda o: find(o, "Service", "recommendations")["spec"]["ports"][0].update(targetPort="grpc"),
+    "the cache Service bypasses the sidecar":
+        lambda o: find(o, "Service", "cache")["spec"]["ports"][0].update(targetPort="redis"),
+    "marketplace dials another port than its cache listener":
+        lambda o: _set_env(_app(o, "marketplace"), "CACHE_PORT", "6380"),
+    "the cache's sidecar without its protocol (read as HTTP, or detected)":
+        lambda o: _drop_env(_sidecar(o, "cache"), "MESH_APP_PROTOCOL"),
+    "recommendations' sidecar declaring tcp":
+        lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_APP_PROTOCOL", "tcp"),
+    "the cache open to every meshed pod":
+        lambda o: find(o, "NetworkPolicy", "mesh-inbound-from-meshed-pods")["spec"]["podSelector"].pop(
+            "matchExpressions"),
+    "the cache's inbound listener closed to the marketplace":
+        lambda o: o.remove(find(o, "NetworkPolicy", "cache-from-marketplace")),
     "the entry point goes through the sidecar's inbound listener":
         lambda o: find(o, "Service", ENTRY_POINT)["spec"]["ports"][0].update(targetPort="mesh-inbound"),
     "no default deny":
@@ -1194,6 +1598,81 @@ MUTATIONS = {
             MESHED_LABEL[0]),
     "the registry rolls instead of being recreated":
         lambda o: find(o, "Deployment", "registry")["spec"].update(strategy={"type": "RollingUpdate"}),
+    # Credentials: the sidecars' side.
+    "a sidecar on the registry's plain listener":
+        lambda o: (_set_env(_sidecar(o, "recommendations"), "MESH_REGISTRY", "http://registry:7700"),
+                   _drop_env(_sidecar(o, "recommendations"), "MESH_REGISTRY_CA")),
+    "a sidecar that does not check the registry's certificate":
+        lambda o: _drop_env(_sidecar(o, "marketplace"), "MESH_REGISTRY_CA"),
+    "the registry's CA certificate from outside the bundle":
+        lambda o: _set_env(_sidecar(o, "marketplace"), "MESH_REGISTRY_CA", "/tmp/ca.pem"),
+    "the bundle mounted from the CA's Secret (with its key)":
+        lambda o: _pod(o, "marketplace").update(
+            volumes=[{"name": "mesh-ca-bundle", "secret": {"secretName": "registry-ca"}}]),
+    "the bundle mounted writable":
+        lambda o: _sidecar(o, "recommendations")["volumeMounts"][0].update(readOnly=False),
+    "a sidecar with mTLS off (no certificate to write with)":
+        lambda o: _set_env(_sidecar(o, "recommendations"), "MESH_TLS", "off"),
+    "the shared join token Secret":
+        lambda o: _secret_ref(_sidecar(o, "marketplace"), "MESH_JOIN_TOKEN").update(name="mesh-join-token"),
+    "a sidecar holding another service's join token":
+        lambda o: _secret_ref(_sidecar(o, "recommendations"), "MESH_JOIN_TOKEN").update(
+            name=JOIN_TOKEN_SECRET.format("marketplace")),
+    "an optional join token":
+        lambda o: _secret_ref(_sidecar(o, "marketplace"), "MESH_JOIN_TOKEN").update(optional=True),
+    "a sidecar holding the operator token":
+        lambda o: _sidecar(o, "marketplace")["env"].append(
+            {"name": "MESH_REGISTRY_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": "registry-token", "key": "token", "optional": True}}}),
+    "an app reading its sidecar's join token":
+        lambda o: _app(o, "recommendations")["env"].append(
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": JOIN_TOKEN_SECRET.format("recommendations"), "key": "token"}}}),
+    # Credentials: the registry's side.
+    "no TLS listener":
+        lambda o: _drop_env(_app(o, REGISTRY_SERVICE), "REGISTRY_TLS_LISTEN"),
+    "the TLS listener's port not declared":
+        lambda o: _app(o, REGISTRY_SERVICE)["ports"].pop(1),
+    "the registry Service without the TLS port":
+        lambda o: find(o, "Service", REGISTRY_SERVICE)["spec"]["ports"].pop(1),
+    "the TLS certificate without the Service's names":
+        lambda o: _set_env(_app(o, REGISTRY_SERVICE), "REGISTRY_TLS_NAMES", "registry,localhost"),
+    "the registry's readiness probe on the TLS listener":
+        lambda o: _app(o, REGISTRY_SERVICE)["readinessProbe"]["httpGet"].update(port="https-api"),
+    "a CA made on the registry's volume":
+        lambda o: (_drop_env(_app(o, REGISTRY_SERVICE), "REGISTRY_CA_CERT"),
+                   _drop_env(_app(o, REGISTRY_SERVICE), "REGISTRY_CA_KEY"),
+                   _app(o, REGISTRY_SERVICE)["env"].append({"name": "REGISTRY_CA_DIR", "value": "/data/ca"})),
+    "the CA's Secret mounted writable":
+        lambda o: _mount(_app(o, REGISTRY_SERVICE), "/ca").update(readOnly=False),
+    "a shared join token on the registry":
+        lambda o: _app(o, REGISTRY_SERVICE)["env"].append(
+            {"name": "REGISTRY_JOIN_TOKEN", "valueFrom": {"secretKeyRef": {"name": "mesh-join-token", "key": "token"}}}),
+    "the join tokens file outside its Secret":
+        lambda o: _set_env(_app(o, REGISTRY_SERVICE), "REGISTRY_JOIN_TOKENS", "/data/join-tokens"),
+    "the operator token written into the manifest":
+        lambda o: _app(o, REGISTRY_SERVICE)["env"].append({"name": "REGISTRY_TOKEN", "value": "s3cr3t"}),
+    "a registry with no credentials (open writes)":
+        lambda o: [_drop_env(_app(o, REGISTRY_SERVICE), var) for var in (
+            "REGISTRY_TLS_LISTEN", "REGISTRY_CA_CERT", "REGISTRY_CA_KEY", "REGISTRY_JOIN_TOKENS")],
+    "a CA without the TLS listener, the optional operator token the only other credential":
+        lambda o: _drop_env(_app(o, REGISTRY_SERVICE), "REGISTRY_TLS_LISTEN"),
+    "a sidecar mounting the CA's Secret":
+        lambda o: (_pod(o, "recommendations")["volumes"].append(
+            {"name": "ca", "secret": {"secretName": "registry-ca"}}),
+            _sidecar(o, "recommendations")["volumeMounts"].append(
+                {"name": "ca", "mountPath": "/mesh-ca", "readOnly": True})),
+    "a CA private key in a ConfigMap":
+        lambda o: o.append({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": CA_BUNDLE, "namespace": "mesh"},
+                            "data": {"ca.pem": "...", "ca-key.pem": _FAKE_KEY}}),
+    "a CA private key in a Secret":
+        lambda o: o.append({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": "registry-ca", "namespace": "mesh"},
+                            "data": {"ca-key.pem": base64.b64encode(_FAKE_KEY.encode()).decode()}}),
+    "sidecars kept from the registry's TLS listener":
+        lambda o: find(o, "NetworkPolicy", "registry-from-meshed-pods-and-prometheus")["spec"]["ingress"][0][
+            "ports"][0].update(port=7700),
 }
 
 
@@ -1207,10 +1686,6 @@ def _etcd(objects):
 
 def _set_arg(container, flag, value):
     container["args"] = [f"--{flag}={value}" if a.startswith(f"--{flag}=") else a for a in container["args"]]
-
-
-def _drop_env(container, var):
-    container["env"] = [e for e in container["env"] if e["name"] != var]
 
 
 # Each breaks the ha overlay in one way a hand edit could; every one must be reported.
@@ -1272,6 +1747,40 @@ HA_MUTATIONS = {
 }
 
 
+def _secret_data(objects, name, key, change):
+    secret = find(objects, "Secret", name)
+    text = base64.b64decode(secret["data"][key]).decode()
+    secret["data"][key] = base64.b64encode(change(text).encode()).decode()
+
+
+# Each breaks the dev overlay's generated join tokens in one way a hand edit could.
+DEV_MUTATIONS = {
+    "a sidecar's token missing from the registry's file":
+        lambda o: _secret_data(o, JOIN_TOKEN_SECRET.format("marketplace"), "token", lambda t: t + "-new"),
+    "a service's token good for another service too":
+        lambda o: _secret_data(o, "registry-join-tokens", "join-tokens",
+                               lambda t: t.replace("\nrecommendations ", "\nrecommendations,marketplace ")),
+    "a token good for any service":
+        lambda o: _secret_data(o, "registry-join-tokens", "join-tokens", lambda t: t + "* dev-any\n"),
+    "a service's line missing from the registry's file":
+        lambda o: _secret_data(o, "registry-join-tokens", "join-tokens",
+                               lambda t: "".join(l for l in t.splitlines(True) if not l.startswith("recommendations"))),
+    "a service's join token Secret missing":
+        lambda o: o.remove(find(o, "Secret", JOIN_TOKEN_SECRET.format("recommendations"))),
+}
+
+
+def self_test_committed_files(checks):
+    """The committed-files check reports a key file where a generator could pick it up."""
+    with tempfile.TemporaryDirectory() as directory:
+        os.makedirs(os.path.join(directory, "overlays", "dev"))
+        with open(os.path.join(directory, "overlays", "dev", "ca-key.pem"), "w") as f:
+            f.write(_FAKE_KEY)
+        caught = check_no_committed_private_keys(directory)
+    checks.expect("caught (files): a CA key committed beside a kustomization",
+                  lambda: [] if caught else ["not reported by any check"])
+
+
 def self_test(checks, overlay, objects, images, mutations):
     for what, mutate in mutations.items():
         broken = copy.deepcopy(objects)
@@ -1294,9 +1803,13 @@ def run(rendered_dir=None):
         rendered[overlay] = (objects, images)
         for name, check, args in checks_for(overlay, objects, images):
             checks.expect(name, check, *args)
+    checks.expect("k8s/: no committed file holds a private key", check_no_committed_private_keys, K8S)
     self_test(checks, "base", *rendered["base"], MUTATIONS)
     if "ha" in rendered:
         self_test(checks, "ha", *rendered["ha"], HA_MUTATIONS)
+    if "dev" in rendered:
+        self_test(checks, "dev", *rendered["dev"], DEV_MUTATIONS)
+    self_test_committed_files(checks)
     print(f"{checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0
 

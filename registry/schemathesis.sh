@@ -88,6 +88,15 @@ st registry/schemathesis-wait.toml --max-examples "$max_examples" \
 echo "==> the CA routes without a join token (401)"
 st registry/schemathesis.toml --max-examples 20 --include-path-regex '^/v1/ca/' || status=1
 
+operator_token=schemathesis-operator-token
+start_registry with-operator --token "$operator_token"
+# Not the admin relays: the instances registered here name random admin hosts, and their
+# lookups would leave the machine.
+echo "==> writes as the operator, on a registry that binds writes to writers ($base)"
+st registry/schemathesis.toml --max-examples "$max_examples" \
+    --include-path-regex '^/v1/services/[^/]+/instances/[^/]+(/heartbeat)?$' \
+    --header "Authorization: Bearer $operator_token" || status=1
+
 start_registry without-ca
 echo "==> the CA routes of a registry without a CA (404) ($base)"
 st registry/schemathesis.toml --max-examples 20 --include-path-regex '^/v1/ca/' \

@@ -45,7 +45,7 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
         .find(|c| c.role == Role::Recommendations && c.name.ends_with("-2"));
     match victim {
         Some(victim) => lines.push(format!(
-            "  try        kill {}    # stops {}: the page keeps working; watch \
+            "  try        kill -9 {}    # crashes {}: the page keeps working; watch \
              mesh_endpoints and mesh_retries_total on {}",
             victim.pid, victim.name, marketplace.metrics_url
         )),
@@ -96,17 +96,30 @@ pub fn report(exit: &Exit) {
 
 /// How to run this program again: relative to the working directory when under it.
 fn own_command() -> String {
-    match std::env::current_exe() {
-        Ok(exe) => shown(&exe),
-        Err(_) => "mesh-demo".to_owned(),
+    match own_path() {
+        Some(exe) => shown(&exe),
+        None => "mesh-demo".to_owned(),
     }
 }
 
 /// How to run `program`, built next to this one.
 fn sibling(program: &str) -> String {
-    match std::env::current_exe() {
-        Ok(exe) => shown(&exe.with_file_name(program)),
-        Err(_) => program.to_owned(),
+    match own_path() {
+        Some(exe) => shown(&exe.with_file_name(program)),
+        None => program.to_owned(),
+    }
+}
+
+/// Where this executable is. Linux names a replaced one `<path> (deleted)` (a build since
+/// the launcher started); the path is still where the program is run from.
+fn own_path() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    match exe
+        .to_str()
+        .and_then(|path| path.strip_suffix(" (deleted)"))
+    {
+        Some(path) => Some(path.into()),
+        None => Some(exe),
     }
 }
 

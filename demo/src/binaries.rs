@@ -92,8 +92,32 @@ pub fn build_command(cargo: OsString, exe_dir: &Path, manifest: Option<&Path>) -
     command
 }
 
+/// Whether `name` is one of the variables cargo sets for the program it runs (the
+/// "environment variables Cargo sets for crates": `CARGO`, `CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, …), as opposed to one the user set.
+///
+/// They must not reach the inner `cargo build`: cargo compares the variables build scripts
+/// watch with its own environment, and ring's build script watches `CARGO_MANIFEST_DIR`.
+/// Seeing the launcher's value there, cargo would rerun it and rebuild ring and everything
+/// above it, the launcher included (replacing the very executable that is running), then
+/// rebuild them all again at the next `cargo run`, which does not set it.
+pub fn set_by_cargo_run(name: &str) -> bool {
+    const EXACT: [&str; 7] = [
+        "CARGO",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"];
+    EXACT.contains(&name) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
 /// Runs `command` (from [`build_command`]) with cargo's output going straight to the
-/// terminal, so its progress shows.
+/// terminal, so its progress shows, in the environment the user started `cargo run` with
+/// (see [`set_by_cargo_run`]).
 pub async fn build(command: &[OsString]) -> Result<(), Error> {
     let shown = command
         .iter()
@@ -102,8 +126,14 @@ pub async fn build(command: &[OsString]) -> Result<(), Error> {
         .join(" ");
     tracing::info!("building the mesh's programs (--bin-dir skips this): {shown}");
     let (program, args) = command.split_first().expect("a command has a program");
-    let status = tokio::process::Command::new(program)
-        .args(args)
+    let mut cargo = tokio::process::Command::new(program);
+    cargo.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            cargo.env_remove(name);
+        }
+    }
+    let status = cargo
         // Ctrl-C during the build must not leave cargo running on its own.
         .kill_on_drop(true)
         .status()
@@ -167,6 +197,36 @@ mod tests {
         let custom = args(&custom);
         assert_eq!(custom[2..4], ["--profile", "profiling"]);
         assert_eq!(custom[6..8], ["--manifest-path", "/w/demo/Cargo.toml"]);
+    }
+
+    #[test]
+    fn what_cargo_run_sets_is_told_from_what_the_user_set() {
+        // What `cargo run` added to a program's environment, as seen on cargo 1.95.
+        for name in [
+            "CARGO",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_PKG_RUST_VERSION",
+            "CARGO_CRATE_NAME",
+        ] {
+            assert!(set_by_cargo_run(name), "{name} is kept");
+        }
+        // What the user may set to steer the build: it must reach the inner cargo.
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "CARGO_BUILD_JOBS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO_TERM_COLOR",
+            "RUSTFLAGS",
+            "RUSTUP_TOOLCHAIN",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(name), "{name} is removed");
+        }
     }
 
     #[test]

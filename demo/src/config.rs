@@ -26,17 +26,24 @@ pub struct UpConfig {
     #[arg(long, env = "MESH_DEMO_REGISTRY_PORT", default_value_t = 7700, value_parser = port)]
     pub registry_port: u16,
 
+    /// Port of the registry's TLS listener, where sidecars write their instances with
+    /// their certificates (with `--tls` on).
+    #[arg(long, env = "MESH_DEMO_REGISTRY_TLS_PORT", default_value_t = 7743, value_parser = port)]
+    pub registry_tls_port: u16,
+
     /// Port of the marketplace web page.
     #[arg(long, env = "MESH_DEMO_MARKETPLACE_PORT", default_value_t = 5000, value_parser = port)]
     pub marketplace_port: u16,
 
     /// Port the marketplace dials for recommendations (as `localhost`): its sidecar's
-    /// upstream listener, which balances over the registered instances.
-    #[arg(long, env = "MESH_DEMO_RECOMMENDATIONS_PORT", default_value_t = 50051, value_parser = port)]
+    /// upstream listener, which balances over the registered instances. (The tutorial's
+    /// 50051 lies in Linux's ephemeral range, where other programs' outgoing connections
+    /// may hold it.)
+    #[arg(long, env = "MESH_DEMO_RECOMMENDATIONS_PORT", default_value_t = 5051, value_parser = port)]
     pub recommendations_port: u16,
 
     /// Port of the first recommendations app; instance N listens on this + N - 1.
-    #[arg(long, env = "MESH_DEMO_APP_PORT", default_value_t = 50052, value_parser = port)]
+    #[arg(long, env = "MESH_DEMO_APP_PORT", default_value_t = 5052, value_parser = port)]
     pub app_port: u16,
 
     /// First sidecar port. Sidecar K (0 for the marketplace's, N for recommendations-N)
@@ -81,6 +88,7 @@ impl UpConfig {
     pub fn ports(&self) -> PortLayout {
         PortLayout {
             registry: self.registry_port,
+            registry_tls: (self.tls != "off").then_some(self.registry_tls_port),
             marketplace: self.marketplace_port,
             recommendations: self.recommendations_port,
             app_base: self.app_port,
@@ -194,12 +202,27 @@ mod tests {
     fn defaults_are_the_documented_ports() {
         let up = Up::try_parse_from(["mesh-demo"]).unwrap().config;
         assert_eq!(up.registry_port, 7700);
+        assert_eq!(up.registry_tls_port, 7743);
         assert_eq!(up.marketplace_port, 5000);
-        assert_eq!(up.recommendations_port, 50051);
-        assert_eq!(up.app_port, 50052);
+        assert_eq!(up.recommendations_port, 5051);
+        assert_eq!(up.app_port, 5052);
         assert_eq!(up.base_port, 4140);
         assert_eq!(up.instances, 3);
         assert_eq!(up.fail_rate, 0.0);
+    }
+
+    /// Linux hands out 32768–60999 for outgoing connections: a default port in there can be
+    /// held by any other program's connection on a busy machine.
+    #[test]
+    fn default_ports_stay_below_the_ephemeral_range() {
+        let most = Up::try_parse_from(["mesh-demo", "--instances", "9"])
+            .unwrap()
+            .config;
+        let uses = most.ports().uses().unwrap();
+        assert_eq!(uses.len(), 4 + 9 + 10 * 3);
+        for used in uses {
+            assert!(used.port < 32768, "{} on {}", used.what, used.port);
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{
     binaries::{self, Binaries},
     child::{self, Exit, Stopped, Supervised},
     http,
-    plan::{Plan, ProcessSpec, Role, TlsPlan},
+    plan::{Plan, ProcessSpec, Role, Secrets},
     ports,
     ready::{self, Wait},
     watchdog::Watchdog,
@@ -35,21 +35,27 @@ pub async fn run(config: UpConfig) -> Result<(), Error> {
     let mut signals = Signals::new()?;
     let uses = config.ports().uses()?;
     ports::check_free(&uses)?;
-    let binaries = tokio::select! {
-        found = binaries(&config) => found?,
+    // Before the build: it starts this very executable, which the build may replace.
+    let watchdog = Watchdog::spawn()?;
+    let prepared = tokio::select! {
+        prepared = prepare(&config, &uses) => prepared,
         name = signals.recv() => {
             tracing::info!("{name} during the build: stopping");
-            return Err(Error::Interrupted);
+            Err(Error::Interrupted)
         }
     };
-    // The build may have taken minutes: look again.
-    ports::check_free(&uses)?;
-    let tls = crate::plan::tls_plan(&config, &binaries)?;
-    let plan = Plan::new(&config, &binaries, tls.as_ref());
+    let (binaries, secrets) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            watchdog.dismiss().await;
+            return Err(error);
+        }
+    };
+    let plan = Plan::new(&config, &binaries, Some(&secrets));
 
-    let mut mesh = Mesh::new(Watchdog::spawn()?);
+    let mut mesh = Mesh::new(watchdog);
     let started = tokio::select! {
-        started = mesh.start(&plan, tls.as_ref(), config.ready_timeout) => started,
+        started = mesh.start(&plan, &secrets, config.ready_timeout) => started,
         name = signals.recv() => {
             tracing::info!("{name} during start-up: stopping");
             Err(Error::Interrupted)
@@ -64,6 +70,15 @@ pub async fn run(config: UpConfig) -> Result<(), Error> {
     }
     mesh.stop(config.stop_timeout, &mut signals).await;
     started
+}
+
+/// The programs to run (built first under `cargo run`) and the CA of an mTLS run.
+async fn prepare(config: &UpConfig, uses: &[ports::PortUse]) -> Result<(Binaries, Secrets), Error> {
+    let binaries = binaries(config).await?;
+    // The build may have taken minutes: look again.
+    ports::check_free(uses)?;
+    let secrets = crate::plan::secrets(config, &binaries)?;
+    Ok((binaries, secrets))
 }
 
 /// `--bin-dir`, or the launcher's own directory after building into it under cargo.
@@ -120,17 +135,16 @@ impl Mesh {
     async fn start(
         &mut self,
         plan: &Plan,
-        tls: Option<&TlsPlan>,
+        secrets: &Secrets,
         timeout: Duration,
     ) -> Result<(), Error> {
         let wait = Wait::new(timeout);
         self.spawn(&plan.registry)?;
         self.wait_ready(&plan.registry, wait).await?;
         // A serving registry has loaded its CA: the key file is no longer needed.
-        if let Some(tls) = tls {
-            tls.remove_key()
-                .map_err(|e| Error::Ca(format!("cannot remove the CA key once loaded: {e}")))?;
-        }
+        secrets
+            .remove_key()
+            .map_err(|e| Error::Ca(format!("cannot remove the CA key once loaded: {e}")))?;
         for pair in &plan.pairs {
             self.spawn(&pair.sidecar)?;
             self.spawn(&pair.app)?;

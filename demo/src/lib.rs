@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! registry :7700
-//! marketplace :5000 ──> sidecar/marketplace (upstream :50051) ──┬─> sidecar/recommendations-1 ─> recommendations-1 :50052
-//!                                                                ├─> sidecar/recommendations-2 ─> recommendations-2 :50053
-//!                                                                └─> sidecar/recommendations-3 ─> recommendations-3 :50054
+//! marketplace :5000 ──> sidecar/marketplace (upstream :5051) ──┬─> sidecar/recommendations-1 ─> recommendations-1 :5052
+//!                                                               ├─> sidecar/recommendations-2 ─> recommendations-2 :5053
+//!                                                               └─> sidecar/recommendations-3 ─> recommendations-3 :5054
 //! ```
 //!
 //! How a run goes, one module per step:

@@ -49,30 +49,95 @@ pub struct Pair {
     pub metrics_url: Uri,
 }
 
-/// The mesh's CA for this run and the token sidecars join with.
+/// What binds each sidecar's registry writes to its own service, made for this run:
+/// with `--tls` on, the mesh's CA (sidecars get certificates with the join token and
+/// write with them on the registry's TLS listener); with it off, one service token per
+/// service. Nothing the demo runs has open writes.
 #[derive(Debug)]
-pub struct TlsPlan {
-    /// `strict` or `permissive`.
-    pub mode: String,
-    /// Holds `ca.pem` and `ca-key.pem` (made by `mesh-registry gen-ca`): a private (0700)
-    /// temporary directory, removed with everything in it when the plan is dropped, so no
-    /// CA key outlives the run.
+pub struct Secrets {
+    /// A private (0700) temporary directory, removed with everything in it when the plan
+    /// is dropped: `ca.pem` and `ca-key.pem` (made by `mesh-registry gen-ca`), or
+    /// `tokens` (the registry's `--tokens` file). No secret outlives the run.
     dir: tempfile::TempDir,
-    pub join_token: String,
+    pub kind: SecretKind,
 }
 
-// === impl TlsPlan ===
+/// The kind of credentials a run's sidecars write with.
+#[derive(Debug)]
+pub enum SecretKind {
+    /// mTLS: `strict` or `permissive`, and the token sidecars join with.
+    Ca { mode: String, join_token: String },
+    /// The token of each service, as in the `tokens` file.
+    Tokens(Vec<(String, String)>),
+}
 
-impl TlsPlan {
-    /// Where `ca.pem` and `ca-key.pem` are.
+// === impl Secrets ===
+
+impl Secrets {
+    /// The directory of `ca.pem` and `ca-key.pem`, or of `tokens`.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Deletes the CA's private key. The registry reads it once, at start, so once it
-    /// serves the key can go: even a launcher killed with SIGKILL then leaves none behind.
+    /// Deletes the CA's private key, if there is one. The registry reads it once, at
+    /// start, so once it serves the key can go: even a launcher killed with SIGKILL then
+    /// leaves none behind.
     pub fn remove_key(&self) -> std::io::Result<()> {
-        std::fs::remove_file(self.dir().join("ca-key.pem"))
+        match self.kind {
+            SecretKind::Ca { .. } => std::fs::remove_file(self.dir().join("ca-key.pem")),
+            SecretKind::Tokens(_) => Ok(()),
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir().join(name).display().to_string()
+    }
+
+    /// The registry's flags for these credentials.
+    fn registry_args(&self, tls_port: Option<u16>) -> Vec<OsString> {
+        match &self.kind {
+            SecretKind::Ca { join_token, .. } => {
+                let mut flags = args([
+                    "--ca-cert",
+                    &self.file("ca.pem"),
+                    "--ca-key",
+                    &self.file("ca-key.pem"),
+                    "--join-token",
+                    join_token,
+                ]);
+                if let Some(port) = tls_port {
+                    flags.extend(args(["--tls-listen", &address(port)]));
+                }
+                flags
+            }
+            SecretKind::Tokens(_) => args(["--tokens", &self.file("tokens")]),
+        }
+    }
+
+    /// A sidecar's flags for these credentials: where it writes and what it proves.
+    fn sidecar_args(&self, service: &str, plain: &str, tls_port: Option<u16>) -> Vec<OsString> {
+        match &self.kind {
+            SecretKind::Ca { mode, join_token } => {
+                let registry = match tls_port {
+                    Some(port) => format!("https://{}", address(port)),
+                    None => plain.to_owned(),
+                };
+                let mut flags = args(["--registry", &registry]);
+                if tls_port.is_some() {
+                    flags.extend(args(["--registry-ca", &self.file("ca.pem")]));
+                }
+                flags.extend(args(["--tls", mode, "--join-token", join_token]));
+                flags
+            }
+            SecretKind::Tokens(tokens) => {
+                let token = tokens
+                    .iter()
+                    .find(|(name, _)| name == service)
+                    .map(|(_, token)| token.as_str())
+                    .unwrap_or_default();
+                args(["--registry", plain, "--registry-token", token])
+            }
+        }
     }
 }
 
@@ -95,21 +160,16 @@ pub struct Plan {
 // === impl Plan ===
 
 impl Plan {
-    pub fn new(config: &UpConfig, binaries: &Binaries, tls: Option<&TlsPlan>) -> Self {
+    /// The plan; `secrets` are what sidecars write to the registry with (without them,
+    /// for tests of the plan only, writes would be open).
+    pub fn new(config: &UpConfig, binaries: &Binaries, secrets: Option<&Secrets>) -> Self {
         let ports = config.ports();
         let registry_url = format!("http://{HOST}:{}", ports.registry);
         let mut registry_args = args(["--listen", &address(ports.registry)]);
-        if let Some(tls) = tls {
-            let file = |name: &str| tls.dir().join(name).display().to_string();
-            registry_args.extend(args([
-                "--ca-cert",
-                &file("ca.pem"),
-                "--ca-key",
-                &file("ca-key.pem"),
-                "--join-token",
-                &tls.join_token,
-            ]));
+        if let Some(secrets) = secrets {
+            registry_args.extend(secrets.registry_args(ports.registry_tls));
         }
+        let mtls = secrets.is_some_and(|s| matches!(s.kind, SecretKind::Ca { .. }));
         let registry = ProcessSpec {
             name: "registry".to_owned(),
             role: Role::Registry,
@@ -122,7 +182,7 @@ impl Plan {
             binaries,
             ports: &ports,
             registry_url: &registry_url,
-            tls,
+            secrets,
         };
 
         let mut pairs = Vec::new();
@@ -146,7 +206,7 @@ impl Plan {
                 ready_url: None,
             };
             // With mTLS, recommendations answers the marketplace only.
-            let allow: &[&str] = if tls.is_some() {
+            let allow: &[&str] = if mtls {
                 &["--allow", "marketplace"]
             } else {
                 &[]
@@ -213,7 +273,7 @@ struct Wiring<'a> {
     binaries: &'a Binaries,
     ports: &'a PortLayout,
     registry_url: &'a str,
-    tls: Option<&'a TlsPlan>,
+    secrets: Option<&'a Secrets>,
 }
 
 // === impl Wiring ===
@@ -238,8 +298,16 @@ impl Wiring<'_> {
             &address(app_port),
             "--app-protocol",
             app_protocol,
-            "--registry",
-            self.registry_url,
+        ]);
+        match self.secrets {
+            Some(secrets) => sidecar_args.extend(secrets.sidecar_args(
+                service,
+                self.registry_url,
+                self.ports.registry_tls,
+            )),
+            None => sidecar_args.extend(args(["--registry", self.registry_url])),
+        }
+        sidecar_args.extend(args([
             "--inbound",
             &inbound,
             // Peers dial the address the sidecar registers: here the same loopback address.
@@ -251,10 +319,7 @@ impl Wiring<'_> {
             &address(listeners.admin),
             "--instance-id",
             instance_id,
-        ]);
-        if let Some(tls) = self.tls {
-            sidecar_args.extend(args(["--tls", &tls.mode, "--join-token", &tls.join_token]));
-        }
+        ]));
         sidecar_args.extend(extra.iter().map(OsString::from));
         ProcessSpec {
             name: sidecar_name(k),
@@ -267,19 +332,33 @@ impl Wiring<'_> {
     }
 }
 
-/// With `--tls` on: a CA for this run (in a fresh private temporary directory, made by
-/// `mesh-registry gen-ca`) and a random join token.
-pub fn tls_plan(config: &UpConfig, binaries: &Binaries) -> Result<Option<TlsPlan>, crate::Error> {
-    if config.tls == "off" {
-        return Ok(None);
-    }
-    // 0700: the key file in it is 0600 too, but nobody else should even see it for the
-    // moment it exists.
+/// The run's [`Secrets`], in a fresh private temporary directory: with `--tls` on, a CA
+/// (made by `mesh-registry gen-ca`) and a random join token; with it off, a random token
+/// for each service, in the registry's `--tokens` file.
+pub fn secrets(config: &UpConfig, binaries: &Binaries) -> Result<Secrets, crate::Error> {
+    // 0700: the files in it are private too, but nobody else should even see them for
+    // the moment they exist.
     let dir = tempfile::Builder::new()
-        .prefix("mesh-demo-ca-")
+        .prefix("mesh-demo-secrets-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| crate::Error::Ca(format!("cannot create a temporary directory: {e}")))?;
+    if config.tls == "off" {
+        let tokens: Vec<(String, String)> = ["recommendations", "marketplace"]
+            .iter()
+            .map(|service| (service.to_string(), random_token()))
+            .collect();
+        let file: String = tokens
+            .iter()
+            .map(|(service, token)| format!("{service} {token}\n"))
+            .collect();
+        write_private(&dir.path().join("tokens"), &file)
+            .map_err(|e| crate::Error::Ca(format!("cannot write the tokens file: {e}")))?;
+        return Ok(Secrets {
+            dir,
+            kind: SecretKind::Tokens(tokens),
+        });
+    }
     let output = std::process::Command::new(&binaries.registry)
         .args(["gen-ca", "--force", "--out"])
         .arg(dir.path())
@@ -291,12 +370,30 @@ pub fn tls_plan(config: &UpConfig, binaries: &Binaries) -> Result<Option<TlsPlan
         let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         return Err(crate::Error::Ca(why));
     }
-    let token: u128 = rand::random();
-    Ok(Some(TlsPlan {
-        mode: config.tls.clone(),
+    Ok(Secrets {
         dir,
-        join_token: format!("{token:032x}"),
-    }))
+        kind: SecretKind::Ca {
+            mode: config.tls.clone(),
+            join_token: random_token(),
+        },
+    })
+}
+
+fn random_token() -> String {
+    let token: u128 = rand::random();
+    format!("{token:032x}")
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 fn address(port: u16) -> String {
@@ -376,11 +473,11 @@ mod tests {
         let second = &plan.pairs[1];
         assert_eq!(
             joined(&second.app),
-            "--listen 127.0.0.1:50053 --instance-name recommendations-2 --fail-rate 0"
+            "--listen 127.0.0.1:5053 --instance-name recommendations-2 --fail-rate 0"
         );
         assert_eq!(
             joined(&second.sidecar),
-            "--service recommendations --app 127.0.0.1:50053 --app-protocol grpc \
+            "--service recommendations --app 127.0.0.1:5053 --app-protocol grpc \
              --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4160 \
              --advertise 127.0.0.1:4160 --outbound 127.0.0.1:4161 --admin 127.0.0.1:4162 \
              --instance-id recommendations-2"
@@ -398,14 +495,14 @@ mod tests {
             "--service marketplace --app 127.0.0.1:5000 --app-protocol http \
              --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4140 \
              --advertise 127.0.0.1:4140 --outbound 127.0.0.1:4141 --admin 127.0.0.1:4142 \
-             --instance-id marketplace-1 --upstream recommendations=127.0.0.1:50051"
+             --instance-id marketplace-1 --upstream recommendations=127.0.0.1:5051"
         );
         assert_eq!(joined(&marketplace.app), "--listen 127.0.0.1:5000");
         assert_eq!(
             marketplace.app.env,
             [
                 ("RECOMMENDATIONS_HOST".to_owned(), "localhost".to_owned()),
-                ("RECOMMENDATIONS_PORT".to_owned(), "50051".to_owned())
+                ("RECOMMENDATIONS_PORT".to_owned(), "5051".to_owned())
             ]
         );
         assert_eq!(
@@ -440,9 +537,11 @@ mod tests {
         let bin = tempfile::tempdir().unwrap();
         let binaries = fake_gen_ca(bin.path());
         let config = Cli::try_parse_from(["mesh-demo"]).unwrap().config;
-        let tls = tls_plan(&config, &binaries)
-            .unwrap()
-            .expect("mTLS is the default");
+        let tls = secrets(&config, &binaries).unwrap();
+        assert!(
+            matches!(tls.kind, SecretKind::Ca { .. }),
+            "mTLS is the default"
+        );
         let dir = tls.dir().to_owned();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
@@ -454,6 +553,54 @@ mod tests {
         assert!(dir.join("ca.pem").is_file());
         drop(tls);
         assert!(!dir.exists(), "{} outlived the run", dir.display());
+    }
+
+    /// Nothing the demo runs has open registry writes: with mTLS each sidecar writes
+    /// with its certificate on the TLS listener, without it with its own service's token.
+    #[test]
+    fn every_sidecar_writes_with_credentials_of_its_own_service() {
+        let bin = tempfile::tempdir().unwrap();
+        let binaries = fake_gen_ca(bin.path());
+        let config = Cli::try_parse_from(["mesh-demo"]).unwrap().config;
+        let ca = secrets(&config, &binaries).unwrap();
+        let plan = Plan::new(&config, &binaries, Some(&ca));
+        let registry = joined(&plan.registry);
+        assert!(
+            registry.contains("--tls-listen 127.0.0.1:7743"),
+            "{registry}"
+        );
+        for pair in &plan.pairs {
+            let sidecar = joined(&pair.sidecar);
+            assert!(
+                sidecar.contains("--registry https://127.0.0.1:7743 --registry-ca "),
+                "{sidecar}"
+            );
+            assert!(sidecar.contains(" --tls strict --join-token "), "{sidecar}");
+        }
+
+        let config = Cli::try_parse_from(["mesh-demo", "--tls", "off"])
+            .unwrap()
+            .config;
+        let tokens = secrets(&config, &binaries).unwrap();
+        let SecretKind::Tokens(by_service) = &tokens.kind else {
+            panic!("{:?}", tokens.kind)
+        };
+        let file = std::fs::read_to_string(tokens.dir().join("tokens")).unwrap();
+        let plan = Plan::new(&config, &binaries, Some(&tokens));
+        assert!(joined(&plan.registry).contains("--tokens "));
+        assert!(!joined(&plan.registry).contains("--tls-listen"));
+        for pair in &plan.pairs {
+            let sidecar = joined(&pair.sidecar);
+            let service = sidecar.split(' ').nth(1).unwrap();
+            let (_, token) = by_service.iter().find(|(s, _)| s == service).unwrap();
+            assert!(file.contains(&format!("{service} {token}\n")), "{file}");
+            assert!(
+                sidecar.contains(&format!(
+                    "--registry http://127.0.0.1:7700 --registry-token {token}"
+                )),
+                "{sidecar}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ const BLOCK: u32 = 10;
 /// | what | port |
 /// |---|---|
 /// | registry | `registry` |
+/// | registry's TLS listener (with mTLS on) | `registry_tls` |
 /// | marketplace app | `marketplace` |
 /// | marketplace sidecar's upstream listener (what the app dials) | `recommendations` |
 /// | recommendations-N app | `app_base + N - 1` |
@@ -28,6 +29,8 @@ const BLOCK: u32 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortLayout {
     pub registry: u16,
+    /// Where sidecars write with their certificates; `None` with mTLS off.
+    pub registry_tls: Option<u16>,
     pub marketplace: u16,
     pub recommendations: u16,
     pub app_base: u16,
@@ -115,8 +118,19 @@ impl PortLayout {
             "the last sidecar",
         )?;
 
-        let mut uses = vec![
-            PortUse::new(self.registry, "the registry", "--registry-port"),
+        let mut uses = vec![PortUse::new(
+            self.registry,
+            "the registry",
+            "--registry-port",
+        )];
+        if let Some(port) = self.registry_tls {
+            uses.push(PortUse::new(
+                port,
+                "the registry's TLS listener",
+                "--registry-tls-port",
+            ));
+        }
+        uses.extend([
             PortUse::new(
                 self.marketplace,
                 "the marketplace app",
@@ -130,7 +144,7 @@ impl PortLayout {
                     "--recommendations-port",
                 )
             },
-        ];
+        ]);
         for n in 1..=self.instances {
             let what = format!("the recommendations-{n} app");
             uses.push(PortUse::new(
@@ -262,9 +276,10 @@ mod tests {
     fn defaults() -> PortLayout {
         PortLayout {
             registry: 7700,
+            registry_tls: Some(7743),
             marketplace: 5000,
-            recommendations: 50051,
-            app_base: 50052,
+            recommendations: 5051,
+            app_base: 5052,
             sidecar_base: 4140,
             instances: 3,
         }
@@ -273,8 +288,8 @@ mod tests {
     #[test]
     fn default_layout() {
         let layout = defaults();
-        assert_eq!(layout.recommendations_app(1), 50052);
-        assert_eq!(layout.recommendations_app(3), 50054);
+        assert_eq!(layout.recommendations_app(1), 5052);
+        assert_eq!(layout.recommendations_app(3), 5054);
         let marketplace = SidecarPorts {
             inbound: 4140,
             outbound: 4141,
@@ -285,9 +300,10 @@ mod tests {
         assert_eq!(layout.sidecar(3).admin, 4172);
 
         let uses = layout.uses().unwrap();
-        // Registry, marketplace, upstream, 3 apps, 4 sidecars × 3 listeners.
-        assert_eq!(uses.len(), 3 + 3 + 4 * 3);
-        let upstream = uses.iter().find(|u| u.port == 50051).unwrap();
+        // Registry and its TLS listener, marketplace, upstream, 3 apps, 4 sidecars × 3
+        // listeners.
+        assert_eq!(uses.len(), 4 + 3 + 4 * 3);
+        let upstream = uses.iter().find(|u| u.port == 5051).unwrap();
         assert_eq!(upstream.flag, "--recommendations-port");
         assert!(upstream.dialed_as_localhost);
         let admin = uses.iter().find(|u| u.port == 4152).unwrap();
@@ -307,7 +323,7 @@ mod tests {
         assert!(error.contains("--base-port"), "{error}");
 
         let layout = PortLayout {
-            app_base: 50050,
+            app_base: 5050,
             ..defaults()
         };
         let error = layout.uses().unwrap_err().to_string();

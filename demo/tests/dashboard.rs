@@ -1,7 +1,8 @@
 //! The registry's dashboard in a real browser, against the whole demo: headless Chromium
 //! opens the registry, follows the redirect to `/ui/`, and the test reads the rendered
 //! page; then it kills one recommendations app (not its sidecar) and watches the page
-//! turn that instance critical, live and again after a reload.
+//! turn that instance critical (its check output on the critical colour, a passing
+//! instance's left plain), live and again after a reload.
 //!
 //! Needs Chromium (`apt-get install chromium`; `CHROMIUM` names another binary) and the
 //! other programs built next to `mesh-demo` (see `support`). Run with:
@@ -10,13 +11,17 @@
 //! With `MESH_DASHBOARD_SCREENSHOT=docs/dashboard.png` (a path relative to the workspace
 //! root, or absolute) it also writes a screenshot of the page once the instance is
 //! critical.
+//!
+//! [`large_mesh`] runs the page against 3,000 services and hostile sidecars.
 
 mod browser;
+mod large_mesh;
 mod support;
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -27,9 +32,17 @@ use support::{Ports, start_mesh};
 /// Long enough for the sidecar's health check, the heartbeat and a loaded machine.
 const SETTLE: Duration = Duration::from_secs(45);
 
+/// Held by each browser test: both watch the clock (long tasks, timeouts), and two
+/// browsers and a mesh on a small machine would slow each other down.
+fn one_browser_at_a_time() -> MutexGuard<'static, ()> {
+    static BROWSER: Mutex<()> = Mutex::new(());
+    BROWSER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[test]
 #[ignore = "needs Chromium (apt-get install chromium); .ci/run runs it"]
 fn the_dashboard_shows_the_mesh_and_an_instance_going_critical() {
+    let _alone = one_browser_at_a_time();
     let ports = Ports::free();
     let (mut launcher, pids) = start_mesh(&ports);
     let _traffic = Traffic::start(&ports);
@@ -78,6 +91,15 @@ fn the_dashboard_shows_the_mesh_and_an_instance_going_critical() {
         "recommendations-2's sidecar reporting its app critical",
         "document.querySelector('[data-sidecar=\"recommendations/recommendations-2\"] [data-app-status=\"critical\"]') !== null",
     );
+    expect(
+        &mut browser,
+        "recommendations-2's check output on the critical colour, a passing instance's plain",
+        &format!(
+            "![null, 'rgba(0, 0, 0, 0)'].includes({}) && {} === 'rgba(0, 0, 0, 0)'",
+            output_background("article[data-instance=\"recommendations-2\"]"),
+            output_background("article[data-status=\"passing\"]"),
+        ),
+    );
     if let Some(path) = screenshot_path() {
         browser.screenshot(&path);
     }
@@ -124,6 +146,13 @@ fn expect_sidecar_figures(browser: &mut Browser) {
     );
     expect(
         browser,
+        "no connection carried as bytes to a recommendations endpoint (gRPC is HTTP)",
+        &format!(
+            "document.querySelectorAll('{sidecar} [data-destination=\"recommendations\"] td[data-open=\"0\"]').length === 3"
+        ),
+    );
+    expect(
+        browser,
         "a figure for a recommendations sidecar too",
         "document.querySelector('[data-sidecar=\"recommendations/recommendations-1\"] [data-figure=\"rps\"][data-direction=\"inbound\"]') !== null",
     );
@@ -151,6 +180,15 @@ fn count(service: &str, status: &str) -> String {
 /// The status an instance's card shows.
 fn status(instance: &str) -> String {
     format!("document.querySelector('article[data-instance=\"{instance}\"]')?.dataset.status")
+}
+
+/// The background of the check output in the first card `article` matches, as the
+/// browser computed it (`rgba(0, 0, 0, 0)` for none); null while that card shows no
+/// output.
+fn output_background(article: &str) -> String {
+    format!(
+        "(o => o ? getComputedStyle(o).backgroundColor : null)(document.querySelector('{article} [data-output]'))"
+    )
 }
 
 /// Where `MESH_DASHBOARD_SCREENSHOT` asks for the screenshot, relative paths from the

@@ -1,6 +1,6 @@
 //! Arbitrary request heads into what the proxy reads from callers' headers before anything
 //! else: the route (Host, `:authority`, absolute-form targets), deadline headers, the hop
-//! count, hop-by-hop hygiene, gRPC statuses and `mesh-error` values. None may panic, and
+//! count, hop-by-hop hygiene, upgrade requests, gRPC statuses and `mesh-error` values. None may panic, and
 //! what they return must hold up: deadlines never past the clamp, a route's service name
 //! lowercased and non-empty, no hop-by-hop header left after stripping.
 //!
@@ -17,7 +17,7 @@ use mesh_proxy::deadline::{self, Deadlines, MAX_DEADLINE};
 use mesh_proxy::error::ErrorKind;
 use mesh_proxy::outbound::Route;
 use mesh_proxy::retry::RetryConfig;
-use mesh_proxy::{grpc, headers, loops};
+use mesh_proxy::{grpc, headers, loops, upgrade};
 
 /// The default retry policy, made once: it comes from the flags' declarations.
 static RETRY: LazyLock<RetryConfig> = LazyLock::new(RetryConfig::default);
@@ -38,7 +38,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let _ = headers::check_request(&map);
     let now = tokio::time::Instant::now();
     if let Ok(d) = Deadlines::of(&map, Some(Duration::from_secs(30)), None, now) {
         assert!(d.total.is_none_or(|t| t <= now + MAX_DEADLINE));
@@ -86,9 +85,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(mut request) = request.body(()) {
         *request.headers_mut() = map.clone();
+        let _ = headers::check_request(&request);
         if let Some((service, _port)) = Route::ByHost.destination(&request) {
             assert!(!service.is_empty());
             assert_eq!(service, service.to_ascii_lowercase());
+        }
+        // An upgrade is an `Upgrade` header the request carries, and never `h2c` alone.
+        if let Some(protocol) = upgrade::requested(&request) {
+            assert!(map.get_all(header::UPGRADE).iter().any(|v| v == protocol));
+            assert_ne!(protocol.as_bytes().to_ascii_lowercase(), b"h2c");
         }
     }
 

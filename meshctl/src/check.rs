@@ -113,17 +113,14 @@ pub async fn checks(ctl: &Ctl) -> Vec<Check> {
     checks
 }
 
+/// One line per check and one per hint: what a sidecar said is escaped whole, line
+/// breaks too, so it cannot pass for a line of its own.
 fn print(checks: &[Check], out: &mut dyn Write) -> std::io::Result<()> {
     for check in checks {
-        writeln!(
-            out,
-            "{} {}: {}",
-            check.status.symbol(),
-            check.name,
-            check.detail
-        )?;
+        let (name, detail) = (output::escape(&check.name), output::escape(&check.detail));
+        writeln!(out, "{} {name}: {detail}", check.status.symbol())?;
         if let Some(hint) = &check.hint {
-            writeln!(out, "    hint: {hint}")?;
+            writeln!(out, "    hint: {}", output::escape(hint))?;
         }
     }
     let count = |status| checks.iter().filter(|c| c.status == status).count();

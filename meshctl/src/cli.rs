@@ -25,10 +25,14 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The registry's base URL (`http://host:port`).
+    /// The registry's base URL (`http://host:port`), or the URLs of several registry
+    /// replicas, comma-separated (`http://r1:7700,http://r2:7700`), tried in order: a
+    /// replica that cannot be reached, does not answer in time or answers 503 hands the
+    /// request to the next.
     #[arg(
         long,
         global = true,
+        value_name = "URL",
         env = "MESH_REGISTRY",
         default_value = "http://127.0.0.1:7700"
     )]
@@ -38,7 +42,8 @@ pub struct Global {
     #[arg(short = 'o', long, global = true, env = "MESHCTL_OUTPUT", value_enum, default_value_t = Format::Table)]
     pub output: Format,
 
-    /// Bearer token for registry writes (register, deregister): the registry's `--token`.
+    /// Bearer token for registry writes (register, deregister): the registry's operator
+    /// token (`--token`), or a service token (`--tokens`) for its services.
     #[arg(
         long,
         global = true,
@@ -148,12 +153,7 @@ fn address(value: &str) -> Result<String, String> {
 }
 
 fn protocol(value: &str) -> Result<Protocol, String> {
-    match value {
-        "http" => Ok(Protocol::Http),
-        "h2" => Ok(Protocol::H2),
-        "grpc" => Ok(Protocol::Grpc),
-        _ => Err("must be http, h2 or grpc".into()),
-    }
+    value.parse()
 }
 
 fn status(value: &str) -> Result<Status, String> {

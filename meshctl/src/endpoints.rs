@@ -21,6 +21,8 @@ use crate::{Ctl, Error, human};
 #[serde(default)]
 pub struct Destination {
     pub service: String,
+    /// `tcp` (carried as bytes) or `http`.
+    pub protocol: Option<String>,
     /// `registry` or `dns`.
     pub source: Option<String>,
     pub last_error: Option<String>,
@@ -40,6 +42,8 @@ pub struct Endpoint {
     pub tries: u64,
     pub success_rate: f64,
     pub in_flight: u64,
+    /// Of `in_flight`, connections carried as bytes (TCP, upgraded HTTP).
+    pub open_connections: u64,
     pub last_error: Option<String>,
     pub reason: String,
     pub ejected_by: Option<String>,
@@ -89,7 +93,7 @@ pub async fn run(
                 return Err(Error::Sidecar { sidecar, source });
             }
             Err(e) => {
-                eprintln!("note: skipped {sidecar}: {}", crate::explain(&e));
+                output::note(&format!("note: skipped {sidecar}: {}", crate::explain(&e)));
                 continue;
             }
         };
@@ -109,7 +113,8 @@ pub async fn run(
         return Ok(output::json(out, &views)?);
     }
     if views.is_empty() {
-        return Ok(writeln!(out, "{}", nobody(service, via, &followed))?);
+        let said = nobody(service, via, &followed);
+        return Ok(writeln!(out, "{}", output::escape(&said))?);
     }
     for (i, view) in views.iter().enumerate() {
         if i > 0 {
@@ -151,9 +156,16 @@ fn nobody(service: &str, via: Option<&str>, followed: &[String]) -> String {
 fn print(view: &View, out: &mut dyn Write) -> std::io::Result<()> {
     let d = &view.destination;
     let source = d.source.as_deref().unwrap_or("no answer yet");
-    writeln!(out, "{} sees {} (from {source}):", view.sidecar, d.service)?;
+    let (sidecar, service) = (output::escape(&view.sidecar), output::escape(&d.service));
+    let source = output::escape(source);
+    let tcp = if d.protocol.as_deref() == Some("tcp") {
+        "tcp, "
+    } else {
+        ""
+    };
+    writeln!(out, "{sidecar} sees {service} ({tcp}from {source}):")?;
     if let Some(error) = &d.last_error {
-        writeln!(out, "last discovery error: {error}")?;
+        writeln!(out, "last discovery error: {}", output::escape(error))?;
     }
     let mut table = Table::new(&[
         "ADDRESS",
@@ -162,6 +174,7 @@ fn print(view: &View, out: &mut dyn Write) -> std::io::Result<()> {
         "SUCCESS",
         "EWMA",
         "IN-FLIGHT",
+        "OPEN",
         "EJECTED-BY",
         "REASON",
     ]);
@@ -183,6 +196,7 @@ fn print(view: &View, out: &mut dyn Write) -> std::io::Result<()> {
             success,
             human::latency(e.ewma_ms / 1000.0),
             e.in_flight.to_string(),
+            e.open_connections.to_string(),
             ejected,
             e.reason.clone(),
         ]);
@@ -193,7 +207,8 @@ fn print(view: &View, out: &mut dyn Write) -> std::io::Result<()> {
         table.print(out)?;
     }
     for r in &d.refused {
-        writeln!(out, "refused {}: {}", r.address, r.reason)?;
+        let (address, reason) = (output::escape(&r.address), output::escape(&r.reason));
+        writeln!(out, "refused {address}: {reason}")?;
     }
     Ok(())
 }

@@ -77,8 +77,12 @@ impl From<Outcome> for ExitCode {
 
 /// Runs the command `cli` names, printing to `out`. `redraw` says that `out` is a
 /// terminal, where `top` redraws its table in place instead of printing one per sample.
+///
+/// Commands print through [`output::Escaped`]: no control character they were sent
+/// reaches `out`, whichever command prints it.
 pub async fn run(cli: Cli, out: &mut dyn Write, redraw: bool) -> Result<Outcome, Error> {
     let ctl = Ctl::new(&cli.global)?;
+    let out = &mut output::Escaped::new(out);
     let done = Ok(Outcome::Success);
     match cli.command {
         Command::Check => check::run(&ctl, out).await,

@@ -9,7 +9,7 @@ use crate::output::{self, Format, Table};
 use crate::{Ctl, Error, human};
 
 /// `meshctl services`: each service with its instance counts. JSON: the registry's
-/// answer as it is (`{"index", "services": [{"name", "instances", "passing"}]}`).
+/// answer as it is (`{"index", "services": [{"name", "instances", "passing", "index"}]}`).
 pub async fn services(ctl: &Ctl, out: &mut dyn Write) -> Result<(), Error> {
     let list = ctl.registry.services().await?;
     if ctl.format == Format::Json {
@@ -74,9 +74,5 @@ pub fn instance_table(instances: &[Instance], now: SystemTime) -> Table {
 }
 
 fn protocol(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http => "http",
-        Protocol::H2 => "h2",
-        Protocol::Grpc => "grpc",
-    }
+    p.as_str()
 }

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", meshctl::explain(&e));
+            meshctl::output::note(&format!("error: {}", meshctl::explain(&e)));
             ExitCode::from(1)
         }
     }

@@ -98,11 +98,11 @@ impl Admins {
     fn fall_back(&self) {
         // Said once per run, on stderr, so that `-o json` output stays a document.
         if !self.direct.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            crate::output::note(&format!(
                 "note: the registry at {} cannot relay sidecars' admin pages (an older \
                  release); dialling their admin addresses directly",
                 self.registry.base_url()
-            );
+            ));
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 pub use self::golden::{Counters, Golden};
 use crate::cli::TopArgs;
-use crate::output::{self, Format, Table};
+use crate::output::{self, Escaped, Format, Table};
 use crate::sidecars::{self, each};
 use crate::{Ctl, Error, human, prom};
 
@@ -53,7 +53,7 @@ pub struct Missed {
 pub async fn run(
     ctl: &Ctl,
     args: &TopArgs,
-    out: &mut dyn Write,
+    out: &mut Escaped<'_>,
     redraw: bool,
 ) -> Result<(), Error> {
     let mut before = scrape(ctl).await?;
@@ -65,7 +65,7 @@ pub async fn run(
             Ok(after) => after,
             // Live mode outlasts a registry restart; the next frame spans the gap.
             Err(e) if !args.once => {
-                eprintln!("error: {}", crate::explain(&e));
+                output::note(&format!("error: {}", crate::explain(&e)));
                 continue;
             }
             Err(e) => return Err(e),
@@ -162,7 +162,7 @@ pub fn frame(before: &Scrape, after: &Scrape, only: Option<&str>) -> Frame {
 fn print(
     format: Format,
     frame: &Frame,
-    out: &mut dyn Write,
+    out: &mut Escaped<'_>,
     redraw: bool,
     once: bool,
 ) -> Result<(), Error> {
@@ -171,14 +171,13 @@ fn print(
         if once {
             output::json(out, frame)?;
         } else {
-            serde_json::to_writer(&mut *out, frame).map_err(std::io::Error::from)?;
-            writeln!(out)?;
+            output::json_line(out, frame)?;
         }
         return Ok(out.flush()?);
     }
     if redraw {
         // Cursor home and clear the screen: the frame replaces the last one, as in top(1).
-        write!(out, "\x1b[H\x1b[2J")?;
+        out.clear_screen()?;
     } else if !once {
         writeln!(out)?;
     }
@@ -204,7 +203,11 @@ fn print(
         table.print(out)?;
     }
     for missed in &frame.missed {
-        writeln!(out, "not counted: {}: {}", missed.sidecar, missed.error)?;
+        let (sidecar, error) = (
+            output::escape(&missed.sidecar),
+            output::escape(&missed.error),
+        );
+        writeln!(out, "not counted: {sidecar}: {error}")?;
     }
     Ok(out.flush()?)
 }

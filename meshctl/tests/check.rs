@@ -17,7 +17,7 @@ fn lines(run: &Run, symbol: char) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn a_plain_mesh_passes_with_one_warning_for_its_missing_ca() {
+async fn a_plain_mesh_passes_with_warnings_for_its_missing_ca_and_open_writes() {
     let registry = Registry::start().await;
     let url = registry.url();
     let web = Sidecar::start(&registry, "web").await;
@@ -28,12 +28,17 @@ async fn a_plain_mesh_passes_with_one_warning_for_its_missing_ca() {
     let warnings = lines(&check, '‼');
     assert_eq!(
         warnings.len(),
-        2,
-        "the CA's line and the summary:\n{}",
+        3,
+        "the open registry's line, the CA's and the summary:\n{}",
         check.stdout
     );
     assert!(
-        warnings[0].starts_with("‼ CA: the registry has no CA"),
+        warnings[0].starts_with("‼ registry writes: ") && warnings[0].contains("is open"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        warnings[1].starts_with("‼ CA: the registry has no CA"),
         "{}",
         check.stdout
     );
@@ -62,7 +67,7 @@ async fn a_plain_mesh_passes_with_one_warning_for_its_missing_ca() {
         "every sidecar says its release:\n{}",
         check.stdout
     );
-    let summary = "‼ 8 checks: 7 ok, 1 warning, 0 failed\n";
+    let summary = "‼ 9 checks: 7 ok, 2 warnings, 0 failed\n";
     assert!(check.stdout.ends_with(summary), "{}", check.stdout);
 }
 
@@ -76,15 +81,15 @@ async fn checks_as_json_carry_a_hint_where_not_ok() {
     assert_eq!(json.code, Some(0));
     let checks = json.json();
     let checks = checks.as_array().unwrap();
-    assert_eq!(checks.len(), 8);
+    assert_eq!(checks.len(), 9);
     for check in checks {
-        let ca = check["name"] == "CA";
+        let warned = check["name"] == "CA" || check["name"] == "registry writes";
         assert_eq!(
             check["status"],
-            if ca { "warning" } else { "ok" },
+            if warned { "warning" } else { "ok" },
             "{check}"
         );
-        assert_eq!(check["hint"].is_string(), ca, "{check}");
+        assert_eq!(check["hint"].is_string(), warned, "{check}");
         assert!(check["detail"].is_string(), "{check}");
     }
 }
@@ -180,11 +185,18 @@ async fn a_mesh_with_mtls_has_its_ca_and_certificates_checked() {
     assert!(lines(&check, '‼').is_empty(), "{}", check.stdout);
     assert!(lines(&check, '✗').is_empty(), "{}", check.stdout);
     assert!(check.stdout.contains("✔ CA: "), "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("✔ registry writes: bound to an identity: certificate"),
+        "{}",
+        check.stdout
+    );
     let certificate = format!("✔ sidecar {} certificate: expires in 23h 59m", web.name());
     assert!(check.stdout.contains(&certificate), "{}", check.stdout);
     assert!(
         check
             .stdout
-            .ends_with("✔ 10 checks: 10 ok, 0 warnings, 0 failed\n")
+            .ends_with("✔ 11 checks: 11 ok, 0 warnings, 0 failed\n")
     );
 }

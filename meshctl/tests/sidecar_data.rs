@@ -5,8 +5,9 @@
 mod common;
 
 use clap::Parser;
-use common::{Registry, Sidecar, call, meshctl, run};
+use common::{Registry, Shape, Sidecar, call, meshctl, run};
 use http::StatusCode;
+use mesh_proxy::inbound::AppProtocol;
 use meshctl::Ctl;
 use meshctl::cli::Cli;
 
@@ -55,6 +56,52 @@ async fn endpoints_as_the_sidecars_that_call_the_service_see_them() {
     assert_eq!(endpoint["state"], "ready");
     assert_eq!(endpoint["tries"], 5);
     assert_eq!(endpoint["success_rate"], 1.0);
+}
+
+#[tokio::test]
+async fn endpoints_of_a_tcp_service_show_its_open_connections() {
+    let registry = Registry::start().await;
+    let tcp = Shape {
+        protocol: Some(AppProtocol::Tcp),
+        ..Shape::default()
+    };
+    let db = Sidecar::start_shaped(&registry, "db", tcp).await;
+    let client = Shape {
+        upstream: Some("db"),
+        ..Shape::default()
+    };
+    let front = Sidecar::start_shaped(&registry, "front", client).await;
+    // Two connections held open through front's upstream listener for db.
+    let upstream = front.upstream.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(upstream).await.unwrap());
+    }
+    let url = registry.url();
+    let endpoint = async || {
+        let json = run(&url, &["endpoints", "db", "--direct", "-o", "json"]).await;
+        json.json()[0]["endpoints"][0].clone()
+    };
+    // The sidecar counts a connection once it has reached the endpoint.
+    for _ in 0..500 {
+        if endpoint().await["open_connections"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let endpoint = endpoint().await;
+    assert_eq!(endpoint["address"], db.inbound.to_string(), "{endpoint}");
+    assert_eq!(endpoint["open_connections"], 2, "{endpoint}");
+    assert_eq!(endpoint["in_flight"], 2, "{endpoint}");
+
+    let table = run(&url, &["endpoints", "db", "--direct"]).await;
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    let heading = format!("{} sees db (tcp, from registry):", front.name());
+    assert_eq!(lines[0], heading, "{}", table.stdout);
+    let open = lines[1].find("OPEN").expect("an OPEN column");
+    let cell = lines[2][open..].split_whitespace().next();
+    assert_eq!(cell, Some("2"), "{}", table.stdout);
+    drop(held);
 }
 
 #[tokio::test]

@@ -135,6 +135,9 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 #[derive(Serialize)]
 pub struct DestinationView {
     pub service: String,
+    /// How the sidecar carries connections to it: `tcp` (as bytes: its instances are
+    /// registered `tcp`) or `http`.
+    pub protocol: &'static str,
     pub source: Option<Source>,
     pub last_error: Option<String>,
     pub endpoints: Vec<EndpointView>,
@@ -161,6 +164,8 @@ pub struct EndpointView {
     pub tries: u64,
     pub success_rate: f64,
     pub in_flight: usize,
+    /// Of `in_flight`, connections carried as bytes: TCP connections, upgraded HTTP ones.
+    pub open_connections: usize,
     pub last_error: Option<String>,
     /// Why the endpoint is in (or out of) rotation.
     pub reason: String,
@@ -180,6 +185,7 @@ impl DestinationView {
         };
         DestinationView {
             service: d.name.clone(),
+            protocol: if set.opaque { "tcp" } else { "http" },
             source: set.source,
             last_error: d.last_error(),
             endpoints: set
@@ -233,6 +239,7 @@ impl EndpointView {
             tries: outcomes.tries(),
             success_rate: outcomes.rate(),
             in_flight: e.in_flight(),
+            open_connections: e.spliced(),
             last_error: e.last_error(),
             reason,
             ejected_by,

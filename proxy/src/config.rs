@@ -6,6 +6,7 @@
 //! `Config::default()` is what a command line without flags (and without `MESH_*`
 //! variables) gives: tests start from it and change fields.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser};
@@ -17,7 +18,7 @@ use crate::listeners::Listen;
 use crate::outbound::OutboundConfig;
 use crate::register::RegistrationConfig;
 use crate::retry::RetryConfig;
-use crate::tls::{TlsConfig, TlsMode};
+use crate::tls::{IdentitySlot, TlsConfig, TlsMode};
 
 /// The mesh's sidecar: routes the app's outbound calls to discovered instances, forwards
 /// peers' calls to the app, registers the app in the registry, and exports metrics.
@@ -65,7 +66,7 @@ pub struct Config {
 pub struct RegistryConfig {
     /// Registry base URL, or the URLs of several registry replicas, comma-separated
     /// (`http://r1:7700,http://r2:7700`): requests go to one and fail over to the next
-    /// when it cannot be reached or answers 503.
+    /// when it cannot be reached, does not answer in time, or answers 503.
     #[arg(
         long = "registry",
         value_name = "REGISTRY",
@@ -74,7 +75,8 @@ pub struct RegistryConfig {
     )]
     pub url: String,
 
-    /// Bearer token for registry writes (the registry's `--token`).
+    /// Bearer token for registry writes: a service token scoped to this sidecar's
+    /// service (the registry's `--tokens`), on a registry without a CA.
     #[arg(
         long = "registry-token",
         value_name = "REGISTRY_TOKEN",
@@ -82,6 +84,17 @@ pub struct RegistryConfig {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// The mesh CA's certificate (PEM), for `https://` registry URLs (the registry's
+    /// `--tls-listen`): the registry must present a certificate from it naming the
+    /// registry. With `--tls`, this sidecar then writes its instances with its own
+    /// certificate.
+    #[arg(
+        long = "registry-ca",
+        value_name = "REGISTRY_CA",
+        env = "MESH_REGISTRY_CA"
+    )]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 // === impl Config ===
@@ -96,7 +109,7 @@ impl Config {
     /// Checks what clap cannot, group by group, then what spans groups.
     pub fn validate(&self) -> Result<(), Invalid> {
         self.registration.validate()?;
-        self.registry.client()?;
+        self.registry.client(None, &self.tls.trust_domain)?;
         self.listen.validate()?;
         self.discovery.validate()?;
         self.outbound.validate()?;
@@ -126,10 +139,41 @@ impl Config {
 // === impl RegistryConfig ===
 
 impl RegistryConfig {
-    /// A client for the registry, with the write token when there is one.
-    pub fn client(&self) -> Result<mesh_registry_api::Client, Invalid> {
-        let client = mesh_registry_api::Client::new(&self.url)
+    /// A client for the registry, with the write token when there is one, and TLS to
+    /// `https://` registries checked against `--registry-ca`, presenting `identity`'s
+    /// certificate once there is one.
+    pub fn client(
+        &self,
+        identity: Option<&Arc<IdentitySlot>>,
+        trust_domain: &str,
+    ) -> Result<mesh_registry_api::Client, Invalid> {
+        let mut client = mesh_registry_api::Client::new(&self.url)
             .map_err(|e| Invalid::new("--registry", e.to_string()))?;
+        let https = self
+            .url
+            .split(',')
+            .any(|url| url.trim().starts_with("https://"));
+        match (&self.ca, https) {
+            (Some(ca), true) => {
+                let config = crate::tls::registry_client_config(ca, trust_domain, identity)
+                    .map_err(|e| Invalid::new("--registry-ca", e))?;
+                client = client.with_tls(config);
+            }
+            (None, true) => {
+                return Err(Invalid::new(
+                    "--registry-ca",
+                    "needed for an https:// --registry: the mesh CA's certificate, to check \
+                     the registry's",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Invalid::new(
+                    "--registry-ca",
+                    "only used with https:// --registry URLs (the registry's --tls-listen)",
+                ));
+            }
+            (None, false) => {}
+        }
         Ok(match &self.token {
             Some(token) => client.with_token(token.clone()),
             None => client,
@@ -156,7 +200,22 @@ mod tests {
         assert_eq!(refused(&["--service", "Bad"]), "--service");
         assert_eq!(refused(&["--service", "web"]), "--app");
         assert_eq!(refused(&["--weight", "0"]), "--weight");
-        assert_eq!(refused(&["--registry", "https://r"]), "--registry");
+        assert_eq!(refused(&["--registry", "ftp://r"]), "--registry");
+        // https needs the CA to check the registry with, and only https uses one.
+        assert_eq!(refused(&["--registry", "https://r:7743"]), "--registry-ca");
+        assert_eq!(
+            refused(&["--registry", "http://r:7700", "--registry-ca", "/ca.pem"]),
+            "--registry-ca"
+        );
+        assert_eq!(
+            refused(&[
+                "--registry",
+                "https://r:7743",
+                "--registry-ca",
+                "/missing/ca.pem"
+            ]),
+            "--registry-ca"
+        );
         assert_eq!(
             refused(&["--eject-max-percent", "101"]),
             "--eject-max-percent"
@@ -222,6 +281,29 @@ mod tests {
         ]);
         assert_eq!(c.listen.upstreams[0].service, "recommendations");
         assert_eq!(c.listen.upstreams[1].port, Some(8080));
+    }
+
+    /// `--help` shows in each value's place the flag's own name, or a form to type
+    /// (`NAME=ADDR`), never the id of the field behind it (`<connection_idle_timeout>`).
+    #[test]
+    fn help_names_each_value_after_its_flag() {
+        use clap::CommandFactory;
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if !arg.get_action().takes_values() {
+                continue;
+            }
+            let name = match arg.get_value_names() {
+                Some([name]) => name.to_string(),
+                Some(names) => panic!("--{long} takes {} values", names.len()),
+                None => arg.get_id().to_string(),
+            };
+            let form = !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            assert!(
+                form || name == long.to_uppercase().replace('-', "_"),
+                "--{long} <{name}>"
+            );
+        }
     }
 
     #[test]

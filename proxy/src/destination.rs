@@ -18,6 +18,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::loops::OwnListeners;
 use crate::metrics::{EndpointState, Metrics, ServiceMetrics};
 use crate::tls::TLS_METADATA;
+use mesh_registry_api::Protocol;
 
 /// The endpoints of one destination at one moment; replaced whole on every update.
 #[derive(Debug, Default)]
@@ -26,6 +27,9 @@ pub struct EndpointSet {
     pub source: Option<Source>,
     /// Endpoints discovery found but this sidecar will not dial.
     pub refused: Vec<Refused>,
+    /// Every instance registered protocol `tcp`: connections to the destination are
+    /// carried as bytes, not read as HTTP.
+    pub opaque: bool,
 }
 
 /// A discovered endpoint this sidecar will not dial, and why.
@@ -186,7 +190,13 @@ impl Destination {
                 },
             }
         });
-        self.endpoint_set(Source::Registry, found, dial)
+        let mut set = self.endpoint_set(Source::Registry, found, dial);
+        set.opaque = !listing.instances.is_empty()
+            && listing
+                .instances
+                .iter()
+                .all(|i| i.protocol == Protocol::Tcp);
+        set
     }
 
     /// DNS answers → endpoints: plaintext, weight 1, no sidecar.

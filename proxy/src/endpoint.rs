@@ -60,6 +60,8 @@ pub struct Endpoint {
     /// A std Mutex: held for a few arithmetic operations, never across an await.
     estimate: Mutex<Estimate>,
     in_flight: AtomicUsize,
+    /// Of `in_flight`, the connections carried as bytes (opaque TCP, upgraded HTTP).
+    spliced: AtomicUsize,
     last_error: Mutex<Option<String>>,
     /// Outlier ejection state.
     pub breaker: crate::breaker::Breaker,
@@ -145,6 +147,7 @@ impl Endpoint {
                 tried: Instant::now(),
             }),
             in_flight: AtomicUsize::new(0),
+            spliced: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             breaker: crate::breaker::Breaker::default(),
         }
@@ -192,6 +195,12 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Connections carried as bytes to this endpoint now: opaque TCP connections and
+    /// upgraded HTTP ones.
+    pub fn spliced(&self) -> usize {
+        self.spliced.load(Ordering::Relaxed)
+    }
+
     /// The balancer's cost: expected latency times queue depth, per unit of weight, and
     /// higher the more of its recent tries failed.
     pub fn load(&self) -> f64 {
@@ -207,7 +216,10 @@ impl Endpoint {
     /// Counts a request in flight until the guard drops.
     pub fn start(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            endpoint: self.clone(),
+            spliced: false,
+        }
     }
 
     pub fn set_error(&self, error: Option<String>) {
@@ -219,12 +231,30 @@ impl Endpoint {
     }
 }
 
-/// A request in flight to an endpoint.
-pub struct InFlight(std::sync::Arc<Endpoint>);
+/// A request in flight to an endpoint, or a connection open to it.
+pub struct InFlight {
+    endpoint: std::sync::Arc<Endpoint>,
+    spliced: bool,
+}
+
+impl InFlight {
+    /// The request is now a connection carried as bytes (or was one from the start):
+    /// counted among the endpoint's spliced connections too, until the guard drops.
+    pub fn spliced(mut self) -> Self {
+        if !self.spliced {
+            self.endpoint.spliced.fetch_add(1, Ordering::Relaxed);
+            self.spliced = true;
+        }
+        self
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.spliced {
+            self.endpoint.spliced.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -12,6 +12,10 @@ use crate::grpc;
 /// Header naming the cause of an answer the proxy made itself.
 pub const MESH_ERROR: http::HeaderName = http::HeaderName::from_static("mesh-error");
 
+/// The methods a `405` names: those RFC 9110 and RFC 5789 define, but CONNECT. (Others
+/// are forwarded too; no list could name them all.)
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Discovery knows no ready endpoint for the destination.
@@ -25,6 +29,9 @@ pub enum ErrorKind {
     /// The request is malformed: nothing to route by, two `Host` headers, a bad deadline
     /// header, a body the caller broke.
     BadRequest,
+    /// The request asks for a tunnel (`CONNECT`), which the mesh does not open
+    /// ([`headers::refuse_tunnel`](crate::headers::refuse_tunnel)).
+    Tunnel,
     /// The peer refused the HTTP/2 stream before processing it (REFUSED_STREAM).
     Refused,
     /// Retries were needed but the destination's retry budget is spent.
@@ -72,7 +79,7 @@ impl ErrorKind {
             ErrorKind::ConnectFailed => "connect-failed",
             ErrorKind::Timeout => "timeout",
             ErrorKind::UpstreamFailed => "upstream-failed",
-            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::BadRequest | ErrorKind::Tunnel => "bad-request",
             ErrorKind::Refused => "refused",
             ErrorKind::BudgetExhausted => "budget-exhausted",
             ErrorKind::Overloaded => "overloaded",
@@ -113,6 +120,8 @@ impl ErrorKind {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Forbidden | ErrorKind::Insecure => StatusCode::FORBIDDEN,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            // Not a 5xx: a caller's sidecar would count that against the endpoint.
+            ErrorKind::Tunnel => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Loop => StatusCode::LOOP_DETECTED,
         }
     }
@@ -130,6 +139,7 @@ impl ErrorKind {
             ErrorKind::Timeout => grpc::DEADLINE_EXCEEDED,
             ErrorKind::Forbidden => grpc::PERMISSION_DENIED,
             ErrorKind::BadRequest | ErrorKind::Loop => grpc::INTERNAL,
+            ErrorKind::Tunnel => grpc::UNIMPLEMENTED,
         }
     }
 
@@ -144,6 +154,7 @@ impl ErrorKind {
             // Another endpoint would not change the answer.
             ErrorKind::NoEndpoints
             | ErrorKind::BadRequest
+            | ErrorKind::Tunnel
             | ErrorKind::BudgetExhausted
             | ErrorKind::Overloaded
             | ErrorKind::Forbidden
@@ -201,9 +212,12 @@ impl ProxyError {
             );
             r
         };
-        response
-            .headers_mut()
-            .insert(MESH_ERROR, HeaderValue::from_static(self.kind.as_str()));
+        let headers = response.headers_mut();
+        if self.kind == ErrorKind::Tunnel {
+            // A 405 says which methods are served (RFC 9110 §15.5.6): all but CONNECT.
+            headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        headers.insert(MESH_ERROR, HeaderValue::from_static(self.kind.as_str()));
         response
     }
 }
@@ -252,5 +266,20 @@ mod tests {
         assert_eq!(ErrorKind::Refused.retryable(), Retryable::Any);
         assert_eq!(ErrorKind::Timeout.retryable(), Retryable::IdempotentOnly);
         assert_eq!(ErrorKind::BadRequest.retryable(), Retryable::Never);
+    }
+
+    #[test]
+    fn a_refused_tunnel_is_a_405_naming_the_methods_served() {
+        let refused = ProxyError::new(ErrorKind::Tunnel, "CONNECT is not proxied");
+        let answer = refused.into_response(false);
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer.headers()[MESH_ERROR], "bad-request");
+        assert!(
+            !answer.headers()[header::ALLOW]
+                .to_str()
+                .unwrap()
+                .contains("CONNECT")
+        );
+        assert_eq!(ErrorKind::Tunnel.retryable(), Retryable::Never);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,11 +15,11 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::BoxBody;
 use crate::error::{ErrorKind, ProxyError, source_chain};
-use crate::headers;
 use crate::io::Io;
 use crate::loops::OwnListeners;
 use crate::pool::Pool;
 use crate::tls::{Identity, IdentitySlot};
+use crate::{headers, upgrade};
 
 /// On an answer that came over a connection opened for its request: how long opening it
 /// (TCP, then TLS) took. The balancer weighs an endpoint by its answers, not by that.
@@ -70,6 +70,11 @@ pub struct Clients {
 // === impl Clients ===
 
 impl Clients {
+    /// `--connect-timeout`.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     pub fn new(
         connect_timeout: Duration,
         identity: Option<Arc<IdentitySlot>>,
@@ -100,14 +105,33 @@ impl Clients {
             },
             _ => None,
         };
-        let request = prepare(request, pool, wire, tls.is_some())?;
-        let result = match wire {
-            Wire::Http1 => self.send_h1(request, pool, tls).await,
-            Wire::Http2 => self.send_h2(request, pool, tls).await,
+        // An upgrade travels over HTTP/1.1 on a connection of its own, with its pair of
+        // hop-by-hop headers.
+        let upgrade = upgrade::requested(&request).cloned();
+        let wire = if upgrade.is_some() { Wire::Http1 } else { wire };
+        let mut request = prepare(request, pool, wire, tls.is_some())?;
+        let result = match (wire, upgrade.clone()) {
+            (_, Some(protocol)) => {
+                upgrade::restore(request.headers_mut(), protocol);
+                Box::pin(self.send_upgrade(request, pool, tls)).await
+            }
+            (Wire::Http1, None) => self.send_h1(request, pool, tls).await,
+            (Wire::Http2, None) => self.send_h2(request, pool, tls).await,
         }?;
         match result {
             Ok(mut response) => {
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let switched_to = switched
+                    .then(|| response.headers().get(header::UPGRADE).cloned())
+                    .flatten();
                 headers::strip_hop_by_hop(response.headers_mut());
+                match (switched, upgrade) {
+                    (true, None) => return Err(upgrade::unasked(pool.address())),
+                    (true, Some(asked)) => {
+                        upgrade::restore(response.headers_mut(), switched_to.unwrap_or(asked));
+                    }
+                    (false, _) => {}
+                }
                 // An HTTP/1.0 app's answer must not make our own server speak 1.0.
                 if response.version() < Version::HTTP_11 {
                     *response.version_mut() = Version::HTTP_11;
@@ -162,6 +186,23 @@ impl Clients {
                 },
             }
         }
+    }
+
+    /// An upgrade request: on a new HTTP/1.1 connection, which its answer takes over (a
+    /// `101`) or which closes after it.
+    async fn send_upgrade(
+        &self,
+        request: Request<BoxBody>,
+        pool: &Pool,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<Result<Response<Incoming>, hyper::Error>, ProxyError> {
+        let started = tokio::time::Instant::now();
+        let mut sender = self.open_h1(pool, tls).await?;
+        let opened = Connected(started.elapsed());
+        Ok(sender.send_request(request).await.map(|mut response| {
+            response.extensions_mut().insert(opened);
+            response
+        }))
     }
 
     /// HTTP/2: every call shares one connection per peer, opened on first use.
@@ -241,11 +282,37 @@ impl Clients {
         Ok(sender)
     }
 
+    /// A new connection to carry as bytes to the pool's address, over mTLS when `tls_to`
+    /// names the service whose identity must answer.
+    pub async fn connect_opaque(
+        &self,
+        pool: &Pool,
+        tls_to: Option<&str>,
+    ) -> Result<Io, ProxyError> {
+        let tls = match (tls_to, &self.identity) {
+            (Some(service), Some(slot)) => match slot.get() {
+                Some(identity) => Some((service, identity)),
+                None => return Err(slot.missing()),
+            },
+            _ => None,
+        };
+        self.connect_alpn(pool, crate::tls::OPAQUE_ALPN, tls).await
+    }
+
     /// A new connection to the pool's address: TCP, then the TLS handshake when `tls`.
     async fn connect(
         &self,
         pool: &Pool,
         wire: Wire,
+        tls: Option<(&str, &Arc<Identity>)>,
+    ) -> Result<Io, ProxyError> {
+        self.connect_alpn(pool, wire.alpn(), tls).await
+    }
+
+    async fn connect_alpn(
+        &self,
+        pool: &Pool,
+        alpn: &'static [u8],
         tls: Option<(&str, &Arc<Identity>)>,
     ) -> Result<Io, ProxyError> {
         let address = pool.address();
@@ -266,7 +333,7 @@ impl Clients {
         let Some((service, identity)) = tls else {
             return Ok(Io::Plain(stream));
         };
-        let config = identity.client_config(service, wire.alpn());
+        let config = identity.client_config(service, alpn);
         // The peer proves its service by its certificate's SPIFFE ID; the name below
         // only fills the handshake.
         let host = pool.authority().map(Authority::host).unwrap_or("peer");
@@ -303,8 +370,10 @@ fn handshake_failed(pool: &Pool, e: &hyper::Error) -> ProxyError {
     )
 }
 
-/// Points the request at the pool's address and adapts it to the wire version: HTTP/1.1
-/// gets an origin-form target and a `Host`, HTTP/2 an absolute URI for its pseudo-headers.
+/// Adapts the request to the wire version, for the pool's address. The host the caller
+/// named travels on unchanged, so the app sees the same one whichever version its caller
+/// spoke: HTTP/1.1 gets it as `Host` with an origin-form target, HTTP/2 as `:authority`.
+/// The address dialled stands in only for a request that names no host.
 fn prepare(
     request: Request<BoxBody>,
     pool: &Pool,
@@ -312,7 +381,7 @@ fn prepare(
     tls: bool,
 ) -> Result<Request<BoxBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let authority = pool.authority().ok_or_else(|| {
+    let address = pool.authority().ok_or_else(|| {
         ProxyError::new(
             ErrorKind::ConnectFailed,
             format!("endpoint address {:?} is not host:port", pool.address()),
@@ -322,27 +391,36 @@ fn prepare(
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
+    // An HTTP/2 caller names the host in `:authority` only, and an absolute-form target's
+    // host replaces any `Host` the caller sent (RFC 9112 §3.2.2), as it did for routing.
+    let named = match uri.authority.take() {
+        Some(target) => Some(target),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .filter(|host| !host.is_empty())
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
+    };
     match wire {
         Wire::Http1 => {
-            // HTTP/1.1 peers want `Host`. An HTTP/2 caller names the host in `:authority`
-            // only, and an absolute-form target's host replaces any `Host` the caller
-            // sent (RFC 9112 §3.2.2), as it did for routing.
-            if let Some(target) = &uri.authority {
-                if let Ok(host) = target.as_str().parse::<HeaderValue>() {
-                    parts.headers.insert(header::HOST, host);
-                }
-            } else if !parts.headers.contains_key(header::HOST)
-                && let Ok(host) = authority.as_str().parse::<HeaderValue>()
-            {
+            // An empty `Host` (a target without a host, RFC 9112 §3.2) stays as it was.
+            let host = match named {
+                Some(named) => Some(named),
+                None if !parts.headers.contains_key(header::HOST) => Some(address.clone()),
+                None => None,
+            };
+            if let Some(host) = host.and_then(|h| HeaderValue::from_str(h.as_str()).ok()) {
                 parts.headers.insert(header::HOST, host);
             }
             uri.scheme = None;
-            uri.authority = None;
             parts.version = Version::HTTP_11;
         }
         Wire::Http2 => {
+            // `:authority` says it; a `Host` beside it could only disagree (RFC 9113
+            // §8.3.1).
+            parts.headers.remove(header::HOST);
             uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-            uri.authority = Some(authority.clone());
+            uri.authority = Some(named.unwrap_or_else(|| address.clone()));
             parts.version = Version::HTTP_2;
         }
     }
@@ -439,5 +517,36 @@ mod tests {
         let out = prepare(request, &Pool::new("10.0.0.7:4143"), Wire::Http1, false).unwrap();
         assert_eq!(out.headers()[header::HOST], "web");
         assert_eq!(out.uri(), "/x");
+    }
+
+    #[test]
+    fn the_callers_host_is_the_http2_authority_and_never_the_address_dialled() {
+        let pool = Pool::new("10.0.0.7:4143");
+        let h1_caller = Request::get("/x?y=1")
+            .header(header::HOST, "web:8080")
+            .body(crate::body::empty())
+            .unwrap();
+        let out = prepare(h1_caller, &pool, Wire::Http2, true).unwrap();
+        assert_eq!(out.uri(), "https://web:8080/x?y=1");
+        assert!(!out.headers().contains_key(header::HOST));
+
+        let h2_caller = || {
+            Request::get("http://web/x")
+                .version(Version::HTTP_2)
+                .body(crate::body::empty())
+                .unwrap()
+        };
+        let out = prepare(h2_caller(), &pool, Wire::Http2, false).unwrap();
+        assert_eq!(out.uri(), "http://web/x");
+        let out = prepare(h2_caller(), &pool, Wire::Http1, false).unwrap();
+        assert_eq!(out.headers()[header::HOST], "web");
+
+        // Only a request naming no host is sent the address dialled.
+        let nameless = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(crate::body::empty())
+            .unwrap();
+        let out = prepare(nameless, &pool, Wire::Http2, false).unwrap();
+        assert_eq!(out.uri(), "http://10.0.0.7:4143/");
     }
 }

@@ -9,6 +9,7 @@ use crate::body::{self, BoxBody};
 pub const DEADLINE_EXCEEDED: u32 = 4;
 pub const PERMISSION_DENIED: u32 = 7;
 pub const RESOURCE_EXHAUSTED: u32 = 8;
+pub const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
 

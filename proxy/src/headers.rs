@@ -1,8 +1,10 @@
 //! Header hygiene on every hop: hop-by-hop headers removed (RFC 9110 §7.6.1), a request
-//! id added when missing, requests with two `Host` headers refused. Trace context
-//! (`traceparent`, `tracestate`) is left untouched.
+//! id added when missing, tunnels and requests with two `Host` headers (or one that is no
+//! host) refused. Trace context (`traceparent`, `tracestate`) is left untouched.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request};
 use rand::Rng;
 
 use crate::error::{ErrorKind, ProxyError};
@@ -71,17 +73,69 @@ pub fn remove(headers: &mut HeaderMap, name: &HeaderName) {
     }
 }
 
-/// Refuses a request head that proxies must not pass on: two `Host` headers (RFC 9112
-/// §3.2), which two hops could read as two different destinations.
-pub fn check_request(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+/// Refuses a request head that proxies must not pass on: a tunnel ([`refuse_tunnel`]),
+/// two `Host` headers (RFC 9112 §3.2), which two hops could read as two different
+/// destinations, or a `Host` that is no `host[:port]`, which no HTTP/2 hop could carry as
+/// `:authority`.
+pub fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    refuse_tunnel(request)?;
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
         return Err(ProxyError::new(
             ErrorKind::BadRequest,
             "the request has more than one Host header",
         ));
     }
+    if let Some(host) = first.filter(|h| !h.is_empty())
+        && !is_host_and_port(host)
+    {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            format!("the Host header {host:?} is no host[:port]"),
+        ));
+    }
     Ok(())
+}
+
+/// Refuses tunnels: `CONNECT` (RFC 9110 §9.3.6), which asks for a raw TCP tunnel, as an
+/// app with `HTTPS_PROXY` pointing at its sidecar sends, and HTTP/2's extended CONNECT
+/// (RFC 8441), which asks for one carrying another protocol (`:protocol`, such as
+/// `websocket`). The mesh balances, retries and counts requests, and a tunnel's bytes are
+/// none of those: passed on, a CONNECT reached an app that could not serve it, and its
+/// failure counted against a healthy endpoint. Every listener refuses it itself, before
+/// any endpoint is chosen.
+///
+/// The one place that decides. Extended CONNECT does not even get here yet: the listeners
+/// do not advertise SETTINGS_ENABLE_CONNECT_PROTOCOL, so HTTP/2 resets such a stream
+/// before it is a request. Carrying WebSockets over HTTP/2 takes advertising it (hyper's
+/// `enable_connect_protocol`, in `server::connection_builder`), letting `websocket` pass
+/// here, and forwarding the upgraded stream.
+pub fn refuse_tunnel<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    if request.method() != Method::CONNECT {
+        return Ok(());
+    }
+    let tunnel = match request.extensions().get::<hyper::ext::Protocol>() {
+        Some(protocol) => format!("extended CONNECT ({})", protocol.as_str()),
+        None => "CONNECT".to_owned(),
+    };
+    Err(ProxyError::new(
+        ErrorKind::Tunnel,
+        format!("{tunnel} is not proxied: the mesh forwards requests, not tunnels"),
+    ))
+}
+
+/// `host[:port]`, without the user info a URI authority may also hold, and with a port
+/// that is a number when there is one.
+fn is_host_and_port(value: &HeaderValue) -> bool {
+    if value.as_bytes().contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = Authority::try_from(value.as_bytes()) else {
+        return false;
+    };
+    let after_host = authority.as_str().strip_prefix(authority.host());
+    after_host.is_some_and(str::is_empty) || authority.port_u16().is_some()
 }
 
 /// Adds `x-request-id` (128 random bits, hex) when the request has none. The value is
@@ -143,13 +197,46 @@ mod tests {
         assert!(!two.contains_key(header::PROXY_AUTHORIZATION));
     }
 
+    fn with_hosts(hosts: &[&'static str]) -> Request<()> {
+        let mut request = Request::new(());
+        for host in hosts {
+            let host = HeaderValue::from_static(host);
+            request.headers_mut().append(header::HOST, host);
+        }
+        request
+    }
+
     #[test]
     fn two_hosts_are_refused() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, "web".parse().unwrap());
-        assert!(check_request(&h).is_ok());
-        h.append(header::HOST, "db".parse().unwrap());
-        assert_eq!(check_request(&h).unwrap_err().kind, ErrorKind::BadRequest);
+        assert!(check_request(&with_hosts(&["web"])).is_ok());
+        let two = check_request(&with_hosts(&["web", "db"]));
+        assert_eq!(two.unwrap_err().kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn tunnels_are_refused() {
+        let mut connect = with_hosts(&["web:443"]);
+        *connect.method_mut() = Method::CONNECT;
+        assert_eq!(check_request(&connect).unwrap_err().kind, ErrorKind::Tunnel);
+        let websocket = hyper::ext::Protocol::from_static("websocket");
+        connect.extensions_mut().insert(websocket);
+        let refused = refuse_tunnel(&connect).unwrap_err();
+        assert!(
+            refused.message.contains("extended CONNECT (websocket)"),
+            "{refused}"
+        );
+        assert!(refuse_tunnel(&with_hosts(&["web"])).is_ok());
+    }
+
+    #[test]
+    fn a_host_must_be_host_and_port() {
+        let check = |host: &'static str| check_request(&with_hosts(&[host])).is_ok();
+        for good in ["web", "web:8080", "10.0.0.7:4143", "[::1]:80", ""] {
+            assert!(check(good), "{good:?}");
+        }
+        for bad in ["web/x", "a b", "user@web", "web:port", "web:", "web:99999"] {
+            assert!(!check(bad), "{bad:?}");
+        }
     }
 
     #[test]

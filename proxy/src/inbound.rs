@@ -17,6 +17,7 @@ use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::Pool;
 use crate::respond::{fail, observe};
 use crate::server::Peer;
+use crate::upgrade::Accepted;
 use crate::{grpc, headers};
 
 /// How the sidecar speaks to its app.
@@ -28,6 +29,8 @@ pub enum AppProtocol {
     H2,
     /// gRPC (HTTP/2).
     Grpc,
+    /// Opaque TCP: every connection is carried to the app as bytes.
+    Tcp,
 }
 
 pub struct Inbound {
@@ -49,18 +52,11 @@ pub struct Inbound {
 // === impl Inbound ===
 
 impl Inbound {
-    pub async fn handle(&self, request: Request<Incoming>, peer: Peer) -> Response<BoxBody> {
+    pub async fn handle(&self, mut request: Request<Incoming>, peer: Peer) -> Response<BoxBody> {
         let grpc_caller = grpc::is_grpc(request.headers());
+        let upgrade = Accepted::take(&mut request);
         let timer = self.service_metrics.request();
-        let allowed = peer
-            .identity
-            .as_ref()
-            .is_some_and(|id| self.allow.contains(id));
-        if !self.allow.is_empty() && !allowed {
-            let caller = peer
-                .identity
-                .as_deref()
-                .unwrap_or("an unauthenticated caller");
+        if let Some(caller) = refused(&self.allow, &peer) {
             let e = ProxyError::new(
                 ErrorKind::Forbidden,
                 format!(
@@ -73,11 +69,12 @@ impl Inbound {
             self.metrics.denied(&self.service);
             return fail(e, grpc_caller, timer);
         }
-        if let Err(e) = headers::check_request(request.headers()) {
+        if let Err(e) = headers::check_request(&request) {
             return fail(e, grpc_caller, timer);
         }
+        // An upgrade goes to the app over HTTP/1.1 whatever it speaks (forward's rule).
         let wire = match self.app_protocol {
-            Some(AppProtocol::Http) => Wire::Http1,
+            Some(AppProtocol::Http | AppProtocol::Tcp) => Wire::Http1,
             Some(AppProtocol::H2 | AppProtocol::Grpc) => Wire::Http2,
             None => Wire::of(&request),
         };
@@ -87,6 +84,9 @@ impl Inbound {
         match self.clients.send(request, &self.pool, wire, None).await {
             Ok(mut response) => {
                 headers::remove(response.headers_mut(), &MESH_ERROR);
+                if let Some(upgrade) = upgrade {
+                    upgrade.answered(&mut response, None, &self.service_metrics);
+                }
                 observe(response, timer, None)
             }
             Err(e) => match caller_fault.get().map(ProxyError::caller_body) {
@@ -101,4 +101,15 @@ impl Inbound {
             },
         }
     }
+}
+
+/// The caller `allow` refuses (its proven service, or "an unauthenticated caller"), if it
+/// does; an empty list allows every caller.
+pub(crate) fn refused<'p>(allow: &[String], peer: &'p Peer) -> Option<&'p str> {
+    let allowed = peer.identity.as_ref().is_some_and(|id| allow.contains(id));
+    (!allow.is_empty() && !allowed).then(|| {
+        peer.identity
+            .as_deref()
+            .unwrap_or("an unauthenticated caller")
+    })
 }

@@ -26,6 +26,7 @@ pub mod budget;
 pub mod config;
 pub mod deadline;
 pub mod destination;
+pub mod detect;
 pub mod discover;
 pub mod dns;
 pub mod endpoint;
@@ -48,7 +49,10 @@ pub mod respond;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
+pub mod splice;
+pub mod tcp;
 pub mod tls;
+pub mod upgrade;
 pub mod window;
 
 use std::future::Future;
@@ -65,13 +69,14 @@ use crate::discover::{DialPolicy, Discovery};
 use crate::flags::Invalid;
 use crate::forward::Clients;
 use crate::health::{Check, HealthCheck};
+use crate::inbound::AppProtocol;
 use crate::inbound::Inbound;
 use crate::listeners::Upstream;
 pub use crate::listeners::{BindError, Listeners};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::{Outbound, Route};
 use crate::register::{Registration, RegistrationState};
-use crate::server::{InboundTls, Serve, Servers};
+use crate::server::{Http, InboundTls, Serve, Servers};
 use crate::shutdown::{LocalApp, Shutdown};
 use crate::tls::{IdentitySlot, TlsMode};
 
@@ -106,12 +111,18 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let metrics = Metrics::new();
-    let registry = config.registry.client()?;
-    let own = listeners.own();
-    // With mTLS on, the certificate comes from the registry's CA in the background:
-    // admin answers at once and says why the sidecar is not ready meanwhile.
     let service = config.registration.service.as_deref();
-    let identity = tls::identity::start(service, &config.tls, &registry, &metrics);
+    // With mTLS on, the certificate comes from the registry's CA in the background:
+    // admin answers at once and says why the sidecar is not ready meanwhile. Over the
+    // registry's TLS listener, the same certificate proves which service writes.
+    let identity = tls::identity::slot(service, &config.tls);
+    let registry = config
+        .registry
+        .client(identity.as_ref(), &config.tls.trust_domain)?;
+    if let (Some(slot), Some(service)) = (&identity, service) {
+        tls::identity::start(slot, service, &config.tls, &registry, &metrics);
+    }
+    let own = listeners.own();
     let clients = Clients::new(config.connect_timeout, identity.clone(), own.clone());
     let dial = DialPolicy {
         own,
@@ -240,10 +251,30 @@ impl Stages<'_> {
             ..self.serve("inbound", Some(Direction::Inbound))
         };
         let mut servers = Servers::default();
-        servers.serve(serve, listener, move |request, peer| {
+        let tcp = Arc::new(tcp::InboundTcp {
+            service: inbound.service.clone(),
+            app,
+            connect_timeout: config.connect_timeout,
+            allow: inbound.allow.clone(),
+            metrics: self.metrics.clone(),
+            service_metrics: inbound.service_metrics.clone(),
+        });
+        let http = Http(move |request, peer| {
             let inbound = inbound.clone();
             async move { Ok(inbound.handle(request, peer).await) }
         });
+        match config.registration.app_protocol {
+            Some(AppProtocol::Tcp) => {
+                servers.serve_with(serve, listener, tcp::Inbound { inner: tcp });
+            }
+            // Declared HTTP: nothing to detect.
+            Some(_) => servers.serve_with(serve, listener, http),
+            None => {
+                let warned = Default::default();
+                let detect = tcp::InboundDetect { http, tcp, warned };
+                servers.serve_with(serve, listener, detect);
+            }
+        }
         servers
     }
 
@@ -278,15 +309,23 @@ impl Stages<'_> {
         {
             tracing::info!("{name} listening on {} → {route:?}", address_of(&listener));
             let (outbound, route) = (outbound.clone(), Arc::new(route));
-            let handler = move |request, _peer| {
+            let http = {
                 let (outbound, route) = (outbound.clone(), route.clone());
-                async move { Ok(outbound.handle(&route, request).await) }
+                Http(move |request, _peer| {
+                    let (outbound, route) = (outbound.clone(), route.clone());
+                    async move { Ok(outbound.handle(&route, request).await) }
+                })
             };
-            servers.serve(
-                self.serve(name, Some(Direction::Outbound)),
-                listener,
-                handler,
-            );
+            let serve = self.serve(name, Some(Direction::Outbound));
+            // A listener for one service carries its connections as bytes when that
+            // service is `tcp`.
+            let upstream = tcp::Upstream {
+                outbound,
+                route,
+                http,
+                warned: Default::default(),
+            };
+            servers.serve_with(serve, listener, upstream);
         }
         servers
     }

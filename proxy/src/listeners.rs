@@ -25,7 +25,12 @@ pub struct Listen {
 
     /// A listener dedicated to one service: `NAME=ADDR`, e.g.
     /// `recommendations=127.0.0.1:50051`. Repeatable; the env var takes a comma list.
-    #[arg(long = "upstream", env = "MESH_UPSTREAMS", value_delimiter = ',')]
+    #[arg(
+        long = "upstream",
+        value_name = "NAME=ADDR",
+        env = "MESH_UPSTREAMS",
+        value_delimiter = ','
+    )]
     pub upstreams: Vec<Upstream>,
 
     /// Admin listener: /metrics, /ready, /live, /debug/endpoints, /shutdown.
@@ -36,16 +41,17 @@ pub struct Listen {
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// A client must send its request head within this time once it has begun it, and a
-    /// new connection its first byte (slowloris protection); open streams are never
-    /// timed out by the proxy.
+    /// A client must send its request head within this time once it has begun it, a new
+    /// connection its first byte, and an HTTP/2 connection open its first stream
+    /// (slowloris protection); open streams are never timed out by the proxy.
     #[arg(long, env = "MESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// An HTTP/1.1 connection kept alive this long without a new request is closed
-    /// (0: never). Longer than callers' connection pools keep theirs idle, so they close
-    /// first.
-    #[arg(id = "connection_idle_timeout", long = "idle-timeout", env = "MESH_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    /// An HTTP/1.1 connection kept alive this long without a new request, or an HTTP/2
+    /// one without an open stream, is closed (0: never). Longer than callers' connection
+    /// pools keep theirs idle, so they close first.
+    #[arg(id = "connection_idle_timeout", long = "idle-timeout",
+        value_name = "IDLE_TIMEOUT", env = "MESH_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// How long shutdown waits for in-flight requests after deregistering.

@@ -1,6 +1,6 @@
-//! The proxy's Prometheus metrics (names and labels are the contract in
-//! `ARCHITECTURE.md`), in one registry served on the admin port. Each family takes one
-//! label set type ([`labels`]).
+//! The proxy's Prometheus metrics (names and labels are the contract in docs/proxy.md's
+//! metrics table, which `tests/metrics_doc.rs` checks against `/metrics`), in one
+//! registry served on the admin port. Each family takes one label set type ([`labels`]).
 
 mod labels;
 mod service;
@@ -15,12 +15,14 @@ use prometheus::{
     TextEncoder,
 };
 
-pub use self::labels::Transport;
+pub use self::labels::{Closing, Transport};
 use self::labels::{
-    Ejections, Endpoints, Labels, Latency, Open, Requests, Responses, Retries, Service, Updates,
+    Detections, Ejections, Endpoints, Labels, Latency, Open, Requests, Responses, Retries, Service,
+    SplicedBytes, SplicedClosed, Updates,
 };
-pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics};
+pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics, SplicedGuard};
 use crate::breaker::Rule;
+use crate::detect::Detected;
 use crate::endpoint::Source;
 use crate::retry::Reason;
 
@@ -79,6 +81,30 @@ const REGISTRY_CONNECTED: Def = (
     "mesh_registry_connected",
     "1 when the last call to the registry succeeded, else 0.",
 );
+const SPLICED_OPENED: Def = (
+    "mesh_spliced_connections_total",
+    "Connections carried as bytes (tcp services, upgraded HTTP/1.1), by direction and service.",
+);
+const SPLICED_OPEN: Def = (
+    "mesh_spliced_open_connections",
+    "Connections carried as bytes open now.",
+);
+const SPLICED_BYTES: Def = (
+    "mesh_spliced_bytes_total",
+    "Bytes carried by spliced connections, from the client (the side that connected) or the server.",
+);
+const SPLICED_DURATION: Def = (
+    "mesh_spliced_connection_duration_seconds",
+    "How long spliced connections stayed open.",
+);
+const SPLICED_CLOSED: Def = (
+    "mesh_spliced_closed_total",
+    "Spliced connections closed, by reason: closed, reset, idle (timeout), shutdown, denied (by --allow) or unreachable (nothing accepted it).",
+);
+const DETECTIONS: Def = (
+    "mesh_protocol_detections_total",
+    "Connections to undeclared protocols by what their first byte said: http, tls, opaque or silent.",
+);
 const CERT_EXPIRY: Def = (
     "mesh_tls_cert_expiry_timestamp_seconds",
     "Unix time the sidecar's certificate expires.",
@@ -87,6 +113,9 @@ const CERT_ROTATIONS: Def = (
     "mesh_tls_cert_rotations_total",
     "Certificates renewed since start.",
 );
+
+/// Spliced connection durations, from 10 ms to 1 h.
+const DURATION_BUCKETS: [f64; 9] = [0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
 
 /// Latency buckets from 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -129,6 +158,12 @@ pub struct Metrics {
     discovery_updates: Family<Updates, IntCounterVec>,
     inbound_connections: Family<Transport, IntCounterVec>,
     policy_denied: Family<Service, IntCounterVec>,
+    spliced_opened: Family<Requests, IntCounterVec>,
+    spliced_open: Family<Requests, IntGaugeVec>,
+    spliced_bytes: Family<SplicedBytes, IntCounterVec>,
+    spliced_duration: Family<Requests, HistogramVec>,
+    spliced_closed: Family<SplicedClosed, IntCounterVec>,
+    detections: Family<Detections, IntCounterVec>,
     pub registry_connected: IntGauge,
     /// Unix time the sidecar's certificate expires (mTLS on).
     pub cert_expiry: IntGauge,
@@ -196,8 +231,12 @@ impl<L: Labels> Family<L, IntGaugeVec> {
 }
 
 impl<L: Labels> Family<L, HistogramVec> {
-    fn histogram(registry: &prometheus::Registry, (name, help): Def) -> Self {
-        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    fn histogram(registry: &prometheus::Registry, def: Def) -> Self {
+        Self::histogram_of(registry, def, &LATENCY_BUCKETS)
+    }
+
+    fn histogram_of(registry: &prometheus::Registry, (name, help): Def, buckets: &[f64]) -> Self {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
         Self::registered(registry, |names| HistogramVec::new(opts, names))
     }
 }
@@ -219,6 +258,12 @@ impl Metrics {
             discovery_updates: Family::counter(&r, DISCOVERY_UPDATES),
             inbound_connections: Family::counter(&r, INBOUND_CONNECTIONS),
             policy_denied: Family::counter(&r, POLICY_DENIED),
+            spliced_opened: Family::counter(&r, SPLICED_OPENED),
+            spliced_open: Family::gauge(&r, SPLICED_OPEN),
+            spliced_bytes: Family::counter(&r, SPLICED_BYTES),
+            spliced_duration: Family::histogram_of(&r, SPLICED_DURATION, &DURATION_BUCKETS),
+            spliced_closed: Family::counter(&r, SPLICED_CLOSED),
+            detections: Family::counter(&r, DETECTIONS),
             registry_connected: registered(
                 &r,
                 IntGauge::new(REGISTRY_CONNECTED.0, REGISTRY_CONNECTED.1),
@@ -332,6 +377,16 @@ impl Metrics {
         let service = self.service_label(service);
         self.discovery_updates
             .get(&Updates { service, source })
+            .inc();
+    }
+
+    /// Counts a connection whose protocol was detected, by what was detected.
+    pub fn detected(&self, direction: Direction, detected: Detected) {
+        self.detections
+            .get(&Detections {
+                direction,
+                detected,
+            })
             .inc();
     }
 

@@ -1,9 +1,9 @@
 //! The app's side: requests from the local app to other services.
 //!
 //! The request path, in the order [`Outbound::handle`] takes it:
-//! 1. **admit**: refuse what must not be passed on (two `Host` headers, a request that
-//!    has gone round proxies too often, one with nothing to route by) and, with mTLS on,
-//!    everything until this sidecar has its certificate;
+//! 1. **admit**: refuse what must not be passed on (a tunnel, two `Host` headers, a
+//!    request that has gone round proxies too often, one with nothing to route by) and,
+//!    with mTLS on, everything until this sidecar has its certificate;
 //! 2. **destination**: the destination's name (fixed for an upstream listener, else
 //!    `Host` / `:authority`) → discovery's state for it; from here on the answer is
 //!    counted in the destination's metrics;
@@ -47,6 +47,7 @@ use crate::forward::Clients;
 use crate::metrics::{Direction, Metrics};
 use crate::retry::{RetryConfig, Verdict};
 use crate::tls::IdentitySlot;
+use crate::upgrade::Accepted;
 use crate::{grpc, headers, loops, respond};
 
 /// How the app's calls are balanced, bounded and timed (retries and ejection have
@@ -148,6 +149,7 @@ impl OutboundConfig {
 impl Outbound {
     pub async fn handle(&self, route: &Route, mut request: Request<Incoming>) -> Response<BoxBody> {
         let grpc = grpc::is_grpc(request.headers());
+        let upgrade = Accepted::take(&mut request);
         let (service, port) = match self.admit(route, &mut request) {
             Ok(name) => name,
             Err(e) => {
@@ -169,12 +171,22 @@ impl Outbound {
             }
         };
         let timer = destination.metrics.request_since(started);
-        let answered = match self.begin(&destination, request, grpc) {
+        let upgrading = upgrade.is_some();
+        let answered = match self.begin(&destination, request, grpc, upgrading) {
             Ok((call, body, _pending)) => self.tries(&call, body).await,
             Err(e) => Err(Failure::Proxy(e)),
         };
         match answered {
-            Ok((response, in_flight)) => respond::observe(response, timer, Some(in_flight)),
+            Ok((mut response, in_flight)) => {
+                let in_flight = match upgrade {
+                    Some(upgrade) => {
+                        let metrics = &destination.metrics;
+                        upgrade.answered(&mut response, Some(in_flight), metrics)
+                    }
+                    None => Some(in_flight),
+                };
+                respond::observe(response, timer, in_flight)
+            }
             Err(Failure::Answer(response)) => respond::observe(response, timer, None),
             Err(Failure::Proxy(e)) => respond::fail(e, grpc, timer),
         }
@@ -187,7 +199,7 @@ impl Outbound {
         route: &Route,
         request: &mut Request<Incoming>,
     ) -> Result<(String, Option<u16>), ProxyError> {
-        headers::check_request(request.headers())?;
+        headers::check_request(request)?;
         let destination = route.destination(request).ok_or_else(|| {
             ProxyError::new(
                 ErrorKind::BadRequest,
@@ -212,6 +224,7 @@ impl Outbound {
         destination: &'d Arc<Destination>,
         request: Request<Incoming>,
         grpc: bool,
+        upgrading: bool,
     ) -> Result<(Call<'d>, TryBody, Pending), ProxyError> {
         let Some(pending) = destination.try_begin(self.config.max_pending) else {
             return Err(ProxyError::new(
@@ -223,7 +236,9 @@ impl Outbound {
             ));
         };
         destination.budget.deposit();
-        let (call, body) = Call::new(destination, request, grpc, &self.config, &self.retry)?;
+        let (mut call, body) = Call::new(destination, request, grpc, &self.config, &self.retry)?;
+        // Once an upgrade is sent, its connection may belong to the app: never again.
+        call.repeatable &= !upgrading;
         Ok((call, body, pending))
     }
 

@@ -33,7 +33,8 @@ pub struct RegistrationConfig {
     #[arg(long, env = "MESH_APP", value_parser = parse_app)]
     pub app: Option<SocketAddr>,
 
-    /// How to speak to the app; by default in the caller's HTTP version.
+    /// How to speak to the app; by default in the caller's HTTP version. `tcp`: carry
+    /// every connection to it as bytes (and register the instance as `tcp`).
     #[arg(long, env = "MESH_APP_PROTOCOL", value_enum)]
     pub app_protocol: Option<AppProtocol>,
 
@@ -198,6 +199,7 @@ impl RegistrationConfig {
         spec.protocol = match self.app_protocol {
             Some(AppProtocol::Grpc) => mesh_registry_api::Protocol::Grpc,
             Some(AppProtocol::H2) => mesh_registry_api::Protocol::H2,
+            Some(AppProtocol::Tcp) => mesh_registry_api::Protocol::Tcp,
             _ => mesh_registry_api::Protocol::Http,
         };
         spec.weight = self.weight;

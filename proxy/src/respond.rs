@@ -61,7 +61,7 @@ pub struct Ending {
 /// Forwards a body untouched and calls `on_end` exactly once: at the end of the stream,
 /// on its first error, or when it is dropped early (the client went away). `on_end` is
 /// kept as it is, not boxed: one allocation less per answer.
-pub struct Observed<B, F: FnOnce(Ending)> {
+pub struct Observed<B: Body, F: FnOnce(Ending)> {
     inner: B,
     on_end: Option<F>,
     grpc_status: Option<u32>,
@@ -69,7 +69,7 @@ pub struct Observed<B, F: FnOnce(Ending)> {
 
 // === impl Observed ===
 
-impl<B, F: FnOnce(Ending)> Observed<B, F> {
+impl<B: Body, F: FnOnce(Ending)> Observed<B, F> {
     pub fn new(inner: B, on_end: F) -> Self {
         Observed {
             inner,
@@ -126,10 +126,12 @@ where
     }
 }
 
-impl<B, F: FnOnce(Ending)> Drop for Observed<B, F> {
+impl<B: Body, F: FnOnce(Ending)> Drop for Observed<B, F> {
     fn drop(&mut self) {
-        // Dropped before the end: the client hung up or the connection failed.
-        self.finish(true);
+        // Dropped before the end: the client hung up or the connection failed. A body
+        // with nothing left (a `101`'s, which hyper never polls) ended well.
+        let failed = !self.inner.is_end_stream();
+        self.finish(failed);
     }
 }
 

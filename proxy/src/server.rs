@@ -1,6 +1,7 @@
 //! Serving one listener: HTTP/1.1 and HTTP/2 prior knowledge on the same port (told apart
-//! by the first bytes), with connection and header limits and a graceful drain; and
-//! [`Servers`], the listeners of one shutdown stage.
+//! by the first bytes), with connection and header limits, connections closed when they
+//! do nothing ([`idle`]), and a graceful drain; and [`Servers`], the listeners of one
+//! shutdown stage.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,24 +12,27 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::body::BoxBody;
+use crate::body::{BoxBody, BoxError};
+use crate::detect::Detected;
 use crate::error::source_chain;
 use crate::io::Io;
 use crate::metrics::{ConnectionGuard, Direction, Metrics, Transport};
 use crate::tls::{IdentitySlot, TlsMode};
 
 mod idle;
+mod requests;
 
 /// What a listener's handler answers with. hyper's services may fail; ours never do
-/// (every error is an answer), and return their future as hyper polls it, with no
-/// wrapper around it: a layer more would copy every request's future once more.
+/// (every error is an answer). hyper polls their futures inside one wrapper, which counts
+/// the request in progress on its connection (see [`idle`]); keep it the only one: each
+/// layer copies every request's future once more.
 pub type Answer = Result<Response<BoxBody>, Infallible>;
 
 /// Protections every listener applies.
@@ -39,11 +43,11 @@ pub struct Limits {
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// A client that has not sent its request head by then is dropped (slowloris), as
-    /// is a new connection that sends nothing at all. Only the head: open streams have
-    /// no timer of ours.
+    /// is a new connection that sends nothing at all, and an HTTP/2 one that opens no
+    /// stream. Only the head: open streams have no timer of ours.
     pub header_read_timeout: Duration,
-    /// An HTTP/1.1 connection waiting this long for its next request is closed; `None`
-    /// never closes one.
+    /// An HTTP/1.1 connection waiting this long for its next request, or an HTTP/2 one
+    /// with no stream open this long, is closed; `None` never closes one.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -81,6 +85,8 @@ pub struct Peer {
     /// The caller's service, proven by its certificate (mTLS only).
     pub identity: Option<String>,
     pub tls: bool,
+    /// The caller's sidecar said (by ALPN) that it carries the connection as bytes.
+    pub opaque: bool,
 }
 
 /// Listeners served together and stopped together: one stage of the shutdown.
@@ -101,15 +107,31 @@ impl Default for Servers {
 }
 
 impl Servers {
-    /// Serves `listener` with `handler` in a task of its own, until [`stop`](Self::stop).
+    /// Serves `listener` with `handler` (HTTP) in a task of its own, until
+    /// [`stop`](Self::stop).
     pub fn serve<H, F>(&mut self, serve: Serve, listener: TcpListener, handler: H)
     where
         H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Answer> + Send + 'static,
     {
+        self.serve_with(serve, listener, Http(handler));
+    }
+
+    /// Serves `listener`, each connection as `connections` says, in a task of its own,
+    /// until [`stop`](Self::stop).
+    pub fn serve_with<C: Connections>(
+        &mut self,
+        serve: Serve,
+        listener: TcpListener,
+        connections: C,
+    ) {
         let stop = self.stop.subscribe();
-        self.tasks
-            .push(tokio::spawn(self::serve(serve, listener, handler, stop)));
+        self.tasks.push(tokio::spawn(self::serve(
+            serve,
+            listener,
+            connections,
+            stop,
+        )));
     }
 
     /// Stops accepting on every listener and waits until each has drained.
@@ -121,19 +143,18 @@ impl Servers {
     }
 }
 
-/// Serves `listener` with `handler` until `stop` turns true, then stops accepting and
-/// waits up to `drain` for open requests to finish.
-pub async fn serve<H, F>(
+/// Serves `listener` with `connections` until `stop` turns true, then stops accepting
+/// and waits up to `drain` for open requests to finish.
+pub async fn serve<C: Connections>(
     serve: Serve,
     listener: TcpListener,
-    handler: H,
+    connections: C,
     mut stop: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Answer> + Send + 'static,
-{
+) {
     let builder = connection_builder(&serve.limits);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver until it has ended: the drain waits for none to
+    // be left.
+    let (open, _) = watch::channel(());
     let slots = Arc::new(Semaphore::new(serve.limits.max_connections));
     let name = serve.name;
     loop {
@@ -154,16 +175,25 @@ pub async fn serve<H, F>(
             () = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
+        let held = Held {
+            idle: serve.limits.idle_timeout,
+            drain: serve.drain,
+            stop: stop.clone(),
+            _open: serve.direction.map(|d| serve.metrics.connection_opened(d)),
+            _slot: (open.subscribe(), permit),
+        };
         let connection = Connection {
             serve: serve.clone(),
             builder: builder.clone(),
-            open: serve.direction.map(|d| serve.metrics.connection_opened(d)),
+            stop: stop.clone(),
+            held: Arc::new(held),
+            stream: Some(stream),
+            addr: peer,
         };
-        let watcher = graceful.watcher();
-        tokio::spawn(connection.run(stream, peer, handler.clone(), watcher, permit));
+        tokio::spawn(connections.clone().serve(connection));
     }
     drop(listener);
-    if tokio::time::timeout(serve.drain, graceful.shutdown())
+    if tokio::time::timeout(serve.drain, open.closed())
         .await
         .is_err()
     {
@@ -190,50 +220,190 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What a listener does with each connection it accepts: serve HTTP on it ([`Http`]), or
+/// carry it as bytes, or choose between them.
+pub trait Connections: Clone + Send + Sync + 'static {
+    /// Serves one accepted connection until it has ended.
+    fn serve(self, connection: Connection) -> impl Future<Output = ()> + Send;
+}
+
+/// Every connection served as HTTP by a handler.
+#[derive(Clone)]
+pub struct Http<H>(pub H);
+
+impl<H, F> Connections for Http<H>
+where
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    async fn serve(self, mut connection: Connection) {
+        let Some((io, peer)) = connection.secure(None).await else {
+            return;
+        };
+        connection.http(io, peer, self.0).await;
+    }
+}
+
 /// One accepted connection, counted open while it lives.
-struct Connection {
+pub struct Connection {
     serve: Serve,
     builder: auto::Builder<TokioExecutor>,
-    open: Option<ConnectionGuard>,
+    /// The listener's stop: the connection then drains.
+    stop: watch::Receiver<bool>,
+    held: Arc<Held>,
+    /// Until it is secured (or taken plain).
+    stream: Option<TcpStream>,
+    addr: SocketAddr,
+}
+
+/// What an accepted connection holds of its listener until it has ended, whether hyper
+/// serves it or, once upgraded, a splice ([`upgrade`](crate::upgrade)) carries it: its
+/// slot under `--max-connections`, its place in `mesh_tcp_open_connections`, and the
+/// listener's drain, which waits for it. An upgrade request carries it (a request
+/// extension) to the task that splices the connection.
+pub struct Held {
+    /// How long an upgraded connection may carry nothing.
+    pub idle: Option<Duration>,
+    drain: Duration,
+    stop: watch::Receiver<bool>,
+    _open: Option<ConnectionGuard>,
+    _slot: (watch::Receiver<()>, OwnedSemaphorePermit),
+}
+
+impl Held {
+    /// Resolves once the listener has stopped and its drain time has passed.
+    pub async fn drained(&self) {
+        let mut stop = self.stop.clone();
+        stopped(&mut stop).await;
+        tokio::time::sleep(self.drain).await;
+    }
 }
 
 impl Connection {
-    /// Secures the connection (or refuses it), then serves its requests until it
-    /// closes or the drain ends it.
-    async fn run<H, F>(
-        self,
-        stream: TcpStream,
-        addr: SocketAddr,
-        handler: H,
-        watcher: Watcher,
-        permit: OwnedSemaphorePermit,
-    ) where
+    /// The connection, not secured: a listener without TLS carrying it as bytes takes it
+    /// as it is (a server-speaks-first client sends nothing first).
+    pub fn plain(mut self) -> Option<(TcpStream, Peer, Arc<Held>)> {
+        let stream = self.stream.take()?;
+        Some((stream, Peer::plaintext(self.addr), self.held))
+    }
+
+    /// What the client's first byte says it speaks, waiting at most `wait` for it; `None`
+    /// if the connection closed or failed first.
+    pub async fn detect(&self, wait: Duration) -> Option<Detected> {
+        let stream = self.stream.as_ref()?;
+        crate::detect::first_byte(stream, wait).await
+    }
+
+    /// The address the connection was accepted on.
+    pub fn local_addr(&self) -> String {
+        let addr = self.stream.as_ref().and_then(|s| s.local_addr().ok());
+        addr.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Whose hold on the listener the connection is.
+    pub fn held(&self) -> &Arc<Held> {
+        &self.held
+    }
+
+    /// Waits for the connection's first byte, then completes the TLS handshake when the
+    /// listener has TLS, or lets plaintext through when the mode permits it; `None`: it
+    /// is refused (and closed). `detect` bounds the wait for a first byte on a
+    /// permissive listener carrying bytes: a plaintext client that sends nothing first
+    /// is let in when it runs out. Otherwise the wait is the header read timeout.
+    pub async fn secure(&mut self, detect: Option<Duration>) -> Option<(Io, Peer)> {
+        let serve = &self.serve;
+        let timeout = serve.limits.header_read_timeout;
+        let stream = self.stream.take()?;
+        secure(
+            stream,
+            self.addr,
+            serve.tls.as_ref(),
+            timeout,
+            detect,
+            &serve.metrics,
+        )
+        .await
+    }
+
+    /// Serves HTTP requests on the secured connection with `handler` until it closes,
+    /// the watchdog closes it, or the drain ends it.
+    pub async fn http<H, F>(mut self, io: Io, peer: Peer, handler: H)
+    where
         H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Answer> + Send + 'static,
     {
         let serve = &self.serve;
         let timeout = serve.limits.header_read_timeout;
-        let Some((io, peer)) =
-            secure(stream, addr, serve.tls.as_ref(), timeout, &serve.metrics).await
-        else {
-            return;
-        };
-        let service = service_fn(move |request| handler(request, peer.clone()));
         let watch = idle::Watch::new(timeout, serve.limits.idle_timeout);
+
+        // Each request is in progress for the watchdog from its head until its answer's
+        // body is dropped, which is when its HTTP/2 stream ends.
+        let (requests, held) = (watch.clone(), self.held.clone());
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            // hyper marks a request that asks to upgrade; only those carry the hold on.
+            if request.extensions().get::<OnUpgrade>().is_some() {
+                request.extensions_mut().insert(held.clone());
+            }
+            let in_progress = requests.request();
+            let answer = handler(request, peer.clone());
+            async move {
+                let answer = answer.await?;
+                Ok::<_, Infallible>(answer.map(|body| in_progress.answering(body)))
+            }
+        });
         let mut builder = self.builder;
         builder.http1().timer(watch.timer());
-        let connection = builder.serve_connection(TokioIo::new(watch.io(io)), service);
-        tokio::select! {
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(watch.io(io)), service);
+        tokio::pin!(connection);
+        let name = serve.name;
+        let closing = tokio::select! {
             biased;
-            served = watcher.watch(connection.into_owned()) => if let Err(e) = served {
-                // Malformed requests end here (hyper has answered 400 where it could).
-                tracing::debug!(listener = serve.name, error = %source_chain(e.as_ref()), "connection closed with an error");
-            },
-            expired = watch.expired() => {
-                tracing::debug!(listener = serve.name, why = %expired, "connection closed");
+            served = connection.as_mut() => {
+                ended(name, served);
+                return;
+            }
+            () = stopped(&mut self.stop) => None,
+            expired = watch.expired() => Some(expired),
+        };
+        if let Some(expired) = closing {
+            tracing::debug!(listener = name, why = %expired, "closing the connection");
+            if !expired.graceful() {
+                return;
             }
         }
-        drop((self.open, permit));
+        // HTTP/2 sends a GOAWAY and ends once the streams it let in have; HTTP/1.1 closes
+        // once the request in progress, if any, is answered.
+        connection.as_mut().graceful_shutdown();
+        let (drain, mut stop) = (serve.drain, self.stop.clone());
+        let bound = async {
+            match closing {
+                // Draining: the listener's drain time.
+                None => tokio::time::sleep(drain).await,
+                // Closing for the watchdog: until the client has had time to take its
+                // part, or the listener drains.
+                Some(_) => tokio::select! {
+                    () = watch.quiet() => {}
+                    () = async {
+                        stopped(&mut stop).await;
+                        tokio::time::sleep(drain).await;
+                    } => {}
+                },
+            }
+        };
+        tokio::select! {
+            biased;
+            served = connection.as_mut() => ended(name, served),
+            () = bound => tracing::debug!(listener = name, "connection dropped: still open after closing"),
+        }
+    }
+}
+
+/// Logs how a connection ended by itself.
+fn ended(listener: &str, served: Result<(), BoxError>) {
+    if let Err(e) = served {
+        // Malformed requests end here (hyper has answered 400 where it could).
+        tracing::debug!(listener, error = %source_chain(e.as_ref()), "connection closed with an error");
     }
 }
 
@@ -245,17 +415,37 @@ async fn secure(
     addr: SocketAddr,
     tls: Option<&InboundTls>,
     timeout: Duration,
+    detect: Option<Duration>,
     metrics: &Metrics,
 ) -> Option<(Io, Peer)> {
-    // A client that sends nothing would otherwise hold its connection forever: HTTP
-    // version detection waits for the first bytes without a timer.
-    let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(timeout, stream.peek(&mut first)).await;
-    if !matches!(peeked, Ok(Ok(1))) {
-        tracing::debug!(%addr, "connection closed: nothing sent within the header read timeout");
-        return None;
-    }
     let plain = |stream| Some((Io::Plain(stream), Peer::plaintext(addr)));
+    // Bytes without TLS: nothing to look at, and the client may wait for the server.
+    if detect.is_some() && tls.is_none() {
+        return plain(stream);
+    }
+    // A client that sends nothing would otherwise hold its connection forever: HTTP
+    // version detection waits for the first bytes without a timer. Carrying bytes on a
+    // permissive listener, a plaintext client that waits for the server is let in once
+    // `detect` has passed.
+    let permissive = tls.is_some_and(|tls| tls.mode != TlsMode::Strict);
+    let wait = match detect {
+        Some(detect) if permissive => detect,
+        _ => timeout,
+    };
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) => {}
+        Err(_) if wait < timeout => {
+            tracing::debug!(%addr, "nothing sent first: carried as plaintext");
+            metrics.inbound_connection(Transport::Plaintext);
+            return plain(stream);
+        }
+        _ => {
+            tracing::debug!(%addr, "connection closed: nothing sent within the header read timeout");
+            return None;
+        }
+    }
     let Some(tls) = tls else {
         return plain(stream);
     };
@@ -301,9 +491,8 @@ fn handshaken(
     addr: SocketAddr,
     trust_domain: &str,
 ) -> (Io, Peer) {
-    let identity = stream
-        .get_ref()
-        .1
+    let session = stream.get_ref().1;
+    let identity = session
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| crate::tls::peer_service(cert, trust_domain));
@@ -311,6 +500,7 @@ fn handshaken(
         addr,
         identity,
         tls: true,
+        opaque: session.alpn_protocol() == Some(crate::tls::OPAQUE_ALPN),
     };
     (Io::Tls(Box::new(stream.into())), peer)
 }
@@ -323,6 +513,7 @@ impl Peer {
             addr,
             identity: None,
             tls: false,
+            opaque: false,
         }
     }
 }

@@ -8,17 +8,19 @@ pub mod identity;
 
 use std::sync::Arc;
 
+use mesh_registry_api::spiffe::SpiffeVerifier;
 use mesh_registry_api::validate;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 pub use self::identity::{Identity, IdentitySlot};
 use crate::flags::Invalid;
 
+/// The ALPN protocol a sidecar offers for a connection it carries as bytes (opaque TCP).
+pub const OPAQUE_ALPN: &[u8] = b"mesh-tcp";
 /// Registration metadata key holding a sidecar's mTLS mode; its presence marks the
 /// instance as a mesh sidecar.
 pub const TLS_METADATA: &str = "tls";
@@ -29,10 +31,11 @@ pub enum TlsMode {
     /// Plaintext everywhere.
     #[default]
     Off,
-    /// Inbound accepts TLS and plaintext (for migrating a mesh); outbound uses TLS to
-    /// peers that have it on.
+    /// Inbound accepts mTLS and plaintext; outbound uses mTLS to peers registered with it
+    /// on, plaintext to the others (for migrating a mesh).
     Permissive,
-    /// Inbound refuses plaintext; outbound uses TLS to every peer that has it on.
+    /// mTLS only, both ways: inbound refuses plaintext; outbound never dials a peer
+    /// without mTLS, unless `--plaintext-to` names its destination.
     Strict,
 }
 
@@ -40,7 +43,8 @@ pub enum TlsMode {
 #[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = "mTLS and policy")]
 pub struct TlsConfig {
-    /// mTLS between sidecars: off, permissive (inbound also takes plaintext) or strict.
+    /// mTLS between sidecars: off, permissive (mTLS where the peer has it, plaintext
+    /// otherwise) or strict (mTLS only, both ways).
     #[arg(
         long = "tls",
         value_name = "TLS",
@@ -132,12 +136,12 @@ impl Identity {
             .map_err(|e| e.to_string())?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(Current(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), OPAQUE_ALPN.to_vec()];
         Ok(Arc::new(config))
     }
 
-    /// The outbound configuration for calling `service` over `alpn` (`h2` or
-    /// `http/1.1`, the only protocol offered): the server must prove it *is* that
+    /// The outbound configuration for calling `service` over `alpn` (`h2`, `http/1.1`
+    /// or [`OPAQUE_ALPN`], the only protocol offered): the server must prove it *is* that
     /// service (its certificate's SPIFFE ID), not merely a member of the mesh. Made once
     /// per service and protocol.
     pub fn client_config(
@@ -149,11 +153,11 @@ impl Identity {
         if let Some(config) = clients.get(&(service.to_owned(), alpn)) {
             return config.clone();
         }
-        let verifier = Arc::new(PeerVerifier {
-            expected: mesh_registry_api::spiffe_id(&self.trust_domain, service),
-            roots: self.roots.clone(),
-            provider: self.provider.clone(),
-        });
+        let verifier = Arc::new(SpiffeVerifier::new(
+            mesh_registry_api::spiffe_id(&self.trust_domain, service),
+            self.roots.clone(),
+            self.provider.clone(),
+        ));
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3 is supported by ring")
@@ -167,28 +171,69 @@ impl Identity {
     }
 }
 
-/// The service named by a peer's certificate, if it is a SPIFFE ID of our trust domain.
-pub fn peer_service(cert: &CertificateDer<'_>, trust_domain: &str) -> Option<String> {
-    uri_sans(cert)
-        .iter()
-        .find_map(|uri| mesh_registry_api::service_of(trust_domain, uri))
+/// TLS to the registry's TLS listener: it must present a certificate from the CA in
+/// `ca_file` naming the registry; this sidecar presents `identity`'s certificate once it
+/// has one (before that, none: signing the first certificate needs only the join token).
+pub fn registry_client_config(
+    ca_file: &std::path::Path,
+    trust_domain: &str,
+    identity: Option<&Arc<IdentitySlot>>,
+) -> Result<ClientConfig, String> {
+    let pem =
+        std::fs::read(ca_file).map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: not PEM certificates: {e}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", ca_file.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = SpiffeVerifier::new(
+        mesh_registry_api::spiffe::registry_id(trust_domain),
+        Arc::new(roots),
+        provider.clone(),
+    );
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        Some(slot) => config.with_client_cert_resolver(Arc::new(SlotIdentity(slot.clone()))),
+        None => config.with_no_client_auth(),
+    };
+    // A resumed session keeps the identity of the one it resumes: connections opened
+    // after the first certificate must make a full handshake, presenting it.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
-fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .collect()
+/// Presents this sidecar's current certificate once the slot holds one.
+struct SlotIdentity(Arc<IdentitySlot>);
+
+impl std::fmt::Debug for SlotIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SlotIdentity").finish_non_exhaustive()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for SlotIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.get().map(|identity| identity.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The service named by a peer's certificate, if it is a SPIFFE ID of our trust domain.
+pub fn peer_service(cert: &CertificateDer<'_>, trust_domain: &str) -> Option<String> {
+    mesh_registry_api::spiffe::service_of_certificate(cert, trust_domain).map(|(_, name)| name)
 }
 
 /// Presents the current certificate, as a server and as a client.
@@ -208,78 +253,5 @@ impl rustls::client::ResolvesClientCert for Current {
 
     fn has_certs(&self) -> bool {
         true
-    }
-}
-
-/// Checks that the server's chain leads to the mesh CA and that its SPIFFE ID is the
-/// service we meant to reach. The TLS server name (an IP address or host) is not used:
-/// mesh certificates name services, not hosts.
-#[derive(Debug)]
-struct PeerVerifier {
-    expected: String,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PeerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        let names = uri_sans(end_entity);
-        if names.contains(&self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the peer is {names:?}, not {}",
-                self.expected
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

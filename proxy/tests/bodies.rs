@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{App, H2Conn, Registry, Sidecar, SidecarSpec, TestBody};
+use common::{App, H2Conn, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use mesh_proxy::Config;
@@ -111,7 +111,9 @@ async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint(
             !answer.contains(" 502 ") && !answer.contains("upstream-failed"),
             "{answer}"
         );
-        // An upload that stops short of its Content-Length: the caller closes its side.
+        // An upload that stops short of its Content-Length: the caller closes its side
+        // once the request has reached the app, its body on the way.
+        let received = app.received.load(Ordering::SeqCst);
         let mut stream = tokio::net::TcpStream::connect(client.outbound)
             .await
             .unwrap();
@@ -122,10 +124,19 @@ async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint(
             )
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually(PATIENCE, "the upload at the app", async || {
+            app.received.load(Ordering::SeqCst) > received
+        })
+        .await;
         drop(stream);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once every connection above has ended, so has each request's verdict on the
+    // endpoint: no ejection can follow.
+    let open = r#"mesh_tcp_open_connections{direction="outbound"}"#;
+    eventually(PATIENCE, "the callers' connections closed", async || {
+        metric(&client.metrics().await, open) == 0.0
+    })
+    .await;
 
     let m = client.metrics().await;
     assert_eq!(
@@ -163,7 +174,10 @@ async fn a_malformed_chunk_is_answered_400_with_the_reason() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(PATIENCE, "the request at the app", async || {
+        app.received.load(Ordering::SeqCst) == 1
+    })
+    .await;
     stream.write_all(b"not-a-chunk-size\r\n").await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;

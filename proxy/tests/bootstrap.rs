@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{App, JOIN_TOKEN, Registry, Sidecar, SidecarSpec};
+use common::{App, JOIN_TOKEN, PATIENCE, Registry, Sidecar, SidecarSpec, eventually};
 use http::StatusCode;
 use mesh_proxy::tls::TlsMode;
 
@@ -23,6 +23,18 @@ async fn soon<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), f)
         .await
         .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+/// Waits until a signing attempt has failed: `/ready` gives the registry's answer, `why`.
+async fn until_refused(sidecar: &Sidecar, why: &str) {
+    let ready = format!("http://{}/ready", sidecar.admin);
+    let what = format!("/ready to say why: {why}");
+    eventually(PATIENCE, &what, async || {
+        let body = common::get(&ready).await.body;
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        body["reason"].as_str().is_some_and(|r| r.contains(why))
+    })
+    .await;
 }
 
 async fn check_refusing(sidecar: &Sidecar, why: &str) {
@@ -68,8 +80,7 @@ async fn without_a_ca_the_sidecar_answers_admin_and_refuses_data() {
     let registry = Registry::start().await;
     let app = App::start("web-1").await;
     let sidecar = without_certificate(&registry, &app, JOIN_TOKEN).await;
-    // Let a few signing attempts fail first.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_refused(&sidecar, "404").await;
     check_refusing(&sidecar, "404").await;
     let services = registry.client.service("web").await.unwrap();
     assert!(
@@ -83,7 +94,7 @@ async fn with_a_wrong_join_token_the_sidecar_says_so() {
     let registry = Registry::start_with_ca(Duration::from_secs(3600)).await;
     let app = App::start("web-1").await;
     let sidecar = without_certificate(&registry, &app, "not-the-token").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_refused(&sidecar, "401").await;
     check_refusing(&sidecar, "401").await;
 }
 

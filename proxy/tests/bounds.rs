@@ -1,15 +1,17 @@
 //! Resource bounds and request heads a proxy must not take at face value: destinations
 //! (one per distinct Host) are evicted when idle and capped, deadline headers cannot
 //! overflow the clock, two `Host` headers are refused, an absolute-form target wins over
-//! `Host`, a connection that sends nothing is closed, and a kept-alive connection lives
-//! until its idle timeout, not its header read timeout.
+//! `Host`, a connection that sends nothing is closed, a kept-alive connection lives
+//! until its idle timeout, not its header read timeout, and an HTTP/2 connection with no
+//! stream open is closed (after the header read timeout before its first stream, the idle
+//! timeout after) rather than holding a connection slot.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{App, Registry, Sidecar, SidecarSpec};
+use common::{App, PATIENCE, Registry, Sidecar, SidecarSpec, eventually};
 use http::StatusCode;
 use mesh_proxy::Config;
 
@@ -51,10 +53,10 @@ async fn watchers(registry: &Registry) -> f64 {
 #[tokio::test]
 async fn idle_destinations_are_dropped_with_their_registry_watches() {
     let registry = Registry::start().await;
-    let sidecar = client(&registry, |c| {
-        c.discovery.idle_timeout = Duration::from_secs(1)
-    })
-    .await;
+    // Long enough that none of the fifty names below falls idle before they are
+    // counted, however slowly a loaded machine asks for them (a second was not).
+    let idle = Duration::from_secs(15);
+    let sidecar = client(&registry, |c| c.discovery.idle_timeout = idle).await;
     for i in 0..50 {
         let answer = common::get_h1(sidecar.outbound, &format!("typo-{i}"), "/").await;
         assert_eq!(
@@ -65,19 +67,17 @@ async fn idle_destinations_are_dropped_with_their_registry_watches() {
         );
     }
     assert_eq!(destinations(&sidecar).await, 50);
-    assert!(
-        watchers(&registry).await >= 40.0,
-        "each name is watched while in use"
-    );
+    eventually(PATIENCE, "each name watched while in use", async || {
+        watchers(&registry).await >= 40.0
+    })
+    .await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while destinations(&sidecar).await > 0 || watchers(&registry).await > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "idle destinations were never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        idle + PATIENCE,
+        "the idle destinations and their watches dropped",
+        async || destinations(&sidecar).await == 0 && watchers(&registry).await == 0.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -279,8 +279,9 @@ async fn until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Du
 #[tokio::test]
 async fn kept_alive_connections_outlive_the_header_read_timeout_until_the_idle_timeout() {
     let (registry, _app, _server) = web().await;
+    // Far apart, so that a slow machine cannot blur which of the two closed a connection.
     let header_read = Duration::from_millis(300);
-    let idle = Duration::from_secs(2);
+    let idle = Duration::from_secs(5);
     let sidecar = client(&registry, |c| {
         c.listen.header_read_timeout = header_read;
         c.listen.idle_timeout = idle;
@@ -290,7 +291,9 @@ async fn kept_alive_connections_outlive_the_header_read_timeout_until_the_idle_t
     let connect = || tokio::net::TcpStream::connect(sidecar.outbound);
 
     // Waiting between requests is not a slow request head: a pooled connection that
-    // sits idle for several header read timeouts is still served.
+    // sits idle for several header read timeouts is still served. (The pause is a quiet
+    // spell, not a wait for something: load only delays the watchdog, and the idle
+    // timeout is seconds beyond it.)
     let mut kept = connect().await.unwrap();
     let first = exchange(&mut kept, GET).await.expect("first answer");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
@@ -316,4 +319,122 @@ async fn kept_alive_connections_outlive_the_header_read_timeout_until_the_idle_t
         idled >= idle,
         "closed after {idled:?}, before the idle timeout"
     );
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: all a client must send to
+/// open an HTTP/2 connection, and all this one sends.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The HTTP/2 frame type GOAWAY.
+const GOAWAY: u8 = 0x7;
+
+/// The types of the HTTP/2 frames the proxy sends on `stream` until it closes it.
+async fn h2_frames_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was still open after {PATIENCE:?}"
+    );
+    let (mut frames, mut at) = (Vec::new(), 0);
+    // Each frame: a 24-bit payload length, its type, flags, a stream id, the payload.
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]);
+        frames.push(bytes[at + 3]);
+        at += 9 + length as usize;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn http2_connections_that_never_open_a_stream_do_not_hold_connection_slots() {
+    let header_read = Duration::from_millis(300);
+    let limits = |c: &mut Config| {
+        c.listen.max_connections = 20;
+        c.listen.header_read_timeout = header_read;
+    };
+    let registry = Registry::start().await;
+    let app = App::start("web-1").await;
+    let url = registry.url();
+    let mut spec = SidecarSpec::server(&url, "web", app.addr);
+    limits(&mut spec.config);
+    let server = Sidecar::start(spec).await;
+    registry.until_passing("web", 1).await;
+    let mut spec = SidecarSpec::client(&url);
+    spec.upstreams = vec!["web"];
+    limits(&mut spec.config);
+    let client = Sidecar::start(spec).await;
+
+    let listeners = [
+        ("outbound", client.outbound, "web", "/whoami"),
+        ("upstream", client.upstreams[0], "web", "/whoami"),
+        ("inbound", server.inbound.unwrap(), "web", "/whoami"),
+        ("admin", client.admin, "localhost", "/live"),
+    ];
+    for (name, addr, host, path) in listeners {
+        use tokio::io::AsyncWriteExt;
+        // As many silent HTTP/2 connections as the listener serves at once.
+        let mut silent = Vec::new();
+        for _ in 0..20 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+            silent.push(stream);
+        }
+        // Each is told to go away, and closed although it never acknowledges it...
+        for stream in &mut silent {
+            let frames = h2_frames_until_closed(stream).await;
+            assert!(frames.contains(&GOAWAY), "{name}: frames {frames:?}");
+        }
+        // ...so a real caller gets a slot.
+        let served = tokio::time::timeout(PATIENCE, common::get_h1(addr, host, path)).await;
+        let served = served.unwrap_or_else(|_| panic!("{name}: the 21st caller was not served"));
+        assert_eq!(served.status, StatusCode::OK, "{name}: {}", served.text);
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_a_stream_for_the_idle_timeout_is_closed() {
+    let (registry, _app, _server) = web().await;
+    let idle = Duration::from_secs(2);
+    let sidecar = client(&registry, |c| {
+        c.listen.header_read_timeout = Duration::from_millis(300);
+        c.listen.idle_timeout = idle;
+    })
+    .await;
+    for (name, addr, host, path) in [
+        ("outbound", sidecar.outbound, "web", "/whoami"),
+        ("admin", sidecar.admin, "localhost", "/live"),
+    ] {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let connection = tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{host}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let answer = send.send_request(request).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{name}");
+        let body = http_body_util::BodyExt::collect(answer.into_body()).await;
+        assert!(body.is_ok(), "{name}");
+        // One request, then silence: the connection is closed once idle for the idle
+        // timeout (with a GOAWAY, which hyper's client acknowledges), not before.
+        let started = Instant::now();
+        common::eventually(
+            idle + PATIENCE,
+            "the idle HTTP/2 connection closed",
+            async || connection.is_finished(),
+        )
+        .await;
+        let after = started.elapsed();
+        assert!(
+            after >= idle,
+            "{name}: closed after {after:?}, before the idle timeout"
+        );
+    }
 }

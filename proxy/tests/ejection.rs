@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use common::{App, Mode, Registry, Sidecar, SidecarSpec};
 use http::StatusCode;
 use mesh_proxy::Config;
+use mesh_proxy::balance::Strategy;
 
 /// `web` served by a steady app and a flaky one, and a client sidecar that ejects after
-/// two failures for 300 ms, with `settings`.
+/// two failures for 300 ms, with `settings`. It balances round-robin, so the flaky
+/// instance gets every other request however its latency estimate moves (P2C may avoid a
+/// failing instance for many seconds, and these tests are about ejection).
 async fn setup(settings: impl FnOnce(&mut Config)) -> (Registry, App, App, Vec<Sidecar>, Sidecar) {
     let registry = Registry::start().await;
     let steady = App::start("steady").await;
@@ -28,6 +31,7 @@ async fn setup(settings: impl FnOnce(&mut Config)) -> (Registry, App, App, Vec<S
     let mut spec = SidecarSpec::client(&url);
     spec.config.ejection.consecutive_failures = 2;
     spec.config.ejection.base = Duration::from_millis(300);
+    spec.config.outbound.balancer = Strategy::RoundRobin;
     settings(&mut spec.config);
     let client = Sidecar::start(spec).await;
     (registry, steady, flaky, servers, client)

@@ -134,7 +134,8 @@ async fn a_server_stream_stays_open_and_delivers_every_message() {
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
 
-    // The stream sits idle well past any default idle timer; nothing cuts it.
+    // The stream sits idle well past any default idle timer; nothing cuts it. (A quiet
+    // spell, not a wait for something to happen: a slow machine only makes it longer.)
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Stopping the app makes it report NOT_SERVING on the open stream.

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{App, Registry, Sidecar, SidecarSpec};
+use common::{App, PATIENCE, Registry, Sidecar, SidecarSpec, eventually};
 use http::StatusCode;
 use mesh_registry_api::Status;
 
@@ -28,13 +28,11 @@ async fn first_instance(registry: &Registry, service: &str) -> serde_json::Value
 }
 
 async fn until_status(registry: &Registry, service: &str, want: Option<Status>) {
-    for _ in 0..500 {
-        if status_of(registry, service).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{service} never reached {want:?}");
+    let what = format!("{service} {want:?}");
+    eventually(PATIENCE, &what, async || {
+        status_of(registry, service).await == want
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -77,19 +75,18 @@ async fn a_forgotten_instance_registers_again() {
         .registered_at
         .clone();
     registry.client.deregister("web", &id).await.unwrap();
-    for _ in 0..500 {
+    eventually(PATIENCE, "the instance registered again", async || {
         let listing = registry.client.service("web").await.unwrap();
-        if listing
+        listing
             .instances
             .first()
             .is_some_and(|i| i.registered_at != first)
-        {
-            assert_eq!(listing.instances[0].id, id);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the instance was not registered again");
+    })
+    .await;
+    assert_eq!(
+        registry.client.service("web").await.unwrap().instances[0].id,
+        id
+    );
 }
 
 #[tokio::test]
@@ -102,14 +99,12 @@ async fn shutdown_deregisters_first_then_drains_in_flight_requests() {
     let client = Sidecar::start(SidecarSpec::client(&url)).await;
 
     let outbound = client.outbound;
-    let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1500").await });
-    for _ in 0..500 {
-        if app.in_flight.load(Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(app.in_flight.load(Ordering::SeqCst), 1);
+    // A request the app holds until the test lets it answer.
+    let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/hold").await });
+    eventually(PATIENCE, "the request in flight at the app", async || {
+        app.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
 
     server.begin_shutdown();
     // Deregistered while the request is still being served...
@@ -121,6 +116,7 @@ async fn shutdown_deregisters_first_then_drains_in_flight_requests() {
         "deregistration came first"
     );
     // ...which then completes normally.
+    app.release();
     let answer = slow.await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text, "web-1");
@@ -173,11 +169,20 @@ async fn heartbeats_go_at_a_third_of_the_ttl_however_often_health_is_checked() {
     spec.config.registration.ttl = Duration::from_secs(3);
     let _sidecar = Sidecar::start(spec).await;
     registry.until_passing("web", 1).await;
+    // One a second (a third of 3 s), not one per 50 ms health check: three heartbeats
+    // take over two seconds. (The registry counts each before it answers, and the next
+    // is sent a beat after the answer, so three counted after `started` cannot take less.)
+    let started = std::time::Instant::now();
     let before = heartbeats(&registry).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let sent = heartbeats(&registry).await - before;
-    // One a second (a third of 3 s), not one per 50 ms health check.
-    assert!((1.0..=4.0).contains(&sent), "{sent} heartbeats in 2.5 s");
+    eventually(PATIENCE, "three heartbeats", async || {
+        heartbeats(&registry).await >= before + 3.0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "three heartbeats in {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -202,8 +207,10 @@ async fn an_app_that_comes_up_after_its_sidecar_is_routable_at_once() {
     );
 
     let _app = App::start_on(port, "web-1").await;
-    // Health is checked every 30 s once the app has passed, but quickly until then.
-    tokio::time::timeout(Duration::from_secs(5), registry.until_passing("web", 1))
+    // Health is checked every 30 s once the app has passed, but quickly until then: at
+    // intervals doubling from 100 ms, so the app is seen within about as long as it took
+    // to come up. 15 s leaves a slow machine room, and is still half the interval.
+    tokio::time::timeout(Duration::from_secs(15), registry.until_passing("web", 1))
         .await
         .expect("the late app waited for a full health interval");
     let ready = common::get(&format!("http://{}/ready", sidecar.admin)).await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{App, Sidecar, SidecarSpec, get_h1};
+use common::{App, PATIENCE, Sidecar, SidecarSpec, eventually, get_h1};
 use etcd::{EtcdCluster, Replica, get};
 use http::StatusCode;
 
@@ -57,33 +57,36 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
     let b = Replica::start(&binary, &etcd.endpoints(), &[]).await;
     let registries = format!("{},{}", a.url, b.url);
 
+    // Heartbeats every 1.3 s (a third of the TTL): a slow machine may delay one by a
+    // second or two without the lease running out.
+    let lease = Duration::from_secs(4);
     let apps = [App::start("web-1").await, App::start("web-2").await];
     let mut sidecars = Vec::new();
     for app in &apps {
-        sidecars.push(Sidecar::start(SidecarSpec::server(&registries, "web", app.addr)).await);
+        let mut spec = SidecarSpec::server(&registries, "web", app.addr);
+        spec.config.registration.ttl = lease;
+        sidecars.push(Sidecar::start(spec).await);
     }
     let client = Sidecar::start(SidecarSpec::client(&registries)).await;
     let passing = format!("{}/v1/services/web", b.url);
-    for _ in 0..100 {
+    eventually(PATIENCE, "both instances passing on B", async || {
         let (_, _, listing) = get(&passing).await.unwrap();
-        if listing["instances"]
+        listing["instances"]
             .as_array()
             .is_some_and(|i| i.len() == 2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
-    // Calls through the client's sidecar, four at a time, for the whole test. A's lease
-    // in etcd (10 s) and the sidecars' leases (2 s) both run out within the load.
+    // Calls through the client's sidecar, four at a time, for the whole test: until A's
+    // lease in etcd (10 s) and then the instances' leases have run out after the kill.
     let (calls, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let started = Instant::now();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let load: Vec<_> = (0..4)
         .map(|_| {
             let (calls, failed, outbound) = (calls.clone(), failed.clone(), client.outbound);
+            let stopped = stopped.clone();
             tokio::spawn(async move {
-                while started.elapsed() < Duration::from_secs(17) {
+                while !*stopped.borrow() {
                     let answer = get_h1(outbound, "web", "/whoami").await;
                     calls.fetch_add(1, Ordering::Relaxed);
                     if answer.status != StatusCode::OK
@@ -96,7 +99,10 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(PATIENCE, "calls flowing through the mesh", async || {
+        calls.load(Ordering::Relaxed) >= 50
+    })
+    .await;
     let b_metrics = format!("{}/metrics", b.url);
     let served_by_b = async || {
         let text = common::get(&b_metrics).await.text;
@@ -116,9 +122,7 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
     // Every sidecar used A, the first replica given; how soon do their heartbeats and
     // blocking queries (parked watches) reach B?
     let (mut heartbeat_moved, mut watch_moved) = (None, None);
-    while killed.elapsed() < Duration::from_secs(10)
-        && (heartbeat_moved.is_none() || watch_moved.is_none())
-    {
+    while killed.elapsed() < PATIENCE && (heartbeat_moved.is_none() || watch_moved.is_none()) {
         let now = served_by_b().await;
         if now.0 > before.0 {
             heartbeat_moved.get_or_insert(killed.elapsed());
@@ -135,6 +139,9 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
         heartbeat_moved.is_some() && watch_moved.is_some(),
         "the sidecars moved to B"
     );
+    let load_ends = killed + Duration::from_secs(10) + 2 * lease;
+    tokio::time::sleep_until(load_ends.into()).await;
+    stop.send_replace(true);
     for task in load {
         task.await.unwrap();
     }

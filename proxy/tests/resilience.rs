@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{App, H2Conn, Registry, Sidecar, SidecarSpec, TestBody};
+use common::{App, H2Conn, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually};
 use http::{Method, Request, StatusCode, Version};
 use mesh_proxy::Config;
 use mesh_registry_api::Registration;
@@ -243,37 +243,31 @@ async fn retries_stop_at_the_budget_and_say_so() {
 #[tokio::test]
 async fn grpc_timeout_is_enforced_and_the_rest_is_passed_on() {
     let registry = Registry::start().await;
-    let slow = App::start_with_latency("web-slow", Duration::from_secs(2)).await;
+    let slow = App::start_with_latency("web-slow", Duration::from_secs(20)).await;
     let _s = service(&registry, &[&slow]).await;
     let client = client(&registry, |_| {}).await;
     let conn = H2Conn::connect(client.outbound).await;
 
+    // A deadline of 1 s, against an app that takes 20 s: seconds of margin either way
+    // for a slow machine, which may spend a while on the way to the app.
+    let deadline = Duration::from_secs(1);
     let mut call = grpc_call("/grpc.Test/Call");
     call.headers_mut()
-        .insert("grpc-timeout", "100m".parse().unwrap());
+        .insert("grpc-timeout", "1000m".parse().unwrap());
     let started = Instant::now();
     let answer = conn.send(call).await;
     let took = started.elapsed();
     assert_eq!(answer.headers["grpc-status"], "4", "DEADLINE_EXCEEDED");
     assert_eq!(answer.headers["mesh-error"], "timeout");
-    assert!(
-        took >= Duration::from_millis(100) && took < Duration::from_millis(1000),
-        "{took:?}"
-    );
+    assert!(took >= deadline && took < deadline * 10, "{took:?}");
 
     let seen = slow.last_headers.lock().unwrap()["grpc-timeout"]
         .to_str()
         .unwrap()
         .to_owned();
     let passed_on = mesh_proxy::deadline::parse_grpc_timeout(&seen).unwrap();
-    assert!(
-        passed_on < Duration::from_millis(100),
-        "the next hop got {seen}"
-    );
-    assert!(
-        passed_on > Duration::from_millis(50),
-        "the next hop got {seen}"
-    );
+    assert!(passed_on < deadline, "the next hop got {seen}");
+    assert!(passed_on > deadline / 2, "the next hop got {seen}");
 }
 
 #[tokio::test]
@@ -302,15 +296,20 @@ async fn a_leaving_instance_finishes_its_requests_and_gets_no_new_ones() {
     let mut sidecars = service(&registry, &[&a, &b]).await;
     let client = client(&registry, |_| {}).await;
 
-    // A slow request lands on a (retry until it does).
+    // A request a holds until the test lets it answer lands on a (again until it does:
+    // one that lands on b is let go at once).
     let slow = loop {
         let outbound = client.outbound;
-        let handle =
-            tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1500").await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let on_b = b.received.load(Ordering::SeqCst);
+        let handle = tokio::spawn(async move { common::get_h1(outbound, "web", "/hold").await });
+        eventually(PATIENCE, "the request at a or b", async || {
+            a.in_flight.load(Ordering::SeqCst) == 1 || b.received.load(Ordering::SeqCst) > on_b
+        })
+        .await;
         if a.in_flight.load(Ordering::SeqCst) == 1 {
             break handle;
         }
+        b.release();
         handle.await.unwrap();
     };
     sidecars[0].begin_shutdown();
@@ -323,6 +322,7 @@ async fn a_leaving_instance_finishes_its_requests_and_gets_no_new_ones() {
             "no new requests reach the leaving instance"
         );
     }
+    a.release();
     let answer = slow.await.unwrap();
     assert_eq!(
         (answer.status, answer.text.as_str()),
@@ -342,18 +342,18 @@ async fn past_the_pending_limit_requests_are_refused_at_once() {
     let _s = service(&registry, &[&app]).await;
     let client = client(&registry, |c| c.outbound.max_pending = 1).await;
     let outbound = client.outbound;
-    let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/slow?ms=1000").await });
-    for _ in 0..500 {
-        if app.in_flight.load(Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // A request the app holds until the test lets it answer: the one pending.
+    let slow = tokio::spawn(async move { common::get_h1(outbound, "web", "/hold").await });
+    eventually(PATIENCE, "the held request at the app", async || {
+        app.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let started = Instant::now();
     let refused = common::get_h1(client.outbound, "web", "/whoami").await;
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers["mesh-error"], "overloaded");
+    app.release();
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
     assert_eq!(
         common::get_h1(client.outbound, "web", "/whoami")

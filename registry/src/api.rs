@@ -5,25 +5,26 @@
 //! error body as everything else. Who may call a route is checked by [`crate::auth`];
 //! answers are built by [`crate::respond`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use mesh_registry_api::{StoreStatus, validate};
+use mesh_registry_api::{AdminPath, StoreStatus, validate};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::auth::{Credentials, Peer, Writer};
 use crate::ca::Ca;
-use crate::catalog::{Catalog, UnknownInstance};
+use crate::catalog::{Catalog, Refusal, UnknownInstance};
 use crate::error::ApiError;
 use crate::etcd::{EtcdStore, WriteError};
-use crate::join::JoinTokens;
 use crate::metrics::{Metrics, Route};
-use crate::respond::{no_content, set_index, short_duration, text_response};
+use crate::respond::{Body, no_content, set_index, short_duration, text_response};
 use crate::route::{Target, target};
-use crate::sidecar::{self, AdminPage};
+use crate::sidecar::{self, Relays};
+use crate::tokens::ScopedTokens;
 use crate::{auth, request, ui, watch as blocking};
 
 // Moved to `crate::respond`; re-exported so their old paths keep working.
@@ -40,20 +41,35 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub struct State {
     pub catalog: Arc<Catalog>,
     pub metrics: Arc<Metrics>,
-    /// With `--token`, writes must carry it as a bearer token.
-    token: Option<Vec<u8>>,
+    /// What proves who writes: the operator token, service tokens, certificates.
+    credentials: Credentials,
     /// The CA, when the registry signs sidecars' certificates.
     ca: Option<Arc<Ca>>,
     /// Bearer tokens for `POST /v1/ca/sign`, each with the services it may claim.
-    join_tokens: JoinTokens,
+    join_tokens: ScopedTokens,
     /// The etcd store, when the catalog is kept there; writes go through it.
     etcd: Option<Arc<EtcdStore>>,
     /// Turns true when shutdown starts: blocking queries answer at once and `/readyz`
     /// reports 503.
     shutdown: watch::Receiver<bool>,
+    /// Sidecar admin pages being relayed, at most `--max-admin-relays` at once.
+    relays: Relays,
+    /// Blocking queries parked, at most `--max-parked-per-client` per client IP.
+    parking: blocking::Parking,
 }
 
-type Answer = Result<Response<Full<Bytes>>, ApiError>;
+type Answer = Result<Response<Body>, ApiError>;
+
+/// What handlers read of a request besides its body.
+struct Incoming<'r> {
+    method: &'r Method,
+    uri: &'r http::Uri,
+    headers: &'r HeaderMap,
+    /// The service a client certificate proved (TLS listener only).
+    peer: Option<&'r Peer>,
+    /// Where the request came from (the connection's peer address).
+    client: IpAddr,
+}
 
 /// The body of `GET /readyz`.
 #[derive(serde::Serialize)]
@@ -63,6 +79,9 @@ struct Readiness {
     /// `null` when the registry signs no certificates.
     ca: Option<CaSummary>,
     store: StoreStatus,
+    /// What writes must carry: `open` (nothing: anyone may write) or the kinds of
+    /// credentials this registry accepts.
+    writes: Vec<&'static str>,
 }
 
 #[derive(serde::Serialize)]
@@ -78,18 +97,30 @@ impl State {
     pub fn new(
         catalog: Arc<Catalog>,
         metrics: Arc<Metrics>,
-        token: Option<String>,
+        credentials: Credentials,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         State {
             catalog,
-            metrics,
-            token: token.map(String::into_bytes),
+            credentials,
             ca: None,
-            join_tokens: JoinTokens::default(),
+            join_tokens: ScopedTokens::default(),
             etcd: None,
             shutdown,
+            relays: Relays::new(sidecar::DEFAULT_MAX_RELAYS),
+            parking: blocking::Parking::new(
+                blocking::DEFAULT_MAX_PARKED_PER_CLIENT,
+                metrics.watchers.clone(),
+            ),
+            metrics,
         }
+    }
+
+    /// Holds relays and parked queries to other caps than the flags' defaults.
+    pub fn with_bounds(mut self, max_admin_relays: usize, max_parked_per_client: usize) -> Self {
+        self.relays = Relays::new(max_admin_relays);
+        self.parking = blocking::Parking::new(max_parked_per_client, self.metrics.watchers.clone());
+        self
     }
 
     /// Keeps the catalog in etcd: writes go there, reads come from the mirror.
@@ -99,14 +130,14 @@ impl State {
     }
 
     /// Turns on certificate signing for the holders of `join_tokens`.
-    pub fn with_ca(mut self, ca: Arc<Ca>, join_tokens: JoinTokens) -> Self {
+    pub fn with_ca(mut self, ca: Arc<Ca>, join_tokens: ScopedTokens) -> Self {
         self.ca = Some(ca);
         self.join_tokens = join_tokens;
         self
     }
 
-    /// Answers one request. Never fails: every error becomes a JSON answer.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    /// Answers one request from `client`. Never fails: every error becomes a JSON answer.
+    pub async fn handle<B>(&self, request: Request<B>, client: IpAddr) -> Response<Body>
     where
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -114,11 +145,19 @@ impl State {
         let started = std::time::Instant::now();
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_owned();
+        // Put there by the TLS listener when the client's certificate proved a service.
+        let peer = parts.extensions.get::<Peer>();
         let (route, answer) = match self.unsynced(&path) {
             Some(refused) => (Route::Unknown, Err(refused)),
             None => {
-                self.dispatch(&parts.method, &parts.uri, &parts.headers, body)
-                    .await
+                let request = Incoming {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    headers: &parts.headers,
+                    peer,
+                    client,
+                };
+                self.dispatch(request, body).await
             }
         };
         let mut response = answer.unwrap_or_else(ApiError::into_response);
@@ -143,41 +182,43 @@ impl State {
     }
 
     /// The routing table: each route with its label for the metrics and its handler.
-    async fn dispatch<B>(
-        &self,
-        method: &Method,
-        uri: &http::Uri,
-        headers: &HeaderMap,
-        body: B,
-    ) -> (Route, Answer)
+    async fn dispatch<B>(&self, request: Incoming<'_>, body: B) -> (Route, Answer)
     where
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let Incoming {
+            method,
+            uri,
+            headers,
+            client,
+            ..
+        } = request;
         let Some(target) = target(uri.path()) else {
             return (Route::Unknown, Err(no_route(uri.path())));
         };
         let query = uri.query();
         match (method, target) {
             (&Method::GET, Target::Services) => {
-                (Route::ListServices, self.list_services(query).await)
+                (Route::ListServices, self.list_services(query, client).await)
             }
             (&Method::GET, Target::Service(s)) => {
-                (Route::GetService, self.get_service(s, query).await)
+                (Route::GetService, self.get_service(s, query, client).await)
             }
             (&Method::PUT, Target::Instance(s, id)) => {
-                (Route::Register, self.register(s, id, headers, body).await)
+                (Route::Register, self.register(s, id, &request, body).await)
             }
             (&Method::DELETE, Target::Instance(s, id)) => {
-                (Route::Deregister, self.deregister(s, id, headers).await)
+                (Route::Deregister, self.deregister(s, id, &request).await)
             }
-            (&Method::PUT, Target::Heartbeat(s, id)) => {
-                (Route::Heartbeat, self.heartbeat(s, id, headers, body).await)
-            }
+            (&Method::PUT, Target::Heartbeat(s, id)) => (
+                Route::Heartbeat,
+                self.heartbeat(s, id, &request, body).await,
+            ),
             (&Method::GET, Target::SidecarAdmin(s, id, page)) => {
                 (Route::SidecarAdmin, self.sidecar_admin(s, id, page).await)
             }
-            (&Method::GET, Target::Events) => (Route::Events, self.events(query).await),
+            (&Method::GET, Target::Events) => (Route::Events, self.events(query, client).await),
             (&Method::GET, Target::Metrics) => (Route::Metrics, Ok(self.metrics_page())),
             (&Method::GET, Target::Healthz) => (Route::Healthz, Ok(healthz())),
             (&Method::GET, Target::Readyz) => (Route::Readyz, self.readyz()),
@@ -199,22 +240,22 @@ impl State {
         }
     }
 
-    async fn list_services(&self, query: Option<&str>) -> Answer {
+    async fn list_services(&self, query: Option<&str>, client: IpAddr) -> Answer {
         let q = request::query(query)?;
         let mut index_rx = self.catalog.subscribe_catalog();
-        self.block(&mut index_rx, q.index, q.wait).await;
+        self.block(&mut index_rx, q.index, q.wait, client).await?;
         let list = self.catalog.service_list();
         let mut response = json(StatusCode::OK, &list);
         set_index(&mut response, list.index);
         Ok(response)
     }
 
-    async fn get_service(&self, service: &str, query: Option<&str>) -> Answer {
+    async fn get_service(&self, service: &str, query: Option<&str>, client: IpAddr) -> Answer {
         validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
         let q = request::query(query)?;
         if q.index.is_some() {
             let mut index_rx = self.catalog.subscribe(service);
-            self.block(&mut index_rx, q.index, q.wait).await;
+            self.block(&mut index_rx, q.index, q.wait, client).await?;
         }
         let listing = self.catalog.listing(service, q.all);
         let mut response = json(StatusCode::OK, &listing);
@@ -224,14 +265,14 @@ impl State {
 
     /// The recent events after `?index=`, blocking like the other queries until there
     /// is one.
-    async fn events(&self, query: Option<&str>) -> Answer {
+    async fn events(&self, query: Option<&str>, client: IpAddr) -> Answer {
         let q = request::query(query)?;
         let events = self.catalog.events();
         // An index ahead of the ring's comes from before a restart: answer at once, with
         // everything, rather than block until this ring catches up with it.
         let seen = q.index.filter(|&seen| seen <= events.index());
         let mut index_rx = events.subscribe();
-        self.block(&mut index_rx, seen, q.wait).await;
+        self.block(&mut index_rx, seen, q.wait, client).await?;
         let page = events.since(seen.unwrap_or(0));
         let mut response = json(StatusCode::OK, &page);
         set_index(&mut response, page.index);
@@ -239,7 +280,7 @@ impl State {
     }
 
     /// One of an instance's sidecar admin pages, read from the address it registered.
-    async fn sidecar_admin(&self, service: &str, id: &str, page: AdminPage) -> Answer {
+    async fn sidecar_admin(&self, service: &str, id: &str, page: AdminPath) -> Answer {
         check_names(service, id)?;
         let admin = self
             .catalog
@@ -253,46 +294,52 @@ impl State {
                      address (metadata \"admin\")"
                 ))
             })?;
-        let answer = sidecar::fetch(&admin, page).await?;
-        Ok(answer.into_response(&admin))
+        self.relays.relay(&admin, page).await
     }
 
-    async fn register<B>(&self, service: &str, id: &str, headers: &HeaderMap, body: B) -> Answer
+    async fn register<B>(&self, service: &str, id: &str, request: &Incoming<'_>, body: B) -> Answer
     where
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let body = self.write_body(service, id, headers, body).await?;
+        let writer = self.writer(service, id, request)?;
+        let body = self.write_body(request.headers, body).await?;
         let registration = request::registration(&body)?;
         let (address, ttl) = (registration.address.clone(), registration.ttl);
+        let owner = writer.owner();
         let (instance, index) = match &self.etcd {
-            Some(etcd) => etcd
-                .register(service, id, registration)
-                .await
-                .map_err(|e| write_error(e, service, id))?,
+            Some(etcd) => etcd.register(service, id, registration, &owner).await,
             None => self
                 .catalog
-                .register(service, id, registration, Instant::now()),
-        };
-        tracing::info!(%service, %id, %address, ttl = %humantime::format_duration(ttl), "registered");
+                .register(service, id, registration, &owner, Instant::now())
+                .map_err(WriteError::Refused),
+        }
+        .map_err(|e| write_error(e, service, id))?;
+        tracing::info!(%service, %id, %address, %owner, generation = instance.generation, ttl = %humantime::format_duration(ttl), "registered");
         let mut response = json(StatusCode::OK, &instance);
         set_index(&mut response, index);
         Ok(response)
     }
 
-    async fn heartbeat<B>(&self, service: &str, id: &str, headers: &HeaderMap, body: B) -> Answer
+    async fn heartbeat<B>(&self, service: &str, id: &str, request: &Incoming<'_>, body: B) -> Answer
     where
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let body = self.write_body(service, id, headers, body).await?;
+        let writer = self.writer(service, id, request)?;
+        let body = self.write_body(request.headers, body).await?;
         let beat = request::heartbeat(&body)?;
+        let owner = writer.owner();
+        let claim = writer.claim(&owner, beat.generation);
         let (lease, index) = match &self.etcd {
-            Some(etcd) => etcd.heartbeat(service, id, beat.status, beat.output).await,
+            Some(etcd) => {
+                etcd.heartbeat(service, id, claim, beat.status, beat.output)
+                    .await
+            }
             None => self
                 .catalog
-                .heartbeat(service, id, beat.status, beat.output, Instant::now())
-                .map_err(WriteError::Unknown),
+                .heartbeat(service, id, claim, beat.status, beat.output, Instant::now())
+                .map_err(WriteError::Refused),
         }
         .map_err(|e| write_error(e, service, id))?;
         let mut response = json(StatusCode::OK, &lease);
@@ -300,38 +347,40 @@ impl State {
         Ok(response)
     }
 
-    /// What every write with a body checks first: the token, the path's names, then
-    /// the body's size and type.
-    async fn write_body<B>(
-        &self,
-        service: &str,
-        id: &str,
-        headers: &HeaderMap,
-        body: B,
-    ) -> Result<Bytes, ApiError>
+    /// What every write checks first: who writes and whether they may write to
+    /// `service`, then the path's names.
+    fn writer(&self, service: &str, id: &str, request: &Incoming<'_>) -> Result<Writer, ApiError> {
+        let writer = self.credentials.writer(request.headers, request.peer)?;
+        check_names(service, id)?;
+        writer.may_write(service)?;
+        Ok(writer)
+    }
+
+    /// A write's body, once its writer is known: its size and type checked.
+    async fn write_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
     where
         B: hyper::body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        auth::authorize_write(headers, self.token.as_deref())?;
-        check_names(service, id)?;
         let body = request::read_body(headers, body).await?;
         request::require_json(headers, &body)?;
         Ok(body)
     }
 
-    async fn deregister(&self, service: &str, id: &str, headers: &HeaderMap) -> Answer {
-        auth::authorize_write(headers, self.token.as_deref())?;
-        check_names(service, id)?;
+    async fn deregister(&self, service: &str, id: &str, request: &Incoming<'_>) -> Answer {
+        let writer = self.writer(service, id, request)?;
+        let generation = request::query(request.uri.query())?.generation;
+        let owner = writer.owner();
+        let claim = writer.removal(&owner, generation);
         let index = match &self.etcd {
-            Some(etcd) => etcd.deregister(service, id).await,
+            Some(etcd) => etcd.deregister(service, id, claim).await,
             None => self
                 .catalog
-                .deregister(service, id)
-                .map_err(WriteError::Unknown),
+                .deregister(service, id, claim)
+                .map_err(WriteError::Refused),
         }
         .map_err(|e| write_error(e, service, id))?;
-        tracing::info!(%service, %id, "deregistered");
+        tracing::info!(%service, %id, %owner, "deregistered");
         let mut response = no_content();
         set_index(&mut response, index);
         Ok(response)
@@ -381,12 +430,12 @@ impl State {
         ))
     }
 
-    fn metrics_page(&self) -> Response<Full<Bytes>> {
+    fn metrics_page(&self) -> Response<Body> {
         let text = self.metrics.render(&self.catalog);
         text_response("text/plain; version=0.0.4", text)
     }
 
-    fn prometheus_targets(&self) -> Response<Full<Bytes>> {
+    fn prometheus_targets(&self) -> Response<Body> {
         json(StatusCode::OK, &self.catalog.prometheus_targets())
     }
 
@@ -404,6 +453,7 @@ impl State {
         };
         let readiness = Readiness {
             status: if store.stale { "stale" } else { "ready" },
+            writes: self.credentials.kinds(),
             store,
             version: env!("CARGO_PKG_VERSION"),
             ca: self.ca.as_ref().map(|ca| CaSummary {
@@ -426,17 +476,23 @@ impl State {
         })
     }
 
-    async fn block(&self, index_rx: &mut watch::Receiver<u64>, seen: Option<u64>, wait: Duration) {
+    async fn block(
+        &self,
+        index_rx: &mut watch::Receiver<u64>,
+        seen: Option<u64>,
+        wait: Duration,
+        client: IpAddr,
+    ) -> Result<(), ApiError> {
         let mut shutdown = self.shutdown.clone();
-        blocking::until_changed(index_rx, seen, wait, &mut shutdown, &self.metrics.watchers).await;
+        blocking::until_changed(index_rx, seen, wait, &mut shutdown, &self.parking, client).await
     }
 }
 
-fn healthz() -> Response<Full<Bytes>> {
+fn healthz() -> Response<Body> {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-fn openapi() -> Response<Full<Bytes>> {
+fn openapi() -> Response<Body> {
     text_response("application/json", OPENAPI.to_owned())
 }
 
@@ -452,11 +508,22 @@ fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
     validate::instance_id(id).map_err(|m| ApiError::invalid("id", m))
 }
 
-/// A refused write as an answer: 404 for an instance the registry does not know, 503
-/// naming etcd when the store cannot take it.
+/// A refused write as an answer: 404 for an instance the registry does not know (or
+/// that was registered again since the generation the request named: its sender
+/// registers again), 409 for one another writer owns, 503 naming etcd when the store
+/// cannot take it.
 fn write_error(e: WriteError, service: &str, id: &str) -> ApiError {
     match e {
-        WriteError::Unknown(UnknownInstance) => unknown(service, id),
+        WriteError::Refused(Refusal::Unknown) => unknown(service, id),
+        WriteError::Refused(Refusal::Replaced { generation }) => ApiError::NotFound(format!(
+            "instance {id:?} of service {service:?} was registered again since (generation \
+             {generation}); register it again"
+        )),
+        WriteError::Refused(Refusal::Owned { owner }) => ApiError::Conflict(format!(
+            "instance {id:?} of service {service:?} is owned by {owner}, which alone may \
+             renew or replace it; choose another instance id, or have {owner} (or the \
+             operator) remove it"
+        )),
         other => other.into(),
     }
 }

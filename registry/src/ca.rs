@@ -146,6 +146,54 @@ impl Ca {
     }
 }
 
+/// The registry's own serving certificate, as DER, with its key.
+pub struct ServingCert {
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8.
+    pub key: Vec<u8>,
+    pub not_after: SystemTime,
+}
+
+impl Ca {
+    /// A certificate for the registry's TLS listener: the registry's SPIFFE ID
+    /// (`spiffe://<trust domain>/registry`, which [`Ca::sign`] never issues to a sidecar)
+    /// and `names` (DNS names or IP addresses, for clients that check those), valid for
+    /// `lifetime`, with a fresh key.
+    pub fn issue_serving(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServingCert, rcgen::Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mesh-registry");
+        let id = mesh_registry_api::spiffe::registry_id(&self.trust_domain);
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        for name in names {
+            let san = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.as_str().try_into()?),
+            };
+            params.subject_alt_names.push(san);
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        let not_after = now + lifetime;
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = not_after.into();
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        Ok(ServingCert {
+            chain: vec![leaf.der().to_vec()],
+            key: key.serialize_der(),
+            not_after,
+        })
+    }
+}
+
 /// `mesh-registry gen-ca`: writes `ca.pem` and `ca-key.pem` (mode 0600) into `out`,
 /// unless they exist and `force` is off. Returns what it did, for the user.
 pub fn write_new(out: &Path, trust_domain: &str, force: bool) -> Result<String, String> {
@@ -183,6 +231,21 @@ pub fn write_new(out: &Path, trust_domain: &str, force: bool) -> Result<String, 
     ))
 }
 
+/// `gen-ca --bundle-out`: copies the CA certificate in `out` (never its key) to
+/// `bundle/ca.pem`, readable by all: what sidecars check the registry with.
+pub fn copy_bundle(out: &Path, bundle: &Path) -> Result<String, String> {
+    let from = out.join("ca.pem");
+    let to = bundle.join("ca.pem");
+    std::fs::create_dir_all(bundle)
+        .map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;
+    let pem = std::fs::read(&from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    std::fs::write(&to, pem).map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+    Ok(format!(
+        "copied the CA certificate to {} (sidecars' --registry-ca)",
+        to.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +276,23 @@ mod tests {
             .unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(not_after > SystemTime::now() + Duration::from_secs(3500));
+    }
+
+    #[test]
+    fn the_bundle_copy_holds_the_certificate_and_never_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, bundle) = (dir.path().join("ca"), dir.path().join("public"));
+        write_new(&out, "mesh.local", false).unwrap();
+        copy_bundle(&out, &bundle).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&bundle)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["ca.pem"]);
+        assert_eq!(
+            std::fs::read(bundle.join("ca.pem")).unwrap(),
+            std::fs::read(out.join("ca.pem")).unwrap()
+        );
     }
 
     #[test]

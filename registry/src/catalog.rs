@@ -2,7 +2,11 @@
 //! queries wait on.
 //!
 //! Indexes come from one counter shared by every service, so an index never repeats or
-//! goes backwards, even across a service being emptied and refilled. A service's index
+//! goes backwards, even across a service being emptied and refilled. A service left empty
+//! (and unwatched) is dropped after a while, so the catalog's memory follows what is
+//! registered, not every name ever registered; the highest index a dropped service had
+//! stays behind as a floor, which every name the catalog does not hold reports, so no
+//! index a client has seen is ever answered with a smaller one. A service's index
 //! moves only when what its listing shows changes (not on a plain lease renewal), and each
 //! service has its own `watch` channel, so a change wakes only that service's watchers.
 //! The catalog index (for `GET /v1/services`) moves on every change of any service.
@@ -21,19 +25,29 @@ use tokio::time::Instant;
 use crate::events::{self, EventKind, Events};
 
 // Moved to `crate::entry`; re-exported so their old paths keep working.
-pub use crate::entry::{Entry, LeaseState};
+use crate::entry::new_generation;
+pub use crate::entry::{Claim, Entry, LeaseState, Refusal};
 
-/// The index of a service the catalog never held. Every real change is given a larger
-/// one, so a watcher of a name that does not exist yet blocks until it appears.
+/// The index of a service the catalog never held, before any service was dropped. Every
+/// real change is given a larger one, so a watcher of a name that does not exist yet
+/// blocks until it appears.
 pub const NEVER_EXISTED: u64 = 1;
+
+/// How long a service stays in the catalog once it has no instance and nobody watches
+/// it: long enough that instances restarting together do not make it churn.
+pub const EMPTY_SERVICE_GRACE: Duration = Duration::from_secs(60);
 
 /// One service: its instances (ordered by id, so listings are stable) and its index.
 #[derive(Debug)]
 pub(crate) struct Service {
     pub(crate) instances: BTreeMap<String, Entry>,
     pub(crate) index: u64,
-    /// Carries `index`; blocking queries on this service hold receivers.
-    tx: watch::Sender<u64>,
+    /// Carries `index`; blocking queries on this service hold receivers. Made for the
+    /// first one, dropped by a sweep once none is left: most services have no watcher
+    /// most of the time, and a channel costs a few hundred bytes.
+    tx: Option<watch::Sender<u64>>,
+    /// Since when a sweep has seen it empty and unwatched; dropped a grace later.
+    idle_since: Option<Instant>,
 }
 
 /// Why a heartbeat or deregistration failed.
@@ -49,6 +63,9 @@ pub struct Catalog {
     pub(crate) services: DashMap<String, Service>,
     /// Last index handed out.
     last_index: AtomicU64,
+    /// The highest index of a service dropped for being empty: what names the catalog
+    /// does not hold report (at least [`NEVER_EXISTED`]).
+    floor: AtomicU64,
     catalog_tx: watch::Sender<u64>,
     /// How long an expired instance stays listed as critical before removal.
     critical_grace: Duration,
@@ -69,6 +86,9 @@ impl Catalog {
         Catalog {
             services: DashMap::new(),
             last_index: AtomicU64::new(index),
+            // After a restore, a name the snapshot does not hold may have had any index
+            // up to the snapshot's.
+            floor: AtomicU64::new(index),
             catalog_tx: watch::Sender::new(index),
             critical_grace,
             events: Events::new(),
@@ -89,24 +109,34 @@ impl Catalog {
         &self.events
     }
 
-    /// Creates or replaces an instance. Re-sending an identical registration only renews
-    /// the lease: watchers are not woken for a no-op.
+    /// Creates or replaces an instance for `owner`; an instance another writer owns is
+    /// refused. Re-sending an identical registration only renews the lease (same
+    /// generation): watchers are not woken for a no-op. Any other registration is a new
+    /// generation.
     pub fn register(
         &self,
         service: &str,
         id: &str,
         registration: Registration,
+        owner: &str,
         now: Instant,
-    ) -> (Instance, u64) {
+    ) -> Result<(Instance, u64), Refusal> {
         let mut svc = self.service_mut(service);
+        if let Some(existing) = svc.instances.get(id) {
+            existing.check_owner(owner)?;
+        }
         let wall = SystemTime::now();
         let expires_at = now + registration.ttl;
         let before = svc.instances.get(id).map(|e| {
             let expired = matches!(e.lease, LeaseState::Expired { .. });
-            (&e.registration, expired)
+            (&e.registration, expired, e.owner == owner)
         });
-        let unchanged = before.is_some_and(|(old, expired)| !expired && *old == registration);
-        let detail = (!unchanged).then(|| events::registration_detail(before, &registration));
+        let unchanged =
+            before.is_some_and(|(old, expired, same)| !expired && same && *old == registration);
+        let detail = (!unchanged).then(|| {
+            events::registration_detail(before.map(|(r, expired, _)| (r, expired)), &registration)
+        });
+        let generation = new_generation();
         let entry = svc
             .instances
             .entry(id.to_owned())
@@ -115,6 +145,10 @@ impl Catalog {
                 e.lease = LeaseState::Live { expires_at };
                 e.last_heartbeat = wall;
                 e.spared = false;
+                if !unchanged {
+                    e.owner = owner.to_owned();
+                    e.generation = generation;
+                }
             })
             .or_insert_with(|| Entry {
                 registration,
@@ -123,6 +157,8 @@ impl Catalog {
                 registered_at: wall,
                 last_heartbeat: wall,
                 spared: false,
+                owner: owner.to_owned(),
+                generation,
             });
         let instance = entry.listed(id);
         if let Some(detail) = detail {
@@ -132,21 +168,23 @@ impl Catalog {
         if !unchanged {
             self.bump(&mut svc);
         }
-        (instance, svc.index)
+        Ok((instance, svc.index))
     }
 
-    /// Renews a lease, optionally with a new status. Moves the index only when the listing
-    /// changes (status changed, or the lease had run out).
+    /// Renews a lease for the claim's writer, optionally with a new status. Moves the
+    /// index only when the listing changes (status changed, or the lease had run out).
     pub fn heartbeat(
         &self,
         service: &str,
         id: &str,
+        claim: Claim<'_>,
         status: Option<Status>,
         output: Option<String>,
         now: Instant,
-    ) -> Result<(Lease, u64), UnknownInstance> {
-        let mut svc = self.services.get_mut(service).ok_or(UnknownInstance)?;
-        let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
+    ) -> Result<(Lease, u64), Refusal> {
+        let mut svc = self.services.get_mut(service).ok_or(Refusal::Unknown)?;
+        let entry = svc.instances.get_mut(id).ok_or(Refusal::Unknown)?;
+        entry.check(claim)?;
         let before = entry.status();
         let expired = matches!(entry.lease, LeaseState::Expired { .. });
         let reported = output.clone();
@@ -166,10 +204,14 @@ impl Catalog {
         Ok((lease, svc.index))
     }
 
-    /// Removes an instance; returns the service's new index.
-    pub fn deregister(&self, service: &str, id: &str) -> Result<u64, UnknownInstance> {
-        let mut svc = self.services.get_mut(service).ok_or(UnknownInstance)?;
-        let entry = svc.instances.remove(id).ok_or(UnknownInstance)?;
+    /// Removes an instance for the claim's writer; returns the service's new index.
+    pub fn deregister(&self, service: &str, id: &str, claim: Claim<'_>) -> Result<u64, Refusal> {
+        let mut svc = self.services.get_mut(service).ok_or(Refusal::Unknown)?;
+        svc.instances
+            .get(id)
+            .ok_or(Refusal::Unknown)
+            .and_then(|e| e.check(claim))?;
+        let entry = svc.instances.remove(id).ok_or(Refusal::Unknown)?;
         let detail = format!("was {} at {}", entry.status(), entry.registration.address);
         self.events
             .record(EventKind::Deregistered, service, id, detail);
@@ -183,7 +225,7 @@ impl Catalog {
             return ServiceListing {
                 service: service.to_owned(),
                 exists: false,
-                index: NEVER_EXISTED,
+                index: self.floor(),
                 instances: Vec::new(),
             };
         };
@@ -211,6 +253,7 @@ impl Catalog {
             .filter(|svc| !svc.instances.is_empty())
             .map(|svc| ServiceSummary {
                 name: svc.key().clone(),
+                index: svc.index,
                 instances: svc.instances.len(),
                 passing: svc
                     .instances
@@ -244,7 +287,11 @@ impl Catalog {
     /// A receiver of one service's index, for a blocking query. Watching a service that
     /// does not exist yet is allowed: its placeholder wakes the watcher when it appears.
     pub fn subscribe(&self, service: &str) -> watch::Receiver<u64> {
-        self.service_mut(service).tx.subscribe()
+        let mut svc = self.service_mut(service);
+        let index = svc.index;
+        svc.tx
+            .get_or_insert_with(|| watch::Sender::new(index))
+            .subscribe()
     }
 
     /// A receiver of the catalog index.
@@ -252,12 +299,42 @@ impl Catalog {
         self.catalog_tx.subscribe()
     }
 
-    /// Drops the placeholders that watchers of never-registered names left behind, once
-    /// nobody watches them. A service that had instances keeps its entry (and so its
-    /// index) after it empties, so its index never jumps without a change.
-    pub(crate) fn collect_empty(&self) {
-        self.services
-            .retain(|_, svc| svc.index != NEVER_EXISTED || svc.tx.receiver_count() > 0);
+    /// Drops the services that have had no instance and no watcher for
+    /// [`EMPTY_SERVICE_GRACE`] (placeholders that watchers of unknown names left behind
+    /// among them), raising the floor to their index so that none reports a smaller one
+    /// afterwards. Called by each lease sweep.
+    pub(crate) fn collect_empty(&self, now: Instant) {
+        let mut dropped = false;
+        self.services.retain(|_, svc| {
+            if svc.instances.is_empty() {
+                // An emptied map keeps its node (about 2.5 KB with room for eleven
+                // instances); a new one holds nothing until its first instance.
+                svc.instances = BTreeMap::new();
+            }
+            if svc.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+                svc.tx = None;
+            }
+            if !svc.instances.is_empty() || svc.tx.is_some() {
+                svc.idle_since = None;
+                return true;
+            }
+            let since = *svc.idle_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < EMPTY_SERVICE_GRACE {
+                return true;
+            }
+            self.floor.fetch_max(svc.index, Ordering::SeqCst);
+            dropped = true;
+            false
+        });
+        // The map's tables keep the size they grew to; give it back once mostly empty.
+        if dropped && self.services.len() * 4 < self.services.capacity() {
+            self.services.shrink_to_fit();
+        }
+    }
+
+    /// What a name the catalog does not hold reports as its index.
+    fn floor(&self) -> u64 {
+        self.floor.load(Ordering::SeqCst)
     }
 
     /// The service's entry, created as a placeholder when missing.
@@ -268,12 +345,14 @@ impl Catalog {
         if let Some(svc) = self.services.get_mut(service) {
             return svc;
         }
+        let floor = self.floor();
         self.services
             .entry(service.to_owned())
             .or_insert_with(|| Service {
                 instances: BTreeMap::new(),
-                index: NEVER_EXISTED,
-                tx: watch::Sender::new(NEVER_EXISTED),
+                index: floor,
+                tx: None,
+                idle_since: None,
             })
     }
 
@@ -287,7 +366,9 @@ impl Catalog {
         let mut svc = self.service_mut(service);
         svc.instances = instances;
         svc.index = index;
-        svc.tx.send_replace(index);
+        if let Some(tx) = &svc.tx {
+            tx.send_replace(index);
+        }
     }
 
     /// Hands out the next index to a changed service and wakes its watchers and the
@@ -302,7 +383,9 @@ impl Catalog {
     pub(crate) fn bump_to(&self, svc: &mut Service, index: u64) {
         self.last_index.fetch_max(index, Ordering::SeqCst);
         svc.index = index;
-        svc.tx.send_replace(index);
+        if let Some(tx) = &svc.tx {
+            tx.send_replace(index);
+        }
         self.catalog_tx.send_if_modified(|current| {
             let newer = index > *current;
             if newer {
@@ -324,21 +407,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn identical_registration_renews_without_moving_the_index() {
         let c = Catalog::new(Duration::from_secs(30));
-        let (_, i1) = c.register("web", "a", reg("h:1"), Instant::now());
-        let (_, i2) = c.register("web", "a", reg("h:1"), Instant::now());
+        let (_, i1) = c
+            .register("web", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
+        let (_, i2) = c
+            .register("web", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
         assert_eq!(i1, i2);
-        let (_, i3) = c.register("web", "a", reg("h:2"), Instant::now());
+        let (_, i3) = c
+            .register("web", "a", reg("h:2"), "o", Instant::now())
+            .unwrap();
         assert!(i3 > i2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_change_to_one_service_leaves_the_other_index_alone() {
         let c = Catalog::new(Duration::from_secs(30));
-        c.register("web", "a", reg("h:1"), Instant::now());
-        c.register("db", "a", reg("h:1"), Instant::now());
+        c.register("web", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
+        c.register("db", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
         let web = c.listing("web", false).index;
         let db_rx = c.subscribe("db");
-        c.register("web", "b", reg("h:2"), Instant::now());
+        c.register("web", "b", reg("h:2"), "o", Instant::now())
+            .unwrap();
         assert!(c.listing("web", false).index > web);
         assert!(!db_rx.has_changed().unwrap());
         assert_eq!(c.service_list().index, c.index());
@@ -350,18 +442,46 @@ mod tests {
         let l = c.listing("nope", false);
         assert!(!l.exists);
         assert_eq!(l.index, NEVER_EXISTED);
-        c.register("web", "a", reg("h:1"), Instant::now());
-        c.deregister("web", "a").unwrap();
+        c.register("web", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
+        c.deregister("web", "a", Claim::by("o")).unwrap();
         let l = c.listing("web", true);
         assert!(!l.exists && l.instances.is_empty());
         assert!(l.index > NEVER_EXISTED);
         assert!(c.service_list().services.is_empty());
 
-        // A watcher's placeholder for a name never registered goes once unwatched; the
-        // emptied service stays, so its index does not jump back.
+        // A watcher's placeholder for a name never registered, and the emptied service,
+        // go once unwatched for the grace; the floor keeps web's index from going back.
         drop(c.subscribe("ghost"));
-        c.collect_empty();
+        let now = Instant::now();
+        c.collect_empty(now);
+        assert!(c.services.contains_key("ghost") && c.services.contains_key("web"));
+        c.collect_empty(now + EMPTY_SERVICE_GRACE);
         assert!(!c.services.contains_key("ghost"));
+        assert!(!c.services.contains_key("web"));
         assert_eq!(c.listing("web", true).index, l.index);
+        assert_eq!(c.listing("ghost", true).index, l.index);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_service_comes_back_with_a_larger_index_and_watchers_are_kept() {
+        let c = Catalog::new(Duration::from_secs(30));
+        c.register("web", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
+        c.deregister("web", "a", Claim::by("o")).unwrap();
+        let emptied = c.listing("web", true).index;
+        // Watched: kept however long it stays empty.
+        let watcher = c.subscribe("web");
+        c.collect_empty(Instant::now());
+        c.collect_empty(Instant::now() + EMPTY_SERVICE_GRACE * 10);
+        assert!(c.services.contains_key("web"));
+        drop(watcher);
+        c.collect_empty(Instant::now() + EMPTY_SERVICE_GRACE * 11);
+        c.collect_empty(Instant::now() + EMPTY_SERVICE_GRACE * 12);
+        assert!(!c.services.contains_key("web"));
+        let (_, again) = c
+            .register("web", "a", reg("h:1"), "o", Instant::now())
+            .unwrap();
+        assert!(again > emptied, "{again} after {emptied}");
     }
 }

@@ -22,6 +22,24 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "0.0.0.0:7700")]
     pub listen: SocketAddr,
 
+    /// Address of the API over TLS (needs a CA): the same API, with a certificate from
+    /// the mesh CA, where sidecars write with their own certificates (a client
+    /// certificate naming service S may write S's instances only).
+    #[arg(long, env = "REGISTRY_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// DNS names and IP addresses the TLS listener's certificate carries besides the
+    /// registry's SPIFFE ID (which the mesh's own clients check), for clients that check
+    /// names (curl --cacert). Comma-separated.
+    #[arg(
+        long,
+        env = "REGISTRY_TLS_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1",
+        value_name = "NAMES"
+    )]
+    pub tls_names: Vec<String>,
+
     /// Directory for the catalog snapshot (`catalog.json`). Without it the catalog lives in
     /// memory only and is lost on restart.
     #[arg(long, env = "REGISTRY_DATA_DIR")]
@@ -42,9 +60,29 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_ETCD_PREFIX", default_value = "/mesh")]
     pub etcd_prefix: String,
 
-    /// Bearer token that writes (register, heartbeat, deregister) must present.
+    /// The operator token: a bearer token that may write (register, heartbeat,
+    /// deregister) instances of any service, and remove any instance. For operators
+    /// (meshctl, scripts), not for sidecars.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// File of service tokens, for a registry without a CA: one per line, `SERVICES
+    /// TOKEN` (services separated by commas, or `*`); a token may write the instances of
+    /// its services only. `#` comments and blank lines allowed.
+    #[arg(long, env = "REGISTRY_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+
+    /// On a registry with no credentials at all (no --token, --tokens or CA), the host
+    /// names besides IP addresses and `localhost` that writes may arrive under (their
+    /// `Host` header). Comma-separated. Keeps a web page that rebinds its DNS name to the
+    /// registry from writing through a visitor's browser.
+    #[arg(
+        long,
+        env = "REGISTRY_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub allowed_hosts: Vec<String>,
 
     /// How long an instance whose lease ran out stays listed as critical before removal.
     #[arg(long, env = "REGISTRY_CRITICAL_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -94,6 +132,28 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "REGISTRY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "REGISTRY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A new connection must send a whole request head this soon, and an HTTP/1.1 one
+    /// each next head this soon after the previous answer, or it is closed.
+    #[arg(long, env = "REGISTRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// An HTTP/2 connection with no request open for this long is closed (GOAWAY).
+    #[arg(long, env = "REGISTRY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Blocking queries one client IP may have parked at once; past it a query is
+    /// answered 429 at once. Sidecars behind one NAT share an IP: keep it generous.
+    #[arg(long, env = "REGISTRY_MAX_PARKED_PER_CLIENT", default_value_t = crate::watch::DEFAULT_MAX_PARKED_PER_CLIENT)]
+    pub max_parked_per_client: usize,
+
+    /// Sidecar admin pages relayed at once; past it a relay is answered 503 at once.
+    #[arg(long, env = "REGISTRY_MAX_ADMIN_RELAYS", default_value_t = crate::sidecar::DEFAULT_MAX_RELAYS)]
+    pub max_admin_relays: usize,
 }
 
 /// Subcommands besides serving.
@@ -102,12 +162,20 @@ pub enum Command {
     /// Writes a new CA certificate and key (ECDSA P-256) for the mesh: `ca.pem` and
     /// `ca-key.pem` in `--out`. Existing files are kept unless `--force`.
     GenCa {
-        #[arg(long, default_value = ".")]
+        /// Directory to write `ca.pem` and `ca-key.pem` (mode 0600) into.
+        #[arg(long, default_value = ".", value_name = "DIR")]
         out: PathBuf,
+        /// Trust domain of the SPIFFE IDs the CA will issue.
         #[arg(long, default_value = "mesh.local")]
         trust_domain: String,
+        /// Replace a CA already in `--out`.
         #[arg(long)]
         force: bool,
+        /// Also copy the CA certificate (`ca.pem`, never the key) into this directory:
+        /// what sidecars need to check the registry (`--registry-ca`), to hand out apart
+        /// from the key. Done for an existing CA too.
+        #[arg(long, value_name = "DIR")]
+        bundle_out: Option<PathBuf>,
     },
 }
 
@@ -146,6 +214,33 @@ impl Config {
                 "--etcd-prefix {prefix:?} must start with / and hold at most 128 printable \
                  ASCII characters"
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_bounds(&self) -> Result<(), String> {
+        let within = |value: usize, flag: &str, most: usize| {
+            if (1..=most).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{flag} must be between 1 and {most}"))
+            }
+        };
+        within(self.max_connections, "--max-connections", 1_000_000)?;
+        within(
+            self.max_parked_per_client,
+            "--max-parked-per-client",
+            1_000_000,
+        )?;
+        within(self.max_admin_relays, "--max-admin-relays", 10_000)?;
+        let timeouts = [
+            (self.header_read_timeout, "--header-read-timeout"),
+            (self.idle_timeout, "--idle-timeout"),
+        ];
+        for (timeout, flag) in timeouts {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&timeout) {
+                return Err(format!("{flag} must be between 100ms and 1h"));
+            }
         }
         Ok(())
     }
@@ -194,6 +289,17 @@ impl Config {
         if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("--token must not be empty (omit it to disable authentication)".into());
         }
+        if self.tls_listen.is_some() && !has_ca {
+            return Err(
+                "--tls-listen needs a CA to issue the listener's certificate: add --ca-dir \
+                 DIR, or --ca-cert FILE and --ca-key FILE"
+                    .into(),
+            );
+        }
+        if self.tls_names.iter().any(|n| n.trim().is_empty()) {
+            return Err("--tls-names must not hold an empty name".into());
+        }
+        self.validate_bounds()?;
         Ok(())
     }
 }
@@ -211,6 +317,10 @@ impl Default for Config {
             trust_domain: "mesh.local".into(),
             cert_ttl: Duration::from_secs(24 * 3600),
             listen: ([0, 0, 0, 0], 7700).into(),
+            tls_listen: None,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            tokens: None,
+            allowed_hosts: Vec::new(),
             data_dir: None,
             etcd_endpoints: Vec::new(),
             etcd_prefix: "/mesh".into(),
@@ -219,6 +329,11 @@ impl Default for Config {
             sweep_interval: Duration::from_millis(100),
             snapshot_debounce: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_parked_per_client: crate::watch::DEFAULT_MAX_PARKED_PER_CLIENT,
+            max_admin_relays: crate::sidecar::DEFAULT_MAX_RELAYS,
         }
     }
 }
@@ -236,6 +351,11 @@ mod tests {
         assert_eq!(parsed.sweep_interval, default.sweep_interval);
         assert_eq!(parsed.snapshot_debounce, default.snapshot_debounce);
         assert_eq!(parsed.drain_timeout, default.drain_timeout);
+        assert_eq!(parsed.max_connections, default.max_connections);
+        assert_eq!(parsed.header_read_timeout, default.header_read_timeout);
+        assert_eq!(parsed.idle_timeout, default.idle_timeout);
+        assert_eq!(parsed.max_parked_per_client, default.max_parked_per_client);
+        assert_eq!(parsed.max_admin_relays, default.max_admin_relays);
         assert!(default.validate().is_ok());
     }
 
@@ -251,6 +371,16 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("--token"));
+        let c = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("--max-connections"));
+        let c = Config {
+            header_read_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("--header-read-timeout"));
     }
 
     #[test]

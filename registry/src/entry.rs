@@ -21,6 +21,54 @@ pub struct Entry {
     /// The mass-expiry guard already extended this lease once since the last heartbeat;
     /// it will not do so again, so a dead instance is gone after at most two TTLs.
     pub spared: bool,
+    /// Who registered it ([`crate::auth::Writer::owner`]); empty for an entry written
+    /// before owners were kept, which the next authorized writer takes over.
+    pub owner: String,
+    /// Which registration this is ([`new_generation`]); 0 for an entry written before
+    /// generations were kept, which any heartbeat renews.
+    pub generation: u64,
+}
+
+/// Why a write to an instance was refused, whichever store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such instance.
+    Unknown,
+    /// Registered again since the generation the writer named: it must register again.
+    Replaced { generation: u64 },
+    /// Another writer registered it.
+    Owned { owner: String },
+}
+
+/// Who is writing to an instance, and which registration they mean: what every write
+/// is checked against, in both stores.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    /// The writer, as instances record their owner.
+    pub owner: &'a str,
+    /// The registration a heartbeat or deregistration names; `None`: the current one.
+    pub generation: Option<u64>,
+    /// The operator: may remove an instance whoever owns it.
+    pub overrides: bool,
+}
+
+// === impl Claim ===
+
+impl<'a> Claim<'a> {
+    /// A writer naming no generation.
+    pub fn by(owner: &'a str) -> Self {
+        Claim {
+            owner,
+            generation: None,
+            overrides: false,
+        }
+    }
+}
+
+/// A new registration's generation: random, so replicas of the etcd store need not
+/// agree on a counter, and below 2^53, so JavaScript reads it exactly.
+pub fn new_generation() -> u64 {
+    rand::random_range(1..(1u64 << 53))
 }
 
 /// Where an instance's lease stands.
@@ -40,6 +88,36 @@ impl Entry {
         match self.lease {
             LeaseState::Live { .. } => self.registration.status,
             LeaseState::Expired { .. } => Status::Critical,
+        }
+    }
+
+    /// Whether `owner` may replace this entry: the writer that registered it, or
+    /// anyone authorized while it has no owner on record.
+    pub(crate) fn check_owner(&self, owner: &str) -> Result<(), Refusal> {
+        if self.owner.is_empty() || self.owner == owner {
+            Ok(())
+        } else {
+            Err(Refusal::Owned {
+                owner: self.owner.clone(),
+            })
+        }
+    }
+
+    /// Whether `claim` may renew (heartbeat) or remove this entry: its owner (or, for a
+    /// removal, the operator), naming the current registration or none. A claim naming
+    /// an older registration is refused as [`Refusal::Replaced`], so its sender
+    /// registers again at once rather than keep someone else's entry alive.
+    pub(crate) fn check(&self, claim: Claim<'_>) -> Result<(), Refusal> {
+        if !claim.overrides {
+            self.check_owner(claim.owner)?;
+        }
+        match claim.generation {
+            Some(named) if self.generation != 0 && named != self.generation => {
+                Err(Refusal::Replaced {
+                    generation: self.generation,
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -73,6 +151,8 @@ impl Entry {
             registered_at: humantime::format_rfc3339_millis(self.registered_at).to_string(),
             last_heartbeat: humantime::format_rfc3339_millis(self.last_heartbeat).to_string(),
             output: self.output.clone(),
+            owner: self.owner.clone(),
+            generation: self.generation,
         }
     }
 }

@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
 use mesh_registry_api::{ErrorBody, ErrorDetail};
 
 use crate::respond;
@@ -57,6 +55,9 @@ pub enum ApiError {
     /// Authenticated, but not allowed to do this with that value of `field`.
     #[error("{message}")]
     Forbidden { field: String, message: String },
+    /// The instance belongs to another writer, or changed under the request.
+    #[error("{0}")]
+    Conflict(String),
     #[error("method {method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("request body is larger than {limit} bytes")]
@@ -77,6 +78,12 @@ pub enum ApiError {
     /// The sidecar's admin port did not answer in time.
     #[error("{0}")]
     SidecarTimeout(String),
+    /// As many sidecar admin pages are being relayed as `--max-admin-relays` allows.
+    #[error("{0}")]
+    RelaysBusy(String),
+    /// The client already has `--max-parked-per-client` blocking queries parked.
+    #[error("{0}")]
+    TooManyBlockingQueries(String),
 }
 
 // === impl ApiError ===
@@ -90,8 +97,42 @@ impl ApiError {
     }
 
     /// The one place an error becomes a status code and a JSON body.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, code, field) = match &self {
+    pub fn into_response(self) -> Response<respond::Body> {
+        let (status, code, field) = self.parts();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+                field: field.map(str::to_owned),
+            },
+        };
+        let mut response = respond::json(status, &body);
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // Soon, not at once: one of its parked queries or a relay will have ended.
+            ApiError::RelaysBusy(_) | ApiError::TooManyBlockingQueries(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// The status, the error code (one of the document's `Error.code` values) and the
+    /// field blamed.
+    fn parts(&self) -> (StatusCode, &'static str, Option<&str>) {
+        match self {
             ApiError::InvalidArgument { field, .. } => (
                 StatusCode::BAD_REQUEST,
                 "invalid_argument",
@@ -103,6 +144,7 @@ impl ApiError {
             ApiError::Forbidden { field, .. } => {
                 (StatusCode::FORBIDDEN, "forbidden", Some(field.as_str()))
             }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }
@@ -125,28 +167,67 @@ impl ApiError {
                 (StatusCode::BAD_GATEWAY, "sidecar_unreachable", None)
             }
             ApiError::SidecarTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "sidecar_timeout", None),
-        };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message: self.to_string(),
-                field: field.map(str::to_owned),
-            },
-        };
-        let mut response = respond::json(status, &body);
-        match self {
-            ApiError::MethodNotAllowed { allow, .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            ApiError::Unauthorized(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
+            ApiError::RelaysBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "relays_busy", None),
+            ApiError::TooManyBlockingQueries(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_blocking_queries",
+                None,
+            ),
         }
-        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients switch on the code, so each one the registry can send is in the document's
+    /// enum (schemathesis reaches only the answers its fuzzing provokes).
+    #[test]
+    fn every_error_code_is_in_the_openapi_document() {
+        let document: serde_json::Value = serde_json::from_str(crate::api::OPENAPI).unwrap();
+        let documented = &document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+            ["code"]["enum"];
+        let documented: Vec<&str> = documented
+            .as_array()
+            .expect("Error.code has an enum")
+            .iter()
+            .map(|code| code.as_str().unwrap())
+            .collect();
+        let message = String::new;
+        let every = [
+            ApiError::InvalidArgument {
+                field: "f".into(),
+                message: message(),
+            },
+            ApiError::NotFound(message()),
+            ApiError::NoRoute(message()),
+            ApiError::Unauthorized(message()),
+            ApiError::Forbidden {
+                field: "f".into(),
+                message: message(),
+            },
+            ApiError::Conflict(message()),
+            ApiError::MethodNotAllowed {
+                method: "PATCH".into(),
+                allow: "GET",
+            },
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType(message()),
+            ApiError::Unavailable,
+            ApiError::StoreUnavailable(message()),
+            ApiError::NoAdmin(message()),
+            ApiError::SidecarUnreachable(message()),
+            ApiError::SidecarTimeout(message()),
+            ApiError::RelaysBusy(message()),
+            ApiError::TooManyBlockingQueries(message()),
+        ];
+        for error in &every {
+            let (_, code, _) = error.parts();
+            assert!(
+                documented.contains(&code),
+                "{code} ({error:?}) is missing from Error.code in registry/openapi.json"
+            );
+        }
     }
 }

@@ -211,11 +211,7 @@ pub(crate) fn status_kind(status: Status) -> EventKind {
 }
 
 fn protocol(r: &Registration) -> &'static str {
-    match r.protocol {
-        mesh_registry_api::Protocol::Http => "http",
-        mesh_registry_api::Protocol::H2 => "h2",
-        mesh_registry_api::Protocol::Grpc => "grpc",
-    }
+    r.protocol.as_str()
 }
 
 fn ttl(r: &Registration) -> String {
@@ -239,6 +235,7 @@ fn clip(mut detail: String) -> String {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
+    use crate::entry::Claim;
 
     #[test]
     fn the_ring_keeps_the_last_events_in_index_order() {
@@ -299,12 +296,16 @@ mod tests {
     async fn changes_are_events_and_renewals_are_not() {
         let c = Catalog::new(std::time::Duration::from_secs(30));
         let now = tokio::time::Instant::now();
-        c.register("web", "a", Registration::new("h:1"), now);
-        c.register("web", "a", Registration::new("h:1"), now);
-        c.heartbeat("web", "a", None, None, now).unwrap();
+        c.register("web", "a", Registration::new("h:1"), "o", now)
+            .unwrap();
+        c.register("web", "a", Registration::new("h:1"), "o", now)
+            .unwrap();
+        c.heartbeat("web", "a", Claim::by("o"), None, None, now)
+            .unwrap();
         c.heartbeat(
             "web",
             "a",
+            Claim::by("o"),
             Some(Status::Warning),
             Some("slow disk".into()),
             now,
@@ -313,15 +314,17 @@ mod tests {
         c.heartbeat(
             "web",
             "a",
+            Claim::by("o"),
             Some(Status::Warning),
             Some("slower".into()),
             now,
         )
         .unwrap();
-        c.heartbeat("web", "a", Some(Status::Passing), None, now)
+        c.heartbeat("web", "a", Claim::by("o"), Some(Status::Passing), None, now)
             .unwrap();
-        c.register("web", "a", Registration::new("h:2"), now);
-        c.deregister("web", "a").unwrap();
+        c.register("web", "a", Registration::new("h:2"), "o", now)
+            .unwrap();
+        c.deregister("web", "a", Claim::by("o")).unwrap();
         let page = c.events().since(0);
         let seen: Vec<_> = page
             .events

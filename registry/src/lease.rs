@@ -50,7 +50,7 @@ impl Catalog {
                 self.bump(state);
             }
         }
-        self.collect_empty();
+        self.collect_empty(now);
         report
     }
 }
@@ -223,6 +223,7 @@ mod tests {
     use mesh_registry_api::Registration;
 
     use super::*;
+    use crate::entry::Claim;
 
     const GRACE: Duration = Duration::from_secs(30);
 
@@ -241,7 +242,7 @@ mod tests {
     async fn a_missed_lease_turns_critical_then_is_removed_after_the_grace() {
         let c = Catalog::new(GRACE);
         let t0 = Instant::now();
-        c.register("web", "a", reg(1500), t0);
+        c.register("web", "a", reg(1500), "o", t0).unwrap();
         assert_eq!(
             c.sweep(t0 + Duration::from_millis(1499)),
             SweepReport::default()
@@ -268,11 +269,18 @@ mod tests {
     async fn a_heartbeat_in_the_grace_period_revives_the_instance() {
         let c = Catalog::new(GRACE);
         let t0 = Instant::now();
-        c.register("web", "a", reg(1000), t0);
+        c.register("web", "a", reg(1000), "o", t0).unwrap();
         c.sweep(t0 + Duration::from_secs(1));
         assert_eq!(passing(&c, "web"), 0);
         let (lease, _) = c
-            .heartbeat("web", "a", None, None, t0 + Duration::from_secs(2))
+            .heartbeat(
+                "web",
+                "a",
+                Claim::by("o"),
+                None,
+                None,
+                t0 + Duration::from_secs(2),
+            )
             .unwrap();
         assert_eq!(lease.status, Status::Passing);
         assert_eq!(passing(&c, "web"), 1);
@@ -283,7 +291,7 @@ mod tests {
         let c = Catalog::new(GRACE);
         let t0 = Instant::now();
         for id in ["a", "b", "c"] {
-            c.register("web", id, reg(1000), t0);
+            c.register("web", id, reg(1000), "o", t0).unwrap();
         }
         let t1 = t0 + Duration::from_secs(1);
         let report = c.sweep(t1);
@@ -300,10 +308,10 @@ mod tests {
     async fn the_guard_lets_a_minority_or_a_lone_instance_expire() {
         let c = Catalog::new(GRACE);
         let t0 = Instant::now();
-        c.register("web", "dead", reg(1000), t0);
-        c.register("web", "alive1", reg(5000), t0);
-        c.register("web", "alive2", reg(5000), t0);
-        c.register("solo", "a", reg(1000), t0);
+        c.register("web", "dead", reg(1000), "o", t0).unwrap();
+        c.register("web", "alive1", reg(5000), "o", t0).unwrap();
+        c.register("web", "alive2", reg(5000), "o", t0).unwrap();
+        c.register("solo", "a", reg(1000), "o", t0).unwrap();
         let report = c.sweep(t0 + Duration::from_secs(1));
         assert_eq!((report.spared, report.expired), (0, 2));
         assert_eq!(passing(&c, "web"), 2);
@@ -321,7 +329,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_records_the_expiry_then_the_removal_when_they_happen() {
         let c = std::sync::Arc::new(Catalog::new(GRACE));
-        c.register("web", "a", reg(1000), Instant::now());
+        c.register("web", "a", reg(1000), "o", Instant::now())
+            .unwrap();
         let (stop, stopped) = watch::channel(false);
         let sweeper = tokio::spawn({
             let c = c.clone();
@@ -361,7 +370,7 @@ mod tests {
         let c = Catalog::new(GRACE);
         let t0 = Instant::now();
         for id in ["a", "b"] {
-            c.register("web", id, reg(1000), t0);
+            c.register("web", id, reg(1000), "o", t0).unwrap();
         }
         let registered = c.events().index();
         c.sweep(t0 + Duration::from_secs(1));
@@ -387,8 +396,8 @@ mod tests {
     async fn expiry_moves_only_the_expired_service_index() {
         let c = Catalog::new(GRACE);
         let t0 = Instant::now();
-        c.register("web", "a", reg(1000), t0);
-        c.register("db", "a", reg(60_000), t0);
+        c.register("web", "a", reg(1000), "o", t0).unwrap();
+        c.register("db", "a", reg(60_000), "o", t0).unwrap();
         let web = c.subscribe("web");
         let db = c.subscribe("db");
         c.sweep(t0 + Duration::from_secs(1));

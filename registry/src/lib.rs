@@ -25,7 +25,6 @@ pub mod entry;
 pub mod error;
 pub mod etcd;
 pub mod events;
-pub mod join;
 pub mod lease;
 pub mod metrics;
 pub mod prometheus_sd;
@@ -35,6 +34,8 @@ pub mod route;
 pub mod server;
 pub mod sidecar;
 pub mod snapshot;
+pub mod tls;
+pub mod tokens;
 pub mod ui;
 pub mod watch;
 
@@ -58,6 +59,24 @@ use crate::metrics::Metrics;
 /// fails here rather than at the first change.
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let tls =
+        match config.tls_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("cannot listen on {addr} (--tls-listen): {e}"))
+            })?),
+            None => None,
+        };
+    run_with_tls(listener, tls, config, shutdown).await
+}
+
+/// [`run`], with the TLS listener already bound (`config.tls_listen` is then ignored):
+/// tests bind `127.0.0.1:0`. It needs a CA.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
@@ -85,21 +104,65 @@ pub async fn run(
     let (stopped, stopped_rx) = tokio::sync::watch::channel(false);
     let background = Background::spawn(&config, &catalog, &metrics, etcd.as_ref(), stopped_rx);
 
-    let mut state = api::State::new(catalog.clone(), metrics, config.token.clone(), stopping_rx);
+    let ca = load_ca(&config)?.map(|(ca, join_tokens)| (Arc::new(ca), join_tokens));
+    // Client certificates are taken as credentials where they can be presented.
+    let tls = match (tls_listener, &ca) {
+        (Some(listener), Some((ca, _))) => {
+            let names = config
+                .tls_names
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .collect();
+            let tls = tls::TlsListener::new(ca.clone(), names).map_err(Error::Ca)?;
+            Some((listener, Arc::new(tls)))
+        }
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "--tls-listen needs a CA (--ca-dir, or --ca-cert and --ca-key)".into(),
+            ));
+        }
+        (None, _) => None,
+    };
+    let credentials = credentials(&config, tls.is_some())?;
+    let mut state = api::State::new(catalog.clone(), metrics, credentials, stopping_rx)
+        .with_bounds(config.max_admin_relays, config.max_parked_per_client);
     if let Some(etcd) = etcd {
         state = state.with_etcd(etcd);
     }
-    if let Some((ca, join_tokens)) = load_ca(&config)? {
-        state = state.with_ca(Arc::new(ca), join_tokens);
+    if let Some((ca, join_tokens)) = ca {
+        state = state.with_ca(ca, join_tokens);
     }
     let state = Arc::new(state);
     let local = listener.local_addr()?;
     tracing::info!(
         "registry listening on http://{local} (services: http://{local}/v1/services, metrics: http://{local}/metrics)"
     );
-    server::serve(listener, state, shutdown, &stopping, config.drain_timeout).await;
+    let renewal = match &tls {
+        Some((listener, tls)) => {
+            let at = listener.local_addr()?;
+            tracing::info!(
+                "TLS listener on https://{at}: sidecars write with their mesh certificates (registry identity {})",
+                mesh_registry_api::spiffe::registry_id(&config.trust_domain)
+            );
+            Some(tokio::spawn(tls.clone().renew(stopped.subscribe())))
+        }
+        None => None,
+    };
+    let bounds = server::Bounds {
+        max_connections: config.max_connections,
+        limits: server::Limits {
+            header_read: config.header_read_timeout,
+            idle: config.idle_timeout,
+            write: server::WRITE_TIMEOUT,
+        },
+        drain: config.drain_timeout,
+    };
+    server::serve(listener, tls, state, shutdown, &stopping, bounds).await;
 
     stopped.send_replace(true);
+    if let Some(renewal) = renewal {
+        let _ = renewal.await;
+    }
     background.finish().await;
     tracing::info!("registry stopped");
     Ok(())
@@ -168,9 +231,35 @@ impl Background {
     }
 }
 
+/// What proves who writes, from the flags; an open registry says so loudly.
+fn credentials(config: &Config, has_ca: bool) -> Result<auth::Credentials, Error> {
+    let tokens = match &config.tokens {
+        Some(path) => tokens::ScopedTokens::load(path, "--tokens").map_err(Error::Config)?,
+        None => tokens::ScopedTokens::default(),
+    };
+    let allowed_hosts = config
+        .allowed_hosts
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let credentials =
+        auth::Credentials::new(config.token.as_deref(), tokens, has_ca, allowed_hosts);
+    if credentials.is_open() {
+        tracing::warn!(
+            "OPEN REGISTRY: no --token, --tokens or CA, so anyone who can reach it may \
+             register, replace and remove any service's instances (and so redirect its \
+             calls); for local development only (/readyz says \"writes\": [\"open\"])"
+        );
+    } else {
+        tracing::info!(accepted = %credentials.kinds().join(","), "writes are bound to an identity");
+    }
+    Ok(credentials)
+}
+
 /// The CA and the join tokens it signs for, when the flags name a CA. With `--ca-dir`,
 /// a CA missing there is created first.
-fn load_ca(config: &Config) -> Result<Option<(ca::Ca, join::JoinTokens)>, Error> {
+fn load_ca(config: &Config) -> Result<Option<(ca::Ca, tokens::ScopedTokens)>, Error> {
     let (cert, key) = match (&config.ca_dir, &config.ca_cert, &config.ca_key) {
         // Replicas must share one CA: two replicas creating one each at the same moment
         // would sign with different keys.
@@ -192,9 +281,11 @@ fn load_ca(config: &Config) -> Result<Option<(ca::Ca, join::JoinTokens)>, Error>
         _ => return Ok(None),
     };
     let ca = ca::Ca::load(&cert, &key, &config.trust_domain, config.cert_ttl).map_err(Error::Ca)?;
-    let join_tokens =
-        join::JoinTokens::from_flags(config.join_tokens.as_deref(), config.join_token.as_deref())
-            .map_err(Error::Config)?;
+    let join_tokens = tokens::ScopedTokens::from_flags(
+        config.join_tokens.as_deref(),
+        config.join_token.as_deref(),
+    )
+    .map_err(Error::Config)?;
     tracing::info!(trust_domain = %config.trust_domain, cert_ttl = %humantime::format_duration(config.cert_ttl), "signing sidecar certificates at POST /v1/ca/sign");
     Ok(Some((ca, join_tokens)))
 }

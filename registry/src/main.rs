@@ -23,9 +23,18 @@ async fn main() {
         out,
         trust_domain,
         force,
+        bundle_out,
     }) = &config.command
     {
-        match mesh_registry::ca::write_new(out, trust_domain, *force) {
+        let written =
+            mesh_registry::ca::write_new(out, trust_domain, *force).and_then(
+                |said| match bundle_out {
+                    Some(dir) => mesh_registry::ca::copy_bundle(out, dir)
+                        .map(|copied| format!("{said}\n{copied}")),
+                    None => Ok(said),
+                },
+            );
+        match written {
             Ok(message) => {
                 println!("{message}");
                 return;

@@ -6,6 +6,7 @@ use mesh_registry_api::Status;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
 
 use crate::catalog::Catalog;
+use crate::server::connection::Expired;
 
 /// Services named in `mesh_registry_instances`; the rest are summed under `other` so a
 /// flood of service names cannot blow up Prometheus.
@@ -64,6 +65,8 @@ pub struct Metrics {
     instances: IntGaugeVec,
     http_requests: IntCounterVec,
     pub watchers: IntGauge,
+    pub open_connections: IntGauge,
+    connections_expired: IntCounterVec,
     pub lease_expirations: IntCounter,
     pub expiry_guard_spared: IntCounter,
     pub snapshot_failures: IntCounter,
@@ -101,6 +104,17 @@ impl Metrics {
                 "mesh_registry_watchers",
                 "Blocking queries waiting for a change.",
             ),
+            open_connections: gauge(
+                "mesh_registry_open_connections",
+                "Client connections being served (at most --max-connections).",
+            ),
+            connections_expired: counter_vec(
+                "mesh_registry_connections_expired_total",
+                "Client connections the registry closed, by reason: no request within the \
+                 header read timeout, none open for the idle timeout, or a client that \
+                 stopped reading.",
+                &["reason"],
+            ),
             lease_expirations: counter(
                 "mesh_registry_lease_expirations_total",
                 "Leases that ran out without a heartbeat (the instance turned critical).",
@@ -115,6 +129,12 @@ impl Metrics {
             ),
         };
         metrics.register_all();
+        // Every reason from the start, so a rate over it starts from 0 rather than absent.
+        for why in Expired::ALL {
+            metrics
+                .connections_expired
+                .with_label_values(&[why.label()]);
+        }
         metrics
     }
 
@@ -123,6 +143,8 @@ impl Metrics {
             Box::new(self.instances.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(self.http_requests.clone()),
             Box::new(self.watchers.clone()),
+            Box::new(self.open_connections.clone()),
+            Box::new(self.connections_expired.clone()),
             Box::new(self.lease_expirations.clone()),
             Box::new(self.expiry_guard_spared.clone()),
             Box::new(self.snapshot_failures.clone()),
@@ -138,6 +160,13 @@ impl Metrics {
         self.registry
             .register(collector)
             .expect("metric names are unique");
+    }
+
+    /// Counts a connection the registry closed, by why.
+    pub fn connection_expired(&self, why: Expired) {
+        self.connections_expired
+            .with_label_values(&[why.label()])
+            .inc();
     }
 
     pub fn count_request(&self, route: Route, code: u16) {

@@ -70,8 +70,9 @@ mod tests {
         let mut r = reg("10.0.0.7:4143");
         r.metadata
             .insert(ADMIN_METADATA.into(), "10.0.0.7:4191".into());
-        c.register("web", "web-1", r, Instant::now());
-        c.register("web", "no-sidecar", reg("10.0.0.8:80"), Instant::now());
+        c.register("web", "web-1", r, "o", Instant::now()).unwrap();
+        c.register("web", "no-sidecar", reg("10.0.0.8:80"), "o", Instant::now())
+            .unwrap();
         let groups = c.prometheus_targets();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].targets, vec!["10.0.0.7:4191".to_owned()]);

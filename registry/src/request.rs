@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
 use mesh_registry_api::{
-    Heartbeat, MAX_TTL, MAX_WEIGHT, MIN_TTL, Protocol, Registration, Status, validate,
+    ADMIN_METADATA, Heartbeat, MAX_TTL, MAX_WEIGHT, MIN_TTL, Protocol, Registration, Status,
+    validate,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -29,7 +30,7 @@ const MAX_OUTPUT: usize = 4096;
 const REGISTRATION_FIELDS: &[&str] = &[
     "address", "protocol", "tags", "metadata", "weight", "ttl", "status",
 ];
-const HEARTBEAT_FIELDS: &[&str] = &["status", "output"];
+const HEARTBEAT_FIELDS: &[&str] = &["status", "output", "generation"];
 
 /// Reads a body of at most [`MAX_BODY`] bytes.
 pub async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
@@ -143,6 +144,15 @@ pub fn check_registration(r: &Registration) -> Result<(), ApiError> {
             format!("keys must be 1-{MAX_STRING} bytes and values at most {MAX_STRING}"),
         ));
     }
+    // The registry dials it to read the sidecar's admin pages.
+    if let Some(admin) = r.metadata.get(ADMIN_METADATA) {
+        validate::address(admin).map_err(|m| {
+            ApiError::invalid(
+                "metadata.admin",
+                format!("metadata \"admin\" names the sidecar's admin port: {m}"),
+            )
+        })?;
+    }
     if !(1..=MAX_WEIGHT).contains(&r.weight) {
         return Err(weight_out_of_range(r.weight.into()));
     }
@@ -187,6 +197,7 @@ pub fn heartbeat(body: &[u8]) -> Result<Heartbeat, ApiError> {
     Ok(Heartbeat {
         status: field(&map, "status")?,
         output,
+        generation: field(&map, "generation")?,
     })
 }
 
@@ -212,6 +223,8 @@ pub struct Query {
     pub wait: Duration,
     /// Include instances that are not passing.
     pub all: bool,
+    /// The registration a deregistration means (`PUT`'s `generation`).
+    pub generation: Option<u64>,
 }
 
 pub fn query(raw: Option<&str>) -> Result<Query, ApiError> {
@@ -234,6 +247,14 @@ pub fn query(raw: Option<&str>) -> Result<Query, ApiError> {
                 })?)
             }
             "wait" => q.wait = duration("wait", value)?.min(MAX_WAIT),
+            "generation" => {
+                q.generation = Some(value.parse().map_err(|_| {
+                    ApiError::invalid(
+                        "generation",
+                        format!("generation {value:?} is not a non-negative integer"),
+                    )
+                })?)
+            }
             "all" => {
                 q.all = match value {
                     "" | "true" | "1" => true,
@@ -350,6 +371,10 @@ mod tests {
             (r#"{"address":"h:1","tags":"a"}"#, "tags"),
             (r#"{"address":"h:1","tags":[""]}"#, "tags"),
             (r#"{"address":"h:1","metadata":{"a":1}}"#, "metadata"),
+            (
+                r#"{"address":"h:1","metadata":{"admin":"h"}}"#,
+                "metadata.admin",
+            ),
             (r#"{"address":"h:1","TTL":"10s"}"#, "TTL"),
             ("[1]", "body"),
             ("{", "body"),

@@ -8,16 +8,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use serde::Serialize;
+
+use crate::sidecar::RelayBody;
 
 /// Response header carrying the index of the state an answer shows.
 pub const INDEX_HEADER: &str = "x-mesh-index";
 
+/// The body of every answer: whole (`Left`), or a sidecar's page relayed as it arrives
+/// (`Right`).
+pub type Body = Either<Full<Bytes>, RelayBody>;
+
+/// A whole body.
+pub fn whole(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
+
 /// A JSON answer.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("API types serialize");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(whole(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -27,8 +38,8 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>
 }
 
 /// A 200 answer whose body is not JSON (the metrics, the PEM bundle, the OpenAPI file).
-pub fn text_response(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+pub fn text_response(content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(whole(body));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -36,13 +47,13 @@ pub fn text_response(content_type: &'static str, body: String) -> Response<Full<
 }
 
 /// A 204 answer: a deregistration has nothing to show but its index.
-pub fn no_content() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+pub fn no_content() -> Response<Body> {
+    let mut response = Response::new(whole(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
 
-pub fn set_index(response: &mut Response<Full<Bytes>>, index: u64) {
+pub fn set_index(response: &mut Response<Body>, index: u64) {
     response
         .headers_mut()
         .insert(INDEX_HEADER, HeaderValue::from(index));

@@ -4,7 +4,8 @@
 //! its own. The method is left to the routing table in [`crate::api`], so a known path
 //! with a wrong method gets a 405 naming the right ones rather than a 404.
 
-use crate::sidecar::AdminPage;
+use mesh_registry_api::AdminPath;
+
 use crate::ui::{self, Asset};
 
 /// A route matched by path alone; the method is checked afterwards.
@@ -15,7 +16,7 @@ pub enum Target<'a> {
     Instance(&'a str, &'a str),
     Heartbeat(&'a str, &'a str),
     /// One of an instance's sidecar admin pages, read by the registry.
-    SidecarAdmin(&'a str, &'a str, AdminPage),
+    SidecarAdmin(&'a str, &'a str, AdminPath),
     Events,
     Metrics,
     Healthz,
@@ -59,9 +60,9 @@ pub fn target(path: &str) -> Option<Target<'_>> {
             page @ ..,
         ] => {
             let page = match page {
-                ["ready"] => AdminPage::Ready,
-                ["metrics"] => AdminPage::Metrics,
-                ["debug", "endpoints"] => AdminPage::DebugEndpoints,
+                ["ready"] => AdminPath::Ready,
+                ["metrics"] => AdminPath::Metrics,
+                ["debug", "endpoints"] => AdminPath::DebugEndpoints,
                 _ => return None,
             };
             Target::SidecarAdmin(service, id, page)
@@ -113,14 +114,14 @@ mod tests {
     fn only_three_admin_pages_are_routed() {
         let admin = |page| Some(Target::SidecarAdmin("web", "a", page));
         let base = "/v1/services/web/instances/a/admin";
-        assert_eq!(target(&format!("{base}/ready")), admin(AdminPage::Ready));
+        assert_eq!(target(&format!("{base}/ready")), admin(AdminPath::Ready));
         assert_eq!(
             target(&format!("{base}/metrics")),
-            admin(AdminPage::Metrics)
+            admin(AdminPath::Metrics)
         );
         assert_eq!(
             target(&format!("{base}/debug/endpoints")),
-            admin(AdminPage::DebugEndpoints)
+            admin(AdminPath::DebugEndpoints)
         );
         for other in [
             "",

@@ -48,6 +48,16 @@ pub(crate) struct StoredInstance {
     pub(crate) output: Option<String>,
     registered_at: String,
     last_heartbeat: String,
+    /// Who registered it; absent in what was written before owners were kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    owner: String,
+    /// Its registration's generation; absent (0) likewise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 // === impl StoredInstance ===
@@ -59,6 +69,8 @@ impl StoredInstance {
             output: entry.output.clone(),
             registered_at: humantime::format_rfc3339_millis(entry.registered_at).to_string(),
             last_heartbeat: humantime::format_rfc3339_millis(entry.last_heartbeat).to_string(),
+            owner: entry.owner.clone(),
+            generation: entry.generation,
         }
     }
 
@@ -75,7 +87,15 @@ impl StoredInstance {
         };
         validate::instance_id(id).map_err(|m| at(ApiError::invalid("id", m)))?;
         request::check_registration(&self.registration).map_err(at)?;
-        request::check_output(self.output.as_deref()).map_err(at)
+        request::check_output(self.output.as_deref()).map_err(at)?;
+        let printable = self.owner.len() <= 512 && self.owner.bytes().all(|b| b.is_ascii_graphic());
+        if !printable {
+            return Err(at(ApiError::invalid(
+                "owner",
+                "must be at most 512 printable ASCII characters",
+            )));
+        }
+        Ok(())
     }
 
     /// The entry, holding `lease`. Times that do not parse (a hand-edited file) read as now.
@@ -88,6 +108,8 @@ impl StoredInstance {
             registration: self.registration,
             output: self.output,
             spared: false,
+            owner: self.owner,
+            generation: self.generation,
         }
     }
 }
@@ -149,22 +171,27 @@ fn check(file: &SnapshotFile) -> Result<(), String> {
 
 /// Writes the catalog to `dir` atomically. Blocking: call it off the async workers.
 pub fn write(dir: &Path, catalog: &Catalog) -> std::io::Result<()> {
+    let services = catalog
+        .services
+        .iter()
+        .filter(|svc| !svc.instances.is_empty())
+        .map(|svc| {
+            let instances = svc
+                .instances
+                .iter()
+                .map(|(id, e)| (id.clone(), StoredInstance::of(e)))
+                .collect();
+            (svc.key().clone(), instances)
+        })
+        .collect();
     let file = SnapshotFile {
         version: FORMAT_VERSION,
+        // Read after the scan, not before: changes keep arriving while it runs, and the
+        // snapshot must not hold one whose index is above its own. A restored catalog
+        // hands out indexes from here on, and a watcher that saw a later change's index
+        // would otherwise wait through new changes with smaller ones.
         index: catalog.index(),
-        services: catalog
-            .services
-            .iter()
-            .filter(|svc| !svc.instances.is_empty())
-            .map(|svc| {
-                let instances = svc
-                    .instances
-                    .iter()
-                    .map(|(id, e)| (id.clone(), StoredInstance::of(e)))
-                    .collect();
-                (svc.key().clone(), instances)
-            })
-            .collect(),
+        services,
     };
     let bytes = serde_json::to_vec_pretty(&file).expect("snapshot serializes");
 
@@ -234,8 +261,9 @@ mod tests {
         let mut r = Registration::new("10.0.0.7:4143");
         r.tags = vec!["v2".into()];
         r.weight = 7;
-        c.register("web", "a", r.clone(), t0);
-        c.register("web", "b", Registration::new("10.0.0.8:4143"), t0);
+        c.register("web", "a", r.clone(), "o", t0).unwrap();
+        c.register("web", "b", Registration::new("10.0.0.8:4143"), "o", t0)
+            .unwrap();
         write(dir.path(), &c).unwrap();
 
         let later = t0 + Duration::from_secs(9);
@@ -248,6 +276,42 @@ mod tests {
         // The old lease would have run out at t0+10s; the fresh one runs to later+10s.
         assert_eq!(restored.sweep(t0 + Duration::from_secs(11)).expired, 0);
         assert!(!dir.path().join("catalog.json.tmp").exists());
+    }
+
+    /// Snapshots taken while registrations pour in hold an index at least as high as
+    /// every change they contain: each registration of a new name is one change, so a
+    /// file with `n` instances must say index `1 + n` or more.
+    #[test]
+    fn a_snapshot_under_write_load_is_a_consistent_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = std::sync::Arc::new(Catalog::new(Duration::from_secs(30)));
+        let writer = std::thread::spawn({
+            let catalog = catalog.clone();
+            move || {
+                for i in 0..20_000 {
+                    let name = format!("svc-{i}");
+                    let registration = Registration::new("10.0.0.1:4143");
+                    catalog
+                        .register(&name, "a", registration, "o", Instant::now())
+                        .unwrap();
+                }
+            }
+        });
+        let mut snapshots = 0;
+        while !writer.is_finished() || snapshots == 0 {
+            write(dir.path(), &catalog).unwrap();
+            let file: SnapshotFile =
+                serde_json::from_slice(&fs::read(path(dir.path())).unwrap()).unwrap();
+            let instances = file.services.len() as u64;
+            assert!(
+                file.index > instances,
+                "snapshot {snapshots}: index {} with {instances} instances",
+                file.index
+            );
+            snapshots += 1;
+        }
+        writer.join().unwrap();
+        assert!(snapshots > 1, "only {snapshots} snapshot raced the writes");
     }
 
     #[test]

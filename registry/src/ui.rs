@@ -3,8 +3,9 @@
 //!
 //! Plain HTML, CSS and JavaScript modules, no build step: the page reads the registry's
 //! own API (blocking queries on `/v1/services` and `/v1/events`, the sidecars' admin
-//! pages through `/v1/services/{s}/instances/{id}/admin/…`), exactly as any other client
-//! would. The sources are in `registry/src/ui/`.
+//! pages through `/v1/services/{s}/instances/{id}/admin/…`, those by a worker off the
+//! page's main thread), exactly as any other client would. The sources are in
+//! `registry/src/ui/`.
 //!
 //! Every registered string (tags, metadata, health-check output) is chosen by whoever
 //! may register, so the page only ever inserts them as text, and a Content-Security-Policy
@@ -12,7 +13,8 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+
+use crate::respond::{Body, whole};
 
 /// Where `/` and `/ui` send browsers.
 pub const PATH: &str = "/ui/";
@@ -58,6 +60,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("ui/sidecars.js"),
     },
     Asset {
+        name: "sidecar-reader.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("ui/sidecar-reader.js"),
+    },
+    Asset {
         name: "view.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("ui/view.js"),
@@ -83,8 +90,8 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 impl Asset {
     /// The file, with headers that make browsers check for a newer one on every load
     /// (it changes with the binary, under the same URL).
-    pub fn response(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from_static(self.body.as_bytes())));
+    pub fn response(&self) -> Response<Body> {
+        let mut response = Response::new(whole(Bytes::from_static(self.body.as_bytes())));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -109,8 +116,8 @@ impl Asset {
 
 /// A permanent redirect to the dashboard, for `/` (what users of other registries open
 /// first) and `/ui` (whose relative links would otherwise resolve against `/`).
-pub fn redirect() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+pub fn redirect() -> Response<Body> {
+    let mut response = Response::new(whole(Bytes::new()));
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_static(PATH));
@@ -133,6 +140,14 @@ mod tests {
                 .any(|a| a.body.contains(&format!("from \"./{module}\"")));
             assert!(imported, "{module} is served but imported by no script");
         }
+        let started = ASSETS.iter().any(|a| {
+            a.body
+                .contains("new Worker(new URL(\"./sidecar-reader.js\"")
+        });
+        assert!(
+            started,
+            "sidecar-reader.js is served but started by no script"
+        );
         assert!(asset("nope.js").is_none());
     }
 }

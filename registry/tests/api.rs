@@ -44,6 +44,7 @@ async fn register_list_heartbeat_deregister() {
     let beat = Heartbeat {
         status: Some(Status::Warning),
         output: Some("slow disk".into()),
+        ..Heartbeat::default()
     };
     let lease = c.heartbeat("recommendations", "r-1", &beat).await.unwrap();
     assert_eq!(lease.status, Status::Warning);
@@ -314,6 +315,63 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
     }
     // Nothing of the above was stored.
     assert!(r.client.services().await.unwrap().services.is_empty());
+}
+
+#[tokio::test]
+async fn ids_of_dots_alone_and_admin_metadata_that_is_not_host_port_are_400() {
+    let r = TestRegistry::start_default().await;
+    let body = r#"{"address":"h:1"}"#;
+    // Dots alone are path segments ("." and ".." mean something to every URL resolver):
+    // refused on every route that names an instance.
+    for id in [".", "..", "..."] {
+        for (method, suffix, body) in [
+            (PUT, "", body),
+            (PUT, "/heartbeat", ""),
+            (DELETE, "", ""),
+            (GET, "/admin/ready", ""),
+        ] {
+            let path = format!("/v1/services/web/instances/{id}{suffix}");
+            let answer = r.raw(method.clone(), &path, &[JSON], body).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{method} {path}");
+            assert_eq!(answer.error_field(), Some("id"), "{method} {path}");
+        }
+    }
+    // Dots among other characters are fine.
+    for id in [".a", "a..b", "a.", "_.", "-"] {
+        let path = format!("/v1/services/web/instances/{id}");
+        let answer = r.raw(PUT, &path, &[JSON], body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{id}: {}", answer.text);
+    }
+
+    // `admin` is where the registry reads the sidecar's admin pages: host:port, like
+    // `address`, and refused naming it when it is not.
+    for admin in [
+        "",
+        "10.0.0.7",
+        "http://10.0.0.7:4191",
+        "10.0.0.7:4191/metrics",
+        "evil.example:0",
+        "user@host:80",
+    ] {
+        let registration =
+            serde_json::json!({"address": "10.0.0.7:4143", "metadata": {"admin": admin}});
+        let path = "/v1/services/web/instances/sidecar";
+        let answer = r.raw(PUT, path, &[JSON], registration.to_string()).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{admin:?}");
+        assert_eq!(answer.error_field(), Some("metadata.admin"), "{admin:?}");
+        let message = answer.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains("admin"), "{message}");
+    }
+    let fine = serde_json::json!({"address": "10.0.0.7:4143", "metadata": {"admin": "10.0.0.7:4191", "zone": "not an address"}});
+    let answer = r
+        .raw(
+            PUT,
+            "/v1/services/web/instances/sidecar",
+            &[JSON],
+            fine.to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
 }
 
 #[tokio::test]

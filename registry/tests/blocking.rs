@@ -147,6 +147,37 @@ async fn the_service_list_blocks_on_the_catalog_index() {
 }
 
 #[tokio::test]
+async fn each_service_in_the_list_carries_its_listing_index_and_only_a_changed_one_moves() {
+    let r = TestRegistry::start_default().await;
+    for service in ["api", "db", "web"] {
+        r.client
+            .register(service, "a", &Registration::new("h:1"))
+            .await
+            .unwrap();
+    }
+    let indexes = async || {
+        let list = r.raw(Method::GET, "/v1/services", &[], Bytes::new()).await;
+        let mut indexes = Vec::new();
+        for summary in list.json["services"].as_array().unwrap() {
+            let name = summary["name"].as_str().unwrap();
+            let listing = r.client.service(name).await.unwrap();
+            assert_eq!(summary["index"], listing.index, "{name}: {}", list.text);
+            indexes.push(listing.index);
+        }
+        indexes
+    };
+    let before = indexes().await;
+    r.client
+        .register("db", "b", &Registration::new("h:2"))
+        .await
+        .unwrap();
+    let after = indexes().await;
+    assert_eq!(after[0], before[0], "api did not change");
+    assert!(after[1] > before[1], "db changed");
+    assert_eq!(after[2], before[2], "web did not change");
+}
+
+#[tokio::test]
 async fn shutdown_releases_parked_watchers_at_once() {
     let r = TestRegistry::start_default().await;
     let seen = r.client.service("web").await.unwrap().index;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mesh_registry::Catalog;
+use mesh_registry::catalog::Claim;
 use mesh_registry_api::{Registration, Status};
 use proptest::prelude::*;
 use tokio::time::Instant;
@@ -87,15 +88,15 @@ proptest! {
                 Op::Register { svc, id, port, ttl_s } => {
                     let mut r = Registration::new(format!("h:{port}"));
                     r.ttl = Duration::from_secs(ttl_s);
-                    catalog.register(SERVICES[svc], IDS[id], r, now);
+                    catalog.register(SERVICES[svc], IDS[id], r, "o", now).unwrap();
                     model.insert((svc, id), format!("h:{port}"));
                 }
                 Op::Heartbeat { svc, id, status } => {
-                    let result = catalog.heartbeat(SERVICES[svc], IDS[id], status, None, now);
+                    let result = catalog.heartbeat(SERVICES[svc], IDS[id], Claim::by("o"), status, None, now);
                     prop_assert_eq!(result.is_ok(), model.contains_key(&(svc, id)));
                 }
                 Op::Deregister { svc, id } => {
-                    let result = catalog.deregister(SERVICES[svc], IDS[id]);
+                    let result = catalog.deregister(SERVICES[svc], IDS[id], Claim::by("o"));
                     prop_assert_eq!(result.is_ok(), model.remove(&(svc, id)).is_some());
                 }
                 Op::Advance { ms } => {

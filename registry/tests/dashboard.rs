@@ -49,6 +49,7 @@ async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
         ("api.js", "text/javascript; charset=utf-8"),
         ("figures.js", "text/javascript; charset=utf-8"),
         ("sidecars.js", "text/javascript; charset=utf-8"),
+        ("sidecar-reader.js", "text/javascript; charset=utf-8"),
         ("view.js", "text/javascript; charset=utf-8"),
     ] {
         let answer = r.raw(GET, &format!("/ui/{file}"), &[], Bytes::new()).await;
@@ -63,7 +64,7 @@ async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
 
     let metrics = r.metrics().await;
     assert!(
-        metrics.contains(r#"mesh_registry_http_requests_total{code="200",route="ui"} 7"#),
+        metrics.contains(r#"mesh_registry_http_requests_total{code="200",route="ui"} 8"#),
         "{metrics}"
     );
 }
@@ -76,7 +77,7 @@ async fn readyz_names_the_version_no_ca_and_the_store() {
     assert_eq!(
         ready.json,
         serde_json::json!({"status": "ready", "version": env!("CARGO_PKG_VERSION"), "ca": null,
-                           "store": {"kind": "memory", "stale": false}})
+                           "store": {"kind": "memory", "stale": false}, "writes": ["open"]})
     );
 }
 

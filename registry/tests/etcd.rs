@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::etcd::{EtcdCluster, Replica, get};
-use common::{JSON, raw};
+use common::{JSON, PATIENCE, eventually, raw};
 use http::{Method, StatusCode};
 use mesh_registry_api::{Client, Heartbeat, Registrar, Registration, Status};
 
@@ -45,16 +45,24 @@ async fn statuses(replica: &Replica, service: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls until `check` holds, for at most `within`; panics with `what` otherwise.
-async fn until<F: AsyncFn() -> bool>(within: Duration, what: &str, check: F) {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {within:?}");
+/// The kinds of the events `replica` recorded, oldest first.
+async fn event_kinds(replica: &Replica) -> Vec<String> {
+    let (_, _, events) = get(&format!("{}/v1/events", replica.url)).await.unwrap();
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// One sample of `replica`'s /metrics.
+async fn metric(replica: &Replica, series: &str) -> Option<f64> {
+    let url = format!("{}/metrics", replica.url);
+    let text = raw(Method::GET, &url, &[], Bytes::new()).await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +119,10 @@ async fn replicas_serve_each_others_writes_and_wake_only_the_changed_services_wa
                 (listing.unwrap(), Instant::now())
             }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually(PATIENCE, "the blocking query parked on B", async || {
+            metric(&b, "mesh_registry_watchers").await == Some(1.0)
+        })
+        .await;
         let registration = Registration::new(format!("10.0.1.{i}:4143"));
         let written = Instant::now();
         to_a.register("web", &format!("extra-{i}"), &registration)
@@ -138,23 +149,33 @@ async fn replicas_serve_each_others_writes_and_wake_only_the_changed_services_wa
     let slowest = *woken_after.last().unwrap();
     assert!(slowest < Duration::from_secs(2), "slowest wake {slowest:?}");
 
-    // A write to another service leaves web's watchers asleep until their wait ends.
+    // A write to another service leaves web's watchers asleep until their wait ends: the
+    // watcher is parked on B, and B has the other write, well before its wait is over.
     let index = to_b.service("web").await.unwrap().index;
+    let wait = Duration::from_secs(5);
     let started = Instant::now();
     let watch = tokio::spawn({
         let to_b = to_b.clone();
-        async move {
-            to_b.service_blocking("web", index, Duration::from_secs(1))
-                .await
-        }
+        async move { to_b.service_blocking("web", index, wait).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(PATIENCE, "web's watcher parked on B", async || {
+        metric(&b, "mesh_registry_watchers").await == Some(1.0)
+    })
+    .await;
     to_a.register("db", "db-1", &Registration::new("10.0.0.9:4143"))
         .await
         .unwrap();
+    eventually(PATIENCE, "db's registration on B", async || {
+        !statuses(&b, "db").await.is_empty()
+    })
+    .await;
     let listing = watch.await.unwrap().unwrap();
     assert_eq!(listing.index, index);
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        started.elapsed() >= wait,
+        "woken after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +202,9 @@ async fn indexes_are_the_same_on_every_replica_and_never_go_back_across_restarts
     let to_c = Client::new(&c.url).unwrap();
     assert_eq!(to_c.service("web").await.unwrap().index, web);
     assert_eq!(to_c.services().await.unwrap().index, catalog);
+    // Each service in the list carries its own index, on a mirror of etcd as in memory.
+    let listed = to_c.services().await.unwrap().services;
+    assert_eq!(listed.iter().find(|s| s.name == "web").unwrap().index, web);
     to_c.deregister("web", "web-1").await.unwrap();
     let emptied = to_c.service("web").await.unwrap();
     assert!(!emptied.exists && emptied.index > web);
@@ -224,6 +248,7 @@ async fn heartbeats_are_not_etcd_writes_only_changes_are() {
     let warning = Heartbeat {
         status: Some(Status::Warning),
         output: Some("slow".into()),
+        ..Heartbeat::default()
     };
     to_b.heartbeat("web", "web-1", &warning).await.unwrap();
     assert_eq!(etcd.revision(0).await, after + 1);
@@ -239,70 +264,67 @@ async fn a_lease_that_runs_out_is_critical_then_removed_on_every_replica() {
     let grace = ["--critical-grace", "1s"];
     let (a, b) = (replica(&etcd, &grace).await, replica(&etcd, &grace).await);
     let to_a = Client::new(&a.url).unwrap();
-    let registration = ttl(Registration::new("10.0.0.1:4143"), Duration::from_secs(1));
+    let lease = Duration::from_secs(1);
+    let registration = ttl(Registration::new("10.0.0.1:4143"), lease);
+    // The lease cannot start before the registration is sent.
+    let sent = Instant::now();
     to_a.register("web", "web-1", &registration).await.unwrap();
-    let registered = Instant::now();
 
-    until(Duration::from_secs(3), "critical on B", async || {
+    eventually(PATIENCE, "web-1 critical on B", async || {
         statuses(&b, "web").await == vec![("web-1".into(), "critical".into())]
     })
     .await;
-    assert!(
-        registered.elapsed() >= Duration::from_millis(900),
-        "not before its TTL"
-    );
-    until(Duration::from_secs(3), "removed on B", async || {
+    assert!(sent.elapsed() >= lease, "not before its TTL");
+    eventually(PATIENCE, "web-1 removed on B", async || {
         statuses(&b, "web").await.is_empty()
     })
     .await;
-    let (_, _, events) = get(&format!("{}/v1/events", b.url)).await.unwrap();
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["registered", "critical", "removed"]);
+    assert_eq!(event_kinds(&b).await, ["registered", "critical", "removed"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mass_expiry_guard_spares_a_service_whose_leases_run_out_together() {
     let etcd = EtcdCluster::start(1).await;
-    let (a, b) = (replica(&etcd, &[]).await, replica(&etcd, &[]).await);
+    // A, which owns the leases, looks at them only every 10 s: the three registrations
+    // below, made one after the other, run out (1 s) before its first look, so that look
+    // finds all three run out together however slowly they were made. (Every 100 ms, the
+    // default, a slow machine makes the first run out alone.)
+    let a = replica(&etcd, &["--sweep-interval", "10s"]).await;
     let to_a = Client::new(&a.url).unwrap();
     for i in 0..3 {
         let registration = ttl(
             Registration::new(format!("10.0.0.{i}:4143")),
-            Duration::from_secs(2),
+            Duration::from_secs(1),
         );
         to_a.register("web", &format!("web-{i}"), &registration)
             .await
             .unwrap();
     }
-    // All three fall silent at once: their leases are extended by one TTL, once.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let b = replica(&etcd, &[]).await;
+
+    // All three fell silent at once: their leases are extended by one TTL, once.
+    eventually(PATIENCE, "A's sweep of the three leases", async || {
+        let kinds = event_kinds(&a).await;
+        kinds.iter().filter(|k| *k != "registered").count() >= 3
+    })
+    .await;
+    let kinds = event_kinds(&a).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "spared").count(),
+        3,
+        "{kinds:?}"
+    );
     let passing = statuses(&b, "web").await;
     assert!(
         passing.iter().all(|(_, s)| s == "passing"),
         "spared: {passing:?}"
     );
-    let (_, _, events) = get(&format!("{}/v1/events", a.url)).await.unwrap();
-    let spared = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "spared");
-    assert_eq!(spared.count(), 3);
-    until(
-        Duration::from_secs(4),
-        "critical after the second TTL",
-        async || {
-            statuses(&b, "web")
-                .await
-                .iter()
-                .all(|(_, s)| s == "critical")
-        },
-    )
+    eventually(PATIENCE, "critical after the second TTL", async || {
+        statuses(&b, "web")
+            .await
+            .iter()
+            .all(|(_, s)| s == "critical")
+    })
     .await;
 }
 
@@ -313,11 +335,11 @@ async fn a_replica_killed_under_heartbeats_loses_no_instance() {
     let both = Client::new(&format!("{},{}", a.url, b.url)).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut registrars = Vec::new();
+    // Heartbeats every 1.3 s (a third of the TTL): a slow machine may delay one by a
+    // second or two without the lease running out.
+    let lease = Duration::from_secs(4);
     for i in 0..3 {
-        let registration = ttl(
-            Registration::new(format!("10.0.0.{i}:4143")),
-            Duration::from_secs(2),
-        );
+        let registration = ttl(Registration::new(format!("10.0.0.{i}:4143")), lease);
         let registrar = Registrar::new(both.clone(), "web", &format!("web-{i}"), registration);
         let (_health_tx, health) = tokio::sync::watch::channel(Status::Passing);
         let mut stopped = stopped.clone();
@@ -330,16 +352,16 @@ async fn a_replica_killed_under_heartbeats_loses_no_instance() {
                 .await
         }));
     }
-    until(Duration::from_secs(5), "all registered", async || {
+    eventually(PATIENCE, "all three registered", async || {
         statuses(&b, "web").await.len() == 3
     })
     .await;
 
-    // Every lease is A's; A dies without a word. Its etcd lease (10 s) and the instances'
-    // TTLs (2 s) run out in the window watched below: none may turn critical.
+    // Every lease is A's; A dies without a word. Its etcd lease (10 s) and then the
+    // instances' TTLs (4 s) run out in the window watched below: none may turn critical.
     a.kill();
     let killed = Instant::now();
-    while killed.elapsed() < Duration::from_secs(14) {
+    while killed.elapsed() < Duration::from_secs(10) + 2 * lease {
         let seen = statuses(&b, "web").await;
         assert_eq!(seen.len(), 3, "{seen:?}");
         assert!(
@@ -374,13 +396,17 @@ async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_re
     };
     assert_eq!(register("web-1").await.status, StatusCode::OK);
 
-    // One member of three lost: writes go on.
+    // One member of three lost: writes go on, once the two left have a leader (the lost
+    // member may have been it, and an election takes a while on a loaded machine).
     etcd.kill(2);
-    assert_eq!(register("web-2").await.status, StatusCode::OK);
+    eventually(PATIENCE, "writes go on with two members of three", async || {
+        register("web-2").await.status == StatusCode::OK
+    })
+    .await;
 
     // Two of three: no quorum. Reads answer from the last state, marked stale.
     etcd.kill(1);
-    until(Duration::from_secs(10), "A marked stale", async || {
+    eventually(PATIENCE, "A marked stale", async || {
         let (_, _, ready) = get(&format!("{}/readyz", a.url)).await.unwrap();
         ready["status"] == "stale" && ready["store"]["stale"] == true
     })
@@ -404,13 +430,13 @@ async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_re
     // etcd back: both replicas catch up without a restart.
     etcd.restart(1).await;
     etcd.restart(2).await;
-    until(Duration::from_secs(15), "A writable again", async || {
+    eventually(PATIENCE, "A writable again", async || {
         register("web-3").await.status == StatusCode::OK
     })
     .await;
     let (_, headers, _) = get(&format!("{}/v1/services/web", a.url)).await.unwrap();
     assert!(!headers.contains_key("x-mesh-stale"));
-    until(Duration::from_secs(5), "B caught up", async || {
+    eventually(PATIENCE, "B caught up", async || {
         statuses(&b, "web").await.len() == 3
     })
     .await;
@@ -475,12 +501,27 @@ async fn records_written_into_etcd_by_hand_are_held_to_the_apis_rules() {
             &format!(r#"{{"address":"10.0.0.3:4143",{times}}}"#),
         ),
         put("instances/web/web-4", "{"),
+        // An id of dots alone, and a sidecar admin address that is not host:port.
+        put(
+            "instances/web/..",
+            &format!(r#"{{"address":"10.0.0.6:4143",{times}}}"#),
+        ),
+        put(
+            "instances/web/web-6",
+            &format!(
+                r#"{{"address":"10.0.0.6:4143","metadata":{{"admin":"http://10.0.0.6:4191"}},{times}}}"#
+            ),
+        ),
         // What the API would have written.
         put(
             "instances/web/web-5",
             &format!(r#"{{"address":"10.0.0.5:4143",{times}}}"#),
         ),
         put("services/web", change),
+        put(
+            "services/db",
+            r#"{"kind":"registered","instance":"..","detail":"by hand"}"#,
+        ),
         // Names the API refuses in a service key, and in the instance its event names.
         put("services/Bad Name", change),
         put(
@@ -490,11 +531,9 @@ async fn records_written_into_etcd_by_hand_are_held_to_the_apis_rules() {
     ];
     by_hand.txn(&[], &ops).await.unwrap();
 
-    until(
-        Duration::from_secs(5),
-        "the valid record listed",
-        async || !statuses(&a, "web").await.is_empty(),
-    )
+    eventually(PATIENCE, "the valid record listed", async || {
+        !statuses(&a, "web").await.is_empty()
+    })
     .await;
     assert_eq!(
         statuses(&a, "web").await,
@@ -526,4 +565,63 @@ async fn records_written_into_etcd_by_hand_are_held_to_the_apis_rules() {
         statuses(&b, "web").await,
         vec![("web-5".into(), "passing".into())]
     );
+}
+
+/// Owners and generations are kept in etcd: what one replica knows of an instance's
+/// owner and registration, every replica enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hold_every_writer_to_the_owner_and_generation_another_recorded() {
+    let etcd = EtcdCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "web web-token\n").unwrap();
+    let flags = ["--token", "op", "--tokens", tokens.to_str().unwrap()];
+    let (a, b) = (replica(&etcd, &flags).await, replica(&etcd, &flags).await);
+    let web_on_a = Client::new(&a.url).unwrap().with_token("web-token");
+    let op_on_b = Client::new(&b.url).unwrap().with_token("op");
+
+    let stored = web_on_a
+        .register("web", "web-a", &Registration::new("10.0.0.1:4143"))
+        .await
+        .unwrap();
+    assert_eq!(stored.owner, "token:web");
+    let taken = op_on_b
+        .register("web", "web-a", &Registration::new("10.6.6.6:4143"))
+        .await
+        .unwrap_err();
+    assert!(taken.to_string().contains("owned by token:web"), "{taken}");
+
+    // A heartbeat naming an older registration, on the other replica: 404.
+    let web_on_b = Client::new(&b.url).unwrap().with_token("web-token");
+    let replaced = web_on_a
+        .register("web", "web-a", &Registration::new("10.0.0.2:4143"))
+        .await
+        .unwrap();
+    assert_ne!(replaced.generation, stored.generation);
+    eventually(PATIENCE, "B sees the new registration", async || {
+        let listed = web_on_b.service_all("web").await.unwrap();
+        listed.instances.first().map(|i| i.generation) == Some(replaced.generation)
+    })
+    .await;
+    let stale = Heartbeat {
+        generation: Some(stored.generation),
+        ..Heartbeat::default()
+    };
+    let refused = web_on_b
+        .heartbeat("web", "web-a", &stale)
+        .await
+        .unwrap_err();
+    assert!(refused.is_not_found(), "{refused}");
+    let current = Heartbeat {
+        generation: Some(replaced.generation),
+        ..Heartbeat::default()
+    };
+    web_on_b.heartbeat("web", "web-a", &current).await.unwrap();
+
+    // The operator removes it, through either replica.
+    op_on_b.deregister("web", "web-a").await.unwrap();
+    eventually(PATIENCE, "web-a gone on A", async || {
+        statuses(&a, "web").await.is_empty()
+    })
+    .await;
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{JSON, TestRegistry};
+use common::{JSON, PATIENCE, TestRegistry, eventually};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry_api::{Heartbeat, Registration, Status};
@@ -58,6 +58,7 @@ async fn every_change_is_an_event_in_order_and_renewals_are_not() {
     let failing = Heartbeat {
         status: Some(Status::Critical),
         output: Some("connection refused".into()),
+        ..Heartbeat::default()
     };
     c.heartbeat("web", "a", &failing).await.unwrap();
     c.deregister("web", "a").await.unwrap();
@@ -66,14 +67,12 @@ async fn every_change_is_an_event_in_order_and_renewals_are_not() {
     c.register("db", "b", &short).await.unwrap();
 
     // The short lease runs out, then the grace period: the sweeper records both.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page = loop {
+    eventually(PATIENCE, "seven events", async || {
         let page = r.raw(GET, "/v1/events", &[], Bytes::new()).await;
-        if kinds(&page.json).len() >= 7 || Instant::now() > deadline {
-            break page;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        kinds(&page.json).len() >= 7
+    })
+    .await;
+    let page = r.raw(GET, "/v1/events", &[], Bytes::new()).await;
     assert_eq!(
         kinds(&page.json),
         [

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestRegistry;
+use common::{PATIENCE, TestRegistry, eventually};
 use mesh_registry::Config;
 use mesh_registry_api::{Registration, Status};
 
@@ -122,14 +122,11 @@ async fn changes_are_written_without_waiting_for_shutdown() {
         .await
         .unwrap();
     let file = dir.path().join("catalog.json");
-    for _ in 0..200 {
+    eventually(PATIENCE, "the registration in the snapshot", async || {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if text.contains("h:7") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the snapshot never showed the registration");
+        text.contains("h:7")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -154,4 +151,37 @@ async fn a_corrupt_snapshot_is_refused_with_its_path() {
             .unwrap()
             .starts_with("{\"version\":1")
     );
+}
+
+#[tokio::test]
+async fn a_snapshot_holding_what_the_api_refuses_is_refused_naming_it() {
+    let times = r#""registered_at":"2026-12-02T00:00:00Z","last_heartbeat":"2026-12-02T00:00:00Z""#;
+    for (instance, field) in [
+        (
+            format!(r#""..":{{"address":"10.0.0.7:4143",{times}}}"#),
+            "field id",
+        ),
+        (
+            format!(
+                r#""web-1":{{"address":"10.0.0.7:4143","metadata":{{"admin":"http://10.0.0.7:4191"}},{times}}}"#
+            ),
+            "field metadata.admin",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = format!(r#"{{"version":1,"index":7,"services":{{"web":{{{instance}}}}}}}"#);
+        std::fs::write(dir.path().join("catalog.json"), snapshot).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config {
+            data_dir: Some(dir.path().to_owned()),
+            ..Config::default()
+        };
+        let started = mesh_registry::run(listener, config, std::future::pending());
+        let err = tokio::time::timeout(PATIENCE, started)
+            .await
+            .unwrap_or_else(|_| panic!("started with {field} refused by the API"))
+            .expect_err(field)
+            .to_string();
+        assert!(err.contains("corrupt") && err.contains(field), "{err}");
+    }
 }

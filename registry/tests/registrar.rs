@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestRegistry;
+use common::{PATIENCE, TestRegistry, eventually};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -18,15 +18,13 @@ use hyper_util::rt::TokioIo;
 use mesh_registry_api::{Client, Registrar, Registration, Status};
 use tokio::sync::{oneshot, watch};
 
-/// Blocks on the service until `check` holds for its full listing (all statuses).
+/// Waits until `check` holds for the service's full listing (all statuses).
 async fn until(r: &TestRegistry, service: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    for _ in 0..300 {
-        if check(&r.all_instances(service).await) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition never held for {service}");
+    let what = format!("the condition on {service}'s listing");
+    eventually(PATIENCE, &what, async || {
+        check(&r.all_instances(service).await)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -74,29 +72,43 @@ async fn registers_reports_health_comes_back_after_being_forgotten_and_deregiste
 
 #[tokio::test]
 async fn keeps_trying_while_the_registry_is_down_and_registers_when_it_appears() {
-    // Reserve a port, then free it: nothing listens there until the registry starts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The registry's port, where nothing answers yet: each connection is closed at once,
+    // and counted, until the registry starts on that same listener.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (attempts_tx, mut attempts) = watch::channel(0usize);
+    let (stop_refusing, mut refusing_stopped) = oneshot::channel::<()>();
+    let refusing = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    drop(accepted.unwrap());
+                    attempts_tx.send_modify(|n| *n += 1);
+                }
+                _ = &mut refusing_stopped => return listener,
+            }
+        }
+    });
     let client = mesh_registry_api::Client::new(&format!("127.0.0.1:{port}")).unwrap();
     let registrar = Registrar::new(client, "web", "web-1", Registration::new("127.0.0.1:1"));
     let mut registered = registrar.subscribe_registered();
     let (_health_tx, health) = watch::channel(Status::Passing);
     let task = tokio::spawn(registrar.run(health, std::future::pending()));
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two attempts failed: it retried, and is still not registered.
+    tokio::time::timeout(PATIENCE, attempts.wait_for(|n| *n >= 2))
+        .await
+        .expect("the registrar tried twice")
+        .unwrap();
     assert!(!*registered.borrow());
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    stop_refusing.send(()).unwrap();
+    let listener = refusing.await.unwrap();
     let (_stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(mesh_registry::run(listener, Default::default(), async {
         let _ = stopped.await;
     }));
-    tokio::time::timeout(Duration::from_secs(15), registered.wait_for(|r| *r))
+    tokio::time::timeout(PATIENCE, registered.wait_for(|r| *r))
         .await
         .expect("registered once the registry came up")
         .unwrap();
@@ -228,11 +240,20 @@ async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    // A beat every TTL/3 = 1 s, not one per re-send: three beats take over two seconds.
+    // (Each is counted before it is answered, and the next is sent a beat after the
+    // answer, so three beats counted after `started` cannot take less.)
+    let started = std::time::Instant::now();
     let before = heartbeats(&r).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let beats = heartbeats(&r).await - before;
-    // A beat every TTL/3 = 1 s: two in 2.1 s, not one per re-send.
-    assert!((1.0..=3.0).contains(&beats), "{beats} heartbeats in 2.1 s");
+    eventually(PATIENCE, "three heartbeats", async || {
+        heartbeats(&r).await >= before + 3.0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "three heartbeats in {took:?}"
+    );
     assert_eq!(r.all_instances("web").await[0]["status"], "passing");
     resend.abort();
     task.abort();

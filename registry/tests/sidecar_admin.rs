@@ -16,6 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const GET: Method = Method::GET;
+const SCRIPT_PAGE: &str =
+    "<!doctype html><script>fetch('/v1/services/web/instances/a',{method:'DELETE'})</script>";
+const SCRIPT_SVG: &str =
+    "<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(document.domain)</script></svg>";
+const LARGE: usize = 900 * 1024;
 const METRICS: &str = "# TYPE mesh_requests_total counter\nmesh_requests_total{direction=\"inbound\",service=\"web\"} 7\n";
 
 /// How the fake admin server answers.
@@ -33,6 +38,22 @@ enum Behaviour {
     Redirect,
     /// Declares and sends more than the registry reads.
     Huge,
+    /// Sends more than the registry reads, chunked, declaring no length.
+    HugeChunked,
+    /// A large page within the cap (900 KiB), with its length.
+    Large,
+    /// Answers every page with a page of HTML that runs a script.
+    Html,
+    /// Answers every page with an SVG image that runs a script.
+    Svg,
+    /// Answers 101 Switching Protocols.
+    Switching,
+    /// Answers with a status past 599.
+    Status600,
+    /// Answers 404 with an empty body, as a web server that is no sidecar would.
+    NotFound,
+    /// Sends its head, then one body byte every 100 ms, forever.
+    Trickle,
 }
 
 /// A fake sidecar admin port; `requests` holds each request's head as it arrived.
@@ -90,6 +111,42 @@ async fn answer(mut stream: TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Vec
             b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n"
                 .to_vec()
         }
+        (Behaviour::HugeChunked, _) => {
+            let mut bytes = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                transfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+            for _ in 0..32 {
+                bytes.extend(b"10000\r\n");
+                bytes.extend(vec![b'x'; 0x10000]);
+                bytes.extend(b"\r\n");
+            }
+            bytes.extend(b"0\r\n\r\n");
+            bytes
+        }
+        (Behaviour::Large, _) => {
+            let body = "x".repeat(LARGE);
+            reply("200 OK", "text/plain; version=0.0.4", &body)
+        }
+        (Behaviour::Html, _) => reply("200 OK", "text/html; charset=utf-8", SCRIPT_PAGE),
+        (Behaviour::Svg, _) => reply("200 OK", "image/svg+xml", SCRIPT_SVG),
+        (Behaviour::Switching, _) => {
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n\
+              <script>alert(document.cookie)</script>"
+                .to_vec()
+        }
+        (Behaviour::Status600, _) => reply("600 Beyond", "text/html", SCRIPT_PAGE),
+        (Behaviour::NotFound, _) => reply("404 Not Found", "text/plain", ""),
+        (Behaviour::Trickle, _) => {
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            while stream.write_all(b"1\r\nx\r\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return;
+        }
         (Behaviour::Huge, _) => {
             let mut bytes =
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2097152\r\n\r\n"
@@ -137,7 +194,10 @@ async fn the_three_pages_are_passed_on_with_the_sidecars_status_and_type() {
 
     let metrics = admin_page(&r, "metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
-    assert_eq!(metrics.headers["content-type"], "text/plain; version=0.0.4");
+    assert_eq!(
+        metrics.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     assert_eq!(
         metrics.headers["x-mesh-sidecar"],
         fake.address.to_string().as_str()
@@ -252,7 +312,6 @@ async fn a_refused_or_misbehaving_sidecar_is_a_502_naming_the_address_and_why() 
         (garbage.as_str(), "no answer"),
         (redirect.as_str(), "redirects are not followed"),
         (huge.as_str(), "larger than 1048576 bytes"),
-        ("no_such-host:x", "not host:port"),
     ] {
         register(&r, Some(admin.to_owned())).await;
         let answer = admin_page(&r, "metrics").await;
@@ -288,4 +347,163 @@ async fn a_sidecar_that_never_answers_is_a_504_after_two_seconds() {
     let started = Instant::now();
     r.client.services().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// What every relayed answer says about itself, whatever the sidecar said: data for
+/// scripts to read, never a page a browser renders on the registry's origin (where the
+/// dashboard lives).
+fn assert_served_as_data(answer: &Answer, content_type: &str, what: &str) {
+    assert_eq!(answer.headers["content-type"], content_type, "{what}");
+    assert_eq!(
+        answer.headers["x-content-type-options"], "nosniff",
+        "{what}"
+    );
+    assert_eq!(
+        answer.headers["content-security-policy"], "sandbox; default-src 'none'",
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn html_or_svg_from_a_sidecar_is_relayed_as_data_never_as_a_page() {
+    let html = FakeAdmin::start(Behaviour::Html).await;
+    let svg = FakeAdmin::start(Behaviour::Svg).await;
+    let fine = FakeAdmin::start(Behaviour::Sidecar).await;
+    let r = TestRegistry::start_default().await;
+    for (fake, name) in [(&html, "html"), (&svg, "svg"), (&fine, "a mesh-proxy")] {
+        register(&r, Some(fake.address.to_string())).await;
+        for (page, content_type) in [
+            ("metrics", "text/plain; version=0.0.4; charset=utf-8"),
+            ("ready", "application/json"),
+            ("debug/endpoints", "application/json"),
+        ] {
+            let answer = admin_page(&r, page).await;
+            assert_eq!(answer.status, StatusCode::OK, "{name} {page}");
+            assert_served_as_data(&answer, content_type, &format!("{name} {page}"));
+        }
+    }
+    // The sidecar's words are passed on, only their type is not.
+    register(&r, Some(html.address.to_string())).await;
+    assert_eq!(admin_page(&r, "metrics").await.text, SCRIPT_PAGE);
+}
+
+#[tokio::test]
+async fn a_status_other_than_200_or_503_from_a_sidecar_is_a_502() {
+    let switching = FakeAdmin::start(Behaviour::Switching).await;
+    let beyond = FakeAdmin::start(Behaviour::Status600).await;
+    let not_found = FakeAdmin::start(Behaviour::NotFound).await;
+    let r = TestRegistry::start_default().await;
+    for (fake, status) in [(&switching, "101"), (&beyond, "600"), (&not_found, "404")] {
+        let admin = fake.address.to_string();
+        register(&r, Some(admin.clone())).await;
+        for page in ["ready", "metrics", "debug/endpoints"] {
+            let answer = admin_page(&r, page).await;
+            assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{status} {page}");
+            assert_eq!(
+                answer.error_code(),
+                "sidecar_unreachable",
+                "{status} {page}"
+            );
+            let message = answer.json["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&admin) && message.contains(status),
+                "{message}"
+            );
+            assert!(!answer.headers.contains_key("x-mesh-sidecar"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_large_page_is_relayed_whole_and_one_past_the_cap_is_cut() {
+    let large = FakeAdmin::start(Behaviour::Large).await;
+    let chunked = FakeAdmin::start(Behaviour::HugeChunked).await;
+    let r = TestRegistry::start_default().await;
+    register(&r, Some(large.address.to_string())).await;
+    let answer = admin_page(&r, "metrics").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text.len(), LARGE);
+
+    // No length declared: the relay has begun by the time the cap is passed, so the
+    // answer is cut, and the client sees a body that broke off rather than a whole one.
+    register(&r, Some(chunked.address.to_string())).await;
+    let url = r.url("/v1/services/web/instances/a/admin/metrics");
+    let (status, body) = get_counting(&url).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = body.expect_err("a body past the cap must break off");
+    assert!(body <= 1024 * 1024, "{body} bytes relayed before the cut");
+}
+
+/// GETs `url` and reads its body: the status, and the body's length or, when the body
+/// broke off, how many bytes had arrived.
+async fn get_counting(url: &str) -> (StatusCode, Result<usize, usize>) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut read = 0;
+    loop {
+        match body.frame().await {
+            None => return (status, Ok(read)),
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            Some(Err(_)) => return (status, Err(read)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn relays_past_the_cap_are_503_at_once_and_slots_free_when_clients_leave() {
+    let trickle = FakeAdmin::start(Behaviour::Trickle).await;
+    let fine = FakeAdmin::start(Behaviour::Sidecar).await;
+    let r = TestRegistry::start(mesh_registry::Config {
+        max_admin_relays: 2,
+        ..mesh_registry::Config::default()
+    })
+    .await;
+    register(&r, Some(trickle.address.to_string())).await;
+    let mut other = Registration::new("127.0.0.1:4143");
+    other
+        .metadata
+        .insert("admin".into(), fine.address.to_string());
+    r.client.register("web", "b", &other).await.unwrap();
+
+    // Two relays that never end hold both slots.
+    let url = r.url("/v1/services/web/instances/a/admin/metrics");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get_counting(&url).await })
+        })
+        .collect();
+    common::eventually(common::PATIENCE, "two relays under way", async || {
+        trickle.requests().len() == 2
+    })
+    .await;
+
+    let busy = r
+        .raw(
+            GET,
+            "/v1/services/web/instances/b/admin/ready",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.error_code(), "relays_busy");
+    let message = busy.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("2 sidecar admin pages"), "{message}");
+    assert!(fine.requests().is_empty(), "the sidecar was not asked");
+
+    // Clients that go away give their slots back.
+    for task in held {
+        task.abort();
+    }
+    common::eventually(common::PATIENCE, "a relay served again", async || {
+        let path = "/v1/services/web/instances/b/admin/ready";
+        r.raw(GET, path, &[], Bytes::new()).await.status == StatusCode::OK
+    })
+    .await;
 }

@@ -109,6 +109,20 @@ impl Browser {
         string_field(&answer, "value").unwrap_or_else(|| panic!("no value in {answer}"))
     }
 
+    /// Returns once the page has drawn `frames` more frames (each after its rendering),
+    /// so what a test changed has been laid out and painted.
+    pub fn wait_frames(&mut self, frames: u32) {
+        let expression = format!(
+            "(async () => {{ for (let i = 0; i < {frames}; i++) \
+               await new Promise((drawn) => requestAnimationFrame(() => setTimeout(drawn, 0))); }})()"
+        );
+        let params = format!(
+            r#"{{"expression":{},"awaitPromise":true}}"#,
+            json_string(&expression)
+        );
+        self.command("Runtime.evaluate", &params);
+    }
+
     /// Polls `condition` (a JavaScript expression) until it is true; `Err` with the
     /// page's text after `timeout`.
     pub fn wait_for(&mut self, timeout: Duration, condition: &str) -> Result<(), String> {

@@ -127,6 +127,7 @@ impl Ports {
             ("--marketplace-port", b + 1),
             ("--recommendations-port", b + 2),
             ("--app-port", b + 3),
+            ("--registry-tls-port", b + 6),
             ("--base-port", b + 10),
         ]
         .into_iter()

@@ -65,6 +65,9 @@ pub async fn check(ctl: &Ctl, checks: &mut Vec<Check>) -> Option<Facts> {
     if let Some(store) = &ready.readiness.store {
         checks.push(store_check(url, store));
     }
+    if let Some(writes) = &ready.readiness.writes {
+        checks.push(writes_check(url, writes));
+    }
     checks.push(match ready.date {
         Some(date) => skew(date, sent, received),
         None => Check::warning(
@@ -109,6 +112,24 @@ fn store_check(url: &str, store: &StoreStatus) -> Check {
         ),
         (kind, _) => Check::ok("registry store", format!("{kind} (this registry process)")),
     }
+}
+
+/// Whether writes to the registry are bound to an identity.
+fn writes_check(url: &str, writes: &[String]) -> Check {
+    if writes.iter().any(|w| w == "open") {
+        return Check::warning(
+            "registry writes",
+            format!(
+                "{url} is open: anyone who reaches it may register, replace or remove any instance"
+            ),
+            "give the registry a CA (--ca-dir, sidecars then write with their certificates on \
+             --tls-listen), service tokens (--tokens) or at least an operator token (--token)",
+        );
+    }
+    Check::ok(
+        "registry writes",
+        format!("bound to an identity: {}", writes.join(", ")),
+    )
 }
 
 fn unready(url: &str, e: &ClientError) -> Check {
@@ -242,6 +263,24 @@ mod tests {
         assert_eq!(
             store_check("http://r:7700", &StoreStatus::memory()).status,
             Status::Ok
+        );
+    }
+
+    #[test]
+    fn an_open_registry_is_a_warning() {
+        let open = writes_check("http://r:7700", &["open".into()]);
+        assert_eq!(open.status, Status::Warning);
+        assert!(open.detail.contains("anyone"), "{}", open.detail);
+        let bound = writes_check(
+            "http://r:7700",
+            &["certificate".into(), "operator-token".into()],
+        );
+        assert_eq!(
+            (bound.status, bound.detail.as_str()),
+            (
+                Status::Ok,
+                "bound to an identity: certificate, operator-token"
+            )
         );
     }
 

@@ -9,6 +9,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use mesh_proxy::inbound::AppProtocol;
+use mesh_proxy::listeners::Upstream;
 use mesh_proxy::tls::TlsMode;
 use mesh_proxy::{Config, Listeners};
 use tokio::net::TcpListener;
@@ -25,6 +27,9 @@ async fn listener() -> TcpListener {
 pub struct Registry {
     pub addr: SocketAddr,
     pub client: mesh_registry_api::Client,
+    /// With a CA: the TLS listener, where sidecars write with their certificates, and
+    /// the CA's certificate they check it with.
+    tls: Option<(SocketAddr, std::path::PathBuf)>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     _ca_dir: Option<tempfile::TempDir>,
@@ -35,7 +40,8 @@ impl Registry {
         Self::start_with(mesh_registry::Config::default()).await
     }
 
-    /// A registry whose CA issues certificates for a day.
+    /// A registry whose CA issues certificates for a day, with a TLS listener where
+    /// sidecars write with them (as deployments run it).
     pub async fn start_with_ca() -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let config = mesh_registry::Config {
@@ -43,17 +49,24 @@ impl Registry {
             join_token: Some(JOIN_TOKEN.into()),
             ..mesh_registry::Config::default()
         };
-        let mut registry = Self::start_with(config).await;
+        let tls = listener().await;
+        let tls_addr = tls.local_addr().unwrap();
+        let mut registry = Self::serve(config, Some(tls)).await;
+        registry.tls = Some((tls_addr, dir.path().join("ca.pem")));
         registry._ca_dir = Some(dir);
         registry
     }
 
     pub async fn start_with(config: mesh_registry::Config) -> Registry {
+        Self::serve(config, None).await
+    }
+
+    async fn serve(config: mesh_registry::Config, tls: Option<TcpListener>) -> Registry {
         let listener = listener().await;
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            mesh_registry::run(listener, config, async {
+            mesh_registry::run_with_tls(listener, tls, config, async {
                 let _ = stopped.await;
             })
             .await
@@ -62,6 +75,7 @@ impl Registry {
         Registry {
             addr,
             client: mesh_registry_api::Client::new(&format!("http://{addr}")).unwrap(),
+            tls: None,
             stop: Some(stop),
             task,
             _ca_dir: None,
@@ -128,12 +142,24 @@ impl Drop for App {
     }
 }
 
+/// What a sidecar is set up with beyond its service.
+#[derive(Default)]
+pub struct Shape {
+    pub tls: TlsMode,
+    /// `--app-protocol`.
+    pub protocol: Option<AppProtocol>,
+    /// The service of an upstream listener.
+    pub upstream: Option<&'static str>,
+}
+
 /// A sidecar registered as an instance of `service` in front of its own app.
 pub struct Sidecar {
     pub service: String,
     pub id: String,
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
+    /// The upstream listener, with [`Shape::upstream`].
+    pub upstream: Option<SocketAddr>,
     pub admin: SocketAddr,
     _app: App,
     stop: Option<oneshot::Sender<()>>,
@@ -147,23 +173,55 @@ impl Sidecar {
     /// A sidecar with mTLS in `tls` (the registry needs a CA for anything but off).
     /// Returns once the registry lists it as passing.
     pub async fn start_with(registry: &Registry, service: &str, tls: TlsMode) -> Sidecar {
+        let shape = Shape {
+            tls,
+            ..Shape::default()
+        };
+        Self::start_shaped(registry, service, shape).await
+    }
+
+    /// A sidecar as `shape` says. Returns once the registry lists it as passing.
+    pub async fn start_shaped(registry: &Registry, service: &str, shape: Shape) -> Sidecar {
+        let Shape {
+            tls,
+            protocol,
+            upstream,
+        } = shape;
         let app = App::start().await;
+        let mut upstreams = Vec::new();
+        if let Some(name) = upstream {
+            let l = listener().await;
+            let listen = l.local_addr().unwrap();
+            let service = name.to_owned();
+            let upstream = Upstream {
+                service,
+                port: None,
+                listen,
+            };
+            upstreams.push((upstream, l));
+        }
         let listeners = Listeners {
             inbound: Some(listener().await),
             outbound: listener().await,
-            upstreams: Vec::new(),
+            upstreams,
             admin: listener().await,
         };
         let address = |l: &TcpListener| l.local_addr().unwrap();
+        let upstream = listeners.upstreams.first().map(|(_, l)| address(l));
         let inbound = address(listeners.inbound.as_ref().unwrap());
         let (outbound, admin) = (address(&listeners.outbound), address(&listeners.admin));
         let id = format!("{service}-{}", inbound.port());
 
         let mut config = Config::default();
         config.registry.url = registry.url();
+        if let (Some((tls, ca)), true) = (&registry.tls, tls != TlsMode::Off) {
+            config.registry.url = format!("https://{tls}");
+            config.registry.ca = Some(ca.clone());
+        }
         let r = &mut config.registration;
         r.service = Some(service.to_owned());
         r.app = Some(app.addr);
+        r.app_protocol = protocol;
         r.advertise = Some(inbound.to_string());
         r.instance_id = Some(id.clone());
         r.health_interval = Duration::from_millis(100);
@@ -184,6 +242,7 @@ impl Sidecar {
             id,
             inbound,
             outbound,
+            upstream,
             admin,
             _app: app,
             stop: Some(stop),

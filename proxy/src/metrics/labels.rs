@@ -11,8 +11,10 @@ use http::StatusCode;
 
 use super::{Direction, EndpointState};
 use crate::breaker::Rule;
+use crate::detect::Detected;
 use crate::endpoint::Source;
 use crate::retry::Reason;
+use crate::splice::Ending;
 
 /// A set of label values for one family.
 pub trait Labels {
@@ -23,7 +25,7 @@ pub trait Labels {
     fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R;
 }
 
-/// `mesh_requests_total`.
+/// `mesh_requests_total`, and the spliced connections' series kept per direction and service.
 pub struct Requests {
     pub direction: Direction,
     pub service: String,
@@ -33,10 +35,26 @@ pub struct Requests {
 pub struct Responses {
     pub direction: Direction,
     pub service: String,
-    pub status: StatusCode,
-    /// Empty for an answer without a gRPC status.
-    pub grpc_status: String,
+    pub status: HttpStatus,
+    pub grpc_status: GrpcStatus,
     pub failure: bool,
+}
+
+/// The `status_code` label: the status when it is one HTTP defines a class for
+/// (100–599), else `other`. An app may answer with any three digits, and each would be a
+/// series of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpStatus(StatusCode);
+
+/// The `grpc_status` label: empty for an answer without a gRPC status, the code for one
+/// gRPC defines (0–16), else `other`. An app may send any number, and each would be a
+/// series of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcStatus {
+    None,
+    /// 0–16.
+    Code(u8),
+    Other,
 }
 
 /// `mesh_response_latency_seconds`.
@@ -81,6 +99,37 @@ pub struct Open {
     pub direction: Direction,
 }
 
+/// `mesh_spliced_bytes_total`: the bytes one side of a spliced connection sent.
+pub struct SplicedBytes {
+    pub direction: Direction,
+    pub service: String,
+    /// From the client (the side that connected), else from the server.
+    pub from_client: bool,
+}
+
+/// `mesh_spliced_closed_total`: why a spliced connection closed.
+pub struct SplicedClosed {
+    pub direction: Direction,
+    pub service: String,
+    pub closing: Closing,
+}
+
+/// Why a connection to carry as bytes closed: its splice ended, or it never began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    Spliced(Ending),
+    /// The caller is not on `--allow`: closed before any byte reached the app.
+    Denied,
+    /// No endpoint (or, inbound, not the app) accepted the connection.
+    Unreachable,
+}
+
+/// `mesh_protocol_detections_total`.
+pub struct Detections {
+    pub direction: Direction,
+    pub detected: Detected,
+}
+
 /// `mesh_inbound_connections_total`: how an inbound connection was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -89,6 +138,53 @@ pub enum Transport {
     Plaintext,
     /// Refused: plaintext under strict mode, a failed handshake, or no certificate yet.
     Refused,
+}
+
+// === impl HttpStatus ===
+
+impl HttpStatus {
+    pub fn as_str(&self) -> &str {
+        if (100..600).contains(&self.0.as_u16()) {
+            self.0.as_str()
+        } else {
+            "other"
+        }
+    }
+}
+
+impl From<StatusCode> for HttpStatus {
+    fn from(status: StatusCode) -> Self {
+        HttpStatus(status)
+    }
+}
+
+// === impl GrpcStatus ===
+
+impl GrpcStatus {
+    /// The codes gRPC defines, as label values.
+    const CODES: [&'static str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrpcStatus::None => "",
+            GrpcStatus::Code(code) => Self::CODES[usize::from(code)],
+            GrpcStatus::Other => "other",
+        }
+    }
+}
+
+impl From<Option<u32>> for GrpcStatus {
+    fn from(status: Option<u32>) -> Self {
+        match status {
+            None => GrpcStatus::None,
+            Some(code) => match u8::try_from(code) {
+                Ok(code) if usize::from(code) < Self::CODES.len() => GrpcStatus::Code(code),
+                _ => GrpcStatus::Other,
+            },
+        }
+    }
 }
 
 /// The `classification` label value.
@@ -118,7 +214,7 @@ impl Labels for Responses {
             self.direction.as_str(),
             &self.service,
             self.status.as_str(),
-            &self.grpc_status,
+            self.grpc_status.as_str(),
             classification(self.failure),
         ])
     }
@@ -170,6 +266,36 @@ impl Labels for Updates {
     }
 }
 
+impl Labels for SplicedBytes {
+    const NAMES: &'static [&'static str] = &["direction", "service", "from"];
+    fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        let from = if self.from_client { "client" } else { "server" };
+        f(&[self.direction.as_str(), &self.service, from])
+    }
+}
+
+impl Labels for SplicedClosed {
+    const NAMES: &'static [&'static str] = &["direction", "service", "reason"];
+    fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        let reason = match self.closing {
+            Closing::Spliced(Ending::Closed) => "closed",
+            Closing::Spliced(Ending::Reset) => "reset",
+            Closing::Spliced(Ending::Idle) => "idle",
+            Closing::Spliced(Ending::Stopped) => "shutdown",
+            Closing::Denied => "denied",
+            Closing::Unreachable => "unreachable",
+        };
+        f(&[self.direction.as_str(), &self.service, reason])
+    }
+}
+
+impl Labels for Detections {
+    const NAMES: &'static [&'static str] = &["direction", "result"];
+    fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        f(&[self.direction.as_str(), self.detected.as_str()])
+    }
+}
+
 impl Labels for Open {
     const NAMES: &'static [&'static str] = &["direction"];
     fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
@@ -185,5 +311,29 @@ impl Labels for Transport {
             Transport::Plaintext => "plaintext",
             Transport::Refused => "refused",
         }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_take_a_bounded_set_of_values() {
+        let http = |code: u16| HttpStatus::from(StatusCode::from_u16(code).unwrap());
+        assert_eq!(http(100).as_str(), "100");
+        assert_eq!(http(200).as_str(), "200");
+        assert_eq!(http(599).as_str(), "599");
+        assert_eq!(http(600).as_str(), "other");
+        assert_eq!(http(999).as_str(), "other");
+
+        let grpc = |code| GrpcStatus::from(code).as_str();
+        assert_eq!(grpc(None), "");
+        for code in 0..=16 {
+            assert_eq!(grpc(Some(code)), code.to_string());
+        }
+        for code in [17, 255, 256, 1 << 16, u32::MAX] {
+            assert_eq!(grpc(Some(code)), "other");
+        }
     }
 }

@@ -7,8 +7,9 @@ use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::time::Instant;
 
-use super::labels::{Latency, Responses};
+use super::labels::{Closing, Latency, Requests, Responses, SplicedBytes, SplicedClosed};
 use super::{Direction, Metrics};
+use crate::splice::Spliced;
 
 /// One service's series in one direction. The request counter exists from the start;
 /// the other series appear with their first response.
@@ -47,20 +48,18 @@ impl ServiceMetrics {
             (StatusCode::OK, Some(0), false) => Some(1),
             _ => None,
         };
-        let series = |grpc_status: String| {
+        let series = || {
             self.metrics.responses.get(&Responses {
                 direction: self.direction,
                 service: self.service.clone(),
-                status,
-                grpc_status,
+                status: status.into(),
+                grpc_status: grpc_status.into(),
                 failure,
             })
         };
         match common {
-            Some(i) => self.ok[i]
-                .get_or_init(|| series(if i == 0 { "" } else { "0" }.to_owned()))
-                .inc(),
-            None => series(grpc_status.map(|c| c.to_string()).unwrap_or_default()).inc(),
+            Some(i) => self.ok[i].get_or_init(series).inc(),
+            None => series().inc(),
         }
     }
 
@@ -72,6 +71,75 @@ impl ServiceMetrics {
                 failure,
             })
         })
+    }
+}
+
+/// A spliced connection, counted open while alive; [`closed`](Self::closed) records what
+/// it carried.
+pub struct SplicedGuard {
+    service: Arc<ServiceMetrics>,
+    open: IntGauge,
+    started: Instant,
+}
+
+impl ServiceMetrics {
+    /// Counts a connection that is now carried as bytes.
+    pub fn spliced(self: &Arc<Self>) -> SplicedGuard {
+        let labels = Requests {
+            direction: self.direction,
+            service: self.service.clone(),
+        };
+        self.metrics.spliced_opened.get(&labels).inc();
+        let open = self.metrics.spliced_open.get(&labels);
+        open.inc();
+        SplicedGuard {
+            service: self.clone(),
+            open,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl SplicedGuard {
+    /// Records the bytes each way, how long it was open and why it closed.
+    pub fn closed(self, spliced: &Spliced) {
+        let metrics = &self.service.metrics;
+        for (from_client, bytes) in [(true, spliced.a_to_b), (false, spliced.b_to_a)] {
+            let labels = SplicedBytes {
+                direction: self.service.direction,
+                service: self.service.service.clone(),
+                from_client,
+            };
+            metrics.spliced_bytes.get(&labels).inc_by(bytes);
+        }
+        self.ended(Closing::Spliced(spliced.ending));
+    }
+
+    /// Records a connection that closed before any byte was carried, and why.
+    pub fn not_carried(self, closing: Closing) {
+        self.ended(closing);
+    }
+
+    fn ended(self, closing: Closing) {
+        let metrics = &self.service.metrics;
+        let (direction, service) = (self.service.direction, self.service.service.clone());
+        let duration = metrics.spliced_duration.get(&Requests {
+            direction,
+            service: service.clone(),
+        });
+        duration.observe(self.started.elapsed().as_secs_f64());
+        let closed = SplicedClosed {
+            direction,
+            service,
+            closing,
+        };
+        metrics.spliced_closed.get(&closed).inc();
+    }
+}
+
+impl Drop for SplicedGuard {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 

@@ -161,7 +161,12 @@ impl Outbound {
     }
 
     /// A failure of `endpoint`; the breaker decides whether it is ejected.
-    fn record_failure(&self, destination: &Destination, endpoint: &Endpoint, what: &str) {
+    pub(crate) fn record_failure(
+        &self,
+        destination: &Destination,
+        endpoint: &Endpoint,
+        what: &str,
+    ) {
         let set = destination.endpoints();
         let peers = set.endpoints.iter().map(|e| &e.breaker);
         let now = Instant::now();

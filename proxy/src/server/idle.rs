@@ -1,13 +1,21 @@
-//! Telling a slow HTTP/1.1 client from a kept-alive connection between requests.
+//! When to close a connection that does nothing: a slow HTTP/1.1 client, a kept-alive
+//! connection idle for too long, an HTTP/2 connection with no stream open.
 //!
-//! hyper's header read timer starts whenever a connection waits for its next request
-//! head, so on its own it also closes connections that are merely idle between requests.
+//! hyper's header read timer starts whenever a connection waits for its next request head,
+//! so on its own it also closes connections that are merely idle between requests.
 //! A pooling client, such as the calling sidecar, then finds them closed at its next
 //! burst and opens new ones all at once (with mTLS, a handshake each). Here hyper's timer
 //! only marks that the connection waits for a head, the connection's reads mark that a
 //! head has begun, and one coarse watchdog per connection closes it when a head has been
 //! in progress for the header read timeout, or when nothing has arrived for the idle
 //! timeout. Requests themselves get no timer at all.
+//!
+//! hyper's HTTP/2 side has no such timer: a client that sends the connection preface and
+//! nothing else would hold its connection (and a `--max-connections` slot) forever. So
+//! the watchdog also follows the requests in progress on the connection ([`Watch::request`],
+//! [`super::requests`]), and a connection that hyper's HTTP/1.1 side never served is
+//! closed once none has been in progress for the header read timeout (before its first
+//! request) or the idle timeout (after it).
 
 use std::fmt;
 use std::pin::Pin;
@@ -18,11 +26,15 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// One connection's waits for a request head, shared by hyper's timer, the connection's
-/// reads and the watchdog.
+use super::requests::{InProgress, Quiet, Requests};
+
+/// One connection's waits for a request head and its requests in progress, shared by
+/// hyper's timer, the connection's reads, its service and the watchdog.
 #[derive(Clone)]
 pub struct Watch {
     state: Arc<State>,
+    /// The connection's requests in progress.
+    requests: Requests,
     header_read: Duration,
     idle: Option<Duration>,
 }
@@ -41,8 +53,14 @@ struct State {
 /// Why the watchdog closed a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expired {
+    /// HTTP/1.1: a request head begun and not finished within the header read timeout.
     SlowHead,
+    /// HTTP/1.1: no new request for the idle timeout.
     Idle,
+    /// Not HTTP/1.1: no request within the header read timeout of the connection's start.
+    NoRequest,
+    /// HTTP/2: no request in progress for the idle timeout.
+    NoStream,
 }
 
 /// The [`Timer`](hyper::rt::Timer) given to hyper's HTTP/1.1 connection: each "sleep" it
@@ -71,6 +89,7 @@ impl Watch {
         };
         Watch {
             state: Arc::new(state),
+            requests: Requests::default(),
             header_read,
             idle,
         }
@@ -87,25 +106,36 @@ impl Watch {
         }
     }
 
+    /// A request begun on the connection, in progress until the returned value (or the
+    /// answer body it is moved into) is dropped.
+    pub fn request(&self) -> InProgress {
+        self.requests.begin()
+    }
+
     /// Resolves once the connection should be closed. It looks every `tick` (the shorter
     /// of the two timeouts), so a limit is enforced between once and once plus a tick
     /// after it is reached.
     pub async fn expired(&self) -> Expired {
-        let tick = self
-            .idle
-            .map_or(self.header_read, |idle| idle.min(self.header_read));
-        let tick = tick.max(Duration::from_millis(1));
-        let ticks = |limit: Duration| limit.as_nanos().div_ceil(tick.as_nanos()).max(1);
-        let head_ticks = ticks(self.header_read);
-        let idle_ticks = self.idle.map(ticks);
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The wait seen at the previous tick, whether its head had begun by then, and how
-        // many whole ticks since it has been in progress or idle.
+        let (tick, head_ticks, idle_ticks) = self.ticks();
+        let mut interval = interval(tick);
+        // HTTP/1.1: the wait seen at the previous tick, whether its head had begun by
+        // then, and how many whole ticks since it has been in progress or idle.
         let mut seen = None;
         let (mut head_began, mut head_for, mut idle_for) = (false, 0, 0);
+        // Otherwise: how long no request has been in progress.
+        let mut quiet = Quiet::default();
         loop {
             interval.tick().await;
+            if !self.is_http1() {
+                let quiet_for = quiet.look(&self.requests);
+                if !quiet.any_begun() && quiet_for >= head_ticks {
+                    return Expired::NoRequest;
+                }
+                if quiet.any_begun() && idle_ticks.is_some_and(|limit| quiet_for >= limit) {
+                    return Expired::NoStream;
+                }
+                continue;
+            }
             if !self.state.waiting.load(Relaxed) {
                 seen = None;
                 continue;
@@ -132,6 +162,57 @@ impl Watch {
             }
         }
     }
+
+    /// For a connection told to close gracefully (an HTTP/2 GOAWAY): resolves once no
+    /// request has been in progress for the header read timeout, the time a client gets
+    /// to take its part in the close. Requests in progress are never cut short here.
+    pub async fn quiet(&self) {
+        let (tick, head_ticks, _) = self.ticks();
+        let mut interval = interval(tick);
+        let mut quiet = Quiet::since(&self.requests);
+        loop {
+            interval.tick().await;
+            if quiet.look(&self.requests) >= head_ticks {
+                return;
+            }
+        }
+    }
+
+    /// hyper's HTTP/1.1 side asks its timer for a wait as soon as it starts reading a
+    /// connection's first request head; its HTTP/2 side never does. So a connection whose
+    /// timer was never asked is HTTP/2, or one whose version is not known yet (its
+    /// first bytes are still awaited).
+    fn is_http1(&self) -> bool {
+        self.state.waits.load(Relaxed) > 0
+    }
+
+    /// How often the watchdog looks, and the two limits in looks.
+    fn ticks(&self) -> (Duration, u128, Option<u128>) {
+        let tick = self
+            .idle
+            .map_or(self.header_read, |idle| idle.min(self.header_read));
+        let tick = tick.max(Duration::from_millis(1));
+        let ticks = |limit: Duration| limit.as_nanos().div_ceil(tick.as_nanos()).max(1);
+        (tick, ticks(self.header_read), self.idle.map(ticks))
+    }
+}
+
+/// Ticks every `tick`, the first one `tick` from now.
+fn interval(tick: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+// === impl Expired ===
+
+impl Expired {
+    /// Whether the connection is closed the polite way (an HTTP/2 GOAWAY; on HTTP/1.1,
+    /// once a request that has just arrived is answered) rather than dropped: only a slow
+    /// head, a slowloris, is dropped.
+    pub fn graceful(self) -> bool {
+        self != Expired::SlowHead
+    }
 }
 
 impl fmt::Display for Expired {
@@ -139,6 +220,8 @@ impl fmt::Display for Expired {
         f.write_str(match self {
             Expired::SlowHead => "request head not finished within the header read timeout",
             Expired::Idle => "idle for the idle timeout",
+            Expired::NoRequest => "no request within the header read timeout",
+            Expired::NoStream => "no stream open for the idle timeout",
         })
     }
 }
@@ -320,9 +403,75 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_that_is_not_http1_must_begin_a_request_within_the_header_read_timeout() {
+        // As an HTTP/2 connection that sent its preface and nothing more: hyper's HTTP/1.1
+        // timer is never asked, and no request begins.
+        let watch = Watch::new(HEADER_READ, Some(IDLE));
+        let (why, after) = expires(&watch, IDLE).await.expect("closed");
+        assert_eq!(why, Expired::NoRequest);
+        assert!(
+            after >= HEADER_READ && after <= HEADER_READ * 2,
+            "{after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_closed_once_no_request_has_been_in_progress_for_the_idle_timeout()
+     {
+        let watch = Watch::new(HEADER_READ, Some(IDLE));
+        let watchdog = tokio::spawn({
+            let watch = watch.clone();
+            async move { expires(&watch, Duration::from_secs(7200)).await }
+        });
+        // A stream open for 40 minutes, its answer's body holding it...
+        let answering = watch.request().answering(crate::body::empty());
+        sleep(Duration::from_secs(2400)).await;
+        drop(answering);
+        // ...then short requests 30 s apart, each over between two looks...
+        for _ in 0..10 {
+            drop(watch.request());
+            sleep(Duration::from_secs(30)).await;
+        }
+        assert!(!watchdog.is_finished(), "closed a busy connection");
+        // ...then nothing since the last one.
+        let (why, after) = watchdog.await.unwrap().expect("closed");
+        assert_eq!(why, Expired::NoStream);
+        let quiet = after - Duration::from_secs(2400 + 9 * 30);
+        assert!(quiet >= IDLE - HEADER_READ, "{quiet:?}");
+        assert!(quiet <= IDLE + HEADER_READ * 2, "{quiet:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_goaway_requests_in_progress_finish_and_then_the_client_gets_the_header_read_timeout()
+     {
+        let watch = Watch::new(HEADER_READ, Some(IDLE));
+        let request = watch.request();
+        let quiet = tokio::spawn({
+            let watch = watch.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                watch.quiet().await;
+                started.elapsed()
+            }
+        });
+        sleep(Duration::from_secs(600)).await;
+        assert!(!quiet.is_finished(), "a request in progress was cut short");
+        drop(request);
+        let after = quiet.await.unwrap() - Duration::from_secs(600);
+        assert!(
+            after >= HEADER_READ && after <= HEADER_READ * 2,
+            "{after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn without_an_idle_timeout_idle_connections_stay() {
         let watch = Watch::new(HEADER_READ, None);
         let _wait = watch.timer().sleep_until(Instant::now());
+        assert_eq!(expires(&watch, Duration::from_secs(7200)).await, None);
+        // HTTP/2 alike, once it has begun a request.
+        let watch = Watch::new(HEADER_READ, None);
+        drop(watch.request());
         assert_eq!(expires(&watch, Duration::from_secs(7200)).await, None);
     }
 }

@@ -67,19 +67,21 @@ pub struct Identity {
 type ClientConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
 /// With mTLS on (`config`) for a local `service`: an empty slot for this sidecar's
-/// identity, and a task that fills it from the registry's CA and renews it for as long
-/// as the process runs.
+/// identity, which [`start`] fills.
+pub fn slot(service: Option<&str>, config: &TlsConfig) -> Option<Arc<IdentitySlot>> {
+    (service.is_some() && config.mode != TlsMode::Off).then(|| Arc::new(IdentitySlot::default()))
+}
+
+/// A task that fills `slot` (from [`slot`]) from the registry's CA and renews it for as
+/// long as the process runs.
 pub fn start(
-    service: Option<&str>,
+    slot: &Arc<IdentitySlot>,
+    service: &str,
     config: &TlsConfig,
     registry: &Client,
     metrics: &Arc<Metrics>,
-) -> Option<Arc<IdentitySlot>> {
-    let service = service?.to_owned();
-    if config.mode == TlsMode::Off {
-        return None;
-    }
-    let slot = Arc::new(IdentitySlot::default());
+) {
+    let service = service.to_owned();
     let token = config.join_token.clone().unwrap_or_default();
     let trust_domain = config.trust_domain.clone();
     let (filled, registry, metrics) = (slot.clone(), registry.clone(), metrics.clone());
@@ -89,7 +91,6 @@ pub fn start(
             .await;
         identity.renew_forever(registry, token, metrics).await;
     });
-    Some(slot)
 }
 
 // === impl IdentitySlot ===
@@ -158,6 +159,10 @@ impl IdentitySlot {
                 Ok((identity, config)) => {
                     let _ = self.acceptor.set(tokio_rustls::TlsAcceptor::from(config));
                     let _ = self.identity.set(identity.clone());
+                    // Connections to the registry's TLS listener opened so far prove no
+                    // certificate; from now on they prove this one, which is what lets
+                    // the registration that waits for `ready` write our instance.
+                    registry.reconnect();
                     self.ready.send_replace(true);
                     tracing::info!(id = %mesh_registry_api::spiffe_id(trust_domain, service), "certificate obtained");
                     return identity;

@@ -26,6 +26,8 @@ use super::listener;
 /// - `/len`: reads the whole body and answers with its length in bytes;
 /// - `/whoami`: answers with the app's name;
 /// - `/slow?ms=N`: answers after N ms;
+/// - `/hold`: answers with the app's name once released ([`App::release`]), for a request
+///   that must still be in flight whatever happens meanwhile;
 /// - `/status/N`: answers status N;
 /// - `/spoof?status=N&mesh-error=V`: answers status N carrying `mesh-error: V`, as an
 ///   app pretending to be a sidecar would;
@@ -145,7 +147,7 @@ impl App {
     }
 
     /// Lets every `/grpc.Stream/…` answer (waiting now or later) send its message and
-    /// trailers.
+    /// trailers, and every `/hold` request be answered.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
     }
@@ -178,6 +180,10 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Response<AppBody> {
     let name = shared.name.as_str();
     if req.uri().path().starts_with("/grpc.Stream/") {
         return stream(shared).await;
+    }
+    if req.uri().path() == "/hold" {
+        let _ = shared.released.subscribe().wait_for(|r| *r).await;
+        return Response::new(boxed(Full::new(Bytes::from(name.to_owned()))));
     }
     if req.uri().path() == "/len" {
         let len = req.into_body().collect().await.unwrap().to_bytes().len();

@@ -6,13 +6,37 @@ mod app;
 mod client;
 mod registry;
 mod sidecar;
+mod upgrade;
 
 pub use app::*;
 pub use client::*;
 pub use registry::*;
 pub use sidecar::*;
+pub use upgrade::*;
+
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+/// How long a test waits for a state it expects before it fails: far more than anything
+/// takes on an idle machine, so that a loaded one does not fail the test.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` (what the test was
+/// waiting for) once `bound` has passed. Tests wait for the state they need this way,
+/// never with a fixed sleep that a loaded machine can outlast.
+pub async fn eventually<F: AsyncFn() -> bool>(bound: Duration, what: &str, condition: F) {
+    let started = tokio::time::Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        if started.elapsed() >= bound {
+            panic!("waited {bound:?} for {what}, in vain");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A DNS server on loopback that answers every query "no such name" at once: the
 /// sidecars' `--dns-server` in tests that use made-up names, so none of them is sent

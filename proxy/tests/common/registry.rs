@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::listener;
+use super::{PATIENCE, eventually, listener};
 use tokio::net::TcpListener;
 
 /// A registry serving in-process; stopped when dropped.
@@ -80,13 +80,11 @@ impl Registry {
 
     /// Waits until `service` lists exactly `n` passing instances.
     pub async fn until_passing(&self, service: &str, n: usize) {
-        for _ in 0..500 {
-            if self.client.service(service).await.unwrap().instances.len() == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("{service} never had {n} passing instances");
+        let what = format!("{n} passing instances of {service}");
+        eventually(PATIENCE, &what, async || {
+            self.client.service(service).await.unwrap().instances.len() == n
+        })
+        .await;
     }
 }
 

@@ -10,7 +10,7 @@ use mesh_proxy::{Config, Listeners};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{get, listener};
+use super::{PATIENCE, eventually, get, listener};
 
 /// A sidecar serving in-process, with the addresses of its listeners.
 pub struct Sidecar {
@@ -134,14 +134,11 @@ impl Sidecar {
     }
 
     pub async fn until_ready(&self) {
-        for _ in 0..500 {
-            let r = get(&format!("http://{}/ready", self.admin)).await;
-            if r.status == StatusCode::OK {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("sidecar never became ready");
+        let ready = format!("http://{}/ready", self.admin);
+        eventually(PATIENCE, "the sidecar ready", async || {
+            get(&ready).await.status == StatusCode::OK
+        })
+        .await;
     }
 
     /// Starts the shutdown (as SIGTERM does) without waiting for it.

@@ -3,8 +3,11 @@
 //!
 //! Operators' tools run where the registry is reachable, but sidecars' admin ports often
 //! are not (compose publishes the registry's port only). The registry fetches
-//! `http://<instance metadata "admin">/<path>` and answers with the sidecar's status,
-//! content type and body, so one reachable address is enough to inspect the whole mesh.
+//! `http://<instance metadata "admin">/<path>` and answers with the sidecar's status and
+//! body, so one reachable address is enough to inspect the whole mesh. The content type is
+//! the page's own ([`AdminPath::content_type`]), whatever the sidecar said: the registry
+//! serves its dashboard from the same origin, and a relayed page must never be one a
+//! browser renders there.
 
 use std::fmt;
 
@@ -37,6 +40,14 @@ impl AdminPath {
             AdminPath::DebugEndpoints => "debug/endpoints",
         }
     }
+
+    /// The content type of the page, as a mesh-proxy serves it and the registry relays it.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            AdminPath::Ready | AdminPath::DebugEndpoints => "application/json",
+            AdminPath::Metrics => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
 }
 
 impl fmt::Display for AdminPath {
@@ -67,7 +78,8 @@ impl Client {
     /// the address in the instance's `admin` metadata.
     ///
     /// The registry's own refusals are errors: [`ClientError::Api`] with code `no_admin`
-    /// (404: the instance names no admin address), `sidecar_unreachable` (502) or
+    /// (404: the instance names no admin address), `sidecar_unreachable` (502),
+    /// `relays_busy` (503: the registry relays as many pages as it may already) or
     /// `sidecar_timeout` (504, after 2 s); [`ClientError::NoRoute`] from a registry that
     /// has no relay (older releases), where callers may dial the sidecar themselves.
     pub async fn admin(

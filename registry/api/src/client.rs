@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
@@ -36,7 +37,8 @@ const BLOCKING_MARGIN: Duration = Duration::from_secs(10);
 /// certificate renewals carry on across a replica's death without an error.
 #[derive(Clone)]
 pub struct Client {
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// Shared by clones, so [`Client::reconnect`] reaches them all.
+    http: Arc<std::sync::RwLock<Pool>>,
     /// `http://host:port` of each replica, with any trailing slash removed.
     bases: Rotation<Arc<str>>,
     token: Option<Arc<str>>,
@@ -47,20 +49,36 @@ pub struct Client {
 impl Client {
     /// A client for the registry at `url` (`http://host:port`, optionally with a trailing
     /// `/`; a bare `host:port` means http), or for several replicas of it, comma-separated
-    /// (`http://r1:7700,http://r2:7700`). TLS to the registry is not supported.
+    /// (`http://r1:7700,http://r2:7700`). `https://` URLs need [`Client::with_tls`],
+    /// which says how the registry's certificate is checked.
     pub fn new(url: &str) -> Result<Self, ClientError> {
         let bases = url
             .split(',')
             .map(|one| base(one.trim()).map(Arc::from))
             .collect::<Result<Vec<Arc<str>>, _>>()?;
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build_http();
         Ok(Client {
-            http,
+            http: Arc::new(std::sync::RwLock::new(Pool::new(no_trust()))),
             bases: Rotation::new(bases),
             token: None,
         })
+    }
+
+    /// Speaks TLS to `https://` registries with `config`: its verifier decides which
+    /// certificates the registry may present (the mesh's: [`crate::spiffe`]), its client
+    /// certificate resolver what this client proves (a sidecar's own certificate, once it
+    /// has one). Its ALPN protocols must be empty; HTTP/1.1 is offered.
+    pub fn with_tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.http = Arc::new(std::sync::RwLock::new(Pool::new(config)));
+        self
+    }
+
+    /// Opens new connections for the next requests, on this client and its clones: a
+    /// TLS connection proves the client certificate it was opened with, so after a
+    /// sidecar gets its first certificate, its writes must not travel on connections
+    /// opened without one. Connections in use finish their requests.
+    pub fn reconnect(&self) {
+        let mut pool = self.http.write().expect("the pool lock is never poisoned");
+        *pool = Pool::new(pool.tls.clone());
     }
 
     /// Sends `Authorization: Bearer <token>` with every request (the registry's `--token`).
@@ -111,8 +129,23 @@ impl Client {
 
     /// Removes an instance. Removing one the registry does not know is not an error.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
+        self.deregister_generation(service, id, None).await
+    }
+
+    /// Removes an instance if it is still the registration `generation` (as `PUT`
+    /// returned it): an instance registered again since, by a newer process with the
+    /// same id, is left alone. Removing one the registry does not know is not an error.
+    pub async fn deregister_generation(
+        &self,
+        service: &str,
+        id: &str,
+        generation: Option<u64>,
+    ) -> Result<(), ClientError> {
         check_names(service, id)?;
-        let path = format!("/v1/services/{service}/instances/{id}");
+        let mut path = format!("/v1/services/{service}/instances/{id}");
+        if let Some(generation) = generation {
+            path.push_str(&format!("?generation={generation}"));
+        }
         match self
             .call::<serde_json::Value>(Method::DELETE, &path, None, REQUEST_TIMEOUT)
             .await
@@ -272,9 +305,14 @@ impl Client {
                     url: url.clone(),
                     reason: e.to_string(),
                 })?;
+        let http = self
+            .http
+            .read()
+            .expect("the pool lock is never poisoned")
+            .http
+            .clone();
         let exchange = async {
-            let response = self
-                .http
+            let response = http
                 .request(request)
                 .await
                 .map_err(|e| transport(base, e))?;
@@ -320,6 +358,35 @@ pub(crate) struct Answer {
     pub body: Bytes,
 }
 
+/// Pooled connections to the registry, speaking TLS with `tls` to `https://` bases.
+struct Pool {
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    tls: rustls::ClientConfig,
+}
+
+impl Pool {
+    fn new(tls: rustls::ClientConfig) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Pool { http, tls }
+    }
+}
+
+/// TLS that trusts no certificate: what `https://` gets before [`Client::with_tls`].
+fn no_trust() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 fn transport(base: &str, e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
     ClientError::Transport {
         base: base.to_owned(),
@@ -327,7 +394,8 @@ fn transport(base: &str, e: impl std::error::Error + Send + Sync + 'static) -> C
     }
 }
 
-/// One replica's base URL, checked: `http://host:port` without a path or a query.
+/// One replica's base URL, checked: `http://host:port` or `https://host:port`, without a
+/// path or a query.
 fn base(url: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidUrl {
         url: url.to_owned(),
@@ -339,8 +407,10 @@ fn base(url: &str) -> Result<String, ClientError> {
         format!("http://{url}")
     };
     let uri: http::Uri = with_scheme.parse().map_err(|_| invalid("not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(invalid("only http:// registries are supported"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(invalid(
+            "only http:// and https:// registries are supported",
+        ));
     }
     if uri.authority().is_none() {
         return Err(invalid("missing host"));
@@ -349,7 +419,7 @@ fn base(url: &str) -> Result<String, ClientError> {
     // them, and the registry would answer 404 to everything.
     if uri.path() != "/" || uri.query().is_some() {
         return Err(invalid(
-            "the registry URL must be just http://host:port, without a path or a query",
+            "the registry URL must be just http://host:port (or https://), without a path or a query",
         ));
     }
     Ok(with_scheme.trim_end_matches('/').to_owned())
@@ -381,7 +451,11 @@ mod tests {
             "http://r:7700"
         );
         assert_eq!(Client::new("r:7700").unwrap().base_url(), "http://r:7700");
-        assert!(Client::new("https://r:7700").is_err());
+        assert_eq!(
+            Client::new("https://r:7743").unwrap().base_url(),
+            "https://r:7743"
+        );
+        assert!(Client::new("ftp://r:7700").is_err());
         assert!(Client::new("http://").is_err());
     }
 

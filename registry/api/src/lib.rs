@@ -9,6 +9,7 @@
 //!   it is worth retrying.
 //! - [`Watch`]: long-polls one service and yields its full endpoint set on every change.
 //! - [`Registrar`]: keeps one instance registered for as long as it runs.
+//! - [`spiffe`]: the mesh identities in certificates, and the verifier that checks them.
 //! - [`Client::readyz`] and [`Client::admin`]: what operators' tools ask, the registry's
 //!   readiness and clock, and sidecars' admin pages relayed by the registry.
 
@@ -19,6 +20,7 @@ mod error;
 mod readiness;
 mod registrar;
 mod rotation;
+pub mod spiffe;
 pub mod types;
 pub mod validate;
 mod watch;

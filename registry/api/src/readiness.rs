@@ -27,6 +27,11 @@ pub struct Readiness {
     /// Where the catalog is kept; `None` from registries older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreStatus>,
+    /// What a write (register, heartbeat, deregister) may carry: `["open"]` when anyone
+    /// may write, else some of `certificate`, `service-token`, `operator-token`. `None`
+    /// from registries older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<Vec<String>>,
 }
 
 /// Where the registry keeps its catalog, as `/readyz` describes it.

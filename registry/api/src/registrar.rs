@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -25,6 +26,11 @@ pub struct Registrar {
     /// What the instance's last health check saw, sent with each heartbeat (see
     /// [`with_output`](Registrar::with_output)).
     output: Option<watch::Receiver<Option<String>>>,
+    /// The generation the registry gave our last registration (0: none yet), which
+    /// heartbeats and the final deregistration name: if someone registers the same id
+    /// again, our heartbeats get 404 and we register again at once, instead of keeping
+    /// their entry alive; and our deregistration leaves theirs alone.
+    generation: AtomicU64,
 }
 
 // === impl Registrar ===
@@ -38,6 +44,7 @@ impl Registrar {
             registration,
             registered: watch::Sender::new(false),
             output: None,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -134,7 +141,8 @@ impl Registrar {
     async fn deregister(&self) {
         match tokio::time::timeout(
             DEREGISTER_TIMEOUT,
-            self.client.deregister(&self.service, &self.id),
+            self.client
+                .deregister_generation(&self.service, &self.id, self.generation()),
         )
         .await
         {
@@ -178,6 +186,7 @@ impl Registrar {
             let heartbeat = Heartbeat {
                 status: Some(status),
                 output: self.output.as_ref().and_then(|o| o.borrow().clone()),
+                generation: self.generation(),
             };
             self.client
                 .heartbeat(&self.service, &self.id, &heartbeat)
@@ -192,8 +201,15 @@ impl Registrar {
                 .client
                 .register(&self.service, &self.id, &registration)
                 .await?;
-            tracing::info!(service = %self.service, id = %self.id, address = %instance.address, "registered");
+            self.generation
+                .store(instance.generation, Ordering::Relaxed);
+            tracing::info!(service = %self.service, id = %self.id, address = %instance.address, generation = instance.generation, "registered");
             Ok(())
         }
+    }
+
+    /// The generation of our registration, once the registry gave one.
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Relaxed)).filter(|g| *g != 0)
     }
 }

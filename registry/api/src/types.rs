@@ -1,6 +1,7 @@
 //! The JSON bodies of the registry API v1, shared by the server and its clients.
 //!
-//! Field names and value spellings are the contract in `ARCHITECTURE.md`; durations travel
+//! Field names and value spellings are the contract in `docs/registry-api.md` (and
+//! `registry/openapi.json`); durations travel
 //! as humantime strings (`"10s"`, `"250ms"`).
 
 use std::collections::BTreeMap;
@@ -35,6 +36,34 @@ pub enum Protocol {
     H2,
     /// gRPC over HTTP/2.
     Grpc,
+    /// Opaque TCP: the sidecars carry its connections as bytes.
+    Tcp,
+}
+
+impl Protocol {
+    /// Every protocol, in the order the API documents them.
+    pub const ALL: [Protocol; 4] = [Protocol::Http, Protocol::H2, Protocol::Grpc, Protocol::Tcp];
+
+    /// The protocol's name on the wire (`http`, `h2`, `grpc`, `tcp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::H2 => "h2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| "must be http, h2, grpc or tcp".to_owned())
+    }
 }
 
 /// Health of an instance. Only `passing` instances are listed by default.
@@ -117,6 +146,11 @@ pub struct Heartbeat {
     /// Free text explaining the status (last health-check output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The registration this heartbeat renews, as `PUT` returned it. When the instance
+    /// has been registered again since (another generation), the heartbeat gets 404, so
+    /// its sender registers again at once instead of keeping someone else's entry alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// Answer to a heartbeat: the renewed lease.
@@ -146,6 +180,15 @@ pub struct Instance {
     /// Output of the last health check, when the instance reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Who registered it, and alone may renew or replace it: `spiffe://…` (a client
+    /// certificate from the mesh CA), `token:SERVICES` (a service token), `operator`
+    /// (the operator token), or `anonymous` (a registry with no credentials).
+    #[serde(default)]
+    pub owner: String,
+    /// Which registration this is: every `PUT` that changes an instance gives it a new
+    /// one, which heartbeats name.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// Answer to `GET /v1/services/{service}`: always the full state of the service.
@@ -167,6 +210,10 @@ pub struct ServiceSummary {
     pub instances: usize,
     /// Instances whose status is `passing`.
     pub passing: usize,
+    /// The service's own index, as its listing carries it: a client holding listings
+    /// reads again only those whose index moved. 0 from a registry that predates it.
+    #[serde(default)]
+    pub index: u64,
 }
 
 /// Answer to `GET /v1/services`.

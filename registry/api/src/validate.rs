@@ -25,18 +25,22 @@ pub fn service_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// An instance id: `[A-Za-z0-9._-]{1,128}`.
+/// An instance id: `[A-Za-z0-9._-]{1,128}`, not dots alone. An id is a path segment
+/// (`/v1/services/{service}/instances/{id}`), and `.` or `..` there are rewritten by URL
+/// resolvers (browsers, `fetch`, proxies) into another path.
 pub fn instance_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_INSTANCE_ID
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.bytes().all(|b| b == b'.');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "instance id {id:?} must be 1-{MAX_INSTANCE_ID} characters from A-Z a-z 0-9 . _ -"
+            "instance id {id:?} must be 1-{MAX_INSTANCE_ID} characters from A-Z a-z 0-9 . _ -, \
+             and not dots alone"
         ))
     }
 }
@@ -104,10 +108,17 @@ mod tests {
 
     #[test]
     fn instance_ids() {
-        for good in ["a", "pod-7f9c.default_1", &"x".repeat(128)] {
+        for good in [
+            "a",
+            "pod-7f9c.default_1",
+            &"x".repeat(128),
+            ".a",
+            "a..",
+            "-",
+        ] {
             assert!(instance_id(good).is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "a b", "é", &"x".repeat(129)] {
+        for bad in ["", "a/b", "a b", "é", &"x".repeat(129), ".", "..", "..."] {
             assert!(instance_id(bad).is_err(), "{bad}");
         }
     }

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::catalog::{Catalog, UnknownInstance};
-use crate::entry::{Entry, LeaseState};
+use crate::entry::{Claim, Entry, LeaseState, Refusal, new_generation};
 use crate::error::ApiError;
 use crate::events::{self, EventKind};
 use crate::snapshot::StoredInstance;
@@ -79,16 +79,30 @@ struct ServiceChange {
 /// Why a write failed.
 #[derive(Debug)]
 pub enum WriteError {
-    Unknown(UnknownInstance),
+    /// The instance's rules refused it (unknown, replaced, owned by another writer).
+    Refused(Refusal),
+    /// Another replica changed the instance while this write was being made.
+    Contended,
     Etcd(EtcdError),
     /// The replica is cut off from etcd: it does not try, it answers at once.
     Stale,
 }
 
+impl From<Refusal> for WriteError {
+    fn from(refusal: Refusal) -> Self {
+        WriteError::Refused(refusal)
+    }
+}
+
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         match e {
-            WriteError::Unknown(_) => ApiError::NotFound("no such instance".to_owned()),
+            WriteError::Refused(_) => ApiError::NotFound("no such instance".to_owned()),
+            WriteError::Contended => ApiError::Conflict(
+                "the instance was changed through another replica at the same moment; \
+                 send the request again"
+                    .to_owned(),
+            ),
             WriteError::Etcd(e) => ApiError::StoreUnavailable(format!(
                 "{e}; reads are answered from this replica's last state"
             )),
@@ -163,25 +177,32 @@ impl EtcdStore {
         }
     }
 
-    /// Creates or replaces an instance (see [`Catalog::register`]). An identical
-    /// re-registration of a live instance writes nothing but, at most, its owner.
+    /// Creates or replaces an instance for `owner` (see [`Catalog::register`]). An
+    /// identical re-registration of a live instance by its owner writes nothing but, at
+    /// most, which replica holds its lease.
     pub async fn register(
         &self,
         service: &str,
         id: &str,
         registration: Registration,
+        owner: &str,
     ) -> Result<(Instance, u64), WriteError> {
         self.writable()?;
         let before = self.entry(service, id);
+        if let Some(existing) = &before {
+            existing.check_owner(owner)?;
+        }
         let unchanged = before.as_ref().is_some_and(|e| {
-            matches!(e.lease, LeaseState::Live { .. }) && e.registration == registration
+            matches!(e.lease, LeaseState::Live { .. })
+                && e.registration == registration
+                && e.owner == owner
         });
         if unchanged {
             self.claim(service, id).await?;
             return self
                 .renew(service, id, None, None)
                 .map(|(entry, index)| (entry.listed(id), index))
-                .map_err(WriteError::Unknown);
+                .map_err(|UnknownInstance| WriteError::Refused(Refusal::Unknown));
         }
         let detail = events::registration_detail(
             before.as_ref().map(|e| {
@@ -202,6 +223,8 @@ impl EtcdStore {
             registered_at: before.as_ref().map_or(now, |e| e.registered_at),
             last_heartbeat: now,
             spared: false,
+            owner: owner.to_owned(),
+            generation: new_generation(),
         };
         let change = ServiceChange {
             kind: EventKind::Registered,
@@ -214,19 +237,20 @@ impl EtcdStore {
         Ok((entry.listed(id), revision))
     }
 
-    /// Renews a lease (see [`Catalog::heartbeat`]): in memory only, unless the listed
-    /// status changes or the lease had run out, or this replica does not own it yet.
+    /// Renews a lease for the claim's writer (see [`Catalog::heartbeat`]): in memory
+    /// only, unless the listed status changes or the lease had run out, or this replica
+    /// does not hold it yet.
     pub async fn heartbeat(
         &self,
         service: &str,
         id: &str,
+        claim: Claim<'_>,
         status: Option<Status>,
         output: Option<String>,
     ) -> Result<(Lease, u64), WriteError> {
         self.writable()?;
-        let entry = self
-            .entry(service, id)
-            .ok_or(WriteError::Unknown(UnknownInstance))?;
+        let entry = self.entry(service, id).ok_or(Refusal::Unknown)?;
+        entry.check(claim)?;
         let before = entry.status();
         let expired = matches!(entry.lease, LeaseState::Expired { .. });
         let reported = status.unwrap_or(entry.registration.status);
@@ -256,29 +280,43 @@ impl EtcdStore {
         self.claim(service, id).await?;
         let (entry, index) = self
             .renew(service, id, output, Some(reported))
-            .map_err(WriteError::Unknown)?;
+            .map_err(|UnknownInstance| Refusal::Unknown)?;
         Ok((lease(entry.status()), index))
     }
 
-    /// Removes an instance; returns the service's new index.
-    pub async fn deregister(&self, service: &str, id: &str) -> Result<u64, WriteError> {
+    /// Removes an instance for the claim's writer; returns the service's new index.
+    pub async fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+        claim: Claim<'_>,
+    ) -> Result<u64, WriteError> {
         self.writable()?;
-        let entry = self
-            .entry(service, id)
-            .ok_or(WriteError::Unknown(UnknownInstance))?;
+        let entry = self.entry(service, id).ok_or(Refusal::Unknown)?;
+        entry.check(claim)?;
         let change = ServiceChange {
             kind: EventKind::Deregistered,
             instance: id.to_owned(),
             detail: format!("was {} at {}", entry.status(), entry.registration.address),
         };
         let ops = self.removal(service, id, &change);
-        let (_, revision) = self.etcd.txn(&[], &ops).await.map_err(WriteError::Etcd)?;
+        let compare = [self.unchanged(service, id)];
+        let (succeeded, revision) = self
+            .etcd
+            .txn(&compare, &ops)
+            .await
+            .map_err(WriteError::Etcd)?;
         self.read_your_write(revision).await;
+        if !succeeded {
+            return Err(WriteError::Contended);
+        }
         Ok(revision as u64)
     }
 
     /// Writes an instance, takes it over, and (when its listing changed) moves the
-    /// service's index with the event every replica will record.
+    /// service's index with the event every replica will record; only while the instance
+    /// is as the mirror shows it, so a write checked against the mirror (its owner, its
+    /// generation) cannot overwrite what another replica wrote meanwhile.
     async fn write_instance(
         &self,
         service: &str,
@@ -299,8 +337,16 @@ impl EtcdStore {
             self.owner_op(service, id),
         ];
         ops.extend(change.map(|c| self.service_op(service, &c)));
-        let (_, revision) = self.etcd.txn(&[], &ops).await.map_err(WriteError::Etcd)?;
+        let compare = [self.unchanged(service, id)];
+        let (succeeded, revision) = self
+            .etcd
+            .txn(&compare, &ops)
+            .await
+            .map_err(WriteError::Etcd)?;
         self.read_your_write(revision).await;
+        if !succeeded {
+            return Err(WriteError::Contended);
+        }
         Ok(self
             .catalog
             .listing(service, true)

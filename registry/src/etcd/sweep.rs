@@ -16,8 +16,9 @@ use crate::snapshot::StoredInstance;
 
 /// What a sweep decided for one instance.
 enum Action {
-    /// Its lease ran out: write it as critical.
-    Expire(String, String, Entry),
+    /// Its lease ran out: write it as critical. (Boxed: an entry is far larger than the
+    /// other variant, and sweeps collect many actions.)
+    Expire(String, String, Box<Entry>),
     /// Critical for the whole grace period: remove it.
     Remove(String, String),
 }
@@ -37,7 +38,7 @@ impl EtcdStore {
         }
         for action in self.decide(now, &mut report) {
             let done = match action {
-                Action::Expire(service, id, entry) => self.expire(&service, &id, entry).await,
+                Action::Expire(service, id, entry) => self.expire(&service, &id, *entry).await,
                 Action::Remove(service, id) => self.remove(&service, &id).await,
             };
             match done {
@@ -51,7 +52,7 @@ impl EtcdStore {
                 }
             }
         }
-        self.catalog.collect_empty();
+        self.catalog.collect_empty(now);
         report
     }
 
@@ -80,7 +81,7 @@ impl EtcdStore {
                             actions.push(Action::Expire(
                                 service.clone(),
                                 id.clone(),
-                                entry.clone(),
+                                Box::new(entry.clone()),
                             ));
                         }
                     }

@@ -1,8 +1,9 @@
 // Talking to the registry: plain GETs and the blocking-query loop the whole page is driven
 // by. Paths are resolved against the page's own URL ("../v1/..." from /ui/), so a registry
-// served under a path prefix by a reverse proxy works unchanged.
+// served under a path prefix by a reverse proxy works unchanged. The sidecar reader, a
+// worker served from the same directory, resolves them against its own URL.
 
-const root = new URL("../", document.baseURI);
+const root = new URL("../", globalThis.document?.baseURI ?? self.location.href);
 
 // How long one blocking query waits at most. The page holds two of them open (services
 // and events); browsers allow six connections per host over HTTP/1.1, which leaves four
@@ -45,8 +46,8 @@ export async function get(path, deadlineMs = REQUEST_DEADLINE_MS) {
   };
 }
 
-// GET `path` as JSON; an error answer becomes a RequestError carrying the registry's
-// message and code.
+// GET `path` as JSON: {index, stale, body, text}; an error answer becomes a RequestError
+// carrying the registry's message and code.
 export async function getJSON(path, deadlineMs = REQUEST_DEADLINE_MS) {
   const answer = await get(path, deadlineMs);
   let body = null;
@@ -60,7 +61,7 @@ export async function getJSON(path, deadlineMs = REQUEST_DEADLINE_MS) {
     const message = error?.message ?? `HTTP ${answer.status}`;
     throw new RequestError(message, answer.status, error?.code ?? "http");
   }
-  return { index: answer.index, stale: answer.stale, body };
+  return { index: answer.index, stale: answer.stale, body, text: answer.text };
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,38 +1,54 @@
 // A sidecar's headline figures, computed from two samples of its /metrics text: the
 // request rate, the success rate and latency percentiles over the time between them, and
 // the retry and ejection counters. The metric names are the proxy's contract
-// (ARCHITECTURE.md, "Prometheus metrics").
+// (docs/proxy.md, "Metrics").
+//
+// Label names and values are whatever the sidecar sends: they are only ever keys of a
+// `Map` or compared with known strings, never property names of a plain object (where
+// `direction="__proto__"` or `"constructor"` would reach Object.prototype).
 
 const DIRECTIONS = ["inbound", "outbound"];
 
+// The metrics the figures read; every other line is skipped before its labels are read.
+const WANTED = new Set([
+  "mesh_requests_total",
+  "mesh_responses_total",
+  "mesh_response_latency_seconds_bucket",
+  "mesh_retries_total",
+  "mesh_endpoint_ejections_total",
+  "mesh_tls_cert_expiry_timestamp_seconds",
+]);
+
 // Prometheus text format: `name{label="value",...} value [timestamp]` per line, `#`
-// lines are help and type. Returns [{name, labels, value}].
-export function parseMetrics(text) {
+// lines are help and type. Returns [{name, labels: Map, value}] for the metrics in
+// `wanted` (every metric when it is null).
+export function parseMetrics(text, wanted = null) {
   const samples = [];
   for (const line of text.split("\n")) {
     if (line === "" || line.startsWith("#")) continue;
     const brace = line.indexOf("{");
     const space = line.indexOf(" ");
-    let name;
-    let labels = {};
+    const labelled = brace !== -1 && (space === -1 || brace < space);
+    if (!labelled && space === -1) continue;
+    const name = line.slice(0, labelled ? brace : space);
+    if (!name || (wanted && !wanted.has(name))) continue;
+    const labels = new Map();
     let rest;
-    if (brace !== -1 && (space === -1 || brace < space)) {
-      name = line.slice(0, brace);
+    if (labelled) {
       const close = parseLabels(line, brace + 1, labels);
       rest = line.slice(close + 1);
     } else {
-      name = line.slice(0, space);
       rest = line.slice(space);
     }
     const value = Number(rest.trim().split(/\s+/)[0]);
-    if (name && !Number.isNaN(value)) samples.push({ name, labels, value });
+    if (!Number.isNaN(value)) samples.push({ name, labels, value });
   }
   return samples;
 }
 
-// Reads `key="value"` pairs from `line` at `at` into `labels`; returns the index of `}`
-// (the line's length for a malformed one, whose sample is then dropped). Every step moves
-// forward, so no text a sidecar sends can make it loop.
+// Reads `key="value"` pairs from `line` at `at` into the Map `labels`; returns the index
+// of `}` (the line's length for a malformed one, whose sample is then dropped). Every
+// step moves forward, so no text a sidecar sends can make it loop.
 function parseLabels(line, at, labels) {
   let i = at;
   while (i < line.length && line[i] !== "}") {
@@ -49,49 +65,48 @@ function parseLabels(line, at, labels) {
         value += line[j];
       }
     }
-    labels[key] = value;
+    labels.set(key, value);
     i = j + 1;
     while (line[i] === ",") i++;
   }
   return i;
 }
 
+// Per-direction counters, keyed by the known directions only.
+const perDirection = (make) => new Map(DIRECTIONS.map((d) => [d, make()]));
+
 // The counters the figures need, summed over services, at time `at` (ms).
 export function takeSample(text, at) {
   const sample = {
     at,
-    requests: {},
-    success: {},
-    failure: {},
-    buckets: {},
+    requests: perDirection(() => 0),
+    success: perDirection(() => 0),
+    failure: perDirection(() => 0),
+    buckets: perDirection(() => new Map()),
     retries: 0,
     ejections: 0,
     certExpiry: null,
   };
-  for (const d of DIRECTIONS) {
-    sample.requests[d] = 0;
-    sample.success[d] = 0;
-    sample.failure[d] = 0;
-    sample.buckets[d] = new Map();
-  }
-  for (const { name, labels, value } of parseMetrics(text)) {
-    const d = labels.direction;
+  const add = (map, d, value) => {
+    if (map.has(d)) map.set(d, map.get(d) + value);
+  };
+  for (const { name, labels, value } of parseMetrics(text, WANTED)) {
+    const d = labels.get("direction");
     switch (name) {
       case "mesh_requests_total":
-        if (d in sample.requests) sample.requests[d] += value;
+        add(sample.requests, d, value);
         break;
       case "mesh_responses_total":
-        if (d in sample.success) {
-          const into = labels.classification === "success" ? sample.success : sample.failure;
-          into[d] += value;
+        add(labels.get("classification") === "success" ? sample.success : sample.failure, d, value);
+        break;
+      case "mesh_response_latency_seconds_bucket": {
+        const buckets = sample.buckets.get(d);
+        if (buckets) {
+          const le = labels.get("le") === "+Inf" ? Infinity : Number(labels.get("le"));
+          if (!Number.isNaN(le)) buckets.set(le, (buckets.get(le) ?? 0) + value);
         }
         break;
-      case "mesh_response_latency_seconds_bucket":
-        if (d in sample.buckets) {
-          const le = labels.le === "+Inf" ? Infinity : Number(labels.le);
-          sample.buckets[d].set(le, (sample.buckets[d].get(le) ?? 0) + value);
-        }
-        break;
+      }
       case "mesh_retries_total":
         sample.retries += value;
         break;
@@ -113,15 +128,15 @@ export function computeFigures(previous, current) {
   const seconds = previous ? (current.at - previous.at) / 1000 : 0;
   const directions = [];
   for (const d of DIRECTIONS) {
-    const total = current.requests[d];
+    const total = current.requests.get(d);
     if (total === 0) continue;
     const row = { direction: d, total, rps: null, success: null, p50: null, p99: null };
     if (previous && seconds > 0) {
-      row.rps = Math.max(0, total - previous.requests[d]) / seconds;
-      const ok = current.success[d] - previous.success[d];
-      const failed = current.failure[d] - previous.failure[d];
+      row.rps = Math.max(0, total - previous.requests.get(d)) / seconds;
+      const ok = current.success.get(d) - previous.success.get(d);
+      const failed = current.failure.get(d) - previous.failure.get(d);
       if (ok + failed > 0) row.success = ok / (ok + failed);
-      const delta = bucketDelta(previous.buckets[d], current.buckets[d]);
+      const delta = bucketDelta(previous.buckets.get(d), current.buckets.get(d));
       row.p50 = quantile(delta, 0.5);
       row.p99 = quantile(delta, 0.99);
     }

@@ -2,59 +2,109 @@
 // its /metrics (sampled for the headline figures), /debug/endpoints and /ready, every few
 // seconds. Each sidecar is fetched on its own and at most once at a time, so a slow or
 // dead one shows "unreachable" without holding up the page or piling up requests.
+//
+// A sidecar's answers are read as hostile, by a worker (sidecar-reader.js): however large
+// or odd a page, the main thread receives a bounded summary in plain types, and a panel
+// shows at most 10 destinations of 20 endpoints each, then how many more there are. Each
+// panel is one element its sidecar redraws after each fetch; nothing else on the page is
+// redrawn for it.
 
-import { get, parseDuration } from "./api.js";
-import { computeFigures, takeSample } from "./figures.js";
+import { parseDuration } from "./api.js";
+import { computeFigures } from "./figures.js";
 import { el, span } from "./view.js";
 
 // The second sample comes soon, so rates show a moment after the page opens.
 const FIRST_INTERVAL_MS = 2_000;
 const INTERVAL_MS = 5_000;
+// Past this, a read the worker never answered counts as failed (its three fetches have
+// deadlines of their own, well within it).
+const READ_DEADLINE_MS = 30_000;
 // Below this share of its life left, a certificate is flagged (sidecars renew at a third).
 const CERT_WARNING_SHARE = 0.2;
 
 const key = (service, id) => `${service}/${id}`;
 
+// === Reader ===
+
+// The worker that reads sidecars' pages, shared by every panel.
+class Reader {
+  constructor() {
+    this.pending = new Map();
+    this.next = 0;
+    this.worker = new Worker(new URL("./sidecar-reader.js", import.meta.url), { type: "module" });
+    this.worker.onmessage = ({ data }) => this.settle(data.id, data);
+    // A worker that cannot start (or broke) answers nothing: every read waiting fails.
+    this.worker.onerror = (e) => {
+      for (const id of [...this.pending.keys()]) this.settle(id, { error: `the sidecar reader failed: ${e.message ?? "no reason given"}` });
+    };
+  }
+
+  // Reads the admin pages under `base`: {at, metrics, endpoints, ready} or {error}.
+  read(base) {
+    const id = ++this.next;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.settle(id, { error: "the sidecar reader did not answer" }), READ_DEADLINE_MS);
+      this.pending.set(id, { resolve, timer });
+      this.worker.postMessage({ id, base });
+    });
+  }
+
+  settle(id, answer) {
+    const waiting = this.pending.get(id);
+    if (!waiting) return;
+    this.pending.delete(id);
+    clearTimeout(waiting.timer);
+    waiting.resolve(answer);
+  }
+}
+
+let reader = null;
+
 // === Sidecars ===
 
 export class Sidecars {
-  // `onUpdate` is called after each fetch, to redraw.
+  // `onUpdate(sidecar)` is called after each of its fetches.
   constructor(onUpdate) {
     this.byKey = new Map();
+    this.byService = new Map();
     this.onUpdate = onUpdate;
   }
 
-  // Follows every instance that registered an admin address (metadata `admin`), in any
-  // status: a failing app's sidecar is the one worth looking at. Forgets the others.
-  track(listings) {
+  // Follows every instance of `service` that registered an admin address (metadata
+  // `admin`), in any status: a failing app's sidecar is the one worth looking at. Forgets
+  // the service's others; a null listing forgets them all.
+  follow(service, listing) {
     const seen = new Set();
-    for (const [service, listing] of listings) {
-      for (const instance of listing.instances) {
-        const admin = instance.metadata.admin;
-        if (!admin) continue;
-        const k = key(service, instance.id);
-        seen.add(k);
-        const known = this.byKey.get(k);
-        if (!known || known.admin !== admin) {
-          this.byKey.set(k, new Sidecar(service, instance.id, admin));
-        }
+    for (const instance of listing?.instances ?? []) {
+      const admin = instance.metadata.admin;
+      if (typeof admin !== "string" || admin === "") continue;
+      const k = key(service, instance.id);
+      seen.add(k);
+      const known = this.byKey.get(k);
+      if (!known || known.admin !== admin) {
+        this.byKey.set(k, new Sidecar(service, instance.id, admin));
       }
     }
-    for (const k of this.byKey.keys()) if (!seen.has(k)) this.byKey.delete(k);
+    for (const k of this.byService.get(service) ?? []) {
+      if (!seen.has(k)) this.byKey.delete(k);
+    }
+    if (seen.size > 0) this.byService.set(service, seen);
+    else this.byService.delete(service);
   }
 
   // Starts the fetches whose turn has come.
   tick(now = Date.now()) {
     for (const sidecar of this.byKey.values()) {
       if (!sidecar.inFlight && now >= sidecar.nextAt) {
-        sidecar.refresh().then(() => this.onUpdate());
+        sidecar.refresh().then(() => this.onUpdate(sidecar));
       }
     }
   }
 
-  // The panel of an instance's sidecar, or null when it registered none.
+  // The panel of an instance's sidecar (the same element for as long as it is followed),
+  // or null when it registered none.
   panel(service, id) {
-    return this.byKey.get(key(service, id))?.panel() ?? null;
+    return this.byKey.get(key(service, id))?.element ?? null;
   }
 
   all() {
@@ -77,6 +127,10 @@ class Sidecar {
     this.error = null;
     this.inFlight = false;
     this.nextAt = 0;
+    // Fetches completed, on the panel as data-reads (tests watch it move).
+    this.reads = 0;
+    this.element = el("section", { "data-sidecar": this.key });
+    this.draw();
   }
 
   get key() {
@@ -88,27 +142,34 @@ class Sidecar {
     const base =
       `v1/services/${encodeURIComponent(this.service)}` +
       `/instances/${encodeURIComponent(this.id)}/admin/`;
-    const [metrics, endpoints, ready] = await Promise.allSettled(
-      ["metrics", "debug/endpoints", "ready"].map((page) => get(base + page)),
-    );
-    const at = Date.now();
-    const text = answerText(metrics, [200]);
-    if (text.ok) {
+    try {
+      reader ??= new Reader();
+      this.take(await reader.read(base));
+    } catch (e) {
+      // Nothing may stop a panel for good: this one tries again at its next turn.
+      this.take({ error: `its answer could not be read: ${e?.message ?? e}` });
+    } finally {
+      this.inFlight = false;
+      this.reads += 1;
+      this.nextAt = Date.now() + (this.previous ? INTERVAL_MS : FIRST_INTERVAL_MS);
+      this.draw();
+    }
+  }
+
+  // What the reader answered.
+  take(answer) {
+    const metrics = answer.metrics ?? { ok: false, error: answer.error };
+    if (metrics.ok) {
       this.previous = this.current;
-      this.current = takeSample(text.value, at);
+      this.current = metrics.sample;
       this.figures = computeFigures(this.previous, this.current);
       this.error = null;
     } else {
-      this.error = text.error;
+      this.error = metrics.error;
       this.previous = this.current = this.figures = null;
     }
-    const list = answerText(endpoints, [200]);
-    this.endpoints = list.ok ? parseOr(list.value, null) : null;
-    // /ready answers 503 with the same body when the sidecar is not ready.
-    const readiness = answerText(ready, [200, 503]);
-    this.ready = readiness.ok ? parseOr(readiness.value, null) : null;
-    this.inFlight = false;
-    this.nextAt = at + (this.previous ? INTERVAL_MS : FIRST_INTERVAL_MS);
+    this.endpoints = answer.endpoints ?? null;
+    this.ready = answer.ready?.ok ? answer.ready : null;
   }
 
   state() {
@@ -116,7 +177,8 @@ class Sidecar {
     return this.figures ? "ok" : "pending";
   }
 
-  panel() {
+  // Redraws the panel in place.
+  draw() {
     const state = this.state();
     const head = el(
       "header",
@@ -131,38 +193,26 @@ class Sidecar {
         : state === "pending"
           ? el("p", { class: "muted" }, "reading its metrics…")
           : [figuresTable(this.figures), counters(this.figures), endpointTables(this.endpoints)];
-    return el("section", { class: `sidecar ${state}`, "data-sidecar": this.key, "data-state": state }, head, body);
+    this.element.className = `sidecar ${state}`;
+    this.element.dataset.state = state;
+    this.element.dataset.reads = this.reads;
+    this.element.replaceChildren(head, ...[body].flat(Infinity).filter((x) => x !== null && x !== undefined));
   }
 }
 
-// The text of a settled fetch whose status is in `accepted`, or why not: the registry's
-// message for its own errors (502 unreachable, 504 timeout, 404 no_admin).
-function answerText(settled, accepted) {
-  if (settled.status === "rejected") return { ok: false, error: settled.reason.message };
-  const answer = settled.value;
-  if (accepted.includes(answer.status)) return { ok: true, value: answer.text };
-  const message = parseOr(answer.text, null)?.error?.message;
-  return { ok: false, error: message ?? `the sidecar answered HTTP ${answer.status}` };
-}
-
-function parseOr(text, fallback) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return fallback;
-  }
-}
+const STATUSES = ["passing", "warning", "critical"];
 
 // The sidecar's /ready: whether it is ready, and the health it reports for its app.
 function readyBadges(ready) {
   if (!ready) return null;
-  const title = ready.reason ?? (ready.registry_connected ? "connected to the registry" : "not connected to the registry");
+  const title = ready.reason || (ready.registryConnected ? "connected to the registry" : "not connected to the registry");
   const badges = [
     el("span", { class: `badge ${ready.ready ? "passing" : "warning"}`, title, "data-ready": ready.ready }, ready.ready ? "ready" : "not ready"),
   ];
   if (ready.status) {
     const title = "the app's health, as this sidecar checks it";
-    badges.push(el("span", { class: `badge ${ready.status}`, title, "data-app-status": ready.status }, `app ${ready.status}`));
+    const known = STATUSES.includes(ready.status) ? ready.status : "";
+    badges.push(el("span", { class: `badge ${known}`, title, "data-app-status": ready.status }, `app ${ready.status}`));
   }
   return badges;
 }
@@ -203,55 +253,79 @@ function counters(figures) {
   );
 }
 
-// /debug/endpoints: per destination this sidecar calls, each endpoint's state and why.
-function endpointTables(destinations) {
-  if (!Array.isArray(destinations) || destinations.length === 0) return null;
-  return destinations.map((d) => {
-    const rows = (d.endpoints ?? []).map((e) =>
-      el(
-        "tr",
-        { "data-endpoint": e.address, "data-state": e.state },
-        el("td", {}, e.instance ?? e.address),
-        el("td", { class: e.state === "ready" ? "passing" : "critical" }, e.state),
-        el("td", {}, e.tries > 0 ? share(e.success_rate) : "—"),
-        el("td", {}, `${Number(e.ewma_ms ?? 0).toFixed(1)} ms`),
-        el("td", { class: "reason" }, e.ejected_by ? `${e.reason} [${e.ejected_by}]` : e.reason),
-      ),
-    );
-    const head = el("tr", {}, ["endpoint", "state", "success", "ewma", "why"].map((h) => el("th", { scope: "col" }, h)));
-    return el(
-      "div",
-      { class: "destination", "data-destination": d.service },
-      el("h5", {}, `→ ${d.service}`, d.source ? el("span", { class: "muted" }, ` via ${d.source}`) : null),
-      d.last_error ? el("p", { class: "unreachable" }, d.last_error) : null,
-      rows.length ? el("table", { class: "endpoints" }, el("thead", {}, head), el("tbody", {}, rows)) : el("p", { class: "muted" }, "no endpoints"),
-    );
-  });
+// "and 9,980 more endpoints", for what a panel leaves out.
+function more(n, what) {
+  return n > 0 ? el("p", { class: "muted more", "data-more": n }, `and ${n.toLocaleString("en")} more ${what}`) : null;
+}
+
+// /debug/endpoints as the reader summed it up: per destination this sidecar calls, each
+// endpoint's state and why; or why it is not shown.
+function endpointTables(endpoints) {
+  if (!endpoints) return null;
+  if (!endpoints.ok) {
+    return el("p", { class: "unreachable", "data-endpoints-error": "" }, `endpoints not shown: ${endpoints.error}`);
+  }
+  return [...endpoints.destinations.map(destinationTable), more(endpoints.more, "destinations")];
+}
+
+function destinationTable(d) {
+  const rows = d.endpoints.map((e) =>
+    el(
+      "tr",
+      { "data-endpoint": e.address, "data-state": e.state },
+      el("td", {}, e.instance || e.address),
+      el("td", { class: e.state === "ready" ? "passing" : "critical" }, e.state),
+      el("td", {}, e.tries > 0 ? share(e.successRate) : "—"),
+      el("td", {}, `${e.ewmaMs.toFixed(1)} ms`),
+      el("td", { "data-open": e.open }, e.open),
+      el("td", { class: "reason" }, e.ejectedBy ? `${e.reason} [${e.ejectedBy}]` : e.reason),
+    ),
+  );
+  const head = el("tr", {}, ["endpoint", "state", "success", "ewma", "open", "why"].map((h) => el("th", { scope: "col" }, h)));
+  return el(
+    "div",
+    { class: "destination", "data-destination": d.service },
+    el(
+      "h5",
+      {},
+      `→ ${d.service}`,
+      d.protocol === "tcp" ? el("span", { class: "badge tcp", "data-protocol": "tcp" }, "tcp") : null,
+      d.source ? el("span", { class: "muted" }, ` via ${d.source}`) : null,
+    ),
+    d.lastError ? el("p", { class: "unreachable" }, d.lastError) : null,
+    rows.length ? el("table", { class: "endpoints" }, el("thead", {}, head), el("tbody", {}, rows)) : el("p", { class: "muted" }, "no endpoints"),
+    more(d.more, "endpoints"),
+  );
 }
 
 // === certificates ===
 
-// Each sidecar's certificate expiry (from its metrics) against the registry's --cert-ttl.
-export function certificatesTable(sidecars, ca, now = Date.now()) {
-  const life = ca ? parseDuration(ca.cert_ttl) : null;
-  const intro = ca
+// What the registry's CA is, above the certificates table.
+export function certificatesIntro(ca) {
+  return ca
     ? el("p", {}, "The registry is the mesh's CA for ", el("code", {}, ca.trust_domain), `: certificates live ${ca.cert_ttl}, sidecars renew them at two thirds.`)
     : el("p", { class: "muted", "data-ca": "none" }, "This registry has no CA: it signs no certificates.");
-  if (sidecars.length === 0) return [intro];
-  const rows = sidecars.map((s) => {
-    const expiry = s.current?.certExpiry ?? null;
-    const [state, left] = certState(s, expiry, life, now);
-    return el(
-      "tr",
-      { "data-cert": s.key, "data-cert-state": state },
-      el("th", { scope: "row" }, s.key),
-      el("td", {}, expiry ? new Date(expiry).toLocaleString() : "—"),
-      el("td", {}, expiry ? (expiry > now ? span(expiry - now) : "expired") : "—"),
-      el("td", { class: state }, left),
-    );
-  });
+}
+
+// The certificates table, empty: rows are added by `certificateRow`.
+export function certificatesTable() {
   const head = el("tr", {}, ["sidecar", "expires", "in", "life left"].map((h) => el("th", { scope: "col" }, h)));
-  return [intro, el("table", { class: "certificates" }, el("thead", {}, head), el("tbody", {}, rows))];
+  return el("table", { class: "certificates" }, el("thead", {}, head), el("tbody", {}));
+}
+
+// A sidecar's certificate expiry (from its metrics) against the registry's --cert-ttl.
+export function certificateRow(sidecar, ca, now = Date.now()) {
+  const life = ca ? parseDuration(ca.cert_ttl) : null;
+  const expiry = sidecar.current?.certExpiry ?? null;
+  const [state, left] = certState(sidecar, expiry, life, now);
+  return el(
+    "tr",
+    { "data-cert": sidecar.key, "data-cert-state": state },
+    el("th", { scope: "row" }, sidecar.key),
+    el("td", {}, expiry ? new Date(expiry).toLocaleString() : "—"),
+    el("td", {}, expiry ? (expiry > now ? span(expiry - now) : "expired") : "—"),
+    el("td", { class: state }, left),
+  );
 }
 
 function certState(sidecar, expiry, life, now) {
@@ -261,6 +335,6 @@ function certState(sidecar, expiry, life, now) {
   if (expiry <= now) return ["expired", "expired"];
   if (!life) return ["ok", "?"];
   const left = (expiry - now) / life;
-  const text = `${Math.round(left * 100)} %`;
-  return left < CERT_WARNING_SHARE ? ["warning", `${text}: renewal overdue`] : ["ok", text];
+  const shown = `${Math.round(left * 100)} %`;
+  return left < CERT_WARNING_SHARE ? ["warning", `${shown}: renewal overdue`] : ["ok", shown];
 }

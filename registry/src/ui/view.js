@@ -5,17 +5,105 @@
 // Elements carry data-* attributes naming what they show (data-service, data-instance,
 // data-status, data-figure, ...), for styling and so tests can find them.
 
-// An element: `attrs` values of null are left out; children are nodes or text.
+// An element: `attrs` values of null are left out; children are nodes or text. Any other
+// object becomes no text at all: String() of one parsed from remote JSON could throw.
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined) node.setAttribute(name, String(value));
+    if (value !== null && value !== undefined) node.setAttribute(name, plain(value));
   }
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(plain(child)));
   }
   return node;
+}
+
+const plain = (value) => (typeof value === "object" ? "" : String(value));
+
+// Elements kept between updates, one per key, in the keys' order: an update builds only
+// the elements of new keys and of keys it is told changed, moves the others into place
+// and removes those of keys gone. A page of thousands of services redraws what changed,
+// not the thousands.
+//
+// With `size`, the elements are split in chunks of that many, each in an element of its
+// own (`chunk()` returns {outer, inner}: the element placed in `container`, and the one
+// holding the elements). Chunks are styled `content-visibility: auto`, so the browser
+// lays out and paints the chunks on screen only: a change costs what one chunk costs.
+export class Keyed {
+  constructor(container, { size = Infinity, chunk = null } = {}) {
+    this.container = container;
+    this.size = size;
+    this.chunk = chunk;
+    this.chunks = [];
+    this.elements = new Map();
+    this.keys = null;
+  }
+
+  // `keys` in order; `build(key, parent)` makes a key's element for the element that
+  // will hold it; `changed` holds the keys whose elements must be built again. With the
+  // same keys as last time, only those are touched.
+  update(keys, build, changed = new Set()) {
+    const same = this.keys?.length === keys.length && keys.every((key, i) => key === this.keys[i]);
+    this.keys = keys;
+    if (same) {
+      for (const key of changed) {
+        const element = this.elements.get(key);
+        if (!element) continue;
+        const fresh = build(key, element.parentNode);
+        element.replaceWith(fresh);
+        this.elements.set(key, fresh);
+      }
+      return;
+    }
+    const wanted = new Set(keys);
+    for (const [key, element] of this.elements) {
+      if (wanted.has(key)) continue;
+      element.remove();
+      this.elements.delete(key);
+    }
+    if (this.size === Infinity) {
+      this.place(this.container, keys, build, changed);
+      return;
+    }
+    const count = Math.ceil(keys.length / this.size);
+    while (this.chunks.length < count) {
+      const chunk = this.chunk();
+      this.container.append(chunk.outer);
+      this.chunks.push(chunk);
+    }
+    while (this.chunks.length > count) this.chunks.pop().outer.remove();
+    this.chunks.forEach((chunk, i) => {
+      this.place(chunk.inner, keys.slice(i * this.size, (i + 1) * this.size), build, changed);
+    });
+  }
+
+  // Makes `parent`'s children the elements of `keys`, in order. Elements of keys that
+  // belong to a later chunk are taken out here, and built again in theirs (what an
+  // element shows may depend on its chunk).
+  place(parent, keys, build, changed) {
+    let cursor = parent.firstChild;
+    for (const key of keys) {
+      let element = this.elements.get(key);
+      if (!element || changed.has(key) || element.parentNode !== parent) {
+        const fresh = build(key, parent);
+        if (element) {
+          if (cursor === element) cursor = fresh;
+          if (element.parentNode === parent) element.replaceWith(fresh);
+          else element.remove();
+        }
+        this.elements.set(key, fresh);
+        element = fresh;
+      }
+      if (element === cursor) cursor = cursor.nextSibling;
+      else parent.insertBefore(element, cursor);
+    }
+    while (cursor) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+  }
 }
 
 // "3s", "4m 10s", "2h 5m", "3d 4h".
@@ -39,34 +127,46 @@ export function sinceText(iso, suffix) {
 
 const statuses = ["passing", "warning", "critical"];
 
-// The services table: instance counts by status. `listings` (service → listing) supplies
-// warning and critical, which /v1/services does not count; "…" until it has arrived.
-export function servicesTable(services, listings) {
-  if (services.length === 0) {
-    return el("p", { class: "empty" }, "No service is registered.");
-  }
-  const rows = services.map((s) => {
-    const listing = listings.get(s.name);
-    const count = (status) =>
-      listing ? listing.instances.filter((i) => i.status === status).length : "…";
-    const cells = statuses.map((status) => {
-      const n = status === "passing" ? s.passing : count(status);
-      return el("td", { "data-count": status, class: n > 0 ? status : "zero" }, n);
-    });
-    return el(
-      "tr",
-      { "data-service": s.name },
-      el("th", { scope: "row" }, el("a", { href: `#service-${s.name}` }, s.name)),
-      el("td", { "data-count": "instances" }, s.instances),
-      cells,
-    );
-  });
+// The services table: a head, and the rows (`serviceRow`) in chunks of tables of their
+// own (`servicesChunk`), whose fixed layout keeps the columns aligned. One table of
+// thousands of rows would be laid out whole on every change.
+export function servicesTable() {
   const head = el(
     "tr",
     {},
     ["service", "instances", ...statuses].map((h) => el("th", { scope: "col" }, h)),
   );
-  return el("table", { class: "services" }, el("thead", {}, head), el("tbody", {}, rows));
+  const chunks = el("div", { class: "chunks" });
+  return { table: el("div", { class: "services" }, el("table", {}, el("thead", {}, head)), chunks), chunks };
+}
+
+export function servicesChunk() {
+  const rows = el("tbody");
+  return { outer: el("table", { class: "chunk" }, rows), inner: rows };
+}
+
+// A chunk of service sections.
+export function sectionsChunk() {
+  const chunk = el("div", { class: "chunk" });
+  return { outer: chunk, inner: chunk };
+}
+
+// One row of the services table: instance counts by status. `listing` supplies warning
+// and critical, which /v1/services does not count; "…" until it has arrived.
+export function serviceRow(s, listing) {
+  const count = (status) =>
+    listing ? listing.instances.filter((i) => i.status === status).length : "…";
+  const cells = statuses.map((status) => {
+    const n = status === "passing" ? s.passing : count(status);
+    return el("td", { "data-count": status, class: n > 0 ? status : "zero" }, n);
+  });
+  return el(
+    "tr",
+    { "data-service": s.name },
+    el("th", { scope: "row" }, el("a", { href: `#service-${s.name}` }, s.name)),
+    el("td", { "data-count": "instances" }, s.instances),
+    cells,
+  );
 }
 
 // One instance: what the registry holds, and what its sidecar sees (`sidecar`, built by
@@ -124,20 +224,21 @@ function fact(name, value) {
   return [el("dt", {}, name), el("dd", {}, value)];
 }
 
-// The services, each with its instances, in the registry's order.
-export function instancesSection(services, listings, sidecarOf) {
-  return services.map((s) => {
-    const listing = listings.get(s.name);
-    const cards = listing
-      ? byStatus(listing.instances).map((i) => instanceCard(s.name, i, sidecarOf(s.name, i)))
+// A service with its instances (`listing`, or null before it has arrived).
+// Without `cards` (a service far off screen), the heading alone: its cards are built
+// when it comes near.
+export function serviceSection(name, listing, sidecarOf, cards = true) {
+  const content = !cards
+    ? null
+    : listing
+      ? byStatus(listing.instances).map((i) => instanceCard(name, i, sidecarOf(name, i)))
       : [el("p", { class: "muted" }, "loading…")];
-    return el(
-      "section",
-      { class: "service", id: `service-${s.name}`, "data-service": s.name },
-      el("h2", {}, s.name),
-      cards,
-    );
-  });
+  return el(
+    "section",
+    { class: "service", id: `service-${name}`, "data-service": name },
+    el("h2", {}, name),
+    content,
+  );
 }
 
 // Critical instances first, then warning, then passing; by id within each.
@@ -147,24 +248,20 @@ function byStatus(instances) {
   return [...instances].sort((a, b) => rank(a) - rank(b) || a.id.localeCompare(b.id));
 }
 
-// The timeline, newest first.
-export function eventList(events) {
-  if (events.length === 0) return el("p", { class: "empty" }, "No event yet.");
-  const items = [...events].reverse().map((e) =>
-    el(
-      "li",
-      {
-        class: `event ${e.kind}`,
-        "data-kind": e.kind,
-        "data-service": e.service,
-        "data-instance": e.instance,
-        "data-index": e.index,
-      },
-      el("time", { datetime: e.time, title: e.time }, new Date(e.time).toLocaleTimeString()),
-      el("span", { class: `badge ${e.kind}` }, e.kind),
-      el("span", { class: "who" }, `${e.service}/${e.instance}`),
-      el("span", { class: "detail" }, e.detail),
-    ),
+// One event of the timeline (newest first, keyed by index: view.js `Keyed`).
+export function eventItem(e) {
+  return el(
+    "li",
+    {
+      class: `event ${e.kind}`,
+      "data-kind": e.kind,
+      "data-service": e.service,
+      "data-instance": e.instance,
+      "data-index": e.index,
+    },
+    el("time", { datetime: e.time, title: e.time }, new Date(e.time).toLocaleTimeString()),
+    el("span", { class: `badge ${e.kind}` }, e.kind),
+    el("span", { class: "who" }, `${e.service}/${e.instance}`),
+    el("span", { class: "detail" }, e.detail),
   );
-  return el("ol", { class: "events" }, items);
 }

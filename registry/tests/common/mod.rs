@@ -92,13 +92,11 @@ impl TestRegistry {
 
     /// Waits until `n` blocking queries are parked (no sleeps as synchronisation).
     pub async fn until_watchers(&self, n: f64) {
-        for _ in 0..500 {
-            if self.metric("mesh_registry_watchers").await == Some(n) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("never saw {n} watchers");
+        let what = format!("{n} parked blocking queries");
+        eventually(PATIENCE, &what, async || {
+            self.metric("mesh_registry_watchers").await == Some(n)
+        })
+        .await;
     }
 }
 
@@ -161,3 +159,23 @@ pub async fn raw(method: Method, url: &str, headers: &[(&str, &str)], body: Byte
 }
 
 pub const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// How long a test waits for a state it expects before it fails: far more than anything
+/// takes on an idle machine, so that a loaded one does not fail the test.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` (what the test was
+/// waiting for) once `bound` has passed. Tests wait for the state they need this way,
+/// never with a fixed sleep that a loaded machine can outlast.
+pub async fn eventually<F: AsyncFn() -> bool>(bound: Duration, what: &str, condition: F) {
+    let started = tokio::time::Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        if started.elapsed() >= bound {
+            panic!("waited {bound:?} for {what}, in vain");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,8 +1,10 @@
-//! Join tokens: the secrets sidecars present to get a certificate signed, and the
-//! services each one may claim.
+//! Tokens scoped to services: the secrets sidecars present to get a certificate signed
+//! (join tokens), or to write their instances on a registry without a CA (service
+//! tokens), each with the services it may act for.
 //!
-//! The shared `--join-token` may claim any service. `--join-tokens FILE` adds tokens
-//! scoped to named services, one per line:
+//! The shared `--join-token` may claim any service. `--join-tokens FILE` adds join tokens
+//! scoped to named services, and `--tokens FILE` service tokens, in one format, one per
+//! line:
 //!
 //! ```text
 //! # services            token
@@ -23,7 +25,7 @@ use std::path::Path;
 use mesh_registry_api::validate;
 use subtle::ConstantTimeEq;
 
-/// Which services a join token may claim.
+/// Which services a token may act for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Any,
@@ -41,21 +43,34 @@ impl Scope {
     }
 }
 
-/// Every join token the CA accepts, with its scope.
+impl std::fmt::Display for Scope {
+    /// As in the file: `*`, or the services separated by commas.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Any => f.write_str("*"),
+            Scope::Services(services) => {
+                let names: Vec<&str> = services.iter().map(String::as_str).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
+/// Every token of one kind the registry accepts, with its scope.
 #[derive(Debug, Clone, Default)]
-pub struct JoinTokens {
+pub struct ScopedTokens {
     tokens: Vec<(Vec<u8>, Scope)>,
 }
 
-// === impl JoinTokens ===
+// === impl ScopedTokens ===
 
-impl JoinTokens {
+impl ScopedTokens {
     /// The tokens of `--join-tokens` (if given) and the shared `--join-token` (if given).
     /// Errors name the flag, and the line for a file.
     pub fn from_flags(file: Option<&Path>, shared: Option<&str>) -> Result<Self, String> {
         let mut tokens = match file {
-            Some(path) => Self::load(path)?,
-            None => JoinTokens::default(),
+            Some(path) => Self::load(path, "--join-tokens")?,
+            None => ScopedTokens::default(),
         };
         if let Some(shared) = shared {
             if tokens.scope_of(shared.as_bytes()).is_some() {
@@ -71,16 +86,20 @@ impl JoinTokens {
         Ok(tokens)
     }
 
-    /// Reads a `--join-tokens` file.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// Reads a tokens file given as `flag` (which error messages name).
+    pub fn load(path: &Path, flag: &str) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--join-tokens {}: cannot read it: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("--join-tokens {}: {e}", path.display()))
+            .map_err(|e| format!("{flag} {}: cannot read it: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
     }
 
     /// Parses the file format described at the top of this module.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut tokens = JoinTokens::default();
+        let mut tokens = ScopedTokens::default();
         let mut lines_of: Vec<usize> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let n = n + 1;
@@ -146,7 +165,7 @@ mod tests {
 
     #[test]
     fn lines_name_services_then_the_token() {
-        let tokens = JoinTokens::parse(
+        let tokens = ScopedTokens::parse(
             "# services token\n\
              recommendations s3cr3t-1\n\
              \n\
@@ -178,26 +197,26 @@ mod tests {
                 "line 3: the same token is already on line 1",
             ),
         ] {
-            let err = JoinTokens::parse(text).unwrap_err();
+            let err = ScopedTokens::parse(text).unwrap_err();
             assert!(err.starts_with(wanted), "{text:?}: {err}");
         }
     }
 
     #[test]
     fn the_shared_token_claims_any_service_and_must_not_repeat_a_scoped_one() {
-        let tokens = JoinTokens::from_flags(None, Some("shared")).unwrap();
+        let tokens = ScopedTokens::from_flags(None, Some("shared")).unwrap();
         assert_eq!(tokens.scope_of(b"shared"), Some(&Scope::Any));
-        assert!(JoinTokens::from_flags(None, None).is_err());
+        assert!(ScopedTokens::from_flags(None, None).is_err());
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tokens");
         std::fs::write(&file, "web shared\n").unwrap();
-        let err = JoinTokens::from_flags(Some(&file), Some("shared")).unwrap_err();
+        let err = ScopedTokens::from_flags(Some(&file), Some("shared")).unwrap_err();
         assert!(err.contains("--join-token"), "{err}");
         std::fs::write(&file, "# none yet\n").unwrap();
-        let err = JoinTokens::from_flags(Some(&file), None).unwrap_err();
+        let err = ScopedTokens::from_flags(Some(&file), None).unwrap_err();
         assert!(err.contains("no token"), "{err}");
-        let err = JoinTokens::from_flags(Some(&dir.path().join("missing")), None).unwrap_err();
+        let err = ScopedTokens::from_flags(Some(&dir.path().join("missing")), None).unwrap_err();
         assert!(err.contains("cannot read"), "{err}");
     }
 }
