@@ -399,9 +399,11 @@ async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_re
     // One member of three lost: writes go on, once the two left have a leader (the lost
     // member may have been it, and an election takes a while on a loaded machine).
     etcd.kill(2);
-    eventually(PATIENCE, "writes go on with two members of three", async || {
-        register("web-2").await.status == StatusCode::OK
-    })
+    eventually(
+        PATIENCE,
+        "writes go on with two members of three",
+        async || register("web-2").await.status == StatusCode::OK,
+    )
     .await;
 
     // Two of three: no quorum. Reads answer from the last state, marked stale.
