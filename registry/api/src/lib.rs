@@ -9,6 +9,7 @@
 //!   it is worth retrying.
 //! - [`Watch`]: long-polls one service and yields its full endpoint set on every change.
 //! - [`Registrar`]: keeps one instance registered for as long as it runs.
+//! - [`policy`]: the traffic policy documents (routes, intentions, limits), checked.
 //! - [`spiffe`]: the mesh identities in certificates, and the verifier that checks them.
 //! - [`Client::readyz`] and [`Client::admin`]: what operators' tools ask, the registry's
 //!   readiness and clock, and sidecars' admin pages relayed by the registry.
@@ -17,6 +18,7 @@ mod admin;
 mod backoff;
 mod client;
 mod error;
+pub mod policy;
 mod readiness;
 mod registrar;
 mod rotation;
