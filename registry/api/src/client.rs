@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Rotation;
 use crate::error::{ClientError, decode};
+use crate::policy::{Document, PolicyKind, PolicyListing};
 use crate::types::{
     Heartbeat, Instance, Lease, Registration, ServiceList, ServiceListing, SignRequest,
     SignedCertificate,
@@ -185,6 +186,59 @@ impl Client {
         );
         self.call(Method::GET, &path, None, wait + BLOCKING_MARGIN)
             .await
+    }
+
+    /// Every policy document of a service, now (`GET /v1/policy/{service}`). Each is
+    /// still JSON: [`PolicyListing::decode`] reads one kind.
+    pub async fn policy(&self, service: &str) -> Result<PolicyListing, ClientError> {
+        check_service(service)?;
+        let path = format!("/v1/policy/{service}");
+        self.call(Method::GET, &path, None, REQUEST_TIMEOUT).await
+    }
+
+    /// Blocks until the service's policy index exceeds `index` or `wait` elapses, then
+    /// returns its documents. `index` 0 answers at once.
+    pub async fn policy_blocking(
+        &self,
+        service: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<PolicyListing, ClientError> {
+        check_service(service)?;
+        let path = format!(
+            "/v1/policy/{service}?index={index}&wait={}ms",
+            wait.as_millis()
+        );
+        self.call(Method::GET, &path, None, wait + BLOCKING_MARGIN)
+            .await
+    }
+
+    /// Stores `document` as the service's policy of its kind; returns it as stored
+    /// (normalised by the registry).
+    pub async fn put_policy(
+        &self,
+        service: &str,
+        document: &Document,
+    ) -> Result<serde_json::Value, ClientError> {
+        check_service(service)?;
+        let body = serde_json::to_vec(document).expect("policy documents serialize");
+        let path = format!("/v1/policy/{service}/{}", document.kind());
+        self.call(Method::PUT, &path, Some(body), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Removes the service's policy of `kind`. Removing one that is not there is not an
+    /// error.
+    pub async fn delete_policy(&self, service: &str, kind: PolicyKind) -> Result<(), ClientError> {
+        check_service(service)?;
+        let path = format!("/v1/policy/{service}/{kind}");
+        match self
+            .call::<serde_json::Value>(Method::DELETE, &path, None, REQUEST_TIMEOUT)
+            .await
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Asks the registry's CA to sign `csr` (PEM) for `service`, with the mesh join token.
