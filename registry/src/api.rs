@@ -13,17 +13,17 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use mesh_registry_api::{AdminPath, StoreStatus, validate};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::auth::{Credentials, Peer, Writer};
 use crate::ca::Ca;
 use crate::catalog::{Catalog, Refusal, UnknownInstance};
 use crate::error::ApiError;
-use crate::etcd::{EtcdStore, WriteError};
+use crate::etcd::EtcdStore;
 use crate::metrics::{Metrics, Route};
 use crate::respond::{Body, no_content, set_index, short_duration, text_response};
 use crate::route::{Target, target};
 use crate::sidecar::{self, Relays};
+use crate::store::{Store, WriteError};
 use crate::tokens::ScopedTokens;
 use crate::{auth, request, ui, watch as blocking};
 
@@ -39,7 +39,8 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Everything a request handler needs.
 pub struct State {
-    pub catalog: Arc<Catalog>,
+    /// Where the catalog is kept; reads come from its catalog, writes go through it.
+    store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// What proves who writes: the operator token, service tokens, certificates.
     credentials: Credentials,
@@ -47,8 +48,6 @@ pub struct State {
     ca: Option<Arc<Ca>>,
     /// Bearer tokens for `POST /v1/ca/sign`, each with the services it may claim.
     join_tokens: ScopedTokens,
-    /// The etcd store, when the catalog is kept there; writes go through it.
-    etcd: Option<Arc<EtcdStore>>,
     /// Turns true when shutdown starts: blocking queries answer at once and `/readyz`
     /// reports 503.
     shutdown: watch::Receiver<bool>,
@@ -101,11 +100,10 @@ impl State {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         State {
-            catalog,
+            store: catalog,
             credentials,
             ca: None,
             join_tokens: ScopedTokens::default(),
-            etcd: None,
             shutdown,
             relays: Relays::new(sidecar::DEFAULT_MAX_RELAYS),
             parking: blocking::Parking::new(
@@ -125,8 +123,12 @@ impl State {
 
     /// Keeps the catalog in etcd: writes go there, reads come from the mirror.
     pub fn with_etcd(mut self, etcd: Arc<EtcdStore>) -> Self {
-        self.etcd = Some(etcd);
+        self.store = etcd;
         self
+    }
+
+    fn catalog(&self) -> &Catalog {
+        self.store.catalog()
     }
 
     /// Turns on certificate signing for the holders of `join_tokens`.
@@ -162,9 +164,9 @@ impl State {
         };
         let mut response = answer.unwrap_or_else(ApiError::into_response);
         if !response.headers().contains_key(INDEX_HEADER) {
-            set_index(&mut response, self.catalog.index());
+            set_index(&mut response, self.catalog().index());
         }
-        if self.etcd.as_ref().is_some_and(|e| e.is_stale()) {
+        if self.store.stale() {
             response
                 .headers_mut()
                 .insert(STALE_HEADER, http::HeaderValue::from_static("true"));
@@ -242,9 +244,9 @@ impl State {
 
     async fn list_services(&self, query: Option<&str>, client: IpAddr) -> Answer {
         let q = request::query(query)?;
-        let mut index_rx = self.catalog.subscribe_catalog();
+        let mut index_rx = self.catalog().subscribe_catalog();
         self.block(&mut index_rx, q.index, q.wait, client).await?;
-        let list = self.catalog.service_list();
+        let list = self.catalog().service_list();
         let mut response = json(StatusCode::OK, &list);
         set_index(&mut response, list.index);
         Ok(response)
@@ -254,10 +256,10 @@ impl State {
         validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
         let q = request::query(query)?;
         if q.index.is_some() {
-            let mut index_rx = self.catalog.subscribe(service);
+            let mut index_rx = self.catalog().subscribe(service);
             self.block(&mut index_rx, q.index, q.wait, client).await?;
         }
-        let listing = self.catalog.listing(service, q.all);
+        let listing = self.catalog().listing(service, q.all);
         let mut response = json(StatusCode::OK, &listing);
         set_index(&mut response, listing.index);
         Ok(response)
@@ -267,7 +269,7 @@ impl State {
     /// is one.
     async fn events(&self, query: Option<&str>, client: IpAddr) -> Answer {
         let q = request::query(query)?;
-        let events = self.catalog.events();
+        let events = self.catalog().events();
         // An index ahead of the ring's comes from before a restart: answer at once, with
         // everything, rather than block until this ring catches up with it.
         let seen = q.index.filter(|&seen| seen <= events.index());
@@ -283,7 +285,7 @@ impl State {
     async fn sidecar_admin(&self, service: &str, id: &str, page: AdminPath) -> Answer {
         check_names(service, id)?;
         let admin = self
-            .catalog
+            .catalog()
             .admin_address(service, id)
             .map_err(|UnknownInstance| {
                 ApiError::NotFound(format!("service {service:?} has no instance {id:?}"))
@@ -307,14 +309,11 @@ impl State {
         let registration = request::registration(&body)?;
         let (address, ttl) = (registration.address.clone(), registration.ttl);
         let owner = writer.owner();
-        let (instance, index) = match &self.etcd {
-            Some(etcd) => etcd.register(service, id, registration, &owner).await,
-            None => self
-                .catalog
-                .register(service, id, registration, &owner, Instant::now())
-                .map_err(WriteError::Refused),
-        }
-        .map_err(|e| write_error(e, service, id))?;
+        let (instance, index) = self
+            .store
+            .register(service, id, registration, &owner)
+            .await
+            .map_err(|e| write_error(e, service, id))?;
         tracing::info!(%service, %id, %address, %owner, generation = instance.generation, ttl = %humantime::format_duration(ttl), "registered");
         let mut response = json(StatusCode::OK, &instance);
         set_index(&mut response, index);
@@ -331,17 +330,11 @@ impl State {
         let beat = request::heartbeat(&body)?;
         let owner = writer.owner();
         let claim = writer.claim(&owner, beat.generation);
-        let (lease, index) = match &self.etcd {
-            Some(etcd) => {
-                etcd.heartbeat(service, id, claim, beat.status, beat.output)
-                    .await
-            }
-            None => self
-                .catalog
-                .heartbeat(service, id, claim, beat.status, beat.output, Instant::now())
-                .map_err(WriteError::Refused),
-        }
-        .map_err(|e| write_error(e, service, id))?;
+        let (lease, index) = self
+            .store
+            .heartbeat(service, id, claim, beat.status, beat.output)
+            .await
+            .map_err(|e| write_error(e, service, id))?;
         let mut response = json(StatusCode::OK, &lease);
         set_index(&mut response, index);
         Ok(response)
@@ -372,14 +365,11 @@ impl State {
         let generation = request::query(request.uri.query())?.generation;
         let owner = writer.owner();
         let claim = writer.removal(&owner, generation);
-        let index = match &self.etcd {
-            Some(etcd) => etcd.deregister(service, id, claim).await,
-            None => self
-                .catalog
-                .deregister(service, id, claim)
-                .map_err(WriteError::Refused),
-        }
-        .map_err(|e| write_error(e, service, id))?;
+        let index = self
+            .store
+            .deregister(service, id, claim)
+            .await
+            .map_err(|e| write_error(e, service, id))?;
         tracing::info!(%service, %id, %owner, "deregistered");
         let mut response = no_content();
         set_index(&mut response, index);
@@ -431,12 +421,12 @@ impl State {
     }
 
     fn metrics_page(&self) -> Response<Body> {
-        let text = self.metrics.render(&self.catalog);
+        let text = self.metrics.render(self.catalog());
         text_response("text/plain; version=0.0.4", text)
     }
 
     fn prometheus_targets(&self) -> Response<Body> {
-        json(StatusCode::OK, &self.catalog.prometheus_targets())
+        json(StatusCode::OK, &self.catalog().prometheus_targets())
     }
 
     /// Ready, with what clients (the dashboard, `meshctl`) show about this registry.
@@ -447,10 +437,7 @@ impl State {
         if let Some(refused) = self.unsynced("/v1/") {
             return Err(refused);
         }
-        let store = match &self.etcd {
-            Some(etcd) => etcd.status(),
-            None => StoreStatus::memory(),
-        };
+        let store = self.store.status();
         let readiness = Readiness {
             status: if store.stale { "stale" } else { "ready" },
             writes: self.credentials.kinds(),
@@ -467,8 +454,7 @@ impl State {
     /// Until a replica has read the catalog from etcd, the API (and `/readyz`) answers
     /// 503: an empty listing would tell sidecars that every service is gone.
     fn unsynced(&self, path: &str) -> Option<ApiError> {
-        let etcd = self.etcd.as_ref()?;
-        (path.starts_with("/v1/") && !etcd.is_synced()).then(|| {
+        (path.starts_with("/v1/") && !self.store.synced()).then(|| {
             ApiError::StoreUnavailable(
                 "this replica has not read the catalog from etcd yet; try another replica"
                     .to_owned(),

@@ -13,20 +13,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use mesh_registry_api::{
-    Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary, Status,
+    Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary, Status, StoreStatus,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::events::{self, EventKind, Events};
+use crate::events::Events;
 
-// Moved to `crate::entry`; re-exported so their old paths keep working.
-use crate::entry::new_generation;
 pub use crate::entry::{Claim, Entry, LeaseState, Refusal};
+use crate::lease::SweepReport;
+use crate::store::{self, Applied, Change, Decide, Decision, Pending, Store, WriteError};
 
 /// The index of a service the catalog never held, before any service was dropped. Every
 /// real change is given a larger one, so a watcher of a name that does not exist yet
@@ -39,9 +39,9 @@ pub const EMPTY_SERVICE_GRACE: Duration = Duration::from_secs(60);
 
 /// One service: its instances (ordered by id, so listings are stable) and its index.
 #[derive(Debug)]
-pub(crate) struct Service {
-    pub(crate) instances: BTreeMap<String, Entry>,
-    pub(crate) index: u64,
+struct Service {
+    instances: Instances,
+    index: u64,
     /// Carries `index`; blocking queries on this service hold receivers. Made for the
     /// first one, dropped by a sweep once none is left: most services have no watcher
     /// most of the time, and a channel costs a few hundred bytes.
@@ -49,6 +49,9 @@ pub(crate) struct Service {
     /// Since when a sweep has seen it empty and unwatched; dropped a grace later.
     idle_since: Option<Instant>,
 }
+
+/// One service's instances, by id (ordered, so listings are stable).
+pub(crate) type Instances = BTreeMap<String, Entry>;
 
 /// Why a heartbeat or deregistration failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,8 +62,8 @@ pub struct UnknownInstance;
 #[derive(Debug)]
 pub struct Catalog {
     /// A DashMap so writers to different services do not contend; no guard is ever held
-    /// across an `.await`.
-    pub(crate) services: DashMap<String, Service>,
+    /// across an `.await`. Private: every change goes through a method of the catalog.
+    services: DashMap<String, Service>,
     /// Last index handed out.
     last_index: AtomicU64,
     /// The highest index of a service dropped for being empty: what names the catalog
@@ -109,10 +112,7 @@ impl Catalog {
         &self.events
     }
 
-    /// Creates or replaces an instance for `owner`; an instance another writer owns is
-    /// refused. Re-sending an identical registration only renews the lease (same
-    /// generation): watchers are not woken for a no-op. Any other registration is a new
-    /// generation.
+    /// Creates or replaces an instance for `owner` ([`store::register`]), as of `now`.
     pub fn register(
         &self,
         service: &str,
@@ -121,58 +121,14 @@ impl Catalog {
         owner: &str,
         now: Instant,
     ) -> Result<(Instance, u64), Refusal> {
-        let mut svc = self.service_mut(service);
-        if let Some(existing) = svc.instances.get(id) {
-            existing.check_owner(owner)?;
-        }
-        let wall = SystemTime::now();
-        let expires_at = now + registration.ttl;
-        let before = svc.instances.get(id).map(|e| {
-            let expired = matches!(e.lease, LeaseState::Expired { .. });
-            (&e.registration, expired, e.owner == owner)
-        });
-        let unchanged =
-            before.is_some_and(|(old, expired, same)| !expired && same && *old == registration);
-        let detail = (!unchanged).then(|| {
-            events::registration_detail(before.map(|(r, expired, _)| (r, expired)), &registration)
-        });
-        let generation = new_generation();
-        let entry = svc
-            .instances
-            .entry(id.to_owned())
-            .and_modify(|e| {
-                e.registration = registration.clone();
-                e.lease = LeaseState::Live { expires_at };
-                e.last_heartbeat = wall;
-                e.spared = false;
-                if !unchanged {
-                    e.owner = owner.to_owned();
-                    e.generation = generation;
-                }
-            })
-            .or_insert_with(|| Entry {
-                registration,
-                output: None,
-                lease: LeaseState::Live { expires_at },
-                registered_at: wall,
-                last_heartbeat: wall,
-                spared: false,
-                owner: owner.to_owned(),
-                generation,
-            });
-        let instance = entry.listed(id);
-        if let Some(detail) = detail {
-            self.events
-                .record(EventKind::Registered, service, id, detail);
-        }
-        if !unchanged {
-            self.bump(&mut svc);
-        }
-        Ok((instance, svc.index))
+        let applied = self.apply_now(service, id, |before| {
+            store::register(before, registration, owner, now)
+        })?;
+        let entry = applied.entry.as_ref().ok_or(Refusal::Unknown)?;
+        Ok((entry.listed(id), applied.index))
     }
 
-    /// Renews a lease for the claim's writer, optionally with a new status. Moves the
-    /// index only when the listing changes (status changed, or the lease had run out).
+    /// Renews a lease for the claim's writer ([`store::heartbeat`]), as of `now`.
     pub fn heartbeat(
         &self,
         service: &str,
@@ -182,41 +138,72 @@ impl Catalog {
         output: Option<String>,
         now: Instant,
     ) -> Result<(Lease, u64), Refusal> {
-        let mut svc = self.services.get_mut(service).ok_or(Refusal::Unknown)?;
-        let entry = svc.instances.get_mut(id).ok_or(Refusal::Unknown)?;
-        entry.check(claim)?;
-        let before = entry.status();
-        let expired = matches!(entry.lease, LeaseState::Expired { .. });
-        let reported = output.clone();
-        entry.renew(status, output, now);
+        let applied = self.apply_now(service, id, |before| {
+            store::heartbeat(before, claim, status, output, now)
+        })?;
+        let entry = applied.entry.as_ref().ok_or(Refusal::Unknown)?;
         let lease = Lease {
             service: service.to_owned(),
             id: id.to_owned(),
             status: entry.status(),
             ttl: entry.registration.ttl,
         };
-        if lease.status != before {
-            let output = reported.as_deref();
-            let (kind, detail) = events::heartbeat_event(before, lease.status, expired, output);
-            self.events.record(kind, service, id, detail);
-            self.bump(&mut svc);
-        }
-        Ok((lease, svc.index))
+        Ok((lease, applied.index))
     }
 
-    /// Removes an instance for the claim's writer; returns the service's new index.
+    /// Removes an instance for the claim's writer ([`store::deregister`]); returns the
+    /// service's new index.
     pub fn deregister(&self, service: &str, id: &str, claim: Claim<'_>) -> Result<u64, Refusal> {
-        let mut svc = self.services.get_mut(service).ok_or(Refusal::Unknown)?;
-        svc.instances
-            .get(id)
-            .ok_or(Refusal::Unknown)
-            .and_then(|e| e.check(claim))?;
-        let entry = svc.instances.remove(id).ok_or(Refusal::Unknown)?;
-        let detail = format!("was {} at {}", entry.status(), entry.registration.address);
-        self.events
-            .record(EventKind::Deregistered, service, id, detail);
-        self.bump(&mut svc);
-        Ok(svc.index)
+        let applied = self.apply_now(service, id, |before| store::deregister(before, claim))?;
+        Ok(applied.index)
+    }
+
+    /// The embedded store's write: what `decide` makes of the instance, applied under the
+    /// service's lock, so nothing comes between the rules' look and the change. A write
+    /// the rules refuse leaves no placeholder behind for a service never registered.
+    pub(crate) fn apply_now(
+        &self,
+        service: &str,
+        id: &str,
+        decide: impl FnOnce(Option<&Entry>) -> Result<Decision, Refusal>,
+    ) -> Result<Applied, Refusal> {
+        let (mut svc, decision) = match self.services.get_mut(service) {
+            Some(svc) => {
+                let decision = decide(svc.instances.get(id))?;
+                (svc, decision)
+            }
+            None => {
+                let decision = decide(None)?;
+                (self.service_mut(service), decision)
+            }
+        };
+        let (entry, change) = match decision {
+            Decision::Renew {
+                status,
+                output,
+                now,
+            } => {
+                let entry = svc.instances.get_mut(id).ok_or(Refusal::Unknown)?;
+                entry.renew(status, output, now);
+                (Some(entry.clone()), None)
+            }
+            Decision::Put { entry, change } => {
+                svc.instances.insert(id.to_owned(), (*entry).clone());
+                (Some(*entry), change)
+            }
+            Decision::Remove { change } => {
+                svc.instances.remove(id);
+                (None, Some(change))
+            }
+        };
+        if let Some(change) = change {
+            self.events.record(change.kind, service, id, change.detail);
+            self.bump(&mut svc);
+        }
+        Ok(Applied {
+            entry,
+            index: svc.index,
+        })
     }
 
     /// The full listing of one service: passing instances only, or every instance.
@@ -338,10 +325,7 @@ impl Catalog {
     }
 
     /// The service's entry, created as a placeholder when missing.
-    pub(crate) fn service_mut(
-        &self,
-        service: &str,
-    ) -> dashmap::mapref::one::RefMut<'_, String, Service> {
+    fn service_mut(&self, service: &str) -> dashmap::mapref::one::RefMut<'_, String, Service> {
         if let Some(svc) = self.services.get_mut(service) {
             return svc;
         }
@@ -371,16 +355,102 @@ impl Catalog {
         }
     }
 
+    /// A copy of one instance as the catalog holds it.
+    pub(crate) fn entry(&self, service: &str, id: &str) -> Option<Entry> {
+        self.services.get(service)?.instances.get(id).cloned()
+    }
+
+    /// Reads every service's instances (each under its shard's lock, never across an
+    /// `.await`), services with none included.
+    pub(crate) fn each_service(&self, mut read: impl FnMut(&str, &Instances)) {
+        for svc in self.services.iter() {
+            read(svc.key(), &svc.instances);
+        }
+    }
+
+    /// Changes every service's instances in place; a service for which `change` returns
+    /// true has changed what its listing shows: its index moves and its watchers wake.
+    pub(crate) fn change_each(&self, mut change: impl FnMut(&str, &mut Instances) -> bool) {
+        for mut svc in self.services.iter_mut() {
+            let (service, state) = svc.pair_mut();
+            if change(service, &mut state.instances) {
+                self.bump(state);
+            }
+        }
+    }
+
+    /// Changes one instance in place without moving any index: for what listings do not
+    /// show (its lease). Returns what `change` returned and the service's index.
+    pub(crate) fn change_entry<R>(
+        &self,
+        service: &str,
+        id: &str,
+        change: impl FnOnce(&mut Entry) -> R,
+    ) -> Option<(R, u64)> {
+        let mut svc = self.services.get_mut(service)?;
+        let index = svc.index;
+        let entry = svc.instances.get_mut(id)?;
+        Some((change(entry), index))
+    }
+
+    /// Puts an instance as a mirror of another store shows it. Its index moves with the
+    /// change that store records ([`Catalog::advance`]), not here.
+    pub(crate) fn mirror_put(&self, service: &str, id: &str, entry: Entry) {
+        self.service_mut(service)
+            .instances
+            .insert(id.to_owned(), entry);
+    }
+
+    /// Removes an instance as a mirror of another store shows it (see [`Catalog::mirror_put`]).
+    pub(crate) fn mirror_remove(&self, service: &str, id: &str) {
+        if let Some(mut svc) = self.services.get_mut(service) {
+            svc.instances.remove(id);
+        }
+    }
+
+    /// Replaces one service's instances with what `rebuild` makes of them (a mirror read
+    /// afresh) and moves its index to `index` if that is larger.
+    pub(crate) fn mirror_service(
+        &self,
+        service: &str,
+        rebuild: impl FnOnce(Instances) -> Instances,
+        index: u64,
+    ) {
+        let mut svc = self.service_mut(service);
+        let held = std::mem::take(&mut svc.instances);
+        svc.instances = rebuild(held);
+        if index > svc.index {
+            self.bump_to(&mut svc, index);
+        }
+    }
+
+    /// Moves a service's index to one given from outside (an etcd revision, which only
+    /// grows) if larger, and wakes its watchers; records `change` about `id` first.
+    pub(crate) fn advance(&self, service: &str, index: u64, change: Option<(&str, Change)>) {
+        let mut svc = self.service_mut(service);
+        if let Some((id, change)) = change {
+            self.events.record(change.kind, service, id, change.detail);
+        }
+        if index > svc.index {
+            self.bump_to(&mut svc, index);
+        }
+    }
+
+    /// The names of every service the catalog holds, placeholders included.
+    pub(crate) fn service_names(&self) -> Vec<String> {
+        self.services.iter().map(|s| s.key().clone()).collect()
+    }
+
     /// Hands out the next index to a changed service and wakes its watchers and the
     /// catalog's. Called with the service's shard locked, so a service's index only grows.
-    pub(crate) fn bump(&self, svc: &mut Service) {
+    fn bump(&self, svc: &mut Service) {
         let index = self.last_index.fetch_add(1, Ordering::SeqCst) + 1;
         self.bump_to(svc, index);
     }
 
     /// Sets a changed service's index to one given from outside (an etcd revision, which
     /// only grows) and wakes its watchers and the catalog's.
-    pub(crate) fn bump_to(&self, svc: &mut Service, index: u64) {
+    fn bump_to(&self, svc: &mut Service, index: u64) {
         self.last_index.fetch_max(index, Ordering::SeqCst);
         svc.index = index;
         if let Some(tx) = &svc.tx {
@@ -393,6 +463,34 @@ impl Catalog {
             }
             newer
         });
+    }
+}
+
+// === impl Store for Catalog ===
+
+/// The embedded store: the catalog itself, kept in memory (and written to a snapshot by
+/// [`crate::snapshot::run_writer`]).
+impl Store for Catalog {
+    fn catalog(&self) -> &Catalog {
+        self
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus::memory()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        decide: Decide<'a>,
+    ) -> Pending<'a, Result<Applied, WriteError>> {
+        let applied = self.apply_now(service, id, decide);
+        Box::pin(std::future::ready(applied.map_err(WriteError::Refused)))
+    }
+
+    fn sweep(&self, now: Instant) -> Pending<'_, SweepReport> {
+        Box::pin(std::future::ready(Catalog::sweep(self, now)))
     }
 }
 

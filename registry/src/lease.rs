@@ -1,17 +1,17 @@
 //! Lease expiry: the periodic sweep that turns silent instances critical, removes them a
 //! grace period later, and refuses to empty a service all at once.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mesh_registry_api::Status;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Instances};
 use crate::entry::{Entry, LeaseState};
 use crate::events::{EventKind, Events};
 use crate::metrics::Metrics;
+use crate::store::Change;
 
 /// What one sweep did, summed over all services.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,45 +27,131 @@ pub struct SweepReport {
 // === impl Catalog ===
 
 impl Catalog {
-    /// Expires the leases that ran out by `now` and removes instances whose grace ended.
-    ///
-    /// Mass-expiry guard: when at least two passing instances of one service, and more
-    /// than half of its passing instances, would expire in the same sweep, the likelier
-    /// story is that the registry itself was starved or cut off (their heartbeats could
-    /// not reach it), not that they all died together. Those leases are extended by one
-    /// TTL instead, once per instance until it heartbeats again, so a truly dead instance
-    /// still leaves after at most two TTLs.
+    /// The embedded store's sweep: what [`due`] decides, applied in place.
     pub fn sweep(&self, now: Instant) -> SweepReport {
         let mut report = SweepReport::default();
-        for mut svc in self.services.iter_mut() {
-            let (service, state) = svc.pair_mut();
-            let sweep = ServiceSweep {
-                service,
-                now,
-                grace: self.critical_grace(),
-                guard: guard_holds(service, &state.instances, now),
-                events: self.events(),
-            };
-            if sweep.run(&mut state.instances, &mut report) {
-                self.bump(state);
+        let grace = self.critical_grace();
+        let events = self.events();
+        self.change_each(|service, instances| {
+            let mut changed = false;
+            for due in due(service, instances, now, grace, events, &mut report, |_| {
+                true
+            }) {
+                match due {
+                    Due::Expire { id, change, listed } => {
+                        if let Some(entry) = instances.get_mut(&id) {
+                            entry.lease = LeaseState::Expired {
+                                remove_at: now + grace,
+                            };
+                        }
+                        events.record(change.kind, service, &id, change.detail);
+                        changed |= listed;
+                    }
+                    Due::Remove { id, change } => {
+                        instances.remove(&id);
+                        events.record(change.kind, service, &id, change.detail);
+                        changed = true;
+                    }
+                }
             }
-        }
+            changed
+        });
         self.collect_empty(now);
         report
     }
 }
 
+/// What a sweep must do to one instance besides sparing it, for the store to apply.
+#[derive(Debug)]
+pub(crate) enum Due {
+    /// Its lease ran out: it is critical from now, and removed a grace later. `listed`:
+    /// its listing changes (it had not reported itself critical already).
+    Expire {
+        id: String,
+        change: Change,
+        listed: bool,
+    },
+    /// Critical for the whole grace: it goes.
+    Remove { id: String, change: Change },
+}
+
+/// The sweep's rules for one service, shared by both stores: which leases ran out by
+/// `now`, which of them the mass-expiry guard spares (extended in place, with their
+/// events), and which expired instances' grace ended, among those this store is
+/// `responsible` for removing.
+///
+/// Mass-expiry guard: when at least two passing instances of one service, and more
+/// than half of its passing instances, would expire in the same sweep, the likelier
+/// story is that the registry itself was starved or cut off (their heartbeats could
+/// not reach it), not that they all died together. Those leases are extended by one
+/// TTL instead, once per instance until it heartbeats again, so a truly dead instance
+/// still leaves after at most two TTLs.
+pub(crate) fn due(
+    service: &str,
+    instances: &mut Instances,
+    now: Instant,
+    grace: Duration,
+    events: &Events,
+    report: &mut SweepReport,
+    responsible: impl Fn(&str) -> bool,
+) -> Vec<Due> {
+    let guard = guard_holds(service, instances, now);
+    let mut due = Vec::new();
+    for (id, entry) in instances.iter_mut() {
+        match entry.lease {
+            LeaseState::Live { expires_at } if expires_at <= now => {
+                if let Some(guard) = guard.filter(|_| sparable(entry, now)) {
+                    let ttl = entry.registration.ttl;
+                    entry.spared = true;
+                    entry.lease = LeaseState::Live {
+                        expires_at: now + ttl,
+                    };
+                    events.record(EventKind::Spared, service, id, spare_detail(ttl, guard));
+                    report.spared += 1;
+                } else {
+                    report.expired += 1;
+                    let change = Change {
+                        kind: EventKind::Critical,
+                        detail: expiry_detail(entry.registration.ttl, grace),
+                    };
+                    // An instance that already reported itself critical looks the same
+                    // once expired: no change for its watchers.
+                    let listed = entry.status() != Status::Critical;
+                    due.push(Due::Expire {
+                        id: id.clone(),
+                        change,
+                        listed,
+                    });
+                }
+            }
+            LeaseState::Expired { remove_at } if remove_at <= now && responsible(id) => {
+                report.removed += 1;
+                let change = Change {
+                    kind: EventKind::Removed,
+                    detail: removal_detail(grace),
+                };
+                due.push(Due::Remove {
+                    id: id.clone(),
+                    change,
+                });
+            }
+            _ => {}
+        }
+    }
+    due
+}
+
 /// A lease the mass-expiry guard may extend: it ran out by `now`, has not been extended
 /// since the instance's last heartbeat, and the instance reported itself passing.
-pub(crate) fn sparable(entry: &Entry, now: Instant) -> bool {
+fn sparable(entry: &Entry, now: Instant) -> bool {
     matches!(entry.lease, LeaseState::Live { expires_at } if expires_at <= now)
         && !entry.spared
         && entry.status() == Status::Passing
 }
 
-/// The mass-expiry guard (see [`Catalog::sweep`]) holding back expiries of one service.
+/// The mass-expiry guard (see [`due`]) holding back expiries of one service.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Guard {
+struct Guard {
     /// Leases it extends.
     expiring: usize,
     /// Passing instances of the service.
@@ -73,11 +159,7 @@ pub(crate) struct Guard {
 }
 
 /// Whether the mass-expiry guard holds back the expiries of one service in this sweep.
-pub(crate) fn guard_holds(
-    service: &str,
-    instances: &BTreeMap<String, Entry>,
-    now: Instant,
-) -> Option<Guard> {
+fn guard_holds(service: &str, instances: &Instances, now: Instant) -> Option<Guard> {
     let passing = instances
         .values()
         .filter(|e| e.status() == Status::Passing)
@@ -97,74 +179,8 @@ pub(crate) fn guard_holds(
     Some(Guard { expiring, passing })
 }
 
-/// One service's sweep: what it needs besides the instances.
-struct ServiceSweep<'a> {
-    service: &'a str,
-    now: Instant,
-    grace: Duration,
-    guard: Option<Guard>,
-    /// Every expiry, removal and sparing is an event of the timeline.
-    events: &'a Events,
-}
-
-// === impl ServiceSweep ===
-
-impl ServiceSweep<'_> {
-    /// Expires, spares or removes the instances whose time came. Returns whether the
-    /// service's listing changed, so its watchers need waking.
-    fn run(&self, instances: &mut BTreeMap<String, Entry>, report: &mut SweepReport) -> bool {
-        let now = self.now;
-        let mut changed = false;
-        instances.retain(|id, entry| match entry.lease {
-            LeaseState::Live { expires_at } if expires_at <= now => {
-                if let Some(guard) = self.guard.filter(|_| sparable(entry, now)) {
-                    self.spare(id, entry, guard);
-                    report.spared += 1;
-                } else {
-                    // An instance that already reported itself critical looks the same
-                    // once expired: no change for its watchers.
-                    changed |= entry.status() != Status::Critical;
-                    self.expire(id, entry);
-                    report.expired += 1;
-                }
-                true
-            }
-            LeaseState::Expired { remove_at } if remove_at <= now => {
-                let detail = removal_detail(self.grace);
-                self.events
-                    .record(EventKind::Removed, self.service, id, detail);
-                report.removed += 1;
-                changed = true;
-                false
-            }
-            _ => true,
-        });
-        changed
-    }
-
-    fn spare(&self, id: &str, entry: &mut Entry, guard: Guard) {
-        let ttl = entry.registration.ttl;
-        entry.spared = true;
-        entry.lease = LeaseState::Live {
-            expires_at: self.now + ttl,
-        };
-        let detail = spare_detail(ttl, guard);
-        self.events
-            .record(EventKind::Spared, self.service, id, detail);
-    }
-
-    fn expire(&self, id: &str, entry: &mut Entry) {
-        entry.lease = LeaseState::Expired {
-            remove_at: self.now + self.grace,
-        };
-        let detail = expiry_detail(entry.registration.ttl, self.grace);
-        self.events
-            .record(EventKind::Critical, self.service, id, detail);
-    }
-}
-
-/// The event details of what a sweep does, shared by both stores.
-pub(crate) fn expiry_detail(ttl: Duration, grace: Duration) -> String {
+/// The event details of what a sweep does.
+fn expiry_detail(ttl: Duration, grace: Duration) -> String {
     format!(
         "lease expired: no heartbeat for {}; removed in {} unless one arrives",
         humantime::format_duration(ttl),
@@ -172,14 +188,14 @@ pub(crate) fn expiry_detail(ttl: Duration, grace: Duration) -> String {
     )
 }
 
-pub(crate) fn removal_detail(grace: Duration) -> String {
+fn removal_detail(grace: Duration) -> String {
     format!(
         "removed after {} critical without a heartbeat",
         humantime::format_duration(grace)
     )
 }
 
-pub(crate) fn spare_detail(ttl: Duration, guard: Guard) -> String {
+fn spare_detail(ttl: Duration, guard: Guard) -> String {
     format!(
         "lease extended by {}: the mass-expiry guard held back {} of {} passing \
          instances whose leases ran out at once",
@@ -189,7 +205,7 @@ pub(crate) fn spare_detail(ttl: Duration, guard: Guard) -> String {
     )
 }
 
-/// Runs `sweep` ([`Catalog::sweep`], or the etcd store's) every `interval` until
+/// Runs `sweep` (the store's) every `interval` until
 /// `shutdown` turns true.
 pub async fn run_sweeper<F: Future<Output = SweepReport>>(
     mut sweep: impl FnMut(Instant) -> F,

@@ -34,6 +34,7 @@ pub mod route;
 pub mod server;
 pub mod sidecar;
 pub mod snapshot;
+pub mod store;
 pub mod tls;
 pub mod tokens;
 pub mod ui;

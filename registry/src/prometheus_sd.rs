@@ -25,27 +25,22 @@ impl Catalog {
     /// Instances in every state are listed: a sidecar whose app is failing still has
     /// metrics worth scraping.
     pub fn prometheus_targets(&self) -> Vec<TargetGroup> {
-        let mut groups: Vec<TargetGroup> = self
-            .services
-            .iter()
-            .flat_map(|svc| {
-                let service = svc.key().clone();
-                svc.instances
-                    .iter()
-                    .filter_map(|(id, e)| {
-                        let admin = e.registration.metadata.get(ADMIN_METADATA)?;
-                        Some(TargetGroup {
-                            targets: vec![admin.clone()],
-                            labels: BTreeMap::from([
-                                ("service".to_owned(), service.clone()),
-                                ("instance".to_owned(), id.clone()),
-                                ("status".to_owned(), e.status().as_str().to_owned()),
-                            ]),
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut groups = Vec::new();
+        self.each_service(|service, instances| {
+            for (id, e) in instances {
+                let Some(admin) = e.registration.metadata.get(ADMIN_METADATA) else {
+                    continue;
+                };
+                groups.push(TargetGroup {
+                    targets: vec![admin.clone()],
+                    labels: BTreeMap::from([
+                        ("service".to_owned(), service.to_owned()),
+                        ("instance".to_owned(), id.clone()),
+                        ("status".to_owned(), e.status().as_str().to_owned()),
+                    ]),
+                });
+            }
+        });
         groups.sort_by(|a, b| a.labels.cmp(&b.labels));
         groups
     }

@@ -164,8 +164,7 @@ impl Catalog {
         service: &str,
         id: &str,
     ) -> Result<Option<String>, UnknownInstance> {
-        let svc = self.services.get(service).ok_or(UnknownInstance)?;
-        let entry = svc.instances.get(id).ok_or(UnknownInstance)?;
+        let entry = self.entry(service, id).ok_or(UnknownInstance)?;
         Ok(entry.registration.metadata.get(ADMIN_METADATA).cloned())
     }
 }

@@ -171,19 +171,16 @@ fn check(file: &SnapshotFile) -> Result<(), String> {
 
 /// Writes the catalog to `dir` atomically. Blocking: call it off the async workers.
 pub fn write(dir: &Path, catalog: &Catalog) -> std::io::Result<()> {
-    let services = catalog
-        .services
-        .iter()
-        .filter(|svc| !svc.instances.is_empty())
-        .map(|svc| {
-            let instances = svc
-                .instances
+    let mut services = BTreeMap::new();
+    catalog.each_service(|service, instances| {
+        if !instances.is_empty() {
+            let stored = instances
                 .iter()
                 .map(|(id, e)| (id.clone(), StoredInstance::of(e)))
                 .collect();
-            (svc.key().clone(), instances)
-        })
-        .collect();
+            services.insert(service.to_owned(), stored);
+        }
+    });
     let file = SnapshotFile {
         version: FORMAT_VERSION,
         // Read after the scan, not before: changes keep arriving while it runs, and the

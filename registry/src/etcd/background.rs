@@ -46,7 +46,7 @@ impl Tasks {
                 async move {
                     let sweep = |now| {
                         let store = store.clone();
-                        async move { store.sweep(now).await }
+                        async move { store.sweep_leases(now).await }
                     };
                     lease::run_sweeper(sweep, &metrics, sweep_interval, stopped).await
                 }
@@ -239,13 +239,15 @@ impl EtcdStore {
         }
         self.metrics.stale.set(0);
         let now = Instant::now();
-        for mut svc in self.catalog.services.iter_mut() {
-            for entry in svc.instances.values_mut() {
+        self.catalog.change_each(|_, instances| {
+            for entry in instances.values_mut() {
                 if let LeaseState::Live { expires_at } = &mut entry.lease {
                     *expires_at = (*expires_at).max(now + entry.registration.ttl);
                 }
             }
-        }
+            // Leases are not listed: nothing for watchers.
+            false
+        });
         tracing::info!("etcd is reachable again: accepting writes");
     }
 }

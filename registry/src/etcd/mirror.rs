@@ -9,7 +9,9 @@ use tokio::time::Instant;
 
 use super::client::{Change, Kv};
 use super::{EtcdStore, Record, ServiceChange};
+use crate::catalog::Instances;
 use crate::entry::{Entry, LeaseState};
+use crate::store;
 
 /// How far away "never" is for a lease another live replica owns: it expires it, not us.
 const OWNED_ELSEWHERE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -96,32 +98,31 @@ impl EtcdStore {
             }
         }
         let mut revisions = HashMap::new();
-        let known = self.catalog.services.iter().map(|s| s.key().clone());
+        let known = self.catalog.service_names();
         let services: std::collections::BTreeSet<String> =
-            known.chain(records.keys().cloned()).collect();
+            known.into_iter().chain(records.keys().cloned()).collect();
         let now = Instant::now();
         for service in services {
             let instances = records.remove(&service).unwrap_or_default();
-            let mut svc = self.catalog.service_mut(&service);
-            let mut entries = BTreeMap::new();
-            for (id, (record, mod_revision)) in instances {
-                let key = (service.clone(), id.clone());
-                let owner = owners.get(&key).map(String::as_str);
-                // A lease this replica holds keeps its deadline across the read.
-                let kept = svc.instances.remove(&id).filter(|e| {
-                    owner == Some(self.replica.as_str())
-                        && matches!(e.lease, LeaseState::Live { .. })
-                        && record.expired_at.is_none()
-                });
-                let entry = kept.unwrap_or_else(|| self.entry_of(record, owner, now));
-                revisions.insert(key, mod_revision);
-                entries.insert(id, entry);
-            }
-            svc.instances = entries;
+            let rebuild = |mut held: Instances| {
+                let mut entries = Instances::new();
+                for (id, (record, mod_revision)) in instances {
+                    let key = (service.clone(), id.clone());
+                    let owner = owners.get(&key).map(String::as_str);
+                    // A lease this replica holds keeps its deadline across the read.
+                    let kept = held.remove(&id).filter(|e| {
+                        owner == Some(self.replica.as_str())
+                            && matches!(e.lease, LeaseState::Live { .. })
+                            && record.expired_at.is_none()
+                    });
+                    let entry = kept.unwrap_or_else(|| self.entry_of(record, owner, now));
+                    revisions.insert(key, mod_revision);
+                    entries.insert(id, entry);
+                }
+                entries
+            };
             let index = indexes.get(&service).copied().unwrap_or(0) as u64;
-            if index > svc.index {
-                self.catalog.bump_to(&mut svc, index);
-            }
+            self.catalog.mirror_service(&service, rebuild, index);
         }
         // Taken after the catalog's locks are released: the sweep takes them in the other
         // order (a service's shard, then this).
@@ -145,8 +146,7 @@ impl EtcdStore {
                 let owner = mirror.owners.get(&key).map(String::as_str);
                 let entry = self.entry_of(record, owner, Instant::now());
                 drop(mirror);
-                let mut svc = self.catalog.service_mut(service);
-                svc.instances.insert(id.to_owned(), entry);
+                self.catalog.mirror_put(service, id, entry);
             }
             Some(Key::Owner(service, id)) => {
                 let owner = String::from_utf8_lossy(&kv.value).into_owned();
@@ -161,18 +161,14 @@ impl EtcdStore {
                 let change = serde_json::from_slice::<ServiceChange>(&kv.value)
                     .ok()
                     .filter(|c| validate::instance_id(&c.instance).is_ok());
-                let mut svc = self.catalog.service_mut(service);
-                if let Some(change) = change {
-                    self.catalog.events().record(
-                        change.kind,
-                        service,
-                        &change.instance,
-                        change.detail,
-                    );
-                }
-                if revision > svc.index {
-                    self.catalog.bump_to(&mut svc, revision);
-                }
+                let event = change.as_ref().map(|c| {
+                    let event = store::Change {
+                        kind: c.kind,
+                        detail: c.detail.clone(),
+                    };
+                    (c.instance.as_str(), event)
+                });
+                self.catalog.advance(service, revision, event);
             }
             None => {}
         }
@@ -184,9 +180,7 @@ impl EtcdStore {
                 self.mirror()
                     .revisions
                     .remove(&(service.to_owned(), id.to_owned()));
-                if let Some(mut svc) = self.catalog.services.get_mut(service) {
-                    svc.instances.remove(id);
-                }
+                self.catalog.mirror_remove(service, id);
             }
             Some(Key::Owner(service, id)) => {
                 self.mirror()
@@ -203,13 +197,12 @@ impl EtcdStore {
     /// Starts a live lease afresh for its new owner (an expired one keeps its removal
     /// time): see [`live_deadline`].
     fn set_deadline(&self, service: &str, id: &str, elsewhere: bool) {
-        if let Some(mut svc) = self.catalog.services.get_mut(service)
-            && let Some(entry) = svc.instances.get_mut(id)
-            && matches!(entry.lease, LeaseState::Live { .. })
-        {
-            let expires_at = live_deadline(elsewhere, Instant::now(), entry.registration.ttl);
-            entry.lease = LeaseState::Live { expires_at };
-        }
+        self.catalog.change_entry(service, id, |entry| {
+            if matches!(entry.lease, LeaseState::Live { .. }) {
+                let expires_at = live_deadline(elsewhere, Instant::now(), entry.registration.ttl);
+                entry.lease = LeaseState::Live { expires_at };
+            }
+        });
     }
 
     /// The catalog entry of a record: an expired one is removed `--critical-grace` after

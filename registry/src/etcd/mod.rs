@@ -33,18 +33,19 @@ mod mirror;
 mod sweep;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use mesh_registry_api::{Instance, Lease, Registration, Status, StoreStatus};
+use mesh_registry_api::StoreStatus;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::catalog::{Catalog, UnknownInstance};
-use crate::entry::{Claim, Entry, LeaseState, Refusal, new_generation};
-use crate::error::ApiError;
-use crate::events::{self, EventKind};
+use crate::catalog::Catalog;
+use crate::entry::{Entry, Refusal};
+use crate::events::EventKind;
+use crate::lease::SweepReport;
 use crate::snapshot::StoredInstance;
+use crate::store::{Applied, Change, Decide, Decision, Pending, Store, WriteError};
 use client::{Compare, Etcd, EtcdError, Op};
 use metrics::EtcdMetrics;
 
@@ -74,45 +75,6 @@ struct ServiceChange {
     kind: EventKind,
     instance: String,
     detail: String,
-}
-
-/// Why a write failed.
-#[derive(Debug)]
-pub enum WriteError {
-    /// The instance's rules refused it (unknown, replaced, owned by another writer).
-    Refused(Refusal),
-    /// Another replica changed the instance while this write was being made.
-    Contended,
-    Etcd(EtcdError),
-    /// The replica is cut off from etcd: it does not try, it answers at once.
-    Stale,
-}
-
-impl From<Refusal> for WriteError {
-    fn from(refusal: Refusal) -> Self {
-        WriteError::Refused(refusal)
-    }
-}
-
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::Refused(_) => ApiError::NotFound("no such instance".to_owned()),
-            WriteError::Contended => ApiError::Conflict(
-                "the instance was changed through another replica at the same moment; \
-                 send the request again"
-                    .to_owned(),
-            ),
-            WriteError::Etcd(e) => ApiError::StoreUnavailable(format!(
-                "{e}; reads are answered from this replica's last state"
-            )),
-            WriteError::Stale => ApiError::StoreUnavailable(
-                "etcd is unreachable from this replica (no quorum answers); reads are \
-                 answered from its last state"
-                    .to_owned(),
-            ),
-        }
-    }
 }
 
 /// One replica's view of etcd: the client, the mirror's bookkeeping, and this replica's
@@ -168,149 +130,62 @@ impl EtcdStore {
         *self.synced.borrow()
     }
 
-    pub fn status(&self) -> StoreStatus {
-        StoreStatus {
-            kind: "etcd".to_owned(),
-            stale: self.is_stale(),
-            revision: Some(*self.applied.borrow()),
-            endpoint: Some(self.etcd.endpoint()),
-        }
-    }
-
-    /// Creates or replaces an instance for `owner` (see [`Catalog::register`]). An
-    /// identical re-registration of a live instance by its owner writes nothing but, at
-    /// most, which replica holds its lease.
-    pub async fn register(
+    /// The etcd store's write: the rules decide on the instance as the mirror shows it,
+    /// and the write holds only while etcd still has it so (see [`EtcdStore::unchanged`]).
+    /// A renewal writes nothing but, at most, which replica holds the lease.
+    async fn apply_decision(
         &self,
         service: &str,
         id: &str,
-        registration: Registration,
-        owner: &str,
-    ) -> Result<(Instance, u64), WriteError> {
+        decide: Decide<'_>,
+    ) -> Result<Applied, WriteError> {
         self.writable()?;
-        let before = self.entry(service, id);
-        if let Some(existing) = &before {
-            existing.check_owner(owner)?;
-        }
-        let unchanged = before.as_ref().is_some_and(|e| {
-            matches!(e.lease, LeaseState::Live { .. })
-                && e.registration == registration
-                && e.owner == owner
-        });
-        if unchanged {
-            self.claim(service, id).await?;
-            return self
-                .renew(service, id, None, None)
-                .map(|(entry, index)| (entry.listed(id), index))
-                .map_err(|UnknownInstance| WriteError::Refused(Refusal::Unknown));
-        }
-        let detail = events::registration_detail(
-            before.as_ref().map(|e| {
-                (
-                    &e.registration,
-                    matches!(e.lease, LeaseState::Expired { .. }),
-                )
-            }),
-            &registration,
-        );
-        let now = SystemTime::now();
-        let entry = Entry {
-            registration,
-            output: before.as_ref().and_then(|e| e.output.clone()),
-            lease: LeaseState::Live {
-                expires_at: Instant::now(),
-            },
-            registered_at: before.as_ref().map_or(now, |e| e.registered_at),
-            last_heartbeat: now,
-            spared: false,
-            owner: owner.to_owned(),
-            generation: new_generation(),
-        };
-        let change = ServiceChange {
-            kind: EventKind::Registered,
-            instance: id.to_owned(),
-            detail,
-        };
-        let revision = self
-            .write_instance(service, id, &entry, Some(change))
-            .await?;
-        Ok((entry.listed(id), revision))
-    }
-
-    /// Renews a lease for the claim's writer (see [`Catalog::heartbeat`]): in memory
-    /// only, unless the listed status changes or the lease had run out, or this replica
-    /// does not hold it yet.
-    pub async fn heartbeat(
-        &self,
-        service: &str,
-        id: &str,
-        claim: Claim<'_>,
-        status: Option<Status>,
-        output: Option<String>,
-    ) -> Result<(Lease, u64), WriteError> {
-        self.writable()?;
-        let entry = self.entry(service, id).ok_or(Refusal::Unknown)?;
-        entry.check(claim)?;
-        let before = entry.status();
-        let expired = matches!(entry.lease, LeaseState::Expired { .. });
-        let reported = status.unwrap_or(entry.registration.status);
-        let lease = |status| Lease {
-            service: service.to_owned(),
-            id: id.to_owned(),
-            status,
-            ttl: entry.registration.ttl,
-        };
-        if expired || reported != entry.registration.status {
-            let mut entry = entry.clone();
-            entry.registration.status = reported;
-            entry.output = output.clone().or(entry.output);
-            entry.last_heartbeat = SystemTime::now();
-            let change = (reported != before).then(|| {
-                let (kind, detail) =
-                    events::heartbeat_event(before, reported, expired, output.as_deref());
-                ServiceChange {
-                    kind,
-                    instance: id.to_owned(),
-                    detail,
+        let before = self.catalog.entry(service, id);
+        match decide(before.as_ref())? {
+            Decision::Renew {
+                status,
+                output,
+                now,
+            } => {
+                self.claim(service, id).await?;
+                let renew = |entry: &mut Entry| {
+                    entry.renew(status, output, now);
+                    entry.clone()
+                };
+                let (entry, index) = self
+                    .catalog
+                    .change_entry(service, id, renew)
+                    .ok_or(Refusal::Unknown)?;
+                Ok(Applied {
+                    entry: Some(entry),
+                    index,
+                })
+            }
+            Decision::Put { entry, change } => {
+                let index = self.write_instance(service, id, &entry, change).await?;
+                Ok(Applied {
+                    entry: Some(*entry),
+                    index,
+                })
+            }
+            Decision::Remove { change } => {
+                let ops = self.removal(service, id, &change);
+                let compare = [self.unchanged(service, id)];
+                let (succeeded, revision) = self
+                    .etcd
+                    .txn(&compare, &ops)
+                    .await
+                    .map_err(WriteError::Etcd)?;
+                self.read_your_write(revision).await;
+                if !succeeded {
+                    return Err(WriteError::Contended);
                 }
-            });
-            let revision = self.write_instance(service, id, &entry, change).await?;
-            return Ok((lease(reported), revision));
+                Ok(Applied {
+                    entry: None,
+                    index: revision as u64,
+                })
+            }
         }
-        self.claim(service, id).await?;
-        let (entry, index) = self
-            .renew(service, id, output, Some(reported))
-            .map_err(|UnknownInstance| Refusal::Unknown)?;
-        Ok((lease(entry.status()), index))
-    }
-
-    /// Removes an instance for the claim's writer; returns the service's new index.
-    pub async fn deregister(
-        &self,
-        service: &str,
-        id: &str,
-        claim: Claim<'_>,
-    ) -> Result<u64, WriteError> {
-        self.writable()?;
-        let entry = self.entry(service, id).ok_or(Refusal::Unknown)?;
-        entry.check(claim)?;
-        let change = ServiceChange {
-            kind: EventKind::Deregistered,
-            instance: id.to_owned(),
-            detail: format!("was {} at {}", entry.status(), entry.registration.address),
-        };
-        let ops = self.removal(service, id, &change);
-        let compare = [self.unchanged(service, id)];
-        let (succeeded, revision) = self
-            .etcd
-            .txn(&compare, &ops)
-            .await
-            .map_err(WriteError::Etcd)?;
-        self.read_your_write(revision).await;
-        if !succeeded {
-            return Err(WriteError::Contended);
-        }
-        Ok(revision as u64)
     }
 
     /// Writes an instance, takes it over, and (when its listing changed) moves the
@@ -322,7 +197,7 @@ impl EtcdStore {
         service: &str,
         id: &str,
         entry: &Entry,
-        change: Option<ServiceChange>,
+        change: Option<Change>,
     ) -> Result<u64, WriteError> {
         let record = Record {
             stored: StoredInstance::of(entry),
@@ -336,7 +211,7 @@ impl EtcdStore {
             },
             self.owner_op(service, id),
         ];
-        ops.extend(change.map(|c| self.service_op(service, &c)));
+        ops.extend(change.map(|c| self.service_op(service, id, &c)));
         let compare = [self.unchanged(service, id)];
         let (succeeded, revision) = self
             .etcd
@@ -365,33 +240,12 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Renews the lease in the mirror (this replica owns it now). Never moves the index,
-    /// unlike [`Catalog::heartbeat`]: indexes are etcd revisions, and the callers have
-    /// checked that the listing does not change.
-    fn renew(
-        &self,
-        service: &str,
-        id: &str,
-        output: Option<String>,
-        status: Option<Status>,
-    ) -> Result<(Entry, u64), UnknownInstance> {
-        let mut svc = self
-            .catalog
-            .services
-            .get_mut(service)
-            .ok_or(UnknownInstance)?;
-        let index = svc.index;
-        let entry = svc.instances.get_mut(id).ok_or(UnknownInstance)?;
-        entry.renew(status, output, Instant::now());
-        Ok((entry.clone(), index))
-    }
-
     /// The operations that remove an instance with `change` as its service's event.
-    fn removal(&self, service: &str, id: &str, change: &ServiceChange) -> Vec<Op> {
+    fn removal(&self, service: &str, id: &str, change: &Change) -> Vec<Op> {
         vec![
             Op::Delete(self.instance_key(service, id)),
             Op::Delete(self.owner_key(service, id)),
-            self.service_op(service, change),
+            self.service_op(service, id, change),
         ]
     }
 
@@ -430,11 +284,6 @@ impl EtcdStore {
             .expect("the mirror lock is never poisoned")
     }
 
-    fn entry(&self, service: &str, id: &str) -> Option<Entry> {
-        let svc = self.catalog.services.get(service)?;
-        svc.instances.get(id).cloned()
-    }
-
     fn owns(&self, service: &str, id: &str) -> bool {
         let mirror = self.mirror();
         mirror.owner(service, id) == Some(self.replica.as_str())
@@ -448,10 +297,17 @@ impl EtcdStore {
         }
     }
 
-    fn service_op(&self, service: &str, change: &ServiceChange) -> Op {
+    /// The write of `services/{service}` that moves its index, carrying the event about
+    /// instance `id` every replica records.
+    fn service_op(&self, service: &str, id: &str, change: &Change) -> Op {
+        let change = ServiceChange {
+            kind: change.kind,
+            instance: id.to_owned(),
+            detail: change.detail.clone(),
+        };
         Op::Put {
             key: format!("{}services/{service}", self.prefix),
-            value: serde_json::to_vec(change).expect("changes serialize"),
+            value: serde_json::to_vec(&change).expect("changes serialize"),
             lease: 0,
         }
     }
@@ -469,5 +325,43 @@ impl EtcdStore {
         let mirror = self.mirror();
         let revision = mirror.revision(service, id).unwrap_or(0);
         Compare::ModRevision(self.instance_key(service, id), revision)
+    }
+}
+
+// === impl Store for EtcdStore ===
+
+impl Store for EtcdStore {
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            kind: "etcd".to_owned(),
+            stale: self.is_stale(),
+            revision: Some(*self.applied.borrow()),
+            endpoint: Some(self.etcd.endpoint()),
+        }
+    }
+
+    fn stale(&self) -> bool {
+        self.is_stale()
+    }
+
+    fn synced(&self) -> bool {
+        self.is_synced()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        decide: Decide<'a>,
+    ) -> Pending<'a, Result<Applied, WriteError>> {
+        Box::pin(self.apply_decision(service, id, decide))
+    }
+
+    fn sweep(&self, now: Instant) -> Pending<'_, SweepReport> {
+        Box::pin(self.sweep_leases(now))
     }
 }

@@ -4,32 +4,31 @@
 
 use std::time::SystemTime;
 
-use mesh_registry_api::Status;
 use tokio::time::Instant;
 
 use super::mirror::since_epoch_ms;
-use super::{EtcdStore, Record, ServiceChange};
-use crate::entry::{Entry, LeaseState};
-use crate::events::EventKind;
-use crate::lease::{self, SweepReport};
+use super::{EtcdStore, Record};
+use crate::entry::Entry;
+use crate::lease::{self, Due, SweepReport};
 use crate::snapshot::StoredInstance;
+use crate::store::Change;
 
-/// What a sweep decided for one instance.
-enum Action {
-    /// Its lease ran out: write it as critical. (Boxed: an entry is far larger than the
-    /// other variant, and sweeps collect many actions.)
-    Expire(String, String, Box<Entry>),
-    /// Critical for the whole grace period: remove it.
-    Remove(String, String),
+/// What a sweep decided for one instance, to be written after the catalog's locks are
+/// released. (The entry is boxed: it is far larger than the rest, and sweeps collect
+/// many of these.)
+struct Action {
+    service: String,
+    due: Due,
+    entry: Option<Box<Entry>>,
 }
 
 // === impl EtcdStore ===
 
 impl EtcdStore {
     /// Expires the leases this replica is responsible for that ran out by `now`, and
-    /// removes the instances whose grace ended. The mass-expiry guard is applied as in
-    /// the embedded store; a spared lease is extended in memory only (no write).
-    pub(crate) async fn sweep(&self, now: Instant) -> SweepReport {
+    /// removes the instances whose grace ended, as [`lease::due`] decides for both
+    /// stores. A spared lease is extended in memory only (no write).
+    pub(super) async fn sweep_leases(&self, now: Instant) -> SweepReport {
         let mut report = SweepReport::default();
         if !self.is_synced() || self.is_stale() {
             // A replica cut off from etcd expires nothing: the heartbeats it is missing
@@ -37,9 +36,18 @@ impl EtcdStore {
             return report;
         }
         for action in self.decide(now, &mut report) {
-            let done = match action {
-                Action::Expire(service, id, entry) => self.expire(&service, &id, *entry).await,
-                Action::Remove(service, id) => self.remove(&service, &id).await,
+            let done = match action.due {
+                Due::Expire {
+                    id, change, listed, ..
+                } => {
+                    let entry = action.entry.expect("an expiry carries its entry");
+                    let change = listed.then_some(change);
+                    self.expire(&action.service, &id, &entry, change).await
+                }
+                Due::Remove { id, change } => {
+                    let ops = self.removal(&action.service, &id, &change);
+                    self.conditional(&action.service, &id, &ops).await
+                }
             };
             match done {
                 Ok(true) => {}
@@ -56,57 +64,42 @@ impl EtcdStore {
         report
     }
 
-    /// What to do, decided with the catalog locked; the writes happen after.
+    /// What to do, decided with the catalog locked; the writes happen after. Instances
+    /// are removed by the replica owning their lease, or by any once nobody owns it.
     fn decide(&self, now: Instant, report: &mut SweepReport) -> Vec<Action> {
+        let grace = self.catalog.critical_grace();
+        let events = self.catalog.events();
         let mut actions = Vec::new();
-        for mut svc in self.catalog.services.iter_mut() {
-            let (service, state) = svc.pair_mut();
-            let guard = lease::guard_holds(service, &state.instances, now);
-            for (id, entry) in state.instances.iter_mut() {
-                match entry.lease {
-                    LeaseState::Live { expires_at } if expires_at <= now => {
-                        if let Some(guard) = guard.filter(|_| lease::sparable(entry, now)) {
-                            let ttl = entry.registration.ttl;
-                            entry.spared = true;
-                            entry.lease = LeaseState::Live {
-                                expires_at: now + ttl,
-                            };
-                            let detail = lease::spare_detail(ttl, guard);
-                            self.catalog
-                                .events()
-                                .record(EventKind::Spared, service, id, detail);
-                            report.spared += 1;
-                        } else {
-                            report.expired += 1;
-                            actions.push(Action::Expire(
-                                service.clone(),
-                                id.clone(),
-                                Box::new(entry.clone()),
-                            ));
-                        }
-                    }
-                    LeaseState::Expired { remove_at }
-                        if remove_at <= now && self.responsible(service, id) =>
-                    {
-                        report.removed += 1;
-                        actions.push(Action::Remove(service.clone(), id.clone()));
-                    }
-                    _ => {}
-                }
+        self.catalog.change_each(|service, instances| {
+            let responsible = |id: &str| self.responsible(service, id);
+            for due in lease::due(service, instances, now, grace, events, report, responsible) {
+                let entry = match &due {
+                    Due::Expire { id, .. } => instances.get(id).cloned().map(Box::new),
+                    Due::Remove { .. } => None,
+                };
+                actions.push(Action {
+                    service: service.to_owned(),
+                    due,
+                    entry,
+                });
             }
-        }
+            // Indexes move when every replica sees the write, through the watch.
+            false
+        });
         actions
     }
 
-    /// Writes an instance as expired, unless it changed since the mirror saw it.
+    /// Writes an instance as expired, with `change` as its service's event when its
+    /// listing changes; unless it changed since the mirror saw it.
     async fn expire(
         &self,
         service: &str,
         id: &str,
-        entry: Entry,
+        entry: &Entry,
+        change: Option<Change>,
     ) -> Result<bool, super::EtcdError> {
         let record = Record {
-            stored: StoredInstance::of(&entry),
+            stored: StoredInstance::of(entry),
             expired_at: Some(since_epoch_ms(SystemTime::now())),
         };
         let mut ops = vec![super::Op::Put {
@@ -114,26 +107,7 @@ impl EtcdStore {
             value: serde_json::to_vec(&record).expect("records serialize"),
             lease: 0,
         }];
-        // An instance that already reported itself critical looks the same once expired:
-        // its listing does not change, so its index does not move.
-        if entry.status() != Status::Critical {
-            let change = ServiceChange {
-                kind: EventKind::Critical,
-                instance: id.to_owned(),
-                detail: lease::expiry_detail(entry.registration.ttl, self.catalog.critical_grace()),
-            };
-            ops.push(self.service_op(service, &change));
-        }
-        self.conditional(service, id, &ops).await
-    }
-
-    async fn remove(&self, service: &str, id: &str) -> Result<bool, super::EtcdError> {
-        let change = ServiceChange {
-            kind: EventKind::Removed,
-            instance: id.to_owned(),
-            detail: lease::removal_detail(self.catalog.critical_grace()),
-        };
-        let ops = self.removal(service, id, &change);
+        ops.extend(change.map(|c| self.service_op(service, id, &c)));
         self.conditional(service, id, &ops).await
     }
 
@@ -168,11 +142,11 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::Action;
     use crate::catalog::Catalog;
     use crate::etcd::EtcdStore;
     use crate::etcd::client::{Change, Kv};
     use crate::etcd::metrics::EtcdMetrics;
+    use crate::lease::Due;
     use crate::lease::SweepReport;
     use crate::metrics::Metrics;
 
@@ -203,9 +177,9 @@ mod tests {
         store
             .decide(now, &mut report)
             .into_iter()
-            .filter_map(|action| match action {
-                Action::Expire(_, id, _) => Some(id),
-                Action::Remove(..) => None,
+            .filter_map(|action| match action.due {
+                Due::Expire { id, .. } => Some(id),
+                Due::Remove { .. } => None,
             })
             .collect()
     }
