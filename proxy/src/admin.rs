@@ -1,4 +1,5 @@
-//! The admin listener: metrics, readiness and liveness, endpoint debugging, shutdown.
+//! The admin listener: metrics, readiness and liveness, endpoint and policy debugging,
+//! shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::breaker::Availability;
 use crate::discover::{Destination, Discovery};
 use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
+use crate::policy::{Policy, PolicyView};
 use crate::register::RegistrationState;
 use crate::tls::IdentitySlot;
 
@@ -24,6 +26,8 @@ pub struct Admin {
     pub identity: Option<Arc<IdentitySlot>>,
     /// With `--service`: the registration as it stands; not ready before the first.
     pub registration: Option<RegistrationState>,
+    /// With `--service`: the local service's intentions and limits.
+    pub policy: Option<Arc<Policy>>,
     /// Raised by `POST /shutdown`.
     pub shutdown: watch::Sender<bool>,
 }
@@ -58,6 +62,11 @@ impl Admin {
                 let json = serde_json::to_string_pretty(&views).expect("views serialize");
                 text(StatusCode::OK, "application/json", json + "\n")
             }
+            (&Method::GET, "/debug/policy") => {
+                let json =
+                    serde_json::to_string_pretty(&self.policy_view()).expect("views serialize");
+                text(StatusCode::OK, "application/json", json + "\n")
+            }
             (&Method::POST, "/shutdown") => {
                 if !peer.ip().is_loopback() {
                     return text(
@@ -70,7 +79,11 @@ impl Admin {
                 self.shutdown.send_replace(true);
                 text(StatusCode::ACCEPTED, "text/plain", "shutting down\n".into())
             }
-            (_, "/metrics" | "/live" | "/ready" | "/debug/endpoints" | "/shutdown") => text(
+            (
+                _,
+                "/metrics" | "/live" | "/ready" | "/debug/endpoints" | "/debug/policy"
+                | "/shutdown",
+            ) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
                 "method not allowed\n".into(),
@@ -78,7 +91,7 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /metrics, /ready, /live, /debug/endpoints\n".into(),
+                "not found; try /metrics, /ready, /live, /debug/endpoints, /debug/policy\n".into(),
             ),
         }
     }
@@ -109,6 +122,18 @@ impl Admin {
         if let Some(reason) = &reason {
             body["reason"] = reason.as_str().into();
         }
+        // The policy in force may not be the registry's: it stays ready (the last policy
+        // read is applied), and says why.
+        let policies = self.policy.iter().cloned().chain(
+            self.discovery
+                .snapshot()
+                .into_iter()
+                .map(|d| d.policy.clone()),
+        );
+        let problems: Vec<String> = policies.filter_map(|p| p.problem()).collect();
+        if !problems.is_empty() {
+            body["policy"] = problems.into();
+        }
         if let Some(registration) = &self.registration {
             let registered = *registration.registered.borrow();
             body["registered"] = registered.into();
@@ -119,6 +144,27 @@ impl Admin {
                 (registered && *registration.health.borrow() == Status::Passing).into();
         }
         (reason.is_none(), body)
+    }
+}
+
+impl Admin {
+    /// `/debug/policy`: the local service's intentions and limits with recent denials,
+    /// and each destination's routes.
+    fn policy_view(&self) -> serde_json::Value {
+        let serving = self.policy.as_ref().map(|p| {
+            let mut view = serde_json::to_value(p.view()).expect("views serialize");
+            view["recent_denials"] =
+                serde_json::to_value(p.denials.recent()).expect("views serialize");
+            view
+        });
+        let destinations: Vec<PolicyView> = self
+            .discovery
+            .snapshot()
+            .iter()
+            .filter(|d| mesh_registry_api::validate::service_name(&d.name).is_ok())
+            .map(|d| d.policy.view())
+            .collect();
+        serde_json::json!({ "serving": serving, "destinations": destinations })
     }
 }
 

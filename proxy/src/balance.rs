@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use mesh_registry_api::policy::Selector;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -36,17 +37,30 @@ pub struct Chosen {
 /// chooses among the ready ones, minus the previous try's when there is another. When
 /// every endpoint is ejected, the one ejected longest ago: a request is better sent to
 /// an endpoint that may have recovered than refused.
+///
+/// With a `subset` (a route chose one), only the endpoints whose metadata it selects are
+/// candidates, for every try of the request.
 pub fn choose(
     strategy: Strategy,
     destination: &Destination,
+    subset: Option<&Selector>,
     previous: Option<&Endpoint>,
     ejection: &EjectionConfig,
 ) -> Option<Chosen> {
     let now = Instant::now();
-    let set = destination.endpoints();
+    let all = destination.endpoints();
+    let in_subset: Vec<Arc<Endpoint>>;
+    let endpoints = match subset {
+        Some(subset) if !subset.is_all() => {
+            let selected = all.endpoints.iter().filter(|e| subset.matches(&e.metadata));
+            in_subset = selected.cloned().collect();
+            &in_subset[..]
+        }
+        _ => &all.endpoints[..],
+    };
     let is_previous = |e: &Endpoint| previous.is_some_and(|p| std::ptr::eq(p, e));
     let (mut some_out, mut previous_due) = (false, false);
-    for endpoint in &set.endpoints {
+    for endpoint in endpoints {
         match endpoint.breaker.standing(now) {
             Standing::Ready => {}
             Standing::Ejected => some_out = true,
@@ -61,14 +75,14 @@ pub fn choose(
     // Most of the time no endpoint is out, and the set is the candidates as it is.
     let ready_ones: Vec<Arc<Endpoint>>;
     let ready = if some_out {
-        let ready = set.endpoints.iter().filter(|e| !e.breaker.is_ejected(now));
+        let ready = endpoints.iter().filter(|e| !e.breaker.is_ejected(now));
         ready_ones = ready.cloned().collect();
         &ready_ones[..]
     } else {
-        &set.endpoints[..]
+        endpoints
     };
     if ready.is_empty() {
-        let oldest = set.endpoints.iter().min_by_key(|e| e.breaker.ejected_at());
+        let oldest = endpoints.iter().min_by_key(|e| e.breaker.ejected_at());
         return oldest.map(|endpoint| Chosen {
             endpoint: endpoint.clone(),
             probe: None,

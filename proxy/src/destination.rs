@@ -4,11 +4,13 @@
 //! sidecar must not dial ([`DialPolicy`]: its own listeners, plaintext ones under strict
 //! mTLS), which are kept aside with the reason.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use mesh_registry_api::ServiceListing;
+use mesh_registry_api::policy::Selector;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -17,6 +19,7 @@ use crate::endpoint::{Endpoint, Source};
 use crate::error::{ErrorKind, ProxyError};
 use crate::loops::OwnListeners;
 use crate::metrics::{EndpointState, Metrics, ServiceMetrics};
+use crate::policy::Policy;
 use crate::tls::TLS_METADATA;
 use mesh_registry_api::Protocol;
 
@@ -46,6 +49,7 @@ struct Found {
     address: String,
     weight: u32,
     instance: Option<String>,
+    metadata: BTreeMap<String, String>,
     /// Registered by a mesh sidecar.
     sidecar: bool,
     /// Speaks mTLS.
@@ -84,8 +88,11 @@ pub struct Destination {
     pub metrics: Arc<ServiceMetrics>,
     /// When a request last asked for it, in milliseconds since discovery started.
     pub(crate) last_used: AtomicU64,
-    /// The task keeping its endpoints current, stopped when it is dropped for idleness.
+    /// The task keeping its endpoints (and policy) current, stopped when it is dropped
+    /// for idleness.
     pub(crate) follower: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Its `routes`, as the registry gives them.
+    pub policy: Arc<Policy>,
 }
 
 /// A request in flight to a destination.
@@ -113,6 +120,7 @@ impl Destination {
             metrics,
             last_used: AtomicU64::new(now),
             follower: Mutex::new(None),
+            policy: Policy::destination(name),
         }
     }
 
@@ -181,6 +189,7 @@ impl Destination {
                 address: i.address.clone(),
                 weight: i.weight,
                 instance: Some(i.id.clone()),
+                metadata: i.metadata.clone(),
                 sidecar: mode.is_some(),
                 tls: mode.is_some_and(|m| m != "off"),
                 plain: match mode {
@@ -210,6 +219,7 @@ impl Destination {
             address: std::net::SocketAddr::new(*ip, port).to_string(),
             weight: 1,
             instance: None,
+            metadata: BTreeMap::new(),
             sidecar: false,
             tls: false,
             plain: "found through DNS",
@@ -242,15 +252,34 @@ impl Destination {
                     e.address == f.address
                         && e.weight == f.weight
                         && (e.sidecar, e.tls) == (f.sidecar, f.tls)
+                        && e.metadata == f.metadata
                 })
                 .cloned()
                 .unwrap_or_else(|| {
-                    let e = Endpoint::new(f.address, f.weight, f.instance);
+                    let e =
+                        Endpoint::new(f.address, f.weight, f.instance).with_metadata(f.metadata);
                     Arc::new(if f.sidecar { e.sidecar(f.tls) } else { e })
                 });
             set.endpoints.push(endpoint);
         }
         set
+    }
+
+    /// The error for a request that found no endpoint to dial in the `subset` its route
+    /// chose (`rule` is the route's name).
+    pub fn no_endpoints_in(&self, subset: &Selector, rule: &str) -> ProxyError {
+        let set = self.endpoints();
+        if subset.is_all() || set.endpoints.is_empty() {
+            return self.no_endpoints();
+        }
+        ProxyError::new(
+            ErrorKind::NoEndpoints,
+            format!(
+                "no endpoints for {} in subset {subset} (routes rule {rule}): none of its {} passing instances has that metadata",
+                self.name,
+                set.endpoints.len()
+            ),
+        )
     }
 
     /// The error for a request that found no endpoint to dial.

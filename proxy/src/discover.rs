@@ -1,4 +1,5 @@
-//! Discovery: destination service name → its current endpoints.
+//! Discovery: destination service name → its current endpoints (and its routes, which
+//! [`crate::policy`] follows beside them).
 //!
 //! Each destination has one task that long-polls the registry on that service's index
 //! and publishes complete endpoint sets into the [`Destination`], so requests read them
@@ -178,11 +179,23 @@ impl Discovery {
             let task = tokio::spawn(self.clone().follow(destination.clone(), port));
             *destination.follower.lock().expect("follower lock") = Some(task.abort_handle());
         }
-        if *destination.resolved.borrow() {
+        let follows_policy = validate::service_name(name).is_ok();
+        if *destination.resolved.borrow()
+            && (!follows_policy || *destination.policy.received.borrow())
+        {
             return Ok(destination);
         }
+        // The first request is routed as the registry says too: its endpoints and its
+        // routes are asked for together.
         let mut resolved = destination.resolved.subscribe();
-        let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, resolved.wait_for(|r| *r)).await;
+        let mut policy = destination.policy.received.subscribe();
+        let first = async {
+            let _ = resolved.wait_for(|r| *r).await;
+            if follows_policy {
+                let _ = policy.wait_for(|r| *r).await;
+            }
+        };
+        let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, first).await;
         // In use until now, however long the first resolution took.
         destination
             .last_used
@@ -244,10 +257,12 @@ impl Discovery {
         all
     }
 
-    /// Keeps one destination's endpoints current, for the life of the process.
+    /// Keeps one destination's endpoints (and, for a registry name, its routes) current,
+    /// for the life of the process.
     async fn follow(self: Arc<Self>, destination: Arc<Destination>, port: u16) {
         if validate::service_name(&destination.name).is_ok() {
-            self.follow_registry(destination, port).await
+            let policy = destination.policy.clone().follow(self.registry.clone());
+            tokio::join!(self.follow_registry(destination, port), policy);
         } else {
             // Not a registry name (dotted, or an IP address): DNS only.
             loop {

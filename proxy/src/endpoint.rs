@@ -9,6 +9,7 @@
 //! endpoint gets no tries both estimates drift back (latency towards zero, success
 //! towards one), so it is tried again before long.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct Endpoint {
     pub sidecar: bool,
     /// The endpoint is a sidecar that speaks mTLS.
     pub tls: bool,
+    /// The instance's registration metadata, which routes' subsets select on.
+    pub metadata: BTreeMap<String, String>,
     /// A std Mutex: held for a few arithmetic operations, never across an await.
     estimate: Mutex<Estimate>,
     in_flight: AtomicUsize,
@@ -140,6 +143,7 @@ impl Endpoint {
             instance,
             sidecar: false,
             tls: false,
+            metadata: BTreeMap::new(),
             estimate: Mutex::new(Estimate {
                 nanos: DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
@@ -157,6 +161,12 @@ impl Endpoint {
     pub fn sidecar(mut self, tls: bool) -> Self {
         self.sidecar = true;
         self.tls = tls;
+        self
+    }
+
+    /// Gives the endpoint its instance's registration metadata.
+    pub fn with_metadata(mut self, metadata: BTreeMap<String, String>) -> Self {
+        self.metadata = metadata;
         self
     }
 

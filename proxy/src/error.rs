@@ -40,6 +40,10 @@ pub enum ErrorKind {
     Overloaded,
     /// The caller's identity is not on this service's allow-list.
     Forbidden,
+    /// The service's intentions deny the caller this call.
+    Denied,
+    /// The service's limits refuse the call for now (its answer says when to try again).
+    RateLimited,
     /// Strict mTLS: the destination's endpoints cannot be reached over mTLS, and
     /// plaintext to it was not allowed (`--plaintext-to`).
     Insecure,
@@ -67,6 +71,8 @@ pub enum Retryable {
 pub struct ProxyError {
     pub kind: ErrorKind,
     pub message: String,
+    /// `Retry-After`, in whole seconds: when a refused caller may come back.
+    pub retry_after: Option<u64>,
 }
 
 // === impl ErrorKind ===
@@ -84,6 +90,8 @@ impl ErrorKind {
             ErrorKind::BudgetExhausted => "budget-exhausted",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Forbidden | ErrorKind::Insecure => "forbidden",
+            ErrorKind::Denied => "denied",
+            ErrorKind::RateLimited => "rate-limited",
             ErrorKind::Loop => "loop",
             ErrorKind::NoIdentity => "no-identity",
         }
@@ -91,7 +99,7 @@ impl ErrorKind {
 
     /// The kind a `mesh-error` value names (as a peer sidecar sends it).
     pub fn from_header(value: &HeaderValue) -> Option<ErrorKind> {
-        const ALL: [ErrorKind; 11] = [
+        const ALL: [ErrorKind; 13] = [
             ErrorKind::NoEndpoints,
             ErrorKind::ConnectFailed,
             ErrorKind::Timeout,
@@ -101,6 +109,8 @@ impl ErrorKind {
             ErrorKind::BudgetExhausted,
             ErrorKind::Overloaded,
             ErrorKind::Forbidden,
+            ErrorKind::Denied,
+            ErrorKind::RateLimited,
             ErrorKind::Loop,
             ErrorKind::NoIdentity,
         ];
@@ -118,7 +128,8 @@ impl ErrorKind {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Forbidden | ErrorKind::Insecure => StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden | ErrorKind::Insecure | ErrorKind::Denied => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             // Not a 5xx: a caller's sidecar would count that against the endpoint.
             ErrorKind::Tunnel => StatusCode::METHOD_NOT_ALLOWED,
@@ -137,7 +148,8 @@ impl ErrorKind {
             | ErrorKind::Insecure
             | ErrorKind::NoIdentity => grpc::UNAVAILABLE,
             ErrorKind::Timeout => grpc::DEADLINE_EXCEEDED,
-            ErrorKind::Forbidden => grpc::PERMISSION_DENIED,
+            ErrorKind::Forbidden | ErrorKind::Denied => grpc::PERMISSION_DENIED,
+            ErrorKind::RateLimited => grpc::RESOURCE_EXHAUSTED,
             ErrorKind::BadRequest | ErrorKind::Loop => grpc::INTERNAL,
             ErrorKind::Tunnel => grpc::UNIMPLEMENTED,
         }
@@ -158,9 +170,12 @@ impl ErrorKind {
             | ErrorKind::BudgetExhausted
             | ErrorKind::Overloaded
             | ErrorKind::Forbidden
+            | ErrorKind::Denied
             | ErrorKind::Insecure
             | ErrorKind::Loop
             | ErrorKind::NoIdentity => Retryable::Never,
+            // Not at once: the server asked for less, and says when to come back.
+            ErrorKind::RateLimited => Retryable::Never,
         }
     }
 }
@@ -185,6 +200,16 @@ impl ProxyError {
         ProxyError {
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A call the service's limits refuse; the caller may come back after
+    /// `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ProxyError {
+            retry_after: Some(retry_after_secs),
+            ..ProxyError::new(ErrorKind::RateLimited, message)
         }
     }
 
@@ -216,6 +241,9 @@ impl ProxyError {
         if self.kind == ErrorKind::Tunnel {
             // A 405 says which methods are served (RFC 9110 §15.5.6): all but CONNECT.
             headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         headers.insert(MESH_ERROR, HeaderValue::from_static(self.kind.as_str()));
         response
@@ -266,6 +294,31 @@ mod tests {
         assert_eq!(ErrorKind::Refused.retryable(), Retryable::Any);
         assert_eq!(ErrorKind::Timeout.retryable(), Retryable::IdempotentOnly);
         assert_eq!(ErrorKind::BadRequest.retryable(), Retryable::Never);
+    }
+
+    #[test]
+    fn policy_refusals_answer_403_and_429_or_their_grpc_statuses() {
+        let denied = || ProxyError::new(ErrorKind::Denied, "no-batch denies batch");
+        let plain = denied().into_response(false);
+        assert_eq!(plain.status(), StatusCode::FORBIDDEN);
+        assert_eq!(plain.headers()[MESH_ERROR], "denied");
+        assert_eq!(denied().into_response(true).headers()["grpc-status"], "7");
+        let limited = || ProxyError::rate_limited("over the limit", 2);
+        let plain = limited().into_response(false);
+        assert_eq!(plain.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(plain.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(plain.headers()[MESH_ERROR], "rate-limited");
+        let g = limited().into_response(true);
+        assert_eq!(
+            (g.status(), &g.headers()["grpc-status"]),
+            (StatusCode::OK, &HeaderValue::from_static("8"))
+        );
+        assert_eq!(g.headers()[header::RETRY_AFTER], "2");
+        for kind in [ErrorKind::Denied, ErrorKind::RateLimited] {
+            let value = HeaderValue::from_static(kind.as_str());
+            assert_eq!(ErrorKind::from_header(&value), Some(kind));
+            assert_eq!(kind.retryable(), Retryable::Never);
+        }
     }
 
     #[test]

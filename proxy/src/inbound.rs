@@ -1,4 +1,5 @@
-//! The peers' side: requests from other sidecars to the local app.
+//! The peers' side: requests from other sidecars to the local app, admitted by the
+//! `--allow` floor, then by the service's intentions and limits ([`Policy::admit`]).
 //!
 //! The app's answers pass back without any `mesh-error` header of the app's own: only
 //! errors a sidecar made may carry one, since callers' sidecars read it to decide
@@ -14,6 +15,7 @@ use crate::body::{self, BoxBody, FromCaller};
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::{Clients, Wire};
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::policy::Policy;
 use crate::pool::Pool;
 use crate::respond::{fail, observe};
 use crate::server::Peer;
@@ -46,7 +48,10 @@ pub struct Inbound {
     /// The inbound series of `service`.
     pub service_metrics: Arc<ServiceMetrics>,
     /// Services allowed to call this one (by mTLS identity); empty allows every caller.
+    /// A floor under the intentions: a call must pass both.
     pub allow: Vec<String>,
+    /// The service's intentions and limits, as the registry gives them.
+    pub policy: Arc<Policy>,
 }
 
 // === impl Inbound ===
@@ -70,6 +75,10 @@ impl Inbound {
             return fail(e, grpc_caller, timer);
         }
         if let Err(e) = headers::check_request(&request) {
+            return fail(e, grpc_caller, timer);
+        }
+        let caller = peer.identity.as_deref();
+        if let Err(e) = self.policy.admit(caller, &request, &self.metrics) {
             return fail(e, grpc_caller, timer);
         }
         // An upgrade goes to the app over HTTP/1.1 whatever it speaks (forward's rule).

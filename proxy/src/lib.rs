@@ -42,6 +42,7 @@ pub mod listeners;
 pub mod loops;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod pool;
 pub mod register;
 pub mod replay;
@@ -151,7 +152,14 @@ pub async fn run(
     let outbound = stages.outbound(listeners.outbound, listeners.upstreams, &discovery);
     let (shutdown_requested, mut requested) = watch::channel(false);
     let registration = local.as_ref().map(|l| l.registration.state());
-    let admin = stages.admin(listeners.admin, discovery, registration, shutdown_requested);
+    let serving = local.as_ref().map(|l| l.policy.clone());
+    let admin = stages.admin(
+        listeners.admin,
+        discovery,
+        registration,
+        serving,
+        shutdown_requested,
+    );
     tokio::select! {
         () = shutdown => {}
         _ = requested.wait_for(|s| *s) => {}
@@ -192,7 +200,10 @@ impl Stages<'_> {
         let config = self.config;
         // The app's connections, shared by peers' calls and the health checks.
         let pool = Arc::new(pool::Pool::new(app.to_string()));
-        let inbound = self.inbound(service, app, pool.clone(), listener);
+        // The service's intentions and limits, followed for as long as the app is served.
+        let policy = policy::Policy::serving(service, &config.tls.trust_domain);
+        let follower = tokio::spawn(policy.clone().follow(registry.clone()));
+        let inbound = self.inbound(service, app, pool.clone(), listener, policy.clone());
         let registration = &config.registration;
         let health = HealthCheck {
             app,
@@ -215,6 +226,8 @@ impl Stages<'_> {
             app,
             inbound,
             registration,
+            policy,
+            follower,
         }
     }
 
@@ -225,6 +238,7 @@ impl Stages<'_> {
         app: SocketAddr,
         pool: Arc<pool::Pool>,
         listener: TcpListener,
+        policy: Arc<policy::Policy>,
     ) -> Servers {
         let config = self.config;
         if !config.tls.allow.is_empty() {
@@ -239,6 +253,7 @@ impl Stages<'_> {
             metrics: self.metrics.clone(),
             service_metrics: self.metrics.service(Direction::Inbound, service),
             allow: config.tls.allow.clone(),
+            policy,
         });
         tracing::info!("inbound listening on {} → app {app}", address_of(&listener));
         let tls = self.identity.as_ref().map(|slot| InboundTls {
@@ -336,10 +351,11 @@ impl Stages<'_> {
         listener: TcpListener,
         discovery: Arc<Discovery>,
         registration: Option<RegistrationState>,
+        policy: Option<Arc<policy::Policy>>,
         shutdown: watch::Sender<bool>,
     ) -> Servers {
         tracing::info!(
-            "admin on http://{} (/metrics, /ready, /debug/endpoints)",
+            "admin on http://{} (/metrics, /ready, /debug/endpoints, /debug/policy)",
             address_of(&listener)
         );
         let admin = Arc::new(admin::Admin {
@@ -347,6 +363,7 @@ impl Stages<'_> {
             discovery,
             identity: self.identity.clone(),
             registration,
+            policy,
             shutdown,
         });
         let serve = Serve {

@@ -17,8 +17,8 @@ use prometheus::{
 
 pub use self::labels::{Closing, Transport};
 use self::labels::{
-    Detections, Ejections, Endpoints, Labels, Latency, Open, Requests, Responses, Retries, Service,
-    SplicedBytes, SplicedClosed, Updates,
+    Denied, Detections, Ejections, Endpoints, Labels, Latency, Open, Requests, Responses, Retries,
+    Service, SplicedBytes, SplicedClosed, Updates,
 };
 pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics, SplicedGuard};
 use crate::breaker::Rule;
@@ -29,6 +29,13 @@ use crate::retry::Reason;
 /// Distinct service names used as label values; later ones are counted as `other`, so an
 /// app calling many hosts cannot blow up Prometheus.
 pub const MAX_SERVICE_LABELS: usize = 100;
+
+/// Distinct policy rule names used as label values; later ones are counted as `other`.
+/// A document holds at most 256 rules, and documents change.
+pub const MAX_RULE_LABELS: usize = 100;
+
+/// The `rule` label of denials by `--allow`.
+pub const ALLOW_LIST_RULE: &str = "allow-list";
 
 /// A metric's name and help text.
 type Def = (&'static str, &'static str);
@@ -75,7 +82,11 @@ const INBOUND_CONNECTIONS: Def = (
 );
 const POLICY_DENIED: Def = (
     "mesh_policy_denied_total",
-    "Inbound requests refused by the caller allow-list (403 / PERMISSION_DENIED).",
+    "Inbound requests denied, by mode (enforce: refused with 403 / PERMISSION_DENIED; shadow: let through) and rule (an intention, default, or allow-list for --allow).",
+);
+const RATE_LIMITED: Def = (
+    "mesh_rate_limited_total",
+    "Requests refused by a service's limits (429 / RESOURCE_EXHAUSTED): inbound, refused by this sidecar; outbound, answered so by the destination (never retried at once).",
 );
 const REGISTRY_CONNECTED: Def = (
     "mesh_registry_connected",
@@ -157,7 +168,8 @@ pub struct Metrics {
     tcp_open: Family<Open, IntGaugeVec>,
     discovery_updates: Family<Updates, IntCounterVec>,
     inbound_connections: Family<Transport, IntCounterVec>,
-    policy_denied: Family<Service, IntCounterVec>,
+    policy_denied: Family<Denied, IntCounterVec>,
+    rate_limited: Family<Requests, IntCounterVec>,
     spliced_opened: Family<Requests, IntCounterVec>,
     spliced_open: Family<Requests, IntGaugeVec>,
     spliced_bytes: Family<SplicedBytes, IntCounterVec>,
@@ -170,6 +182,8 @@ pub struct Metrics {
     pub cert_rotations: IntCounter,
     /// Service names admitted as label values (a std Mutex: no await while held).
     services: Mutex<HashSet<String>>,
+    /// Rule names admitted as label values (a std Mutex: no await while held).
+    rules: Mutex<HashSet<String>>,
 }
 
 // === impl Direction ===
@@ -258,6 +272,7 @@ impl Metrics {
             discovery_updates: Family::counter(&r, DISCOVERY_UPDATES),
             inbound_connections: Family::counter(&r, INBOUND_CONNECTIONS),
             policy_denied: Family::counter(&r, POLICY_DENIED),
+            rate_limited: Family::counter(&r, RATE_LIMITED),
             spliced_opened: Family::counter(&r, SPLICED_OPENED),
             spliced_open: Family::gauge(&r, SPLICED_OPEN),
             spliced_bytes: Family::counter(&r, SPLICED_BYTES),
@@ -272,6 +287,7 @@ impl Metrics {
             cert_rotations: registered(&r, IntCounter::new(CERT_ROTATIONS.0, CERT_ROTATIONS.1)),
             registry: r,
             services: Mutex::new(HashSet::new()),
+            rules: Mutex::new(HashSet::new()),
         };
         // Both directions appear from the start, at zero.
         for direction in [Direction::Inbound, Direction::Outbound] {
@@ -326,6 +342,10 @@ impl Metrics {
                 rule,
             });
         }
+        self.rate_limited.get(&Requests {
+            direction: Direction::Outbound,
+            service: service.clone(),
+        });
         let labels = Service { service };
         self.retry_budget_exhausted.get(&labels);
         self.set_endpoints(&labels.service, EndpointState::Ejected, 0);
@@ -336,14 +356,48 @@ impl Metrics {
         self.inbound_connections.get(&transport).inc();
     }
 
-    /// Makes the local service's denial counter visible at zero (with an allow-list).
+    /// Makes the local service's allow-list denial counter visible at zero.
     pub fn policy_added(&self, service: &str) {
-        self.policy_denied.get(&self.service_labels(service));
+        self.policy_denied
+            .get(&self.denied_labels(service, "enforce", ALLOW_LIST_RULE));
     }
 
     /// Counts a request the allow-list refused.
     pub fn denied(&self, service: &str) {
-        self.policy_denied.get(&self.service_labels(service)).inc();
+        self.policy_denial(service, "enforce", ALLOW_LIST_RULE);
+    }
+
+    /// Counts a request a policy rule denied, in `mode` (`enforce` or `shadow`).
+    pub fn policy_denial(&self, service: &str, mode: &'static str, rule: &str) {
+        self.policy_denied
+            .get(&self.denied_labels(service, mode, rule))
+            .inc();
+    }
+
+    /// Counts a request refused by a service's limits: by this sidecar (inbound), or by
+    /// the destination (outbound).
+    pub fn rate_limited(&self, direction: Direction, service: &str) {
+        let service = self.service_label(service);
+        self.rate_limited
+            .get(&Requests { direction, service })
+            .inc();
+    }
+
+    fn denied_labels(&self, service: &str, mode: &'static str, rule: &str) -> Denied {
+        let rule = {
+            let mut admitted = self.rules.lock().expect("rules lock");
+            if admitted.contains(rule) || admitted.len() < MAX_RULE_LABELS {
+                admitted.insert(rule.to_owned());
+                rule.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        Denied {
+            service: self.service_label(service),
+            mode,
+            rule,
+        }
     }
 
     /// Counts a retry sent to `service`.
@@ -439,6 +493,26 @@ mod tests {
         }
         assert_eq!(m.service_label("one-too-many"), "other");
         assert_eq!(m.service_label("s0"), "s0");
+    }
+
+    #[test]
+    fn rule_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_RULE_LABELS + 5 {
+            m.policy_denial("web", "shadow", &format!("r{i}"));
+        }
+        m.policy_denial("web", "shadow", "r0");
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"mesh_policy_denied_total{mode="shadow",rule="other",service="web"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mesh_policy_denied_total{mode="shadow",rule="r0",service="web"} 2"#),
+            "{text}"
+        );
     }
 
     #[test]

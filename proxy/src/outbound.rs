@@ -8,9 +8,12 @@
 //!    `Host` / `:authority`) → discovery's state for it; from here on the answer is
 //!    counted in the destination's metrics;
 //! 3. **begin**: bound the destination's requests in flight (a fast 503 rather than a
-//!    queue), then work out the request's deadlines (a bad deadline header is refused)
-//!    and whether it may be repeated ([`call`]);
-//! 4. **tries**: discovery's endpoints minus ejected ones → the balancer picks one
+//!    queue), then find the destination's route for the request (its first matching
+//!    `routes` rule: a subset of endpoints drawn by weight, a timeout, retries), work
+//!    out the request's deadlines (a bad deadline header is refused) and whether it may
+//!    be repeated ([`call`]);
+//! 4. **tries**: discovery's endpoints (of the route's subset) minus ejected ones → the
+//!    balancer picks one
 //!    (never the previous try's when another is ready) → [`attempt`] sends the request
 //!    over a pooled connection and judges the outcome ([`Verdict`]); a retryable
 //!    failure is tried again elsewhere if the request may be repeated, and the retry
@@ -244,7 +247,7 @@ impl Outbound {
 
     /// Step 4: tries until one answers, or no other may be made.
     async fn tries(&self, call: &Call<'_>, body: TryBody) -> Result<Answered, Failure> {
-        let attempts = self.retry.max_attempts.max(1);
+        let attempts = call.attempts(&self.retry);
         let mut previous: Option<Arc<Endpoint>> = None;
         let mut last: Option<(Failure, Verdict)> = None;
         for attempt in 1..=attempts {
@@ -258,14 +261,16 @@ impl Outbound {
             }
             let strategy = self.config.balancer;
             let previous_endpoint = previous.as_deref();
+            // A route's subset holds for every try: retries stay in it.
             let chosen = balance::choose(
                 strategy,
                 call.destination,
+                call.subset(),
                 previous_endpoint,
                 &self.ejection,
             );
             let Some(chosen) = chosen else {
-                let none = || Failure::Proxy(call.destination.no_endpoints());
+                let none = || Failure::Proxy(call.no_endpoints());
                 return Err(last.map_or_else(none, |(failure, _)| failure));
             };
             // None: an earlier try still holds the body; may_retry checked it was whole.

@@ -51,6 +51,12 @@ pub struct RegistrationConfig {
     #[arg(long, env = "MESH_WEIGHT", default_value_t = 1)]
     pub weight: u32,
 
+    /// Registration metadata, `KEY=VALUE` pairs (comma-separated or repeated), which
+    /// callers' routes select subsets by (e.g. `version=v2`). `tls` and `admin` are the
+    /// sidecar's own.
+    #[arg(long, env = "MESH_METADATA", value_delimiter = ',', value_parser = parse_metadata)]
+    pub metadata: Vec<(String, String)>,
+
     /// Lease of the registration; heartbeats go at a third of it.
     #[arg(long, env = "MESH_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
@@ -81,6 +87,14 @@ pub struct RegistrationState {
     pub registered: watch::Receiver<bool>,
     /// The app's health: the status the instance is registered with.
     pub health: watch::Receiver<Status>,
+}
+
+/// One `--metadata` pair.
+fn parse_metadata(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{value:?} is not KEY=VALUE (e.g. version=v2)")),
+    }
 }
 
 /// `--app`: an address, or a host name and port resolved now.
@@ -127,6 +141,16 @@ impl RegistrationConfig {
         }
         if let Some(advertise) = &self.advertise {
             validate::address(advertise).map_err(|e| Invalid::new("--advertise", e.to_string()))?;
+        }
+        if let Some((key, _)) = self
+            .metadata
+            .iter()
+            .find(|(k, _)| k == TLS_METADATA || k == mesh_registry_api::ADMIN_METADATA)
+        {
+            return Err(Invalid::new(
+                "--metadata",
+                format!("{key:?} is set by the sidecar itself; choose another key"),
+            ));
         }
         if !(1..=1000).contains(&self.weight) {
             return Err(Invalid::new("--weight", "must be within 1-1000"));
@@ -204,6 +228,7 @@ impl RegistrationConfig {
         };
         spec.weight = self.weight;
         spec.ttl = self.ttl;
+        spec.metadata.extend(self.metadata.iter().cloned());
         spec.metadata
             .insert(TLS_METADATA.into(), tls.as_str().into());
         spec.metadata.insert(

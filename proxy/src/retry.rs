@@ -192,6 +192,12 @@ impl RetryConfig {
         grpc_status: Option<u32>,
         from_sidecar: bool,
     ) -> Option<Verdict> {
+        // The server asked for less: another try at once would only add to its load,
+        // whatever `--retry-statuses` or `--retry-grpc-codes` say.
+        if status == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(grpc::RESOURCE_EXHAUSTED)
+        {
+            return None;
+        }
         let peer_error = (from_sidecar && !status.is_success())
             .then(|| headers.get(MESH_ERROR))
             .flatten()
@@ -381,6 +387,23 @@ mod tests {
             None,
             "never on a success"
         );
+        let configured = RetryConfig {
+            statuses: vec![429, 503],
+            grpc_codes: vec![8],
+            ..RetryConfig::default()
+        };
+        let mut limited = HeaderMap::new();
+        limited.insert(MESH_ERROR, "rate-limited".parse().unwrap());
+        for (status, grpc) in [
+            (StatusCode::TOO_MANY_REQUESTS, None),
+            (StatusCode::OK, Some(8)),
+        ] {
+            assert_eq!(
+                configured.classify_response(status, &limited, grpc, true),
+                None,
+                "a rate-limited answer is never retried at once"
+            );
+        }
         let mut upstream = HeaderMap::new();
         upstream.insert(MESH_ERROR, "upstream-failed".parse().unwrap());
         assert_eq!(

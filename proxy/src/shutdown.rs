@@ -8,10 +8,13 @@
 //! 4. The admin listener stops last, so `/metrics` and `/ready` answer throughout.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::policy::Policy;
 use crate::register::Registration;
 use crate::server::Servers;
 
@@ -25,11 +28,15 @@ pub struct Shutdown {
     pub drain: Duration,
 }
 
-/// The local app's stage: the inbound listener in front of it, and its registration.
+/// The local app's stage: the inbound listener in front of it, its registration, and
+/// the follower of its policy.
 pub struct LocalApp {
     pub app: SocketAddr,
     pub inbound: Servers,
     pub registration: Registration,
+    pub policy: Arc<Policy>,
+    /// Keeps `policy` current; stopped once the inbound listener is.
+    pub follower: JoinHandle<()>,
 }
 
 // === impl Shutdown ===
@@ -39,12 +46,14 @@ impl Shutdown {
         let mut inbound = None;
         if let Some(local) = self.local {
             local.registration.withdraw().await;
-            inbound = Some((local.inbound, local.app));
+            inbound = Some((local.inbound, local.app, local.follower));
         }
         let drain_ends = Instant::now() + self.drain;
         tracing::info!(drain = ?self.drain, "draining in-flight requests");
-        if let Some((servers, app)) = inbound {
+        if let Some((servers, app, follower)) = inbound {
             servers.stop().await;
+            follower.abort();
+            let _ = follower.await;
             if tokio::time::timeout_at(drain_ends, app_exited(app))
                 .await
                 .is_err()

@@ -271,7 +271,10 @@ async fn the_allow_list_admits_its_callers_and_denies_others() {
     );
     let m = server.metrics().await;
     assert_eq!(
-        metric(&m, r#"mesh_policy_denied_total{service="recommendations"}"#),
+        metric(
+            &m,
+            r#"mesh_policy_denied_total{mode="enforce",rule="allow-list",service="recommendations"}"#
+        ),
         2.0,
         "{m}"
     );

@@ -270,7 +270,10 @@ async fn a_caller_not_on_the_allow_list_gets_no_byte() {
     let ejections = common::metric_sum(&caller, "mesh_endpoint_ejections_total", r#"service="db""#);
     assert_eq!(ejections, 0.0, "{caller}");
     let metrics = server.metrics().await;
-    let denied = common::metric(&metrics, r#"mesh_policy_denied_total{service="db"}"#);
+    let denied = common::metric(
+        &metrics,
+        r#"mesh_policy_denied_total{mode="enforce",rule="allow-list",service="db"}"#,
+    );
     assert_eq!(denied, Some(5.0), "{metrics}");
     let closed = r#"mesh_spliced_closed_total{direction="inbound",reason="denied",service="db"}"#;
     assert_eq!(common::metric(&metrics, closed), Some(5.0), "{metrics}");

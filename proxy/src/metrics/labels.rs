@@ -25,7 +25,8 @@ pub trait Labels {
     fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R;
 }
 
-/// `mesh_requests_total`, and the spliced connections' series kept per direction and service.
+/// `mesh_requests_total`, `mesh_rate_limited_total`, and the spliced connections' series
+/// kept per direction and service.
 pub struct Requests {
     pub direction: Direction,
     pub service: String,
@@ -70,10 +71,18 @@ pub struct Retries {
     pub reason: Reason,
 }
 
-/// Families counted per service alone: `mesh_retry_budget_exhausted_total`,
-/// `mesh_policy_denied_total`.
+/// Families counted per service alone: `mesh_retry_budget_exhausted_total`.
 pub struct Service {
     pub service: String,
+}
+
+/// `mesh_policy_denied_total`: the rule that denied, and whether it was enforced.
+pub struct Denied {
+    pub service: String,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// The rule's name (capped: see [`MAX_RULE_LABELS`](super::MAX_RULE_LABELS)).
+    pub rule: String,
 }
 
 /// `mesh_endpoint_ejections_total`: the rule that ejected the endpoint.
@@ -242,6 +251,13 @@ impl Labels for Service {
     const NAMES: &'static [&'static str] = &["service"];
     fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
         f(&[&self.service])
+    }
+}
+
+impl Labels for Denied {
+    const NAMES: &'static [&'static str] = &["service", "mode", "rule"];
+    fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        f(&[&self.service, self.mode, &self.rule])
     }
 }
 

@@ -16,6 +16,7 @@ use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::Connected;
+use crate::metrics::Direction;
 use crate::retry::{self, Verdict};
 use crate::{grpc, headers};
 
@@ -75,9 +76,16 @@ impl Outbound {
             probe.settle();
         }
         let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(grpc::RESOURCE_EXHAUSTED)
+        {
+            // Never retried (classify_response), and counted apart from failures.
+            self.metrics
+                .rate_limited(Direction::Outbound, &call.destination.name);
+        }
         let verdict =
             self.retry
                 .classify_response(status, response.headers(), grpc_status, endpoint.sidecar);
+        let verdict = call.retried(verdict, None, grpc_status);
         if !endpoint.sidecar {
             // Only sidecars speak for the mesh.
             headers::remove(response.headers_mut(), &MESH_ERROR);
@@ -122,8 +130,8 @@ impl Outbound {
         if let Some(probe) = probe {
             probe.settle();
         }
-        let verdict = Verdict::of_error(e.kind);
-        Tried::Failed(Failure::Proxy(e), Some(verdict))
+        let verdict = call.retried(Some(Verdict::of_error(e.kind)), Some(e.kind), None);
+        Tried::Failed(Failure::Proxy(e), verdict)
     }
 
     /// Tells the balancer and the endpoint's breaker how its answer went, `rtt` after

@@ -14,8 +14,10 @@ use crate::discover::Destination;
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::Wire;
 use crate::headers;
+use crate::policy::routes::Routed;
 use crate::replay::ReplayBody;
-use crate::retry::{self, RetryConfig};
+use crate::retry::{self, RetryConfig, Verdict};
+use mesh_registry_api::policy::Selector;
 
 /// One request on its way: what each of its tries needs but the body, which one try at
 /// a time reads (a [`TryBody`] that tries share).
@@ -32,6 +34,9 @@ pub(super) struct Call<'a> {
     pub repeatable: bool,
     /// Set once the caller's own body broke.
     pub caller_fault: CallerFault,
+    /// What the destination's routes say of this request: the subset every try goes
+    /// to, the timeout and retries. None: no rule matched (or there are no routes).
+    pub route: Option<Routed>,
 }
 
 // === impl Call ===
@@ -47,13 +52,15 @@ impl<'a> Call<'a> {
         retry: &RetryConfig,
     ) -> Result<(Self, TryBody), ProxyError> {
         let now = Instant::now();
-        let deadlines = Deadlines::of(
-            request.headers(),
-            config.timeout,
-            config.per_try_timeout,
-            now,
-        )
-        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
+        let route = destination
+            .policy
+            .in_force()
+            .routes
+            .as_ref()
+            .and_then(|routes| routes.route(&request));
+        let timeout = route.as_ref().and_then(|r| r.timeout).or(config.timeout);
+        let deadlines = Deadlines::of(request.headers(), timeout, config.per_try_timeout, now)
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
         let (mut head, incoming) = request.into_parts();
         let (body, caller_fault) = TryBody::of(incoming, retry.buffer_limit);
         let repeatable = retry::is_idempotent(&head.method) || retry::is_marked(&head.headers);
@@ -66,8 +73,42 @@ impl<'a> Call<'a> {
             grpc,
             repeatable,
             caller_fault,
+            route,
         };
         Ok((call, body))
+    }
+
+    /// Tries in all, the first included: the route's retries, or the sidecar's.
+    pub fn attempts(&self, retry: &RetryConfig) -> u32 {
+        match self.route.as_ref().and_then(|r| r.retries.as_ref()) {
+            Some((retries, _)) => retries + 1,
+            None => retry.max_attempts.max(1),
+        }
+    }
+
+    /// The subset of the destination's endpoints every try goes to.
+    pub fn subset(&self) -> Option<&Selector> {
+        self.route.as_ref().map(|r| r.subset.as_ref())
+    }
+
+    /// The error for a try that found no endpoint (in the route's subset, if any).
+    pub fn no_endpoints(&self) -> ProxyError {
+        match &self.route {
+            Some(route) => self.destination.no_endpoints_in(&route.subset, &route.rule),
+            None => self.destination.no_endpoints(),
+        }
+    }
+
+    /// A verdict that a failed try may be retried, unless the route retries other
+    /// failures only. `kind`: the proxy's error, when the try got no answer.
+    pub fn retried(
+        &self,
+        verdict: Option<Verdict>,
+        kind: Option<ErrorKind>,
+        grpc_status: Option<u32>,
+    ) -> Option<Verdict> {
+        let route = self.route.as_ref();
+        verdict.filter(|v| route.is_none_or(|r| r.retries_on(*v, kind, grpc_status)))
     }
 
     /// The request for one more try: the caller's head, the replayable body, and for
