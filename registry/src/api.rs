@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use mesh_registry_api::policy::{Document, PolicyKind};
 use mesh_registry_api::{AdminPath, StoreStatus, validate};
 use tokio::sync::watch;
 
@@ -220,6 +221,20 @@ impl State {
             (&Method::GET, Target::SidecarAdmin(s, id, page)) => {
                 (Route::SidecarAdmin, self.sidecar_admin(s, id, page).await)
             }
+            (&Method::GET, Target::Policy(s)) => {
+                (Route::GetPolicy, self.get_policy(s, query, client).await)
+            }
+            (&Method::GET, Target::PolicyDocument(s, kind)) => {
+                (Route::GetPolicy, self.get_policy_document(s, kind))
+            }
+            (&Method::PUT, Target::PolicyDocument(s, kind)) => (
+                Route::PutPolicy,
+                self.put_policy(s, kind, &request, body).await,
+            ),
+            (&Method::DELETE, Target::PolicyDocument(s, kind)) => (
+                Route::DeletePolicy,
+                self.delete_policy(s, kind, &request).await,
+            ),
             (&Method::GET, Target::Events) => (Route::Events, self.events(query, client).await),
             (&Method::GET, Target::Metrics) => (Route::Metrics, Ok(self.metrics_page())),
             (&Method::GET, Target::Healthz) => (Route::Healthz, Ok(healthz())),
@@ -263,6 +278,90 @@ impl State {
         let mut response = json(StatusCode::OK, &listing);
         set_index(&mut response, listing.index);
         Ok(response)
+    }
+
+    /// Every policy document of a service, blocking like a service's listing.
+    async fn get_policy(&self, service: &str, query: Option<&str>, client: IpAddr) -> Answer {
+        validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
+        let q = request::query(query)?;
+        if q.index.is_some() {
+            let mut index_rx = self.catalog().subscribe_policy(service);
+            self.block(&mut index_rx, q.index, q.wait, client).await?;
+        }
+        let policy = self.catalog().policy(service);
+        let mut response = json(StatusCode::OK, &policy);
+        set_index(&mut response, policy.index);
+        Ok(response)
+    }
+
+    fn get_policy_document(&self, service: &str, kind: PolicyKind) -> Answer {
+        validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
+        let policy = self.catalog().policy(service);
+        let document = policy.get(kind).ok_or_else(|| no_policy(service, kind))?;
+        let mut response = json(StatusCode::OK, &document);
+        set_index(&mut response, policy.index);
+        Ok(response)
+    }
+
+    /// Stores one policy document, checked whole first: a document the rules refuse
+    /// never reaches a store, nor a sidecar. The service's owner or the operator writes.
+    async fn put_policy<B>(
+        &self,
+        service: &str,
+        kind: PolicyKind,
+        request: &Incoming<'_>,
+        body: B,
+    ) -> Answer
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let writer = self.policy_writer(service, request)?;
+        let body = self.write_body(request.headers, body).await?;
+        let document = Document::parse(kind, &body).map_err(|e| {
+            let field = if e.field.is_empty() {
+                "body".to_owned()
+            } else {
+                e.field
+            };
+            ApiError::InvalidArgument {
+                field,
+                message: e.message,
+            }
+        })?;
+        let stored = document.to_value();
+        let index = self
+            .store
+            .put_policy(service, kind, Some(document))
+            .await?
+            .unwrap_or_else(|| self.catalog().policy(service).index);
+        tracing::info!(%service, %kind, owner = %writer.owner(), index, "policy stored");
+        let mut response = json(StatusCode::OK, &stored);
+        set_index(&mut response, index);
+        Ok(response)
+    }
+
+    async fn delete_policy(
+        &self,
+        service: &str,
+        kind: PolicyKind,
+        request: &Incoming<'_>,
+    ) -> Answer {
+        let writer = self.policy_writer(service, request)?;
+        let index = self.store.put_policy(service, kind, None).await?;
+        let index = index.unwrap_or_else(|| self.catalog().policy(service).index);
+        tracing::info!(%service, %kind, owner = %writer.owner(), index, "policy deleted");
+        let mut response = no_content();
+        set_index(&mut response, index);
+        Ok(response)
+    }
+
+    /// Who writes a service's policy: its owner's credentials or the operator's.
+    fn policy_writer(&self, service: &str, request: &Incoming<'_>) -> Result<Writer, ApiError> {
+        let writer = self.credentials.writer(request.headers, request.peer)?;
+        validate::service_name(service).map_err(|m| ApiError::invalid("service", m))?;
+        writer.may_write(service)?;
+        Ok(writer)
     }
 
     /// The recent events after `?index=`, blocking like the other queries until there
@@ -512,6 +611,12 @@ fn write_error(e: WriteError, service: &str, id: &str) -> ApiError {
         )),
         other => other.into(),
     }
+}
+
+fn no_policy(service: &str, kind: PolicyKind) -> ApiError {
+    ApiError::NotFound(format!(
+        "service {service:?} has no {kind} policy; PUT /v1/policy/{service}/{kind} writes one"
+    ))
 }
 
 fn unknown(service: &str, id: &str) -> ApiError {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use mesh_registry_api::policy::{Document, PolicyKind, ServicePolicy};
 use mesh_registry_api::{
     Instance, Lease, Registration, ServiceList, ServiceListing, ServiceSummary, Status, StoreStatus,
 };
@@ -48,6 +49,42 @@ struct Service {
     tx: Option<watch::Sender<u64>>,
     /// Since when a sweep has seen it empty and unwatched; dropped a grace later.
     idle_since: Option<Instant>,
+    /// Its policy documents, and the channel their watchers hold: made for the first
+    /// document or watcher (most services have neither).
+    policy: Option<Box<Policy>>,
+}
+
+/// One service's policy documents (`documents.index` is their own index, which moves
+/// when any of them changes) and the channel carrying it to blocking queries.
+#[derive(Debug)]
+struct Policy {
+    documents: ServicePolicy,
+    tx: Option<watch::Sender<u64>>,
+}
+
+// === impl Service ===
+
+impl Service {
+    /// The policy record, made at `floor` when missing.
+    fn policy(&mut self, service: &str, floor: u64) -> &mut Policy {
+        self.policy.get_or_insert_with(|| {
+            Box::new(Policy {
+                documents: ServicePolicy::new(service, floor),
+                tx: None,
+            })
+        })
+    }
+
+    /// Whether a sweep must keep it: it holds something, or someone waits on it.
+    fn held(&self) -> bool {
+        !self.instances.is_empty() || self.tx.is_some() || self.policy.is_some()
+    }
+
+    /// The largest index it reports.
+    fn highest_index(&self) -> u64 {
+        let policy = self.policy.as_ref().map_or(0, |p| p.documents.index);
+        self.index.max(policy)
+    }
 }
 
 /// One service's instances, by id (ordered, so listings are stable).
@@ -301,7 +338,21 @@ impl Catalog {
             if svc.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
                 svc.tx = None;
             }
-            if !svc.instances.is_empty() || svc.tx.is_some() {
+            if let Some(policy) = &mut svc.policy {
+                if policy
+                    .tx
+                    .as_ref()
+                    .is_some_and(|tx| tx.receiver_count() == 0)
+                {
+                    policy.tx = None;
+                }
+                if policy.tx.is_none() && policy.documents.is_empty() {
+                    let index = policy.documents.index;
+                    self.floor.fetch_max(index, Ordering::SeqCst);
+                    svc.policy = None;
+                }
+            }
+            if svc.held() {
                 svc.idle_since = None;
                 return true;
             }
@@ -309,7 +360,7 @@ impl Catalog {
             if now.saturating_duration_since(since) < EMPTY_SERVICE_GRACE {
                 return true;
             }
-            self.floor.fetch_max(svc.index, Ordering::SeqCst);
+            self.floor.fetch_max(svc.highest_index(), Ordering::SeqCst);
             dropped = true;
             false
         });
@@ -337,6 +388,7 @@ impl Catalog {
                 index: floor,
                 tx: None,
                 idle_since: None,
+                policy: None,
             })
     }
 
@@ -436,6 +488,126 @@ impl Catalog {
         }
     }
 
+    /// Every policy document of `service`, with their index.
+    pub fn policy(&self, service: &str) -> ServicePolicy {
+        match self.services.get(service) {
+            Some(svc) => match &svc.policy {
+                Some(policy) => policy.documents.clone(),
+                None => ServicePolicy::new(service, self.floor()),
+            },
+            None => ServicePolicy::new(service, self.floor()),
+        }
+    }
+
+    /// A receiver of one service's policy index, for a blocking query (a service that
+    /// has none yet included: its placeholder wakes the watcher when one is written).
+    pub fn subscribe_policy(&self, service: &str) -> watch::Receiver<u64> {
+        let floor = self.floor();
+        let mut svc = self.service_mut(service);
+        let policy = svc.policy(service, floor);
+        let index = policy.documents.index;
+        policy
+            .tx
+            .get_or_insert_with(|| watch::Sender::new(index))
+            .subscribe()
+    }
+
+    /// The embedded store's policy write: stores `document` (or removes the one of
+    /// `kind`) under the next index. `None` when there was nothing to remove.
+    pub(crate) fn put_policy(
+        &self,
+        service: &str,
+        kind: PolicyKind,
+        document: Option<Document>,
+    ) -> Option<u64> {
+        let index = self.last_index.fetch_add(1, Ordering::SeqCst) + 1;
+        self.set_policy(service, kind, document, index)
+    }
+
+    /// Sets one policy document as of `index` (the embedded store's next index, or an
+    /// etcd revision) and wakes its watchers and the catalog's. Returns the service's
+    /// policy index then; `None` when removing a document there was not.
+    pub(crate) fn set_policy(
+        &self,
+        service: &str,
+        kind: PolicyKind,
+        document: Option<Document>,
+        index: u64,
+    ) -> Option<u64> {
+        let floor = self.floor();
+        let mut svc = self.service_mut(service);
+        let policy = svc.policy(service, floor);
+        let changed = match document {
+            Some(document) => {
+                policy.documents.set(document);
+                true
+            }
+            None => policy.documents.remove(kind),
+        };
+        changed.then(|| self.set_policy_index(policy, index))
+    }
+
+    /// Replaces every policy document of `service` with what a mirror read afresh; moves
+    /// its index to `index` when they differ.
+    pub(crate) fn mirror_policy(&self, service: &str, documents: ServicePolicy, index: u64) {
+        let floor = self.floor();
+        let mut svc = self.service_mut(service);
+        if svc.policy.is_none() && documents.is_empty() {
+            return;
+        }
+        let policy = svc.policy(service, floor);
+        let held = &policy.documents;
+        let same = (
+            held.routes.as_ref(),
+            held.intentions.as_ref(),
+            held.limits.as_ref(),
+        ) == (
+            documents.routes.as_ref(),
+            documents.intentions.as_ref(),
+            documents.limits.as_ref(),
+        );
+        if !same {
+            let at = policy.documents.index;
+            policy.documents = ServicePolicy {
+                index: at,
+                ..documents
+            };
+            self.set_policy_index(policy, index);
+        }
+    }
+
+    /// Moves a policy's index to `index` (or just past its own, so it never goes back).
+    fn set_policy_index(&self, policy: &mut Policy, index: u64) -> u64 {
+        let index = index.max(policy.documents.index + 1);
+        self.last_index.fetch_max(index, Ordering::SeqCst);
+        policy.documents.index = index;
+        if let Some(tx) = &policy.tx {
+            tx.send_replace(index);
+        }
+        // The service list's watchers (the dashboard) show policies too; the snapshot
+        // writer follows the same channel.
+        self.catalog_tx.send_if_modified(|current| {
+            let newer = index > *current;
+            if newer {
+                *current = index;
+            }
+            newer
+        });
+        index
+    }
+
+    /// Every service's policy documents, for the snapshot.
+    pub(crate) fn policies(&self) -> Vec<ServicePolicy> {
+        let mut all: Vec<ServicePolicy> = self
+            .services
+            .iter()
+            .filter_map(|svc| svc.policy.as_ref().map(|p| p.documents.clone()))
+            .filter(|p| !p.is_empty())
+            .collect();
+        all.sort_by(|a, b| a.service.cmp(&b.service));
+        all
+    }
+
     /// The names of every service the catalog holds, placeholders included.
     pub(crate) fn service_names(&self) -> Vec<String> {
         self.services.iter().map(|s| s.key().clone()).collect()
@@ -491,6 +663,16 @@ impl Store for Catalog {
 
     fn sweep(&self, now: Instant) -> Pending<'_, SweepReport> {
         Box::pin(std::future::ready(Catalog::sweep(self, now)))
+    }
+
+    fn put_policy<'a>(
+        &'a self,
+        service: &'a str,
+        kind: PolicyKind,
+        document: Option<Document>,
+    ) -> Pending<'a, Result<Option<u64>, WriteError>> {
+        let index = Catalog::put_policy(self, service, kind, document);
+        Box::pin(std::future::ready(Ok(index)))
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Route {
     CaBundle,
     Events,
     SidecarAdmin,
+    GetPolicy,
+    PutPolicy,
+    DeletePolicy,
     /// The dashboard's files and the redirects to it.
     Ui,
     /// Anything that matched no route.
@@ -54,6 +57,9 @@ impl Route {
             Route::CaBundle => "ca_bundle",
             Route::Events => "events",
             Route::SidecarAdmin => "sidecar_admin",
+            Route::GetPolicy => "get_policy",
+            Route::PutPolicy => "put_policy",
+            Route::DeletePolicy => "delete_policy",
             Route::Ui => "ui",
             Route::Unknown => "unknown",
         }

@@ -5,6 +5,7 @@
 //! with a wrong method gets a 405 naming the right ones rather than a 404.
 
 use mesh_registry_api::AdminPath;
+use mesh_registry_api::policy::PolicyKind;
 
 use crate::ui::{self, Asset};
 
@@ -17,6 +18,10 @@ pub enum Target<'a> {
     Heartbeat(&'a str, &'a str),
     /// One of an instance's sidecar admin pages, read by the registry.
     SidecarAdmin(&'a str, &'a str, AdminPath),
+    /// Every policy document of a service (what sidecars follow).
+    Policy(&'a str),
+    /// One policy document of a service.
+    PolicyDocument(&'a str, PolicyKind),
     Events,
     Metrics,
     Healthz,
@@ -67,6 +72,8 @@ pub fn target(path: &str) -> Option<Target<'_>> {
             };
             Target::SidecarAdmin(service, id, page)
         }
+        ["v1", "policy", service] => Target::Policy(service),
+        ["v1", "policy", service, kind] => Target::PolicyDocument(service, kind.parse().ok()?),
         ["v1", "events"] => Target::Events,
         ["metrics"] => Target::Metrics,
         ["healthz"] => Target::Healthz,
@@ -87,6 +94,7 @@ impl Target<'_> {
         match self {
             Target::Instance(..) => "PUT, DELETE",
             Target::Heartbeat(..) => "PUT",
+            Target::PolicyDocument(..) => "GET, PUT, DELETE",
             Target::CaSign => "POST",
             _ => "GET",
         }
@@ -107,6 +115,12 @@ mod tests {
             Some(Target::Heartbeat("web", "a"))
         );
         assert_eq!(target("/v1/services/web/instances"), None);
+        assert_eq!(target("/v1/policy/web"), Some(Target::Policy("web")));
+        assert_eq!(
+            target("/v1/policy/web/routes"),
+            Some(Target::PolicyDocument("web", PolicyKind::Routes))
+        );
+        assert_eq!(target("/v1/policy/web/route"), None);
         assert_eq!(target("//v1/services"), None);
     }
 

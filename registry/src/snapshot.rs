@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use mesh_registry_api::policy::{Document, PolicyKind};
 use mesh_registry_api::{Registration, validate};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -36,6 +37,10 @@ struct SnapshotFile {
     /// left blocking on an index the new process would only reach later.
     index: u64,
     services: BTreeMap<String, BTreeMap<String, StoredInstance>>,
+    /// Each service's policy documents, by kind (absent from snapshots written before
+    /// policies were kept).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    policies: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 /// One instance as it is written down: in the snapshot, and in etcd by the etcd store.
@@ -155,6 +160,21 @@ pub fn load(dir: &Path, critical_grace: Duration, now: Instant) -> Result<Option
             .collect();
         catalog.restore_service(&service, entries, catalog.index());
     }
+    for (service, documents) in file.policies {
+        for (kind, value) in documents {
+            let document = kind
+                .parse::<PolicyKind>()
+                .and_then(|kind| {
+                    Document::from_value(kind, value)
+                        .map_err(|e| format!("{}: {}", e.field, e.message))
+                })
+                .map_err(|reason| Error::SnapshotCorrupt {
+                    path: path.clone(),
+                    reason: format!("policy {kind:?} of service {service:?}: {reason}"),
+                })?;
+            catalog.set_policy(&service, document.kind(), Some(document), catalog.index());
+        }
+    }
     Ok(Some(catalog))
 }
 
@@ -165,6 +185,10 @@ fn check(file: &SnapshotFile) -> Result<(), String> {
         for (id, stored) in instances {
             stored.check(service, id)?;
         }
+    }
+    for service in file.policies.keys() {
+        validate::service_name(service)
+            .map_err(|m| format!("policy of service {service:?}: {m}"))?;
     }
     Ok(())
 }
@@ -181,7 +205,19 @@ pub fn write(dir: &Path, catalog: &Catalog) -> std::io::Result<()> {
             services.insert(service.to_owned(), stored);
         }
     });
+    let policies = catalog
+        .policies()
+        .into_iter()
+        .map(|policy| {
+            let documents = PolicyKind::ALL
+                .into_iter()
+                .filter_map(|kind| Some((kind.as_str().to_owned(), policy.get(kind)?)))
+                .collect();
+            (policy.service, documents)
+        })
+        .collect();
     let file = SnapshotFile {
+        policies,
         version: FORMAT_VERSION,
         // Read after the scan, not before: changes keep arriving while it runs, and the
         // snapshot must not hold one whose index is above its own. A restored catalog

@@ -8,10 +8,15 @@
 //! catalog under its lock for the service, the etcd store as a transaction that holds
 //! only while the instance is as its mirror showed it to the rules. The lease sweep is
 //! split the same way ([`crate::lease::due`] decides for both).
+//!
+//! Policy documents are a second kind of record: checked before they reach a store
+//! ([`mesh_registry_api::policy::Document::parse`]) and written whole, so a store only
+//! puts or deletes them.
 
 use std::future::Future;
 use std::pin::Pin;
 
+use mesh_registry_api::policy::{Document, PolicyKind};
 use mesh_registry_api::{Instance, Lease, Registration, Status, StoreStatus};
 use tokio::time::Instant;
 
@@ -134,6 +139,15 @@ pub trait Store: Send + Sync {
 
     /// Expires the leases that ran out by `now` and removes what their grace ended.
     fn sweep(&self, now: Instant) -> Pending<'_, SweepReport>;
+
+    /// Stores one policy document of `service`, or deletes the one of `kind`. Returns
+    /// the service's policy index then; `None` when there was nothing to delete.
+    fn put_policy<'a>(
+        &'a self,
+        service: &'a str,
+        kind: PolicyKind,
+        document: Option<Document>,
+    ) -> Pending<'a, Result<Option<u64>, WriteError>>;
 
     /// Creates or replaces an instance for `owner` (see [`register`]).
     fn register<'a>(

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mesh_registry_api::policy::{Document, PolicyKind, ServicePolicy};
 use mesh_registry_api::validate;
 use tokio::time::Instant;
 
@@ -47,6 +48,7 @@ enum Key<'a> {
     Instance(&'a str, &'a str),
     Owner(&'a str, &'a str),
     Service(&'a str),
+    Policy(&'a str, PolicyKind),
 }
 
 // === impl EtcdStore ===
@@ -63,7 +65,7 @@ impl EtcdStore {
                 }
                 Change::Delete { key, revision } => {
                     applied = applied.max(revision);
-                    self.apply_delete(&key);
+                    self.apply_delete(&key, revision);
                 }
             }
         }
@@ -77,6 +79,7 @@ impl EtcdStore {
         let mut records: BTreeMap<String, BTreeMap<String, (Record, i64)>> = BTreeMap::new();
         let mut indexes: HashMap<String, i64> = HashMap::new();
         let mut owners = HashMap::new();
+        let mut policies: BTreeMap<String, ServicePolicy> = BTreeMap::new();
         for kv in &kvs {
             match self.key(&kv.key) {
                 Some(Key::Instance(service, id)) => {
@@ -94,11 +97,32 @@ impl EtcdStore {
                 Some(Key::Service(service)) => {
                     indexes.insert(service.to_owned(), kv.mod_revision);
                 }
+                Some(Key::Policy(service, kind)) => {
+                    if let Some(document) = self.policy(kind, kv) {
+                        policies
+                            .entry(service.to_owned())
+                            .or_insert_with(|| ServicePolicy::new(service, 0))
+                            .set(document);
+                    }
+                }
                 None => {}
             }
         }
         let mut revisions = HashMap::new();
         let known = self.catalog.service_names();
+        // Deletions the watch missed are not known by revision: a policy that differs
+        // from the one held takes the revision of the read, which no watcher has seen.
+        for service in &known {
+            let documents = policies
+                .remove(service)
+                .unwrap_or_else(|| ServicePolicy::new(service.as_str(), 0));
+            self.catalog
+                .mirror_policy(service, documents, revision as u64);
+        }
+        for (service, documents) in policies {
+            self.catalog
+                .mirror_policy(&service, documents, revision as u64);
+        }
         let services: std::collections::BTreeSet<String> =
             known.into_iter().chain(records.keys().cloned()).collect();
         let now = Instant::now();
@@ -156,6 +180,12 @@ impl EtcdStore {
                     .insert((service.to_owned(), id.to_owned()), owner);
                 self.set_deadline(service, id, elsewhere);
             }
+            Some(Key::Policy(service, kind)) => {
+                if let Some(document) = self.policy(kind, kv) {
+                    self.catalog
+                        .set_policy(service, kind, Some(document), revision);
+                }
+            }
             Some(Key::Service(service)) => {
                 // The event names an instance: held to the API's rule for ids, as keys are.
                 let change = serde_json::from_slice::<ServiceChange>(&kv.value)
@@ -174,8 +204,12 @@ impl EtcdStore {
         }
     }
 
-    fn apply_delete(&self, key: &str) {
+    fn apply_delete(&self, key: &str, revision: i64) {
         match self.key(key) {
+            Some(Key::Policy(service, kind)) => {
+                self.catalog
+                    .set_policy(service, kind, None, revision as u64);
+            }
             Some(Key::Instance(service, id)) => {
                 self.mirror()
                     .revisions
@@ -246,6 +280,18 @@ impl EtcdStore {
         }
     }
 
+    /// The policy document of a `policies/` key, held to the API's rules: one written by
+    /// hand, or by a newer version, is not applied (the one held stays).
+    fn policy(&self, kind: PolicyKind, kv: &Kv) -> Option<Document> {
+        match Document::parse(kind, &kv.value) {
+            Ok(document) => Some(document),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, field = %e.field, reason = %e.message, "ignoring a policy document the API would refuse");
+                None
+            }
+        }
+    }
+
     /// What a key under the prefix holds; `None` for keys of no kind we write, and for
     /// names the API refuses: a key written by hand must not create a service, an event
     /// or an owner that no request could.
@@ -262,6 +308,14 @@ impl EtcdStore {
         match kind {
             "instances" => named().map(|(s, id)| Key::Instance(s, id)),
             "owners" => named().map(|(s, id)| Key::Owner(s, id)),
+            "policies" => {
+                let (service, kind) = rest.split_once('/')?;
+                let refused = validate::service_name(service).err();
+                match (refused, kind.parse::<PolicyKind>()) {
+                    (Some(reason), _) | (None, Err(reason)) => ignored(key, &reason),
+                    (None, Ok(kind)) => Some(Key::Policy(service, kind)),
+                }
+            }
             "services" => match validate::service_name(rest) {
                 Ok(()) => Some(Key::Service(rest)),
                 Err(reason) => ignored(key, &reason),

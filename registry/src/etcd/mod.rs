@@ -13,6 +13,7 @@
 //! | `instances/{service}/{id}` | the instance (registration, output, times; `expired_at` once its lease ran out) | it is registered or replaced, its status changes, its lease runs out or comes back |
 //! | `services/{service}` | the last change (`kind`, `instance`, `detail`) | with every change a listing shows: its revision is the service's index |
 //! | `owners/{service}/{id}` | the replica receiving its heartbeats, under that replica's etcd lease | a replica receives the first heartbeat of an instance |
+//! | `policies/{service}/{kind}` | one policy document (`routes`, `intentions`, `limits`) | it is written or deleted: its revision is the service's policy index |
 //!
 //! Heartbeats are not written: the replica that receives an instance's heartbeats owns
 //! its lease, in memory, like the embedded store does, and says so once in etcd (the
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_registry_api::StoreStatus;
+use mesh_registry_api::policy::{Document, PolicyKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -229,6 +231,30 @@ impl EtcdStore {
             .max(revision as u64))
     }
 
+    /// Writes one policy document (or deletes it) under `policies/{service}/{kind}`;
+    /// documents are whole, so the last writer wins. Answers once the mirror shows it.
+    async fn write_policy(
+        &self,
+        service: &str,
+        kind: PolicyKind,
+        document: Option<Document>,
+    ) -> Result<Option<u64>, WriteError> {
+        self.writable()?;
+        let key = self.policy_key(service, kind);
+        let op = match &document {
+            Some(document) => Op::Put {
+                key,
+                value: serde_json::to_vec(document).expect("policy documents serialize"),
+                lease: 0,
+            },
+            None if self.catalog.policy(service).get(kind).is_none() => return Ok(None),
+            None => Op::Delete(key),
+        };
+        let (_, revision) = self.etcd.txn(&[], &[op]).await.map_err(WriteError::Etcd)?;
+        self.read_your_write(revision).await;
+        Ok(Some(self.catalog.policy(service).index))
+    }
+
     /// Makes this replica the owner of an instance's lease, unless it already is.
     async fn claim(&self, service: &str, id: &str) -> Result<(), WriteError> {
         if self.owns(service, id) {
@@ -316,6 +342,10 @@ impl EtcdStore {
         format!("{}instances/{service}/{id}", self.prefix)
     }
 
+    fn policy_key(&self, service: &str, kind: PolicyKind) -> String {
+        format!("{}policies/{service}/{kind}", self.prefix)
+    }
+
     fn owner_key(&self, service: &str, id: &str) -> String {
         format!("{}owners/{service}/{id}", self.prefix)
     }
@@ -363,5 +393,14 @@ impl Store for EtcdStore {
 
     fn sweep(&self, now: Instant) -> Pending<'_, SweepReport> {
         Box::pin(self.sweep_leases(now))
+    }
+
+    fn put_policy<'a>(
+        &'a self,
+        service: &'a str,
+        kind: PolicyKind,
+        document: Option<Document>,
+    ) -> Pending<'a, Result<Option<u64>, WriteError>> {
+        Box::pin(self.write_policy(service, kind, document))
     }
 }

@@ -1,0 +1,228 @@
+//! Policy documents in the registry: checked whole before they are stored (an invalid
+//! one never reaches a sidecar), written only by the service's owner or the operator,
+//! followed by blocking queries, and kept across a restart (snapshot) and a replica's
+//! death (etcd).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::etcd::{EtcdCluster, Replica};
+use common::{JSON, PATIENCE, TestRegistry, eventually, raw};
+use http::{Method, StatusCode};
+use mesh_registry::Config;
+use mesh_registry_api::Client;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mesh-registry");
+
+const CANARY: &str = r#"{"rules":[{"backends":[
+    {"subset":"version=v1","weight":90},{"subset":"version=v2","weight":10}]}]}"#;
+
+async fn put(
+    registry: &TestRegistry,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> common::Answer {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![JSON];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
+    }
+    let body = Bytes::from(body.to_owned());
+    registry.raw(Method::PUT, path, &headers, body).await
+}
+
+#[tokio::test]
+async fn a_document_is_stored_normalised_and_served_to_followers() {
+    let registry = TestRegistry::start_default().await;
+    let none = registry
+        .raw(Method::GET, "/v1/policy/web", &[], Bytes::new())
+        .await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert!(none.json["routes"].is_null() && none.json["intentions"].is_null());
+
+    // A follower parked on web's policy wakes when it is written.
+    let client = Client::new(&format!("http://{}", registry.addr)).unwrap();
+    let parked = tokio::spawn({
+        let client = client.clone();
+        let index = none.index();
+        async move { client.policy_blocking("web", index, PATIENCE).await }
+    });
+    registry.until_watchers(1.0).await;
+    let written = Instant::now();
+    let stored = put(&registry, "/v1/policy/web/routes", CANARY, None).await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
+    // Normalised: the rule got its name and the version is said.
+    assert_eq!(stored.json["rules"][0]["name"], "rule-1");
+    assert_eq!(stored.json["version"], 1);
+    let woken = parked.await.unwrap().unwrap();
+    assert!(written.elapsed() < Duration::from_secs(5));
+    assert_eq!(woken.index, stored.index());
+    assert!(woken.index > none.index());
+    assert_eq!(
+        woken.routes.unwrap()["rules"][0]["backends"][1]["weight"],
+        10
+    );
+
+    let one = registry
+        .raw(Method::GET, "/v1/policy/web/routes", &[], Bytes::new())
+        .await;
+    assert_eq!(one.json, stored.json);
+    let other = registry
+        .raw(Method::GET, "/v1/policy/web/limits", &[], Bytes::new())
+        .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+
+    // Another service's policy does not move web's index; deleting web's does.
+    put(&registry, "/v1/policy/db/limits", r#"{"rps":5}"#, None).await;
+    let web = registry
+        .raw(Method::GET, "/v1/policy/web", &[], Bytes::new())
+        .await;
+    assert_eq!(web.index(), stored.index());
+    let deleted = registry
+        .raw(Method::DELETE, "/v1/policy/web/routes", &[], Bytes::new())
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let web = registry
+        .raw(Method::GET, "/v1/policy/web", &[], Bytes::new())
+        .await;
+    assert!(web.json["routes"].is_null());
+    assert!(web.index() > stored.index());
+}
+
+#[tokio::test]
+async fn an_invalid_document_is_refused_naming_its_field_and_the_old_one_stays() {
+    let registry = TestRegistry::start_default().await;
+    put(&registry, "/v1/policy/web/routes", CANARY, None).await;
+    for (body, field, says) in [
+        (
+            r#"{"rules":[{"backends":[{"subset":"version=v1","weight":90}]}]}"#,
+            "rules[0].backends",
+            "100",
+        ),
+        (
+            r#"{"rules":[{"matches":[{"colour":"red"}]}]}"#,
+            "rules[0].matches[0]",
+            "colour",
+        ),
+        (
+            r#"{"rules":[{"backends":[{"subset":"version","weight":100}]}]}"#,
+            "rules[0].backends[0].subset",
+            "key=value",
+        ),
+        (r#"{"version":2,"rules":[]}"#, "version", "2"),
+        ("not json", "body", "JSON"),
+    ] {
+        let refused = put(&registry, "/v1/policy/web/routes", body, None).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+        let named = refused.error_field().unwrap_or_default();
+        assert!(named.starts_with(field), "{body}: field {named}");
+        assert!(refused.text.contains(says), "{body}: {}", refused.text);
+    }
+    let refused = put(&registry, "/v1/policy/web/colours", "{}", None).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let kept = registry
+        .raw(Method::GET, "/v1/policy/web/routes", &[], Bytes::new())
+        .await;
+    assert_eq!(kept.json["rules"][0]["backends"][0]["weight"], 90);
+}
+
+#[tokio::test]
+async fn only_the_services_owner_or_the_operator_writes_its_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "web web-token\ndb db-token\n").unwrap();
+    let config = Config {
+        token: Some("op".into()),
+        tokens: Some(tokens),
+        ..Config::default()
+    };
+    let registry = TestRegistry::start(config).await;
+    let deny = r#"{"default":"deny"}"#;
+    let path = "/v1/policy/web/intentions";
+    for token in [None, Some("db-token"), Some("nonsense")] {
+        let refused = put(&registry, path, deny, token).await;
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&refused.status),
+            "{token:?}: {}",
+            refused.text
+        );
+        let deleted = registry.raw(Method::DELETE, path, &[], Bytes::new()).await;
+        assert_eq!(deleted.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        put(&registry, path, deny, Some("web-token")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(&registry, path, deny, Some("op")).await.status,
+        StatusCode::OK
+    );
+    let read = registry.raw(Method::GET, path, &[], Bytes::new()).await;
+    assert_eq!(read.json["default"], "deny");
+}
+
+#[tokio::test]
+async fn policies_survive_a_restart_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config {
+        data_dir: Some(dir.path().to_owned()),
+        snapshot_debounce: Duration::from_millis(10),
+        ..Config::default()
+    };
+    let registry = TestRegistry::start(config()).await;
+    let stored = put(&registry, "/v1/policy/web/routes", CANARY, None).await;
+    put(
+        &registry,
+        "/v1/policy/web/limits",
+        r#"{"rps":50,"burst":5}"#,
+        None,
+    )
+    .await;
+    registry.stop().await.unwrap();
+
+    let registry = TestRegistry::start(config()).await;
+    let policy = registry
+        .raw(Method::GET, "/v1/policy/web", &[], Bytes::new())
+        .await;
+    assert_eq!(policy.json["routes"], stored.json);
+    assert_eq!(policy.json["limits"]["burst"], 5);
+    assert!(policy.index() >= stored.index());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_a_policy_written_through_one_replica_is_served_by_all_and_outlives_it() {
+    let etcd = EtcdCluster::start(1).await;
+    let a = Replica::start(Path::new(BINARY), &etcd.endpoints(), &[]).await;
+    let b = Replica::start(Path::new(BINARY), &etcd.endpoints(), &[]).await;
+    let to_b = Client::new(&b.url).unwrap();
+    let before = to_b.policy("web").await.unwrap().index;
+    let parked = tokio::spawn(async move { to_b.policy_blocking("web", before, PATIENCE).await });
+
+    let url = format!("{}/v1/policy/web/routes", a.url);
+    let stored = raw(Method::PUT, &url, &[JSON], Bytes::from(CANARY)).await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
+    let woken = parked.await.unwrap().unwrap();
+    assert_eq!(woken.routes.unwrap(), stored.json);
+    assert!(woken.index > before);
+
+    // A replica started after A is gone reads it from etcd.
+    a.kill();
+    let c = Replica::start(Path::new(BINARY), &etcd.endpoints(), &[]).await;
+    let to_c = Client::new(&c.url).unwrap();
+    let read = to_c.policy("web").await.unwrap();
+    assert_eq!(read.routes.unwrap(), stored.json);
+
+    // A deletion through C reaches B.
+    let url = format!("{}/v1/policy/web/routes", c.url);
+    let deleted = raw(Method::DELETE, &url, &[], Bytes::new()).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let to_b = Client::new(&b.url).unwrap();
+    eventually(PATIENCE, "B saw the deletion", async || {
+        to_b.policy("web").await.unwrap().routes.is_none()
+    })
+    .await;
+}
