@@ -4,12 +4,14 @@
 
 mod app;
 mod client;
+mod policy;
 mod registry;
 mod sidecar;
 mod upgrade;
 
 pub use app::*;
 pub use client::*;
+pub use policy::*;
 pub use registry::*;
 pub use sidecar::*;
 pub use upgrade::*;
