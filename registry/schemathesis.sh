@@ -92,9 +92,9 @@ operator_token=schemathesis-operator-token
 start_registry with-operator --token "$operator_token"
 # Not the admin relays: the instances registered here name random admin hosts, and their
 # lookups would leave the machine.
-echo "==> writes as the operator, on a registry that binds writes to writers ($base)"
+echo "==> writes as the operator (instances, policies), on a registry that binds writes to writers ($base)"
 st registry/schemathesis.toml --max-examples "$max_examples" \
-    --include-path-regex '^/v1/services/[^/]+/instances/[^/]+(/heartbeat)?$' \
+    --include-path-regex '^/v1/(services/[^/]+/instances/[^/]+(/heartbeat)?|policy/[^/]+(/[^/]+)?)$' \
     --header "Authorization: Bearer $operator_token" || status=1
 
 start_registry without-ca

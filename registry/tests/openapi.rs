@@ -27,6 +27,8 @@ fn the_openapi_document_is_json_and_names_every_route() {
             "/v1/services/{service}/instances/{id}/admin/debug/endpoints",
             &["get"],
         ),
+        ("/v1/policy/{service}", &["get"]),
+        ("/v1/policy/{service}/{kind}", &["get", "put", "delete"]),
         ("/v1/events", &["get"]),
         ("/metrics", &["get"]),
         ("/healthz", &["get"]),
@@ -50,7 +52,10 @@ fn the_openapi_document_is_json_and_names_every_route() {
         );
     }
     for path in paths.keys() {
-        let concrete = path.replace("{service}", "web").replace("{id}", "a");
+        let concrete = path
+            .replace("{service}", "web")
+            .replace("{id}", "a")
+            .replace("{kind}", "routes");
         assert!(
             target(&concrete).is_some(),
             "{path} is documented but not routed"
