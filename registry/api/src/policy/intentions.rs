@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{PolicyError, at, check_grpc_name, check_method, check_path, version_1};
+use super::check::{check_grpc_name, check_method, check_path};
+use super::{PolicyError, at, version_1};
 use crate::validate;
 
 /// Most rules in one document.
@@ -96,7 +97,7 @@ impl Intentions {
         }
         let mut names = BTreeMap::new();
         for (i, rule) in self.rules.iter_mut().enumerate() {
-            super::name_rule(&mut rule.name, i, &mut names)?;
+            super::check::name_rule(&mut rule.name, i, &mut names)?;
             rule.check(&at("", "rules", i))?;
         }
         // What each rule applies to, for finding two that say opposite things about it.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{PolicyError, Selector, at, check_grpc_name, check_method, check_path, version_1};
+use super::check::{check_grpc_name, check_method, check_path};
+use super::{PolicyError, Selector, at, version_1};
 
 /// Most rules in one document.
 pub const MAX_RULES: usize = 64;
@@ -154,7 +155,7 @@ impl Routes {
         }
         let mut names = BTreeMap::new();
         for (i, rule) in self.rules.iter_mut().enumerate() {
-            super::name_rule(&mut rule.name, i, &mut names)?;
+            super::check::name_rule(&mut rule.name, i, &mut names)?;
             rule.normalise(&at("", "rules", i))?;
         }
         self.check_overlaps()?;
