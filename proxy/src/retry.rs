@@ -194,8 +194,7 @@ impl RetryConfig {
     ) -> Option<Verdict> {
         // The server asked for less: another try at once would only add to its load,
         // whatever `--retry-statuses` or `--retry-grpc-codes` say.
-        if status == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(grpc::RESOURCE_EXHAUSTED)
-        {
+        if is_rate_limited(status, grpc_status) {
             return None;
         }
         let peer_error = (from_sidecar && !status.is_success())
@@ -218,6 +217,12 @@ impl RetryConfig {
             reason: Reason::Status,
         })
     }
+}
+
+/// The answer is a server refusing for now what it was sent too much of: 429, or gRPC
+/// RESOURCE_EXHAUSTED. Never retried at once, and counted apart from failures.
+pub fn is_rate_limited(status: StatusCode, grpc_status: Option<u32>) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(grpc::RESOURCE_EXHAUSTED)
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).

@@ -177,3 +177,26 @@ async fn the_last_routes_stay_in_force_while_the_registry_is_away() {
         before
     );
 }
+
+#[tokio::test]
+async fn a_rules_timeout_replaces_the_sidecars() {
+    let mesh = Canary::start().await;
+    mesh.route(json!({"rules": [
+        {"name": "slow-ones", "matches": [{"path": {"prefix": "/slow"}}],
+         "backends": [{"weight": 100}], "timeout": "200ms", "retries": {"attempts": 0}},
+    ]}))
+    .await;
+    let started = std::time::Instant::now();
+    let answer = common::get_h1(mesh.caller.outbound, "recs", "/slow?ms=5000").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        answer.text
+    );
+    assert_eq!(answer.headers["mesh-error"], "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    // Calls the rule does not match keep the sidecar's own (no) deadline.
+    let answer = common::get_h1(mesh.caller.outbound, "recs", "/whoami").await;
+    assert_eq!(answer.status, StatusCode::OK);
+}

@@ -76,9 +76,7 @@ impl Outbound {
             probe.settle();
         }
         let status = response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(grpc::RESOURCE_EXHAUSTED)
-        {
-            // Never retried (classify_response), and counted apart from failures.
+        if retry::is_rate_limited(status, grpc_status) {
             self.metrics
                 .rate_limited(Direction::Outbound, &call.destination.name);
         }
