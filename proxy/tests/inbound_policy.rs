@@ -128,7 +128,7 @@ async fn a_rate_limited_call_is_refused_once_and_never_retried() {
     let index = put_policy(&registry, "recs", PolicyKind::Limits, limits).await;
     until_serving(&server, index).await;
 
-    let (mut ok, mut limited) = (0, 0);
+    let (mut ok, mut limited) = (0, 0u32);
     for _ in 0..10 {
         let answer = common::get_h1(caller.outbound, "recs", "/whoami").await;
         match answer.status {
@@ -147,19 +147,65 @@ async fn a_rate_limited_call_is_refused_once_and_never_retried() {
         }
     }
     assert_eq!((ok, limited), (3, 7));
+    // A gRPC caller over the limit gets RESOURCE_EXHAUSTED, not an HTTP error.
+    let call = Request::builder()
+        .method(Method::POST)
+        .version(Version::HTTP_2)
+        .uri("http://recs/recs.Recs/Get")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(TestBody::new(Bytes::from_static(&[0, 0, 0, 0, 0]), None))
+        .unwrap();
+    let grpc = H2Conn::connect(caller.outbound).await.send(call).await;
+    assert_eq!(grpc.status, StatusCode::OK);
+    assert_eq!(grpc.headers["grpc-status"], "8", "RESOURCE_EXHAUSTED");
+    limited += 1;
     assert_eq!(app.received.load(Ordering::SeqCst), 3);
     // The serving sidecar refused exactly as many tries as the app saw refusals: none
     // was tried again.
     let served = server.metrics().await;
     let refused = r#"mesh_rate_limited_total{direction="inbound",service="recs"}"#;
-    assert_eq!(metric(&served, refused), 7.0, "{served}");
+    assert_eq!(metric(&served, refused), f64::from(limited), "{served}");
     let tries = r#"mesh_requests_total{direction="inbound",service="recs"}"#;
-    assert_eq!(metric(&served, tries), 10.0, "{served}");
+    assert_eq!(metric(&served, tries), 11.0, "{served}");
     let called = caller.metrics().await;
     let answered = r#"mesh_rate_limited_total{direction="outbound",service="recs"}"#;
-    assert_eq!(metric(&called, answered), 7.0, "{called}");
+    assert_eq!(metric(&called, answered), f64::from(limited), "{called}");
     assert_eq!(
         common::metric_sum(&called, "mesh_retries_total", r#"service="recs""#),
         0.0
     );
+}
+
+#[tokio::test]
+async fn each_proven_caller_has_a_bucket_of_its_own() {
+    let registry = Registry::start_with_ca(DAY).await;
+    let app = App::start("recs").await;
+    let server = meshed(&registry, "recs", &app, |_| {}).await;
+    registry.until_passing("recs", 1).await;
+    let web_app = App::start("web").await;
+    let web = meshed(&registry, "web", &web_app, |_| {}).await;
+    let batch_app = App::start("batch").await;
+    let batch = meshed(&registry, "batch", &batch_app, |_| {}).await;
+
+    let limits = json!({"per_caller": {"rps": 0.01, "burst": 2}});
+    let index = put_policy(&registry, "recs", PolicyKind::Limits, limits).await;
+    until_serving(&server, index).await;
+    let status = async |caller: &Sidecar| {
+        common::get_h1(caller.outbound, "recs", "/whoami")
+            .await
+            .status
+    };
+    for _ in 0..2 {
+        assert_eq!(status(&batch).await, StatusCode::OK);
+    }
+    assert_eq!(
+        status(&batch).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "batch spent its burst"
+    );
+    for _ in 0..2 {
+        assert_eq!(status(&web).await, StatusCode::OK, "web has its own bucket");
+    }
+    assert_eq!(status(&web).await, StatusCode::TOO_MANY_REQUESTS);
 }
