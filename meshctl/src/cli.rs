@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mesh_registry_api::policy::PolicyKind;
 use mesh_registry_api::{MAX_TTL, MIN_TTL, Protocol, Status, validate};
 
 use crate::output::Format;
@@ -91,6 +92,37 @@ pub enum Command {
     },
     /// Live golden metrics of the calls sidecars make, per destination service.
     Top(TopArgs),
+    /// Traffic policy (routes, intentions, limits): apply from files, read, delete.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Writes the documents of a policy file (YAML or JSON; several documents, one per
+    /// service, separated by `---`). Everything is checked first: a file with one
+    /// mistake changes nothing. Documents equal to the registry's are not written.
+    Apply {
+        /// The file, or `-` for standard input.
+        #[arg(short = 'f', long, env = "MESHCTL_FILE", value_name = "FILE")]
+        file: String,
+        /// Write nothing: print what would change, as a diff against the registry.
+        #[arg(long, env = "MESHCTL_DIFF")]
+        diff: bool,
+    },
+    /// Shows a service's policy documents (`-o json`: as `apply` takes them back).
+    Get {
+        /// The service.
+        service: String,
+    },
+    /// Deletes one policy document of a service.
+    Delete {
+        /// The service.
+        service: String,
+        /// routes, intentions or limits.
+        #[arg(value_parser = policy_kind)]
+        kind: PolicyKind,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +178,10 @@ pub struct TopArgs {
     /// Print one sample (taken over one interval) and exit.
     #[arg(long, env = "MESHCTL_ONCE")]
     pub once: bool,
+}
+
+fn policy_kind(value: &str) -> Result<PolicyKind, String> {
+    value.parse()
 }
 
 fn address(value: &str) -> Result<String, String> {

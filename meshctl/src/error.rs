@@ -18,6 +18,8 @@ pub enum Error {
         #[source]
         source: SidecarError,
     },
+    #[error("{file}: {reason}")]
+    PolicyFile { file: String, reason: String },
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -9,6 +9,7 @@
 //! - [`listing`]: `services`, `instances`; [`register`]: `register`, `deregister`.
 //! - [`endpoints`]: a service's endpoints as sidecars see them.
 //! - [`top`]: live golden metrics, computed from sidecars' `/metrics` ([`prom`]).
+//! - [`policy`]: traffic policy documents, applied from files and read back.
 
 pub mod check;
 pub mod cli;
@@ -17,6 +18,7 @@ mod error;
 pub mod human;
 pub mod listing;
 pub mod output;
+pub mod policy;
 pub mod prom;
 pub mod reach;
 pub mod register;
@@ -28,7 +30,7 @@ use std::process::ExitCode;
 
 use mesh_registry_api::Client;
 
-use crate::cli::{Cli, Command, Global};
+use crate::cli::{Cli, Command, Global, PolicyCommand};
 pub use crate::error::Error;
 use crate::output::Format;
 use crate::reach::Admins;
@@ -96,6 +98,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write, redraw: bool) -> Result<Outcome,
             .await
             .and(done),
         Command::Top(args) => top::run(&ctl, &args, out, redraw).await.and(done),
+        Command::Policy(command) => match command {
+            PolicyCommand::Apply { file, diff } => policy::apply(&ctl, &file, diff, out).await,
+            PolicyCommand::Get { service } => policy::get(&ctl, &service, out).await,
+            PolicyCommand::Delete { service, kind } => {
+                policy::delete(&ctl, &service, kind, out).await
+            }
+        }
+        .and(done),
     }
 }
 
