@@ -132,6 +132,8 @@ impl Policy {
                     // An index that went backwards is a registry that restarted: a change.
                     if index == 0 || listing.index != index {
                         self.apply(&listing);
+                    } else {
+                        self.reachable();
                     }
                     index = listing.index;
                 }
@@ -201,6 +203,14 @@ impl Policy {
             (PolicyKind::Routes, _) => next.routes = None,
             (PolicyKind::Intentions, _) => next.authz = None,
             (PolicyKind::Limits, _) => next.limiter = None,
+        }
+    }
+
+    /// The registry answered, with nothing new: what is in force is current again.
+    fn reachable(&self) {
+        let mut status = self.status.lock().expect("status lock");
+        if status.stale.take().is_some() {
+            tracing::info!(service = %self.service, "policy watch back; the policy in force is current");
         }
     }
 
@@ -290,6 +300,22 @@ mod tests {
         assert!(p.problem().unwrap().contains("routes refused"));
         p.apply(&listing(3, json!(null), json!(null)));
         assert!(p.in_force().routes.is_none());
+        assert!(p.problem().is_none());
+    }
+
+    #[test]
+    fn a_policy_is_stale_while_the_registry_is_away_and_current_once_it_answers() {
+        let p = Policy::destination("web");
+        p.apply(&listing(4, json!({"rules": []}), json!(null)));
+        let away = ClientError::Timeout {
+            base: "http://r:7700".into(),
+            timeout: Duration::from_secs(1),
+        };
+        p.unreachable(&away);
+        assert!(p.problem().unwrap().contains("registry unreachable"));
+        assert!(p.in_force().routes.is_some(), "the last policy read stays");
+        // Back, with the same index: nothing to apply, but nothing stale either.
+        p.reachable();
         assert!(p.problem().is_none());
     }
 
