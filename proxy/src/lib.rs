@@ -4,7 +4,8 @@
 //! - **outbound** (`--outbound`): the app's calls, routed by `Host` / `:authority`;
 //! - **upstream** (`--upstream NAME=ADDR`): the app's calls to one fixed service;
 //! - **inbound** (`--inbound`): peers' calls, forwarded to the app (`--app`);
-//! - **admin** (`--admin`): `/metrics`, `/ready`, `/live`, `/debug/endpoints`, `/shutdown`.
+//! - **admin** (`--admin`): `/metrics`, `/ready`, `/live`, `/debug/endpoints`,
+//!   `/debug/policy`, `/shutdown`.
 //!
 //! Where to read:
 //! - [`run`] wires the sidecar in stages: identity, discovery, the local app (inbound
@@ -14,6 +15,9 @@
 //!   keeps each destination's endpoints, [`balance`] picks one per try, [`breaker`]
 //!   ejects failing ones, [`retry`] and [`deadline`] decide on another try, [`forward`]
 //!   sends over pooled connections, [`respond`] answers (shared with [`inbound`]).
+//! - [`policy`] follows traffic policy from the registry: a destination's routes (read
+//!   when a call begins), the local service's intentions and limits (asked by
+//!   [`inbound`] before a call reaches the app).
 //! - [`config`] holds the flags, grouped by the part they configure.
 //!
 //! [`run`] takes already-bound listeners, so tests bind `127.0.0.1:0`.
