@@ -200,3 +200,30 @@ async fn a_rules_timeout_replaces_the_sidecars() {
     let answer = common::get_h1(mesh.caller.outbound, "recs", "/whoami").await;
     assert_eq!(answer.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn retries_stay_in_the_routes_subset() {
+    let mesh = Canary::start().await;
+    mesh.route(split((100, 0))).await;
+    mesh.v1.set_mode(common::Mode::Failing);
+    let v2_before = mesh.v2.received.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        let answer = common::get_h1(mesh.caller.outbound, "recs", "/whoami").await;
+        // v1's own failure, retried on v1 only: v2 would have answered 200.
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            answer.text
+        );
+    }
+    let metrics = mesh.caller.metrics().await;
+    assert!(
+        common::metric_sum(&metrics, "mesh_retries_total", r#"service="recs""#) >= 1.0,
+        "the calls were retried: {metrics}"
+    );
+    assert_eq!(
+        mesh.v2.received.load(std::sync::atomic::Ordering::SeqCst),
+        v2_before
+    );
+}
