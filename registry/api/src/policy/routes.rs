@@ -129,12 +129,15 @@ pub enum RetryOn {
 }
 
 impl RetryOn {
-    /// What sidecars retry when a rule does not say.
-    pub const DEFAULT: [RetryOn; 4] = [
+    /// What a rule that does not say retries: every kind, as sidecars do without routes
+    /// (a broken connection, a `5xx` and a try's timeout only for requests that are safe
+    /// to repeat).
+    pub const DEFAULT: [RetryOn; 5] = [
         RetryOn::ConnectFailure,
         RetryOn::Reset,
         RetryOn::Status5xx,
         RetryOn::Unavailable,
+        RetryOn::Timeout,
     ];
 }
 
