@@ -92,6 +92,12 @@ pub enum Command {
     },
     /// Live golden metrics of the calls sidecars make, per destination service.
     Top(TopArgs),
+    /// A destination's routes as each calling sidecar applies them (the policy index it
+    /// read), and how its calls of the last 10 s split between the subsets.
+    Routes {
+        /// The destination service.
+        service: String,
+    },
     /// Traffic policy (routes, intentions, limits): apply from files, read, delete.
     #[command(subcommand)]
     Policy(PolicyCommand),

@@ -9,7 +9,8 @@
 //! - [`listing`]: `services`, `instances`; [`register`]: `register`, `deregister`.
 //! - [`endpoints`]: a service's endpoints as sidecars see them.
 //! - [`top`]: live golden metrics, computed from sidecars' `/metrics` ([`prom`]).
-//! - [`policy`]: traffic policy documents, applied from files and read back.
+//! - [`policy`]: traffic policy documents, applied from files and read back; [`routes`]:
+//!   a destination's routes as its callers apply them, and the split their calls took.
 
 pub mod check;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod policy;
 pub mod prom;
 pub mod reach;
 pub mod register;
+pub mod routes;
 pub mod sidecars;
 pub mod top;
 
@@ -98,6 +100,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, redraw: bool) -> Result<Outcome,
             .await
             .and(done),
         Command::Top(args) => top::run(&ctl, &args, out, redraw).await.and(done),
+        Command::Routes { service } => routes::run(&ctl, &service, out).await.and(done),
         Command::Policy(command) => match command {
             PolicyCommand::Apply { file, diff } => policy::apply(&ctl, &file, diff, out).await,
             PolicyCommand::Get { service } => policy::get(&ctl, &service, out).await,

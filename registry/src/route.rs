@@ -68,6 +68,7 @@ pub fn target(path: &str) -> Option<Target<'_>> {
                 ["ready"] => AdminPath::Ready,
                 ["metrics"] => AdminPath::Metrics,
                 ["debug", "endpoints"] => AdminPath::DebugEndpoints,
+                ["debug", "policy"] => AdminPath::DebugPolicy,
                 _ => return None,
             };
             Target::SidecarAdmin(service, id, page)
@@ -125,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn only_three_admin_pages_are_routed() {
+    fn only_the_sidecars_read_only_pages_are_routed() {
         let admin = |page| Some(Target::SidecarAdmin("web", "a", page));
         let base = "/v1/services/web/instances/a/admin";
         assert_eq!(target(&format!("{base}/ready")), admin(AdminPath::Ready));
@@ -136,6 +137,10 @@ mod tests {
         assert_eq!(
             target(&format!("{base}/debug/endpoints")),
             admin(AdminPath::DebugEndpoints)
+        );
+        assert_eq!(
+            target(&format!("{base}/debug/policy")),
+            admin(AdminPath::DebugPolicy)
         );
         for other in [
             "",

@@ -27,6 +27,10 @@ fn the_openapi_document_is_json_and_names_every_route() {
             "/v1/services/{service}/instances/{id}/admin/debug/endpoints",
             &["get"],
         ),
+        (
+            "/v1/services/{service}/instances/{id}/admin/debug/policy",
+            &["get"],
+        ),
         ("/v1/policy/{service}", &["get"]),
         ("/v1/policy/{service}/{kind}", &["get", "put", "delete"]),
         ("/v1/events", &["get"]),

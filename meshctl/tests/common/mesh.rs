@@ -150,6 +150,8 @@ pub struct Shape {
     pub protocol: Option<AppProtocol>,
     /// The service of an upstream listener.
     pub upstream: Option<&'static str>,
+    /// `--metadata` pairs it registers with.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// A sidecar registered as an instance of `service` in front of its own app.
@@ -186,6 +188,7 @@ impl Sidecar {
             tls,
             protocol,
             upstream,
+            metadata,
         } = shape;
         let app = App::start().await;
         let mut upstreams = Vec::new();
@@ -225,6 +228,7 @@ impl Sidecar {
         r.advertise = Some(inbound.to_string());
         r.instance_id = Some(id.clone());
         r.health_interval = Duration::from_millis(100);
+        r.metadata = metadata;
         config.listen.inbound = inbound;
         config.tls.mode = tls;
         config.tls.join_token = (tls != TlsMode::Off).then(|| JOIN_TOKEN.to_owned());

@@ -88,3 +88,23 @@ pub fn closed_port() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// How long a test waits for a state it needs before giving up: generous, for a loaded
+/// machine.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Polls `condition` until it holds, for at most `bound`; panics naming `what` otherwise.
+pub async fn eventually<F: AsyncFn() -> bool>(
+    bound: std::time::Duration,
+    what: &str,
+    condition: F,
+) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < bound {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {bound:?}");
+}

@@ -27,6 +27,9 @@ pub enum AdminPath {
     Metrics,
     /// `/debug/endpoints`: JSON, every destination the sidecar follows.
     DebugEndpoints,
+    /// `/debug/policy`: JSON, the traffic policy in force (its own, and each
+    /// destination's routes).
+    DebugPolicy,
 }
 
 // === impl AdminPath ===
@@ -38,13 +41,16 @@ impl AdminPath {
             AdminPath::Ready => "ready",
             AdminPath::Metrics => "metrics",
             AdminPath::DebugEndpoints => "debug/endpoints",
+            AdminPath::DebugPolicy => "debug/policy",
         }
     }
 
     /// The content type of the page, as a mesh-proxy serves it and the registry relays it.
     pub fn content_type(self) -> &'static str {
         match self {
-            AdminPath::Ready | AdminPath::DebugEndpoints => "application/json",
+            AdminPath::Ready | AdminPath::DebugEndpoints | AdminPath::DebugPolicy => {
+                "application/json"
+            }
             AdminPath::Metrics => "text/plain; version=0.0.4; charset=utf-8",
         }
     }
