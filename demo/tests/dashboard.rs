@@ -12,10 +12,12 @@
 //! root, or absolute) it also writes a screenshot of the page once the instance is
 //! critical.
 //!
-//! [`large_mesh`] runs the page against 3,000 services and hostile sidecars.
+//! [`large_mesh`] runs the page against 3,000 services and hostile sidecars; [`policy`]
+//! shows a service's traffic policy on it.
 
 mod browser;
 mod large_mesh;
+mod policy;
 mod support;
 
 use std::{

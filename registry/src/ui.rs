@@ -2,14 +2,15 @@
 //! the binary so the registry stays a single file to deploy.
 //!
 //! Plain HTML, CSS and JavaScript modules, no build step: the page reads the registry's
-//! own API (blocking queries on `/v1/services` and `/v1/events`, the sidecars' admin
-//! pages through `/v1/services/{s}/instances/{id}/admin/…`, those by a worker off the
-//! page's main thread), exactly as any other client would. The sources are in
-//! `registry/src/ui/`.
+//! own API (blocking queries on `/v1/services` and `/v1/events`, services' policies from
+//! `/v1/policy/{s}`, the sidecars' admin pages through
+//! `/v1/services/{s}/instances/{id}/admin/…`, those by a worker off the page's main
+//! thread), exactly as any other client would. The sources are in `registry/src/ui/`.
 //!
-//! Every registered string (tags, metadata, health-check output) is chosen by whoever
-//! may register, so the page only ever inserts them as text, and a Content-Security-Policy
-//! keeps the page to its own scripts and styles should one slip through.
+//! Every string registered or written as policy (tags, metadata, health-check output,
+//! header values, subsets) is chosen by whoever may write it, so the page only ever
+//! inserts them as text, and a Content-Security-Policy keeps the page to its own scripts
+//! and styles should one slip through.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -63,6 +64,11 @@ const ASSETS: &[Asset] = &[
         name: "sidecar-reader.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("ui/sidecar-reader.js"),
+    },
+    Asset {
+        name: "policy.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("ui/policy.js"),
     },
     Asset {
         name: "view.js",
@@ -134,7 +140,13 @@ mod tests {
         let page = asset("").unwrap().body;
         assert!(page.contains(r#"href="style.css""#));
         assert!(page.contains(r#"src="app.js""#));
-        for module in ["api.js", "figures.js", "sidecars.js", "view.js"] {
+        for module in [
+            "api.js",
+            "figures.js",
+            "sidecars.js",
+            "policy.js",
+            "view.js",
+        ] {
             let imported = ASSETS
                 .iter()
                 .any(|a| a.body.contains(&format!("from \"./{module}\"")));

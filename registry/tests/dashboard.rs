@@ -50,6 +50,7 @@ async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
         ("figures.js", "text/javascript; charset=utf-8"),
         ("sidecars.js", "text/javascript; charset=utf-8"),
         ("sidecar-reader.js", "text/javascript; charset=utf-8"),
+        ("policy.js", "text/javascript; charset=utf-8"),
         ("view.js", "text/javascript; charset=utf-8"),
     ] {
         let answer = r.raw(GET, &format!("/ui/{file}"), &[], Bytes::new()).await;
@@ -64,7 +65,7 @@ async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
 
     let metrics = r.metrics().await;
     assert!(
-        metrics.contains(r#"mesh_registry_http_requests_total{code="200",route="ui"} 8"#),
+        metrics.contains(r#"mesh_registry_http_requests_total{code="200",route="ui"} 9"#),
         "{metrics}"
     );
 }

@@ -175,7 +175,7 @@ fn the_dashboard_stays_responsive_with_3000_services_and_hostile_sidecars() {
 }
 
 /// Scrolls `service`'s section to the top of the window and waits until it is drawn.
-fn scroll_to(browser: &mut Browser, service: &str) {
+pub(crate) fn scroll_to(browser: &mut Browser, service: &str) {
     browser.eval(&format!(
         "document.querySelector('section[data-service=\"{service}\"]').scrollIntoView()"
     ));
@@ -183,7 +183,7 @@ fn scroll_to(browser: &mut Browser, service: &str) {
 }
 
 /// Waits for `condition` on the page, failing with what the page shows.
-fn expect(browser: &mut Browser, bound: Duration, what: &str, condition: &str) {
+pub(crate) fn expect(browser: &mut Browser, bound: Duration, what: &str, condition: &str) {
     if let Err(page) = browser.wait_for(bound, condition) {
         let page: String = page.chars().take(4_000).collect();
         panic!("the page never showed {what} ({condition}); it shows:\n{page}");
@@ -193,17 +193,17 @@ fn expect(browser: &mut Browser, bound: Duration, what: &str, condition: &str) {
 // === the registry ===
 
 /// A registry serving on 127.0.0.1:0 on a runtime of its own, stopped when dropped.
-struct InProcessRegistry {
-    address: SocketAddr,
-    runtime: tokio::runtime::Runtime,
-    client: Client,
+pub(crate) struct InProcessRegistry {
+    pub(crate) address: SocketAddr,
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 // === impl InProcessRegistry ===
 
 impl InProcessRegistry {
-    fn start() -> InProcessRegistry {
+    pub(crate) fn start() -> InProcessRegistry {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -256,7 +256,7 @@ impl InProcessRegistry {
         });
     }
 
-    fn register(&self, service: &str, id: &str, registration: &Registration) {
+    pub(crate) fn register(&self, service: &str, id: &str, registration: &Registration) {
         self.runtime
             .block_on(self.client.register(service, id, registration))
             .unwrap();
@@ -291,7 +291,7 @@ impl Drop for InProcessRegistry {
 
 /// A passing registration with a lease that outlasts the test, and with `admin`
 /// metadata when there is a sidecar.
-fn registration(address: &str, admin: Option<SocketAddr>) -> Registration {
+pub(crate) fn registration(address: &str, admin: Option<SocketAddr>) -> Registration {
     let mut registration = Registration::new(address);
     registration.ttl = Duration::from_secs(600);
     if let Some(admin) = admin {

@@ -9,11 +9,18 @@
 // moving any index: the listings of the services on screen are read again every few
 // seconds for them. Sidecar figures refresh every few seconds (sidecars.js).
 //
+// A service's traffic policy (policy.js) is read when its instance cards are first built.
+// A policy change moves the catalog's index but no service's, so the page cannot tell
+// whose policy changed: each move marks every policy read so far stale, and the stale
+// ones are read again as their services are on screen (at once for those on screen
+// then). Watching each policy with a blocking query would cost a connection each.
+//
 // Drawing is keyed (view.js `Keyed`): each row of the services table, each service's
 // section, each sidecar panel and certificate row is an element of its own, built again
 // only when what it shows changed, at most once per frame.
 
 import { follow, getJSON } from "./api.js";
+import { policySection } from "./policy.js";
 import { Sidecars, certificateRow, certificatesIntro, certificatesTable } from "./sidecars.js";
 import {
   Keyed,
@@ -33,9 +40,9 @@ const MAX_EVENTS = 200;
 const LISTING_REFRESH_MS = 5_000;
 // How often the registry's version and CA are read again.
 const REGISTRY_REFRESH_MS = 60_000;
-// Listings read at once: the browser's six connections per host also carry the two
-// blocking queries and the sidecar panels' pages.
-const LISTING_READS = 3;
+// Listings and policies read at once: the browser's six connections per host also carry
+// the two blocking queries and the sidecar panels' pages.
+const READS = 3;
 // Rows and services per chunk (view.js `Keyed`): what one change costs to lay out.
 const ROWS_PER_CHUNK = 100;
 const SERVICES_PER_CHUNK = 25;
@@ -47,6 +54,11 @@ const state = {
   summaries: new Map(),
   // name → {body, text}: the last listing read, and its JSON text to tell a change.
   listings: new Map(),
+  // name → {body, text} or {error}: the last policy read. Names whose policy may have
+  // changed since, and those waiting to be read or being read.
+  policies: new Map(),
+  policiesStale: new Set(),
+  policiesAsked: new Set(),
   events: [],
   problems: { services: null, events: null },
   updated: null,
@@ -86,20 +98,32 @@ async function loadRegistry() {
   schedule();
 }
 
-// Listings waiting to be read, in the order asked; a name asked again while it is being
-// read is read once more after, so the last answer is never older than the last ask.
-const queue = new Set();
+// Listings and policies waiting to be read, in the order asked, listings first (they
+// carry the counts); a name asked again while it is being read is read once more after,
+// so the last answer is never older than the last ask.
+const queue = { listing: new Set(), policy: new Set() };
 let reading = 0;
 
 function readListings(names) {
-  for (const name of names) queue.add(name);
-  while (reading < LISTING_READS && queue.size > 0) {
-    const name = queue.values().next().value;
-    queue.delete(name);
+  read("listing", names);
+}
+
+function readPolicies(names) {
+  for (const name of names) state.policiesAsked.add(name);
+  read("policy", names);
+}
+
+function read(kind, names) {
+  for (const name of names) queue[kind].add(name);
+  while (reading < READS) {
+    const next = queue.listing.size > 0 ? "listing" : queue.policy.size > 0 ? "policy" : null;
+    if (next === null) return;
+    const name = queue[next].values().next().value;
+    queue[next].delete(name);
     reading += 1;
-    readListing(name).finally(() => {
+    (next === "listing" ? readListing : readPolicy)(name).finally(() => {
       reading -= 1;
-      readListings([]);
+      read(next, []);
     });
   }
 }
@@ -125,6 +149,41 @@ async function readListing(name) {
   dirty.certificates = true;
 }
 
+async function readPolicy(name) {
+  state.policiesStale.delete(name);
+  let answer;
+  try {
+    answer = await getJSON(`v1/policy/${encodeURIComponent(name)}`);
+  } catch (e) {
+    // Unreachable: the policy shown stays (the blocking queries say the registry is
+    // away). An error answer is shown in its place.
+    if (e.status !== 0 && state.summaries.has(name)) {
+      state.policies.set(name, { error: e.message, text: null });
+      dirty.sections.add(name);
+      schedule();
+    }
+    return;
+  } finally {
+    if (!queue.policy.has(name)) state.policiesAsked.delete(name);
+  }
+  if (!state.summaries.has(name) || state.policies.get(name)?.text === answer.text) return;
+  state.policies.set(name, { body: answer.body, text: answer.text });
+  dirty.sections.add(name);
+  schedule();
+}
+
+// The policy of a service whose section is being built: read once, the first time.
+function policyOf(name) {
+  if (!state.policies.has(name) && !state.policiesAsked.has(name)) readPolicies([name]);
+  return policySection(name, state.policies.get(name), state.listings.get(name)?.body ?? null);
+}
+
+// Reads again the stale policies of the sections on screen.
+function readStalePolicies(sections) {
+  const stale = (name) => state.policiesStale.has(name) && !state.policiesAsked.has(name);
+  readPolicies(sections.map((section) => section.dataset.service).filter(stale));
+}
+
 function onServices(body) {
   const summaries = new Map(body.services.map((s) => [s.name, s]));
   const moved = [];
@@ -139,6 +198,8 @@ function onServices(body) {
   for (const name of state.summaries.keys()) {
     if (summaries.has(name)) continue;
     state.listings.delete(name);
+    state.policies.delete(name);
+    state.policiesStale.delete(name);
     sidecars.follow(name, null);
     dirty.certificates = true;
   }
@@ -146,6 +207,8 @@ function onServices(body) {
   state.summaries = summaries;
   dirty.services = true;
   readListings(moved);
+  for (const name of state.policies.keys()) state.policiesStale.add(name);
+  withSectionsOnScreen(readStalePolicies);
   schedule();
 }
 
@@ -289,6 +352,7 @@ function drawServices() {
         name,
         listing(name),
         (service, instance) => sidecars.panel(service, instance.id),
+        policyOf,
         chunk.dataset.seen !== undefined,
       ),
     dirty.sections,
@@ -332,6 +396,7 @@ function start() {
     withSectionsOnScreen((on) => {
       for (const section of on) tickClock(section);
       sidecars.tick();
+      readStalePolicies(on);
     });
   }, 1_000);
   setInterval(() => {

@@ -224,15 +224,18 @@ function fact(name, value) {
   return [el("dt", {}, name), el("dd", {}, value)];
 }
 
-// A service with its instances (`listing`, or null before it has arrived).
-// Without `cards` (a service far off screen), the heading alone: its cards are built
-// when it comes near.
-export function serviceSection(name, listing, sidecarOf, cards = true) {
+// A service with its traffic policy (`policyOf(name)`, an element: policy.js) and its
+// instances (`listing`, or null before it has arrived). Without `cards` (a service far
+// off screen), the heading alone: its policy and cards are built when it comes near.
+export function serviceSection(name, listing, sidecarOf, policyOf, cards = true) {
   const content = !cards
     ? null
-    : listing
-      ? byStatus(listing.instances).map((i) => instanceCard(name, i, sidecarOf(name, i)))
-      : [el("p", { class: "muted" }, "loading…")];
+    : [
+        policyOf(name),
+        listing
+          ? byStatus(listing.instances).map((i) => instanceCard(name, i, sidecarOf(name, i)))
+          : el("p", { class: "muted" }, "loading…"),
+      ];
   return el(
     "section",
     { class: "service", id: `service-${name}`, "data-service": name },
