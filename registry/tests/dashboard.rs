@@ -1,15 +1,18 @@
 //! The dashboard's routes over real sockets: the redirects to `/ui/`, its files with their
-//! content types, and what `/readyz` tells it (and `meshctl`) about the registry.
+//! content types, what `/readyz` tells it (and `meshctl`) about the registry, and how it
+//! learns of a policy change. What the page draws is tested in headless Chromium
+//! (`demo/tests/dashboard.rs`).
 
 mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestRegistry;
+use common::{JSON, TestRegistry, raw};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry::ca::Ca;
+use mesh_registry_api::Registration;
 
 const GET: Method = Method::GET;
 
@@ -103,4 +106,51 @@ async fn readyz_names_the_trust_domain_and_the_certificates_lifetime_of_a_ca() {
         serde_json::json!({"trust_domain": "example.org", "cert_ttl": "24h"})
     );
     assert_eq!(ready.json["status"], "ready");
+}
+
+/// The page follows one blocking query, on `/v1/services`, and reads a service's policy
+/// when that answers: a policy write must wake it (its index moves) even though no
+/// service's own index does, and `/v1/policy/{s}` then holds the document with its
+/// strings as written (the page, not the registry, keeps them from being markup).
+#[tokio::test]
+async fn a_policy_write_wakes_the_catalog_query_the_page_follows() {
+    let r = TestRegistry::start_default().await;
+    r.client
+        .register("shop", "shop-1", &Registration::new("127.0.0.1:1"))
+        .await
+        .unwrap();
+    let before = r.raw(GET, "/v1/services", &[], Bytes::new()).await;
+    let shop_index = before.json["services"][0]["index"].clone();
+
+    let url = r.url(&format!("/v1/services?index={}&wait=30s", before.index()));
+    let waiting = tokio::spawn(async move { raw(GET, &url, &[], Bytes::new()).await });
+    r.until_watchers(1.0).await;
+    let markup = "<img src=x onerror=alert(1)>";
+    let routes = serde_json::json!({"rules": [{
+        "matches": [{"headers": {"x-canary": markup}}],
+        "backends": [{"subset": "version=v2", "weight": 100}],
+    }]});
+    let put = r
+        .raw(
+            Method::PUT,
+            "/v1/policy/shop/routes",
+            &[JSON],
+            routes.to_string(),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+
+    let woke = waiting.await.unwrap();
+    assert_eq!(woke.status, StatusCode::OK);
+    assert!(woke.index() > before.index(), "{}", woke.text);
+    assert_eq!(woke.json["services"][0]["index"], shop_index);
+
+    let policy = r.raw(GET, "/v1/policy/shop", &[], Bytes::new()).await;
+    assert_eq!(policy.status, StatusCode::OK);
+    assert_eq!(policy.headers["content-type"], "application/json");
+    let rule = &policy.json["routes"]["rules"][0];
+    assert_eq!(rule["matches"][0]["headers"]["x-canary"], markup);
+    assert_eq!(rule["backends"][0]["subset"], "version=v2");
+    assert_eq!(policy.json["intentions"], serde_json::Value::Null);
+    assert_eq!(policy.json["limits"], serde_json::Value::Null);
 }
