@@ -11,25 +11,33 @@ import { el } from "./view.js";
 
 // `answer`: {body} as read, {error} when the read failed, or undefined before the first
 // read. `listing`: the service's instances (every status), or null before they arrived.
+// Without documents (most services), one line.
 export function policySection(service, answer, listing) {
+  const parts = policyParts(answer, listing?.instances ?? null);
   return el(
     "section",
-    { class: "policy", "data-policy": service, "data-policy-index": answer?.body?.index },
+    { class: parts ? "policy" : "policy brief", "data-policy": service, "data-policy-index": answer?.body?.index },
     el("h3", {}, "traffic policy"),
-    policyContent(answer, listing?.instances ?? null),
+    parts ?? briefText(answer),
   );
 }
 
-function policyContent(answer, instances) {
-  if (answer === undefined) return el("p", { class: "muted" }, "loading…");
-  if (answer.error) return el("p", { class: "unreachable", "data-policy-error": "" }, `policy not shown: ${answer.error}`);
+// The documents' parts, or null when there is nothing to show but a line.
+function policyParts(answer, instances) {
+  if (!isObject(answer?.body)) return null;
   const { routes, intentions, limits } = answer.body;
   const parts = [
     isObject(routes) ? routesPart(routes, instances) : null,
     isObject(intentions) ? intentionsPart(intentions) : null,
     isObject(limits) ? limitsPart(limits) : null,
   ].filter(Boolean);
-  return parts.length ? parts : el("p", { class: "muted", "data-policy-none": "" }, "no policy");
+  return parts.length ? parts : null;
+}
+
+function briefText(answer) {
+  if (answer === undefined) return el("span", { class: "muted" }, "loading…");
+  if (answer.error !== undefined) return el("span", { class: "unreachable", "data-policy-error": "" }, `not shown: ${plainText(answer.error)}`);
+  return el("span", { class: "muted", "data-policy-none": "" }, "no policy");
 }
 
 const isObject = (value) => typeof value === "object" && value !== null && !Array.isArray(value);
