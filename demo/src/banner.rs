@@ -64,6 +64,12 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
         sibling("meshctl"),
         plan.registry_url
     ));
+    if let Some(file) = &plan.operator_token_file {
+        lines.push(format!(
+            "  operator   export MESH_REGISTRY_TOKEN=$(cat {})    # for meshctl's writes: policy apply (docs/traffic.md)",
+            file.display()
+        ));
+    }
     lines.push("  stop       Ctrl-C".to_owned());
     lines.push(String::new());
     lines.push(READY_LINE.to_owned());

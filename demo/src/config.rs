@@ -60,6 +60,17 @@ pub struct UpConfig {
     )]
     pub instances: u8,
 
+    /// How many recommendations instances (the last ones) run as version 2: their sidecars
+    /// register metadata `version=v2`, the others `version=v1`, so traffic policy can split
+    /// calls between the versions (docs/traffic.md). From 0 to `--instances`.
+    #[arg(long, env = "MESH_DEMO_V2", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub v2: u8,
+
+    /// Latency version 2 adds to every answer (`200ms`, or a range `50ms..300ms`), so a
+    /// canary's cost shows in `meshctl top`.
+    #[arg(long, env = "MESH_DEMO_V2_LATENCY", default_value = "0ms")]
+    pub v2_latency: String,
+
     /// Share of recommendations calls each instance fails on purpose (UNAVAILABLE), from
     /// 0.0 to 1.0: a way to watch retries without killing anything.
     #[arg(long, env = "MESH_DEMO_FAIL_RATE", default_value_t = 0.0, value_parser = share)]
@@ -84,6 +95,22 @@ pub struct UpConfig {
 // === impl UpConfig ===
 
 impl UpConfig {
+    /// Whether recommendations instance `n` (from 1) runs as version 2.
+    pub fn is_v2(&self, n: u8) -> bool {
+        n > self.instances.saturating_sub(self.v2)
+    }
+
+    /// Flags that make no sense together, named.
+    pub fn check(&self) -> Result<(), String> {
+        if self.v2 > self.instances {
+            return Err(format!(
+                "--v2 {}: more version 2 instances than --instances {}",
+                self.v2, self.instances
+            ));
+        }
+        Ok(())
+    }
+
     /// Every port the demo uses, derived from the port flags.
     pub fn ports(&self) -> PortLayout {
         PortLayout {

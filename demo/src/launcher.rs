@@ -33,6 +33,7 @@ use crate::{
 pub async fn run(config: UpConfig) -> Result<(), Error> {
     // Before anything starts, so a Ctrl-C at any point reaches the orderly stop.
     let mut signals = Signals::new()?;
+    config.check().map_err(Error::Config)?;
     let uses = config.ports().uses()?;
     ports::check_free(&uses)?;
     // Before the build: it starts this very executable, which the build may replace.

@@ -60,6 +60,9 @@ pub struct Secrets {
     /// `tokens` (the registry's `--tokens` file). No secret outlives the run.
     dir: tempfile::TempDir,
     pub kind: SecretKind,
+    /// The registry's operator token (`--token`, given in its environment), in the file
+    /// `operator-token` for the operator's `meshctl` writes (traffic policy).
+    operator_token: String,
 }
 
 /// The kind of credentials a run's sidecars write with.
@@ -155,6 +158,8 @@ pub struct Plan {
     /// The registry's dashboard.
     pub dashboard_url: Uri,
     pub registry_url: String,
+    /// The file holding the registry's operator token, when the run made one.
+    pub operator_token_file: Option<std::path::PathBuf>,
 }
 
 // === impl Plan ===
@@ -175,7 +180,10 @@ impl Plan {
             role: Role::Registry,
             program: binaries.registry.clone(),
             args: registry_args,
-            env: Vec::new(),
+            // In its environment, not its arguments, which every local user can read.
+            env: secrets
+                .map(|s| vec![("REGISTRY_TOKEN".to_owned(), s.operator_token.clone())])
+                .unwrap_or_default(),
             ready_url: Some(url(ports.registry, "/readyz")),
         };
         let wiring = Wiring {
@@ -188,8 +196,9 @@ impl Plan {
         let mut pairs = Vec::new();
         for n in 1..=config.instances {
             let name = format!("recommendations-{n}");
+            let v2 = config.is_v2(n);
             let app_port = ports.recommendations_app(n);
-            let app = ProcessSpec {
+            let mut app = ProcessSpec {
                 name: name.clone(),
                 role: Role::Recommendations,
                 program: binaries.recommendations.clone(),
@@ -205,13 +214,17 @@ impl Plan {
                 // gRPC only: its sidecar health-checks it and registers it once it answers.
                 ready_url: None,
             };
+            if v2 {
+                app.args.extend(args(["--latency", &config.v2_latency]));
+            }
+            // Its version, for routes that split calls between versions.
+            let version = if v2 { "version=v2" } else { "version=v1" };
+            let mut extra = vec!["--metadata", version];
             // With mTLS, recommendations answers the marketplace only.
-            let allow: &[&str] = if mtls {
-                &["--allow", "marketplace"]
-            } else {
-                &[]
-            };
-            let sidecar = wiring.sidecar(n, "recommendations", app_port, "grpc", &name, allow);
+            if mtls {
+                extra.extend(["--allow", "marketplace"]);
+            }
+            let sidecar = wiring.sidecar(n, "recommendations", app_port, "grpc", &name, &extra);
             pairs.push(Pair {
                 metrics_url: url(ports.sidecar(n).admin, "/metrics"),
                 sidecar,
@@ -256,6 +269,7 @@ impl Plan {
             dashboard_url: url(ports.registry, "/ui/"),
             registry_url,
             ports,
+            operator_token_file: secrets.map(|s| s.dir().join(OPERATOR_TOKEN_FILE)),
         }
     }
 
@@ -354,9 +368,11 @@ pub fn secrets(config: &UpConfig, binaries: &Binaries) -> Result<Secrets, crate:
             .collect();
         write_private(&dir.path().join("tokens"), &file)
             .map_err(|e| crate::Error::Ca(format!("cannot write the tokens file: {e}")))?;
+        let operator_token = operator_token(dir.path())?;
         return Ok(Secrets {
             dir,
             kind: SecretKind::Tokens(tokens),
+            operator_token,
         });
     }
     let output = std::process::Command::new(&binaries.registry)
@@ -370,14 +386,27 @@ pub fn secrets(config: &UpConfig, binaries: &Binaries) -> Result<Secrets, crate:
         let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         return Err(crate::Error::Ca(why));
     }
+    let operator_token = operator_token(dir.path())?;
     Ok(Secrets {
         dir,
         kind: SecretKind::Ca {
             mode: config.tls.clone(),
             join_token: random_token(),
         },
+        operator_token,
     })
 }
+
+/// A random operator token, written to `dir/operator-token`.
+fn operator_token(dir: &Path) -> Result<String, crate::Error> {
+    let token = random_token();
+    write_private(&dir.join(OPERATOR_TOKEN_FILE), &token)
+        .map_err(|e| crate::Error::Ca(format!("cannot write the operator token: {e}")))?;
+    Ok(token)
+}
+
+/// Where the run's operator token is, in the secrets' directory.
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
 
 fn random_token() -> String {
     let token: u128 = rand::random();
@@ -480,7 +509,7 @@ mod tests {
             "--service recommendations --app 127.0.0.1:5053 --app-protocol grpc \
              --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4160 \
              --advertise 127.0.0.1:4160 --outbound 127.0.0.1:4161 --admin 127.0.0.1:4162 \
-             --instance-id recommendations-2"
+             --instance-id recommendations-2 --metadata version=v1"
         );
         assert_eq!(
             second.sidecar.ready_url.clone().unwrap(),
@@ -569,6 +598,17 @@ mod tests {
             registry.contains("--tls-listen 127.0.0.1:7743"),
             "{registry}"
         );
+        // The operator's token: in the registry's environment and a private file, never
+        // on a command line.
+        let file = plan.operator_token_file.clone().unwrap();
+        let token = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            plan.registry.env,
+            [("REGISTRY_TOKEN".to_owned(), token.clone())]
+        );
+        assert!(!registry.contains(&token));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata().unwrap().permissions());
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
         for pair in &plan.pairs {
             let sidecar = joined(&pair.sidecar);
             assert!(
@@ -631,5 +671,24 @@ mod tests {
         assert!(joined(&marketplace.sidecar).contains("--admin 127.0.0.1:30002 "));
         assert!(joined(&marketplace.sidecar).ends_with("recommendations=127.0.0.1:20000"));
         assert_eq!(marketplace.app.env[1].1, "20000");
+    }
+
+    #[test]
+    fn the_last_instances_run_as_version_2_with_their_latency() {
+        let plan = plan(&["--instances", "3", "--v2", "1", "--v2-latency", "200ms"]);
+        let versions: Vec<(bool, bool)> = plan.pairs[..3]
+            .iter()
+            .map(|p| {
+                let sidecar = joined(&p.sidecar);
+                (
+                    sidecar.contains("--metadata version=v2"),
+                    joined(&p.app).ends_with("--latency 200ms"),
+                )
+            })
+            .collect();
+        assert_eq!(versions, [(false, false), (false, false), (true, true)]);
+        let argv = ["mesh-demo", "--instances", "2", "--v2", "3"];
+        let config = Cli::try_parse_from(argv).unwrap().config;
+        assert!(config.check().unwrap_err().contains("--v2 3"));
     }
 }
