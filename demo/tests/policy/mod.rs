@@ -3,8 +3,9 @@
 //! service's instances without a reload (routes in order with their matches and backends,
 //! intentions with a shadow rule marked, limits), every string in it as text (a header
 //! value and subsets carrying markup), and a backend whose subset selects no passing
-//! instance flagged, until an instance joins it. Removed, the policy gives way to "no
-//! policy" again.
+//! instance flagged, until an instance joins it. A policy written while its service is
+//! off screen shows once it is scrolled to. Removed, the policy gives way to "no policy"
+//! again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +22,8 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 const HEADER_MARKUP: &str = "<img src=x onerror=window.pwned=1>";
 const SUBSET_MARKUP: &str = "<script>alert(1)</script>";
+/// Services after `shop`, so that the last of them is far below it.
+const FILLERS: usize = 30;
 
 #[test]
 #[ignore = "needs Chromium (apt-get install chromium); .ci/run runs it"]
@@ -35,6 +38,15 @@ fn the_dashboard_shows_each_services_policy_live_and_as_text() {
         registry.register("shop", id, &instance(version, status));
     }
     registry.register("plain", "plain-1", &registration("127.0.0.1:1", None));
+    for n in 0..FILLERS {
+        let service = format!("zz-{n:02}");
+        registry.register(
+            &service,
+            &format!("{service}-a"),
+            &registration("127.0.0.1:1", None),
+        );
+    }
+    let last = format!("zz-{:02}", FILLERS - 1);
 
     let mut browser = Browser::launch(1200, 900);
     browser.navigate(&format!("http://{}/ui/", registry.address));
@@ -176,6 +188,45 @@ fn the_dashboard_shows_each_services_policy_live_and_as_text() {
         ),
     );
 
+    // The last service's policy read while on screen, then written while it is not: the
+    // page holds it stale and reads it again once the service is back on screen.
+    scroll_to(&mut browser, &last);
+    let last_policy = format!("document.querySelector('[data-policy=\"{last}\"]')");
+    expect(
+        &mut browser,
+        SETTLE,
+        "\"no policy\" for the last service",
+        &format!("{last_policy}?.querySelector('[data-policy-none]') != null"),
+    );
+    scroll_to(&mut browser, "shop");
+    put_for(
+        &registry,
+        &last,
+        PolicyKind::Limits,
+        r#"{"per_caller": {"rps": 7}}"#,
+    );
+    // Once the page shows this later write, it has seen the catalog move past the one
+    // above while the last service was off screen.
+    put(&registry, PolicyKind::Limits, r#"{"rps": 50}"#);
+    expect(
+        &mut browser,
+        SETTLE,
+        "shop's new limits",
+        &format!(
+            "{shop}.querySelector('[data-limit=\"overall\"]')?.textContent === '50 rps, burst 50'"
+        ),
+    );
+    scroll_to(&mut browser, &last);
+    expect(
+        &mut browser,
+        SETTLE,
+        "the last service's limits, once scrolled to",
+        &format!(
+            "{last_policy}?.querySelector('[data-limit=\"per-caller\"]')?.textContent === '7 rps, burst 7'"
+        ),
+    );
+    scroll_to(&mut browser, "shop");
+
     for kind in [
         PolicyKind::Routes,
         PolicyKind::Intentions,
@@ -206,9 +257,13 @@ fn instance(version: &str, status: Status) -> mesh_registry_api::Registration {
 }
 
 fn put(registry: &InProcessRegistry, kind: PolicyKind, body: &str) {
+    put_for(registry, "shop", kind, body);
+}
+
+fn put_for(registry: &InProcessRegistry, service: &str, kind: PolicyKind, body: &str) {
     let document = Document::parse(kind, body.as_bytes()).unwrap();
     registry
         .runtime
-        .block_on(registry.client.put_policy("shop", &document))
+        .block_on(registry.client.put_policy(service, &document))
         .unwrap();
 }
