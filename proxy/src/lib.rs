@@ -225,7 +225,9 @@ impl Stages<'_> {
             .registrar(registry, service, inbound_at, admin_port, tls)
             .with_output(output);
         let identity = self.identity.clone();
-        let registration = Registration::start(registrar, identity, health, self.metrics);
+        let policy_read = policy.received.subscribe();
+        let registration =
+            Registration::start(registrar, identity, policy_read, health, self.metrics);
         LocalApp {
             app,
             inbound,

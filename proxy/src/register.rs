@@ -18,6 +18,9 @@ use crate::tls::{IdentitySlot, TLS_METADATA, TlsMode};
 
 /// Deadline for the deregistration at shutdown, so a dead registry cannot hold it up.
 const DEREGISTER_WAIT: Duration = Duration::from_secs(6);
+/// How long registration waits for the service's policy to be read first: the registry
+/// answers in milliseconds; an unreachable one must not hold the instance back.
+const FIRST_POLICY: Duration = Duration::from_secs(3);
 
 /// The local service, its app, and how its instance is registered.
 #[derive(clap::Args, Clone, Debug)]
@@ -246,9 +249,13 @@ impl RegistrationConfig {
 impl Registration {
     /// Registers the instance in the background, with `health` as its status, once
     /// `identity` (with mTLS on) has a certificate: peers could not call it before.
+    /// Registers once the certificate (with mTLS) is there and the service's policy has
+    /// been read once (`policy_read`, or [`FIRST_POLICY`] has passed): a caller that finds
+    /// the instance finds its intentions and limits in force.
     pub fn start(
         registrar: Registrar,
         identity: Option<Arc<IdentitySlot>>,
+        mut policy_read: watch::Receiver<bool>,
         health: watch::Receiver<Status>,
         metrics: &Metrics,
     ) -> Registration {
@@ -264,6 +271,11 @@ impl Registration {
                     () = slot.wait() => {}
                     _ = &mut deregistered => return,
                 }
+            }
+            let policy = tokio::time::timeout(FIRST_POLICY, policy_read.wait_for(|read| *read));
+            tokio::select! {
+                _ = policy => {}
+                _ = &mut deregistered => return,
             }
             registrar
                 .run(health, async {

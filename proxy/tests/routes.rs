@@ -91,6 +91,8 @@ async fn a_canary_split_follows_its_weights_and_moves_without_a_redeploy() {
         "v2 got {:.1} % of the calls, not 10 % ± 3: {seen:?}",
         v2 * 100.0
     );
+    // The figure, for whoever runs it with --nocapture.
+    eprintln!("90/10 canary: v2 got {:.2} % of 2,000 calls", v2 * 100.0);
 
     // All to v2: once the caller has the new split, v1 gets no new call.
     mesh.route(split((0, 100))).await;
