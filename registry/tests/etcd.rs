@@ -447,10 +447,11 @@ async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_never_reached_etcd_is_not_ready_and_lists_nothing() {
-    // Nothing listens there: the replica cannot read the catalog.
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Nothing listens there: the replica cannot read the catalog. The port stays bound
+    // (not listening) for the whole test, so no other socket can take it meanwhile.
+    let nowhere = tokio::net::TcpSocket::new_v4().unwrap();
+    nowhere.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let endpoint = format!("http://{}", nowhere.local_addr().unwrap());
-    drop(nowhere);
     let replica = Replica::spawn(Path::new(BINARY), &endpoint, &[]);
     let ready = format!("{}/readyz", replica.url);
     let mut answer = None;

@@ -560,11 +560,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_that_cannot_reach_a_member_is_opened_at_the_next() {
-        // A port nothing listens on any more: connections to it are refused.
-        let dead = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!("http://{}", listener.local_addr().unwrap())
-        };
+        // A port bound but not listening: connections to it are refused, and, held for
+        // the whole test, no other socket can take it meanwhile (a port merely freed can
+        // be handed to the next listener a parallel test binds).
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let dead = format!("http://{}", held.local_addr().unwrap());
         let live = endless_peer().await;
         let metrics = Arc::new(EtcdMetrics::new(&crate::metrics::Metrics::new()));
         let etcd = Etcd::new(vec![dead.clone(), live.clone()], metrics);
