@@ -158,11 +158,10 @@ impl Catalog {
         owner: &str,
         now: Instant,
     ) -> Result<(Instance, u64), Refusal> {
-        let applied = self.apply_now(service, id, |before| {
+        self.apply_now(service, id, |before| {
             store::register(before, registration, owner, now)
-        })?;
-        let entry = applied.entry.as_ref().ok_or(Refusal::Unknown)?;
-        Ok((entry.listed(id), applied.index))
+        })?
+        .registered(id)
     }
 
     /// Renews a lease for the claim's writer ([`store::heartbeat`]), as of `now`.
@@ -175,17 +174,10 @@ impl Catalog {
         output: Option<String>,
         now: Instant,
     ) -> Result<(Lease, u64), Refusal> {
-        let applied = self.apply_now(service, id, |before| {
+        self.apply_now(service, id, |before| {
             store::heartbeat(before, claim, status, output, now)
-        })?;
-        let entry = applied.entry.as_ref().ok_or(Refusal::Unknown)?;
-        let lease = Lease {
-            service: service.to_owned(),
-            id: id.to_owned(),
-            status: entry.status(),
-            ttl: entry.registration.ttl,
-        };
-        Ok((lease, applied.index))
+        })?
+        .renewed(service, id)
     }
 
     /// Removes an instance for the claim's writer ([`store::deregister`]); returns the
@@ -586,13 +578,7 @@ impl Catalog {
         }
         // The service list's watchers (the dashboard) show policies too; the snapshot
         // writer follows the same channel.
-        self.catalog_tx.send_if_modified(|current| {
-            let newer = index > *current;
-            if newer {
-                *current = index;
-            }
-            newer
-        });
+        self.wake_catalog(index);
         index
     }
 
@@ -628,6 +614,12 @@ impl Catalog {
         if let Some(tx) = &svc.tx {
             tx.send_replace(index);
         }
+        self.wake_catalog(index);
+    }
+
+    /// Moves the catalog index to `index` if that is newer, waking its watchers once
+    /// however many changes race to tell them.
+    fn wake_catalog(&self, index: u64) {
         self.catalog_tx.send_if_modified(|current| {
             let newer = index > *current;
             if newer {
@@ -741,6 +733,31 @@ mod tests {
         assert!(!c.services.contains_key("web"));
         assert_eq!(c.listing("web", true).index, l.index);
         assert_eq!(c.listing("ghost", true).index, l.index);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn policy_watchers_of_names_without_policy_leave_nothing_behind() {
+        let c = Catalog::new(Duration::from_secs(30));
+        // Ten thousand names watched for a policy that never comes, and one that does.
+        for n in 0..10_000 {
+            drop(c.subscribe_policy(&format!("ghost-{n}")));
+        }
+        let routes = Document::parse(PolicyKind::Routes, br#"{"rules":[]}"#).unwrap();
+        let index = c
+            .put_policy("web", PolicyKind::Routes, Some(routes))
+            .unwrap();
+        let now = Instant::now();
+        c.collect_empty(now);
+        c.collect_empty(now + EMPTY_SERVICE_GRACE);
+        assert_eq!(c.service_names(), ["web"]);
+        assert_eq!(c.policy("web").index, index);
+        // A name that held a policy reports an index no smaller once it is gone.
+        c.put_policy("web", PolicyKind::Routes, None).unwrap();
+        let deleted = c.policy("web").index;
+        c.collect_empty(now + EMPTY_SERVICE_GRACE * 2);
+        c.collect_empty(now + EMPTY_SERVICE_GRACE * 3);
+        assert!(c.service_names().is_empty());
+        assert!(c.policy("web").index >= deleted);
     }
 
     #[tokio::test(start_paused = true)]

@@ -161,8 +161,7 @@ pub trait Store: Send + Sync {
             let now = Instant::now();
             let decide =
                 Box::new(move |before: Option<&Entry>| register(before, registration, owner, now));
-            let applied = self.apply(service, id, decide).await?;
-            Ok((applied.listed(id)?, applied.index))
+            Ok(self.apply(service, id, decide).await?.registered(id)?)
         })
     }
 
@@ -180,15 +179,10 @@ pub trait Store: Send + Sync {
             let decide = Box::new(move |before: Option<&Entry>| {
                 heartbeat(before, claim, status, output, now)
             });
-            let applied = self.apply(service, id, decide).await?;
-            let entry = applied.entry.ok_or(Refusal::Unknown)?;
-            let lease = Lease {
-                service: service.to_owned(),
-                id: id.to_owned(),
-                status: entry.status(),
-                ttl: entry.registration.ttl,
-            };
-            Ok((lease, applied.index))
+            Ok(self
+                .apply(service, id, decide)
+                .await?
+                .renewed(service, id)?)
         })
     }
 
@@ -209,11 +203,22 @@ pub trait Store: Send + Sync {
 // === impl Applied ===
 
 impl Applied {
-    fn listed(&self, id: &str) -> Result<Instance, Refusal> {
-        self.entry
-            .as_ref()
-            .map(|e| e.listed(id))
-            .ok_or(Refusal::Unknown)
+    /// A registration's answer: the instance as listed, and the index.
+    pub(crate) fn registered(self, id: &str) -> Result<(Instance, u64), Refusal> {
+        let entry = self.entry.ok_or(Refusal::Unknown)?;
+        Ok((entry.listed(id), self.index))
+    }
+
+    /// A heartbeat's answer: the lease as renewed, and the index.
+    pub(crate) fn renewed(self, service: &str, id: &str) -> Result<(Lease, u64), Refusal> {
+        let entry = self.entry.ok_or(Refusal::Unknown)?;
+        let lease = Lease {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            status: entry.status(),
+            ttl: entry.registration.ttl,
+        };
+        Ok((lease, self.index))
     }
 }
 

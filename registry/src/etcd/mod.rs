@@ -172,16 +172,7 @@ impl EtcdStore {
             }
             Decision::Remove { change } => {
                 let ops = self.removal(service, id, &change);
-                let compare = [self.unchanged(service, id)];
-                let (succeeded, revision) = self
-                    .etcd
-                    .txn(&compare, &ops)
-                    .await
-                    .map_err(WriteError::Etcd)?;
-                self.read_your_write(revision).await;
-                if !succeeded {
-                    return Err(WriteError::Contended);
-                }
+                let revision = self.checked_write(service, id, &ops).await?;
                 Ok(Applied {
                     entry: None,
                     index: revision as u64,
@@ -214,16 +205,7 @@ impl EtcdStore {
             self.owner_op(service, id),
         ];
         ops.extend(change.map(|c| self.service_op(service, id, &c)));
-        let compare = [self.unchanged(service, id)];
-        let (succeeded, revision) = self
-            .etcd
-            .txn(&compare, &ops)
-            .await
-            .map_err(WriteError::Etcd)?;
-        self.read_your_write(revision).await;
-        if !succeeded {
-            return Err(WriteError::Contended);
-        }
+        let revision = self.checked_write(service, id, &ops).await?;
         Ok(self
             .catalog
             .listing(service, true)
@@ -253,6 +235,32 @@ impl EtcdStore {
         let (_, revision) = self.etcd.txn(&[], &[op]).await.map_err(WriteError::Etcd)?;
         self.read_your_write(revision).await;
         Ok(Some(self.catalog.policy(service).index))
+    }
+
+    /// Applies `ops` if the instance is still as the mirror saw it (see
+    /// [`EtcdStore::unchanged`]), and waits until the mirror shows the outcome, so a read
+    /// after it (or the next sweep's decision) sees it. Returns whether it was applied,
+    /// and the revision.
+    async fn conditional(
+        &self,
+        service: &str,
+        id: &str,
+        ops: &[Op],
+    ) -> Result<(bool, i64), EtcdError> {
+        let compare = self.unchanged(service, id);
+        let (done, revision) = self.etcd.txn(&[compare], ops).await?;
+        self.read_your_write(revision).await;
+        Ok((done, revision))
+    }
+
+    /// A request's write through [`EtcdStore::conditional`]: another replica's change
+    /// meanwhile is [`WriteError::Contended`].
+    async fn checked_write(&self, service: &str, id: &str, ops: &[Op]) -> Result<i64, WriteError> {
+        match self.conditional(service, id, ops).await {
+            Ok((true, revision)) => Ok(revision),
+            Ok((false, _)) => Err(WriteError::Contended),
+            Err(e) => Err(WriteError::Etcd(e)),
+        }
     }
 
     /// Makes this replica the owner of an instance's lease, unless it already is.

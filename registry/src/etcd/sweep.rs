@@ -46,7 +46,8 @@ impl EtcdStore {
                 }
                 Due::Remove { id, change } => {
                     let ops = self.removal(&action.service, &id, &change);
-                    self.conditional(&action.service, &id, &ops).await
+                    let done = self.conditional(&action.service, &id, &ops).await;
+                    done.map(|(done, _)| done)
                 }
             };
             match done {
@@ -108,20 +109,7 @@ impl EtcdStore {
             lease: 0,
         }];
         ops.extend(change.map(|c| self.service_op(service, id, &c)));
-        self.conditional(service, id, &ops).await
-    }
-
-    /// Applies `ops` if the instance is still as the mirror saw it; waits until the mirror
-    /// shows the result, so the next sweep does not decide the same again.
-    async fn conditional(
-        &self,
-        service: &str,
-        id: &str,
-        ops: &[super::Op],
-    ) -> Result<bool, super::EtcdError> {
-        let compare = self.unchanged(service, id);
-        let (done, revision) = self.etcd.txn(&[compare], ops).await?;
-        self.read_your_write(revision).await;
+        let (done, _) = self.conditional(service, id, &ops).await?;
         Ok(done)
     }
 
