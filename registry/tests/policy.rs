@@ -226,3 +226,72 @@ async fn on_etcd_a_policy_written_through_one_replica_is_served_by_all_and_outli
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_policy_documents_written_by_hand_are_held_to_the_apis_rules() {
+    use mesh_registry::etcd::client::{Etcd, Op};
+    use mesh_registry::etcd::metrics::EtcdMetrics;
+
+    let etcd = EtcdCluster::start(1).await;
+    let a = Replica::start(Path::new(BINARY), &etcd.endpoints(), &[]).await;
+    let to_a = Client::new(&a.url).unwrap();
+    let metrics = std::sync::Arc::new(EtcdMetrics::new(&mesh_registry::metrics::Metrics::new()));
+    let by_hand = Etcd::new(vec![etcd.endpoint(0)], metrics);
+    let put = |key: &str, value: &str| Op::Put {
+        key: format!("/mesh/policies/{key}"),
+        value: value.as_bytes().to_vec(),
+        lease: 0,
+    };
+    let short = r#"{"rules":[{"backends":[{"subset":"version=v1","weight":90}]}]}"#;
+    by_hand
+        .txn(
+            &[],
+            &[
+                // Refused by the API: weights short of 100, a name with capitals, a kind
+                // that does not exist, a document that is not JSON.
+                put("web/routes", short),
+                put("Web/limits", r#"{"rps":5}"#),
+                put("web/colours", r#"{"rps":5}"#),
+                put("db/limits", "{"),
+                // What the API would have written.
+                put("web/limits", r#"{"rps":5}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    eventually(PATIENCE, "the valid document served", async || {
+        to_a.policy("web").await.unwrap().limits.is_some()
+    })
+    .await;
+    let web = to_a.policy("web").await.unwrap();
+    assert!(web.routes.is_none() && web.intentions.is_none(), "{web:?}");
+    assert!(to_a.policy("db").await.unwrap().limits.is_none());
+    let (status, _, _) = common::etcd::get(&format!("{}/v1/policy/Web", a.url))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "the name itself is refused by the API");
+
+    // A valid document, then one written over it by hand that the API would refuse: the
+    // valid one stays in force.
+    let url = format!("{}/v1/policy/web/routes", a.url);
+    let stored = raw(Method::PUT, &url, &[JSON], Bytes::from(CANARY)).await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
+    by_hand.txn(&[], &[put("web/routes", short)]).await.unwrap();
+    // The next valid write through the API shows the mirror has read past the bad one.
+    put_limits_and_wait(&to_a, &a.url, r#"{"rps":7}"#).await;
+    assert_eq!(
+        to_a.policy("web").await.unwrap().routes.unwrap(),
+        stored.json
+    );
+}
+
+/// Writes `web`'s limits through the API and waits until the replica serves them.
+async fn put_limits_and_wait(client: &Client, base: &str, limits: &str) {
+    let url = format!("{base}/v1/policy/web/limits");
+    let stored = raw(Method::PUT, &url, &[JSON], Bytes::from(limits.to_owned())).await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
+    eventually(PATIENCE, "the new limits served", async || {
+        client.policy("web").await.unwrap().limits == Some(stored.json.clone())
+    })
+    .await;
+}
