@@ -15,6 +15,7 @@ use crate::breaker::EjectionConfig;
 use crate::discover::DiscoveryConfig;
 pub use crate::flags::{Invalid, defaults};
 use crate::listeners::Listen;
+use crate::observe::ObserveConfig;
 use crate::outbound::OutboundConfig;
 use crate::register::RegistrationConfig;
 use crate::retry::RetryConfig;
@@ -48,6 +49,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub tls: TlsConfig,
+
+    #[command(flatten)]
+    pub observe: ObserveConfig,
 
     /// Deadline for opening a connection to a peer or the app.
     #[arg(long, env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Runtime")]
@@ -116,6 +120,7 @@ impl Config {
         self.retry.validate()?;
         self.ejection.validate()?;
         self.tls.validate()?;
+        self.observe.validate()?;
         let service = self.registration.service.as_ref();
         if self.tls.mode != TlsMode::Off && service.is_none() {
             return Err(Invalid::new(

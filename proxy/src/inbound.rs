@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use crate::body::{self, BoxBody, FromCaller};
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::{Clients, Wire};
-use crate::metrics::{Metrics, ServiceMetrics};
+use crate::metrics::{Direction, Metrics, ServiceMetrics};
+use crate::observe::Kind;
 use crate::policy::Policy;
 use crate::pool::Pool;
 use crate::respond::{fail, observe};
@@ -60,7 +61,15 @@ impl Inbound {
     pub async fn handle(&self, mut request: Request<Incoming>, peer: Peer) -> Response<BoxBody> {
         let grpc_caller = grpc::is_grpc(request.headers());
         let upgrade = Accepted::take(&mut request);
-        let timer = self.service_metrics.request();
+        // This hop's span (a server span) and its record, when traced, logged or tapped.
+        let observers = &self.metrics.observers;
+        let mut record = observers.begin(Direction::Inbound, &self.service, &mut request);
+        if let Some(record) = record.as_deref_mut() {
+            record.peer = Some(peer.addr);
+            record.peer_identity = peer.identity.as_deref().map(|s| observers.spiffe_id(s));
+            record.kind = upgrade.as_ref().map_or(Kind::Request, |_| Kind::Upgrade);
+        }
+        let timer = self.service_metrics.request().with_record(record);
         if let Some(caller) = refused(&self.allow, &peer) {
             let e = ProxyError::new(
                 ErrorKind::Forbidden,

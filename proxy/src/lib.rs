@@ -45,6 +45,7 @@ pub mod io;
 pub mod listeners;
 pub mod loops;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
 pub mod policy;
 pub mod pool;
@@ -79,11 +80,15 @@ use crate::inbound::Inbound;
 use crate::listeners::Upstream;
 pub use crate::listeners::{BindError, Listeners};
 use crate::metrics::{Direction, Metrics};
+use crate::observe::Observers;
 use crate::outbound::{Outbound, Route};
 use crate::register::{Registration, RegistrationState};
 use crate::server::{Http, InboundTls, Serve, Servers};
 use crate::shutdown::{LocalApp, Shutdown};
 use crate::tls::{IdentitySlot, TlsMode};
+
+/// How long the observers may take, at shutdown, to send what they still hold.
+const OBSERVERS_CLOSE: Duration = Duration::from_secs(2);
 
 /// Why the sidecar could not start. Messages carry their causes: none is a `source`, so a
 /// printed chain says each once.
@@ -115,8 +120,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     config.validate()?;
-    let metrics = Metrics::new();
     let service = config.registration.service.as_deref();
+    let resource = observe::Resource {
+        service: service.unwrap_or("mesh-proxy").to_owned(),
+        instance: config.registration.instance_id.clone(),
+    };
+    let (observers, observing) =
+        Observers::start(&config.observe, resource, &config.tls.trust_domain)?;
+    let metrics = Metrics::observed(observers);
     // With mTLS on, the certificate comes from the registry's CA in the background:
     // admin answers at once and says why the sidecar is not ready meanwhile. Over the
     // registry's TLS listener, the same certificate proves which service writes.
@@ -177,6 +188,8 @@ pub async fn run(
     }
     .run()
     .await;
+    // Spans and log lines of the last requests still go out.
+    metrics.observers.close(observing, OBSERVERS_CLOSE).await;
     Ok(())
 }
 
@@ -332,9 +345,9 @@ impl Stages<'_> {
             let (outbound, route) = (outbound.clone(), Arc::new(route));
             let http = {
                 let (outbound, route) = (outbound.clone(), route.clone());
-                Http(move |request, _peer| {
+                Http(move |request, peer: server::Peer| {
                     let (outbound, route) = (outbound.clone(), route.clone());
-                    async move { Ok(outbound.handle(&route, request).await) }
+                    async move { Ok(outbound.handle(&route, request, peer.addr).await) }
                 })
             };
             let serve = self.serve(name, Some(Direction::Outbound));

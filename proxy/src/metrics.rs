@@ -24,6 +24,7 @@ pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics, SplicedG
 use crate::breaker::Rule;
 use crate::detect::Detected;
 use crate::endpoint::Source;
+use crate::observe::Observers;
 use crate::retry::Reason;
 
 /// Distinct service names used as label values; later ones are counted as `other`, so an
@@ -184,6 +185,8 @@ pub struct Metrics {
     services: Mutex<HashSet<String>>,
     /// Rule names admitted as label values (a std Mutex: no await while held).
     rules: Mutex<HashSet<String>>,
+    /// Traces, access log and tap: what sees each call, beside these totals.
+    pub observers: Observers,
 }
 
 // === impl Direction ===
@@ -258,8 +261,17 @@ impl<L: Labels> Family<L, HistogramVec> {
 // === impl Metrics ===
 
 impl Metrics {
+    /// The metrics of a sidecar whose observers (traces, access log, tap) are all off.
     pub fn new() -> Arc<Self> {
+        Self::observed(Observers::off())
+    }
+
+    /// The metrics, with the observers that see each call and the observers' counters.
+    pub fn observed(observers: Observers) -> Arc<Self> {
         let r = prometheus::Registry::new();
+        for collector in observers.counters().collectors() {
+            r.register(collector).expect("observer counters are unique");
+        }
         let m = Metrics {
             requests: Family::counter(&r, REQUESTS),
             responses: Family::counter(&r, RESPONSES),
@@ -288,6 +300,7 @@ impl Metrics {
             registry: r,
             services: Mutex::new(HashSet::new()),
             rules: Mutex::new(HashSet::new()),
+            observers,
         };
         // Both directions appear from the start, at zero.
         for direction in [Direction::Inbound, Direction::Outbound] {

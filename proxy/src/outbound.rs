@@ -28,6 +28,7 @@ mod attempt;
 mod call;
 mod route;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::flags::Invalid;
 use crate::forward::Clients;
 use crate::metrics::{Direction, Metrics};
+use crate::observe::{Kind, Record};
 use crate::retry::{RetryConfig, Verdict};
 use crate::tls::IdentitySlot;
 use crate::upgrade::Accepted;
@@ -150,7 +152,12 @@ impl OutboundConfig {
 // === impl Outbound ===
 
 impl Outbound {
-    pub async fn handle(&self, route: &Route, mut request: Request<Incoming>) -> Response<BoxBody> {
+    pub async fn handle(
+        &self,
+        route: &Route,
+        mut request: Request<Incoming>,
+        app: SocketAddr,
+    ) -> Response<BoxBody> {
         let grpc = grpc::is_grpc(request.headers());
         let upgrade = Accepted::take(&mut request);
         let (service, port) = match self.admit(route, &mut request) {
@@ -161,6 +168,13 @@ impl Outbound {
             }
         };
         let started = Instant::now();
+        // This hop's span (a client span) and its record, when traced, logged or tapped.
+        let observers = &self.metrics.observers;
+        let mut record = observers.begin(Direction::Outbound, &service, &mut request);
+        if let Some(record) = record.as_deref_mut() {
+            record.peer = Some(app);
+            record.kind = upgrade.as_ref().map_or(Kind::Request, |_| Kind::Upgrade);
+        }
         let found = match self.identity_missing() {
             Some(e) => Err(e),
             None => self.discovery.destination(&service, port).await,
@@ -170,13 +184,17 @@ impl Outbound {
             Err(e) => {
                 // Refused before a destination exists: counted under its name all the same.
                 let metrics = self.metrics.service(Direction::Outbound, &service);
-                return respond::fail(e, grpc, metrics.request_since(started));
+                let timer = metrics.request_since(started).with_record(record);
+                return respond::fail(e, grpc, timer);
             }
         };
-        let timer = destination.metrics.request_since(started);
+        let mut timer = destination
+            .metrics
+            .request_since(started)
+            .with_record(record);
         let upgrading = upgrade.is_some();
         let answered = match self.begin(&destination, request, grpc, upgrading) {
-            Ok((call, body, _pending)) => self.tries(&call, body).await,
+            Ok((call, body, _pending)) => self.tries(&call, body, timer.record_mut()).await,
             Err(e) => Err(Failure::Proxy(e)),
         };
         match answered {
@@ -246,7 +264,14 @@ impl Outbound {
     }
 
     /// Step 4: tries until one answers, or no other may be made.
-    async fn tries(&self, call: &Call<'_>, body: TryBody) -> Result<Answered, Failure> {
+    /// `record`, when the call is observed, learns each try's endpoint and each retry's
+    /// reason.
+    async fn tries(
+        &self,
+        call: &Call<'_>,
+        body: TryBody,
+        mut record: Option<&mut Record>,
+    ) -> Result<Answered, Failure> {
         let attempts = call.attempts(&self.retry);
         let mut previous: Option<Arc<Endpoint>> = None;
         let mut last: Option<(Failure, Verdict)> = None;
@@ -256,6 +281,9 @@ impl Outbound {
                     return Err(self.give_up(failure, stop, &call.destination.name));
                 }
                 self.metrics.retried(&call.destination.name, verdict.reason);
+                if let Some(record) = record.as_deref_mut() {
+                    record.retry_reasons.push(verdict.reason.as_str());
+                }
                 tokio::time::sleep(self.backoff(attempt, &call.deadlines)).await;
                 last = Some((failure, verdict));
             }
@@ -281,6 +309,9 @@ impl Outbound {
             // still follow.
             let retry_left = call.grpc && attempt < attempts && body.is_replayable();
             let endpoint = chosen.endpoint.clone();
+            if let Some(record) = record.as_deref_mut() {
+                self.tried(record, attempt, &endpoint, &call.destination.name);
+            }
             let next = Try {
                 chosen,
                 request,
@@ -300,6 +331,15 @@ impl Outbound {
             Failure::Proxy(ProxyError::new(ErrorKind::UpstreamFailed, why))
         };
         Err(last.map_or_else(unsent, |(failure, _)| failure))
+    }
+
+    /// The record of a call learns of its `attempt`th try, to `endpoint`.
+    fn tried(&self, record: &mut Record, attempt: u32, endpoint: &Endpoint, service: &str) {
+        record.tries = attempt;
+        record.endpoint = Some(endpoint.address.clone());
+        // The endpoint must prove this identity to be reached over mTLS.
+        record.peer_identity = (endpoint.tls && self.identity.is_some())
+            .then(|| self.metrics.observers.spiffe_id(service));
     }
 
     /// Why another try may not be made, if it may not.

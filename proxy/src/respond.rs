@@ -17,8 +17,11 @@ use crate::grpc;
 use crate::metrics::ResponseTimer;
 
 /// Answers with a proxy error and records it.
-pub fn fail(e: ProxyError, grpc_caller: bool, timer: ResponseTimer) -> Response<BoxBody> {
+pub fn fail(e: ProxyError, grpc_caller: bool, mut timer: ResponseTimer) -> Response<BoxBody> {
     let response = e.into_response(grpc_caller);
+    if let Some(record) = timer.record_mut() {
+        record.mesh_error = mesh_error(&response);
+    }
     timer.finish(
         response.status(),
         grpc::status_of(response.headers()),
@@ -31,7 +34,7 @@ pub fn fail(e: ProxyError, grpc_caller: bool, timer: ResponseTimer) -> Response<
 /// endpoint's in-flight count settled when the stream ends.
 pub fn observe<B>(
     response: Response<B>,
-    timer: ResponseTimer,
+    mut timer: ResponseTimer,
     in_flight: Option<InFlight>,
 ) -> Response<BoxBody>
 where
@@ -41,12 +44,24 @@ where
     let status = response.status();
     // A trailers-only gRPC answer carries its status in the headers.
     let header_status = grpc::status_of(response.headers());
+    if let Some(record) = timer.record_mut() {
+        record.mesh_error = mesh_error(&response);
+    }
     response.map(|incoming| {
         body::boxed(Observed::new(incoming, move |ending| {
             drop(in_flight);
+            if let Some(record) = timer.record_mut() {
+                record.response_bytes = ending.bytes;
+            }
             timer.finish(status, ending.grpc_status.or(header_status), ending.failed);
         }))
     })
+}
+
+/// The `mesh-error` an answer carries (the mesh's own errors), for the record.
+fn mesh_error<B>(response: &Response<B>) -> Option<String> {
+    let value = response.headers().get(crate::error::MESH_ERROR)?;
+    value.to_str().ok().map(str::to_owned)
 }
 
 /// How a response stream ended.
@@ -56,6 +71,8 @@ pub struct Ending {
     pub grpc_status: Option<u32>,
     /// The stream failed (reset, connection lost) or was dropped before its end.
     pub failed: bool,
+    /// Body bytes passed on.
+    pub bytes: u64,
 }
 
 /// Forwards a body untouched and calls `on_end` exactly once: at the end of the stream,
@@ -65,6 +82,7 @@ pub struct Observed<B: Body, F: FnOnce(Ending)> {
     inner: B,
     on_end: Option<F>,
     grpc_status: Option<u32>,
+    bytes: u64,
 }
 
 // === impl Observed ===
@@ -75,6 +93,7 @@ impl<B: Body, F: FnOnce(Ending)> Observed<B, F> {
             inner,
             on_end: Some(on_end),
             grpc_status: None,
+            bytes: 0,
         }
     }
 
@@ -83,6 +102,7 @@ impl<B: Body, F: FnOnce(Ending)> Observed<B, F> {
             on_end(Ending {
                 grpc_status: self.grpc_status,
                 failed,
+                bytes: self.bytes,
             });
         }
     }
@@ -105,6 +125,8 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     self.grpc_status = grpc::status_of(trailers);
+                } else if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
                 }
             }
             Poll::Ready(Some(Err(_))) => self.finish(true),
@@ -184,6 +206,7 @@ mod tests {
         let expected = Ending {
             grpc_status: Some(5),
             failed: false,
+            bytes: 3,
         };
         assert_eq!(*seen.lock().unwrap(), vec![expected]);
     }

@@ -101,7 +101,14 @@ impl InboundTcp {
     /// Carries one secured connection to the app, if its caller may connect. A caller's
     /// sidecar (its ALPN says it carries bytes) hears first whether the app was reached.
     async fn carry(&self, mut io: Io, peer: Peer, held: Arc<Held>) {
-        let counted = self.service_metrics.spliced();
+        let observers = &self.metrics.observers;
+        let record = observers.connection(Direction::Inbound, &self.service);
+        let record = record.map(|mut record| {
+            record.peer = Some(peer.addr);
+            record.peer_identity = peer.identity.as_deref().map(|s| observers.spiffe_id(s));
+            record
+        });
+        let counted = self.service_metrics.spliced().with_record(record);
         let answers = peer.opaque;
         if let Some(caller) = crate::inbound::refused(&self.allow, &peer) {
             tracing::info!(%caller, service = %self.service, "connection refused by policy");
@@ -293,7 +300,13 @@ where
 impl Outbound {
     /// Carries one of the app's connections to an endpoint of `destination`.
     async fn carry(&self, destination: &Arc<Destination>, app: TcpStream, held: &Held) {
-        let counted = destination.metrics.spliced();
+        let observers = &self.metrics.observers;
+        let record = observers.connection(Direction::Outbound, &destination.name);
+        let record = record.map(|mut record| {
+            record.peer = app.peer_addr().ok();
+            record
+        });
+        let mut counted = destination.metrics.spliced().with_record(record);
         let (io, endpoint) = match self.connect(destination).await {
             Ok(connected) => connected,
             Err(e) => {
@@ -306,6 +319,10 @@ impl Outbound {
                 return;
             }
         };
+        if let Some(record) = counted.record_mut() {
+            record.tries = 1;
+            record.endpoint = Some(endpoint.address.clone());
+        }
         let in_flight = endpoint.start().spliced();
         let spliced = carry(app, io, held).await;
         drop(in_flight);

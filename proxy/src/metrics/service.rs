@@ -9,7 +9,9 @@ use tokio::time::Instant;
 
 use super::labels::{Closing, Latency, Requests, Responses, SplicedBytes, SplicedClosed};
 use super::{Direction, Metrics};
-use crate::splice::Spliced;
+use crate::error::ErrorKind;
+use crate::observe::Record;
+use crate::splice::{Ending, Spliced};
 
 /// One service's series in one direction. The request counter exists from the start;
 /// the other series appear with their first response.
@@ -39,6 +41,7 @@ impl ServiceMetrics {
         ResponseTimer {
             service: self.clone(),
             started,
+            record: None,
         }
     }
 
@@ -80,6 +83,8 @@ pub struct SplicedGuard {
     service: Arc<ServiceMetrics>,
     open: IntGauge,
     started: Instant,
+    /// An opaque connection's record, when an observer wants it.
+    record: Option<Box<Record>>,
 }
 
 impl ServiceMetrics {
@@ -96,13 +101,28 @@ impl ServiceMetrics {
             service: self.clone(),
             open,
             started: Instant::now(),
+            record: None,
         }
     }
 }
 
 impl SplicedGuard {
+    /// The connection's record (an opaque connection's), completed when it closes.
+    pub fn with_record(mut self, record: Option<Box<Record>>) -> Self {
+        self.record = record;
+        self
+    }
+
+    pub fn record_mut(&mut self) -> Option<&mut Record> {
+        self.record.as_deref_mut()
+    }
+
     /// Records the bytes each way, how long it was open and why it closed.
-    pub fn closed(self, spliced: &Spliced) {
+    pub fn closed(mut self, spliced: &Spliced) {
+        if let Some(record) = self.record_mut() {
+            record.request_bytes = spliced.a_to_b;
+            record.response_bytes = spliced.b_to_a;
+        }
         let metrics = &self.service.metrics;
         for (from_client, bytes) in [(true, spliced.a_to_b), (false, spliced.b_to_a)] {
             let labels = SplicedBytes {
@@ -120,14 +140,25 @@ impl SplicedGuard {
         self.ended(closing);
     }
 
-    fn ended(self, closing: Closing) {
+    fn ended(mut self, closing: Closing) {
         let metrics = &self.service.metrics;
         let (direction, service) = (self.service.direction, self.service.service.clone());
         let duration = metrics.spliced_duration.get(&Requests {
             direction,
             service: service.clone(),
         });
-        duration.observe(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed();
+        duration.observe(elapsed.as_secs_f64());
+        if let Some(mut record) = self.record.take() {
+            record.duration = elapsed;
+            record.failed = matches!(closing, Closing::Spliced(Ending::Reset));
+            record.mesh_error = match closing {
+                Closing::Denied => Some(ErrorKind::Forbidden.as_str().to_owned()),
+                Closing::Unreachable => Some(ErrorKind::ConnectFailed.as_str().to_owned()),
+                Closing::Spliced(_) => None,
+            };
+            metrics.observers.finish(record);
+        }
         let closed = SplicedClosed {
             direction,
             service,
@@ -143,10 +174,12 @@ impl Drop for SplicedGuard {
     }
 }
 
-/// Records one response when it completes.
+/// Records one response when it completes, in the metrics and, when a record was
+/// begun, for the observers.
 pub struct ResponseTimer {
     service: Arc<ServiceMetrics>,
     started: Instant,
+    record: Option<Box<Record>>,
 }
 
 // === impl ResponseTimer ===
@@ -158,9 +191,26 @@ impl ResponseTimer {
         let failure =
             failed || status.is_server_error() || grpc_status.is_some_and(|code| code != 0);
         self.service.response(status, grpc_status, failure);
-        self.service
-            .latency(failure)
-            .observe(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed();
+        self.service.latency(failure).observe(elapsed.as_secs_f64());
+        if let Some(mut record) = self.record {
+            record.status = Some(status.as_u16());
+            record.grpc_status = grpc_status;
+            record.failed = failed;
+            record.duration = elapsed;
+            self.service.metrics.observers.finish(record);
+        }
+    }
+
+    /// The request's record, kept until the response completes.
+    pub fn with_record(mut self, record: Option<Box<Record>>) -> Self {
+        self.record = record;
+        self
+    }
+
+    /// The record being filled in, if any observer wants this request.
+    pub fn record_mut(&mut self) -> Option<&mut Record> {
+        self.record.as_deref_mut()
     }
 }
 

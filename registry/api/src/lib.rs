@@ -9,6 +9,8 @@
 //!   it is worth retrying.
 //! - [`Watch`]: long-polls one service and yields its full endpoint set on every change.
 //! - [`Registrar`]: keeps one instance registered for as long as it runs.
+//! - [`call`]: one call as a sidecar saw it (access log and tap lines), and the tap's
+//!   filter.
 //! - [`policy`]: the traffic policy documents (routes, intentions, limits), checked.
 //! - [`spiffe`]: the mesh identities in certificates, and the verifier that checks them.
 //! - [`Client::readyz`] and [`Client::admin`]: what operators' tools ask, the registry's
@@ -16,6 +18,7 @@
 
 mod admin;
 mod backoff;
+pub mod call;
 mod client;
 mod error;
 pub mod policy;

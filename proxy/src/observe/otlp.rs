@@ -1,0 +1,1 @@
+//! OTLP protobuf encoding of spans. (Placeholder being replaced.)
