@@ -352,12 +352,17 @@ impl Counters {
             "mesh_trace_spans_dropped_total",
             "Spans not sent, by reason: queue_full or export_failed.",
         );
+        let spans_dropped = IntCounterVec::new(dropped, &["reason"]).expect("a valid counter");
+        // Both reasons appear from the start, at zero.
+        for reason in ["queue_full", "export_failed"] {
+            spans_dropped.with_label_values(&[reason]);
+        }
         Counters {
             spans_exported: counter(
                 "mesh_trace_spans_exported_total",
                 "Spans the trace collector accepted.",
             ),
-            spans_dropped: IntCounterVec::new(dropped, &["reason"]).expect("a valid counter"),
+            spans_dropped,
             access_log_dropped: counter(
                 "mesh_access_log_dropped_total",
                 "Access-log lines dropped because the writer fell behind.",
