@@ -28,16 +28,7 @@ trap cleanup EXIT
 
 # Counts the instructions `pid` runs while REQUESTS sequential requests go through `port`.
 count() {
-  local pid=$1 port=$2 out=$3
-  "$BIN/mesh-bench" seq --target "127.0.0.1:$port" --requests 200 --warmup 0 >/dev/null
-  callgrind_control -i on "$pid" >/dev/null 2>&1
-  "$BIN/mesh-bench" seq --target "127.0.0.1:$port" --requests "$REQUESTS" --warmup 0 >/dev/null
-  callgrind_control -i off "$pid" >/dev/null 2>&1
-  # A dump goes to "$out.1"; its "totals:" line counts what ran while instrumented.
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  for _ in $(seq 300); do grep -qs '^totals:' "$out.1" && break; sleep 0.1; done
-  kill -KILL "$pid"
-  awk '/^totals:/ {print $2}' "$out.1"
+  callgrind_count "$1" "$2" "$3" "$REQUESTS" "$BIN/mesh-bench"
 }
 
 # Runs COMMAND under callgrind as target NAME listening on PORT and appends "NAME COUNT" to

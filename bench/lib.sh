@@ -13,6 +13,24 @@ wait_port() {
   echo "nothing listens on $1" >&2; exit 1
 }
 
+# Counts the instructions PID (started under `valgrind --tool=callgrind --instr-atstart=no
+# --callgrind-out-file=OUT`) runs while REQUESTS sequential requests go through PORT, after
+# 200 uncounted ones; prints the count and kills PID.
+#
+#   callgrind_count PID PORT OUT REQUESTS MESH_BENCH
+callgrind_count() {
+  local pid=$1 port=$2 out=$3 requests=$4 bench=$5
+  "$bench" seq --target "127.0.0.1:$port" --requests 200 --warmup 0 >/dev/null
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  "$bench" seq --target "127.0.0.1:$port" --requests "$requests" --warmup 0 >/dev/null
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  # A dump goes to "$out.1"; its "totals:" line counts what ran while instrumented.
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  for _ in $(seq 300); do grep -qs '^totals:' "$out.1" && break; sleep 0.1; done
+  kill -KILL "$pid"
+  awk '/^totals:/ {print $2}' "$out.1"
+}
+
 # nginx as a reverse proxy to the benchmark backend, as every scenario configures it:
 # one worker, keep-alive connections to the backend, no access log.
 #
