@@ -8,12 +8,18 @@
 //! the page's own ([`AdminPath::content_type`]), whatever the sidecar said: the registry
 //! serves its dashboard from the same origin, and a relayed page must never be one a
 //! browser renders there.
+//!
+//! The live tap (`admin/tap?service=&…`) is relayed too, as a stream of NDJSON lines:
+//! [`Client::tap_url`] says where to open it, and [`ClientError::from_relay`] reads the
+//! registry's answer when it is not the stream. Reading a stream is left to the caller, since
+//! [`Client`]'s requests are read whole.
 
 use std::fmt;
 
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
 
+use crate::call::TapFilter;
 use crate::client::{Answer, REQUEST_TIMEOUT, check_names};
 use crate::types::ErrorBody;
 use crate::{Client, ClientError};
@@ -30,6 +36,9 @@ pub enum AdminPath {
     /// `/debug/policy`: JSON, the traffic policy in force (its own, and each
     /// destination's routes).
     DebugPolicy,
+    /// `/tap`: NDJSON, one [`crate::call::CallEvent`] per completed call matching a
+    /// [`TapFilter`], for as long as the tap is open.
+    Tap,
 }
 
 // === impl AdminPath ===
@@ -42,6 +51,7 @@ impl AdminPath {
             AdminPath::Metrics => "metrics",
             AdminPath::DebugEndpoints => "debug/endpoints",
             AdminPath::DebugPolicy => "debug/policy",
+            AdminPath::Tap => "tap",
         }
     }
 
@@ -52,7 +62,16 @@ impl AdminPath {
                 "application/json"
             }
             AdminPath::Metrics => "text/plain; version=0.0.4; charset=utf-8",
+            AdminPath::Tap => "application/x-ndjson",
         }
+    }
+
+    /// The registry's route relaying this page of instance `id` of `service`.
+    pub fn route(self, service: &str, id: &str) -> String {
+        format!(
+            "/v1/services/{service}/instances/{id}/admin/{}",
+            self.as_str()
+        )
     }
 }
 
@@ -95,34 +114,66 @@ impl Client {
         path: AdminPath,
     ) -> Result<AdminAnswer, ClientError> {
         check_names(service, id)?;
-        let route = format!(
-            "/v1/services/{service}/instances/{id}/admin/{}",
-            path.as_str()
-        );
+        if path == AdminPath::Tap {
+            return Err(ClientError::InvalidArgument {
+                field: "path",
+                message: "a tap is a stream that does not end: open Client::tap_url".into(),
+            });
+        }
+        let route = path.route(service, id);
         let answer = self
             .exchange(Method::GET, &route, None, REQUEST_TIMEOUT, None)
             .await?;
         relayed(&self.url(&route), answer)
+    }
+
+    /// Where the registry relays the tap of instance `id` of `service` with `filter`:
+    /// the URL to GET (with the operator token as `Authorization: Bearer` when the
+    /// registry has credentials). A 200 answer is the stream; any other is the registry's
+    /// refusal, which [`ClientError::from_relay`] reads.
+    pub fn tap_url(
+        &self,
+        service: &str,
+        id: &str,
+        filter: &TapFilter,
+    ) -> Result<String, ClientError> {
+        check_names(service, id)?;
+        let mut route = AdminPath::Tap.route(service, id);
+        let query = filter.to_query();
+        if !query.is_empty() {
+            route = format!("{route}?{query}");
+        }
+        Ok(self.url(&route))
+    }
+}
+
+// === impl ClientError ===
+
+impl ClientError {
+    /// The registry's refusal to relay `url`, from a failing answer's status and body:
+    /// its error JSON as [`ClientError::Api`], or [`ClientError::NoRoute`] from a
+    /// registry that has no such relay (older releases). `None` when the body is not the
+    /// registry's error (a sidecar's own answer, passed on).
+    pub fn from_relay(url: &str, status: u16, body: &[u8]) -> Option<ClientError> {
+        if (200..300).contains(&status) {
+            return None;
+        }
+        let detail = serde_json::from_slice::<ErrorBody>(body).ok()?.error;
+        if status == StatusCode::NOT_FOUND.as_u16() && detail.code == "no_route" {
+            return Some(ClientError::NoRoute {
+                url: url.to_owned(),
+                reason: format!("{}: {}", detail.code, detail.message),
+            });
+        }
+        Some(ClientError::Api { status, detail })
     }
 }
 
 /// The sidecar's answer, or the registry's refusal. No sidecar page is shaped like the
 /// registry's error JSON, so a failing answer in that shape is the registry speaking.
 fn relayed(url: &str, answer: Answer) -> Result<AdminAnswer, ClientError> {
-    if !answer.status.is_success()
-        && let Ok(refusal) = serde_json::from_slice::<ErrorBody>(&answer.body)
-    {
-        let detail = refusal.error;
-        if answer.status == StatusCode::NOT_FOUND && detail.code == "no_route" {
-            return Err(ClientError::NoRoute {
-                url: url.to_owned(),
-                reason: format!("{}: {}", detail.code, detail.message),
-            });
-        }
-        return Err(ClientError::Api {
-            status: answer.status.as_u16(),
-            detail,
-        });
+    if let Some(refused) = ClientError::from_relay(url, answer.status.as_u16(), &answer.body) {
+        return Err(refused);
     }
     let content_type = answer
         .headers
@@ -175,6 +226,26 @@ mod tests {
         let body = r#"{"error":{"code":"no_admin","message":"no admin metadata"}}"#;
         let err = relayed(URL, answer(404, body)).unwrap_err();
         assert!(!err.is_no_route(), "{err}");
+    }
+
+    #[test]
+    fn a_tap_is_opened_at_its_url_with_the_filter_as_its_query() {
+        let client = Client::new("http://r:7700").unwrap();
+        let filter = TapFilter {
+            path_prefix: Some("/api".into()),
+            status: Some("5xx".into()),
+            ..TapFilter::default()
+        };
+        assert_eq!(
+            client.tap_url("web", "a", &filter).unwrap(),
+            "http://r:7700/v1/services/web/instances/a/admin/tap?path_prefix=/api&status=5xx"
+        );
+        assert_eq!(
+            client.tap_url("web", "a", &TapFilter::default()).unwrap(),
+            "http://r:7700/v1/services/web/instances/a/admin/tap"
+        );
+        assert!(client.tap_url("Web", "a", &filter).is_err());
+        assert_eq!(AdminPath::Tap.content_type(), "application/x-ndjson");
     }
 
     #[test]
