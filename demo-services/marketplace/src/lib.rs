@@ -2,14 +2,16 @@
 //!
 //! As in the tutorial, it knows nothing about the mesh: it dials
 //! `RECOMMENDATIONS_HOST:RECOMMENDATIONS_PORT` over one long-lived HTTP/2 channel and renders
-//! whatever comes back, or a 502 page naming the gRPC status when the call fails.
+//! whatever comes back, or a 502 page naming the gRPC status when the call fails. Like any
+//! instrumented app it passes the page request's W3C trace context on to that call
+//! (`trace_context`), so one page view is one trace.
 //!
 //! [`run`] takes an already-bound listener so tests can serve on `127.0.0.1:0` in-process;
 //! [`app`] is the router on its own.
 
 use std::{future::Future, time::Duration};
 
-use axum::{Router, extract::State, response::Html, routing::get};
+use axum::{Router, extract::State, http::HeaderMap, response::Html, routing::get};
 use recommendations::{
     SERVED_BY,
     pb::{BookCategory, RecommendationRequest, recommendations_client::RecommendationsClient},
@@ -19,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 mod error;
 mod page;
+mod trace_context;
 
 pub use error::Error;
 
@@ -91,6 +94,7 @@ pub fn app(client: RecommendationsClient<Channel>) -> Router {
 /// The tutorial's page: three mystery books recommended for user 1.
 async fn index(
     State(mut client): State<RecommendationsClient<Channel>>,
+    headers: HeaderMap,
 ) -> Result<Html<String>, Error> {
     let mut request = tonic::Request::new(RecommendationRequest {
         user_id: 1,
@@ -98,6 +102,7 @@ async fn index(
         max_results: 3,
     });
     request.set_timeout(DEADLINE);
+    trace_context::propagate(&headers, request.metadata_mut());
     let response = client.recommend(request).await?;
     let served_by = response
         .metadata()

@@ -7,11 +7,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use marketplace::Config;
-use recommendations::FailRate;
+use recommendations::{
+    FailRate, RecommendationsService, pb::recommendations_server::RecommendationsServer,
+};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::oneshot,
+    sync::{mpsc, oneshot},
 };
+use tonic::transport::server::TcpIncoming;
 
 /// Serves recommendations with `config` on `listener`; stops when the sender is dropped.
 fn serve_recommendations(
@@ -56,17 +59,29 @@ async fn closed_port() -> SocketAddr {
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the body.
 async fn send(address: SocketAddr, method: Method, path: &str) -> (StatusCode, String) {
+    send_with(address, method, path, &[]).await
+}
+
+/// [`send`] with extra request headers.
+async fn send_with(
+    address: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
     let stream = TcpStream::connect(address).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", address.to_string())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+        .header("host", address.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Empty::<Bytes>::new()).unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -115,6 +130,80 @@ async fn page_lists_three_mystery_books() {
     expected.sort_unstable();
     assert_eq!(books, expected, "{page}");
     assert!(page.contains("<code>reco-1</code>"), "{page}");
+}
+
+/// The trace context a recommendations call arrived with.
+#[derive(Debug, PartialEq, Eq)]
+struct Context {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+/// A real recommendations service behind an interceptor that reports the trace context
+/// of every call it receives.
+async fn start_recording_recommendations() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<Context>,
+    oneshot::Sender<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (seen, calls) = mpsc::unbounded_channel();
+    let record = move |request: tonic::Request<()>| {
+        let get = |name| {
+            let value = request.metadata().get(name)?;
+            Some(value.to_str().unwrap().to_owned())
+        };
+        let _ = seen.send(Context {
+            traceparent: get("traceparent"),
+            tracestate: get("tracestate"),
+        });
+        Ok(request)
+    };
+    let service = RecommendationsServer::with_interceptor(
+        RecommendationsService::new(recommendations::Config::default()),
+        record,
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                let _ = stopped.await;
+            }),
+    );
+    (address, calls, stop)
+}
+
+#[tokio::test]
+async fn the_page_passes_its_trace_context_on_to_recommendations() {
+    let (recommendations, mut calls, _stop_recommendations) =
+        start_recording_recommendations().await;
+    let (marketplace, _stop) = start_marketplace(recommendations).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let state = "congo=t61rcWkgMzE";
+
+    let headers = [("traceparent", parent), ("tracestate", state)];
+    let (status, page) = send_with(marketplace, Method::GET, "/", &headers).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        calls.recv().await.unwrap(),
+        Context {
+            traceparent: Some(parent.to_owned()),
+            tracestate: Some(state.to_owned()),
+        }
+    );
+
+    // A page request without trace context starts none: the call carries no made-up one.
+    let (status, page) = get(marketplace, "/").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        calls.recv().await.unwrap(),
+        Context {
+            traceparent: None,
+            tracestate: None,
+        }
+    );
 }
 
 #[tokio::test]
