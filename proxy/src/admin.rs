@@ -1,5 +1,9 @@
 //! The admin listener: metrics, readiness and liveness, endpoint and policy debugging,
-//! shutdown.
+//! the live tap, shutdown.
+//!
+//! `GET /tap` streams the calls this sidecar completes ([`crate::observe::tap`]). Like
+//! `/metrics`, it is open to whoever reaches the admin port: the port is for operators,
+//! and the tap shows no header value the sidecar was not told to show.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +46,13 @@ impl Admin {
                 "text/plain; version=0.0.4",
                 self.metrics.render(),
             ),
+            (&Method::GET, "/tap") => {
+                let query = request.uri().query().unwrap_or("");
+                match self.metrics.observers.tap.subscribe(query) {
+                    Ok(stream) => stream,
+                    Err((status, why)) => text(status, "text/plain", why),
+                }
+            }
             (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
             (&Method::GET, "/ready") => {
                 let (ready, body) = self.readiness();
@@ -81,7 +92,7 @@ impl Admin {
             }
             (
                 _,
-                "/metrics" | "/live" | "/ready" | "/debug/endpoints" | "/debug/policy"
+                "/metrics" | "/live" | "/ready" | "/debug/endpoints" | "/debug/policy" | "/tap"
                 | "/shutdown",
             ) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -91,7 +102,8 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /metrics, /ready, /live, /debug/endpoints, /debug/policy\n".into(),
+                "not found; try /metrics, /ready, /live, /debug/endpoints, /debug/policy, /tap\n"
+                    .into(),
             ),
         }
     }

@@ -374,7 +374,7 @@ impl Stages<'_> {
         shutdown: watch::Sender<bool>,
     ) -> Servers {
         tracing::info!(
-            "admin on http://{} (/metrics, /ready, /debug/endpoints, /debug/policy)",
+            "admin on http://{} (/metrics, /ready, /debug/endpoints, /debug/policy, /tap)",
             address_of(&listener)
         );
         let admin = Arc::new(admin::Admin {
