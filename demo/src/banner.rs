@@ -3,6 +3,7 @@
 
 use crate::{
     child::{Exit, Supervised},
+    logs,
     plan::{Plan, Role},
 };
 
@@ -34,6 +35,7 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
         let label = if i == 0 { "metrics" } else { "" };
         lines.push(format!("  {label:<9}  {:<32}  {name}", url.to_string()));
     }
+    lines.extend(calls(plan));
     let pids: Vec<String> = children
         .iter()
         .map(|c| format!("{}={}", c.name, c.pid))
@@ -74,6 +76,39 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
     lines.push(String::new());
     lines.push(READY_LINE.to_owned());
     println!("{}", lines.join("\n"));
+}
+
+/// Where to see single calls: the access logs, the live tap, and the traces' collector.
+fn calls(plan: &Plan) -> Vec<String> {
+    let marketplace = plan.marketplace_pair();
+    let kept = if plan.logs_kept {
+        "kept after the run"
+    } else {
+        "removed when the demo stops; --log-dir keeps them"
+    };
+    let mut lines = vec![
+        format!(
+            "  access     {}    # every sidecar's access log, one JSON line per call ({kept})",
+            logs::access_log(&plan.log_dir, "sidecar/*").display()
+        ),
+        format!(
+            "  follow     tail -f {}    # the marketplace's calls as they end",
+            marketplace.access_log.display()
+        ),
+        format!(
+            "  tap        {} --registry {} tap recommendations    # live calls; or curl -sN {}",
+            sibling("meshctl"),
+            plan.registry_url,
+            marketplace.tap_url
+        ),
+    ];
+    if let Some((collector, ratio)) = &plan.tracing {
+        lines.push(format!(
+            "  traces     {collector}    # every sidecar sends its spans there; share of page \
+             views traced: {ratio}"
+        ));
+    }
+    lines
 }
 
 /// Says what an exit nobody asked for means for the demo; the launcher keeps running.

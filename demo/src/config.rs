@@ -90,6 +90,23 @@ pub struct UpConfig {
     /// How long each process may take to exit after SIGTERM before it gets SIGKILL.
     #[arg(long, env = "MESH_DEMO_STOP_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub stop_timeout: Duration,
+
+    /// OTLP/HTTP endpoint every sidecar sends its spans to, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Unset: no spans.
+    #[arg(long, env = "MESH_DEMO_TRACE_COLLECTOR", value_parser = collector_url)]
+    pub trace_collector: Option<String>,
+
+    /// Share of page views traced, from 0.0 to 1.0; a page request that carries a sampled
+    /// `traceparent` is traced anyway. Needs `--trace-collector`; 1.0 when it is set alone,
+    /// so every view of the demo's page shows up.
+    #[arg(long, env = "MESH_DEMO_TRACE_SAMPLE_RATIO", value_parser = share)]
+    pub trace_sample_ratio: Option<f64>,
+
+    /// Directory the sidecars write their access logs to (one JSON line per call, a file
+    /// per sidecar), created if missing and kept after the run. Unset: a private temporary
+    /// directory, removed when the demo stops.
+    #[arg(long, env = "MESH_DEMO_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
 }
 
 // === impl UpConfig ===
@@ -108,7 +125,18 @@ impl UpConfig {
                 self.v2, self.instances
             ));
         }
+        if let (Some(ratio), None) = (self.trace_sample_ratio, &self.trace_collector) {
+            return Err(format!(
+                "--trace-sample-ratio {ratio}: needs --trace-collector, where the spans go"
+            ));
+        }
         Ok(())
+    }
+
+    /// The collector and the share of traces every sidecar records, when tracing is on.
+    pub fn tracing(&self) -> Option<(&str, f64)> {
+        let collector = self.trace_collector.as_deref()?;
+        Some((collector, self.trace_sample_ratio.unwrap_or(1.0)))
     }
 
     /// Every port the demo uses, derived from the port flags.
@@ -183,6 +211,20 @@ fn bounded_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("expected at most 1h, got {text:?}"));
     }
     Ok(duration)
+}
+
+/// An OTLP/HTTP collector: an `http://` URL with a host (the sidecars speak no TLS to it).
+fn collector_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|error| format!("not a URL: {text:?}: {error}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "expected an http:// URL such as http://127.0.0.1:4318/v1/traces, got {text:?}"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// An `http://` URL whose host is a loopback address: the generator must never load
@@ -262,6 +304,9 @@ mod tests {
             ("--fail-rate", "1.5"),
             ("--ready-timeout", "0s"),
             ("--stop-timeout", "soon"),
+            ("--trace-sample-ratio", "2"),
+            ("--trace-collector", "https://collector:4318/v1/traces"),
+            ("--trace-collector", "collector:4318"),
         ] {
             let error = Up::try_parse_from(["mesh-demo", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");
@@ -275,6 +320,29 @@ mod tests {
             let error = Traffic::try_parse_from(["traffic", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");
         }
+    }
+
+    #[test]
+    fn tracing_needs_a_collector_and_traces_every_view_by_default() {
+        let parse = |flags: &[&str]| {
+            let argv = ["mesh-demo"].iter().chain(flags);
+            Up::try_parse_from(argv).unwrap().config
+        };
+        assert_eq!(parse(&[]).tracing(), None);
+        let collector = "http://127.0.0.1:4318/v1/traces";
+        assert_eq!(
+            parse(&["--trace-collector", collector]).tracing(),
+            Some((collector, 1.0))
+        );
+        let some = parse(&[
+            "--trace-collector",
+            collector,
+            "--trace-sample-ratio",
+            "0.1",
+        ]);
+        assert_eq!(some.tracing(), Some((collector, 0.1)));
+        let error = parse(&["--trace-sample-ratio", "0.5"]).check().unwrap_err();
+        assert!(error.contains("needs --trace-collector"), "{error}");
     }
 
     #[test]

@@ -14,6 +14,14 @@ pub enum Error {
     #[error("cannot make the mesh's CA for --tls: {0} (or run with --tls off)")]
     Ca(String),
 
+    /// The directory for the sidecars' access logs could not be made.
+    #[error("cannot create the access logs' directory {} (--log-dir)", dir.display())]
+    LogDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A flag's value makes no sense; the message names the flag.
     #[error("{0}")]
     Config(String),

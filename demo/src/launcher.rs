@@ -23,6 +23,7 @@ use crate::{
     binaries::{self, Binaries},
     child::{self, Exit, Stopped, Supervised},
     http,
+    logs::LogDir,
     plan::{Plan, ProcessSpec, Role, Secrets},
     ports,
     ready::{self, Wait},
@@ -45,14 +46,16 @@ pub async fn run(config: UpConfig) -> Result<(), Error> {
             Err(Error::Interrupted)
         }
     };
-    let (binaries, secrets) = match prepared {
+    let (binaries, secrets, logs) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
             watchdog.dismiss().await;
             return Err(error);
         }
     };
-    let plan = Plan::new(&config, &binaries, Some(&secrets));
+    // `logs` lives to the end of this function: a temporary log directory goes only once
+    // every sidecar writing to it has stopped.
+    let plan = Plan::new(&config, &binaries, Some(&secrets), &logs);
 
     let mut mesh = Mesh::new(watchdog);
     let started = tokio::select! {
@@ -73,13 +76,18 @@ pub async fn run(config: UpConfig) -> Result<(), Error> {
     started
 }
 
-/// The programs to run (built first under `cargo run`) and the CA of an mTLS run.
-async fn prepare(config: &UpConfig, uses: &[ports::PortUse]) -> Result<(Binaries, Secrets), Error> {
+/// The programs to run (built first under `cargo run`), the CA of an mTLS run and the
+/// directory of the access logs.
+async fn prepare(
+    config: &UpConfig,
+    uses: &[ports::PortUse],
+) -> Result<(Binaries, Secrets, LogDir), Error> {
     let binaries = binaries(config).await?;
     // The build may have taken minutes: look again.
     ports::check_free(uses)?;
     let secrets = crate::plan::secrets(config, &binaries)?;
-    Ok((binaries, secrets))
+    let logs = LogDir::create(config)?;
+    Ok((binaries, secrets, logs))
 }
 
 /// `--bin-dir`, or the launcher's own directory after building into it under cargo.

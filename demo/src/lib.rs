@@ -15,7 +15,8 @@
 //! 1. [`config`]: flags, validated once; [`ports`]: every port the plan needs, derived from
 //!    a few flags and checked to be free before anything starts.
 //! 2. [`binaries`]: under `cargo run`, build the other binaries; then find them.
-//! 3. [`plan`]: the command line of every process.
+//! 3. [`plan`]: the command line of every process; [`logs`]: where the sidecars write
+//!    their access logs.
 //! 4. [`launcher`]: start them in order, wait until the mesh is ready (`ready`), print
 //!    where to look (`banner`), supervise, and stop them in order on Ctrl-C or SIGTERM.
 //!    [`child`] is one supervised process; [`watchdog`] makes sure none outlives the
@@ -33,6 +34,7 @@ pub mod config;
 mod error;
 pub mod http;
 pub mod launcher;
+pub mod logs;
 pub mod plan;
 pub mod ports;
 mod ready;

@@ -1,7 +1,9 @@
 //! The command line of every process of the demo, worked out before any starts.
 //!
 //! Each app gets its own sidecar, wired as in a pod: the app only knows `127.0.0.1`, the
-//! sidecar registers the app under its inbound address and balances calls to peers.
+//! sidecar registers the app under its inbound address and balances calls to peers. Every
+//! sidecar writes an access log into the run's log directory and, with `--trace-collector`,
+//! sends its spans there.
 
 use std::{
     ffi::OsString,
@@ -14,6 +16,7 @@ use crate::{
     UpConfig,
     binaries::Binaries,
     config::HOST,
+    logs::{self, LogDir},
     ports::{PortLayout, sidecar_name},
 };
 
@@ -47,6 +50,10 @@ pub struct Pair {
     pub app: ProcessSpec,
     /// `/metrics` of the sidecar.
     pub metrics_url: Uri,
+    /// `/tap` of the sidecar: its calls as they complete.
+    pub tap_url: Uri,
+    /// The sidecar's access log.
+    pub access_log: PathBuf,
 }
 
 /// What binds each sidecar's registry writes to its own service, made for this run:
@@ -160,14 +167,25 @@ pub struct Plan {
     pub registry_url: String,
     /// The file holding the registry's operator token, when the run made one.
     pub operator_token_file: Option<std::path::PathBuf>,
+    /// Where the access logs are, and whether they stay after the run.
+    pub log_dir: PathBuf,
+    pub logs_kept: bool,
+    /// The collector every sidecar sends spans to and the share of traces recorded.
+    pub tracing: Option<(String, f64)>,
 }
 
 // === impl Plan ===
 
 impl Plan {
     /// The plan; `secrets` are what sidecars write to the registry with (without them,
-    /// for tests of the plan only, writes would be open).
-    pub fn new(config: &UpConfig, binaries: &Binaries, secrets: Option<&Secrets>) -> Self {
+    /// for tests of the plan only, writes would be open); `logs` is where their access
+    /// logs go.
+    pub fn new(
+        config: &UpConfig,
+        binaries: &Binaries,
+        secrets: Option<&Secrets>,
+        logs: &LogDir,
+    ) -> Self {
         let ports = config.ports();
         let registry_url = format!("http://{HOST}:{}", ports.registry);
         let mut registry_args = args(["--listen", &address(ports.registry)]);
@@ -186,11 +204,22 @@ impl Plan {
                 .unwrap_or_default(),
             ready_url: Some(url(ports.registry, "/readyz")),
         };
+        let mut observe = Vec::new();
+        if let Some((collector, ratio)) = config.tracing() {
+            observe = args([
+                "--trace-collector",
+                collector,
+                "--trace-sample-ratio",
+                &ratio.to_string(),
+            ]);
+        }
         let wiring = Wiring {
             binaries,
             ports: &ports,
             registry_url: &registry_url,
             secrets,
+            log_dir: logs.path(),
+            observe: &observe,
         };
 
         let mut pairs = Vec::new();
@@ -225,11 +254,7 @@ impl Plan {
                 extra.extend(["--allow", "marketplace"]);
             }
             let sidecar = wiring.sidecar(n, "recommendations", app_port, "grpc", &name, &extra);
-            pairs.push(Pair {
-                metrics_url: url(ports.sidecar(n).admin, "/metrics"),
-                sidecar,
-                app,
-            });
+            pairs.push(wiring.pair(n, sidecar, app));
         }
 
         let upstream = format!("recommendations={}", address(ports.recommendations));
@@ -248,18 +273,15 @@ impl Plan {
             ],
             ready_url: Some(url(ports.marketplace, "/healthz")),
         };
-        pairs.push(Pair {
-            sidecar: wiring.sidecar(
-                0,
-                "marketplace",
-                ports.marketplace,
-                "http",
-                "marketplace-1",
-                &["--upstream", &upstream],
-            ),
-            app: marketplace,
-            metrics_url: url(ports.sidecar(0).admin, "/metrics"),
-        });
+        let sidecar = wiring.sidecar(
+            0,
+            "marketplace",
+            ports.marketplace,
+            "http",
+            "marketplace-1",
+            &["--upstream", &upstream],
+        );
+        pairs.push(wiring.pair(0, sidecar, marketplace));
 
         Plan {
             registry,
@@ -270,6 +292,11 @@ impl Plan {
             registry_url,
             ports,
             operator_token_file: secrets.map(|s| s.dir().join(OPERATOR_TOKEN_FILE)),
+            log_dir: logs.path().to_owned(),
+            logs_kept: logs.kept(),
+            tracing: config
+                .tracing()
+                .map(|(collector, ratio)| (collector.to_owned(), ratio)),
         }
     }
 
@@ -282,12 +309,15 @@ impl Plan {
     }
 }
 
-/// What every sidecar shares: the program, the port layout and the registry.
+/// What every sidecar shares: the program, the port layout, the registry, where access
+/// logs go and the tracing flags.
 struct Wiring<'a> {
     binaries: &'a Binaries,
     ports: &'a PortLayout,
     registry_url: &'a str,
     secrets: Option<&'a Secrets>,
+    log_dir: &'a Path,
+    observe: &'a [OsString],
 }
 
 // === impl Wiring ===
@@ -334,6 +364,9 @@ impl Wiring<'_> {
             "--instance-id",
             instance_id,
         ]));
+        let access_log = logs::access_log(self.log_dir, &sidecar_name(k));
+        sidecar_args.extend(["--access-log".into(), access_log.into_os_string()]);
+        sidecar_args.extend(self.observe.iter().cloned());
         sidecar_args.extend(extra.iter().map(OsString::from));
         ProcessSpec {
             name: sidecar_name(k),
@@ -342,6 +375,18 @@ impl Wiring<'_> {
             args: sidecar_args,
             env: Vec::new(),
             ready_url: Some(url(listeners.admin, "/ready")),
+        }
+    }
+
+    /// Sidecar `k` and its app, with the sidecar's admin pages and access log.
+    fn pair(&self, k: u8, sidecar: ProcessSpec, app: ProcessSpec) -> Pair {
+        let admin = self.ports.sidecar(k).admin;
+        Pair {
+            access_log: logs::access_log(self.log_dir, &sidecar.name),
+            sidecar,
+            app,
+            metrics_url: url(admin, "/metrics"),
+            tap_url: url(admin, "/tap"),
         }
     }
 }
@@ -461,7 +506,12 @@ mod tests {
             recommendations: "/bin/recommendations".into(),
             marketplace: "/bin/marketplace".into(),
         };
-        Plan::new(&config, &binaries, None)
+        Plan::new(&config, &binaries, None, &logs())
+    }
+
+    /// A log directory that is only named, never created.
+    fn logs() -> LogDir {
+        LogDir::Kept("/logs".into())
     }
 
     fn joined(spec: &ProcessSpec) -> String {
@@ -509,7 +559,8 @@ mod tests {
             "--service recommendations --app 127.0.0.1:5053 --app-protocol grpc \
              --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4160 \
              --advertise 127.0.0.1:4160 --outbound 127.0.0.1:4161 --admin 127.0.0.1:4162 \
-             --instance-id recommendations-2 --metadata version=v1"
+             --instance-id recommendations-2 \
+             --access-log /logs/sidecar-recommendations-2.access.log --metadata version=v1"
         );
         assert_eq!(
             second.sidecar.ready_url.clone().unwrap(),
@@ -517,6 +568,11 @@ mod tests {
         );
         assert_eq!(second.app.ready_url, None);
         assert_eq!(second.metrics_url, "http://127.0.0.1:4162/metrics");
+        assert_eq!(second.tap_url, "http://127.0.0.1:4162/tap");
+        assert_eq!(
+            second.access_log,
+            Path::new("/logs/sidecar-recommendations-2.access.log")
+        );
 
         let marketplace = plan.marketplace_pair();
         assert_eq!(
@@ -524,7 +580,8 @@ mod tests {
             "--service marketplace --app 127.0.0.1:5000 --app-protocol http \
              --registry http://127.0.0.1:7700 --inbound 127.0.0.1:4140 \
              --advertise 127.0.0.1:4140 --outbound 127.0.0.1:4141 --admin 127.0.0.1:4142 \
-             --instance-id marketplace-1 --upstream recommendations=127.0.0.1:5051"
+             --instance-id marketplace-1 --access-log /logs/sidecar-marketplace.access.log \
+             --upstream recommendations=127.0.0.1:5051"
         );
         assert_eq!(joined(&marketplace.app), "--listen 127.0.0.1:5000");
         assert_eq!(
@@ -540,6 +597,31 @@ mod tests {
         );
         assert_eq!(plan.page_url, "http://127.0.0.1:5000/");
         assert_eq!(plan.services_url, "http://127.0.0.1:7700/v1/services");
+        assert_eq!(plan.log_dir, Path::new("/logs"));
+        assert_eq!(plan.tracing, None);
+    }
+
+    #[test]
+    fn every_sidecar_sends_its_spans_to_the_collector() {
+        let collector = "http://127.0.0.1:4318/v1/traces";
+        let plan = plan(&["--trace-collector", collector]);
+        assert_eq!(plan.tracing, Some((collector.to_owned(), 1.0)));
+        let tracing = format!(
+            " --access-log /logs/{{}}.access.log --trace-collector {collector} \
+             --trace-sample-ratio 1 --"
+        );
+        for pair in &plan.pairs {
+            let sidecar = joined(&pair.sidecar);
+            let file = pair.sidecar.name.replace('/', "-");
+            assert!(sidecar.contains(&tracing.replace("{}", &file)), "{sidecar}");
+        }
+        let plan = self::plan(&[
+            "--trace-collector",
+            collector,
+            "--trace-sample-ratio",
+            "0.25",
+        ]);
+        assert!(joined(&plan.pairs[0].sidecar).contains(" --trace-sample-ratio 0.25 "));
     }
 
     /// A stand-in for `mesh-registry gen-ca --force --out DIR` that writes both files.
@@ -592,7 +674,7 @@ mod tests {
         let binaries = fake_gen_ca(bin.path());
         let config = Cli::try_parse_from(["mesh-demo"]).unwrap().config;
         let ca = secrets(&config, &binaries).unwrap();
-        let plan = Plan::new(&config, &binaries, Some(&ca));
+        let plan = Plan::new(&config, &binaries, Some(&ca), &logs());
         let registry = joined(&plan.registry);
         assert!(
             registry.contains("--tls-listen 127.0.0.1:7743"),
@@ -626,7 +708,7 @@ mod tests {
             panic!("{:?}", tokens.kind)
         };
         let file = std::fs::read_to_string(tokens.dir().join("tokens")).unwrap();
-        let plan = Plan::new(&config, &binaries, Some(&tokens));
+        let plan = Plan::new(&config, &binaries, Some(&tokens), &logs());
         assert!(joined(&plan.registry).contains("--tokens "));
         assert!(!joined(&plan.registry).contains("--tls-listen"));
         for pair in &plan.pairs {
