@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use mesh_registry_api::ServiceListing;
 use mesh_registry_api::policy::Selector;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::budget::{BudgetConfig, RetryBudget};
@@ -77,7 +78,7 @@ pub struct Destination {
     /// Round-robin position, shared by every request to this destination.
     pub cursor: AtomicUsize,
     /// True once the first resolution (successful or not) is done.
-    pub(crate) resolved: watch::Sender<bool>,
+    resolved: watch::Sender<bool>,
     /// Why the set is empty or stale, for `/debug/endpoints`.
     last_error: Mutex<Option<String>>,
     /// Retries allowed to this destination.
@@ -87,10 +88,10 @@ pub struct Destination {
     /// Its outbound metric series.
     pub metrics: Arc<ServiceMetrics>,
     /// When a request last asked for it, in milliseconds since discovery started.
-    pub(crate) last_used: AtomicU64,
+    last_used: AtomicU64,
     /// The task keeping its endpoints (and policy) current, stopped when it is dropped
-    /// for idleness.
-    pub(crate) follower: Mutex<Option<tokio::task::AbortHandle>>,
+    /// for idleness or discovery stops.
+    follower: Mutex<Option<JoinHandle<()>>>,
     /// Its `routes`, as the registry gives them.
     pub policy: Arc<Policy>,
 }
@@ -142,7 +143,53 @@ impl Destination {
         }
         self.endpoints.store(Arc::new(set));
         self.refresh_gauges(metrics);
+        self.resolution_done();
+    }
+
+    /// The first resolution is over, whatever it found: requests waiting for it go on
+    /// (with no endpoints, they fail fast rather than hang).
+    pub(crate) fn resolution_done(&self) {
         self.resolved.send_replace(true);
+    }
+
+    /// Whether the first resolution is over, and with `policy`, the first read of the
+    /// destination's routes too.
+    pub(crate) fn is_resolved(&self, policy: bool) -> bool {
+        *self.resolved.borrow() && (!policy || *self.policy.received.borrow())
+    }
+
+    /// Returns once [`is_resolved`](Self::is_resolved) holds.
+    pub(crate) async fn first_resolution(&self, policy: bool) {
+        let mut resolved = self.resolved.subscribe();
+        let mut received = self.policy.received.subscribe();
+        let _ = resolved.wait_for(|r| *r).await;
+        if policy {
+            let _ = received.wait_for(|r| *r).await;
+        }
+    }
+
+    /// A request asked for it at `now` (milliseconds since discovery started).
+    pub(crate) fn used(&self, now: u64) {
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// Nothing is in flight to it, and no request asked for it in the `limit`
+    /// milliseconds before `now`.
+    pub(crate) fn idle(&self, now: u64, limit: u64) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+            && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= limit
+    }
+
+    /// `task` keeps it current from now on.
+    pub(crate) fn followed_by(&self, task: JoinHandle<()>) {
+        *self.follower.lock().expect("follower lock") = Some(task);
+    }
+
+    /// Stops the task keeping it current; its handle, to wait for its end.
+    pub(crate) fn unfollow(&self) -> Option<JoinHandle<()>> {
+        let task = self.follower.lock().expect("follower lock").take()?;
+        task.abort();
+        Some(task)
     }
 
     /// Updates `mesh_endpoints` for this destination from its endpoints' states.

@@ -18,11 +18,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use mesh_registry_api::{Client, validate};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::budget::BudgetConfig;
@@ -75,6 +75,8 @@ pub struct Discovery {
     dial: DialPolicy,
     /// The zero of every destination's `last_used`.
     started: Instant,
+    /// The idle sweep, stopped by [`Discovery::stop`].
+    evictor: Mutex<Option<JoinHandle<()>>>,
 }
 
 // === impl DiscoveryConfig ===
@@ -130,9 +132,24 @@ impl Discovery {
             budget,
             dial,
             started: Instant::now(),
+            evictor: Mutex::new(None),
         });
-        tokio::spawn(evict_idle(Arc::downgrade(&discovery)));
+        let evictor = tokio::spawn(evict_idle(Arc::downgrade(&discovery)));
+        *discovery.evictor.lock().expect("evictor lock") = Some(evictor);
         discovery
+    }
+
+    /// Stops every task discovery started (the idle sweep, each destination's
+    /// follower) and returns once they have ended. The endpoints known stay readable.
+    pub async fn stop(&self) {
+        let evictor = self.evictor.lock().expect("evictor lock").take();
+        let destinations = self.snapshot();
+        let followers = destinations.iter().filter_map(|d| d.unfollow());
+        let tasks: Vec<JoinHandle<()>> = evictor.into_iter().chain(followers).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// The destination for `name` (with `port` for DNS answers), started on first use
@@ -172,34 +189,23 @@ impl Discovery {
                 }
             }
         };
-        destination.last_used.store(now, Ordering::Relaxed);
+        destination.used(now);
         if fresh {
             self.metrics.destination_added(name);
             let port = port.unwrap_or(self.default_port);
             let task = tokio::spawn(self.clone().follow(destination.clone(), port));
-            *destination.follower.lock().expect("follower lock") = Some(task.abort_handle());
-        }
-        let follows_policy = validate::service_name(name).is_ok();
-        if *destination.resolved.borrow()
-            && (!follows_policy || *destination.policy.received.borrow())
-        {
-            return Ok(destination);
+            destination.followed_by(task);
         }
         // The first request is routed as the registry says too: its endpoints and its
         // routes are asked for together.
-        let mut resolved = destination.resolved.subscribe();
-        let mut policy = destination.policy.received.subscribe();
-        let first = async {
-            let _ = resolved.wait_for(|r| *r).await;
-            if follows_policy {
-                let _ = policy.wait_for(|r| *r).await;
-            }
-        };
+        let follows_policy = validate::service_name(name).is_ok();
+        if destination.is_resolved(follows_policy) {
+            return Ok(destination);
+        }
+        let first = destination.first_resolution(follows_policy);
         let _ = tokio::time::timeout(FIRST_RESOLUTION_WAIT, first).await;
         // In use until now, however long the first resolution took.
-        destination
-            .last_used
-            .store(self.millis(), Ordering::Relaxed);
+        destination.used(self.millis());
         Ok(destination)
     }
 
@@ -227,15 +233,12 @@ impl Discovery {
                 } else {
                     connected
                 };
-                d.pending.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(d.last_used.load(Ordering::Relaxed)) >= limit
+                d.idle(now, limit)
             })
             .map(|(_, d)| d)
             .collect();
         for destination in evicted {
-            if let Some(task) = destination.follower.lock().expect("follower lock").take() {
-                task.abort();
-            }
+            destination.unfollow();
             self.metrics
                 .set_endpoints(&destination.name, EndpointState::Ready, 0);
             self.metrics
@@ -258,7 +261,7 @@ impl Discovery {
     }
 
     /// Keeps one destination's endpoints (and, for a registry name, its routes) current,
-    /// for the life of the process.
+    /// until the destination falls idle or discovery stops.
     async fn follow(self: Arc<Self>, destination: Arc<Destination>, port: u16) {
         if validate::service_name(&destination.name).is_ok() {
             let policy = destination.policy.clone().follow(self.registry.clone());
@@ -298,9 +301,7 @@ impl Discovery {
                         self.metrics.registry_connected.set(0);
                         tracing::warn!(service = %name, error = %e, "registry watch failed; keeping the last known endpoints");
                         destination.set_error(Some(format!("registry unreachable: {e}")));
-                        // Requests waiting for a first answer get one: empty, so they
-                        // fail fast instead of hanging.
-                        destination.resolved.send_replace(true);
+                        destination.resolution_done();
                     }
                 },
                 () = sleep_until_some(dns_refresh) => {
@@ -336,7 +337,7 @@ impl Discovery {
                 }
                 destination.set_error(Some(error));
                 // Keep what an earlier answer gave, if any.
-                destination.resolved.send_replace(true);
+                destination.resolution_done();
                 e.retry_at
             }
         }

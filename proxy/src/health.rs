@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use mesh_registry_api::Status;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::body;
 use crate::forward::{Clients, Wire};
@@ -59,19 +60,29 @@ pub struct HealthCheck {
     pub interval: Duration,
 }
 
+/// The app's health as it is being checked, and the task checking it.
+pub struct Checking {
+    pub status: watch::Receiver<Status>,
+    pub output: watch::Receiver<Option<String>>,
+    pub task: JoinHandle<()>,
+}
+
 // === impl HealthCheck ===
 
 impl HealthCheck {
-    /// Checks the app in a task of its own, for the life of the process. The status
-    /// receiver sees each change of status, which the registration reports without
-    /// waiting for its next heartbeat; an unchanged status is not published, so
-    /// heartbeats keep their own pace. The output receiver holds what the last check saw
-    /// (why it failed), which heartbeats carry.
-    pub fn spawn(self) -> (watch::Receiver<Status>, watch::Receiver<Option<String>>) {
+    /// Checks the app in a task of its own, until the returned task is aborted (once
+    /// the instance is deregistered). The status receiver sees each change of status,
+    /// which the registration reports without waiting for its next heartbeat; an
+    /// unchanged status is not published, so heartbeats keep their own pace. The output
+    /// receiver holds what the last check saw (why it failed), which heartbeats carry.
+    pub fn spawn(self) -> Checking {
         let (status, receiver) = watch::channel(Status::Critical);
         let (output, outputs) = watch::channel(Some("not checked yet".to_owned()));
-        tokio::spawn(self.run(status, output));
-        (receiver, outputs)
+        Checking {
+            status: receiver,
+            output: outputs,
+            task: tokio::spawn(self.run(status, output)),
+        }
     }
 
     /// Checks faster until the app first passes.

@@ -135,9 +135,16 @@ pub async fn run(
     let registry = config
         .registry
         .client(identity.as_ref(), &config.tls.trust_domain)?;
-    if let (Some(slot), Some(service)) = (&identity, service) {
-        tls::identity::start(slot, service, &config.tls, &registry, &metrics);
-    }
+    let renewal = match (&identity, service) {
+        (Some(slot), Some(service)) => Some(tls::identity::start(
+            slot,
+            service,
+            &config.tls,
+            &registry,
+            &metrics,
+        )),
+        _ => None,
+    };
     let own = listeners.own();
     let clients = Clients::new(config.connect_timeout, identity.clone(), own.clone());
     let dial = DialPolicy {
@@ -170,7 +177,7 @@ pub async fn run(
     let serving = local.as_ref().map(|l| l.policy.clone());
     let admin = stages.admin(
         listeners.admin,
-        discovery,
+        discovery.clone(),
         registration,
         serving,
         shutdown_requested,
@@ -185,6 +192,8 @@ pub async fn run(
         outbound,
         admin,
         drain,
+        discovery,
+        renewal,
     }
     .run()
     .await;
@@ -233,18 +242,24 @@ impl Stages<'_> {
             interval: registration.health_interval,
         };
         let (inbound_at, tls) = (config.listen.inbound, config.tls.mode);
-        let (health, output) = health.spawn();
+        let checking = health.spawn();
         let registrar = registration
             .registrar(registry, service, inbound_at, admin_port, tls)
-            .with_output(output);
+            .with_output(checking.output);
         let identity = self.identity.clone();
         let policy_read = policy.received.subscribe();
-        let registration =
-            Registration::start(registrar, identity, policy_read, health, self.metrics);
+        let registration = Registration::start(
+            registrar,
+            identity,
+            policy_read,
+            checking.status,
+            self.metrics,
+        );
         LocalApp {
             app,
             inbound,
             registration,
+            health: checking.task,
             policy,
             follower,
         }

@@ -299,11 +299,14 @@ impl Registration {
     pub async fn withdraw(self) {
         tracing::info!("shutting down: deregistering");
         let _ = self.deregister.send(());
-        if tokio::time::timeout(DEREGISTER_WAIT, self.task)
+        let mut task = self.task;
+        if tokio::time::timeout(DEREGISTER_WAIT, &mut task)
             .await
             .is_err()
         {
             tracing::warn!("deregistration did not finish in time");
+            task.abort();
+            let _ = task.await;
         }
     }
 }

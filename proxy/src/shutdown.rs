@@ -6,6 +6,8 @@
 //! 3. The app's own listeners (outbound, upstream) stay open until the app has exited
 //!    (an app finishing its work may still make calls), or the drain timeout ends.
 //! 4. The admin listener stops last, so `/metrics` and `/ready` answer throughout.
+//! 5. The tasks that outlive listeners (destinations' followers, certificate renewal)
+//!    are stopped, and [`Shutdown::run`] returns only once every task has ended.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::discover::Discovery;
 use crate::policy::Policy;
 use crate::register::Registration;
 use crate::server::Servers;
@@ -26,6 +29,10 @@ pub struct Shutdown {
     pub admin: Servers,
     /// How long in-flight requests, and the app, may take to finish.
     pub drain: Duration,
+    /// Followed by the outbound listeners until they stop.
+    pub discovery: Arc<Discovery>,
+    /// With mTLS on: the task obtaining and renewing the certificate.
+    pub renewal: Option<JoinHandle<()>>,
 }
 
 /// The local app's stage: the inbound listener in front of it, its registration, and
@@ -34,6 +41,8 @@ pub struct LocalApp {
     pub app: SocketAddr,
     pub inbound: Servers,
     pub registration: Registration,
+    /// Checks the app's health for the registration; stopped once it is withdrawn.
+    pub health: JoinHandle<()>,
     pub policy: Arc<Policy>,
     /// Keeps `policy` current; stopped once the inbound listener is.
     pub follower: JoinHandle<()>,
@@ -46,14 +55,14 @@ impl Shutdown {
         let mut inbound = None;
         if let Some(local) = self.local {
             local.registration.withdraw().await;
+            stop(local.health).await;
             inbound = Some((local.inbound, local.app, local.follower));
         }
         let drain_ends = Instant::now() + self.drain;
         tracing::info!(drain = ?self.drain, "draining in-flight requests");
         if let Some((servers, app, follower)) = inbound {
             servers.stop().await;
-            follower.abort();
-            let _ = follower.await;
+            stop(follower).await;
             if tokio::time::timeout_at(drain_ends, app_exited(app))
                 .await
                 .is_err()
@@ -62,9 +71,19 @@ impl Shutdown {
             }
         }
         self.outbound.stop().await;
+        self.discovery.stop().await;
         self.admin.stop().await;
+        if let Some(renewal) = self.renewal {
+            stop(renewal).await;
+        }
         tracing::info!("stopped");
     }
+}
+
+/// Aborts a task and returns once it has ended.
+async fn stop(task: JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
 }
 
 /// Resolves once the app no longer accepts connections.

@@ -217,3 +217,107 @@ async fn an_app_that_comes_up_after_its_sidecar_is_routable_at_once() {
     let body: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
     assert_eq!(body["passing"], true, "{body}");
 }
+
+/// Counts the connections a listener accepts (the app's health probes, which here are
+/// TCP connects) and, forwarding to `to`, the bytes sent through it.
+struct Counting {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counting {
+    async fn start(to: Option<std::net::SocketAddr>) -> Counting {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, AtomicUsize};
+        let listener = common::listener().await;
+        let addr = listener.local_addr().unwrap();
+        let (accepted, bytes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+        let (counted, carried) = (accepted.clone(), bytes.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Some(to) = to else { continue };
+                let carried = carried.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_server) = (client.split(), server.split());
+                    let up = async {
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            match from_client.0.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    carried.fetch_add(n as u64, Ordering::SeqCst);
+                                    if to_server.1.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut to_server.0, &mut from_client.1);
+                    tokio::select! {
+                        () = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Counting {
+            addr,
+            accepted,
+            bytes,
+        }
+    }
+}
+
+/// `run` returns only once everything it started has ended: after it, the app sees no
+/// health probe and the registry no request (no renewal, heartbeat or watch).
+#[tokio::test]
+async fn once_run_returns_nothing_it_started_probes_the_app_or_calls_the_registry() {
+    // Certificates valid 3 s are renewed every second.
+    let registry = Registry::start_with_ca(Duration::from_secs(3)).await;
+    let to_registry = Counting::start(Some(registry.addr)).await;
+    let app = Counting::start(None).await;
+    let registry_url = format!("http://{}", to_registry.addr);
+    let mut spec = SidecarSpec::server(&registry_url, "web", app.addr);
+    spec.config.tls.mode = mesh_proxy::tls::TlsMode::Permissive;
+    spec.config.tls.join_token = Some(common::JOIN_TOKEN.to_owned());
+    spec.config.listen.drain_timeout = Duration::from_millis(200);
+    let mut sidecar = Sidecar::start(spec).await;
+    // A destination followed too: its watch must end with the sidecar.
+    let _ = common::get_h1(sidecar.outbound, "web", "/").await;
+    eventually(PATIENCE, "a certificate renewal", async || {
+        let rotations = common::metric(&sidecar.metrics().await, "mesh_tls_cert_rotations_total");
+        rotations.is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(
+        app.accepted.load(Ordering::SeqCst) > 0,
+        "the app was probed"
+    );
+
+    sidecar.begin_shutdown();
+    let run = sidecar.task.take().unwrap();
+    tokio::time::timeout(PATIENCE, run).await.unwrap().unwrap();
+    let (probes, sent) = (
+        app.accepted.load(Ordering::SeqCst),
+        to_registry.bytes.load(Ordering::SeqCst),
+    );
+    // Ten health intervals and two renewal periods: a task left behind would show.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        app.accepted.load(Ordering::SeqCst),
+        probes,
+        "health probes after run returned"
+    );
+    assert_eq!(
+        to_registry.bytes.load(Ordering::SeqCst),
+        sent,
+        "registry requests after run returned"
+    );
+}

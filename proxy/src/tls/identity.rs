@@ -20,6 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::task::JoinHandle;
 
 use super::{TlsConfig, TlsMode};
 use crate::error::{ErrorKind, ProxyError};
@@ -72,15 +73,15 @@ pub fn slot(service: Option<&str>, config: &TlsConfig) -> Option<Arc<IdentitySlo
     (service.is_some() && config.mode != TlsMode::Off).then(|| Arc::new(IdentitySlot::default()))
 }
 
-/// A task that fills `slot` (from [`slot`]) from the registry's CA and renews it for as
-/// long as the process runs.
+/// A task that fills `slot` (from [`slot`]) from the registry's CA and renews it until
+/// it is aborted (when the sidecar stops).
 pub fn start(
     slot: &Arc<IdentitySlot>,
     service: &str,
     config: &TlsConfig,
     registry: &Client,
     metrics: &Arc<Metrics>,
-) {
+) -> JoinHandle<()> {
     let service = service.to_owned();
     let token = config.join_token.clone().unwrap_or_default();
     let trust_domain = config.trust_domain.clone();
@@ -89,8 +90,8 @@ pub fn start(
         let identity = filled
             .obtain(&registry, &service, &trust_domain, &token)
             .await;
-        identity.renew_forever(registry, token, metrics).await;
-    });
+        identity.renew(registry, token, metrics).await;
+    })
 }
 
 // === impl IdentitySlot ===
@@ -202,10 +203,10 @@ impl Identity {
         }))
     }
 
-    /// Renews the certificate at two thirds of its life, for as long as the process
-    /// runs. Open connections keep the certificate they were made with; new handshakes
-    /// use the new one.
-    pub async fn renew_forever(
+    /// Renews the certificate at two thirds of its life, until the task running it is
+    /// aborted. Open connections keep the certificate they were made with; new
+    /// handshakes use the new one.
+    pub async fn renew(
         self: Arc<Self>,
         registry: Client,
         join_token: String,
