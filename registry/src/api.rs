@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use mesh_registry_api::call::TapFilter;
 use mesh_registry_api::policy::{Document, PolicyKind};
 use mesh_registry_api::{AdminPath, StoreStatus, validate};
 use tokio::sync::watch;
@@ -197,6 +198,19 @@ impl State {
             client,
             ..
         } = request;
+        // A tap is no page: its query is a filter, and who may open one is checked.
+        if let Some((s, id)) = tap_target(uri.path()) {
+            return match method {
+                &Method::GET => (Route::SidecarAdmin, self.sidecar_tap(s, id, &request).await),
+                other => {
+                    let error = ApiError::MethodNotAllowed {
+                        method: other.to_string(),
+                        allow: "GET",
+                    };
+                    (Route::Unknown, Err(error))
+                }
+            };
+        }
         let Some(target) = target(uri.path()) else {
             return (Route::Unknown, Err(no_route(uri.path())));
         };
@@ -382,9 +396,59 @@ impl State {
 
     /// One of an instance's sidecar admin pages, read from the address it registered.
     async fn sidecar_admin(&self, service: &str, id: &str, page: AdminPath) -> Answer {
+        let admin = self.admin_address(service, id)?;
+        self.relays.relay(&admin, page).await
+    }
+
+    /// An instance's sidecar tap, filtered by the query (checked here, so a bad one
+    /// never reaches the sidecar), for the operator only where there are credentials.
+    async fn sidecar_tap(&self, service: &str, id: &str, request: &Incoming<'_>) -> Answer {
+        self.may_tap(request)?;
+        let query = request.uri.query().unwrap_or_default();
+        let filter = TapFilter::parse(query)
+            .map_err(|e| ApiError::invalid(e.param.clone(), e.to_string()))?;
+        let admin = self.admin_address(service, id)?;
+        let shutdown = Some(self.shutdown.clone());
+        self.relays.tap(&admin, &filter, shutdown).await
+    }
+
+    /// A tap shows the paths (and the headers the sidecar names) of every call of the
+    /// services the sidecar serves or calls, so it is the operator's, like removing
+    /// another writer's instance; a registry without credentials lets anyone tap, as it
+    /// lets anyone write.
+    fn may_tap(&self, request: &Incoming<'_>) -> Result<(), ApiError> {
+        let anonymous = !request.headers.contains_key(http::header::AUTHORIZATION);
+        let has_operator = self.credentials.kinds().contains(&"operator-token");
+        let writer = self
+            .credentials
+            .writer(request.headers, request.peer)
+            .map_err(|e| match e {
+                // What writes need is not what taps need.
+                ApiError::Unauthorized(_) if anonymous && has_operator => ApiError::Unauthorized(
+                    "taps need the operator token (--token) as Authorization: Bearer".into(),
+                ),
+                ApiError::Unauthorized(_) if anonymous => ApiError::Unauthorized(
+                    "taps need the operator token, and this registry has none (--token)".into(),
+                ),
+                other => other,
+            })?;
+        match writer {
+            Writer::Operator | Writer::Anonymous => Ok(()),
+            other => Err(ApiError::Forbidden {
+                field: "authorization".into(),
+                message: format!(
+                    "only the operator token (--token) may tap, not {}: a tap shows the \
+                     calls of every service a sidecar serves or calls",
+                    other.owner()
+                ),
+            }),
+        }
+    }
+
+    /// The sidecar admin address an instance registered.
+    fn admin_address(&self, service: &str, id: &str) -> Result<String, ApiError> {
         check_names(service, id)?;
-        let admin = self
-            .catalog()
+        self.catalog()
             .admin_address(service, id)
             .map_err(|UnknownInstance| {
                 ApiError::NotFound(format!("service {service:?} has no instance {id:?}"))
@@ -394,8 +458,7 @@ impl State {
                     "instance {id:?} of service {service:?} registered no sidecar admin \
                      address (metadata \"admin\")"
                 ))
-            })?;
-        self.relays.relay(&admin, page).await
+            })
     }
 
     async fn register<B>(&self, service: &str, id: &str, request: &Incoming<'_>, body: B) -> Answer
@@ -586,6 +649,16 @@ fn no_route(path: &str) -> ApiError {
         "no route for {path}; see /openapi.json (a client's registry URL must be just \
          http://host:port)"
     ))
+}
+
+/// `/v1/services/{service}/instances/{id}/admin/tap`: the service and the id.
+fn tap_target(path: &str) -> Option<(&str, &str)> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let rest = path
+        .strip_prefix("/v1/services/")?
+        .strip_suffix("/admin/tap")?;
+    let (service, id) = rest.split_once("/instances/")?;
+    (!service.contains('/') && !id.contains('/')).then_some((service, id))
 }
 
 fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
