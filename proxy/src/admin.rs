@@ -127,7 +127,7 @@ impl Admin {
         };
         let mut body = serde_json::json!({
             "ready": reason.is_none(),
-            "registry_connected": self.metrics.registry_connected.get() == 1,
+            "registry_connected": self.metrics.registry_connected.connected(),
             // So operators' tools can tell a mesh running mixed releases.
             "version": env!("CARGO_PKG_VERSION"),
         });

@@ -283,7 +283,7 @@ impl Discovery {
             tokio::select! {
                 next = watch.next() => match next {
                     Ok(listing) if listing.exists => {
-                        self.metrics.registry_connected.set(1);
+                        self.metrics.registry_connected.report(true);
                         dns_refresh = None;
                         destination.set_error(None);
                         tracing::debug!(service = %name, endpoints = listing.instances.len(), "registry update");
@@ -291,14 +291,14 @@ impl Discovery {
                         destination.publish(set, &self.metrics);
                     }
                     Ok(_) => {
-                        self.metrics.registry_connected.set(1);
+                        self.metrics.registry_connected.report(true);
                         if dns_refresh.is_none() {
                             tracing::info!(service = %name, "not in the registry; resolving through DNS");
                             dns_refresh = Some(self.resolve_dns(&destination, port).await);
                         }
                     }
                     Err(e) => {
-                        self.metrics.registry_connected.set(0);
+                        self.metrics.registry_connected.report(false);
                         tracing::warn!(service = %name, error = %e, "registry watch failed; keeping the last known endpoints");
                         destination.set_error(Some(format!("registry unreachable: {e}")));
                         destination.resolution_done();

@@ -3,6 +3,7 @@
 //! registry served on the admin port. Each family takes one label set type ([`labels`]).
 
 mod labels;
+mod reach;
 mod service;
 
 use std::collections::HashSet;
@@ -20,6 +21,7 @@ use self::labels::{
     Denied, Detections, Ejections, Endpoints, Labels, Latency, Open, Requests, Responses, Retries,
     Service, SplicedBytes, SplicedClosed, Updates,
 };
+pub use self::reach::RegistryReach;
 pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics, SplicedGuard};
 use crate::breaker::Rule;
 use crate::detect::Detected;
@@ -177,7 +179,8 @@ pub struct Metrics {
     spliced_duration: Family<Requests, HistogramVec>,
     spliced_closed: Family<SplicedClosed, IntCounterVec>,
     detections: Family<Detections, IntCounterVec>,
-    pub registry_connected: IntGauge,
+    /// Whether the registry answers (`mesh_registry_connected`).
+    pub registry_connected: Arc<RegistryReach>,
     /// Unix time the sidecar's certificate expires (mTLS on).
     pub cert_expiry: IntGauge,
     pub cert_rotations: IntCounter,
@@ -291,10 +294,10 @@ impl Metrics {
             spliced_duration: Family::histogram_of(&r, SPLICED_DURATION, &DURATION_BUCKETS),
             spliced_closed: Family::counter(&r, SPLICED_CLOSED),
             detections: Family::counter(&r, DETECTIONS),
-            registry_connected: registered(
+            registry_connected: Arc::new(RegistryReach::new(registered(
                 &r,
                 IntGauge::new(REGISTRY_CONNECTED.0, REGISTRY_CONNECTED.1),
-            ),
+            ))),
             cert_expiry: registered(&r, IntGauge::new(CERT_EXPIRY.0, CERT_EXPIRY.1)),
             cert_rotations: registered(&r, IntCounter::new(CERT_ROTATIONS.0, CERT_ROTATIONS.1)),
             registry: r,

@@ -311,8 +311,8 @@ impl Registration {
     }
 }
 
-/// Follows the registration state into the `mesh_registry_connected` gauge; the
-/// returned flag turns true at the first registration and stays so.
+/// Reports the registration's calls to the registry's reachability; the returned flag
+/// turns true at the first registration and stays so.
 fn follow_registered(
     mut registered: watch::Receiver<bool>,
     metrics: &Metrics,
@@ -322,7 +322,7 @@ fn follow_registered(
     tokio::spawn(async move {
         while registered.changed().await.is_ok() {
             let now = *registered.borrow_and_update();
-            connected.set(i64::from(now));
+            connected.report(now);
             if now {
                 ready.send_replace(true);
             }
