@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
-use crate::breaker::Availability;
+use crate::breaker::Standing;
 use crate::discover::{Destination, Discovery};
 use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
@@ -266,22 +266,20 @@ impl DestinationView {
 impl EndpointView {
     /// An endpoint `listed` by its source, as it stands at `now`.
     fn of(e: &Endpoint, listed: &str, now: Instant) -> Self {
-        let (state, reason, ejected_by, ejected_for_ms) = match e.breaker.availability(now) {
-            Availability::Ready => (EndpointState::Ready, listed.to_owned(), None, None),
-            Availability::Probe => (
+        let (state, reason, ejected_by, ejected_for_ms) = match e.breaker.standing(now) {
+            Standing::Ready => (EndpointState::Ready, listed.to_owned(), None, None),
+            Standing::ProbeDue { .. } => (
                 EndpointState::Ready,
                 "ejection over: the next request is its probe".to_owned(),
                 None,
                 None,
             ),
-            Availability::Ejected {
-                until,
-                rule,
-                reason,
-                ..
-            } => (
+            Standing::Ejected { until, rule, .. } => (
                 EndpointState::Ejected,
-                format!("ejected: {reason}"),
+                format!(
+                    "ejected: {}",
+                    e.breaker.ejection_reason().unwrap_or_default()
+                ),
                 Some(rule.as_str()),
                 Some(until.saturating_duration_since(now).as_millis() as u64),
             ),

@@ -59,31 +59,39 @@ pub fn choose(
         _ => &all.endpoints[..],
     };
     let is_previous = |e: &Endpoint| previous.is_some_and(|p| std::ptr::eq(p, e));
-    let (mut some_out, mut previous_due) = (false, false);
-    for endpoint in endpoints {
-        match endpoint.breaker.standing(now) {
+    // Each endpoint's breaker is read once. Most of the time none is out, and the
+    // candidates are the set as it is: the ready ones are copied only once one is out.
+    let mut ready_ones: Option<Vec<Arc<Endpoint>>> = None;
+    let mut previous_due = false;
+    // The one ejected longest ago, for when every endpoint is out.
+    let mut oldest: Option<(Instant, &Arc<Endpoint>)> = None;
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let standing = endpoint.breaker.standing(now);
+        if let Some(since) = standing.since()
+            && oldest.is_none_or(|(at, _)| since < at)
+        {
+            oldest = Some((since, endpoint));
+        }
+        match standing {
             Standing::Ready => {}
-            Standing::Ejected => some_out = true,
-            Standing::ProbeDue if is_previous(endpoint) => previous_due = true,
-            Standing::ProbeDue => {
+            Standing::Ejected { .. } => {
+                ready_ones.get_or_insert_with(|| endpoints[..i].to_vec());
+                continue;
+            }
+            Standing::ProbeDue { .. } if is_previous(endpoint) => previous_due = true,
+            Standing::ProbeDue { .. } => {
                 if let Some(chosen) = probe(endpoint, ejection, now) {
                     return Some(chosen);
                 }
             }
         }
+        if let Some(ready) = ready_ones.as_mut() {
+            ready.push(endpoint.clone());
+        }
     }
-    // Most of the time no endpoint is out, and the set is the candidates as it is.
-    let ready_ones: Vec<Arc<Endpoint>>;
-    let ready = if some_out {
-        let ready = endpoints.iter().filter(|e| !e.breaker.is_ejected(now));
-        ready_ones = ready.cloned().collect();
-        &ready_ones[..]
-    } else {
-        endpoints
-    };
+    let ready = ready_ones.as_deref().unwrap_or(endpoints);
     if ready.is_empty() {
-        let oldest = endpoints.iter().min_by_key(|e| e.breaker.ejected_at());
-        return oldest.map(|endpoint| Chosen {
+        return oldest.map(|(_, endpoint)| Chosen {
             endpoint: endpoint.clone(),
             probe: None,
         });

@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::success_rate::{Outcomes, SuccessRateConfig};
+use mesh_registry_api::Backoff;
+
 use crate::flags::{Invalid, defaults};
 use crate::window::Window;
 
@@ -104,13 +106,6 @@ struct State {
     ejected: Option<Ejection>,
 }
 
-/// A failure, as the endpoint's breaker is told it.
-#[derive(Clone, Copy, Debug)]
-pub struct Failure<'a> {
-    /// What went wrong, for the ejection's reason.
-    pub what: &'a str,
-}
-
 /// Which rule ejected an endpoint: the `reason` of `mesh_endpoint_ejections_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
@@ -150,28 +145,36 @@ pub struct Probe {
     settled: bool,
 }
 
-/// Whether an endpoint may take a request now, in short.
+/// Whether an endpoint may take a request now: the breaker's state, read once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
     Ready,
-    Ejected,
-    /// The ejection ran out and no probe is out: the next request should be its probe.
-    ProbeDue,
-}
-
-/// Whether an endpoint may take a request now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Availability {
-    Ready,
-    /// Out of rotation until `until`.
+    /// Out of rotation until `until` (or while its probe is out).
     Ejected {
         since: Instant,
         until: Instant,
         rule: Rule,
-        reason: String,
     },
-    /// The ejection ran out: the next request is its probe.
-    Probe,
+    /// The ejection ran out and no probe is out: the next request should be its probe.
+    ProbeDue {
+        since: Instant,
+    },
+}
+
+// === impl Standing ===
+
+impl Standing {
+    pub fn is_ejected(self) -> bool {
+        matches!(self, Standing::Ejected { .. })
+    }
+
+    /// When it was ejected, if it is out or due a probe.
+    pub fn since(self) -> Option<Instant> {
+        match self {
+            Standing::Ready => None,
+            Standing::Ejected { since, .. } | Standing::ProbeDue { since } => Some(since),
+        }
+    }
 }
 
 // === impl Rule ===
@@ -209,45 +212,24 @@ impl Default for Breaker {
 }
 
 impl Breaker {
-    pub fn availability(&self, now: Instant) -> Availability {
-        let state = self.state.lock().expect("breaker lock");
-        match &state.ejected {
-            None => Availability::Ready,
-            Some(e) if now >= e.until && e.probe.is_none_or(|until| now >= until) => {
-                Availability::Probe
-            }
-            Some(e) => Availability::Ejected {
-                since: e.at,
-                until: e.until,
-                rule: e.rule,
-                reason: e.reason.clone(),
-            },
-        }
-    }
-
-    pub fn is_ejected(&self, now: Instant) -> bool {
-        self.state.lock().expect("breaker lock").is_ejected(now)
-    }
-
-    /// Where the endpoint stands, without the details [`availability`](Self::availability)
-    /// gives.
+    /// Where the endpoint stands at `now`.
     pub fn standing(&self, now: Instant) -> Standing {
         let state = self.state.lock().expect("breaker lock");
         match &state.ejected {
             None => Standing::Ready,
-            Some(_) if state.is_ejected(now) => Standing::Ejected,
-            Some(_) => Standing::ProbeDue,
+            Some(e) if state.is_ejected(now) => Standing::Ejected {
+                since: e.at,
+                until: e.until,
+                rule: e.rule,
+            },
+            Some(e) => Standing::ProbeDue { since: e.at },
         }
     }
 
-    /// When the endpoint was last ejected, if it is out now.
-    pub fn ejected_at(&self) -> Option<Instant> {
-        self.state
-            .lock()
-            .expect("breaker lock")
-            .ejected
-            .as_ref()
-            .map(|e| e.at)
+    /// Why the endpoint was last ejected, if it is out (or due a probe) now.
+    pub fn ejection_reason(&self) -> Option<String> {
+        let state = self.state.lock().expect("breaker lock");
+        state.ejected.as_ref().map(|e| e.reason.clone())
     }
 
     /// Claims the probe of an endpoint whose ejection ran out, for `wait` at most; the
@@ -282,15 +264,15 @@ impl Breaker {
         self.state.lock().expect("breaker lock").outcomes(now)
     }
 
-    /// A failure of this endpoint, one of `peers` (every endpoint of its destination,
-    /// itself included): ejects it when the streak reaches the threshold, its success
+    /// A failure of this endpoint (`what` went wrong, for the ejection's reason), one of
+    /// `peers` (every endpoint of its destination, itself included): ejects it when the streak reaches the threshold, its success
     /// rate is an outlier among the peers in rotation, or its probe failed, and the cap
     /// on ejected endpoints allows; the rule that ejected it, if one did.
     pub fn record_failure<'a>(
         &self,
         peers: impl ExactSizeIterator<Item = &'a Breaker>,
         config: &EjectionConfig,
-        failure: Failure<'_>,
+        what: &str,
         now: Instant,
     ) -> Option<Rule> {
         // Peers are read first, each under its own lock, none while this one is held.
@@ -308,21 +290,20 @@ impl Breaker {
             may_eject: config.may_eject_another(out, total),
             outcomes,
         };
-        self.failure(config, failure, peers, now)
+        self.failure(config, what, peers, now)
     }
 
     /// A failure, judged against what the peers look like.
     fn failure(
         &self,
         config: &EjectionConfig,
-        failure: Failure<'_>,
+        what: &str,
         peers: Peers,
         now: Instant,
     ) -> Option<Rule> {
         let mut state = self.state.lock().expect("breaker lock");
         state.failures = state.failures.saturating_add(1);
         state.outcomes.add(now, [0, 1]);
-        let what = failure.what;
         let (rule, reason) = match &state.ejected {
             Some(e) if e.probe.is_some() => (Rule::ProbeFailed, format!("probe failed: {what}")),
             Some(_) => return None,
@@ -359,10 +340,7 @@ impl State {
     /// Out of rotation for a backoff that doubles with each ejection.
     fn eject(&mut self, config: &EjectionConfig, rule: Rule, reason: String, now: Instant) {
         self.ejections = self.ejections.saturating_add(1);
-        let backoff = config
-            .base
-            .saturating_mul(1u32 << (self.ejections - 1).min(16))
-            .min(config.max);
+        let backoff = Backoff::ceiling(config.base, config.max, self.ejections - 1);
         self.ejected = Some(Ejection {
             at: now,
             until: now + backoff,
@@ -434,8 +412,8 @@ mod tests {
         }
     }
 
-    fn refused() -> Failure<'static> {
-        Failure { what: "refused" }
+    fn refused() -> &'static str {
+        "refused"
     }
 
     fn ejected(c: &EjectionConfig, now: Instant) -> Breaker {
@@ -443,7 +421,7 @@ mod tests {
         for _ in 0..3 {
             b.failure(c, refused(), room(true), now);
         }
-        assert!(b.is_ejected(now));
+        assert!(b.standing(now).is_ejected());
         b
     }
 
@@ -458,36 +436,36 @@ mod tests {
             b.failure(&c, refused(), room(true), now).is_some(),
             "third consecutive failure ejects"
         );
-        assert!(b.is_ejected(now + Duration::from_secs(29)));
+        assert!(b.standing(now + Duration::from_secs(29)).is_ejected());
         assert!(
             b.claim_probe(now + Duration::from_secs(29), c.probe_wait)
                 .is_none()
         );
 
         let t1 = now + Duration::from_secs(30);
-        assert_eq!(b.availability(t1), Availability::Probe);
+        assert!(matches!(b.standing(t1), Standing::ProbeDue { .. }));
         assert!(b.claim_probe(t1, c.probe_wait).is_some());
         assert!(
             b.claim_probe(t1, c.probe_wait).is_none(),
             "one probe at a time"
         );
-        assert!(b.is_ejected(t1), "out while its probe runs");
+        assert!(b.standing(t1).is_ejected(), "out while its probe runs");
 
         // The probe fails: out again, for twice as long.
         assert!(b.failure(&c, refused(), room(true), t1).is_some());
-        assert!(b.is_ejected(t1 + Duration::from_secs(59)));
+        assert!(b.standing(t1 + Duration::from_secs(59)).is_ejected());
         let t2 = t1 + Duration::from_secs(60);
         assert!(b.claim_probe(t2, c.probe_wait).is_some());
         // Third ejection would be 120 s: capped at 100 s.
         assert!(b.failure(&c, refused(), room(true), t2).is_some());
-        assert!(b.is_ejected(t2 + Duration::from_secs(99)));
-        assert!(!b.is_ejected(t2 + Duration::from_secs(100)));
+        assert!(b.standing(t2 + Duration::from_secs(99)).is_ejected());
+        assert!(!b.standing(t2 + Duration::from_secs(100)).is_ejected());
 
         // A passing probe brings it back.
         let t3 = t2 + Duration::from_secs(100);
         assert!(b.claim_probe(t3, c.probe_wait).is_some());
         assert!(b.success(now));
-        assert_eq!(b.availability(t3), Availability::Ready);
+        assert_eq!(b.standing(t3), Standing::Ready);
     }
 
     #[tokio::test(start_paused = true)]
@@ -521,7 +499,7 @@ mod tests {
         assert!(fail_three_times(&peers[0]), "1 of 4 out");
         assert!(fail_three_times(&peers[1]), "2 of 4 out: 50 %");
         assert!(!fail_three_times(&peers[2]), "a third would be 75 %");
-        assert!(!peers[2].is_ejected(now));
+        assert!(!peers[2].standing(now).is_ejected());
     }
 
     /// Tells `b` of tries in the pattern `pattern` (`s` a success, `f` a failure),
@@ -560,9 +538,10 @@ mod tests {
         let rule = tries(&peers[0], &peers, "ssf", 10, now);
         assert_eq!(rule, Some(Rule::SuccessRate));
         let later = now + Duration::from_millis(100);
-        match peers[0].availability(later) {
-            Availability::Ejected { rule, reason, .. } => {
+        match peers[0].standing(later) {
+            Standing::Ejected { rule, .. } => {
                 assert_eq!(rule, Rule::SuccessRate);
+                let reason = peers[0].ejection_reason().unwrap();
                 assert!(
                     reason.starts_with("success rate 67 % of 12 tries"),
                     "{reason}"
@@ -617,7 +596,7 @@ mod tests {
         let probe = Probe::claim(&e, &c, t).expect("the ejection ran out");
         assert!(Probe::claim(&e, &c, t).is_none(), "one probe at a time");
         drop(probe);
-        assert_eq!(e.availability(t), Availability::Probe);
+        assert!(matches!(e.standing(t), Standing::ProbeDue { .. }));
         assert!(Probe::claim(&e, &c, t).is_some());
     }
 
@@ -628,9 +607,12 @@ mod tests {
         let e = ejected(&c, now);
         let t = now + Duration::from_secs(30);
         let hanging = Probe::claim(&e, &c, t).unwrap();
-        assert!(e.is_ejected(t + c.probe_wait - Duration::from_millis(1)));
+        assert!(
+            e.standing(t + c.probe_wait - Duration::from_millis(1))
+                .is_ejected()
+        );
         let later = t + c.probe_wait;
-        assert_eq!(e.availability(later), Availability::Probe);
+        assert!(matches!(e.standing(later), Standing::ProbeDue { .. }));
         let next = Probe::claim(&e, &c, later).expect("another request probes");
         // The stale probe's late release does not free the new claim.
         drop(hanging);
@@ -650,10 +632,8 @@ mod tests {
             "a failed probe ejects"
         );
         probe.settle();
-        assert!(e.is_ejected(t + Duration::from_secs(59)));
-        assert_eq!(
-            e.availability(t + Duration::from_secs(60)),
-            Availability::Probe
-        );
+        assert!(e.standing(t + Duration::from_secs(59)).is_ejected());
+        let later = e.standing(t + Duration::from_secs(60));
+        assert!(matches!(later, Standing::ProbeDue { .. }));
     }
 }

@@ -199,7 +199,7 @@ impl Destination {
         let ejected = set
             .endpoints
             .iter()
-            .filter(|e| e.breaker.is_ejected(now))
+            .filter(|e| e.breaker.standing(now).is_ejected())
             .count();
         metrics.set_endpoints(
             &self.name,

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use mesh_registry_api::Backoff;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -175,10 +176,8 @@ impl RetryConfig {
     /// Backoff before try number `attempt` (2 for the first retry): full jitter under an
     /// exponential ceiling.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(2).min(16))
-            .min(self.backoff_cap);
+        let doublings = attempt.saturating_sub(2);
+        let ceiling = Backoff::ceiling(self.backoff_base, self.backoff_cap, doublings);
         rand::rng().random_range(Duration::ZERO..=ceiling)
     }
 

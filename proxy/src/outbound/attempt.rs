@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{Call, Failure, Outbound, Tried, Try};
 use crate::body;
-use crate::breaker::{self, Probe};
+use crate::breaker::Probe;
 use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
@@ -176,10 +176,9 @@ impl Outbound {
         let set = destination.endpoints();
         let peers = set.endpoints.iter().map(|e| &e.breaker);
         let now = Instant::now();
-        let failure = breaker::Failure { what };
         if let Some(rule) = endpoint
             .breaker
-            .record_failure(peers, &self.ejection, failure, now)
+            .record_failure(peers, &self.ejection, what, now)
         {
             let by = rule.as_str();
             tracing::warn!(service = %destination.name, endpoint = %endpoint.address, rule = by, "endpoint ejected: {what}");

@@ -42,12 +42,15 @@ impl Backoff {
 
     /// The current ceiling, counting one more failure.
     fn next_ceiling(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.cap);
+        let ceiling = Self::ceiling(self.base, self.cap, self.failures);
         self.failures = self.failures.saturating_add(1);
         ceiling
+    }
+
+    /// `base` doubled `doublings` times, at most `cap`: the one formula of every
+    /// backoff in the mesh (registry loops here, the sidecar's retries and ejections).
+    pub fn ceiling(base: Duration, cap: Duration, doublings: u32) -> Duration {
+        base.saturating_mul(1u32 << doublings.min(20)).min(cap)
     }
 
     /// Back to `base` after a success.
