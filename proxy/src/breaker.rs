@@ -37,17 +37,17 @@ pub struct EjectionConfig {
         env = "MESH_EJECT_AFTER",
         default_value_t = 5
     )]
-    pub consecutive_failures: u32,
+    pub after: u32,
 
     /// First ejection's length; it doubles per repeat.
     #[arg(long = "eject-backoff",
         value_name = "EJECT_BACKOFF", env = "MESH_EJECT_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub base: Duration,
+    pub backoff: Duration,
 
     /// Longest ejection.
     #[arg(long = "eject-backoff-max",
         value_name = "EJECT_BACKOFF_MAX", env = "MESH_EJECT_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub max: Duration,
+    pub backoff_max: Duration,
 
     /// Largest share of a service's endpoints ejected at once, in percent.
     #[arg(
@@ -308,7 +308,7 @@ impl Breaker {
             Some(e) if e.probe.is_some() => (Rule::ProbeFailed, format!("probe failed: {what}")),
             Some(_) => return None,
             None if !peers.may_eject => return None,
-            None if state.failures >= config.consecutive_failures.max(1) => {
+            None if state.failures >= config.after.max(1) => {
                 let reason = format!("{} consecutive failures, last: {what}", state.failures);
                 (Rule::ConsecutiveFailures, reason)
             }
@@ -340,7 +340,7 @@ impl State {
     /// Out of rotation for a backoff that doubles with each ejection.
     fn eject(&mut self, config: &EjectionConfig, rule: Rule, reason: String, now: Instant) {
         self.ejections = self.ejections.saturating_add(1);
-        let backoff = Backoff::ceiling(config.base, config.max, self.ejections - 1);
+        let backoff = Backoff::ceiling(config.backoff, config.backoff_max, self.ejections - 1);
         self.ejected = Some(Ejection {
             at: now,
             until: now + backoff,
@@ -392,9 +392,9 @@ mod tests {
 
     fn config() -> EjectionConfig {
         EjectionConfig {
-            consecutive_failures: 3,
-            base: Duration::from_secs(30),
-            max: Duration::from_secs(100),
+            after: 3,
+            backoff: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(100),
             max_percent: 50,
             success_rate: SuccessRateConfig {
                 factor: 0.8,
@@ -573,7 +573,7 @@ mod tests {
             tries(&peers[0], &peers, "ssf", 10, now),
             Some(Rule::SuccessRate)
         );
-        let probe_time = now + c.base + Duration::from_secs(1);
+        let probe_time = now + c.backoff + Duration::from_secs(1);
         tries(&peers[1], &peers, "s", 20, probe_time);
         let probe = Probe::claim(&peers[0], &c, probe_time).expect("its ejection ran out");
         assert!(peers[0].success(probe_time), "the probe passed: back");

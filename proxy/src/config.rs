@@ -315,8 +315,8 @@ mod tests {
     fn the_default_is_the_command_line_without_flags() {
         let (default, parsed) = (Config::default(), parse(&[]));
         assert_eq!(format!("{default:?}"), format!("{parsed:?}"));
-        assert_eq!(default.retry.max_attempts, 3);
-        assert_eq!(default.ejection.consecutive_failures, 5);
+        assert_eq!(default.retry.attempts, 3);
+        assert_eq!(default.ejection.after, 5);
         assert_eq!(default.listen.outbound.to_string(), "127.0.0.1:4140");
         assert!(default.validate().is_ok());
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_registry_api::{Client, Registrar, Status, validate};
+use mesh_registry_api::{MAX_TTL, MAX_WEIGHT, MIN_TTL};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -50,7 +51,7 @@ pub struct RegistrationConfig {
     #[arg(long, env = "MESH_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
-    /// Relative share of traffic this instance asks for (1-1000).
+    /// Relative share of traffic this instance asks for (1-1000, the registry's bound).
     #[arg(long, env = "MESH_WEIGHT", default_value_t = 1)]
     pub weight: u32,
 
@@ -155,11 +156,16 @@ impl RegistrationConfig {
                 format!("{key:?} is set by the sidecar itself; choose another key"),
             ));
         }
-        if !(1..=1000).contains(&self.weight) {
-            return Err(Invalid::new("--weight", "must be within 1-1000"));
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            let why = format!("must be within 1-{MAX_WEIGHT}");
+            return Err(Invalid::new("--weight", why));
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
-            return Err(Invalid::new("--ttl", "must be within 1s-1h"));
+        if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
+            let (min, max) = (
+                humantime::format_duration(MIN_TTL),
+                humantime::format_duration(MAX_TTL),
+            );
+            return Err(Invalid::new("--ttl", format!("must be within {min}-{max}")));
         }
         Ok(())
     }

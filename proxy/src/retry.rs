@@ -53,17 +53,17 @@ pub struct RetryConfig {
         env = "MESH_RETRY_ATTEMPTS",
         default_value_t = 3
     )]
-    pub max_attempts: u32,
+    pub attempts: u32,
 
     /// Backoff before the first retry; it doubles per retry (full jitter).
     #[arg(long = "retry-backoff",
         value_name = "RETRY_BACKOFF", env = "MESH_RETRY_BACKOFF", default_value = "25ms", value_parser = humantime::parse_duration)]
-    pub backoff_base: Duration,
+    pub backoff: Duration,
 
     /// Longest backoff between retries.
     #[arg(long = "retry-backoff-max",
         value_name = "RETRY_BACKOFF_MAX", env = "MESH_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
-    pub backoff_cap: Duration,
+    pub backoff_max: Duration,
 
     /// HTTP statuses retried for idempotent (or `mesh-retry: true`) requests.
     #[arg(
@@ -84,7 +84,7 @@ pub struct RetryConfig {
     /// larger ones stream through and are not retried.
     #[arg(long = "retry-buffer",
         value_name = "RETRY_BUFFER", env = "MESH_RETRY_BUFFER", default_value_t = 64 * 1024)]
-    pub buffer_limit: usize,
+    pub buffer: usize,
 
     #[command(flatten)]
     pub budget: BudgetConfig,
@@ -152,13 +152,13 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
-        if self.max_attempts == 0 {
+        if self.attempts == 0 {
             return Err(Invalid::new(
                 "--retry-attempts",
                 "must be at least 1 (1 disables retries)",
             ));
         }
-        if self.backoff_base > self.backoff_cap {
+        if self.backoff > self.backoff_max {
             return Err(Invalid::new(
                 "--retry-backoff",
                 "must not exceed --retry-backoff-max",
@@ -177,7 +177,7 @@ impl RetryConfig {
     /// exponential ceiling.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(2);
-        let ceiling = Backoff::ceiling(self.backoff_base, self.backoff_cap, doublings);
+        let ceiling = Backoff::ceiling(self.backoff, self.backoff_max, doublings);
         rand::rng().random_range(Duration::ZERO..=ceiling)
     }
 

@@ -339,7 +339,7 @@ impl Outbound {
         }
         let mut previous: Option<Arc<Endpoint>> = None;
         let mut last = None;
-        for _ in 0..self.retry.max_attempts.max(1) {
+        for _ in 0..self.retry.attempts.max(1) {
             // Routes are HTTP's: a connection carried as bytes has no request to match.
             let chosen = balance::choose(
                 self.config.balancer,

@@ -97,7 +97,7 @@ async fn a_large_upload_goes_elsewhere_when_its_first_endpoint_refuses_the_conne
 #[tokio::test]
 async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint() {
     let app = App::start("web-1").await;
-    let (_registry, _server, client) = pair(&app, |c| c.ejection.consecutive_failures = 2).await;
+    let (_registry, _server, client) = pair(&app, |c| c.ejection.after = 2).await;
 
     for _ in 0..6 {
         // A malformed chunk size.

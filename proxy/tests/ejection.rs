@@ -29,8 +29,8 @@ async fn setup(settings: impl FnOnce(&mut Config)) -> (Registry, App, App, Vec<S
     registry.until_passing("web", 2).await;
     let url = registry.url();
     let mut spec = SidecarSpec::client(&url);
-    spec.config.ejection.consecutive_failures = 2;
-    spec.config.ejection.base = Duration::from_millis(300);
+    spec.config.ejection.after = 2;
+    spec.config.ejection.backoff = Duration::from_millis(300);
     spec.config.outbound.balancer = Strategy::RoundRobin;
     settings(&mut spec.config);
     let client = Sidecar::start(spec).await;

@@ -99,8 +99,8 @@ async fn an_instance_refusing_connections_is_ejected_probed_and_readmitted() {
     // The balancer avoids an endpoint once it has failed, so it may not get a second
     // try soon: one failure ejects it here.
     let client = client(&registry, |c| {
-        c.ejection.consecutive_failures = 1;
-        c.ejection.base = Duration::from_millis(500);
+        c.ejection.after = 1;
+        c.ejection.backoff = Duration::from_millis(500);
     })
     .await;
 

@@ -61,7 +61,7 @@ impl Outbound {
         // still follow.
         let grpc_status = grpc::status_of(response.headers());
         let (mut response, grpc_status) = if retry_left && grpc_status.is_none() {
-            retry::peek_grpc(response, self.retry.buffer_limit, deadline).await
+            retry::peek_grpc(response, self.retry.buffer, deadline).await
         } else {
             (response.map(body::boxed), grpc_status)
         };

@@ -62,7 +62,7 @@ impl<'a> Call<'a> {
         let deadlines = Deadlines::of(request.headers(), timeout, config.per_try_timeout, now)
             .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
         let (mut head, incoming) = request.into_parts();
-        let (body, caller_fault) = TryBody::of(incoming, retry.buffer_limit);
+        let (body, caller_fault) = TryBody::of(incoming, retry.buffer);
         let repeatable = retry::is_idempotent(&head.method) || retry::is_marked(&head.headers);
         headers::remove(&mut head.headers, &retry::MESH_RETRY);
         let call = Call {
@@ -82,7 +82,7 @@ impl<'a> Call<'a> {
     pub fn attempts(&self, retry: &RetryConfig) -> u32 {
         match self.route.as_ref().and_then(|r| r.retries.as_ref()) {
             Some((retries, _)) => retries + 1,
-            None => retry.max_attempts.max(1),
+            None => retry.attempts.max(1),
         }
     }
 
