@@ -32,6 +32,7 @@ const PROBE_WAIT: Duration = Duration::from_secs(10);
 pub struct EjectionConfig {
     /// Consecutive failures (connect errors, 5xx, gRPC UNAVAILABLE) that eject an endpoint.
     #[arg(
+        id = "eject_after",
         long = "eject-after",
         value_name = "EJECT_AFTER",
         env = "MESH_EJECT_AFTER",
@@ -40,12 +41,12 @@ pub struct EjectionConfig {
     pub after: u32,
 
     /// First ejection's length; it doubles per repeat.
-    #[arg(long = "eject-backoff",
+    #[arg(id = "eject_backoff", long = "eject-backoff",
         value_name = "EJECT_BACKOFF", env = "MESH_EJECT_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff: Duration,
 
     /// Longest ejection.
-    #[arg(long = "eject-backoff-max",
+    #[arg(id = "eject_backoff_max", long = "eject-backoff-max",
         value_name = "EJECT_BACKOFF_MAX", env = "MESH_EJECT_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 

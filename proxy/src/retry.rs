@@ -48,6 +48,7 @@ const PEEK_WAIT: Duration = Duration::from_millis(5);
 pub struct RetryConfig {
     /// Tries per request in total, the first included (1 disables retries).
     #[arg(
+        id = "retry_attempts",
         long = "retry-attempts",
         value_name = "RETRY_ATTEMPTS",
         env = "MESH_RETRY_ATTEMPTS",
@@ -56,12 +57,12 @@ pub struct RetryConfig {
     pub attempts: u32,
 
     /// Backoff before the first retry; it doubles per retry (full jitter).
-    #[arg(long = "retry-backoff",
+    #[arg(id = "retry_backoff", long = "retry-backoff",
         value_name = "RETRY_BACKOFF", env = "MESH_RETRY_BACKOFF", default_value = "25ms", value_parser = humantime::parse_duration)]
     pub backoff: Duration,
 
     /// Longest backoff between retries.
-    #[arg(long = "retry-backoff-max",
+    #[arg(id = "retry_backoff_max", long = "retry-backoff-max",
         value_name = "RETRY_BACKOFF_MAX", env = "MESH_RETRY_BACKOFF_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 
@@ -82,7 +83,7 @@ pub struct RetryConfig {
 
     /// Bytes of a request body (and of a gRPC answer) kept to make a retry possible;
     /// larger ones stream through and are not retried.
-    #[arg(long = "retry-buffer",
+    #[arg(id = "retry_buffer", long = "retry-buffer",
         value_name = "RETRY_BUFFER", env = "MESH_RETRY_BUFFER", default_value_t = 64 * 1024)]
     pub buffer: usize,
 
