@@ -388,9 +388,10 @@ impl Outbound {
             }
             (Stop::Budget, Failure::Answer(mut response)) => {
                 self.metrics.budget_exhausted(service);
-                response
-                    .headers_mut()
-                    .insert(MESH_ERROR, HeaderValue::from_static("budget-exhausted"));
+                response.headers_mut().insert(
+                    MESH_ERROR,
+                    HeaderValue::from_static(ErrorKind::BudgetExhausted.as_str()),
+                );
                 Failure::Answer(response)
             }
             (Stop::Deadline, Failure::Proxy(e)) if e.kind != ErrorKind::Timeout => {
