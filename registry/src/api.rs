@@ -198,19 +198,6 @@ impl State {
             client,
             ..
         } = request;
-        // A tap is no page: its query is a filter, and who may open one is checked.
-        if let Some((s, id)) = tap_target(uri.path()) {
-            return match method {
-                &Method::GET => (Route::SidecarAdmin, self.sidecar_tap(s, id, &request).await),
-                other => {
-                    let error = ApiError::MethodNotAllowed {
-                        method: other.to_string(),
-                        allow: "GET",
-                    };
-                    (Route::Unknown, Err(error))
-                }
-            };
-        }
         let Some(target) = target(uri.path()) else {
             return (Route::Unknown, Err(no_route(uri.path())));
         };
@@ -232,6 +219,10 @@ impl State {
                 Route::Heartbeat,
                 self.heartbeat(s, id, &request, body).await,
             ),
+            // A tap is no page: its query is a filter, and who may open one is checked.
+            (&Method::GET, Target::SidecarAdmin(s, id, AdminPath::Tap)) => {
+                (Route::SidecarAdmin, self.sidecar_tap(s, id, &request).await)
+            }
             (&Method::GET, Target::SidecarAdmin(s, id, page)) => {
                 (Route::SidecarAdmin, self.sidecar_admin(s, id, page).await)
             }
@@ -649,16 +640,6 @@ fn no_route(path: &str) -> ApiError {
         "no route for {path}; see /openapi.json (a client's registry URL must be just \
          http://host:port)"
     ))
-}
-
-/// `/v1/services/{service}/instances/{id}/admin/tap`: the service and the id.
-fn tap_target(path: &str) -> Option<(&str, &str)> {
-    let path = path.strip_suffix('/').unwrap_or(path);
-    let rest = path
-        .strip_prefix("/v1/services/")?
-        .strip_suffix("/admin/tap")?;
-    let (service, id) = rest.split_once("/instances/")?;
-    (!service.contains('/') && !id.contains('/')).then_some((service, id))
 }
 
 fn check_names(service: &str, id: &str) -> Result<(), ApiError> {

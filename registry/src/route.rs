@@ -69,6 +69,7 @@ pub fn target(path: &str) -> Option<Target<'_>> {
                 ["metrics"] => AdminPath::Metrics,
                 ["debug", "endpoints"] => AdminPath::DebugEndpoints,
                 ["debug", "policy"] => AdminPath::DebugPolicy,
+                ["tap"] => AdminPath::Tap,
                 _ => return None,
             };
             Target::SidecarAdmin(service, id, page)
@@ -142,6 +143,7 @@ mod tests {
             target(&format!("{base}/debug/policy")),
             admin(AdminPath::DebugPolicy)
         );
+        assert_eq!(target(&format!("{base}/tap")), admin(AdminPath::Tap));
         for other in [
             "",
             "/shutdown",
