@@ -4,6 +4,7 @@
 
 mod app;
 mod client;
+mod otel;
 mod policy;
 mod registry;
 mod sidecar;
@@ -11,6 +12,7 @@ mod upgrade;
 
 pub use app::*;
 pub use client::*;
+pub use otel::*;
 pub use policy::*;
 pub use registry::*;
 pub use sidecar::*;
