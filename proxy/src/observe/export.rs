@@ -170,42 +170,31 @@ impl Task {
     async fn next_batch(&mut self) -> Option<Vec<Arc<Record>>> {
         let mut batch = Vec::with_capacity(BATCH);
         if !self.closed {
-            let closing = tokio::select! {
-                _ = self.queue.recv_many(&mut batch, BATCH) => false,
+            tokio::select! {
+                _ = self.queue.recv_many(&mut batch, BATCH) => {}
                 // The exporter dropped counts as closed too.
-                _ = self.closing.wait_for(|closing| *closing) => true,
-            };
-            if closing {
-                self.close();
+                _ = self.closing.wait_for(|closing| *closing) => self.closed = true,
             }
         }
         let deadline = Instant::now() + WINDOW;
         while !self.closed && !batch.is_empty() && batch.len() < BATCH {
             let room = BATCH - batch.len();
-            let closing = tokio::select! {
+            tokio::select! {
                 received = self.queue.recv_many(&mut batch, room) => if received == 0 {
                     break;
-                } else {
-                    false
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.closing.wait_for(|closing| *closing) => true,
-            };
-            if closing {
-                self.close();
+                _ = self.closing.wait_for(|closing| *closing) => self.closed = true,
             }
         }
         if self.closed {
-            // After `close`, this returns at once with what is still queued.
+            // Closed, the queue takes no more, and this returns at once with what it
+            // still holds.
+            self.queue.close();
             let room = BATCH - batch.len();
             self.queue.recv_many(&mut batch, room).await;
         }
         (!batch.is_empty()).then_some(batch)
-    }
-
-    fn close(&mut self) {
-        self.closed = true;
-        self.queue.close();
     }
 
     /// Sends one batch and counts its spans as exported or dropped.
