@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mesh_registry_api::call::{MAX_TAP_RPS, TapFilter};
 use mesh_registry_api::policy::PolicyKind;
 use mesh_registry_api::{MAX_TTL, MIN_TTL, Protocol, Status, validate};
 
@@ -44,7 +45,8 @@ pub struct Global {
     pub output: Format,
 
     /// Bearer token for registry writes (register, deregister): the registry's operator
-    /// token (`--token`), or a service token (`--tokens`) for its services.
+    /// token (`--token`), or a service token (`--tokens`) for its services. Taps through
+    /// the registry need the operator token where the registry has credentials.
     #[arg(
         long,
         global = true,
@@ -101,6 +103,10 @@ pub enum Command {
     /// Traffic policy (routes, intentions, limits): apply from files, read, delete.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The calls sidecars see, live, one line each (`-o json`: the JSON lines), until
+    /// interrupted: SERVICE's own instances' inbound calls, or with --via one sidecar's
+    /// calls of SERVICE (its outbound calls to it too).
+    Tap(TapArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +192,61 @@ pub struct TopArgs {
     pub once: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct TapArgs {
+    /// The service whose calls are shown.
+    pub service: String,
+
+    /// Only inbound calls (peers' calls to the app) or outbound ones (the app's calls to
+    /// SERVICE, which needs --via: SERVICE's own sidecars are tapped otherwise).
+    #[arg(long, env = "MESHCTL_DIRECTION", value_parser = ["inbound", "outbound"])]
+    pub direction: Option<String>,
+
+    /// Only requests whose path starts with this (it starts with /).
+    #[arg(long, env = "MESHCTL_PATH_PREFIX", value_name = "PREFIX", value_parser = tap_filter("path_prefix"))]
+    pub path_prefix: Option<String>,
+
+    /// Only requests of this method (GET, POST, ...).
+    #[arg(long, env = "MESHCTL_METHOD", value_parser = tap_filter("method"))]
+    pub method: Option<String>,
+
+    /// Only answers of this status (503) or class (5xx).
+    #[arg(long, env = "MESHCTL_STATUS", value_parser = tap_filter("status"))]
+    pub status: Option<String>,
+
+    /// At most this many calls per second from each sidecar, 1-100 (the sidecar's most).
+    #[arg(long, env = "MESHCTL_MAX_RPS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_TAP_RPS)))]
+    pub max_rps: Option<u32>,
+
+    /// Tap this sidecar only, as `service/instance-id` or an instance id, for its calls
+    /// of SERVICE in both directions.
+    #[arg(
+        long,
+        env = "MESHCTL_VIA",
+        value_name = "SIDECAR",
+        required_if_eq("direction", "outbound")
+    )]
+    pub via: Option<String>,
+}
+
+/// A value of the tap's filter, checked as the sidecar will check it.
+fn tap_filter(
+    param: &'static str,
+) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static {
+    move |value: &str| {
+        let mut filter = TapFilter::default();
+        let field = match param {
+            "path_prefix" => &mut filter.path_prefix,
+            "method" => &mut filter.method,
+            _ => &mut filter.status,
+        };
+        *field = Some(value.to_owned());
+        TapFilter::parse(&filter.to_query())
+            .map(|_| value.to_owned())
+            .map_err(|e| e.why)
+    }
+}
+
 fn policy_kind(value: &str) -> Result<PolicyKind, String> {
     value.parse()
 }
@@ -261,6 +322,11 @@ mod tests {
                 "--meta",
             ),
             (&["top", "--interval", "1ms"], "--interval"),
+            (&["tap", "web", "--status", "6xx"], "--status"),
+            (&["tap", "web", "--path-prefix", "api"], "--path-prefix"),
+            (&["tap", "web", "--method", "G T"], "--method"),
+            (&["tap", "web", "--max-rps", "0"], "--max-rps"),
+            (&["tap", "web", "--direction", "outbound"], "--via"),
         ] {
             let err = Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))
                 .unwrap_err()

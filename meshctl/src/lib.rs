@@ -11,6 +11,7 @@
 //! - [`top`]: live golden metrics, computed from sidecars' `/metrics` ([`prom`]).
 //! - [`policy`]: traffic policy documents, applied from files and read back; [`routes`]:
 //!   a destination's routes as its callers apply them, and the split their calls took.
+//! - [`tap`]: the calls sidecars see, live, from their taps.
 
 pub mod check;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod reach;
 pub mod register;
 pub mod routes;
 pub mod sidecars;
+pub mod tap;
 pub mod top;
 
 use std::io::Write;
@@ -42,6 +44,8 @@ pub struct Ctl {
     pub registry: Client,
     pub format: Format,
     pub admins: std::sync::Arc<Admins>,
+    /// `--token`, for the requests meshctl sends without [`Ctl::registry`] (taps).
+    pub token: Option<String>,
 }
 
 /// How a command ended, when it ran to the end: a check may fail without an error.
@@ -66,6 +70,7 @@ impl Ctl {
             admins: std::sync::Arc::new(Admins::new(registry.clone(), global.direct)),
             registry,
             format: global.output,
+            token: global.token.clone(),
         })
     }
 }
@@ -101,6 +106,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, redraw: bool) -> Result<Outcome,
             .and(done),
         Command::Top(args) => top::run(&ctl, &args, out, redraw).await.and(done),
         Command::Routes { service } => routes::run(&ctl, &service, out).await.and(done),
+        Command::Tap(args) => tap::run(&ctl, &args, out).await.and(done),
         Command::Policy(command) => match command {
             PolicyCommand::Apply { file, diff } => policy::apply(&ctl, &file, diff, out).await,
             PolicyCommand::Get { service } => policy::get(&ctl, &service, out).await,
