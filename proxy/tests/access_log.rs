@@ -164,7 +164,6 @@ async fn each_call_is_one_line_on_each_sidecar_it_crosses() {
         .expect("the sidecar stopped")
         .unwrap();
     assert_eq!(lines(&pair.caller_log).len(), 3);
-    drop(pair.registry);
 }
 
 #[tokio::test]

@@ -121,7 +121,7 @@ impl TapStream {
 
 /// A registry, `web` (app `web-1`) behind its sidecar, and a caller sidecar.
 struct Mesh {
-    _registry: Registry,
+    registry: Registry,
     _app: App,
     web: Sidecar,
     caller: Sidecar,
@@ -137,7 +137,7 @@ async fn mesh(settings: impl FnOnce(&mut SidecarSpec)) -> Mesh {
     registry.until_passing("web", 1).await;
     let caller = Sidecar::start(SidecarSpec::client(&url)).await;
     Mesh {
-        _registry: registry,
+        registry,
         _app: app,
         web,
         caller,
@@ -206,9 +206,9 @@ async fn a_direction_selects_the_calls_in_or_out() {
     // `web`'s sidecar sees calls to web (inbound) and its app's calls to `api`.
     let mesh = mesh(|_| {}).await;
     let api_app = App::start("api-1").await;
-    let url = mesh._registry.url();
+    let url = mesh.registry.url();
     let _api = Sidecar::start(SidecarSpec::server(&url, "api", api_app.addr)).await;
-    mesh._registry.until_passing("api", 1).await;
+    mesh.registry.until_passing("api", 1).await;
     let web = &mesh.web;
     let mut inbound = TapStream::open(web.admin, "direction=inbound")
         .await
