@@ -71,6 +71,12 @@ fn the_page_survives_a_killed_instance_and_ctrl_c_stops_everything() {
     assert!(is_full_page(&first), "{}", first.text());
     // The registry has loaded the CA: its key file is gone already.
     assert_eq!(launcher.key_files(), Vec::<std::path::PathBuf>::new());
+    // Without --log-dir, the access logs are in a temporary directory of the run.
+    let access = launcher
+        .wait_for_line(Duration::ZERO, |l| l.starts_with("out:   access "))
+        .expect("the banner names the access logs");
+    let tmp = launcher.tmp.path().display().to_string();
+    assert!(access.contains(&tmp), "{access}");
     let passing = http.passing(&ports);
     assert_eq!(passing.get("recommendations"), Some(&3), "{passing:?}");
     assert_eq!(passing.get("marketplace"), Some(&1), "{passing:?}");
@@ -154,7 +160,7 @@ fn the_page_survives_a_killed_instance_and_ctrl_c_stops_everything() {
     let all: Vec<u32> = pids.values().copied().collect();
     let left = wait_gone(&all, Duration::from_secs(5));
     assert!(left.is_empty(), "still running: {left:?}\n{transcript}");
-    // Nothing of the run's CA is left in temporary files.
+    // Nothing of the run is left in temporary files: neither its CA nor its access logs.
     assert_eq!(launcher.temporary_files(), Vec::<std::path::PathBuf>::new());
 }
 
