@@ -71,6 +71,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("ui/policy.js"),
     },
     Asset {
+        name: "tap.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("ui/tap.js"),
+    },
+    Asset {
         name: "view.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("ui/view.js"),
@@ -145,6 +150,7 @@ mod tests {
             "figures.js",
             "sidecars.js",
             "policy.js",
+            "tap.js",
             "view.js",
         ] {
             let imported = ASSETS

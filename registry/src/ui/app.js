@@ -7,7 +7,8 @@
 // however many services there are. Per-service blocking queries would hold one of the
 // browser's six connections each. Heartbeat times and check output change without
 // moving any index: the listings of the services on screen are read again every few
-// seconds for them. Sidecar figures refresh every few seconds (sidecars.js).
+// seconds for them. Sidecar figures refresh every few seconds (sidecars.js); a sidecar's
+// live tap is opened on its panel by hand (tap.js).
 //
 // A service's traffic policy (policy.js) is read when its instance cards are first built.
 // A policy change moves the catalog's index but no service's, so the page cannot tell
@@ -22,6 +23,7 @@
 import { follow, getJSON } from "./api.js";
 import { policySection } from "./policy.js";
 import { Sidecars, certificateRow, certificatesIntro, certificatesTable } from "./sidecars.js";
+import { tapAccess } from "./tap.js";
 import {
   Keyed,
   el,
@@ -91,6 +93,7 @@ const sidecars = new Sidecars((sidecar) => {
 async function loadRegistry() {
   try {
     state.registry = (await getJSON("readyz")).body;
+    tapAccess(state.registry?.writes);
   } catch {
     // Shown by the blocking queries' health; the version waits for the next try.
   }

@@ -7,10 +7,11 @@
 // or odd a page, the main thread receives a bounded summary in plain types, and a panel
 // shows at most 10 destinations of 20 endpoints each, then how many more there are. Each
 // panel is one element its sidecar redraws after each fetch; nothing else on the page is
-// redrawn for it.
+// redrawn for it. Its live tap (tap.js) is an element of its own, kept across redraws.
 
 import { parseDuration } from "./api.js";
 import { computeFigures } from "./figures.js";
+import { TapPanel } from "./tap.js";
 import { el, span } from "./view.js";
 
 // The second sample comes soon, so rates show a moment after the page opens.
@@ -82,11 +83,14 @@ export class Sidecars {
       seen.add(k);
       const known = this.byKey.get(k);
       if (!known || known.admin !== admin) {
+        known?.tap.forget();
         this.byKey.set(k, new Sidecar(service, instance.id, admin));
       }
     }
     for (const k of this.byService.get(service) ?? []) {
-      if (!seen.has(k)) this.byKey.delete(k);
+      if (seen.has(k)) continue;
+      this.byKey.get(k)?.tap.forget();
+      this.byKey.delete(k);
     }
     if (seen.size > 0) this.byService.set(service, seen);
     else this.byService.delete(service);
@@ -130,6 +134,7 @@ class Sidecar {
     // Fetches completed, on the panel as data-reads (tests watch it move).
     this.reads = 0;
     this.element = el("section", { "data-sidecar": this.key });
+    this.tap = new TapPanel(service, id);
     this.draw();
   }
 
@@ -196,7 +201,13 @@ class Sidecar {
     this.element.className = `sidecar ${state}`;
     this.element.dataset.state = state;
     this.element.dataset.reads = this.reads;
-    this.element.replaceChildren(head, ...[body].flat(Infinity).filter((x) => x !== null && x !== undefined));
+    const shown = [body].flat(Infinity).filter((x) => x !== null && x !== undefined);
+    // The tap stays where it is: moved, it would lose the focus of a field being typed in.
+    for (const child of [...this.element.childNodes]) {
+      if (child !== this.tap.element) child.remove();
+    }
+    this.element.prepend(head, ...shown);
+    if (this.tap.element.parentNode !== this.element) this.element.append(this.tap.element);
   }
 }
 
