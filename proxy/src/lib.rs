@@ -5,7 +5,7 @@
 //! - **upstream** (`--upstream NAME=ADDR`): the app's calls to one fixed service;
 //! - **inbound** (`--inbound`): peers' calls, forwarded to the app (`--app`);
 //! - **admin** (`--admin`): `/metrics`, `/ready`, `/live`, `/debug/endpoints`,
-//!   `/debug/policy`, `/shutdown`.
+//!   `/debug/policy`, `/tap`, `/shutdown`.
 //!
 //! Where to read:
 //! - [`run`] wires the sidecar in stages: identity, discovery, the local app (inbound
@@ -18,6 +18,7 @@
 //! - [`policy`] follows traffic policy from the registry: a destination's routes (read
 //!   when a call begins), the local service's intentions and limits (asked by
 //!   [`inbound`] before a call reaches the app).
+//! - [`observe`] sees single calls: OpenTelemetry spans, the access log, the live tap.
 //! - [`config`] holds the flags, grouped by the part they configure.
 //!
 //! [`run`] takes already-bound listeners, so tests bind `127.0.0.1:0`.
@@ -194,6 +195,7 @@ pub async fn run(
         drain,
         discovery,
         renewal,
+        metrics: metrics.clone(),
     }
     .run()
     .await;

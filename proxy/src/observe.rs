@@ -320,7 +320,8 @@ impl Observers {
         &self.counters
     }
 
-    /// Sends what is queued and ends the observers' tasks, waiting at most `bound`.
+    /// Sends what is queued and ends the observers' tasks: those still sending after
+    /// `bound` are aborted, so none outlives the sidecar.
     pub async fn close(&self, tasks: Tasks, bound: std::time::Duration) {
         if let Some(tracer) = &self.tracer {
             tracer.exporter.close();
@@ -328,16 +329,14 @@ impl Observers {
         if let Some(log) = &self.access_log {
             log.close();
         }
-        let all = futures_join(tasks.0);
-        if tokio::time::timeout(bound, all).await.is_err() {
-            tracing::warn!("observers did not finish sending within {bound:?}");
+        let deadline = tokio::time::Instant::now() + bound;
+        for mut task in tasks.0 {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("an observer had not finished sending within {bound:?}; stopped");
+                task.abort();
+                let _ = task.await;
+            }
         }
-    }
-}
-
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::discover::Discovery;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::register::Registration;
 use crate::server::Servers;
@@ -33,6 +34,8 @@ pub struct Shutdown {
     pub discovery: Arc<Discovery>,
     /// With mTLS on: the task obtaining and renewing the certificate.
     pub renewal: Option<JoinHandle<()>>,
+    /// Open taps end cleanly before the admin listener stops.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The local app's stage: the inbound listener in front of it, its registration, and
@@ -72,6 +75,7 @@ impl Shutdown {
         }
         self.outbound.stop().await;
         self.discovery.stop().await;
+        self.metrics.observers.tap.close();
         self.admin.stop().await;
         if let Some(renewal) = self.renewal {
             stop(renewal).await;
