@@ -68,7 +68,7 @@ pub fn print(plan: &Plan, children: &[Supervised], watchdog: u32) {
     ));
     if let Some(file) = &plan.operator_token_file {
         lines.push(format!(
-            "  operator   export MESH_REGISTRY_TOKEN=$(cat {})    # for meshctl's writes: policy apply (docs/traffic.md)",
+            "  operator   export MESH_REGISTRY_TOKEN=$(cat {})    # for meshctl's writes (policy apply, docs/traffic.md) and taps",
             file.display()
         ));
     }
@@ -96,7 +96,8 @@ fn calls(plan: &Plan) -> Vec<String> {
             marketplace.access_log.display()
         ),
         format!(
-            "  tap        {} --registry {} tap recommendations    # live calls; or curl -sN {}",
+            "  tap        {} --registry {} tap recommendations    # live calls, with the operator \
+             token below; or curl -sN {}",
             sibling("meshctl"),
             plan.registry_url,
             marketplace.tap_url
