@@ -6,8 +6,6 @@
 //! parse, or whose ids are all zeros, counts as absent (the W3C rule): the hop starts a
 //! new trace.
 
-use std::fmt::Write as _;
-
 use http::HeaderValue;
 
 pub const TRACEPARENT: &str = "traceparent";
@@ -89,15 +87,18 @@ impl Trace {
         }
     }
 
-    /// The `traceparent` that makes this hop's span the next hop's parent.
+    /// The `traceparent` that makes this hop's span the next hop's parent. Written byte
+    /// by byte: it is made for every request while tracing is on.
     pub fn header(&self) -> HeaderValue {
-        let flags = if self.sampled { SAMPLED } else { 0 };
-        let value = format!(
-            "00-{}-{}-{flags:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id)
+        let mut value = [b'-'; 55];
+        value[..2].copy_from_slice(b"00");
+        hex_into(&mut value[3..35], &self.trace_id);
+        hex_into(&mut value[36..52], &self.span_id);
+        hex_into(
+            &mut value[53..55],
+            &[if self.sampled { SAMPLED } else { 0 }],
         );
-        HeaderValue::try_from(value).expect("hex digits make a header value")
+        HeaderValue::from_bytes(&value).expect("hex digits make a header value")
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -120,11 +121,18 @@ pub fn ratio_sampled(ratio: f64, trace_id: &[u8; 16]) -> bool {
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    let mut out = vec![0; bytes.len() * 2];
+    hex_into(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits are UTF-8")
+}
+
+/// Lower-case hex of `bytes` into `out`, two digits per byte.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    s
 }
 
 /// Lower-case hex only, as the W3C format requires.
