@@ -13,7 +13,10 @@
 //! critical.
 //!
 //! [`large_mesh`] runs the page against 3,000 services and hostile sidecars; [`policy`]
-//! shows a service's traffic policy on it.
+//! shows a service's traffic policy on it. The marketplace sidecar's live tap is opened on
+//! its panel: refused without the demo's operator token, then calls appear as they are
+//! made, a path carrying markup shows as text and runs nothing, and a filter keeps other
+//! calls out.
 
 mod browser;
 mod large_mesh;
@@ -21,6 +24,8 @@ mod policy;
 mod support;
 
 use std::{
+    io::{Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard, PoisonError},
@@ -116,6 +121,192 @@ fn the_dashboard_shows_the_mesh_and_an_instance_going_critical() {
     launcher.signal(Signal::INT);
     let status = launcher.wait_exit(Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Markup in a request path: sent percent-encoded (as any HTTP client must), shown
+/// decoded by the tap panel, as text.
+const MARKUP: &str = "/<img src=x onerror=window.tapped=1>";
+const MARKUP_ENCODED: &str = "/%3Cimg%20src=x%20onerror=window.tapped=1%3E";
+/// The marketplace sidecar's tap panel.
+const TAP: &str = "[data-sidecar=\"marketplace/marketplace-1\"] details[data-tap]";
+
+#[test]
+#[ignore = "needs Chromium (apt-get install chromium); .ci/run runs it"]
+fn the_marketplace_sidecars_calls_show_live_on_its_tap_panel_as_text() {
+    let _alone = one_browser_at_a_time();
+    let ports = Ports::free();
+    let (launcher, _pids) = start_mesh(&ports);
+    let _traffic = Traffic::start(&ports);
+    let token = operator_token(&launcher);
+    let mut browser = Browser::launch(1400, 1000);
+    browser.navigate(&format!("http://127.0.0.1:{}/ui/", ports.registry()));
+
+    expect(
+        &mut browser,
+        "the marketplace sidecar's tap panel",
+        &format!("document.querySelector('{TAP}') !== null"),
+    );
+    browser.eval(&format!("document.querySelector('{TAP}').open = true"));
+    // The demo's registry has credentials: only the operator taps, and the panel says so.
+    expect(
+        &mut browser,
+        "the panel asking for the operator token",
+        &format!("document.querySelector('{TAP} [data-tap-auth]')?.hidden === false"),
+    );
+    click(&mut browser, "[data-tap-toggle]");
+    expect(
+        &mut browser,
+        "a tap without the token refused",
+        &format!(
+            "document.querySelector('{TAP}').dataset.tapState === 'needs-token' && \
+             document.querySelector('{TAP} [data-tap-status]').textContent.includes('operator token')"
+        ),
+    );
+
+    browser.eval(&format!(
+        "document.querySelector('{TAP} [data-tap-token]').value = {}",
+        js_string(&token)
+    ));
+    click(&mut browser, "[data-tap-toggle]");
+    expect(
+        &mut browser,
+        "the marketplace's calls to recommendations, live",
+        &format!(
+            "document.querySelector('{TAP}').dataset.tapState === 'open' && \
+             [...document.querySelectorAll('{TAP} tr[data-tap-row][data-direction=\"outbound\"]')]\
+               .some((row) => row.dataset.path === '/Recommendations/Recommend')"
+        ),
+    );
+    assert_eq!(
+        browser.eval("sessionStorage.getItem('mesh-operator-token')"),
+        token,
+        "the token is kept for this tab"
+    );
+
+    // A call whose path carries markup, through the marketplace sidecar's upstream
+    // listener for recommendations: shown as the text it is, and nothing runs.
+    let hostile = format!(
+        "[...document.querySelectorAll('{TAP} td.path')].some((cell) => cell.textContent === {})",
+        js_string(MARKUP)
+    );
+    until_shown(
+        &mut browser,
+        &ports,
+        "the path with markup, as text",
+        &hostile,
+    );
+    assert_eq!(
+        browser.eval("window.tapped === undefined"),
+        "true",
+        "the markup ran"
+    );
+    assert_eq!(
+        browser.eval(&format!("document.querySelectorAll('{TAP} img').length")),
+        "0"
+    );
+
+    // A filter keeps the other calls out: after the markup call, only the page's own.
+    browser.eval(&format!(
+        "(input => {{ input.value = '/Recommendations/'; input.dispatchEvent(new Event('change')); }})\
+         (document.querySelector('{TAP} [data-tap-filter=\"path_prefix\"]'))"
+    ));
+    expect(
+        &mut browser,
+        "the tap opened again with the filter",
+        &format!("document.querySelector('{TAP}').dataset.tapState === 'open'"),
+    );
+    call_with_markup(&ports);
+    let rows = format!("document.querySelectorAll('{TAP} tr[data-tap-row]').length");
+    expect(
+        &mut browser,
+        "three calls after the markup call",
+        &format!("{rows} >= 3"),
+    );
+    assert_eq!(
+        browser.eval(&hostile),
+        "false",
+        "the filter let the markup call through"
+    );
+    assert_eq!(
+        browser.eval(&format!(
+            "[...document.querySelectorAll('{TAP} tr[data-tap-row]')].every((row) => row.dataset.path.startsWith('/Recommendations/'))"
+        )),
+        "true"
+    );
+
+    click(&mut browser, "[data-tap-toggle]");
+    expect(
+        &mut browser,
+        "the tap stopped",
+        &format!("document.querySelector('{TAP}').dataset.tapState === 'stopped'"),
+    );
+}
+
+/// Clicks the element `selector` names in the tap panel.
+fn click(browser: &mut Browser, selector: &str) {
+    let clicked = browser.eval(&format!(
+        "document.querySelector('{TAP} {selector}').click()"
+    ));
+    assert_eq!(clicked, "undefined", "{selector}: {clicked}");
+}
+
+/// Sends the call with markup in its path until the page shows `condition`.
+fn until_shown(browser: &mut Browser, ports: &Ports, what: &str, condition: &str) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        call_with_markup(ports);
+        if browser.wait_for(Duration::from_secs(2), condition).is_ok() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let page = browser.eval("document.body.innerText");
+            panic!("the page never showed {what} ({condition}); it shows:\n{page}");
+        }
+    }
+}
+
+/// One HTTP/1.1 GET of [`MARKUP_ENCODED`] through the marketplace sidecar's upstream
+/// listener for recommendations (whatever recommendations answers: the call is tapped).
+fn call_with_markup(ports: &Ports) {
+    let upstream = ports.marketplace() + 1;
+    let mut stream = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {MARKUP_ENCODED} HTTP/1.1\r\nHost: recommendations\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+}
+
+/// The demo's operator token, from the private file it writes for the operator.
+fn operator_token(launcher: &support::Launcher) -> String {
+    let file = launcher
+        .temporary_files()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "operator-token"))
+        .expect("the demo writes an operator token file");
+    std::fs::read_to_string(file).unwrap().trim().to_owned()
+}
+
+/// `text` as a JavaScript string literal (JSON's).
+fn js_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c == '\'' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The marketplace's sidecar shows its calls to recommendations: a request rate, success
