@@ -74,12 +74,12 @@ export class TapPanel {
     if (this.built) return;
     this.built = true;
     this.button = el("button", { type: "button", "data-tap-toggle": "" }, "Start");
-    this.button.addEventListener("click", () => (this.state === "stopped" ? this.start() : this.stop()));
+    this.button.addEventListener("click", () => (this.running() ? this.stop() : this.start()));
     this.prefix = el("input", { "data-tap-filter": "path_prefix", placeholder: "/api", size: 12, autocomplete: "off" });
     this.statusFilter = el("input", { "data-tap-filter": "status", placeholder: "5xx", size: 4, autocomplete: "off" });
     for (const input of [this.prefix, this.statusFilter]) {
       input.addEventListener("change", () => {
-        if (this.state !== "stopped") this.start();
+        if (this.running()) this.start();
       });
     }
     this.token = el("input", { type: "password", "data-tap-token": "", size: 16, autocomplete: "off" });
@@ -117,6 +117,11 @@ export class TapPanel {
     const token = this.token.value.trim();
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     this.open();
+  }
+
+  // Open, or about to be (opening, or waiting to open again).
+  running() {
+    return ["opening", "open", "waiting"].includes(this.state);
   }
 
   stop() {
@@ -243,7 +248,7 @@ export class TapPanel {
   draw() {
     this.element.dataset.tapState = this.state;
     this.element.dataset.tapRows = this.rows.childElementCount;
-    this.button.textContent = this.state === "stopped" ? "Start" : "Stop";
+    this.button.textContent = this.running() ? "Stop" : "Start";
     const skipped = this.skipped ? ` (${this.skipped} lines that were no call left out)` : "";
     this.statusLine.textContent = `${this.status}${skipped}`;
     this.statusLine.className = ["failed", "needs-token", "waiting"].includes(this.state) ? "unreachable" : "muted";
