@@ -2,9 +2,9 @@
 //! (`GET /v1/services/{service}/instances/{id}/admin/{page}`).
 //!
 //! Browsers cannot reach sidecars' admin ports; the registry usually can, and it knows
-//! where they are (instance metadata `admin`). It is deliberately no proxy: three fixed
-//! pages, GET only, only to the address the instance registered, one fresh HTTP/1.1
-//! connection per fetch, redirects never followed.
+//! where they are (instance metadata `admin`). It is deliberately no proxy: a few fixed
+//! pages ([`AdminPath`]), GET only, only to the address the instance registered, one
+//! fresh HTTP/1.1 connection per fetch, redirects never followed.
 //!
 //! What a sidecar answers is passed on as data, never as a page: the registry serves its
 //! dashboard from the same origin, so the content type is the page's own whatever the
