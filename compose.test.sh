@@ -4,12 +4,18 @@
 #   bash compose.test.sh          # KEEP_IMAGES=1 keeps the images it builds
 #
 # 1. builds a local Prometheus stand-in (no image can be pulled here: Debian's prometheus
-#    binary in an empty image, passed as PROMETHEUS_IMAGE);
+#    binary in an empty image, passed as PROMETHEUS_IMAGE), and starts an OTLP/HTTP
+#    receiver on the Docker host (oteltest's sink, $PYTHON) that the sidecars send their
+#    spans to as host.docker.internal (MESH_TRACE_COLLECTOR, every call traced);
 # 2. runs docker/up.sh under a project name of its own: docker/build.sh (the static
 #    binaries, built once, and the images), up -d, the wait until every container is healthy;
-# 3. loads the page, then keeps ~50 page loads a second going for 40 s while one
-#    recommendations app container is killed: not one load may fail, and the registry must
-#    stop listing the killed instance within lease + grace;
+# 3. loads the page; checks that each call is a JSON line in the sidecars' access logs
+#    (`docker-compose logs`), that a page view is one trace across the marketplace's and a
+#    recommendations sidecar (a page's own sampled `traceparent` followed), and that
+#    `meshctl tap` through the registry shows calls as they happen; then keeps ~50 page
+#    loads a second going for 40 s while one recommendations app container is killed: not
+#    one load may fail, and the registry must stop listing the killed instance within
+#    lease + grace;
 # 4. uses the cache (Redis, opaque TCP) with redis-cli in the marketplace's network
 #    namespace: SET/GET/PING through its sidecar; then holds blocked connections on both
 #    instances and kills cache-1: the connections it held end (and the marketplace's
@@ -29,6 +35,72 @@ begin_run e2e
 
 step "Prometheus stand-in image"
 bash docker/prometheus-standin.sh "$PROMETHEUS_IMAGE" || fail "building $PROMETHEUS_IMAGE"
+
+# Processes this script starts beside the stack, ended however it exits (before
+# compose.lib.sh's on_exit, which is given the script's status).
+helpers=()
+trap 'rc=$?; ((${#helpers[@]} == 0)) || kill "${helpers[@]}" 2>/dev/null; (exit "$rc"); on_exit' EXIT
+
+# A real OTLP/HTTP receiver for the sidecars' spans: oteltest's sink, on the Docker host at
+# the default bridge's gateway address (where host.docker.internal, compose.yaml's
+# host-gateway, leads from the containers) and a port the system picks. It prints that
+# port, then a line per span: `span SERVICE KIND TRACE_ID SPAN_ID PARENT_ID|- NAME`.
+step "OTLP receiver on the Docker host (oteltest's sink)"
+python=${PYTHON:-python3}
+"$python" -c 'import oteltest' 2>/dev/null \
+    || fail "$python has no oteltest: set PYTHON to the virtualenv of the README's test command"
+# The daemon's configuration names that address, or (by default) leaves it to docker0's.
+gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+[[ -n $gateway ]] || gateway=$(ip -4 -o addr show docker0 2>/dev/null | awk '{sub("/.*", "", $4); print $4; exit}')
+[[ -n $gateway ]] || fail "no address for Docker's default bridge (host-gateway): no docker0?"
+spans="$logs/spans"
+SINK_HOST="$gateway" "$python" - >"$spans" 2>"$logs/sink.err" <<'EOF' &
+import logging, os, time
+from http.server import BaseHTTPRequestHandler
+import oteltest.sink as otlp
+from oteltest.sink.handler import RequestHandler
+
+BaseHTTPRequestHandler.log_message = lambda self, *args: None
+
+class OnHost(otlp.HTTPServer):
+    def __init__(self, address, handler):
+        super().__init__((os.environ["SINK_HOST"], address[1]), handler)
+
+otlp.HTTPServer = OnHost
+
+class Spans(RequestHandler):
+    def handle_trace(self, request, headers):
+        for resource_spans in request.resource_spans:
+            service = next((a.value.string_value for a in resource_spans.resource.attributes
+                            if a.key == "service.name"), "-")
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    print("span", service, span.kind, span.trace_id.hex(), span.span_id.hex(),
+                          span.parent_span_id.hex() or "-", span.name, flush=True)
+
+    def handle_metrics(self, request, headers):
+        pass
+
+    def handle_logs(self, request, headers):
+        pass
+
+sink = otlp.HttpSink(Spans(), logging.getLogger("otlp"), port=0)
+sink.start()
+while sink.httpd is None:
+    time.sleep(0.01)
+print("port", sink.httpd.server_address[1], flush=True)
+sink.svr_thread.join()
+EOF
+helpers+=($!)
+sink_listening() {
+    grep -q '^port ' "$spans" && return 0
+    kill -0 "${helpers[0]}" 2>/dev/null || fail "the OTLP sink exited: $(cat "$logs/sink.err")"
+    return 1
+}
+eventually 30 "the OTLP sink did not start" sink_listening
+export MESH_TRACE_COLLECTOR="http://host.docker.internal:$(sed -n 's/^port //p' "$spans")/v1/traces"
+export MESH_TRACE_SAMPLE_RATIO=1
+echo "listening on $gateway; the sidecars send to $MESH_TRACE_COLLECTOR"
 
 export MARKETPLACE_PORT="$(port 5000)" REGISTRY_PORT="$(port 7700)" PROMETHEUS_PORT="$(port 9090)"
 page="http://127.0.0.1:$MARKETPLACE_PORT/"
@@ -59,7 +131,7 @@ grep -q '"recommendations"' <<<"$relayed" || fail "marketplace-1's sidecar does 
 # The binary the local demo builds; `cargo run -p meshctl` alone would resolve other
 # dependency features and recompile them.
 meshctl="${CARGO_TARGET_DIR:-target}/release/meshctl"
-[[ -x $meshctl ]] || cargo build -q --release -p meshctl
+[[ -x $meshctl ]] && "$meshctl" help tap >/dev/null 2>&1 || cargo build -q --release -p meshctl
 "$meshctl" --registry "$registry" check || fail "meshctl check failed"
 
 step "registry writes are bound to the sidecars' identities"
@@ -71,6 +143,114 @@ forged=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H 'content-type: applic
     -d '{"address":"10.6.6.6:4143"}' "$registry/v1/services/recommendations/instances/recommendations-1")
 [[ $forged == 401 ]] || fail "a write without credentials got $forged, not 401"
 echo "instances owned by $owners; an anonymous PUT over recommendations-1: $forged"
+
+step "every call a JSON line in docker-compose logs; a page view one trace across two sidecars"
+PAGE="$page" SPANS="$spans" COMPOSE="${compose[*]}" python3 - <<'EOF'
+"""Page loads, with and without a W3C traceparent, found in the sidecars' access logs
+(their stdout, in docker-compose logs) and as spans at the OTLP sink."""
+import json, os, secrets, subprocess, sys, time, urllib.request
+
+page, spans_file, compose = os.environ["PAGE"], os.environ["SPANS"], os.environ["COMPOSE"].split()
+BOUND = 30  # s; access-log lines are written in batches, spans sent at least once a second
+RECOMMENDATIONS = ["recommendations-1-sidecar", "recommendations-2-sidecar"]
+PAGE_SPAN = "00f067aa0ba902b7"
+
+def load(traceparent=None):
+    headers = {"traceparent": traceparent} if traceparent else {}
+    with urllib.request.urlopen(urllib.request.Request(page, headers=headers), timeout=10) as answer:
+        if answer.read().decode().count("<li>") != 3:
+            sys.exit(f"GET {page}: not the page with 3 books")
+
+def calls(*services):
+    """The access-log lines of `services` in docker-compose logs: those that are JSON
+    objects (the sidecars' own log lines, on stderr, start with a time)."""
+    logs = subprocess.run(compose + ["logs", "--no-color", "--no-log-prefix", *services],
+                          capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+
+def call(direction, trace_id, services):
+    """The successful call to recommendations in `trace_id` that `services` logged."""
+    return next((c for c in calls(*services) if c["direction"] == direction
+                 and c["service"] == "recommendations" and c.get("status") == 200
+                 and c.get("grpc_status") == 0 and c.get("trace_id") == trace_id), None)
+
+def spans(trace_id):
+    with open(spans_file) as received:
+        lines = [l.rstrip("\n").split(" ", 6) for l in received if l.startswith("span ")]
+    return [dict(service=s, kind=int(k), span=i, parent=p.strip("-"), name=n)
+            for _, s, k, t, i, p, n in lines if t == trace_id]
+
+def whole(trace_id):
+    """The marketplace's CLIENT span of `trace_id`, a recommendations SERVER span that is
+    its child, and all of the trace's spans, once those two have arrived."""
+    found = spans(trace_id)
+    for client in (s for s in found if (s["service"], s["kind"]) == ("marketplace", 3)):
+        for server in found:
+            if (server["service"], server["kind"], server["parent"]) == ("recommendations", 2, client["span"]):
+                return client, server, found
+    return None
+
+def until(what, check):
+    deadline = time.monotonic() + BOUND
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            sys.exit(f"{what} (not within {BOUND} s)")
+        time.sleep(0.5)
+    return found
+
+# A page view carrying a sampled trace context: the trace goes on through both sidecars.
+parented = secrets.token_hex(16)
+load(f"00-{parented}-{PAGE_SPAN}-01")
+outbound = until("the marketplace sidecar's access log has no line for the page view",
+                 lambda: call("outbound", parented, ["marketplace-sidecar"]))
+inbound = until("no recommendations sidecar's access log has a line for the page view",
+                lambda: call("inbound", parented, RECOMMENDATIONS))
+print(f"  marketplace-sidecar:  {json.dumps(outbound)}")
+print(f"  its callee's sidecar: {json.dumps(inbound)}")
+client, server, _ = until(f"trace {parented} did not arrive from both sidecars", lambda: whole(parented))
+if client["parent"] != PAGE_SPAN:
+    sys.exit(f"the marketplace's span is not the page's child: {client}")
+print(f"  trace {parented} (the page's): marketplace CLIENT {client['span']} (parent {PAGE_SPAN}) "
+      f"-> recommendations SERVER {server['span']}")
+
+# A page view without one: the marketplace's sidecar starts the trace (ratio 1). Its lines
+# are written in the order calls end, so every earlier call is in the log by now.
+before = {c.get("trace_id") for c in calls("marketplace-sidecar")}
+load()
+started = until("the marketplace sidecar's access log has no line for the second page view",
+                lambda: next((c["trace_id"] for c in calls("marketplace-sidecar")
+                              if c.get("trace_id") not in before), None))
+until(f"no recommendations sidecar's access log has trace {started}",
+      lambda: call("inbound", started, RECOMMENDATIONS))
+client, server, found = until(f"trace {started} did not arrive from both sidecars", lambda: whole(started))
+if client["parent"] or len(found) != 2:
+    sys.exit(f"expected a root CLIENT span and its SERVER child in trace {started}: {found}")
+print(f"  trace {started}: marketplace CLIENT {client['span']} ({client['name']}) "
+      f"-> recommendations SERVER {server['span']}")
+EOF
+
+step "meshctl tap recommendations, through the registry"
+tap="$logs/tap"
+MESH_REGISTRY_TOKEN="${MESH_OPERATOR_TOKEN:-dev-only-operator-token-not-for-real-deployments}" \
+    "$meshctl" --registry "$registry" -o json tap recommendations >"$tap" 2>"$logs/tap.err" &
+helpers+=($!)
+# Calls made before the taps are open do not show: load the page until one does.
+tapped() {
+    kill -0 "${helpers[-1]}" 2>/dev/null || fail "meshctl tap exited: $(cat "$logs/tap.err")"
+    curl -fsS -o /dev/null "$page" || fail "GET $page"
+    grep -q '"direction":"inbound"' "$tap"
+}
+eventually 30 "meshctl tap showed no call" tapped
+kill "${helpers[-1]}"
+unset 'helpers[-1]'
+head -n 1 "$logs/tap.err"
+python3 - "$tap" <<'EOF'
+import json, sys
+calls = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+wrong = [c for c in calls if (c["direction"], c["service"], c.get("status")) != ("inbound", "recommendations", 200)]
+print(f"  calls tapped: {len(calls)}, the first: {json.dumps(calls[0])}")
+sys.exit(f"calls that are not recommendations' answered calls: {wrong}" if wrong else None)
+EOF
 
 step "50 page loads/s for 40 s; recommendations-1 killed from 8 s on, while it takes traffic"
 victim=$("${compose[@]}" ps -q recommendations-1)

@@ -136,14 +136,20 @@ EOF
 if [[ -n "$(docker-compose ps -q registry-2 2>/dev/null)" ]]; then
     echo "  registry-2   http://127.0.0.1:${REGISTRY_2_PORT:-7701}/v1/services   (the same catalog, from etcd)"
 fi
-meshctl="${CARGO_TARGET_DIR:-./target}/release/meshctl"
+meshctl_bin="${CARGO_TARGET_DIR:-./target}/release/meshctl"
+meshctl=$meshctl_bin
 if [[ ! -x $meshctl ]]; then
     meshctl="cargo build --release -p meshctl && $meshctl"
 fi
 cat <<EOF
   meshctl      $meshctl --registry http://127.0.0.1:${REGISTRY_PORT:-7700} check
+  calls        docker-compose -p $COMPOSE_PROJECT_NAME logs -f --no-log-prefix marketplace-sidecar   (a JSON line per call)
+  tap          $meshctl_bin --registry http://127.0.0.1:${REGISTRY_PORT:-7700} tap recommendations   (with MESH_REGISTRY_TOKEN, the operator token)
   prometheus   $prometheus_ui
 EOF
+if [[ -n ${MESH_TRACE_COLLECTOR:-} ]]; then
+    echo "  traces       $MESH_TRACE_COLLECTOR   (share of traces started by a sidecar: ${MESH_TRACE_SAMPLE_RATIO:-0})"
+fi
 if [[ -n "$(docker-compose ps -q grafana 2>/dev/null)" ]]; then
     echo "  grafana      http://127.0.0.1:${GRAFANA_PORT:-3000}/   (dashboard: Mesh overview)"
 fi
