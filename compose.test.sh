@@ -43,8 +43,9 @@ trap 'rc=$?; ((${#helpers[@]} == 0)) || kill "${helpers[@]}" 2>/dev/null; (exit 
 
 # A real OTLP/HTTP receiver for the sidecars' spans: oteltest's sink, on the Docker host at
 # the default bridge's gateway address (where host.docker.internal, compose.yaml's
-# host-gateway, leads from the containers) and a port the system picks. It prints that
-# port, then a line per span: `span SERVICE KIND TRACE_ID SPAN_ID PARENT_ID|- NAME`.
+# host-gateway, leads from the containers) and a port the system picks: the proxy tests'
+# proxy/tests/python/otlp_sink.py. It prints `ready PORT`, then a line per span:
+# `span SERVICE KIND TRACE_ID SPAN_ID PARENT_ID|- NAME`.
 step "OTLP receiver on the Docker host (oteltest's sink)"
 python=${PYTHON:-python3}
 "$python" -c 'import oteltest' 2>/dev/null \
@@ -54,51 +55,20 @@ gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{
 [[ -n $gateway ]] || gateway=$(ip -4 -o addr show docker0 2>/dev/null | awk '{sub("/.*", "", $4); print $4; exit}')
 [[ -n $gateway ]] || fail "no address for Docker's default bridge (host-gateway): no docker0?"
 spans="$logs/spans"
-SINK_HOST="$gateway" "$python" - >"$spans" 2>"$logs/sink.err" <<'EOF' &
-import logging, os, time
-from http.server import BaseHTTPRequestHandler
-import oteltest.sink as otlp
-from oteltest.sink.handler import RequestHandler
-
-BaseHTTPRequestHandler.log_message = lambda self, *args: None
-
-class OnHost(otlp.HTTPServer):
-    def __init__(self, address, handler):
-        super().__init__((os.environ["SINK_HOST"], address[1]), handler)
-
-otlp.HTTPServer = OnHost
-
-class Spans(RequestHandler):
-    def handle_trace(self, request, headers):
-        for resource_spans in request.resource_spans:
-            service = next((a.value.string_value for a in resource_spans.resource.attributes
-                            if a.key == "service.name"), "-")
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    print("span", service, span.kind, span.trace_id.hex(), span.span_id.hex(),
-                          span.parent_span_id.hex() or "-", span.name, flush=True)
-
-    def handle_metrics(self, request, headers):
-        pass
-
-    def handle_logs(self, request, headers):
-        pass
-
-sink = otlp.HttpSink(Spans(), logging.getLogger("otlp"), port=0)
-sink.start()
-while sink.httpd is None:
-    time.sleep(0.01)
-print("port", sink.httpd.server_address[1], flush=True)
-sink.svr_thread.join()
-EOF
-helpers+=($!)
+# A coprocess: the script holds its stdin open (it ends when that closes) and no child
+# inherits it.
+coproc sink {
+    exec "$python" proxy/tests/python/otlp_sink.py --host "$gateway" --format spans \
+        >"$spans" 2>"$logs/sink.err"
+}
+helpers+=("$sink_PID")
 sink_listening() {
-    grep -q '^port ' "$spans" && return 0
+    grep -q '^ready ' "$spans" && return 0
     kill -0 "${helpers[0]}" 2>/dev/null || fail "the OTLP sink exited: $(cat "$logs/sink.err")"
     return 1
 }
 eventually 30 "the OTLP sink did not start" sink_listening
-export MESH_TRACE_COLLECTOR="http://host.docker.internal:$(sed -n 's/^port //p' "$spans")/v1/traces"
+export MESH_TRACE_COLLECTOR="http://host.docker.internal:$(sed -n 's/^ready //p' "$spans")/v1/traces"
 export MESH_TRACE_SAMPLE_RATIO=1
 echo "listening on $gateway; the sidecars send to $MESH_TRACE_COLLECTOR"
 

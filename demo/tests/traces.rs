@@ -32,50 +32,14 @@ const ARRIVAL: Duration = Duration::from_secs(30);
 const SERVER: u32 = 2;
 const CLIENT: u32 = 3;
 
-/// `oteltest`'s OTLP/HTTP sink on 127.0.0.1 and a port of the system's choosing, which it
-/// prints first (`port N`); then one line per span it receives, decoded by the OTLP
-/// protobuf definitions: `span SERVICE KIND TRACE_ID SPAN_ID PARENT_ID|- NAME`.
-const SINK: &str = r#"
-import logging, time
-from http.server import BaseHTTPRequestHandler
-import oteltest.sink as otlp
-from oteltest.sink.handler import RequestHandler
-
-# Spans only on stdout; no line per request on stderr.
-BaseHTTPRequestHandler.log_message = lambda self, *args: None
-
-class Loopback(otlp.HTTPServer):
-    def __init__(self, address, handler):
-        super().__init__(("127.0.0.1", address[1]), handler)
-
-otlp.HTTPServer = Loopback
-
-class Spans(RequestHandler):
-    def handle_trace(self, request, headers):
-        for resource_spans in request.resource_spans:
-            service = next(
-                (a.value.string_value for a in resource_spans.resource.attributes
-                 if a.key == "service.name"),
-                "-",
-            )
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    print("span", service, span.kind, span.trace_id.hex(), span.span_id.hex(),
-                          span.parent_span_id.hex() or "-", span.name, flush=True)
-
-    def handle_metrics(self, request, headers):
-        pass
-
-    def handle_logs(self, request, headers):
-        pass
-
-sink = otlp.HttpSink(Spans(), logging.getLogger("otlp"), port=0)
-sink.start()
-while sink.httpd is None:
-    time.sleep(0.01)
-print("port", sink.httpd.server_address[1], flush=True)
-sink.svr_thread.join()
-"#;
+/// `oteltest`'s OTLP/HTTP sink, the proxy's tests' receiver, on 127.0.0.1 and a port of the
+/// system's choosing, which it prints first (`ready PORT`); with `--format spans`, then one
+/// line per span it receives, decoded by the OTLP protobuf definitions:
+/// `span SERVICE KIND TRACE_ID SPAN_ID PARENT_ID|- NAME`. It ends when its stdin closes.
+const SINK: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../proxy/tests/python/otlp_sink.py"
+);
 
 /// Reads an access log: one line per complete line of the file, each parsed as JSON (a
 /// line that is not fails the run), as `DIRECTION SERVICE STATUS GRPC_STATUS TRACE_ID`.
@@ -116,9 +80,10 @@ struct Sink {
 impl Sink {
     fn start() -> Sink {
         let mut child = Command::new(python())
-            .args(["-c", SINK])
+            .args([SINK, "--format", "spans"])
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
+            // Kept open while the sink runs: it ends when its stdin closes.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
@@ -140,7 +105,7 @@ impl Sink {
             )
         });
         let port = first
-            .strip_prefix("port ")
+            .strip_prefix("ready ")
             .and_then(|port| port.parse().ok())
             .unwrap_or_else(|| panic!("the OTLP sink said {first:?}"));
         Sink {

@@ -1,14 +1,25 @@
-"""An OTLP/HTTP receiver for the tests of the sidecar's traces: oteltest's HTTP sink
-(the one `otelsink --http` runs) on a free loopback port, decoding each export request
-with opentelemetry-proto and printing it as one JSON line.
+"""An OTLP/HTTP receiver for the tests of the sidecars' traces: oteltest's HTTP sink
+(the one `otelsink --http` runs) on a port the system picks, decoding each export request
+with opentelemetry-proto and printing what it holds.
 
-Run with: python otlp_sink.py   (prints "ready PORT", then one line per export request;
-ends when its standard input closes)
+Run with: python otlp_sink.py [--host ADDR] [--format json|spans]
+
+It prints "ready PORT", then, for each export request, either (`json`, the default) one
+JSON line:
+
+    {"content_type", "unknown_bytes", "spans": [{"resource", "scope", "trace_id",
+     "span_id", "parent_span_id", "name", "kind", "start", "end", "flags",
+     "attributes", "status": {"code", "message"}}]}
+
+or (`spans`) one line per span: `span SERVICE KIND TRACE_ID SPAN_ID PARENT_ID|- NAME`.
+It ends when its standard input closes.
 
 `otelsink` itself listens on every interface at the fixed port 4318; tests run in
-parallel, so this uses its sink class on a port the system picks, on loopback only.
+parallel, so this uses its sink class on a port the system picks, on ADDR only
+(127.0.0.1 unless --host says otherwise: the compose test gives docker0's address).
 """
 
+import argparse
 import http.server
 import json
 import logging
@@ -19,15 +30,20 @@ import oteltest.sink
 from oteltest.sink.handler import RequestHandler
 
 
-class LoopbackServer(http.server.HTTPServer):
-    """The sink's server, on 127.0.0.1 whatever interface it asks for."""
+HOST = "127.0.0.1"
+
+
+class HostServer(http.server.HTTPServer):
+    """The sink's server, on HOST whatever interface it asks for."""
 
     def __init__(self, address, handler):
-        super().__init__(("127.0.0.1", address[1]), handler)
+        super().__init__((HOST, address[1]), handler)
 
 
 # The sink looks its server class up in its module when it starts.
-oteltest.sink.HTTPServer = LoopbackServer
+oteltest.sink.HTTPServer = HostServer
+# Its output only on stdout: no line per request on stderr.
+http.server.BaseHTTPRequestHandler.log_message = lambda self, *args: None
 
 
 def value(any_value):
@@ -46,6 +62,10 @@ def attributes(key_values):
 
 
 class Printer(RequestHandler):
+    def __init__(self, spans_only):
+        super().__init__()
+        self.spans_only = spans_only
+
     def handle_trace(self, request, headers):
         encoded = len(request.SerializeToString())
         # Fields of a wrong number or wire type decode as unknown fields, not errors.
@@ -79,6 +99,19 @@ class Printer(RequestHandler):
                             },
                         }
                     )
+        if self.spans_only:
+            for span in spans:
+                print(
+                    "span",
+                    span["resource"].get("service.name", "-"),
+                    span["kind"],
+                    span["trace_id"],
+                    span["span_id"],
+                    span["parent_span_id"] or "-",
+                    span["name"],
+                    flush=True,
+                )
+            return
         line = {
             # Header names as sent: case varies.
             "content_type": next(
@@ -97,8 +130,15 @@ class Printer(RequestHandler):
 
 
 def main():
+    global HOST
+    parser = argparse.ArgumentParser(description="An OTLP/HTTP receiver for tests.")
+    parser.add_argument("--host", default=HOST, help="the address to listen on")
+    parser.add_argument("--format", choices=["json", "spans"], default="json")
+    args = parser.parse_args()
+    HOST = args.host
     logging.basicConfig(level=logging.WARNING)
-    sink = oteltest.sink.HttpSink(Printer(), logging.getLogger("otlp_sink"), port=0)
+    printer = Printer(spans_only=args.format == "spans")
+    sink = oteltest.sink.HttpSink(printer, logging.getLogger("otlp_sink"), port=0)
     sink.start()
     # The server exists, bound and listening, once the sink's thread has made it.
     while sink.httpd is None:
