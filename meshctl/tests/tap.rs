@@ -7,110 +7,26 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use common::{App, PATIENCE, Registry, call, eventually, meshctl};
-use http::{Request, StatusCode};
+use common::{PATIENCE, Registry, Shape, Sidecar, call, eventually, meshctl};
+use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mesh_proxy::{Config, Listeners};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const OPERATOR: &str = "operator-secret";
 
-/// A sidecar in front of its own app, with a loopback DNS server that knows no name (so
-/// no lookup leaves the machine) and `--tap-headers x-visible`.
-struct Tapped {
-    service: String,
-    id: String,
-    outbound: std::net::SocketAddr,
-    _app: App,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Tapped {
-    async fn start(registry: &Registry, service: &str, token: Option<&str>) -> Tapped {
-        let app = App::start().await;
-        let listener = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
-        let listeners = Listeners {
-            inbound: Some(listener().await),
-            outbound: listener().await,
-            upstreams: Vec::new(),
-            admin: listener().await,
-        };
-        let inbound = listeners.inbound.as_ref().unwrap().local_addr().unwrap();
-        let outbound = listeners.outbound.local_addr().unwrap();
-        let admin = listeners.admin.local_addr().unwrap();
-        let id = format!("{service}-{}", inbound.port());
-        let mut config = Config::default();
-        config.registry.url = registry.url();
-        config.registry.token = token.map(str::to_owned);
-        config.discovery.dns_server = Some(nxdomain_dns().await);
-        config.observe.tap_headers = vec!["x-visible".to_owned()];
-        let r = &mut config.registration;
-        r.service = Some(service.to_owned());
-        r.app = Some(app.addr);
-        r.advertise = Some(inbound.to_string());
-        r.instance_id = Some(id.clone());
-        r.health_interval = Duration::from_millis(100);
-        config.listen.inbound = inbound;
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            mesh_proxy::run(listeners, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let tapped = Tapped {
-            service: service.to_owned(),
-            id,
-            outbound,
-            _app: app,
-            _stop: stop,
-        };
-        eventually(PATIENCE, "the sidecar registered and ready", async || {
-            let listing = registry.client.service(service).await.unwrap();
-            listing.instances.iter().any(|i| i.id == tapped.id)
-                && call(admin, "admin", "/ready").await == StatusCode::OK
-        })
-        .await;
-        tapped
-    }
-
-    fn name(&self) -> String {
-        format!("{}/{}", self.service, self.id)
-    }
-}
-
-/// A DNS server on loopback answering every query "no such name".
-async fn nxdomain_dns() -> std::net::SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            if n < 12 {
-                continue;
-            }
-            let mut answer = buf[..n].to_vec();
-            answer[2] |= 0x80; // a response
-            answer[3] = 0x80 | 3; // recursion available, NXDOMAIN
-            answer[6..12].fill(0); // no answer, authority or additional records
-            let question_end = 12
-                + answer[12..]
-                    .iter()
-                    .position(|b| *b == 0)
-                    .map_or(0, |p| p + 1 + 4);
-            answer.truncate(question_end.min(answer.len()));
-            let _ = socket.send_to(&answer, from).await;
-        }
-    });
-    addr
+/// A sidecar in front of its own app that shows `x-visible` in taps, writing to the
+/// registry with `token` (the operator's, where the registry has credentials).
+async fn tapped(registry: &Registry, service: &str, token: Option<&'static str>) -> Sidecar {
+    let shape = Shape {
+        registry_token: token,
+        tap_headers: &["x-visible"],
+        ..Shape::default()
+    };
+    Sidecar::start_shaped(registry, service, shape).await
 }
 
 /// A `meshctl tap` running, its output collected line by line as it comes.
@@ -154,7 +70,7 @@ impl Tap {
 
     /// Calls `path` through `caller`'s outbound listener until a tapped line has
     /// `wanted` in it; returns the lines printed by then.
-    async fn until_line(&self, caller: &Tapped, host: &str, paths: &[&str], wanted: &str) {
+    async fn until_line(&self, caller: &Sidecar, host: &str, paths: &[&str], wanted: &str) {
         let what = format!("a tapped line with {wanted:?}");
         eventually(PATIENCE, &what, async || {
             for path in paths {
@@ -169,8 +85,8 @@ impl Tap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_services_calls_are_printed_as_they_are_made() {
     let registry = Registry::start().await;
-    let recs = Tapped::start(&registry, "recs", None).await;
-    let web = Tapped::start(&registry, "web", None).await;
+    let recs = tapped(&registry, "recs", None).await;
+    let web = tapped(&registry, "web", None).await;
     let tap = Tap::start(&registry, &["tap", "recs"]);
     eventually(
         PATIENCE,
@@ -212,8 +128,8 @@ async fn a_services_calls_are_printed_as_they_are_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_the_filter_excludes_are_not_printed() {
     let registry = Registry::start().await;
-    let _recs = Tapped::start(&registry, "recs", None).await;
-    let web = Tapped::start(&registry, "web", None).await;
+    let _recs = tapped(&registry, "recs", None).await;
+    let web = tapped(&registry, "web", None).await;
     let tap = Tap::start(
         &registry,
         &["tap", "recs", "--status", "5xx", "--path-prefix", "/status"],
@@ -241,8 +157,8 @@ async fn calls_the_filter_excludes_are_not_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn via_a_caller_its_outbound_calls_show_with_tries_and_endpoint() {
     let registry = Registry::start().await;
-    let _recs = Tapped::start(&registry, "recs", None).await;
-    let web = Tapped::start(&registry, "web", None).await;
+    let _recs = tapped(&registry, "recs", None).await;
+    let web = tapped(&registry, "web", None).await;
     let tap = Tap::start(
         &registry,
         &[
@@ -278,8 +194,8 @@ async fn via_a_caller_its_outbound_calls_show_with_tries_and_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_are_the_sidecars_with_header_values_redacted_unless_named() {
     let registry = Registry::start().await;
-    let _recs = Tapped::start(&registry, "recs", None).await;
-    let web = Tapped::start(&registry, "web", None).await;
+    let _recs = tapped(&registry, "recs", None).await;
+    let web = tapped(&registry, "web", None).await;
     // Straight to the admin port, as meshctl beside the sidecars would.
     let tap = Tap::start(&registry, &["--direct", "-o", "json", "tap", "recs"]);
 
@@ -316,8 +232,8 @@ async fn a_registry_with_credentials_needs_the_operator_token() {
         ..mesh_registry::Config::default()
     };
     let registry = Registry::start_with(config).await;
-    let _recs = Tapped::start(&registry, "recs", Some(OPERATOR)).await;
-    let web = Tapped::start(&registry, "web", Some(OPERATOR)).await;
+    let _recs = tapped(&registry, "recs", Some(OPERATOR)).await;
+    let web = tapped(&registry, "web", Some(OPERATOR)).await;
 
     let refused = common::finish(meshctl(&registry.url(), &["tap", "recs"]).spawn().unwrap()).await;
     assert_eq!(refused.code, Some(1), "{}", refused.stderr);

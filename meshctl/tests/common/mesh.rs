@@ -152,6 +152,10 @@ pub struct Shape {
     pub upstream: Option<&'static str>,
     /// `--metadata` pairs it registers with.
     pub metadata: Vec<(String, String)>,
+    /// `--registry-token`.
+    pub registry_token: Option<&'static str>,
+    /// `--tap-headers`.
+    pub tap_headers: &'static [&'static str],
 }
 
 /// A sidecar registered as an instance of `service` in front of its own app.
@@ -189,6 +193,8 @@ impl Sidecar {
             protocol,
             upstream,
             metadata,
+            registry_token,
+            tap_headers,
         } = shape;
         let app = App::start().await;
         let mut upstreams = Vec::new();
@@ -217,6 +223,10 @@ impl Sidecar {
 
         let mut config = Config::default();
         config.registry.url = registry.url();
+        config.registry.token = registry_token.map(str::to_owned);
+        // No lookup leaves the machine.
+        config.discovery.dns_server = Some(nxdomain_dns().await);
+        config.observe.tap_headers = tap_headers.iter().map(|h| (*h).to_owned()).collect();
         if let (Some((tls, ca)), true) = (&registry.tls, tls != TlsMode::Off) {
             config.registry.url = format!("https://{tls}");
             config.registry.ca = Some(ca.clone());
@@ -282,4 +292,31 @@ impl Drop for Sidecar {
             let _ = stop.send(());
         }
     }
+}
+
+/// A DNS server on loopback answering every query "no such name": every sidecar's
+/// `--dns-server` here.
+pub async fn nxdomain_dns() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            if n < 12 {
+                continue;
+            }
+            let mut answer = buf[..n].to_vec();
+            answer[2] |= 0x80; // a response
+            answer[3] = 0x80 | 3; // recursion available, NXDOMAIN
+            answer[6..12].fill(0); // no answer, authority or additional records
+            let question_end = 12
+                + answer[12..]
+                    .iter()
+                    .position(|b| *b == 0)
+                    .map_or(0, |p| p + 1 + 4);
+            answer.truncate(question_end.min(answer.len()));
+            let _ = socket.send_to(&answer, from).await;
+        }
+    });
+    addr
 }
