@@ -2,16 +2,9 @@
 //! environment variable. Every value is checked while parsing, so a bad one is refused
 //! before anything starts, with a message naming the flag.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::ports::PortLayout;
-
-/// The address every process of the demo binds and dials.
-pub const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// How to bring the mesh up. The port layout is documented on [`PortLayout`].
 #[derive(Clone, Debug, clap::Args)]

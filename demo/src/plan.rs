@@ -15,9 +15,8 @@ use http::Uri;
 use crate::{
     UpConfig,
     binaries::Binaries,
-    config::HOST,
     logs::{self, LogDir},
-    ports::{PortLayout, sidecar_name},
+    ports::{HOST, PortLayout, sidecar_name},
 };
 
 /// What a process is, which decides when it stops and what its exit means.

@@ -5,10 +5,11 @@
 use std::{
     fmt,
     io::ErrorKind,
-    net::{Ipv6Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
 };
 
-use crate::config::HOST;
+/// The address every process of the demo binds and dials.
+pub const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Ports a sidecar block spans: sidecar K starts at `sidecar_base + BLOCK * K`, so the tens
 /// digit of a port tells which sidecar it belongs to.
