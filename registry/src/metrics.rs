@@ -1,6 +1,7 @@
 //! The registry's Prometheus metrics, all in one registry.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use mesh_registry_api::Status;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
@@ -76,6 +77,9 @@ pub struct Metrics {
     pub lease_expirations: IntCounter,
     pub expiry_guard_spared: IntCounter,
     pub snapshot_failures: IntCounter,
+    /// One render at a time: each resets the instance gauges and sets them again, and a
+    /// concurrent scrape must not gather them half set. A std Mutex: no await under it.
+    rendering: Mutex<()>,
 }
 
 /// The labels of `mesh_registry_http_requests_total`.
@@ -133,6 +137,7 @@ impl Metrics {
                 "mesh_registry_snapshot_failures_total",
                 "Snapshot writes that failed (the catalog is still served from memory).",
             ),
+            rendering: Mutex::new(()),
         };
         metrics.register_all();
         // Every reason from the start, so a rate over it starts from 0 rather than absent.
@@ -182,6 +187,7 @@ impl Metrics {
 
     /// Prometheus text exposition, with the instance gauges read from the catalog now.
     pub fn render(&self, catalog: &Catalog) -> String {
+        let _rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         self.instances.reset();
         for ((service, status), n) in fold_services(catalog.counts()) {
             let labels = InstanceLabels {
@@ -272,6 +278,35 @@ fn fold_services(counts: Vec<(String, Status, usize)>) -> BTreeMap<(String, Stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Concurrent scrapes each see every service: none gathers the gauges while another
+    /// has reset them.
+    #[test]
+    fn concurrent_renders_each_show_every_service() {
+        let catalog = Catalog::new(std::time::Duration::from_secs(30));
+        let now = tokio::time::Instant::now();
+        for i in 0..20 {
+            let registration = mesh_registry_api::Registration::new("h:1");
+            catalog
+                .register(&format!("s{i:02}"), "a", registration, "o", now)
+                .unwrap();
+        }
+        let metrics = Metrics::new();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        let text = metrics.render(&catalog);
+                        let shown = text
+                            .lines()
+                            .filter(|l| l.starts_with("mesh_registry_instances{"))
+                            .count();
+                        assert!(shown >= 20, "a scrape saw {shown} of 20 services");
+                    }
+                });
+            }
+        });
+    }
 
     #[test]
     fn services_past_the_cap_fold_into_other() {
