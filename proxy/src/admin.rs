@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
 use crate::breaker::Standing;
-use crate::discover::{Destination, Discovery};
+use crate::destination::Destination;
+use crate::discover::Discovery;
 use crate::endpoint::{Endpoint, Source};
 use crate::metrics::{EndpointState, Metrics};
 use crate::policy::{Policy, PolicyView};

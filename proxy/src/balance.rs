@@ -12,7 +12,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::breaker::{EjectionConfig, Probe, Standing};
-use crate::discover::Destination;
+use crate::destination::Destination;
 use crate::endpoint::Endpoint;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

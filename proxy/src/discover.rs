@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::budget::BudgetConfig;
-pub use crate::destination::{Destination, DialPolicy, EndpointSet, Refused};
+use crate::destination::{Destination, DialPolicy, EndpointSet};
 use crate::dns::Dns;
 use crate::error::{ErrorKind, ProxyError};
 use crate::flags::Invalid;

@@ -22,7 +22,7 @@ use self::labels::{
     Service, SplicedBytes, SplicedClosed, Updates,
 };
 pub use self::reach::RegistryReach;
-pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics, SplicedGuard};
+pub use self::service::{ConnectionGuard, ResponseTimer, ServiceMetrics};
 use crate::breaker::Rule;
 use crate::detect::Detected;
 use crate::endpoint::Source;

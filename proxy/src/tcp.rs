@@ -38,8 +38,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balance;
+use crate::destination::Destination;
 use crate::detect::Detected;
-use crate::discover::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, ProxyError};
 use crate::io::Io;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{Call, Failure, Outbound, Tried, Try};
 use crate::body;
 use crate::breaker::Probe;
-use crate::discover::Destination;
+use crate::destination::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
 use crate::forward::Connected;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::OutboundConfig;
 use crate::body::{self, BoxBody, CallerFault, FromCaller};
 use crate::deadline::{self, Deadlines};
-use crate::discover::Destination;
+use crate::destination::Destination;
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::Wire;
 use crate::headers;
