@@ -26,7 +26,6 @@ use tokio::time::Instant;
 use crate::events::Events;
 
 pub use crate::entry::{Claim, Entry, LeaseState, Refusal};
-use crate::lease::SweepReport;
 use crate::store::{self, Applied, Change, Decide, Decision, Pending, Store, WriteError};
 
 /// The index of a service the catalog never held, before any service was dropped. Every
@@ -651,10 +650,6 @@ impl Store for Catalog {
     ) -> Pending<'a, Result<Applied, WriteError>> {
         let applied = self.apply_now(service, id, decide);
         Box::pin(std::future::ready(applied.map_err(WriteError::Refused)))
-    }
-
-    fn sweep(&self, now: Instant) -> Pending<'_, SweepReport> {
-        Box::pin(std::future::ready(Catalog::sweep(self, now)))
     }
 
     fn put_policy<'a>(

@@ -17,28 +17,28 @@
 //! the catalog in etcd instead, as a mirror each replica follows.
 
 pub mod api;
-pub mod auth;
+mod auth;
 pub mod ca;
 pub mod catalog;
 pub mod config;
-pub mod entry;
-pub mod error;
+mod entry;
+mod error;
 pub mod etcd;
-pub mod events;
-pub mod lease;
+mod events;
+mod lease;
 pub mod metrics;
-pub mod prometheus_sd;
+mod prometheus_sd;
 pub mod request;
-pub mod respond;
+mod respond;
 pub mod route;
-pub mod server;
-pub mod sidecar;
-pub mod snapshot;
-pub mod store;
-pub mod tls;
-pub mod tokens;
+mod server;
+mod sidecar;
+mod snapshot;
+mod store;
+mod tls;
+mod tokens;
 pub mod ui;
-pub mod watch;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -25,7 +25,6 @@ use crate::entry::{Claim, Entry, LeaseState, Refusal, new_generation};
 use crate::error::ApiError;
 use crate::etcd::client::EtcdError;
 use crate::events::{self, EventKind};
-use crate::lease::SweepReport;
 
 /// A store's answer to come later: writes to etcd are network round trips.
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -136,9 +135,6 @@ pub trait Store: Send + Sync {
         id: &'a str,
         decide: Decide<'a>,
     ) -> Pending<'a, Result<Applied, WriteError>>;
-
-    /// Expires the leases that ran out by `now` and removes what their grace ended.
-    fn sweep(&self, now: Instant) -> Pending<'_, SweepReport>;
 
     /// Stores one policy document of `service`, or deletes the one of `kind`. Returns
     /// the service's policy index then; `None` when there was nothing to delete.

@@ -45,7 +45,6 @@ use tokio::time::Instant;
 use crate::catalog::Catalog;
 use crate::entry::{Entry, Refusal};
 use crate::events::EventKind;
-use crate::lease::SweepReport;
 use crate::snapshot::StoredInstance;
 use crate::store::{Applied, Change, Decide, Decision, Pending, Store, WriteError};
 use client::{Compare, Etcd, EtcdError, Op};
@@ -397,10 +396,6 @@ impl Store for EtcdStore {
         decide: Decide<'a>,
     ) -> Pending<'a, Result<Applied, WriteError>> {
         Box::pin(self.apply_decision(service, id, decide))
-    }
-
-    fn sweep(&self, now: Instant) -> Pending<'_, SweepReport> {
-        Box::pin(self.sweep_leases(now))
     }
 
     fn put_policy<'a>(
