@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mesh_registry_api::call::{MAX_TAP_RPS, TapFilter};
 use mesh_registry_api::policy::PolicyKind;
-use mesh_registry_api::{MAX_TTL, MIN_TTL, Protocol, Status, validate};
+use mesh_registry_api::{MAX_TTL, MAX_WEIGHT, MIN_TTL, Protocol, Status, validate};
 
 use crate::output::Format;
 
@@ -153,7 +153,7 @@ pub struct RegisterArgs {
     pub protocol: Protocol,
 
     /// Its share of traffic, 1-1000.
-    #[arg(long, env = "MESHCTL_WEIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "MESHCTL_WEIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WEIGHT)))]
     pub weight: u32,
 
     /// Lease length, 1s-1h.
@@ -271,7 +271,11 @@ fn status(value: &str) -> Result<Status, String> {
 fn ttl(value: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-        return Err("must be within 1s-1h".into());
+        let (min, max) = (
+            humantime::format_duration(MIN_TTL),
+            humantime::format_duration(MAX_TTL),
+        );
+        return Err(format!("must be within {min}-{max}"));
     }
     Ok(ttl)
 }
