@@ -8,61 +8,20 @@
 use std::io::Write;
 
 use mesh_registry_api::AdminPath;
-use serde::{Deserialize, Serialize};
+use mesh_registry_api::sidecar::DestinationView;
+use serde::Serialize;
 
 use crate::output::{self, Format, Table};
 use crate::reach::SidecarError;
 use crate::sidecars::{self, Sidecar, each};
 use crate::{Ctl, Error, human};
 
-/// One destination of a sidecar's `/debug/endpoints`. Fields a sidecar does not send
-/// take their defaults, so older and newer sidecars both read.
-#[derive(Deserialize, Serialize, Clone, Debug, Default)]
-#[serde(default)]
-pub struct Destination {
-    pub service: String,
-    /// `tcp` (carried as bytes) or `http`.
-    pub protocol: Option<String>,
-    /// `registry` or `dns`.
-    pub source: Option<String>,
-    pub last_error: Option<String>,
-    pub endpoints: Vec<Endpoint>,
-    /// Endpoints discovery found but the sidecar will not dial, and why.
-    pub refused: Vec<Refused>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, Default)]
-#[serde(default)]
-pub struct Endpoint {
-    pub address: String,
-    pub instance: Option<String>,
-    pub state: String,
-    pub weight: u32,
-    pub ewma_ms: f64,
-    pub tries: u64,
-    pub success_rate: f64,
-    pub in_flight: u64,
-    /// Of `in_flight`, connections carried as bytes (TCP, upgraded HTTP).
-    pub open_connections: u64,
-    pub last_error: Option<String>,
-    pub reason: String,
-    pub ejected_by: Option<String>,
-    pub ejected_for_ms: Option<u64>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, Default)]
-#[serde(default)]
-pub struct Refused {
-    pub address: String,
-    pub reason: String,
-}
-
 /// A destination and the sidecar that sees it so. JSON: an array of these.
 #[derive(Serialize, Clone, Debug)]
 pub struct View {
     pub sidecar: String,
     #[serde(flatten)]
-    pub destination: Destination,
+    pub destination: DestinationView,
 }
 
 pub async fn run(
@@ -128,7 +87,7 @@ pub async fn run(
 async fn destinations(
     admins: &crate::reach::Admins,
     sidecar: &Sidecar,
-) -> Result<Vec<Destination>, SidecarError> {
+) -> Result<Vec<DestinationView>, SidecarError> {
     let body = admins.get_ok(sidecar, AdminPath::DebugEndpoints).await?;
     serde_json::from_slice(&body).map_err(|e| SidecarError::Unreadable {
         path: AdminPath::DebugEndpoints,
@@ -155,14 +114,10 @@ fn nobody(service: &str, via: Option<&str>, followed: &[String]) -> String {
 
 fn print(view: &View, out: &mut dyn Write) -> std::io::Result<()> {
     let d = &view.destination;
-    let source = d.source.as_deref().unwrap_or("no answer yet");
+    let source = d.source.map_or("no answer yet", |s| s.as_str());
     let (sidecar, service) = (output::escape(&view.sidecar), output::escape(&d.service));
     let source = output::escape(source);
-    let tcp = if d.protocol.as_deref() == Some("tcp") {
-        "tcp, "
-    } else {
-        ""
-    };
+    let tcp = if d.protocol == "tcp" { "tcp, " } else { "" };
     writeln!(out, "{sidecar} sees {service} ({tcp}from {source}):")?;
     if let Some(error) = &d.last_error {
         writeln!(out, "last discovery error: {}", output::escape(error))?;

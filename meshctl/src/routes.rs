@@ -13,9 +13,9 @@ use std::io::Write;
 
 use mesh_registry_api::AdminPath;
 use mesh_registry_api::policy::{PolicyKind, Routes, Selector};
+use mesh_registry_api::sidecar::DestinationView;
 use serde::{Deserialize, Serialize};
 
-use crate::endpoints::Destination;
 use crate::output::{self, Format, Table};
 use crate::reach::SidecarError;
 use crate::sidecars::{self, Sidecar, each};
@@ -241,7 +241,7 @@ fn splits(
 async fn read(
     admins: &crate::reach::Admins,
     sidecar: &Sidecar,
-) -> Result<(PolicyPage, Vec<Destination>), SidecarError> {
+) -> Result<(PolicyPage, Vec<DestinationView>), SidecarError> {
     let policy = admins.get_ok(sidecar, AdminPath::DebugPolicy).await?;
     let policy = serde_json::from_slice(&policy).map_err(|e| SidecarError::Unreadable {
         path: AdminPath::DebugPolicy,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use mesh_registry_api::Status;
-use serde::Serialize;
+use mesh_registry_api::sidecar::{DestinationView, EndpointView, RefusedView, SidecarReadiness};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -56,20 +56,21 @@ impl Admin {
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
             (&Method::GET, "/ready") => {
-                let (ready, body) = self.readiness();
-                let status = if ready {
+                let readiness = self.readiness();
+                let status = if readiness.ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                text(status, "application/json", format!("{body}\n"))
+                let json = serde_json::to_string(&readiness).expect("readiness serializes");
+                text(status, "application/json", json + "\n")
             }
             (&Method::GET, "/debug/endpoints") => {
                 let views: Vec<DestinationView> = self
                     .discovery
                     .snapshot()
                     .iter()
-                    .map(|d| DestinationView::of(d))
+                    .map(|d| destination_view(d))
                     .collect();
                 let json = serde_json::to_string_pretty(&views).expect("views serialize");
                 text(StatusCode::OK, "application/json", json + "\n")
@@ -111,8 +112,8 @@ impl Admin {
 }
 
 impl Admin {
-    /// Ready, and the `/ready` body: why not, and how the instance is registered.
-    fn readiness(&self) -> (bool, serde_json::Value) {
+    /// The `/ready` body: ready or why not, and how the instance is registered.
+    fn readiness(&self) -> SidecarReadiness {
         let reason = match &self.identity {
             Some(slot) if slot.get().is_none() => {
                 Some(format!("no mTLS certificate yet: {}", slot.why_missing()))
@@ -126,15 +127,6 @@ impl Admin {
             }
             _ => None,
         };
-        let mut body = serde_json::json!({
-            "ready": reason.is_none(),
-            "registry_connected": self.metrics.registry_connected.connected(),
-            // So operators' tools can tell a mesh running mixed releases.
-            "version": env!("CARGO_PKG_VERSION"),
-        });
-        if let Some(reason) = &reason {
-            body["reason"] = reason.as_str().into();
-        }
         // The policy in force may not be the registry's: it stays ready (the last policy
         // read is applied), and says why.
         let policies = self.policy.iter().cloned().chain(
@@ -143,20 +135,23 @@ impl Admin {
                 .into_iter()
                 .map(|d| d.policy.clone()),
         );
-        let problems: Vec<String> = policies.filter_map(|p| p.problem()).collect();
-        if !problems.is_empty() {
-            body["policy"] = problems.into();
-        }
+        let mut readiness = SidecarReadiness {
+            ready: reason.is_none(),
+            reason,
+            registry_connected: Some(self.metrics.registry_connected.connected()),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            policy: policies.filter_map(|p| p.problem()).collect(),
+            ..SidecarReadiness::default()
+        };
         if let Some(registration) = &self.registration {
             let registered = *registration.registered.borrow();
-            body["registered"] = registered.into();
-            // The status the registry lists the instance with: only `passing` gets
-            // traffic.
-            body["status"] = registration.health.borrow().to_string().into();
-            body["passing"] =
-                (registered && *registration.health.borrow() == Status::Passing).into();
+            let status = *registration.health.borrow();
+            readiness.registered = Some(registered);
+            // Only `passing` gets traffic.
+            readiness.status = Some(status);
+            readiness.passing = Some(registered && status == Status::Passing);
         }
-        (reason.is_none(), body)
+        readiness
     }
 }
 
@@ -191,116 +186,70 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 /// One destination as `/debug/endpoints` shows it.
-#[derive(Serialize)]
-pub struct DestinationView {
-    pub service: String,
-    /// How the sidecar carries connections to it: `tcp` (as bytes: its instances are
-    /// registered `tcp`) or `http`.
-    pub protocol: &'static str,
-    pub source: Option<Source>,
-    pub last_error: Option<String>,
-    pub endpoints: Vec<EndpointView>,
-    /// Endpoints discovery found but this sidecar will not dial.
-    pub refused: Vec<RefusedView>,
-}
-
-#[derive(Serialize)]
-pub struct RefusedView {
-    pub address: String,
-    pub reason: String,
-}
-
-#[derive(Serialize)]
-pub struct EndpointView {
-    pub address: String,
-    pub instance: Option<String>,
-    pub state: &'static str,
-    pub weight: u32,
-    pub ewma_ms: f64,
-    /// The balancer's estimate of the share of recent tries that succeeded.
-    pub success: f64,
-    /// Tries over the success-rate window, and the share that succeeded.
-    pub tries: u64,
-    pub success_rate: f64,
-    pub in_flight: usize,
-    /// Of `in_flight`, connections carried as bytes: TCP connections, upgraded HTTP ones.
-    pub open_connections: usize,
-    pub last_error: Option<String>,
-    /// Why the endpoint is in (or out of) rotation.
-    pub reason: String,
-    /// The rule that ejected it (`consecutive-failures`, `success-rate`, `probe-failed`).
-    pub ejected_by: Option<&'static str>,
-    /// How much longer an ejected endpoint stays out.
-    pub ejected_for_ms: Option<u64>,
-}
-
-impl DestinationView {
-    pub fn of(d: &Destination) -> Self {
-        let set = d.endpoints();
-        let listed = match set.source {
-            Some(Source::Registry) => "listed as passing by the registry",
-            Some(Source::Dns) => "returned by DNS",
-            None => "",
-        };
-        DestinationView {
-            service: d.name.clone(),
-            protocol: if set.opaque { "tcp" } else { "http" },
-            source: set.source,
-            last_error: d.last_error(),
-            endpoints: set
-                .endpoints
-                .iter()
-                .map(|e| EndpointView::of(e, listed, Instant::now()))
-                .collect(),
-            refused: set
-                .refused
-                .iter()
-                .map(|r| RefusedView {
-                    address: r.address.clone(),
-                    reason: r.why.clone(),
-                })
-                .collect(),
-        }
+fn destination_view(d: &Destination) -> DestinationView {
+    let set = d.endpoints();
+    let listed = match set.source {
+        Some(Source::Registry) => "listed as passing by the registry",
+        Some(Source::Dns) => "returned by DNS",
+        None => "",
+    };
+    let now = Instant::now();
+    DestinationView {
+        service: d.name.clone(),
+        protocol: if set.opaque { "tcp" } else { "http" }.to_owned(),
+        source: set.source,
+        last_error: d.last_error(),
+        endpoints: set
+            .endpoints
+            .iter()
+            .map(|e| endpoint_view(e, listed, now))
+            .collect(),
+        refused: set
+            .refused
+            .iter()
+            .map(|r| RefusedView {
+                address: r.address.clone(),
+                reason: r.why.clone(),
+            })
+            .collect(),
     }
 }
 
-impl EndpointView {
-    /// An endpoint `listed` by its source, as it stands at `now`.
-    fn of(e: &Endpoint, listed: &str, now: Instant) -> Self {
-        let (state, reason, ejected_by, ejected_for_ms) = match e.breaker.standing(now) {
-            Standing::Ready => (EndpointState::Ready, listed.to_owned(), None, None),
-            Standing::ProbeDue { .. } => (
-                EndpointState::Ready,
-                "ejection over: the next request is its probe".to_owned(),
-                None,
-                None,
+/// An endpoint `listed` by its source, as it stands at `now`.
+fn endpoint_view(e: &Endpoint, listed: &str, now: Instant) -> EndpointView {
+    let (state, reason, ejected_by, ejected_for_ms) = match e.breaker.standing(now) {
+        Standing::Ready => (EndpointState::Ready, listed.to_owned(), None, None),
+        Standing::ProbeDue { .. } => (
+            EndpointState::Ready,
+            "ejection over: the next request is its probe".to_owned(),
+            None,
+            None,
+        ),
+        Standing::Ejected { until, rule, .. } => (
+            EndpointState::Ejected,
+            format!(
+                "ejected: {}",
+                e.breaker.ejection_reason().unwrap_or_default()
             ),
-            Standing::Ejected { until, rule, .. } => (
-                EndpointState::Ejected,
-                format!(
-                    "ejected: {}",
-                    e.breaker.ejection_reason().unwrap_or_default()
-                ),
-                Some(rule.as_str()),
-                Some(until.saturating_duration_since(now).as_millis() as u64),
-            ),
-        };
-        let outcomes = e.breaker.success_rate(now);
-        EndpointView {
-            address: e.address.clone(),
-            instance: e.instance.clone(),
-            state: state.as_str(),
-            weight: e.weight,
-            ewma_ms: e.ewma().as_secs_f64() * 1000.0,
-            success: e.success(),
-            tries: outcomes.tries(),
-            success_rate: outcomes.rate(),
-            in_flight: e.in_flight(),
-            open_connections: e.spliced(),
-            last_error: e.last_error(),
-            reason,
-            ejected_by,
-            ejected_for_ms,
-        }
+            Some(rule.as_str().to_owned()),
+            Some(until.saturating_duration_since(now).as_millis() as u64),
+        ),
+    };
+    let outcomes = e.breaker.success_rate(now);
+    EndpointView {
+        address: e.address.clone(),
+        instance: e.instance.clone(),
+        state: state.as_str().to_owned(),
+        weight: e.weight,
+        ewma_ms: e.ewma().as_secs_f64() * 1000.0,
+        success: e.success(),
+        tries: outcomes.tries(),
+        success_rate: outcomes.rate(),
+        in_flight: e.in_flight() as u64,
+        open_connections: e.spliced() as u64,
+        last_error: e.last_error(),
+        reason,
+        ejected_by,
+        ejected_for_ms,
     }
 }

@@ -14,7 +14,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 /// Latency assumed for an endpoint before its first answer: low enough that new
@@ -30,21 +29,7 @@ const SUCCESS_WEIGHT: f64 = 0.1;
 const SUCCESS_FLOOR: f64 = 0.05;
 
 /// Where discovery found the endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Registry,
-    Dns,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Registry => "registry",
-            Source::Dns => "dns",
-        }
-    }
-}
+pub use mesh_registry_api::sidecar::Source;
 
 #[derive(Debug)]
 pub struct Endpoint {

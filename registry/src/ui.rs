@@ -168,4 +168,62 @@ mod tests {
         );
         assert!(asset("nope.js").is_none());
     }
+
+    /// The keys `reader` reads from `object` (`object.key`) in the sidecar reader's
+    /// function `function`.
+    fn read_keys(function: &str, object: &str) -> Vec<String> {
+        let body = asset("sidecar-reader.js").unwrap().body;
+        let start = body.find(&format!("function {function}(")).unwrap();
+        let end = body[start..].find("\n}\n").unwrap() + start;
+        let pattern = format!("{object}.");
+        let mut keys: Vec<String> = body[start..end]
+            .match_indices(&pattern)
+            .filter(|(at, _)| {
+                let before = body[..start + at].chars().next_back();
+                !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+            })
+            .map(|(at, _)| {
+                let rest = &body[start + at + pattern.len()..];
+                let len = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                rest[..len].to_owned()
+            })
+            .filter(|key| key != "length" && key != "slice")
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The keys a value of `T` is written with.
+    fn written_keys<T: serde::Serialize>(value: T) -> Vec<String> {
+        let json = serde_json::to_value(value).unwrap();
+        json.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_dashboard_reads_only_fields_sidecars_write() {
+        use mesh_registry_api::sidecar::{DestinationView, EndpointView, SidecarReadiness};
+        let full = SidecarReadiness {
+            reason: Some(String::new()),
+            status: Some(mesh_registry_api::Status::Passing),
+            ..SidecarReadiness::default()
+        };
+        for (function, object, written) in [
+            ("destinations", "d", written_keys(DestinationView::default())),
+            ("destinations", "e", written_keys(EndpointView::default())),
+            ("readiness", "ready", written_keys(full)),
+        ] {
+            let read = read_keys(function, object);
+            assert!(!read.is_empty(), "{function} reads no field of {object}");
+            for key in read {
+                assert!(
+                    written.contains(&key),
+                    "the dashboard reads {object}.{key}, which sidecars do not write \
+                     (they write {written:?})"
+                );
+            }
+        }
+    }
 }

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use mesh_registry_api::sidecar::SidecarReadiness;
 use mesh_registry_api::{AdminAnswer, AdminPath, Status as Listed};
-use serde::Deserialize;
 
 use super::Check;
 use super::registry::{Ca, Facts};
@@ -29,18 +29,6 @@ struct Probe {
     /// Its certificate's expiry (Unix seconds; 0 without one), asked only of a mesh with
     /// a CA and of a sidecar that answered.
     cert_expiry: Option<Result<f64, SidecarError>>,
-}
-
-/// The body of a sidecar's `/ready`. Fields it does not send take their defaults.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Readiness {
-    ready: bool,
-    reason: Option<String>,
-    registry_connected: Option<bool>,
-    status: Option<String>,
-    passing: Option<bool>,
-    version: Option<String>,
 }
 
 /// Pushes every sidecar's checks, then the versions check.
@@ -112,7 +100,7 @@ fn count(list: &[Sidecar]) -> Check {
 }
 
 /// The `/ready` check of one sidecar, and its body when it answered with one.
-fn ready(p: &Probe, direct: bool) -> (Check, Option<Readiness>) {
+fn ready(p: &Probe, direct: bool) -> (Check, Option<SidecarReadiness>) {
     let s = &p.sidecar;
     let name = format!("sidecar {s} ready");
     let answer = match &p.ready {
@@ -129,7 +117,7 @@ fn ready(p: &Probe, direct: bool) -> (Check, Option<Readiness>) {
             );
         }
     };
-    let Ok(body) = serde_json::from_slice::<Readiness>(&answer.body) else {
+    let Ok(body) = serde_json::from_slice::<SidecarReadiness>(&answer.body) else {
         let detail = format!(
             "answered {} with something other than /ready's JSON",
             answer.status
@@ -146,7 +134,7 @@ fn ready(p: &Probe, direct: bool) -> (Check, Option<Readiness>) {
              certificate): its logs say what it waits for",
         )
     } else if body.passing == Some(false) {
-        let status = body.status.as_deref().unwrap_or("not passing");
+        let status = body.status.map_or("not passing", |s| s.as_str());
         Check::warning(
             name,
             format!("ready, but registered as {status}: it gets no traffic"),

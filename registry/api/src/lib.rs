@@ -12,6 +12,8 @@
 //! - [`call`]: one call as a sidecar saw it (access log and tap lines), and the tap's
 //!   filter.
 //! - [`policy`]: the traffic policy documents (routes, intentions, limits), checked.
+//! - [`sidecar`]: the JSON of a sidecar's `/ready` and `/debug/endpoints`, written by
+//!   the proxy and read by operators' tools.
 //! - [`spiffe`]: the mesh identities in certificates, and the verifier that checks them.
 //! - [`Client::readyz`] and [`Client::admin`]: what operators' tools ask, the registry's
 //!   readiness and clock, and sidecars' admin pages relayed by the registry.
@@ -25,6 +27,7 @@ pub mod policy;
 mod readiness;
 mod registrar;
 mod rotation;
+pub mod sidecar;
 pub mod spiffe;
 pub mod types;
 pub mod validate;
