@@ -22,15 +22,14 @@ use crate::catalog::{Catalog, Refusal, UnknownInstance};
 use crate::error::ApiError;
 use crate::etcd::EtcdStore;
 use crate::metrics::{Metrics, Route};
-use crate::respond::{Body, no_content, set_index, short_duration, text_response};
+use crate::respond::{
+    Body, INDEX_HEADER, json, no_content, set_index, short_duration, text_response,
+};
 use crate::route::{Target, target};
 use crate::sidecar::{self, Relays};
 use crate::store::{Store, WriteError};
 use crate::tokens::ScopedTokens;
 use crate::{auth, request, ui, watch as blocking};
-
-// Moved to `crate::respond`; re-exported so their old paths keep working.
-pub use crate::respond::{INDEX_HEADER, json};
 
 /// Set to `true` on every answer of a replica that cannot reach etcd: it answers from
 /// the last state it saw.
