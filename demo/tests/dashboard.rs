@@ -27,12 +27,13 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use browser::Browser;
+use mesh_test_support::ChildGuard;
 use rustix::process::{Signal, kill_process};
 use support::{Ports, start_mesh};
 
@@ -395,8 +396,11 @@ fn screenshot_path() -> Option<PathBuf> {
     })
 }
 
-/// `mesh-demo traffic` on the marketplace page, so sidecars have figures to show.
-struct Traffic(Child);
+/// `mesh-demo traffic` on the marketplace page, so sidecars have figures to show; it
+/// stops when dropped.
+struct Traffic {
+    _child: ChildGuard,
+}
 
 // === impl Traffic ===
 
@@ -418,13 +422,8 @@ impl Traffic {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Traffic(child)
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Traffic {
+            _child: child.into(),
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use mesh_demo::http::{Client, GetError, Response};
+use mesh_test_support::blocking;
 use rustix::process::{Signal, kill_process};
 use support::{Launcher, Ports, bin_dir, start_mesh, wait_gone};
 
@@ -111,11 +112,10 @@ fn the_page_survives_a_killed_instance_and_ctrl_c_stops_everything() {
             _ => streak = 0,
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.passing(&ports).get("recommendations") != Some(&2) {
-        assert!(Instant::now() < deadline, "{:?}", http.passing(&ports));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let two_passing = blocking::within(Duration::from_secs(30), || {
+        (http.passing(&ports).get("recommendations") == Some(&2)).then_some(())
+    });
+    assert!(two_passing.is_some(), "{:?}", http.passing(&ports));
 
     // The traffic generator sees only successes now, and stops by itself.
     let traffic = Command::new(support::LAUNCHER)

@@ -16,11 +16,12 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use mesh_test_support::{ChildGuard, blocking};
 use rustix::process::Signal;
 use support::{Launcher, Ports, READY, bin_dir};
 
@@ -71,7 +72,8 @@ struct Span {
 
 /// The OTLP receiver, and every span it has printed so far.
 struct Sink {
-    child: Child,
+    /// Killed when the sink is dropped.
+    _child: ChildGuard,
     port: u16,
     lines: mpsc::Receiver<String>,
     spans: Vec<Span>,
@@ -109,7 +111,7 @@ impl Sink {
             .and_then(|port| port.parse().ok())
             .unwrap_or_else(|| panic!("the OTLP sink said {first:?}"));
         Sink {
-            child,
+            _child: child.into(),
             port,
             lines,
             spans: Vec::new(),
@@ -159,26 +161,14 @@ impl Sink {
                     })
             })
         };
-        let deadline = Instant::now() + ARRIVAL;
-        loop {
-            let spans = self.trace(trace_id);
-            if whole(&spans) {
-                return spans;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trace {trace_id} did not arrive whole; its spans: {spans:#?}\nall: {:#?}",
+        let arrived = blocking::within(ARRIVAL, || Some(self.trace(trace_id)).filter(|s| whole(s)));
+        arrived.unwrap_or_else(|| {
+            panic!(
+                "trace {trace_id} did not arrive whole; its spans: {:#?}\nall: {:#?}",
+                self.trace(trace_id),
                 self.spans
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            )
+        })
     }
 }
 
@@ -241,15 +231,8 @@ fn recommend(direction: &str, trace_id: &str) -> Call {
 }
 
 /// Polls `check` until it gives a value, failing with `what` after [`ARRIVAL`].
-fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + ARRIVAL;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    blocking::eventually_some(ARRIVAL, what, check)
 }
 
 /// GETs the page on a fresh connection, with `traceparent` when given; it must be whole.

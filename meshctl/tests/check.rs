@@ -4,9 +4,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Registry, Run, Sidecar, closed_port, run};
 use mesh_proxy::tls::TlsMode;
 use mesh_registry_api::Registration;
+
+/// How long test certificates are valid: longer than any test.
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// The lines of a check run that start with `symbol`.
 fn lines(run: &Run, symbol: char) -> Vec<&str> {
@@ -153,7 +158,7 @@ async fn a_sidecar_whose_admin_does_not_answer_fails_the_check() {
 async fn a_registry_that_is_down_fails_the_check_and_stops_it() {
     let registry = Registry::start().await;
     let url = registry.url();
-    registry.kill().await;
+    registry.stop().await.unwrap();
 
     let check = run(&url, &["check"]).await;
     assert_eq!(check.code, Some(1));
@@ -175,7 +180,7 @@ async fn a_registry_that_is_down_fails_the_check_and_stops_it() {
 
 #[tokio::test]
 async fn a_mesh_with_mtls_has_its_ca_and_certificates_checked() {
-    let registry = Registry::start_with_ca().await;
+    let registry = Registry::start_with_ca_and_tls(DAY).await;
     let url = registry.url();
     let web = Sidecar::start_with(&registry, "web", TlsMode::Strict).await;
     let _front = Sidecar::start_with(&registry, "front", TlsMode::Strict).await;

@@ -124,7 +124,7 @@ async fn the_registry_comes_from_the_environment_too() {
 async fn a_registry_that_is_down_is_an_error_naming_it() {
     let registry = Registry::start().await;
     let url = registry.url();
-    registry.kill().await;
+    registry.stop().await.unwrap();
     let out = run(&url, &["services"]).await;
     assert_eq!(out.code, Some(1));
     assert!(

@@ -5,7 +5,7 @@
 mod common;
 
 use clap::Parser;
-use common::{Registry, Shape, Sidecar, call, meshctl, run};
+use common::{PATIENCE, Registry, Shape, Sidecar, call, eventually, meshctl, run};
 use http::StatusCode;
 use mesh_proxy::inbound::AppProtocol;
 use meshctl::Ctl;
@@ -83,12 +83,10 @@ async fn endpoints_of_a_tcp_service_show_its_open_connections() {
         json.json()[0]["endpoints"][0].clone()
     };
     // The sidecar counts a connection once it has reached the endpoint.
-    for _ in 0..500 {
-        if endpoint().await["open_connections"] == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually(PATIENCE, "two open connections to db", async || {
+        endpoint().await["open_connections"] == 2
+    })
+    .await;
     let endpoint = endpoint().await;
     assert_eq!(endpoint["address"], db.inbound.to_string(), "{endpoint}");
     assert_eq!(endpoint["open_connections"], 2, "{endpoint}");

@@ -204,10 +204,7 @@ async fn the_probe_binary_reports_readiness_by_exit_code() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
     let tcp = probe(format!("tcp://{}", client.outbound)).await;
     assert!(tcp.status.success());
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = common::closed_port();
     assert_eq!(
         probe(format!("tcp://{closed}")).await.status.code(),
         Some(1)

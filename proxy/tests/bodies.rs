@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{App, H2Conn, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually};
+use common::{
+    App, H2Conn, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually, metric_or_zero,
+};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use mesh_proxy::Config;
@@ -28,10 +30,6 @@ async fn pair(app: &App, settings: impl FnOnce(&mut Config)) -> (Registry, Sidec
     settings(&mut spec.config);
     let client = Sidecar::start(spec).await;
     (registry, server, client)
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -70,10 +68,7 @@ async fn a_large_upload_goes_elsewhere_when_its_first_endpoint_refuses_the_conne
     let app = App::start("web-1").await;
     let (registry, _server, client) = pair(&app, |_| {}).await;
     // A second instance, registered as a sidecar, whose address refuses connections.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = common::closed_port();
     let mut reg = Registration::new(dead.to_string());
     reg.metadata.insert("tls".into(), "off".into());
     registry
@@ -134,7 +129,7 @@ async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint(
     // endpoint: no ejection can follow.
     let open = r#"mesh_tcp_open_connections{direction="outbound"}"#;
     eventually(PATIENCE, "the callers' connections closed", async || {
-        metric(&client.metrics().await, open) == 0.0
+        metric_or_zero(&client.metrics().await, open) == 0.0
     })
     .await;
 
@@ -145,7 +140,7 @@ async fn bodies_the_caller_breaks_are_answered_400_and_never_eject_the_endpoint(
         "{m}"
     );
     assert_eq!(
-        metric(&m, r#"mesh_endpoints{service="web",state="ready"}"#),
+        metric_or_zero(&m, r#"mesh_endpoints{service="web",state="ready"}"#),
         1.0,
         "{m}"
     );

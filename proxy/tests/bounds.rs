@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{App, PATIENCE, Registry, Sidecar, SidecarSpec, eventually};
+use common::{App, PATIENCE, Registry, Sidecar, SidecarSpec, eventually, metric_or_zero};
 use http::StatusCode;
 use mesh_proxy::Config;
 
@@ -32,10 +32,6 @@ async fn web() -> (Registry, App, Sidecar) {
     (registry, app, server)
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
-
 async fn destinations(sidecar: &Sidecar) -> usize {
     let debug = common::get(&format!("http://{}/debug/endpoints", sidecar.admin)).await;
     serde_json::from_slice::<Vec<serde_json::Value>>(&debug.body)
@@ -47,7 +43,7 @@ async fn watchers(registry: &Registry) -> f64 {
     let m = common::get(&format!("{}/metrics", registry.url()))
         .await
         .text;
-    metric(&m, "mesh_registry_watchers")
+    metric_or_zero(&m, "mesh_registry_watchers")
 }
 
 #[tokio::test]
@@ -185,7 +181,7 @@ async fn many_open_connections_stay_cheap_and_do_not_stop_service() {
         idle.push(stream);
     }
     let m = sidecar.metrics().await;
-    let open = metric(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#);
+    let open = metric_or_zero(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#);
     assert!(open <= 200.0, "{open} open: {m}");
     drop(idle);
     let deadline = Instant::now() + Duration::from_secs(10);

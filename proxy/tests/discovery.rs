@@ -4,27 +4,23 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use common::{App, Registry, Sidecar, SidecarSpec};
+use common::{App, PATIENCE, Registry, Sidecar, SidecarSpec, eventually};
 use http::StatusCode;
 
 /// Asks `/whoami` through the client sidecar until `done` holds for the set of names
 /// seen in the last `window` answers (bounded).
 async fn until_seen(client: &Sidecar, window: usize, done: impl Fn(&HashSet<String>) -> bool) {
-    for _ in 0..100 {
+    eventually(PATIENCE, "the traffic to match", async || {
         let mut seen = HashSet::new();
         for _ in 0..window {
             let a = common::get_h1(client.outbound, "web", "/whoami").await;
             assert_eq!(a.status, StatusCode::OK, "{}", a.text);
             seen.insert(a.text);
         }
-        if done(&seen) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the traffic never matched");
+        done(&seen)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -73,14 +69,12 @@ async fn traffic_keeps_flowing_to_known_endpoints_while_the_registry_is_down() {
         Some(1.0)
     );
 
-    registry.kill().await;
+    registry.stop().await.unwrap();
     // The watch notices; the gauge and /ready's body say so.
-    for _ in 0..300 {
-        if common::metric(&client.metrics().await, "mesh_registry_connected") == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(PATIENCE, "the registry reported unreachable", async || {
+        common::metric(&client.metrics().await, "mesh_registry_connected") == Some(0.0)
+    })
+    .await;
     assert_eq!(
         common::metric(&client.metrics().await, "mesh_registry_connected"),
         Some(0.0)

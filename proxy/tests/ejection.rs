@@ -7,9 +7,9 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{App, Mode, Registry, Sidecar, SidecarSpec};
+use common::{App, Mode, PATIENCE, Registry, Sidecar, SidecarSpec, eventually, within};
 use http::StatusCode;
 use mesh_proxy::Config;
 use mesh_proxy::balance::Strategy;
@@ -37,35 +37,31 @@ async fn setup(settings: impl FnOnce(&mut Config)) -> (Registry, App, App, Vec<S
     (registry, steady, flaky, servers, client)
 }
 
+/// Calls until the client has ejected an endpoint of web `n` times in all.
 async fn until_ejections(client: &Sidecar, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let ejected = within(PATIENCE, async || {
         let answer = common::get_h1(client.outbound, "web", "/whoami").await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
         let m = client.metrics().await;
-        if common::metric_sum(&m, "mesh_endpoint_ejections_total", r#"service="web""#) >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never ejected {n} times: {m}");
+        let ejections = common::metric_sum(&m, "mesh_endpoint_ejections_total", r#"service="web""#);
+        (ejections >= n).then_some(())
+    })
+    .await;
+    if ejected.is_none() {
+        panic!("never ejected {n} times: {}", client.metrics().await);
     }
 }
 
 /// Asks until the flaky instance answers again.
 async fn until_back(client: &Sidecar) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let back = within(PATIENCE, async || {
         let answer = common::get_h1(client.outbound, "web", "/whoami").await;
-        if answer.text == "flaky" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the flaky instance never came back: {}",
-            common::get(&format!("http://{}/debug/endpoints", client.admin))
-                .await
-                .text
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        (answer.text == "flaky").then_some(())
+    })
+    .await;
+    if back.is_none() {
+        let endpoints = common::get(&format!("http://{}/debug/endpoints", client.admin)).await;
+        panic!("the flaky instance never came back: {}", endpoints.text);
     }
 }
 
@@ -91,19 +87,16 @@ async fn a_probe_its_caller_gives_up_on_does_not_keep_the_endpoint_out() {
     // Requests until one is the probe: it reaches the flaky app, which never answers,
     // and its caller gives up.
     let before = flaky.received.load(Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while flaky.received.load(Ordering::SeqCst) == before {
-        assert!(
-            Instant::now() < deadline,
-            "the ejected endpoint was never probed"
-        );
+    eventually(PATIENCE, "a probe of the ejected endpoint", async || {
         let outbound = client.outbound;
         let _ = tokio::time::timeout(
             Duration::from_millis(100),
             common::get_h1(outbound, "web", "/whoami"),
         )
         .await;
-    }
+        flaky.received.load(Ordering::SeqCst) != before
+    })
+    .await;
     flaky.set_mode(Mode::Normal);
     until_back(&client).await;
 }

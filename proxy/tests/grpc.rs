@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Registry, Sidecar, SidecarSpec};
+use common::{PATIENCE, Registry, Sidecar, SidecarSpec};
+use http_body_util::BodyExt;
 use mesh_proxy::inbound::AppProtocol;
 use recommendations::pb::recommendations_client::RecommendationsClient;
 use recommendations::pb::{BookCategory, RecommendationRequest};
@@ -23,6 +25,11 @@ struct GrpcMesh {
 }
 
 async fn mesh() -> GrpcMesh {
+    mesh_with(|_| {}).await
+}
+
+/// [`mesh`], with both sidecars' settings tuned by `tune`.
+async fn mesh_with(tune: impl Fn(&mut mesh_proxy::Config)) -> GrpcMesh {
     let registry = Registry::start().await;
     let app_listener = common::listener().await;
     let app = app_listener.local_addr().unwrap();
@@ -37,10 +44,12 @@ async fn mesh() -> GrpcMesh {
     let url = registry.url();
     let mut spec = SidecarSpec::server(&url, "recommendations", app);
     spec.app = Some(("recommendations", app, Some(AppProtocol::Grpc)));
+    tune(&mut spec.config);
     let server = Sidecar::start(spec).await;
     registry.until_passing("recommendations", 1).await;
     let mut spec = SidecarSpec::client(&url);
     spec.upstreams = vec!["recommendations"];
+    tune(&mut spec.config);
     let client = Sidecar::start(spec).await;
     GrpcMesh {
         registry,
@@ -120,9 +129,34 @@ async fn the_host_routed_listener_takes_the_service_from_the_authority() {
     assert!(books.iter().all(|b| (7..=9).contains(&b.id)));
 }
 
+/// An HTTP/2 connection to `addr` that has carried one request and then sits without a
+/// stream; resolves once the sidecar has closed it.
+async fn idle_h2_connection(addr: SocketAddr) -> impl Future<Output = ()> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get("http://recommendations/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    let _ = response.into_body().collect().await;
+    async move {
+        // Held until the end: a client whose last handle is dropped closes the connection
+        // itself.
+        let _send = send;
+        let _ = conn.await;
+    }
+}
+
 #[tokio::test]
 async fn a_server_stream_stays_open_and_delivers_every_message() {
-    let mut m = mesh().await;
+    // Connections without an open stream are closed after 500 ms: the stream's must not be.
+    let idle = Duration::from_millis(500);
+    let mut m = mesh_with(|c| c.listen.idle_timeout = idle).await;
     let mut health = HealthClient::new(upstream_channel(&m).await);
     let mut stream = health
         .watch(HealthCheckRequest {
@@ -134,9 +168,14 @@ async fn a_server_stream_stays_open_and_delivers_every_message() {
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
 
-    // The stream sits idle well past any default idle timer; nothing cuts it. (A quiet
-    // spell, not a wait for something to happen: a slow machine only makes it longer.)
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The stream sits quiet until the idle timeout has closed another connection, opened
+    // after it, whose one request is done: the timer ran, and did not cut the stream.
+    let witness = idle_h2_connection(m.client.upstreams[0]).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(PATIENCE, witness)
+        .await
+        .expect("the idle connection was closed");
+    assert!(started.elapsed() >= idle / 2, "{:?}", started.elapsed());
 
     // Stopping the app makes it report NOT_SERVING on the open stream.
     let _ = m.stop_app.take().unwrap().send(());

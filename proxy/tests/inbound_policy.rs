@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    App, H2Conn, JOIN_TOKEN, Registry, Sidecar, SidecarSpec, TestBody, debug_policy, put_policy,
-    until_serving,
+    App, H2Conn, JOIN_TOKEN, Registry, Sidecar, SidecarSpec, TestBody, debug_policy,
+    metric_or_zero, put_policy, until_serving,
 };
 use http::{Method, Request, StatusCode, Version};
 use mesh_proxy::tls::TlsMode;
@@ -33,10 +33,6 @@ async fn meshed(
     spec.config.tls.join_token = Some(JOIN_TOKEN.to_owned());
     settings(&mut spec.config);
     Sidecar::start(spec).await
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
 }
 
 fn denied(mode: &str, rule: &str) -> String {
@@ -82,7 +78,11 @@ async fn a_deny_intention_refuses_its_caller_and_a_shadow_one_only_counts() {
         "only web's call reached the app"
     );
     let m = server.metrics().await;
-    assert_eq!(metric(&m, &denied("enforce", "no-batch")), 2.0, "{m}");
+    assert_eq!(
+        metric_or_zero(&m, &denied("enforce", "no-batch")),
+        2.0,
+        "{m}"
+    );
 
     // The same rule in shadow: batch's calls go through, and are counted and listed.
     let shadow = json!({"rules": [{"name": "no-batch", "from": "batch", "action": "deny", "mode": "shadow"}]});
@@ -95,8 +95,16 @@ async fn a_deny_intention_refuses_its_caller_and_a_shadow_one_only_counts() {
     );
     assert_eq!(app.received.load(Ordering::SeqCst), 2);
     let m = server.metrics().await;
-    assert_eq!(metric(&m, &denied("shadow", "no-batch")), 1.0, "{m}");
-    assert_eq!(metric(&m, &denied("enforce", "no-batch")), 2.0, "{m}");
+    assert_eq!(
+        metric_or_zero(&m, &denied("shadow", "no-batch")),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_or_zero(&m, &denied("enforce", "no-batch")),
+        2.0,
+        "{m}"
+    );
     let page = debug_policy(&server).await;
     let recent = page["serving"]["recent_denials"]
         .as_array()
@@ -165,12 +173,20 @@ async fn a_rate_limited_call_is_refused_once_and_never_retried() {
     // was tried again.
     let served = server.metrics().await;
     let refused = r#"mesh_rate_limited_total{direction="inbound",service="recs"}"#;
-    assert_eq!(metric(&served, refused), f64::from(limited), "{served}");
+    assert_eq!(
+        metric_or_zero(&served, refused),
+        f64::from(limited),
+        "{served}"
+    );
     let tries = r#"mesh_requests_total{direction="inbound",service="recs"}"#;
-    assert_eq!(metric(&served, tries), 11.0, "{served}");
+    assert_eq!(metric_or_zero(&served, tries), 11.0, "{served}");
     let called = caller.metrics().await;
     let answered = r#"mesh_rate_limited_total{direction="outbound",service="recs"}"#;
-    assert_eq!(metric(&called, answered), f64::from(limited), "{called}");
+    assert_eq!(
+        metric_or_zero(&called, answered),
+        f64::from(limited),
+        "{called}"
+    );
     assert_eq!(
         common::metric_sum(&called, "mesh_retries_total", r#"service="recs""#),
         0.0

@@ -190,10 +190,7 @@ async fn an_app_that_comes_up_after_its_sidecar_is_routable_at_once() {
     let registry = Registry::start().await;
     let url = registry.url();
     // The app's port, free until the app starts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = common::closed_port();
     let mut spec = SidecarSpec::server(&url, "web", port);
     spec.config.registration.health_interval = Duration::from_secs(30);
     let sidecar = Sidecar::start(spec).await;
@@ -275,25 +272,41 @@ impl Counting {
     }
 }
 
+/// A sidecar of `service` in front of `app`, with a certificate (permissive mTLS) and a
+/// short drain, reaching the registry at `registry`.
+fn counted<'a>(registry: &'a str, service: &'a str, app: &Counting) -> SidecarSpec<'a> {
+    let mut spec = SidecarSpec::server(registry, service, app.addr);
+    spec.config.tls.mode = mesh_proxy::tls::TlsMode::Permissive;
+    spec.config.tls.join_token = Some(common::JOIN_TOKEN.to_owned());
+    spec.config.listen.drain_timeout = Duration::from_millis(200);
+    spec
+}
+
 /// `run` returns only once everything it started has ended: after it, the app sees no
 /// health probe and the registry no request (no renewal, heartbeat or watch).
 #[tokio::test]
 async fn once_run_returns_nothing_it_started_probes_the_app_or_calls_the_registry() {
     // Certificates valid 3 s are renewed every second.
     let registry = Registry::start_with_ca(Duration::from_secs(3)).await;
+    let rotations = async |sidecar: &Sidecar| {
+        common::metric(&sidecar.metrics().await, "mesh_tls_cert_rotations_total").unwrap_or(0.0)
+    };
+    // Each sidecar reaches its app and the registry through counters of its own.
     let to_registry = Counting::start(Some(registry.addr)).await;
     let app = Counting::start(None).await;
     let registry_url = format!("http://{}", to_registry.addr);
-    let mut spec = SidecarSpec::server(&registry_url, "web", app.addr);
-    spec.config.tls.mode = mesh_proxy::tls::TlsMode::Permissive;
-    spec.config.tls.join_token = Some(common::JOIN_TOKEN.to_owned());
-    spec.config.listen.drain_timeout = Duration::from_millis(200);
-    let mut sidecar = Sidecar::start(spec).await;
+    let mut sidecar = Sidecar::start(counted(&registry_url, "web", &app)).await;
+    // The witness: a sidecar set up alike that keeps running.
+    let (witness_registry, witness_app) = (
+        Counting::start(Some(registry.addr)).await,
+        Counting::start(None).await,
+    );
+    let witness_url = format!("http://{}", witness_registry.addr);
+    let witness = Sidecar::start(counted(&witness_url, "witness", &witness_app)).await;
     // A destination followed too: its watch must end with the sidecar.
     let _ = common::get_h1(sidecar.outbound, "web", "/").await;
     eventually(PATIENCE, "a certificate renewal", async || {
-        let rotations = common::metric(&sidecar.metrics().await, "mesh_tls_cert_rotations_total");
-        rotations.is_some_and(|n| n >= 1.0)
+        rotations(&sidecar).await >= 1.0
     })
     .await;
     assert!(
@@ -308,8 +321,22 @@ async fn once_run_returns_nothing_it_started_probes_the_app_or_calls_the_registr
         app.accepted.load(Ordering::SeqCst),
         to_registry.bytes.load(Ordering::SeqCst),
     );
-    // Ten health intervals and two renewal periods: a task left behind would show.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Ten health intervals and two renewal periods, as the witness lives them (a loaded
+    // machine slows its timers as it would slow a task left behind): such a task would
+    // have shown by then.
+    let (witness_probes, witness_rotations) = (
+        witness_app.accepted.load(Ordering::SeqCst),
+        rotations(&witness).await,
+    );
+    eventually(
+        PATIENCE,
+        "ten probes and two renewals by the witness",
+        async || {
+            witness_app.accepted.load(Ordering::SeqCst) >= witness_probes + 10
+                && rotations(&witness).await >= witness_rotations + 2.0
+        },
+    )
+    .await;
     assert_eq!(
         app.accepted.load(Ordering::SeqCst),
         probes,

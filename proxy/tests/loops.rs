@@ -5,13 +5,9 @@
 
 mod common;
 
-use common::{App, Registry, Sidecar, SidecarSpec};
+use common::{App, Registry, Sidecar, SidecarSpec, metric_or_zero};
 use http::StatusCode;
 use mesh_registry_api::Registration;
-
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
 
 async fn assert_loop(answer: common::Answer) {
     assert_eq!(answer.status, StatusCode::LOOP_DETECTED, "{}", answer.text);
@@ -33,7 +29,7 @@ async fn a_host_naming_the_sidecar_itself_is_refused() {
     }
     let m = client.metrics().await;
     assert!(
-        metric(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#) <= 2.0,
+        metric_or_zero(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#) <= 2.0,
         "{m}"
     );
 }
@@ -74,7 +70,7 @@ async fn a_loop_through_two_sidecars_is_stopped_by_the_hop_count() {
     for s in [&a, &b] {
         let m = s.metrics().await;
         assert!(
-            metric(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#) <= 20.0,
+            metric_or_zero(&m, r#"mesh_tcp_open_connections{direction="outbound"}"#) <= 20.0,
             "{m}"
         );
     }

@@ -8,7 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{App, H2Conn, JOIN_TOKEN, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody};
+use common::{
+    App, H2Conn, JOIN_TOKEN, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually,
+    metric_or_zero,
+};
 use http::{Method, Request, StatusCode, Version};
 use mesh_proxy::tls::TlsMode;
 use mesh_registry_api::Registration;
@@ -46,10 +49,6 @@ async fn meshed_with(
     Sidecar::start(spec).await
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn sidecars_talk_over_mtls_with_registry_issued_certificates() {
     let registry = Registry::start_with_ca(DAY).await;
@@ -73,14 +72,14 @@ async fn sidecars_talk_over_mtls_with_registry_issued_certificates() {
 
     let m = web.metrics().await;
     assert!(
-        metric(&m, r#"mesh_inbound_connections_total{tls="tls"}"#) >= 1.0,
+        metric_or_zero(&m, r#"mesh_inbound_connections_total{tls="tls"}"#) >= 1.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, r#"mesh_inbound_connections_total{tls="plaintext"}"#),
+        metric_or_zero(&m, r#"mesh_inbound_connections_total{tls="plaintext"}"#),
         0.0
     );
-    let expiry = metric(&m, "mesh_tls_cert_expiry_timestamp_seconds");
+    let expiry = metric_or_zero(&m, "mesh_tls_cert_expiry_timestamp_seconds");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -106,29 +105,24 @@ async fn rotation_keeps_an_open_http2_connection_working() {
         let answer = conn.get("web", "/whoami").await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     };
-    let rotations =
-        async |sidecar: &Sidecar| metric(&sidecar.metrics().await, "mesh_tls_cert_rotations_total");
-    // The first call opens the caller's TLS connection to web; calls go on every 250 ms
-    // until both sidecars have renewed their certificate since, and a while after.
+    let rotations = async |sidecar: &Sidecar| {
+        metric_or_zero(&sidecar.metrics().await, "mesh_tls_cert_rotations_total")
+    };
+    // The first call opens the caller's TLS connection to web; calls go on until both
+    // sidecars have renewed their certificate twice since: calls between and after
+    // rotations on both sides.
     call().await;
     let before = (rotations(&web).await, rotations(&caller).await);
-    let started = tokio::time::Instant::now();
-    while rotations(&web).await <= before.0 || rotations(&caller).await <= before.1 {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "no rotation on both sides within {PATIENCE:?}"
-        );
+    eventually(PATIENCE, "two rotations on both sides", async || {
         call().await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    for _ in 0..4 {
-        call().await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        rotations(&web).await >= before.0 + 2.0 && rotations(&caller).await >= before.1 + 2.0
+    })
+    .await;
+    call().await;
     let m = web.metrics().await;
     // One TLS connection from the caller's sidecar carried every call across rotations.
     assert_eq!(
-        metric(&m, r#"mesh_inbound_connections_total{tls="tls"}"#),
+        metric_or_zero(&m, r#"mesh_inbound_connections_total{tls="tls"}"#),
         1.0,
         "{m}"
     );
@@ -168,7 +162,7 @@ async fn strict_inbound_refuses_plaintext_and_foreign_certificates() {
     );
     let m = web.metrics().await;
     assert!(
-        metric(&m, r#"mesh_inbound_connections_total{tls="refused"}"#) >= 2.0,
+        metric_or_zero(&m, r#"mesh_inbound_connections_total{tls="refused"}"#) >= 2.0,
         "{m}"
     );
 }
@@ -185,7 +179,7 @@ async fn permissive_inbound_lets_plaintext_in_and_labels_it() {
     );
     let m = web.metrics().await;
     assert_eq!(
-        metric(&m, r#"mesh_inbound_connections_total{tls="plaintext"}"#),
+        metric_or_zero(&m, r#"mesh_inbound_connections_total{tls="plaintext"}"#),
         1.0,
         "{m}"
     );
@@ -271,7 +265,7 @@ async fn the_allow_list_admits_its_callers_and_denies_others() {
     );
     let m = server.metrics().await;
     assert_eq!(
-        metric(
+        metric_or_zero(
             &m,
             r#"mesh_policy_denied_total{mode="enforce",rule="allow-list",service="recommendations"}"#
         ),
@@ -399,7 +393,7 @@ async fn a_pooled_tls_connection_outlives_quiet_spells() {
     }
     let m = web.metrics().await;
     assert_eq!(
-        metric(&m, r#"mesh_inbound_connections_total{tls="tls"}"#),
+        metric_or_zero(&m, r#"mesh_inbound_connections_total{tls="tls"}"#),
         1.0,
         "{m}"
     );

@@ -91,11 +91,7 @@ struct PythonServer {
 impl PythonServer {
     async fn start(stubs: &Path, mode: &str, name: &str) -> PythonServer {
         use tokio::io::AsyncBufReadExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::closed_port().port();
         let mut child = Command::new(python())
             .arg(
                 Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,12 +9,13 @@ mod common;
 #[path = "../../registry/tests/common/etcd.rs"]
 mod etcd;
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{App, PATIENCE, Sidecar, SidecarSpec, eventually, get_h1};
+use common::{App, PATIENCE, Sidecar, SidecarSpec, eventually, get_h1, within};
 use etcd::{EtcdCluster, Replica, get};
 use http::StatusCode;
 
@@ -94,6 +95,7 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
                     {
                         eprintln!("first failed call: {} {}", answer.status, answer.text);
                     }
+                    // The callers' pace, not a wait for anything.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
@@ -121,17 +123,21 @@ async fn calls_survive_a_registry_replica_killed_under_load() {
     let killed = Instant::now();
     // Every sidecar used A, the first replica given; how soon do their heartbeats and
     // blocking queries (parked watches) reach B?
-    let (mut heartbeat_moved, mut watch_moved) = (None, None);
-    while killed.elapsed() < PATIENCE && (heartbeat_moved.is_none() || watch_moved.is_none()) {
+    let (heartbeat_moved, watch_moved) = (Cell::new(None), Cell::new(None));
+    let first_seen =
+        |moved: &Cell<Option<Duration>>| moved.set(moved.get().or(Some(killed.elapsed())));
+    within(PATIENCE, async || {
         let now = served_by_b().await;
         if now.0 > before.0 {
-            heartbeat_moved.get_or_insert(killed.elapsed());
+            first_seen(&heartbeat_moved);
         }
         if now.1 > before.1 {
-            watch_moved.get_or_insert(killed.elapsed());
+            first_seen(&watch_moved);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (heartbeat_moved.get().is_some() && watch_moved.get().is_some()).then_some(())
+    })
+    .await;
+    let (heartbeat_moved, watch_moved) = (heartbeat_moved.get(), watch_moved.get());
     println!(
         "after the kill, first heartbeat on B: {heartbeat_moved:?}, first watch on B: {watch_moved:?}"
     );

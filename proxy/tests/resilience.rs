@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{App, H2Conn, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually};
+use common::{
+    App, H2Conn, PATIENCE, Registry, Sidecar, SidecarSpec, TestBody, eventually, metric_or_zero,
+};
 use http::{Method, Request, StatusCode, Version};
 use mesh_proxy::Config;
 use mesh_registry_api::Registration;
@@ -41,10 +43,6 @@ fn grpc_call(path: &str) -> Request<TestBody> {
         .unwrap()
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn unavailable_in_trailers_from_one_instance_is_retried_on_the_other() {
     let registry = Registry::start().await;
@@ -69,13 +67,13 @@ async fn unavailable_in_trailers_from_one_instance_is_retried_on_the_other() {
         bad.received.load(Ordering::SeqCst) > 0,
         "the failing instance was tried"
     );
-    let retries = metric(
+    let retries = metric_or_zero(
         &m,
         r#"mesh_retries_total{reason="grpc-status",service="web"}"#,
     );
     assert!(retries >= 1.0, "{m}");
     let ok = r#"mesh_responses_total{classification="success",direction="outbound",grpc_status="0",service="web",status_code="200"}"#;
-    assert_eq!(metric(&m, ok), 40.0, "{m}");
+    assert_eq!(metric_or_zero(&m, ok), 40.0, "{m}");
 }
 
 #[tokio::test]
@@ -84,10 +82,7 @@ async fn an_instance_refusing_connections_is_ejected_probed_and_readmitted() {
     let good = App::start("web-good").await;
     let _s = service(&registry, &[&good]).await;
     // An instance whose address refuses connections.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = common::closed_port();
     let mut reg = Registration::new(dead.to_string());
     reg.ttl = Duration::from_secs(3600);
     registry
@@ -115,14 +110,14 @@ async fn an_instance_refusing_connections_is_ejected_probed_and_readmitted() {
     }
     let m = client.metrics().await;
     assert!(
-        metric(
+        metric_or_zero(
             &m,
             r#"mesh_endpoint_ejections_total{reason="consecutive-failures",service="web"}"#
         ) >= 1.0,
         "{m}"
     );
     assert!(
-        metric(&m, r#"mesh_retries_total{reason="not-sent",service="web"}"#) >= 1.0,
+        metric_or_zero(&m, r#"mesh_retries_total{reason="not-sent",service="web"}"#) >= 1.0,
         "{m}"
     );
     let debug = common::get(&format!("http://{}/debug/endpoints", client.admin)).await;
@@ -130,22 +125,15 @@ async fn an_instance_refusing_connections_is_ejected_probed_and_readmitted() {
 
     // The instance comes back: after the backoff a probe finds it and it is readmitted.
     let back = App::start_on(dead, "web-revived").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(PATIENCE, "traffic to the revived instance", async || {
         let answer = common::get_h1(client.outbound, "web", "/whoami").await;
         assert_eq!(answer.status, StatusCode::OK);
-        if answer.text == "web-revived" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the revived instance never got traffic"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        answer.text == "web-revived"
+    })
+    .await;
     let m = client.metrics().await;
     assert_eq!(
-        metric(&m, r#"mesh_endpoints{service="web",state="ejected"}"#),
+        metric_or_zero(&m, r#"mesh_endpoints{service="web",state="ejected"}"#),
         0.0,
         "{m}"
     );
@@ -228,13 +216,13 @@ async fn retries_stop_at_the_budget_and_say_so() {
     let m = client.metrics().await;
     // Five requests use two retries each; the other fifteen find the budget spent.
     assert_eq!(
-        metric(&m, r#"mesh_retries_total{reason="status",service="web"}"#),
+        metric_or_zero(&m, r#"mesh_retries_total{reason="status",service="web"}"#),
         10.0,
         "{m}"
     );
     assert_eq!(exhausted, 15);
     assert_eq!(
-        metric(&m, r#"mesh_retry_budget_exhausted_total{service="web"}"#),
+        metric_or_zero(&m, r#"mesh_retry_budget_exhausted_total{service="web"}"#),
         15.0,
         "{m}"
     );

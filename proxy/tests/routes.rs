@@ -157,7 +157,7 @@ async fn the_last_routes_stay_in_force_while_the_registry_is_away() {
         caller,
         ..
     } = mesh;
-    registry.kill().await;
+    registry.stop().await.unwrap();
 
     let ready = format!("http://{}/ready", caller.admin);
     eventually(PATIENCE, "/ready to say the policy is stale", async || {

@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{JSON, TestRegistry};
+use common::{JSON, Registry, RegistryExt};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry_api::{Heartbeat, Registration, Status};
@@ -14,7 +14,7 @@ const DELETE: Method = Method::DELETE;
 
 #[tokio::test]
 async fn register_list_heartbeat_deregister() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let c = &r.client;
 
     let mut registration = Registration::new("10.0.0.7:4143");
@@ -78,7 +78,7 @@ async fn register_list_heartbeat_deregister() {
 
 #[tokio::test]
 async fn re_registering_replaces_and_identical_re_registration_keeps_the_index() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let path = "/v1/services/web/instances/a";
     let first = r.raw(PUT, path, &[JSON], r#"{"address":"h:1"}"#).await;
     assert_eq!(first.status, StatusCode::OK);
@@ -102,7 +102,7 @@ async fn re_registering_replaces_and_identical_re_registration_keeps_the_index()
 
 #[tokio::test]
 async fn heartbeat_for_an_unknown_instance_is_404_so_the_client_re_registers() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let err = r
         .client
         .heartbeat("web", "ghost", &Heartbeat::default())
@@ -124,7 +124,7 @@ async fn heartbeat_for_an_unknown_instance_is_404_so_the_client_re_registers() {
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_naming_the_field() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let reg = "/v1/services/web/instances/a";
     let big = format!(
         r#"{{"address":"h:1","tags":["{}"]}}"#,
@@ -319,7 +319,7 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
 
 #[tokio::test]
 async fn ids_of_dots_alone_and_admin_metadata_that_is_not_host_port_are_400() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let body = r#"{"address":"h:1"}"#;
     // Dots alone are path segments ("." and ".." mean something to every URL resolver):
     // refused on every route that names an instance.
@@ -376,7 +376,7 @@ async fn ids_of_dots_alone_and_admin_metadata_that_is_not_host_port_are_400() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let missing = r.raw(GET, "/v2/anything", &[], Bytes::new()).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     // Not `not_found`: a client reaching the registry under a wrong URL must be able to
@@ -421,7 +421,7 @@ async fn with_a_token_writes_need_it_and_reads_do_not() {
         token: Some("s3cret".into()),
         ..Config::default()
     };
-    let r = TestRegistry::start(config).await;
+    let r = Registry::start_with(config).await;
     let path = "/v1/services/web/instances/a";
     let body = r#"{"address":"h:1"}"#;
 
@@ -464,7 +464,7 @@ async fn with_a_token_writes_need_it_and_reads_do_not() {
 
 #[tokio::test]
 async fn every_answer_carries_the_index_and_ops_endpoints_answer() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     r.client
         .register("web", "a", &Registration::new("h:1"))
         .await

@@ -5,13 +5,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::TestRegistry;
+use common::{Registry, RegistryExt, metric_sum};
 use http::Method;
 use mesh_registry_api::Registration;
 
 #[tokio::test]
 async fn answers_at_once_when_the_index_already_moved() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     r.client
         .register("web", "a", &Registration::new("h:1"))
         .await
@@ -35,7 +35,7 @@ async fn answers_at_once_when_the_index_already_moved() {
 
 #[tokio::test]
 async fn wakes_on_its_own_service_and_not_on_another() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     r.client
         .register("web", "a", &Registration::new("h:1"))
         .await
@@ -51,7 +51,8 @@ async fn wakes_on_its_own_service_and_not_on_another() {
     });
     r.until_watchers(1.0).await;
 
-    // A change to another service must leave the watcher parked.
+    // A change to another service must leave the watcher parked: watched for a while,
+    // since what is checked is that nothing happens.
     r.client
         .register("db", "x", &Registration::new("h:9"))
         .await
@@ -81,7 +82,7 @@ async fn wakes_on_its_own_service_and_not_on_another() {
 
 #[tokio::test]
 async fn wait_is_honoured_when_nothing_changes() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let seen = r.client.service("web").await.unwrap();
     assert!(!seen.exists);
 
@@ -104,7 +105,7 @@ async fn wait_is_honoured_when_nothing_changes() {
 
 #[tokio::test]
 async fn a_watch_on_a_missing_service_wakes_when_it_appears() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let mut watch = r.client.watch("later");
     let first = watch.next().await.unwrap();
     assert!(!first.exists);
@@ -126,12 +127,12 @@ async fn a_watch_on_a_missing_service_wakes_when_it_appears() {
 
 #[tokio::test]
 async fn the_service_list_blocks_on_the_catalog_index() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let seen = r.client.services().await.unwrap().index;
     let url = format!("/v1/services?index={seen}&wait=60s");
     let waiter = tokio::spawn({
-        let url = r.url(&url);
-        async move { common::raw(Method::GET, &url, &[], Bytes::new()).await }
+        let url = r.url_for(&url);
+        async move { common::request(Method::GET, &url, &[], Bytes::new()).await }
     });
     r.until_watchers(1.0).await;
     r.client
@@ -148,7 +149,7 @@ async fn the_service_list_blocks_on_the_catalog_index() {
 
 #[tokio::test]
 async fn each_service_in_the_list_carries_its_listing_index_and_only_a_changed_one_moves() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     for service in ["api", "db", "web"] {
         r.client
             .register(service, "a", &Registration::new("h:1"))
@@ -179,7 +180,7 @@ async fn each_service_in_the_list_carries_its_listing_index_and_only_a_changed_o
 
 #[tokio::test]
 async fn shutdown_releases_parked_watchers_at_once() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let seen = r.client.service("web").await.unwrap().index;
     let client = r.client.clone();
     let waiter = tokio::spawn(async move {
@@ -193,4 +194,32 @@ async fn shutdown_releases_parked_watchers_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let answered = waiter.await.unwrap().unwrap();
     assert_eq!(answered.index, seen);
+}
+
+/// A watch under tokio's paused clock: the registry serves on the test's runtime, so
+/// blocking queries run out on the test's virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_watch_rides_out_quiet_blocking_queries_and_returns_as_the_change_happens() {
+    let r = Registry::start().await;
+    let mut lasting = Registration::new("h:1");
+    lasting.ttl = Duration::from_secs(600);
+    r.client.register("web", "a", &lasting).await.unwrap();
+    let mut watch = r.client.watch("web").with_wait(Duration::from_secs(5));
+    assert_eq!(watch.next().await.unwrap().instances.len(), 1);
+    let started = tokio::time::Instant::now();
+    let client = r.client.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(23)).await;
+        lasting.address = "h:2".into();
+        client.register("web", "b", &lasting).await.unwrap();
+    });
+
+    // Four blocking queries run out meanwhile (5 s each, and up to 5/16 s of jitter):
+    // the watch asks again after each, and returns the change the moment it happens.
+    let changed = watch.next().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(23));
+    assert_eq!(changed.instances.len(), 2);
+    let metrics = r.metrics().await;
+    let listings = metric_sum(&metrics, "mesh_registry_http_requests_total", r#"route="get_service""#);
+    assert_eq!(listings, 6.0, "{metrics}");
 }

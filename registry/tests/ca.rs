@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{JSON, TestRegistry};
+use common::{JSON, Registry, RegistryExt};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry::ca::Ca;
@@ -17,11 +17,11 @@ fn csr(uri: &str) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
-async fn with_ca(dir: &tempfile::TempDir) -> TestRegistry {
+async fn with_ca(dir: &tempfile::TempDir) -> Registry {
     let generated = Ca::generate("mesh.local").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &generated.cert_pem).unwrap();
     std::fs::write(dir.path().join("ca-key.pem"), &generated.key_pem).unwrap();
-    TestRegistry::start(Config {
+    Registry::start_with(Config {
         ca_cert: Some(dir.path().join("ca.pem")),
         ca_key: Some(dir.path().join("ca-key.pem")),
         join_token: Some("join-me".into()),
@@ -149,7 +149,7 @@ async fn bad_csrs_wrong_tokens_and_name_mismatches_get_nothing() {
 
 #[tokio::test]
 async fn without_a_ca_signing_is_404_not_a_silent_failure() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let answer = r
         .raw(Method::GET, "/v1/ca/bundle", &[], bytes::Bytes::new())
         .await;
@@ -200,14 +200,14 @@ async fn a_ca_dir_is_filled_on_first_start_and_reused_after() {
         join_token: Some("join-me".into()),
         ..Config::default()
     };
-    let r = TestRegistry::start(config.clone()).await;
+    let r = Registry::start_with(config.clone()).await;
     let first = r
         .client
         .sign("web", &csr("spiffe://mesh.local/service/web"), "join-me")
         .await
         .unwrap();
     r.stop().await.unwrap();
-    let r = TestRegistry::start(config).await;
+    let r = Registry::start_with(config).await;
     let second = r
         .client
         .sign("web", &csr("spiffe://mesh.local/service/web"), "join-me")
@@ -222,10 +222,10 @@ async fn with_scoped_tokens(
     dir: &tempfile::TempDir,
     file: &str,
     join_token: Option<&str>,
-) -> TestRegistry {
+) -> Registry {
     let tokens = dir.path().join("join-tokens");
     std::fs::write(&tokens, file).unwrap();
-    TestRegistry::start(Config {
+    Registry::start_with(Config {
         ca_dir: Some(dir.path().join("ca")),
         join_tokens: Some(tokens),
         join_token: join_token.map(str::to_owned),

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{PATIENCE, TestRegistry, eventually};
+use common::{PATIENCE, Registry, RegistryExt, eventually};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -37,7 +37,7 @@ fn short_timeouts() -> Config {
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
-    let r = TestRegistry::start(short_timeouts()).await;
+    let r = Registry::start_with(short_timeouts()).await;
     let silent = TcpStream::connect(r.addr).await.unwrap();
     assert!(closed_by_the_registry(silent).await.is_empty());
     // Half a request head is no better.
@@ -66,7 +66,7 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_h2c_connection_that_opens_no_stream_is_sent_goaway_and_closed() {
-    let r = TestRegistry::start(short_timeouts()).await;
+    let r = Registry::start_with(short_timeouts()).await;
     let mut h2 = TcpStream::connect(r.addr).await.unwrap();
     h2.write_all(H2_PREFACE).await.unwrap();
     let frames = frame_types(&closed_by_the_registry(h2).await);
@@ -75,7 +75,7 @@ async fn an_h2c_connection_that_opens_no_stream_is_sent_goaway_and_closed() {
 
 #[tokio::test]
 async fn an_http2_connection_idle_after_its_requests_is_closed_after_the_idle_timeout() {
-    let r = TestRegistry::start(Config {
+    let r = Registry::start_with(Config {
         idle_timeout: Duration::from_millis(500),
         ..Config::default()
     })
@@ -86,7 +86,7 @@ async fn an_http2_connection_idle_after_its_requests_is_closed_after_the_idle_ti
             .await
             .unwrap();
     let connection = tokio::spawn(connection);
-    let request = Request::get(r.url("/healthz"))
+    let request = Request::get(r.url_for("/healthz"))
         .body(Empty::<Bytes>::new())
         .unwrap();
     let answer = sender.send_request(request).await.unwrap();
@@ -101,7 +101,7 @@ async fn an_http2_connection_idle_after_its_requests_is_closed_after_the_idle_ti
 
 #[tokio::test]
 async fn idle_connections_past_the_cap_wait_and_a_registration_is_served_once_they_time_out() {
-    let r = TestRegistry::start(Config {
+    let r = Registry::start_with(Config {
         max_connections: 4,
         header_read_timeout: Duration::from_millis(500),
         ..Config::default()
@@ -133,7 +133,7 @@ async fn idle_connections_past_the_cap_wait_and_a_registration_is_served_once_th
 
 #[tokio::test]
 async fn a_connection_past_the_cap_waits_for_a_slot_rather_than_being_refused() {
-    let r = TestRegistry::start(Config {
+    let r = Registry::start_with(Config {
         max_connections: 2,
         ..Config::default()
     })
@@ -157,7 +157,7 @@ async fn a_connection_past_the_cap_waits_for_a_slot_rather_than_being_refused() 
 
 #[tokio::test]
 async fn the_blocking_queries_of_one_client_past_its_cap_are_answered_429_at_once() {
-    let r = TestRegistry::start(Config {
+    let r = Registry::start_with(Config {
         max_parked_per_client: 2,
         ..Config::default()
     })
@@ -166,8 +166,8 @@ async fn the_blocking_queries_of_one_client_past_its_cap_are_answered_429_at_onc
     let blocking = format!("/v1/services/web?index={index}&wait=5m");
     let parked: Vec<_> = (0..2)
         .map(|_| {
-            let url = r.url(&blocking);
-            tokio::spawn(async move { common::raw(Method::GET, &url, &[], Bytes::new()).await })
+            let url = r.url_for(&blocking);
+            tokio::spawn(async move { common::request(Method::GET, &url, &[], Bytes::new()).await })
         })
         .collect();
     r.until_watchers(2.0).await;
@@ -195,8 +195,8 @@ async fn the_blocking_queries_of_one_client_past_its_cap_are_answered_429_at_onc
     parked[0].abort();
     r.until_watchers(1.0).await;
     let again = tokio::spawn({
-        let url = r.url(&blocking);
-        async move { common::raw(Method::GET, &url, &[], Bytes::new()).await }
+        let url = r.url_for(&blocking);
+        async move { common::request(Method::GET, &url, &[], Bytes::new()).await }
     });
     r.until_watchers(2.0).await;
     // A change answers every parked query.

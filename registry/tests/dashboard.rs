@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{JSON, TestRegistry, raw};
+use common::{JSON, Registry, RegistryExt, request};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry::ca::Ca;
@@ -18,7 +18,7 @@ const GET: Method = Method::GET;
 
 #[tokio::test]
 async fn the_root_and_ui_without_its_slash_redirect_to_the_dashboard() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     for path in ["/", "/ui"] {
         let answer = r.raw(GET, path, &[], Bytes::new()).await;
         assert_eq!(answer.status, StatusCode::PERMANENT_REDIRECT, "{path}");
@@ -32,7 +32,7 @@ async fn the_root_and_ui_without_its_slash_redirect_to_the_dashboard() {
 
 #[tokio::test]
 async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let page = r.raw(GET, "/ui/", &[], Bytes::new()).await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
@@ -75,7 +75,7 @@ async fn the_page_and_its_files_are_served_with_their_types_and_no_cache() {
 
 #[tokio::test]
 async fn readyz_names_the_version_no_ca_and_the_store() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let ready = r.raw(GET, "/readyz", &[], Bytes::new()).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(
@@ -91,7 +91,7 @@ async fn readyz_names_the_trust_domain_and_the_certificates_lifetime_of_a_ca() {
     let generated = Ca::generate("example.org").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &generated.cert_pem).unwrap();
     std::fs::write(dir.path().join("ca-key.pem"), &generated.key_pem).unwrap();
-    let r = TestRegistry::start(Config {
+    let r = Registry::start_with(Config {
         ca_cert: Some(dir.path().join("ca.pem")),
         ca_key: Some(dir.path().join("ca-key.pem")),
         join_token: Some("join-me".into()),
@@ -114,7 +114,7 @@ async fn readyz_names_the_trust_domain_and_the_certificates_lifetime_of_a_ca() {
 /// strings as written (the page, not the registry, keeps them from being markup).
 #[tokio::test]
 async fn a_policy_write_wakes_the_catalog_query_the_page_follows() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     r.client
         .register("shop", "shop-1", &Registration::new("127.0.0.1:1"))
         .await
@@ -122,8 +122,8 @@ async fn a_policy_write_wakes_the_catalog_query_the_page_follows() {
     let before = r.raw(GET, "/v1/services", &[], Bytes::new()).await;
     let shop_index = before.json["services"][0]["index"].clone();
 
-    let url = r.url(&format!("/v1/services?index={}&wait=30s", before.index()));
-    let waiting = tokio::spawn(async move { raw(GET, &url, &[], Bytes::new()).await });
+    let url = r.url_for(&format!("/v1/services?index={}&wait=30s", before.index()));
+    let waiting = tokio::spawn(async move { request(GET, &url, &[], Bytes::new()).await });
     r.until_watchers(1.0).await;
     let markup = "<img src=x onerror=alert(1)>";
     let routes = serde_json::json!({"rules": [{

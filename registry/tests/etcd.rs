@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::etcd::{EtcdCluster, Replica, get};
-use common::{JSON, PATIENCE, eventually, raw};
+use common::{JSON, PATIENCE, eventually, eventually_some, request};
 use http::{Method, StatusCode};
 use mesh_registry_api::{Client, Heartbeat, Registrar, Registration, Status};
 
@@ -59,7 +59,7 @@ async fn event_kinds(replica: &Replica) -> Vec<String> {
 /// One sample of `replica`'s /metrics.
 async fn metric(replica: &Replica, series: &str) -> Option<f64> {
     let url = format!("{}/metrics", replica.url);
-    let text = raw(Method::GET, &url, &[], Bytes::new()).await.text;
+    let text = request(Method::GET, &url, &[], Bytes::new()).await.text;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.trim().parse().unwrap())
@@ -90,7 +90,7 @@ async fn replicas_serve_each_others_writes_and_wake_only_the_changed_services_wa
         .await
         .unwrap();
     assert_eq!(targets[0]["targets"][0], "10.0.0.1:4191", "{targets}");
-    let metrics = raw(
+    let metrics = request(
         Method::GET,
         &format!("{}/metrics", b.url),
         &[],
@@ -369,6 +369,7 @@ async fn a_replica_killed_under_heartbeats_loses_no_instance() {
             "{:?} after the kill: {seen:?}",
             killed.elapsed()
         );
+        // Looks at the listing throughout the window: the window is the scenario.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(both.base_url(), b.url, "the registrars moved to B");
@@ -391,7 +392,7 @@ async fn without_an_etcd_quorum_reads_are_stale_and_writes_refused_until_etcd_re
         let url = format!("{}/v1/services/web/instances/{id}", a.url);
         async move {
             let body = Bytes::from(r#"{"address":"10.0.0.1:4143","ttl":"1h"}"#);
-            raw(Method::PUT, &url, &[JSON], body).await
+            request(Method::PUT, &url, &[JSON], body).await
         }
     };
     assert_eq!(register("web-1").await.status, StatusCode::OK);
@@ -454,15 +455,10 @@ async fn a_replica_that_never_reached_etcd_is_not_ready_and_lists_nothing() {
     let endpoint = format!("http://{}", nowhere.local_addr().unwrap());
     let replica = Replica::spawn(Path::new(BINARY), &endpoint, &[]);
     let ready = format!("{}/readyz", replica.url);
-    let mut answer = None;
-    for _ in 0..200 {
-        answer = get(&ready).await;
-        if answer.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (status, _, body) = answer.expect("the replica answers");
+    let (status, _, body) = eventually_some(PATIENCE, "an answer from the replica", async || {
+        get(&ready).await
+    })
+    .await;
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     // An empty listing would tell sidecars that every service is gone.

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{JSON, PATIENCE, TestRegistry, eventually};
+use common::{JSON, PATIENCE, Registry, RegistryExt, eventually};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry_api::{Heartbeat, Registration, Status};
@@ -33,7 +33,7 @@ fn pair(kind: &str, instance: &str) -> (String, String) {
 
 #[tokio::test]
 async fn every_change_is_an_event_in_order_and_renewals_are_not() {
-    let r = TestRegistry::start(Config {
+    let r = Registry::start_with(Config {
         critical_grace: Duration::from_millis(300),
         sweep_interval: Duration::from_millis(20),
         ..Config::default()
@@ -128,11 +128,11 @@ async fn every_change_is_an_event_in_order_and_renewals_are_not() {
 
 #[tokio::test]
 async fn a_blocked_reader_is_woken_by_the_next_event() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let seen = r.raw(GET, "/v1/events", &[], Bytes::new()).await.index();
     let waiter = tokio::spawn({
-        let url = r.url(&format!("/v1/events?index={seen}&wait=60s"));
-        async move { common::raw(GET, &url, &[], Bytes::new()).await }
+        let url = r.url_for(&format!("/v1/events?index={seen}&wait=60s"));
+        async move { common::request(GET, &url, &[], Bytes::new()).await }
     });
     r.until_watchers(1.0).await;
     assert!(!waiter.is_finished());
@@ -150,7 +150,7 @@ async fn a_blocked_reader_is_woken_by_the_next_event() {
 
 #[tokio::test]
 async fn wait_is_honoured_and_an_index_from_before_a_restart_answers_at_once() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     r.client
         .register("web", "a", &Registration::new("h:1"))
         .await

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, TestRegistry, eventually};
+use common::{PATIENCE, Registry, RegistryExt, eventually};
 use mesh_registry::Config;
 use mesh_registry_api::{Registration, Status};
 
@@ -19,7 +19,7 @@ fn fast_leases() -> Config {
 
 #[tokio::test]
 async fn a_silent_instance_turns_critical_then_disappears_and_watchers_see_both() {
-    let r = TestRegistry::start(fast_leases()).await;
+    let r = Registry::start_with(fast_leases()).await;
     let mut short = Registration::new("h:1");
     short.ttl = Duration::from_secs(1);
     r.client.register("web", "dying", &short).await.unwrap();
@@ -71,7 +71,7 @@ async fn the_catalog_survives_a_restart_through_the_snapshot() {
         data_dir: Some(dir.path().to_owned()),
         ..Config::default()
     };
-    let r = TestRegistry::start(config.clone()).await;
+    let r = Registry::start_with(config.clone()).await;
     let mut reg = Registration::new("10.1.2.3:4143");
     reg.weight = 3;
     reg.metadata.insert("zone".into(), "a".into());
@@ -86,7 +86,7 @@ async fn the_catalog_survives_a_restart_through_the_snapshot() {
     let index_before = r.client.services().await.unwrap().index;
     r.stop().await.unwrap();
 
-    let r = TestRegistry::start(config).await;
+    let r = Registry::start_with(config).await;
     let listing = r.client.service("recommendations").await.unwrap();
     assert_eq!(listing.instances.len(), 1);
     let instance = &listing.instances[0];
@@ -116,7 +116,7 @@ async fn changes_are_written_without_waiting_for_shutdown() {
         snapshot_debounce: Duration::from_millis(50),
         ..Config::default()
     };
-    let r = TestRegistry::start(config).await;
+    let r = Registry::start_with(config).await;
     r.client
         .register("web", "a", &Registration::new("h:7"))
         .await
@@ -184,4 +184,39 @@ async fn a_snapshot_holding_what_the_api_refuses_is_refused_naming_it() {
             .to_string();
         assert!(err.contains("corrupt") && err.contains(field), "{err}");
     }
+}
+
+/// Expiry to the second, under tokio's paused clock: the registry serves on the test's
+/// runtime, so its sweeper's ticks and the leases' deadlines are the test's virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_lease_runs_out_at_its_ttl_and_the_instance_goes_a_grace_later() {
+    let config = Config {
+        critical_grace: Duration::from_secs(10),
+        sweep_interval: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let r = Registry::start_with(config).await;
+    let started = tokio::time::Instant::now();
+    let mut silent = Registration::new("h:1");
+    silent.ttl = Duration::from_secs(5);
+    r.client.register("web", "silent", &silent).await.unwrap();
+
+    let status = async || {
+        let all = r.all_instances("web").await;
+        all[0]["status"].as_str().map(str::to_owned)
+    };
+    // Critical once its 5 s have run out, removed 10 s later; never before.
+    for (at, expected) in [
+        (4_500, Some("passing")),
+        (5_500, Some("critical")),
+        (14_500, Some("critical")),
+        (15_500, None),
+    ] {
+        tokio::time::sleep_until(started + Duration::from_millis(at)).await;
+        assert_eq!(status().await.as_deref(), expected, "after {at} ms");
+    }
+    assert_eq!(
+        r.metric("mesh_registry_lease_expirations_total").await,
+        Some(1.0)
+    );
 }

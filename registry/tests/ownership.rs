@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{PATIENCE, TestRegistry, eventually};
+use common::{PATIENCE, Registry, RegistryExt, eventually};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry_api::{Client, Registrar, Registration, Status};
@@ -20,7 +20,7 @@ fn body(address: &str) -> Bytes {
 
 /// A registry whose writes need the operator token `op` or a service token: `web-token`
 /// for web, `db-token` for db.
-async fn with_tokens() -> (TestRegistry, tempfile::TempDir) {
+async fn with_tokens() -> (Registry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
     std::fs::write(&file, "# services token\nweb web-token\ndb db-token\n").unwrap();
@@ -29,7 +29,7 @@ async fn with_tokens() -> (TestRegistry, tempfile::TempDir) {
         tokens: Some(file),
         ..Config::default()
     };
-    (TestRegistry::start(config).await, dir)
+    (Registry::start_with(config).await, dir)
 }
 
 fn bearer(token: &str) -> String {
@@ -167,7 +167,7 @@ async fn an_instance_is_renewed_and_replaced_by_its_owner_alone() {
 
 #[tokio::test]
 async fn a_heartbeat_for_a_replaced_registration_is_told_to_register_again() {
-    let registry = TestRegistry::start_default().await;
+    let registry = Registry::start().await;
     let path = "/v1/services/web/instances/web-a";
     let first = registry
         .raw(Method::PUT, path, &[JSON], body("10.0.0.1:4143"))
@@ -223,7 +223,7 @@ async fn a_heartbeat_for_a_replaced_registration_is_told_to_register_again() {
 /// sidecar's next heartbeat is refused and it registers its own address again.
 #[tokio::test]
 async fn a_sidecar_takes_its_instance_back_after_a_forged_registration() {
-    let registry = TestRegistry::start_default().await;
+    let registry = Registry::start().await;
     let real = Registration {
         ttl: Duration::from_secs(3),
         ..Registration::new("10.0.0.1:4143")
@@ -261,7 +261,7 @@ async fn a_sidecar_takes_its_instance_back_after_a_forged_registration() {
 
 #[tokio::test]
 async fn an_open_registry_says_so_and_refuses_writes_under_a_rebound_name() {
-    let registry = TestRegistry::start_default().await;
+    let registry = Registry::start().await;
     let ready = registry
         .raw(Method::GET, "/readyz", &[], Bytes::new())
         .await;
@@ -309,7 +309,7 @@ async fn owners_and_generations_survive_a_restart_from_the_snapshot() {
         snapshot_debounce: Duration::ZERO,
         ..Config::default()
     };
-    let registry = TestRegistry::start(config()).await;
+    let registry = Registry::start_with(config()).await;
     let path = "/v1/services/web/instances/web-a";
     let put = registry
         .raw(
@@ -322,7 +322,7 @@ async fn owners_and_generations_survive_a_restart_from_the_snapshot() {
     let generation = put.json["generation"].as_u64().unwrap();
     registry.stop().await.unwrap();
 
-    let registry = TestRegistry::start(config()).await;
+    let registry = Registry::start_with(config()).await;
     let listed = registry.all_instances("web").await;
     assert_eq!(listed[0]["owner"], "token:web");
     assert_eq!(listed[0]["generation"].as_u64(), Some(generation));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::etcd::{EtcdCluster, Replica};
-use common::{JSON, PATIENCE, TestRegistry, eventually, raw};
+use common::{JSON, PATIENCE, Registry, RegistryExt, eventually, request};
 use http::{Method, StatusCode};
 use mesh_registry::Config;
 use mesh_registry_api::Client;
@@ -20,12 +20,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_mesh-registry");
 const CANARY: &str = r#"{"rules":[{"backends":[
     {"subset":"version=v1","weight":90},{"subset":"version=v2","weight":10}]}]}"#;
 
-async fn put(
-    registry: &TestRegistry,
-    path: &str,
-    body: &str,
-    token: Option<&str>,
-) -> common::Answer {
+async fn put(registry: &Registry, path: &str, body: &str, token: Option<&str>) -> common::Answer {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![JSON];
     if let Some(bearer) = &bearer {
@@ -37,7 +32,7 @@ async fn put(
 
 #[tokio::test]
 async fn a_document_is_stored_normalised_and_served_to_followers() {
-    let registry = TestRegistry::start_default().await;
+    let registry = Registry::start().await;
     let none = registry
         .raw(Method::GET, "/v1/policy/web", &[], Bytes::new())
         .await;
@@ -95,7 +90,7 @@ async fn a_document_is_stored_normalised_and_served_to_followers() {
 
 #[tokio::test]
 async fn an_invalid_document_is_refused_naming_its_field_and_the_old_one_stays() {
-    let registry = TestRegistry::start_default().await;
+    let registry = Registry::start().await;
     put(&registry, "/v1/policy/web/routes", CANARY, None).await;
     for (body, field, says) in [
         (
@@ -140,7 +135,7 @@ async fn only_the_services_owner_or_the_operator_writes_its_policy() {
         tokens: Some(tokens),
         ..Config::default()
     };
-    let registry = TestRegistry::start(config).await;
+    let registry = Registry::start_with(config).await;
     let deny = r#"{"default":"deny"}"#;
     let path = "/v1/policy/web/intentions";
     for token in [None, Some("db-token"), Some("nonsense")] {
@@ -173,7 +168,7 @@ async fn policies_survive_a_restart_from_the_snapshot() {
         snapshot_debounce: Duration::from_millis(10),
         ..Config::default()
     };
-    let registry = TestRegistry::start(config()).await;
+    let registry = Registry::start_with(config()).await;
     let stored = put(&registry, "/v1/policy/web/routes", CANARY, None).await;
     put(
         &registry,
@@ -184,7 +179,7 @@ async fn policies_survive_a_restart_from_the_snapshot() {
     .await;
     registry.stop().await.unwrap();
 
-    let registry = TestRegistry::start(config()).await;
+    let registry = Registry::start_with(config()).await;
     let policy = registry
         .raw(Method::GET, "/v1/policy/web", &[], Bytes::new())
         .await;
@@ -203,7 +198,7 @@ async fn on_etcd_a_policy_written_through_one_replica_is_served_by_all_and_outli
     let parked = tokio::spawn(async move { to_b.policy_blocking("web", before, PATIENCE).await });
 
     let url = format!("{}/v1/policy/web/routes", a.url);
-    let stored = raw(Method::PUT, &url, &[JSON], Bytes::from(CANARY)).await;
+    let stored = request(Method::PUT, &url, &[JSON], Bytes::from(CANARY)).await;
     assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
     let woken = parked.await.unwrap().unwrap();
     assert_eq!(woken.routes.unwrap(), stored.json);
@@ -218,7 +213,7 @@ async fn on_etcd_a_policy_written_through_one_replica_is_served_by_all_and_outli
 
     // A deletion through C reaches B.
     let url = format!("{}/v1/policy/web/routes", c.url);
-    let deleted = raw(Method::DELETE, &url, &[], Bytes::new()).await;
+    let deleted = request(Method::DELETE, &url, &[], Bytes::new()).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     let to_b = Client::new(&b.url).unwrap();
     eventually(PATIENCE, "B saw the deletion", async || {
@@ -274,7 +269,7 @@ async fn on_etcd_policy_documents_written_by_hand_are_held_to_the_apis_rules() {
     // A valid document, then one written over it by hand that the API would refuse: the
     // valid one stays in force.
     let url = format!("{}/v1/policy/web/routes", a.url);
-    let stored = raw(Method::PUT, &url, &[JSON], Bytes::from(CANARY)).await;
+    let stored = request(Method::PUT, &url, &[JSON], Bytes::from(CANARY)).await;
     assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
     by_hand.txn(&[], &[put("web/routes", short)]).await.unwrap();
     // The next valid write through the API shows the mirror has read past the bad one.
@@ -288,7 +283,7 @@ async fn on_etcd_policy_documents_written_by_hand_are_held_to_the_apis_rules() {
 /// Writes `web`'s limits through the API and waits until the replica serves them.
 async fn put_limits_and_wait(client: &Client, base: &str, limits: &str) {
     let url = format!("{base}/v1/policy/web/limits");
-    let stored = raw(Method::PUT, &url, &[JSON], Bytes::from(limits.to_owned())).await;
+    let stored = request(Method::PUT, &url, &[JSON], Bytes::from(limits.to_owned())).await;
     assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
     eventually(PATIENCE, "the new limits served", async || {
         client.policy("web").await.unwrap().limits == Some(stored.json.clone())

@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{PATIENCE, TestRegistry, eventually};
+use common::{PATIENCE, Registry, RegistryExt, eventually, metric_sum};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mesh_registry_api::{Client, Registrar, Registration, Status};
+use mesh_registry_api::{Backoff, Client, Registrar, Registration, Status};
 use tokio::sync::{oneshot, watch};
 
 /// Waits until `check` holds for the service's full listing (all statuses).
-async fn until(r: &TestRegistry, service: &str, check: impl Fn(&serde_json::Value) -> bool) {
+async fn until(r: &Registry, service: &str, check: impl Fn(&serde_json::Value) -> bool) {
     let what = format!("the condition on {service}'s listing");
     eventually(PATIENCE, &what, async || {
         check(&r.all_instances(service).await)
@@ -29,7 +29,7 @@ async fn until(r: &TestRegistry, service: &str, check: impl Fn(&serde_json::Valu
 
 #[tokio::test]
 async fn registers_reports_health_comes_back_after_being_forgotten_and_deregisters() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let mut registration = Registration::new("127.0.0.1:4143");
     registration.ttl = Duration::from_secs(1);
     let registrar = Registrar::new(r.client.clone(), "web", "web-1", registration);
@@ -167,12 +167,12 @@ async fn requests_in(addr: SocketAddr, count: &AtomicUsize, run_for: Duration) -
 async fn a_registry_url_that_404s_everything_is_retried_with_backoff_not_in_a_loop() {
     // What a registry mounted under a prefix answers: the real registry, reached with
     // every path prefixed by /v1 (as `--registry http://host:7700/v1` did).
-    let r = TestRegistry::start_default().await;
-    let base = r.url("/v1");
+    let r = Registry::start().await;
+    let base = r.url_for("/v1");
     let (prefixed, prefixed_count) = counting_server(move |method, path| {
         let url = format!("{base}{path}");
         async move {
-            let answer = common::raw(method, &url, &[common::JSON], Bytes::new()).await;
+            let answer = common::request(method, &url, &[common::JSON], Bytes::new()).await;
             (answer.status, answer.text)
         }
     })
@@ -210,21 +210,18 @@ async fn a_registry_url_that_404s_everything_is_retried_with_backoff_not_in_a_lo
 }
 
 /// Heartbeats the registry answered, from its own metrics.
-async fn heartbeats(r: &TestRegistry) -> f64 {
-    r.metrics()
-        .await
-        .lines()
-        .filter(|l| {
-            l.starts_with("mesh_registry_http_requests_total{")
-                && l.contains(r#"route="heartbeat""#)
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+async fn heartbeats(r: &Registry) -> f64 {
+    let metrics = r.metrics().await;
+    metric_sum(
+        &metrics,
+        "mesh_registry_http_requests_total",
+        r#"route="heartbeat""#,
+    )
 }
 
 #[tokio::test]
 async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let mut registration = Registration::new("127.0.0.1:4143");
     registration.ttl = Duration::from_secs(3);
     let registrar = Registrar::new(r.client.clone(), "web", "web-1", registration);
@@ -257,4 +254,85 @@ async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
     assert_eq!(r.all_instances("web").await[0]["status"], "passing");
     resend.abort();
     task.abort();
+}
+
+/// The registrar's beat under tokio's paused clock: the registry serves on the test's
+/// runtime, so a minute of heartbeats takes no time and each lands on its second.
+#[tokio::test(start_paused = true)]
+async fn a_beat_every_third_of_the_ttl_and_a_forgotten_instance_is_back_after_the_base_delay() {
+    let r = Registry::start().await;
+    let mut registration = Registration::new("127.0.0.1:4143");
+    registration.ttl = Duration::from_secs(3);
+    let registrar = Registrar::new(r.client.clone(), "web", "web-1", registration);
+    let mut registered = registrar.subscribe_registered();
+    let (_health_tx, health) = watch::channel(Status::Passing);
+    let task = tokio::spawn(registrar.run(health, std::future::pending()));
+    registered.wait_for(|r| *r).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let at = |ms: u64| tokio::time::sleep_until(started + Duration::from_millis(ms));
+
+    // A minute: a heartbeat every second, and the lease never runs out.
+    for second in 1..=60 {
+        at(second * 1_000 + 500).await;
+        let all = r.all_instances("web").await;
+        assert_eq!(all[0]["status"], "passing", "after {second} s: {all}");
+    }
+    assert_eq!(heartbeats(&r).await, 60.0);
+    let expired = r.metric("mesh_registry_lease_expirations_total").await;
+    assert_eq!(expired.unwrap_or(0.0), 0.0);
+
+    // The registry forgets it: the next beat (at 61 s) gets 404, and it registers again
+    // after the backoff's base (100 ms), not a beat later.
+    r.client.deregister("web", "web-1").await.unwrap();
+    let listed = async || {
+        let all = r.all_instances("web").await;
+        all.as_array().is_some_and(|a| !a.is_empty())
+    };
+    at(61_050).await;
+    assert!(!listed().await, "registered again before its 404");
+    at(61_150).await;
+    assert!(listed().await, "not registered again 100 ms after its 404");
+    task.abort();
+}
+
+/// The backoff against a registry that fails every call, under tokio's paused clock:
+/// each wait measured exactly, between the arrivals of two attempts.
+#[tokio::test(start_paused = true)]
+async fn retries_wait_from_the_base_doubling_up_to_the_beat_never_less_than_half_the_ceiling() {
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = arrivals.clone();
+    let (addr, _) = counting_server(move |_, _| {
+        recorded.lock().unwrap().push(tokio::time::Instant::now());
+        async { (StatusCode::SERVICE_UNAVAILABLE, String::new()) }
+    })
+    .await;
+    let client = Client::new(&format!("http://{addr}")).unwrap();
+    let mut registration = Registration::new("127.0.0.1:4143");
+    // A beat every second: the backoff's cap.
+    registration.ttl = Duration::from_secs(3);
+    let registrar = Registrar::new(client, "web", "web-1", registration);
+    let (_health_tx, health) = watch::channel(Status::Passing);
+    let run_for = Duration::from_secs(20);
+    registrar.run(health, tokio::time::sleep(run_for)).await;
+
+    let arrivals = arrivals.lock().unwrap().clone();
+    // The last request is the deregistration, when the run ends.
+    let (deregistration, attempts) = arrivals.split_last().unwrap();
+    assert_eq!(*deregistration - attempts[0], run_for);
+    let waits: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    let (base, beat) = (Duration::from_millis(100), Duration::from_secs(1));
+    for (n, wait) in waits.iter().enumerate() {
+        let ceiling = Backoff::ceiling(base, beat, n as u32);
+        let floor = (ceiling / 2).max(base);
+        assert!(
+            (floor..=ceiling).contains(wait),
+            "wait {n} of {wait:?} not within {floor:?}..={ceiling:?}: {waits:?}"
+        );
+    }
+    // At most 0.8 s for the first four waits then 0.5 s each; at least 1.5 s, then 1 s.
+    assert!(
+        (23..=43).contains(&attempts.len()),
+        "{} attempts in {run_for:?}",
+        attempts.len()
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Answer, TestRegistry};
+use common::{Answer, Registry, RegistryExt};
 use http::{Method, StatusCode};
 use mesh_registry_api::Registration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -173,7 +173,7 @@ async fn answer(mut stream: TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Vec
 }
 
 /// Registers `web/a` with its sidecar admin address (or none).
-async fn register(r: &TestRegistry, admin: Option<String>) {
+async fn register(r: &Registry, admin: Option<String>) {
     let mut registration = Registration::new("127.0.0.1:4143");
     if let Some(admin) = admin {
         registration.metadata.insert("admin".into(), admin);
@@ -181,7 +181,7 @@ async fn register(r: &TestRegistry, admin: Option<String>) {
     r.client.register("web", "a", &registration).await.unwrap();
 }
 
-async fn admin_page(r: &TestRegistry, page: &str) -> Answer {
+async fn admin_page(r: &Registry, page: &str) -> Answer {
     let path = format!("/v1/services/web/instances/a/admin/{page}");
     r.raw(GET, &path, &[], Bytes::new()).await
 }
@@ -189,7 +189,7 @@ async fn admin_page(r: &TestRegistry, page: &str) -> Answer {
 #[tokio::test]
 async fn the_three_pages_are_passed_on_with_the_sidecars_status_and_type() {
     let fake = FakeAdmin::start(Behaviour::Sidecar).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, Some(fake.address.to_string())).await;
 
     let metrics = admin_page(&r, "metrics").await;
@@ -238,7 +238,7 @@ async fn the_three_pages_are_passed_on_with_the_sidecars_status_and_type() {
 #[tokio::test]
 async fn a_sidecar_that_is_not_ready_is_passed_on_as_such() {
     let fake = FakeAdmin::start(Behaviour::NotReady).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, Some(fake.address.to_string())).await;
     let ready = admin_page(&r, "ready").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -248,7 +248,7 @@ async fn a_sidecar_that_is_not_ready_is_passed_on_as_such() {
 
 #[tokio::test]
 async fn unknown_instances_missing_addresses_and_other_pages_are_404s_with_their_codes() {
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     let unknown = admin_page(&r, "metrics").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.error_code(), "not_found");
@@ -306,7 +306,7 @@ async fn a_refused_or_misbehaving_sidecar_is_a_502_naming_the_address_and_why() 
         .address
         .to_string();
     let huge = FakeAdmin::start(Behaviour::Huge).await.address.to_string();
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     for (admin, why) in [
         (refused.as_str(), "cannot connect"),
         (garbage.as_str(), "no answer"),
@@ -328,7 +328,7 @@ async fn a_refused_or_misbehaving_sidecar_is_a_502_naming_the_address_and_why() 
 #[tokio::test]
 async fn a_sidecar_that_never_answers_is_a_504_after_two_seconds() {
     let silent = FakeAdmin::start(Behaviour::Silent).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, Some(silent.address.to_string())).await;
     let started = Instant::now();
     let answer = admin_page(&r, "debug/endpoints").await;
@@ -369,7 +369,7 @@ async fn html_or_svg_from_a_sidecar_is_relayed_as_data_never_as_a_page() {
     let html = FakeAdmin::start(Behaviour::Html).await;
     let svg = FakeAdmin::start(Behaviour::Svg).await;
     let fine = FakeAdmin::start(Behaviour::Sidecar).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     for (fake, name) in [(&html, "html"), (&svg, "svg"), (&fine, "a mesh-proxy")] {
         register(&r, Some(fake.address.to_string())).await;
         for (page, content_type) in [
@@ -392,7 +392,7 @@ async fn a_status_other_than_200_or_503_from_a_sidecar_is_a_502() {
     let switching = FakeAdmin::start(Behaviour::Switching).await;
     let beyond = FakeAdmin::start(Behaviour::Status600).await;
     let not_found = FakeAdmin::start(Behaviour::NotFound).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     for (fake, status) in [(&switching, "101"), (&beyond, "600"), (&not_found, "404")] {
         let admin = fake.address.to_string();
         register(&r, Some(admin.clone())).await;
@@ -418,7 +418,7 @@ async fn a_status_other_than_200_or_503_from_a_sidecar_is_a_502() {
 async fn a_large_page_is_relayed_whole_and_one_past_the_cap_is_cut() {
     let large = FakeAdmin::start(Behaviour::Large).await;
     let chunked = FakeAdmin::start(Behaviour::HugeChunked).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, Some(large.address.to_string())).await;
     let answer = admin_page(&r, "metrics").await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -427,7 +427,7 @@ async fn a_large_page_is_relayed_whole_and_one_past_the_cap_is_cut() {
     // No length declared: the relay has begun by the time the cap is passed, so the
     // answer is cut, and the client sees a body that broke off rather than a whole one.
     register(&r, Some(chunked.address.to_string())).await;
-    let url = r.url("/v1/services/web/instances/a/admin/metrics");
+    let url = r.url_for("/v1/services/web/instances/a/admin/metrics");
     let (status, body) = get_counting(&url).await;
     assert_eq!(status, StatusCode::OK);
     let body = body.expect_err("a body past the cap must break off");
@@ -458,7 +458,7 @@ async fn get_counting(url: &str) -> (StatusCode, Result<usize, usize>) {
 async fn relays_past_the_cap_are_503_at_once_and_slots_free_when_clients_leave() {
     let trickle = FakeAdmin::start(Behaviour::Trickle).await;
     let fine = FakeAdmin::start(Behaviour::Sidecar).await;
-    let r = TestRegistry::start(mesh_registry::Config {
+    let r = Registry::start_with(mesh_registry::Config {
         max_admin_relays: 2,
         ..mesh_registry::Config::default()
     })
@@ -471,7 +471,7 @@ async fn relays_past_the_cap_are_503_at_once_and_slots_free_when_clients_leave()
     r.client.register("web", "b", &other).await.unwrap();
 
     // Two relays that never end hold both slots.
-    let url = r.url("/v1/services/web/instances/a/admin/metrics");
+    let url = r.url_for("/v1/services/web/instances/a/admin/metrics");
     let held: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();

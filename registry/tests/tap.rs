@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{PATIENCE, TestRegistry, eventually};
+use common::{PATIENCE, Registry, RegistryExt, eventually};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -125,7 +125,7 @@ async fn answer(mut stream: TcpStream, tap: Tap, seen: Arc<Mutex<Vec<String>>>, 
 }
 
 /// Registers `web/{id}` with its sidecar admin address.
-async fn register(r: &TestRegistry, id: &str, admin: SocketAddr) {
+async fn register(r: &Registry, id: &str, admin: SocketAddr) {
     register_with(&r.client, id, admin).await;
 }
 
@@ -183,14 +183,14 @@ impl Stream {
     }
 }
 
-fn tap_url(r: &TestRegistry, id: &str, query: &str) -> String {
-    r.url(&format!("/v1/services/web/instances/{id}/admin/tap{query}"))
+fn tap_url(r: &Registry, id: &str, query: &str) -> String {
+    r.url_for(&format!("/v1/services/web/instances/{id}/admin/tap{query}"))
 }
 
 #[tokio::test]
 async fn lines_stream_through_as_the_sidecar_sends_them() {
     let fake = FakeAdmin::start(Tap::Stepped).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, "a", fake.address).await;
 
     let query = "?method=get&status=5XX&path_prefix=/a%20b&max_rps=";
@@ -217,7 +217,7 @@ async fn lines_stream_through_as_the_sidecar_sends_them() {
 #[tokio::test]
 async fn a_bad_filter_is_refused_by_the_registry_without_asking_the_sidecar() {
     let fake = FakeAdmin::start(Tap::Stepped).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, "a", fake.address).await;
     for (query, param) in [
         ("?direction=sideways", "direction"),
@@ -254,7 +254,7 @@ async fn with_credentials_only_the_operator_taps() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("web {WEB_TOKEN}\n")).unwrap();
-    let r = TestRegistry::start(mesh_registry::Config {
+    let r = Registry::start_with(mesh_registry::Config {
         token: Some(OPERATOR.into()),
         tokens: Some(tokens),
         ..mesh_registry::Config::default()
@@ -290,7 +290,7 @@ async fn with_credentials_only_the_operator_taps() {
 #[tokio::test]
 async fn taps_hold_at_most_half_the_slots_and_pages_are_still_relayed() {
     let fake = FakeAdmin::start(Tap::Stepped).await;
-    let r = TestRegistry::start(mesh_registry::Config {
+    let r = Registry::start_with(mesh_registry::Config {
         max_admin_relays: 4,
         ..mesh_registry::Config::default()
     })
@@ -338,7 +338,7 @@ async fn taps_hold_at_most_half_the_slots_and_pages_are_still_relayed() {
 async fn a_sidecar_that_will_not_tap_is_answered_for_with_its_reason() {
     let full = FakeAdmin::start(Tap::Full).await;
     let missing = FakeAdmin::start(Tap::Missing).await;
-    let r = TestRegistry::start_default().await;
+    let r = Registry::start().await;
     register(&r, "full", full.address).await;
     register(&r, "old", missing.address).await;
 

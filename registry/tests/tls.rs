@@ -58,7 +58,7 @@ async fn secured(extra: impl FnOnce(&mut Config)) -> Secured {
     .await;
     let ca_pem = std::fs::read_to_string(&ca_file).unwrap();
     common::eventually(common::PATIENCE, "the registry serving", async || {
-        common::raw(
+        common::request(
             Method::GET,
             &format!("http://{plain_at}/readyz"),
             &[],
@@ -210,7 +210,7 @@ async fn with_a_ca_writes_need_a_certificate_or_a_token() {
         .register("web", "ops-1", &Registration::new("10.0.0.9:4143"))
         .await
         .unwrap();
-    let ready = common::raw(
+    let ready = common::request(
         Method::GET,
         &format!("http://{}/readyz", registry.plain),
         &[],

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mesh_test_support::blocking;
 use rustix::process::{Signal, kill_process};
 use websocket::{Socket, read_head};
 
@@ -126,15 +127,15 @@ impl Browser {
     /// Polls `condition` (a JavaScript expression) until it is true; `Err` with the
     /// page's text after `timeout`.
     pub fn wait_for(&mut self, timeout: Duration, condition: &str) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.eval(&format!("Boolean({condition})")) == "true" {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(self.eval("document.body ? document.body.innerText : '(no body)'"));
-            }
-            std::thread::sleep(Duration::from_millis(250));
+        // Each look is a task on the page's main thread, which some tests bound: a few a
+        // second.
+        let every = Duration::from_millis(250);
+        let check = format!("Boolean({condition})");
+        match blocking::within_every(timeout, every, || {
+            (self.eval(&check) == "true").then_some(())
+        }) {
+            Some(()) => Ok(()),
+            None => Err(self.eval("document.body ? document.body.innerText : '(no body)'")),
         }
     }
 
@@ -177,12 +178,11 @@ impl Drop for Browser {
         {
             let _ = kill_process(pid, Signal::TERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = blocking::within(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -192,21 +192,11 @@ impl Drop for Browser {
 /// The DevTools port Chromium chose, from the file it writes into its profile.
 fn devtools_port(profile: &Path) -> u16 {
     let file = profile.join("DevToolsActivePort");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(port) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|text| text.lines().next()?.trim().parse().ok())
-        {
-            return port;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Chromium wrote no {}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("Chromium to write {}", file.display());
+    blocking::eventually_some(Duration::from_secs(30), &what, || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    })
 }
 
 /// The WebSocket path of the browser's page, from its target list.

@@ -271,13 +271,8 @@ impl InProcessRegistry {
         write!(stream, "GET /metrics HTTP/1.0\r\nHost: registry\r\n\r\n").unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("mesh_registry_http_requests_total{")
-                    && l.contains("route=\"get_service\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        let route = r#"route="get_service""#;
+        mesh_test_support::metric_sum(&text, "mesh_registry_http_requests_total", route) as u64
     }
 }
 

@@ -14,11 +14,12 @@ use std::{
     io::{BufRead, BufReader, Read},
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
+use mesh_test_support::{ChildGuard, blocking};
 use rustix::process::{Pid, Signal, kill_process};
 
 pub const LAUNCHER: &str = env!("CARGO_BIN_EXE_mesh-demo");
@@ -145,9 +146,11 @@ fn ephemeral_low() -> u16 {
         .unwrap_or(32768)
 }
 
-/// A running `mesh-demo`, its output collected line by line.
+/// A running `mesh-demo`, its output collected line by line. A failed test must not
+/// leave a mesh behind: dropped, it is killed (SIGKILL), which makes its watchdog stop
+/// the mesh.
 pub struct Launcher {
-    pub child: Child,
+    pub child: ChildGuard,
     lines: mpsc::Receiver<String>,
     /// Every line read so far, `out: ` or `err: ` first, for failure messages.
     pub transcript: Vec<String>,
@@ -172,7 +175,7 @@ impl Launcher {
         read_lines(child.stdout.take().unwrap(), "out", tx.clone());
         read_lines(child.stderr.take().unwrap(), "err", tx);
         Self {
-            child,
+            child: child.into(),
             lines,
             transcript: Vec::new(),
             tmp,
@@ -258,16 +261,7 @@ impl Launcher {
 
     /// The exit status, or `None` if it is still running after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        blocking::within(timeout, || self.child.try_wait().unwrap())
     }
 
     /// Everything the launcher printed, once its output has ended (it has exited and so
@@ -287,16 +281,6 @@ impl Launcher {
     pub fn transcript(&mut self) -> String {
         self.drain();
         self.transcript.join("\n")
-    }
-}
-
-impl Drop for Launcher {
-    /// A failed test must not leave a mesh behind: SIGKILL makes the watchdog stop it.
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -329,12 +313,14 @@ pub fn alive(pid: u32) -> bool {
 
 /// Polls until none of `pids` is alive; the ones still alive after `timeout`.
 pub fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
-        if left.is_empty() || Instant::now() >= deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let alive = || {
+        pids.iter()
+            .copied()
+            .filter(|&p| alive(p))
+            .collect::<Vec<u32>>()
+    };
+    match blocking::within(timeout, || Some(()).filter(|()| alive().is_empty())) {
+        Some(()) => Vec::new(),
+        None => alive(),
     }
 }

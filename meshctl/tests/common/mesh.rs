@@ -1,4 +1,4 @@
-//! A registry, apps and sidecars serving in-process, each stopped when dropped.
+//! Apps and sidecars serving in-process beside a test registry, each stopped when dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,93 +13,10 @@ use mesh_proxy::inbound::AppProtocol;
 use mesh_proxy::listeners::Upstream;
 use mesh_proxy::tls::TlsMode;
 use mesh_proxy::{Config, Listeners};
+use mesh_test_support::{JOIN_TOKEN, PATIENCE, Registry, eventually, listener, nxdomain_dns};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// The join token of test registries with a CA.
-pub const JOIN_TOKEN: &str = "join-the-mesh";
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
-pub struct Registry {
-    pub addr: SocketAddr,
-    pub client: mesh_registry_api::Client,
-    /// With a CA: the TLS listener, where sidecars write with their certificates, and
-    /// the CA's certificate they check it with.
-    tls: Option<(SocketAddr, std::path::PathBuf)>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    _ca_dir: Option<tempfile::TempDir>,
-}
-
-impl Registry {
-    pub async fn start() -> Registry {
-        Self::start_with(mesh_registry::Config::default()).await
-    }
-
-    /// A registry whose CA issues certificates for a day, with a TLS listener where
-    /// sidecars write with them (as deployments run it).
-    pub async fn start_with_ca() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let config = mesh_registry::Config {
-            ca_dir: Some(dir.path().to_owned()),
-            join_token: Some(JOIN_TOKEN.into()),
-            ..mesh_registry::Config::default()
-        };
-        let tls = listener().await;
-        let tls_addr = tls.local_addr().unwrap();
-        let mut registry = Self::serve(config, Some(tls)).await;
-        registry.tls = Some((tls_addr, dir.path().join("ca.pem")));
-        registry._ca_dir = Some(dir);
-        registry
-    }
-
-    pub async fn start_with(config: mesh_registry::Config) -> Registry {
-        Self::serve(config, None).await
-    }
-
-    async fn serve(config: mesh_registry::Config, tls: Option<TcpListener>) -> Registry {
-        let listener = listener().await;
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            mesh_registry::run_with_tls(listener, tls, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Registry {
-            addr,
-            client: mesh_registry_api::Client::new(&format!("http://{addr}")).unwrap(),
-            tls: None,
-            stop: Some(stop),
-            task,
-            _ca_dir: None,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops it and waits until it is gone.
-    pub async fn kill(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
 
 /// An app answering `/status/N` with status N and anything else with 200.
 pub struct App {
@@ -227,9 +144,9 @@ impl Sidecar {
         // No lookup leaves the machine.
         config.discovery.dns_server = Some(nxdomain_dns().await);
         config.observe.tap_headers = tap_headers.iter().map(|h| (*h).to_owned()).collect();
-        if let (Some((tls, ca)), true) = (&registry.tls, tls != TlsMode::Off) {
+        if let (Some(tls), true) = (registry.tls, tls != TlsMode::Off) {
             config.registry.url = format!("https://{tls}");
-            config.registry.ca = Some(ca.clone());
+            config.registry.ca = registry.ca_cert();
         }
         let r = &mut config.registration;
         r.service = Some(service.to_owned());
@@ -273,16 +190,13 @@ impl Sidecar {
     /// Waits until the registry lists it as passing and its `/ready` says so too (it
     /// learns of its registration a moment after the registry).
     async fn until_passing(&self, registry: &Registry) {
-        for _ in 0..500 {
+        let what = format!("{} registered as passing and ready", self.name());
+        eventually(PATIENCE, &what, async || {
             let listing = registry.client.service(&self.service).await.unwrap();
-            if listing.instances.iter().any(|i| i.id == self.id)
+            listing.instances.iter().any(|i| i.id == self.id)
                 && super::call(self.admin, "admin", "/ready").await == StatusCode::OK
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("{} never registered as passing", self.name());
+        })
+        .await;
     }
 }
 
@@ -292,31 +206,4 @@ impl Drop for Sidecar {
             let _ = stop.send(());
         }
     }
-}
-
-/// A DNS server on loopback answering every query "no such name": every sidecar's
-/// `--dns-server` here.
-pub async fn nxdomain_dns() -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            if n < 12 {
-                continue;
-            }
-            let mut answer = buf[..n].to_vec();
-            answer[2] |= 0x80; // a response
-            answer[3] = 0x80 | 3; // recursion available, NXDOMAIN
-            answer[6..12].fill(0); // no answer, authority or additional records
-            let question_end = 12
-                + answer[12..]
-                    .iter()
-                    .position(|b| *b == 0)
-                    .map_or(0, |p| p + 1 + 4);
-            answer.truncate(question_end.min(answer.len()));
-            let _ = socket.send_to(&answer, from).await;
-        }
-    });
-    addr
 }

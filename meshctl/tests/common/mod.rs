@@ -1,7 +1,7 @@
 //! In-process meshes for meshctl's tests: a real registry, apps and sidecars on
 //! 127.0.0.1:0, and meshctl run as the binary users run.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 mod mesh;
 
@@ -10,11 +10,10 @@ pub use mesh::*;
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
+use mesh_test_support::client::get_h1;
+
+pub use mesh_test_support::{PATIENCE, Registry, closed_port, eventually};
 
 /// What a meshctl run printed, and how it exited.
 pub struct Run {
@@ -70,41 +69,5 @@ pub async fn finish(child: tokio::process::Child) -> Run {
 
 /// One HTTP/1.1 GET through a sidecar's outbound listener to service `host`.
 pub async fn call(outbound: SocketAddr, host: &str, path: &str) -> StatusCode {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let request = Request::get(format!("http://{outbound}{path}"))
-        .header(header::HOST, host)
-        .body(Empty::new())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status();
-    response.into_body().collect().await.unwrap();
-    status
-}
-
-/// An address nothing listens on (it was free a moment ago).
-pub fn closed_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// How long a test waits for a state it needs before giving up: generous, for a loaded
-/// machine.
-pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Polls `condition` until it holds, for at most `bound`; panics naming `what` otherwise.
-pub async fn eventually<F: AsyncFn() -> bool>(
-    bound: std::time::Duration,
-    what: &str,
-    condition: F,
-) {
-    let started = std::time::Instant::now();
-    while started.elapsed() < bound {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {bound:?}");
+    get_h1(outbound, host, path).await.status
 }

@@ -83,7 +83,7 @@ impl Sidecar {
         };
         if config.discovery.dns_server.is_none() {
             // Names the registry does not know never reach the machine's resolver.
-            config.discovery.dns_server = Some(super::nxdomain_dns().await.parse().unwrap());
+            config.discovery.dns_server = Some(super::nxdomain_dns().await);
         }
         let mut upstreams = Vec::new();
         for name in spec.upstreams {

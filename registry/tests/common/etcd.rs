@@ -8,8 +8,13 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use mesh_test_support::client::try_request;
+use mesh_test_support::{ChildGuard, PATIENCE, closed_port, eventually};
 
 pub struct EtcdCluster {
     binary: PathBuf,
@@ -23,7 +28,7 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
-    process: Option<Child>,
+    process: Option<ChildGuard>,
 }
 
 impl EtcdCluster {
@@ -34,8 +39,8 @@ impl EtcdCluster {
         let members: Vec<Member> = (0..members)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: closed_port().port(),
+                peer_port: closed_port().port(),
                 data_dir: dir.path().join(format!("m{i}")),
                 process: None,
             })
@@ -72,10 +77,7 @@ impl EtcdCluster {
 
     /// SIGKILL: the member stops at once, as when its machine dies.
     pub fn kill(&mut self, member: usize) {
-        if let Some(mut process) = self.members[member].process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
+        drop(self.members[member].process.take());
     }
 
     /// Starts a killed member again on its data directory.
@@ -126,20 +128,18 @@ impl EtcdCluster {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd ({}): {e}", self.binary.display()));
-        self.members[i].process = Some(child);
+        self.members[i].process = Some(child.into());
     }
 
     /// Waits until `member` answers a linearizable read (the cluster has a leader).
     async fn until_healthy(&self, member: usize) {
         let endpoint = self.endpoint(member);
-        for _ in 0..200 {
+        let what = format!("etcd at {endpoint} healthy");
+        eventually(PATIENCE, &what, async || {
             let health = post(&endpoint, "/v3/kv/range", r#"{"key":"AA=="}"#).await;
-            if health.is_some_and(|h| h.get("header").is_some()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("etcd at {endpoint} did not become healthy in 10 s");
+            health.is_some_and(|h| h.get("header").is_some())
+        })
+        .await;
     }
 }
 
@@ -180,37 +180,27 @@ fn etcd_binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A POST of JSON to etcd's gateway, its JSON answer; `None` when it cannot be reached.
 async fn post(endpoint: &str, path: &str, body: &'static str) -> Option<serde_json::Value> {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = http::Request::post(format!("{endpoint}{path}"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            body.as_bytes(),
-        )))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
+    let url = format!("{endpoint}{path}");
+    let headers = [("content-type", "application/json")];
+    let answer = try_request(
+        Method::POST,
+        &url,
+        &headers,
+        Bytes::from_static(body.as_bytes()),
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(2), answer)
         .await
         .ok()?
         .ok()?;
-    let bytes = response.into_body().collect().await.ok()?.to_bytes();
-    serde_json::from_slice(&bytes).ok()
+    Some(answer.json).filter(|json| !json.is_null())
 }
 
 /// A `mesh-registry` process on the etcd store: a replica a test can kill with SIGKILL.
 pub struct Replica {
     pub url: String,
-    process: Child,
+    process: ChildGuard,
 }
 
 impl Replica {
@@ -218,22 +208,20 @@ impl Replica {
     /// and waits until it has read the catalog from etcd.
     pub async fn start(binary: &std::path::Path, endpoints: &str, extra: &[&str]) -> Replica {
         let replica = Self::spawn(binary, endpoints, extra);
-        for _ in 0..200 {
-            let synced = get(&format!("{}/v1/services", replica.url)).await;
-            if synced.is_some_and(|(status, _, _)| status == 200) {
-                return replica;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "the replica at {} did not read the catalog in 10 s",
-            replica.url
-        );
+        let services = format!("{}/v1/services", replica.url);
+        let what = format!("the replica at {} to read the catalog", replica.url);
+        eventually(PATIENCE, &what, async || {
+            get(&services)
+                .await
+                .is_some_and(|(status, _, _)| status == 200)
+        })
+        .await;
+        replica
     }
 
     /// Starts `binary` as [`Replica::start`] does, without waiting for anything.
     pub fn spawn(binary: &std::path::Path, endpoints: &str, extra: &[&str]) -> Replica {
-        let port = free_port();
+        let port = closed_port().port();
         let process = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--etcd-endpoints", endpoints])
@@ -244,39 +232,22 @@ impl Replica {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         Replica {
             url: format!("http://127.0.0.1:{port}"),
-            process,
+            process: process.into(),
         }
     }
 
     /// SIGKILL: no graceful shutdown, its etcd lease is left to run out.
     pub fn kill(mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        self.process.kill();
     }
 }
 
 /// A GET: status, headers and the body as JSON (`Null` when it is not JSON).
 pub async fn get(url: &str) -> Option<(u16, http::HeaderMap, serde_json::Value)> {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = http::Request::get(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(70), client.request(request))
+    let answer = try_request(Method::GET, url, &[], Bytes::new());
+    let answer = tokio::time::timeout(Duration::from_secs(70), answer)
         .await
         .ok()?
         .ok()?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.ok()?.to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    Some((status, headers, json))
+    Some((answer.status.as_u16(), answer.headers, answer.json))
 }
