@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the mesh's CA in a cluster, once, before the first `kubectl apply -k` of any
+# Creates the mesh's CA in a cluster, once, before the first apply of any
 # overlay (dev included):
 #
 #   Secret registry-ca       ca.pem + ca-key.pem   mounted by the registry only: it signs

@@ -16,7 +16,8 @@ that keep both available.
 
 Run with: python3 k8s/test_manifests.py [RENDERED_DIR]
 RENDERED_DIR holds one `<overlay>.yaml` per overlay (as k8s/validate.sh writes them);
-without it, every overlay is rendered with `kubectl kustomize`. Prints one line per check
+without it, every overlay is rendered with `kubectl kustomize` and injected with meshctl.
+Prints one line per check
 and `N passed, N failed` last; exits 1 if any check failed.
 """
 
@@ -74,10 +75,21 @@ def load(overlay, directory, rendered_dir):
         with open(os.path.join(rendered_dir, f"{overlay}.yaml")) as f:
             text = f.read()
     else:
-        text = subprocess.run(
+        text = inject(subprocess.run(
             ["kubectl", "kustomize", directory], check=True, capture_output=True, text=True
-        ).stdout
+        ).stdout)
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def inject(text):
+    """The rendered manifests with their sidecars, as k8s/validate.sh injects them: by
+    $MESHCTL, else the release build of meshctl, with the tag kustomize gave the images."""
+    meshctl = os.environ.get("MESHCTL") or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(K8S, "..", "target")), "release", "meshctl")
+    tag = re.search(r"image: mesh/registry:(\S+)", text)
+    image = "mesh/proxy" + (f":{tag.group(1)}" if tag else "")
+    return subprocess.run([meshctl, "inject", "--proxy-image", image, "-"], input=text,
+                          check=True, capture_output=True, text=True).stdout
 
 
 # === kustomize images ===

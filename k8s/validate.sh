@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Offline validation of the Kubernetes manifests: renders every overlay, validates each
+# Offline validation of the Kubernetes manifests: renders every overlay, injects the
+# sidecars with meshctl inject (built here unless MESHCTL names a binary), validates each
 # object against the Kubernetes schemas (strict: unknown fields are errors) for 1.29, the
 # oldest version with native sidecars, and for the newest version kubernetes-validate
 # ships, then checks the invariants in test_manifests.py. No cluster needed.
@@ -46,7 +47,28 @@ for name in "${overlays[@]}"; do
         base) dir="$k8s/base" ;;
         *) dir="$k8s/overlays/$name" ;;
     esac
-    render "$dir" >"$out/$name.yaml"
+    render "$dir" >"$out/$name.plain.yaml"
+done
+
+# --- inject the sidecars --------------------------------------------------------------
+# The workloads are plain apps with mesh.dev/* annotations: meshctl inject adds their
+# sidecars, as a user's pipeline or the admission webhook would, and what is validated
+# below is its output. The sidecar's image takes the tag kustomize gave the others.
+repo="$(cd "$k8s/.." && pwd)"
+meshctl=${MESHCTL:-}
+if [[ -z $meshctl ]]; then
+    (cd "$repo" && cargo build --quiet --release -p meshctl)
+    meshctl="${CARGO_TARGET_DIR:-$repo/target}/release/meshctl"
+fi
+for name in "${overlays[@]}"; do
+    plain="$out/$name.plain.yaml"
+    tag=$(sed -n 's|^ *image: mesh/registry:\(.*\)$|\1|p' "$plain" | head -n 1)
+    image="mesh/proxy${tag:+:$tag}"
+    "$meshctl" inject --proxy-image "$image" "$plain" >"$out/$name.yaml" 2>"$out/$name.inject.log" \
+        || { cat "$out/$name.inject.log" >&2; exit 1; }
+    # Injecting again changes nothing; uninjecting gives back the plain manifests.
+    "$meshctl" inject --proxy-image "$image" "$out/$name.yaml" >"$out/$name.twice.yaml" 2>/dev/null
+    "$meshctl" uninject "$out/$name.yaml" >"$out/$name.uninjected.yaml" 2>/dev/null
 done
 
 # --- kinds per overlay, then schema validation ------------------------------------------
@@ -79,6 +101,27 @@ print(f"schema ({', '.join(versions)}, strict): {passed} passed, {failed} failed
 EOF
 schema_rc=${PIPESTATUS[0]}
 
+# --- injection is idempotent and reversible ---------------------------------------------
+"$python" - "$out" "${overlays[@]}" <<'EOF' | tee "$out/inject.log"
+import os, sys
+import yaml
+out, overlays = sys.argv[1], sys.argv[2:]
+passed = failed = 0
+def docs(name):
+    with open(os.path.join(out, name)) as f:
+        return [o for o in yaml.safe_load_all(f) if o]
+for overlay in overlays:
+    for what, a, b in [("injecting twice is injecting once", "yaml", "twice.yaml"),
+                       ("uninject gives back the plain manifests", "plain.yaml", "uninjected.yaml")]:
+        if docs(f"{overlay}.{a}") == docs(f"{overlay}.{b}"):
+            passed += 1
+        else:
+            failed += 1
+            print(f"FAIL {overlay}: {what}")
+print(f"injection: {passed} passed, {failed} failed")
+EOF
+inject_rc=${PIPESTATUS[0]}
+
 # --- invariants -----------------------------------------------------------------------
 echo
 echo "invariants:"
@@ -100,10 +143,10 @@ fi
 set -e
 
 count() { sed -n "s/.*\b\([0-9]\+\) $2.*/\1/p" "$1" | tail -n 1; }
-passed=$(($(count "$out/schema.log" passed) + $(count "$out/invariants.log" passed) + promtool_passed))
-failed=$(($(count "$out/schema.log" failed) + $(count "$out/invariants.log" failed) + promtool_failed))
+passed=$(($(count "$out/schema.log" passed) + $(count "$out/inject.log" passed) + $(count "$out/invariants.log" passed) + promtool_passed))
+failed=$(($(count "$out/schema.log" failed) + $(count "$out/inject.log" failed) + $(count "$out/invariants.log" failed) + promtool_failed))
 echo
 echo "$passed passed, $failed failed"
-if [ "$schema_rc" -ne 0 ] || [ "$invariants_rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
+if [ "$schema_rc" -ne 0 ] || [ "$inject_rc" -ne 0 ] || [ "$invariants_rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
     exit 1
 fi

@@ -107,6 +107,43 @@ pub enum Command {
     /// interrupted: SERVICE's own instances' inbound calls, or with --via one sidecar's
     /// calls of SERVICE (its outbound calls to it too).
     Tap(TapArgs),
+    /// Adds the sidecar to the pods of Kubernetes manifests that ask for it (annotation
+    /// `mesh.dev/inject: enabled`, a namespace labelled `mesh.dev/injection: enabled`, or
+    /// --all) and prints the manifests; the sidecar's settings come from the pods'
+    /// `mesh.dev/*` annotations. Injecting twice is injecting once.
+    Inject(InjectArgs),
+    /// Takes the sidecar, and what inject added with it, out of Kubernetes manifests.
+    Uninject {
+        /// Manifest files, directories (read recursively), or `-` for standard input.
+        #[arg(required = true, value_name = "FILE")]
+        inputs: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InjectArgs {
+    /// Manifest files, directories (read recursively), or `-` for standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub inputs: Vec<String>,
+    /// `native`: an init container with `restartPolicy: Always` (Kubernetes 1.29+);
+    /// `container`: a second container, for older clusters.
+    #[arg(long, env = "MESHCTL_SIDECAR", value_enum, default_value = "native")]
+    pub sidecar: crate::inject::Mode,
+    /// The sidecar's image (annotation `mesh.dev/proxy-image` overrides it per pod).
+    #[arg(long, env = "MESHCTL_PROXY_IMAGE", default_value = "mesh/proxy")]
+    pub proxy_image: String,
+    /// The registry's URL as sidecars reach it (annotation `mesh.dev/registry`
+    /// overrides it per pod).
+    #[arg(
+        long,
+        env = "MESHCTL_REGISTRY_URL",
+        value_name = "URL",
+        default_value = "https://registry.mesh.svc:7743"
+    )]
+    pub registry_url: String,
+    /// Mesh every pod that does not opt out with `mesh.dev/inject: disabled`.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,6 +20,8 @@ pub enum Error {
     },
     #[error("{file}: {reason}")]
     PolicyFile { file: String, reason: String },
+    #[error(transparent)]
+    Inject(#[from] crate::inject::InjectError),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -12,12 +12,14 @@
 //! - [`policy`]: traffic policy documents, applied from files and read back; [`routes`]:
 //!   a destination's routes as its callers apply them, and the split their calls took.
 //! - [`tap`]: the calls sidecars see, live, from their taps.
+//! - [`inject`]: the sidecar added to Kubernetes manifests, offline.
 
 pub mod check;
 pub mod cli;
 pub mod endpoints;
 mod error;
 pub mod human;
+pub mod inject;
 pub mod listing;
 pub mod output;
 pub mod policy;
@@ -107,6 +109,23 @@ pub async fn run(cli: Cli, out: &mut dyn Write, redraw: bool) -> Result<Outcome,
         Command::Top(args) => top::run(&ctl, &args, out, redraw).await.and(done),
         Command::Routes { service } => routes::run(&ctl, &service, out).await.and(done),
         Command::Tap(args) => tap::run(&ctl, &args, out).await.and(done),
+        Command::Inject(args) => {
+            let options = inject::Options {
+                mode: args.sidecar,
+                image: args.proxy_image,
+                registry: args.registry_url,
+                all: args.all,
+            };
+            let summary = inject::run(&args.inputs, &options, true, &mut std::io::stdin(), out)?;
+            inject::report(&summary, true);
+            done
+        }
+        Command::Uninject { inputs } => {
+            let options = inject::Options::default();
+            let summary = inject::run(&inputs, &options, false, &mut std::io::stdin(), out)?;
+            inject::report(&summary, false);
+            done
+        }
         Command::Policy(command) => match command {
             PolicyCommand::Apply { file, diff } => policy::apply(&ctl, &file, diff, out).await,
             PolicyCommand::Get { service } => policy::get(&ctl, &service, out).await,

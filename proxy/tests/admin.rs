@@ -216,6 +216,55 @@ async fn the_probe_binary_reports_readiness_by_exit_code() {
 }
 
 #[tokio::test]
+async fn the_probe_binary_waits_until_its_target_is_ready() {
+    let probe = |args: Vec<String>| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-probe"))
+            .args(args)
+            .output()
+    };
+    // Not ready for its first two probes, then ready.
+    let listener = common::listener().await;
+    let target = format!("http://{}/ready", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for status in [
+            "503 Service Unavailable",
+            "503 Service Unavailable",
+            "200 OK",
+        ] {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let answer = format!("HTTP/1.0 {status}\r\ncontent-length: 0\r\n\r\n");
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let waited = probe(vec!["--wait".into(), "60s".into(), target])
+        .await
+        .unwrap();
+    assert!(waited.status.success(), "{waited:?}");
+    server.await.unwrap();
+
+    let closed = common::closed_port();
+    let gave_up = probe(vec![
+        "--wait".into(),
+        "1s".into(),
+        format!("tcp://{closed}"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(gave_up.status.code(), Some(1), "{gave_up:?}");
+    let bad = probe(vec![
+        "--wait".into(),
+        "soon".into(),
+        format!("tcp://{closed}"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}
+
+#[tokio::test]
 async fn past_the_connection_limit_new_connections_wait_their_turn() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let registry = Registry::start().await;

@@ -2,19 +2,24 @@
 //!
 //! `mesh-probe http://127.0.0.1:4191/ready` exits 0 when the URL answers 2xx;
 //! `mesh-probe tcp://127.0.0.1:50051` exits 0 when a TCP connection opens. Anything else
-//! exits 1 with the reason on stderr. Standard library only, so it stays tiny.
+//! exits 1 with the reason on stderr. `--wait 120s` tries again every 250 ms until the
+//! target answers or that time has passed (a `postStart` hook holding an app back until its
+//! sidecar is ready). Standard library only, so it stays tiny.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Between tries, with `--wait`.
+const RETRY: Duration = Duration::from_millis(250);
 
-const USAGE: &str = "usage: mesh-probe http://HOST:PORT/PATH | tcp://HOST:PORT
+const USAGE: &str = "usage: mesh-probe [--wait SECONDSs] http://HOST:PORT/PATH | tcp://HOST:PORT
 
 Exits 0 when the URL answers 2xx (http://) or a TCP connection opens (tcp://), 1 otherwise
-with the reason on stderr; a health check for images without a shell.";
+with the reason on stderr; a health check for images without a shell. With --wait (e.g.
+120s), tries again every 250 ms until the target answers or that time has passed.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,19 +32,37 @@ fn main() -> ExitCode {
             println!("mesh-probe {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        [target] => target,
+        [target] => (target, Duration::ZERO),
+        [flag, wait, target] if flag == "--wait" => match seconds(wait) {
+            Some(wait) => (target, wait),
+            None => {
+                eprintln!("mesh-probe: --wait {wait:?}: give seconds, such as 120s\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
-    match probe(target) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(why) => {
-            eprintln!("mesh-probe {target}: {why}");
-            ExitCode::FAILURE
+    let (target, wait) = target;
+    let until = Instant::now() + wait;
+    loop {
+        match probe(target) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(_) if Instant::now() + RETRY < until => std::thread::sleep(RETRY),
+            Err(why) => {
+                eprintln!("mesh-probe {target}: {why}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+}
+
+/// `120s` or `120`.
+fn seconds(text: &str) -> Option<Duration> {
+    let digits = text.strip_suffix('s').unwrap_or(text);
+    digits.parse::<u64>().ok().map(Duration::from_secs)
 }
 
 fn probe(target: &str) -> Result<(), String> {
