@@ -317,10 +317,29 @@ async fn once_run_returns_nothing_it_started_probes_the_app_or_calls_the_registr
     sidecar.begin_shutdown();
     let run = sidecar.task.take().unwrap();
     tokio::time::timeout(PATIENCE, run).await.unwrap().unwrap();
-    let (probes, sent) = (
-        app.accepted.load(Ordering::SeqCst),
-        to_registry.bytes.load(Ordering::SeqCst),
-    );
+    // A probe or renewal already under way when run returned may still land (the kernel
+    // completed its connection, and the counting servers accept it later): the counts are
+    // taken once they stay the same over one of the witness's health intervals.
+    let counts = || {
+        (
+            app.accepted.load(Ordering::SeqCst),
+            to_registry.bytes.load(Ordering::SeqCst),
+        )
+    };
+    let mut settled = None;
+    for _ in 0..20 {
+        let before = counts();
+        let witnessed = witness_app.accepted.load(Ordering::SeqCst);
+        eventually(PATIENCE, "a probe by the witness", async || {
+            witness_app.accepted.load(Ordering::SeqCst) > witnessed
+        })
+        .await;
+        if counts() == before {
+            settled = Some(before);
+            break;
+        }
+    }
+    let (probes, sent) = settled.expect("probes and registry requests go on after run returned");
     // Ten health intervals and two renewal periods, as the witness lives them (a loaded
     // machine slows its timers as it would slow a task left behind): such a task would
     // have shown by then.
