@@ -72,8 +72,15 @@ for name in "${overlays[@]}"; do
 done
 
 # --- kinds per overlay, then schema validation ------------------------------------------
+# meshctl inject's golden outputs too: manifests written like users', injected.
+validated=("${overlays[@]}")
+for golden in "$repo"/meshctl/tests/inject/*.golden.yaml; do
+    name="inject-$(basename "$golden" .golden.yaml)"
+    cp "$golden" "$out/$name.yaml"
+    validated+=("$name")
+done
 set +e
-"$python" - "$out" "${overlays[@]}" <<'EOF' | tee "$out/schema.log"
+"$python" - "$out" "${validated[@]}" <<'EOF' | tee "$out/schema.log"
 import collections, os, sys
 import yaml
 import kubernetes_validate as kv
@@ -85,6 +92,7 @@ passed = failed = 0
 for overlay in overlays:
     with open(os.path.join(out, f"{overlay}.yaml")) as f:
         objects = [o for o in yaml.safe_load_all(f) if o]
+    objects = [i for o in objects for i in (o.get("items", []) if o["kind"] == "List" else [o])]
     kinds = collections.Counter(o["kind"] for o in objects)
     print(f"{overlay}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     for obj in objects:
