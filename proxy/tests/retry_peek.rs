@@ -143,7 +143,10 @@ async fn a_silent_answer_is_waited_for_no_longer_than_the_first_look() {
     .await;
     let started = Instant::now();
     let (peeked, status) = peek_grpc(response, 1024, None).await;
-    assert_eq!((status, started.elapsed()), (None, Duration::from_millis(20)));
+    assert_eq!(
+        (status, started.elapsed()),
+        (None, Duration::from_millis(20))
+    );
     assert_eq!(rest(peeked).await, (Bytes::from_static(MESSAGE), Some(0)));
 }
 
@@ -157,7 +160,10 @@ async fn the_look_never_outlasts_the_request_deadline() {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(3);
     let (_, status) = peek_grpc(response, 1024, Some(deadline)).await;
-    assert_eq!((status, started.elapsed()), (None, Duration::from_millis(3)));
+    assert_eq!(
+        (status, started.elapsed()),
+        (None, Duration::from_millis(3))
+    );
 }
 
 #[tokio::test(start_paused = true)]

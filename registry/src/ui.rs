@@ -211,7 +211,11 @@ mod tests {
             ..SidecarReadiness::default()
         };
         for (function, object, written) in [
-            ("destinations", "d", written_keys(DestinationView::default())),
+            (
+                "destinations",
+                "d",
+                written_keys(DestinationView::default()),
+            ),
             ("destinations", "e", written_keys(EndpointView::default())),
             ("readiness", "ready", written_keys(full)),
         ] {

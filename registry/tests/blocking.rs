@@ -220,6 +220,10 @@ async fn a_watch_rides_out_quiet_blocking_queries_and_returns_as_the_change_happ
     assert_eq!(started.elapsed(), Duration::from_secs(23));
     assert_eq!(changed.instances.len(), 2);
     let metrics = r.metrics().await;
-    let listings = metric_sum(&metrics, "mesh_registry_http_requests_total", r#"route="get_service""#);
+    let listings = metric_sum(
+        &metrics,
+        "mesh_registry_http_requests_total",
+        r#"route="get_service""#,
+    );
     assert_eq!(listings, 6.0, "{metrics}");
 }
