@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mesh_registry_api::{Client, Registration, Status};
+use mesh_test_support::Registry;
 
 use crate::browser::Browser;
 
@@ -192,12 +193,14 @@ pub(crate) fn expect(browser: &mut Browser, bound: Duration, what: &str, conditi
 
 // === the registry ===
 
-/// A registry serving on 127.0.0.1:0 on a runtime of its own, stopped when dropped.
+/// A registry serving on 127.0.0.1:0 on a runtime of its own (the tests around it block),
+/// stopped when dropped.
 pub(crate) struct InProcessRegistry {
+    /// Dropped before the runtime: stops the registry while its runtime still runs.
+    _registry: Registry,
     pub(crate) address: SocketAddr,
-    pub(crate) runtime: tokio::runtime::Runtime,
     pub(crate) client: Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) runtime: tokio::runtime::Runtime,
 }
 
 // === impl InProcessRegistry ===
@@ -209,23 +212,12 @@ impl InProcessRegistry {
             .enable_all()
             .build()
             .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let address = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(mesh_registry::run(
-            listener,
-            mesh_registry::Config::default(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let registry = runtime.block_on(Registry::start());
         InProcessRegistry {
-            address,
-            client: Client::new(&format!("http://{address}")).unwrap(),
+            address: registry.addr,
+            client: registry.client.clone(),
+            _registry: registry,
             runtime,
-            stop: Some(stop),
         }
     }
 
@@ -273,14 +265,6 @@ impl InProcessRegistry {
         stream.read_to_string(&mut text).unwrap();
         let route = r#"route="get_service""#;
         mesh_test_support::metric_sum(&text, "mesh_registry_http_requests_total", route) as u64
-    }
-}
-
-impl Drop for InProcessRegistry {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
