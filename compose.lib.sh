@@ -56,7 +56,7 @@ begin_run() {
     export MESH_TAG="$name-$$"
     export PROMETHEUS_IMAGE="mesh/prometheus-standin:$MESH_TAG"
     # A tag of the run's own, so removing them touches nobody else's.
-    images=(registry proxy recommendations marketplace cache etcd prometheus-standin)
+    images=(registry proxy recommendations marketplace cache injector etcd prometheus-standin)
     images=("${images[@]/#/mesh/}")
     images=("${images[@]/%/:$MESH_TAG}")
     compose=(docker-compose -p "$project")

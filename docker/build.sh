@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the mesh's container images: static binaries (profile dist) once, then four FROM scratch
-# images holding them and a fifth with Debian's Redis, the cache; with --etcd, a sixth with
-# etcd for the registry's highly available setup.
+# Builds the mesh's container images: static binaries (profile dist) once, then five FROM scratch
+# images holding them (the fifth, mesh/injector, is meshctl's injection webhook for Kubernetes)
+# and one with Debian's Redis, the cache; with --etcd, one more with etcd for the registry's
+# highly available setup.
 #
 #   docker/build.sh                  # mesh/registry:dev, mesh/proxy:dev, ..., mesh/cache:dev
 #   docker/build.sh --etcd           # the same and mesh/etcd:dev (for compose.ha.yaml)
@@ -22,7 +23,7 @@ tag="${MESH_TAG:-dev}"
 triple=x86_64-unknown-linux-gnu
 target_dir="${CARGO_TARGET_DIR:-target}"
 release="$target_dir/$triple/dist"
-images=(registry proxy recommendations marketplace cache)
+images=(registry proxy recommendations marketplace cache injector)
 case ${1:-} in
     --etcd) images+=(etcd) ;;
     "") ;;
@@ -36,7 +37,7 @@ say "static binaries (cargo build --profile dist --target $triple, crt-static)"
 # proc macros, which keep running on the host as usual.
 built=$SECONDS
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --target "$triple" \
-    -p mesh-registry -p mesh-proxy -p recommendations -p marketplace
+    -p mesh-registry -p mesh-proxy -p recommendations -p marketplace -p meshctl
 say "static binaries built in $((SECONDS - built)) s"
 
 # A staging directory of this run's own: another build (CI, a colleague) may run at the
@@ -45,7 +46,7 @@ mkdir -p "$target_dir"
 stage=$(mktemp -d "$target_dir/docker-context.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/empty"
-for bin in mesh-registry mesh-proxy mesh-probe recommendations marketplace; do
+for bin in mesh-registry mesh-proxy mesh-probe recommendations marketplace meshctl; do
     # ldd on a missing file fails too, and would be taken for a dynamic binary.
     if [[ ! -f "$release/$bin" ]]; then
         echo "error: missing binary $release/$bin: cargo did not put it there" \

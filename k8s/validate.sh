@@ -72,8 +72,10 @@ for name in "${overlays[@]}"; do
 done
 
 # --- kinds per overlay, then schema validation ------------------------------------------
-# meshctl inject's golden outputs too: manifests written like users', injected.
-validated=("${overlays[@]}")
+# The injection webhook's manifests, and meshctl inject's golden outputs (manifests
+# written like users', injected), too.
+render "$k8s/webhook" >"$out/webhook.yaml"
+validated=("${overlays[@]}" webhook)
 for golden in "$repo"/meshctl/tests/inject/*.golden.yaml; do
     name="inject-$(basename "$golden" .golden.yaml)"
     cp "$golden" "$out/$name.yaml"

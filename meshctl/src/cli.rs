@@ -112,6 +112,9 @@ pub enum Command {
     /// --all) and prints the manifests; the sidecar's settings come from the pods'
     /// `mesh.dev/*` annotations. Injecting twice is injecting once.
     Inject(InjectArgs),
+    /// Serves the injection as a Kubernetes mutating admission webhook (HTTPS, POST
+    /// /inject), until interrupted.
+    InjectWebhook(WebhookArgs),
     /// Takes the sidecar, and what inject added with it, out of Kubernetes manifests.
     Uninject {
         /// Manifest files, directories (read recursively), or `-` for standard input.
@@ -125,6 +128,31 @@ pub struct InjectArgs {
     /// Manifest files, directories (read recursively), or `-` for standard input.
     #[arg(required = true, value_name = "FILE")]
     pub inputs: Vec<String>,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+    /// Mesh every pod that does not opt out with `mesh.dev/inject: disabled`.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WebhookArgs {
+    /// The address to serve HTTPS on.
+    #[arg(long, env = "MESHCTL_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// The serving certificate chain (PEM), issued for the webhook Service's DNS name.
+    #[arg(long, env = "MESHCTL_WEBHOOK_CERT", value_name = "FILE")]
+    pub cert: std::path::PathBuf,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, env = "MESHCTL_WEBHOOK_KEY", value_name = "FILE")]
+    pub key: std::path::PathBuf,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// What every injected sidecar gets unless its pod's annotations say otherwise.
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
     /// `native`: an init container with `restartPolicy: Always` (Kubernetes 1.29+);
     /// `container`: a second container, for older clusters.
     #[arg(long, env = "MESHCTL_SIDECAR", value_enum, default_value = "native")]
@@ -141,9 +169,6 @@ pub struct InjectArgs {
         default_value = "https://registry.mesh.svc:7743"
     )]
     pub registry_url: String,
-    /// Mesh every pod that does not opt out with `mesh.dev/inject: disabled`.
-    #[arg(long)]
-    pub all: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -22,6 +22,8 @@ pub enum Error {
     PolicyFile { file: String, reason: String },
     #[error(transparent)]
     Inject(#[from] crate::inject::InjectError),
+    #[error("inject-webhook: {0}")]
+    Webhook(String),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }

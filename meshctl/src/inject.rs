@@ -9,6 +9,7 @@
 //! Each mapping's keys keep their order; comments are not kept.
 
 pub mod pod;
+pub mod webhook;
 mod yaml;
 
 use std::collections::BTreeSet;
@@ -48,6 +49,19 @@ pub struct Options {
 pub struct Summary {
     pub changed: Vec<String>,
     pub skipped: Vec<String>,
+}
+
+// === impl SidecarArgs ===
+
+impl crate::cli::SidecarArgs {
+    pub fn options(self, all: bool) -> Options {
+        Options {
+            mode: self.sidecar,
+            image: self.proxy_image,
+            registry: self.registry_url,
+            all,
+        }
+    }
 }
 
 // === impl Options ===

@@ -110,16 +110,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write, redraw: bool) -> Result<Outcome,
         Command::Routes { service } => routes::run(&ctl, &service, out).await.and(done),
         Command::Tap(args) => tap::run(&ctl, &args, out).await.and(done),
         Command::Inject(args) => {
-            let options = inject::Options {
-                mode: args.sidecar,
-                image: args.proxy_image,
-                registry: args.registry_url,
-                all: args.all,
-            };
+            let options = args.sidecar.options(args.all);
             let summary = inject::run(&args.inputs, &options, true, &mut std::io::stdin(), out)?;
             inject::report(&summary, true);
             done
         }
+        Command::InjectWebhook(args) => inject::webhook::run(args).await.and(done),
         Command::Uninject { inputs } => {
             let options = inject::Options::default();
             let summary = inject::run(&inputs, &options, false, &mut std::io::stdin(), out)?;

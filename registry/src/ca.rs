@@ -164,13 +164,38 @@ impl Ca {
         names: &[String],
         lifetime: Duration,
     ) -> Result<ServingCert, rcgen::Error> {
+        let id = mesh_registry_api::spiffe::registry_id(&self.trust_domain);
+        self.issue("mesh-registry", Some(id.as_str()), names, lifetime)
+    }
+
+    /// A serving certificate for another HTTPS server of the mesh (the injection
+    /// webhook): `names` only, no SPIFFE ID, so it can stand for neither the registry
+    /// nor a service.
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServingCert, rcgen::Error> {
+        self.issue(common_name, None, names, lifetime)
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        id: Option<&str>,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServingCert, rcgen::Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params
             .distinguished_name
-            .push(DnType::CommonName, "mesh-registry");
-        let id = mesh_registry_api::spiffe::registry_id(&self.trust_domain);
-        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = Vec::new();
+        if let Some(id) = id {
+            params.subject_alt_names.push(SanType::URI(id.try_into()?));
+        }
         for name in names {
             let san = match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -192,6 +217,65 @@ impl Ca {
             not_after,
         })
     }
+}
+
+/// `mesh-registry gen-cert`: a serving certificate from the CA in `ca_dir` (`ca.pem`,
+/// `ca-key.pem`) for `names`, written as `out/tls.crt` and `out/tls.key` (mode 0600),
+/// the names a Kubernetes TLS Secret uses. Returns what it did, for the user.
+pub fn write_server_cert(
+    ca_dir: &Path,
+    names: &[String],
+    days: u64,
+    out: &Path,
+) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    if names.is_empty() {
+        return Err("--name: give at least one DNS name or IP address".into());
+    }
+    let lifetime = Duration::from_secs(days * 24 * 3600);
+    let ca = Ca::load(
+        &ca_dir.join("ca.pem"),
+        &ca_dir.join("ca-key.pem"),
+        "mesh.local",
+        lifetime,
+    )?;
+    let issued = ca
+        .issue_server(&names[0], names, lifetime)
+        .map_err(|e| format!("--name: {e}"))?;
+    let pem = |label: &str, der: &[u8]| {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = text
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    let mut chain: String = issued.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+    chain.push_str(ca.bundle());
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let (cert, key) = (out.join("tls.crt"), out.join("tls.key"));
+    std::fs::write(&cert, chain).map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)
+        .and_then(|mut f| f.write_all(pem("PRIVATE KEY", &issued.key).as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    Ok(format!(
+        "wrote {} and {} for {}, valid {days} days",
+        cert.display(),
+        key.display(),
+        names.join(", ")
+    ))
 }
 
 /// `mesh-registry gen-ca`: writes `ca.pem` and `ca-key.pem` (mode 0600) into `out`,
@@ -266,6 +350,46 @@ mod tests {
             Duration::from_secs(3600),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_server_certificate_names_its_server_and_no_mesh_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = Ca::generate("mesh.local").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &generated.cert_pem).unwrap();
+        std::fs::write(dir.path().join("ca-key.pem"), &generated.key_pem).unwrap();
+        let names = ["mesh-injector.mesh.svc".to_owned(), "10.0.0.7".to_owned()];
+        let out = dir.path().join("out");
+        write_server_cert(dir.path(), &names, 30, &out).unwrap();
+        let chain = std::fs::read_to_string(out.join("tls.crt")).unwrap();
+        assert_eq!(
+            chain.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "leaf, then the CA"
+        );
+        assert!(chain.ends_with(&generated.cert_pem));
+        use rustls_pki_types::pem::PemObject;
+        let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain.as_bytes()).unwrap();
+        let der: &[u8] = leaf.as_ref();
+        assert!(
+            der.windows(b"mesh-injector.mesh.svc".len())
+                .any(|w| w == b"mesh-injector.mesh.svc")
+        );
+        assert!(
+            !der.windows(9).any(|w| w == b"spiffe://"),
+            "a webhook's key must not stand for the registry or a service"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(write_server_cert(dir.path(), &[], 30, &out).is_err());
+        assert!(
+            write_server_cert(&out, &names, 30, &out).is_err(),
+            "no CA there"
+        );
     }
 
     #[test]

@@ -177,6 +177,23 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         bundle_out: Option<PathBuf>,
     },
+    /// Writes a serving certificate from the mesh CA for another HTTPS server of the mesh
+    /// (the injection webhook): `tls.crt` (the chain) and `tls.key` in `--out`. It names
+    /// only `--name`s: no SPIFFE ID, so it stands for neither the registry nor a service.
+    GenCert {
+        /// Directory holding the CA's `ca.pem` and `ca-key.pem`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// A DNS name or IP address the certificate is for; repeat for several.
+        #[arg(long = "name", required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// How long it is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Directory to write `tls.crt` and `tls.key` (mode 0600) into.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 // === impl Config ===

@@ -45,6 +45,24 @@ async fn main() {
             }
         }
     }
+    if let Some(mesh_registry::config::Command::GenCert {
+        ca,
+        names,
+        days,
+        out,
+    }) = &config.command
+    {
+        match mesh_registry::ca::write_server_cert(ca, names, *days, out) {
+            Ok(message) => {
+                println!("{message}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if let Err(message) = config.validate() {
         eprintln!("error: {message}");
         std::process::exit(2);

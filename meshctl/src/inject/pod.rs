@@ -16,7 +16,7 @@ use serde_norway::{Mapping, Value};
 use super::{Mode, Options};
 
 /// The annotation (on a pod template or its workload) opting in (`enabled`) or out
-/// (`disabled`).
+/// (`disabled`); a label of the same name counts too.
 pub const INJECT: &str = "mesh.dev/inject";
 /// The namespace label meshing every pod in the namespace that does not opt out.
 pub const NAMESPACE_LABEL: &str = "mesh.dev/injection";
@@ -136,9 +136,13 @@ struct Settings {
 /// Whether the pod template asks to be meshed: its own `mesh.dev/inject`, else its
 /// workload's, else `default` (a labelled namespace, or `--all`).
 pub fn wanted(workload: Option<&Mapping>, template: &Mapping, default: bool) -> bool {
+    // An annotation, or a label (which the webhook configuration's objectSelector can
+    // also read, so pods labelled `disabled` are never even sent to the webhook).
     let said = |metadata: Option<&Mapping>| {
         metadata
-            .and_then(|m| str_at(m, &["annotations", INJECT]))
+            .and_then(|m| {
+                str_at(m, &["annotations", INJECT]).or_else(|| str_at(m, &["labels", INJECT]))
+            })
             .map(|v| v == "enabled")
     };
     said(map_at(template, &["metadata"]))
