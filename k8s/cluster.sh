@@ -492,6 +492,7 @@ EOF
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-cluster-ip-range="$MESH_K8S_SERVICE_CIDR" \
         --enable-admission-plugins=NodeRestriction --kubelet-preferred-address-types=InternalIP \
+        --enable-aggregator-routing=true \
         --kubelet-client-certificate="$R/pki/apiserver-kubelet-client.crt" \
         --kubelet-client-key="$R/pki/apiserver-kubelet-client.key"
     _k8s_wait "kube-apiserver ready" 90 _k8s_api_ready

@@ -228,9 +228,6 @@ pub fn write_server_cert(
     days: u64,
     out: &Path,
 ) -> Result<String, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
     if names.is_empty() {
         return Err("--name: give at least one DNS name or IP address".into());
     }
@@ -259,17 +256,12 @@ pub fn write_server_cert(
     };
     let mut chain: String = issued.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
     chain.push_str(ca.bundle());
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let (cert, key) = (out.join("tls.crt"), out.join("tls.key"));
-    std::fs::write(&cert, chain).map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key)
-        .and_then(|mut f| f.write_all(pem("PRIVATE KEY", &issued.key).as_bytes()))
-        .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    write_pair(
+        out,
+        (&cert, &chain),
+        (&key, &pem("PRIVATE KEY", &issued.key)),
+    )?;
     Ok(format!(
         "wrote {} and {} for {}, valid {days} days",
         cert.display(),
@@ -281,9 +273,6 @@ pub fn write_server_cert(
 /// `mesh-registry gen-ca`: writes `ca.pem` and `ca-key.pem` (mode 0600) into `out`,
 /// unless they exist and `force` is off. Returns what it did, for the user.
 pub fn write_new(out: &Path, trust_domain: &str, force: bool) -> Result<String, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
     let cert = out.join("ca.pem");
     let key = out.join("ca-key.pem");
     if !force && cert.exists() && key.exists() {
@@ -293,18 +282,12 @@ pub fn write_new(out: &Path, trust_domain: &str, force: bool) -> Result<String, 
             key.display()
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let generated = Ca::generate(trust_domain).map_err(|e| e.to_string())?;
-    std::fs::write(&cert, &generated.cert_pem)
-        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key)
-        .and_then(|mut f| f.write_all(generated.key_pem.as_bytes()))
-        .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    write_pair(
+        out,
+        (&cert, &generated.cert_pem),
+        (&key, &generated.key_pem),
+    )?;
     Ok(format!(
         "wrote {} and {} for trust domain {trust_domain}; start the registry with \
          --ca-cert {} --ca-key {} --join-token <secret>",
@@ -313,6 +296,23 @@ pub fn write_new(out: &Path, trust_domain: &str, force: bool) -> Result<String, 
         cert.display(),
         key.display()
     ))
+}
+
+/// Writes a certificate (readable by all) and its private key (mode 0600) into `dir`.
+fn write_pair(dir: &Path, cert: (&Path, &str), key: (&Path, &str)) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::write(cert.0, cert.1)
+        .map_err(|e| format!("cannot write {}: {e}", cert.0.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(key.0)
+        .and_then(|mut f| f.write_all(key.1.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", key.0.display()))
 }
 
 /// `gen-ca --bundle-out`: copies the CA certificate in `out` (never its key) to

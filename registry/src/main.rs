@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use clap::Parser;
 use mesh_registry::Config;
+use mesh_registry::config::Command;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -19,49 +20,37 @@ async fn main() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::parse();
-    if let Some(mesh_registry::config::Command::GenCa {
-        out,
-        trust_domain,
-        force,
-        bundle_out,
-    }) = &config.command
-    {
-        let written =
+    // The subcommands: say what was written, or why not.
+    let done = match &config.command {
+        Some(Command::GenCa {
+            out,
+            trust_domain,
+            force,
+            bundle_out,
+        }) => Some(
             mesh_registry::ca::write_new(out, trust_domain, *force).and_then(
                 |said| match bundle_out {
                     Some(dir) => mesh_registry::ca::copy_bundle(out, dir)
                         .map(|copied| format!("{said}\n{copied}")),
                     None => Ok(said),
                 },
-            );
-        match written {
-            Ok(message) => {
-                println!("{message}");
-                return;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(1);
-            }
+            ),
+        ),
+        Some(Command::GenCert {
+            ca,
+            names,
+            days,
+            out,
+        }) => Some(mesh_registry::ca::write_server_cert(ca, names, *days, out)),
+        None => None,
+    };
+    match done {
+        Some(Ok(message)) => return println!("{message}"),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
         }
-    }
-    if let Some(mesh_registry::config::Command::GenCert {
-        ca,
-        names,
-        days,
-        out,
-    }) = &config.command
-    {
-        match mesh_registry::ca::write_server_cert(ca, names, *days, out) {
-            Ok(message) => {
-                println!("{message}");
-                return;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(1);
-            }
-        }
+        None => {}
     }
     if let Err(message) = config.validate() {
         eprintln!("error: {message}");
