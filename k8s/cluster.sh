@@ -30,7 +30,9 @@
 # Traffic stays on this machine: the API listens on 127.0.0.1, the kubelet on the docker0
 # address, and pods are on the docker bridge. There is no kube-proxy, so ClusterIPs do not
 # route; nothing may dial one. `up` adds an `unreachable` route for the service range so that
-# a stray dial fails at once instead of following the default route off the machine.
+# a stray dial fails at once instead of following the default route off the machine. For the
+# same reason the API server reaches admission webhooks (and aggregated APIs) at their
+# Service's endpoints, not its ClusterIP (--enable-aggregator-routing).
 # One cluster per machine: the kubelet's dockershim state (/var/lib/dockershim, the k8s_*
 # containers) is machine-wide.
 
