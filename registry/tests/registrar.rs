@@ -219,9 +219,9 @@ async fn heartbeats(r: &Registry) -> f64 {
     )
 }
 
-#[tokio::test]
-async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
-    let r = Registry::start().await;
+/// A registrar of web-1 (TTL 3 s: a beat every second) running against `r`, once it has
+/// registered; and the sender of its health.
+async fn registered(r: &Registry) -> (tokio::task::JoinHandle<()>, watch::Sender<Status>) {
     let mut registration = Registration::new("127.0.0.1:4143");
     registration.ttl = Duration::from_secs(3);
     let registrar = Registrar::new(r.client.clone(), "web", "web-1", registration);
@@ -229,6 +229,13 @@ async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
     let (health_tx, health) = watch::channel(Status::Passing);
     let task = tokio::spawn(registrar.run(health, std::future::pending()));
     registered.wait_for(|r| *r).await.unwrap();
+    (task, health_tx)
+}
+
+#[tokio::test]
+async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
+    let r = Registry::start().await;
+    let (task, health_tx) = registered(&r).await;
 
     // A health checker that publishes its (unchanged) verdict every 50 ms.
     let resend = tokio::spawn(async move {
@@ -261,13 +268,7 @@ async fn an_unchanged_health_status_re_sent_does_not_cause_heartbeats() {
 #[tokio::test(start_paused = true)]
 async fn a_beat_every_third_of_the_ttl_and_a_forgotten_instance_is_back_after_the_base_delay() {
     let r = Registry::start().await;
-    let mut registration = Registration::new("127.0.0.1:4143");
-    registration.ttl = Duration::from_secs(3);
-    let registrar = Registrar::new(r.client.clone(), "web", "web-1", registration);
-    let mut registered = registrar.subscribe_registered();
-    let (_health_tx, health) = watch::channel(Status::Passing);
-    let task = tokio::spawn(registrar.run(health, std::future::pending()));
-    registered.wait_for(|r| *r).await.unwrap();
+    let (task, _health_tx) = registered(&r).await;
     let started = tokio::time::Instant::now();
     let at = |ms: u64| tokio::time::sleep_until(started + Duration::from_millis(ms));
 
