@@ -2,11 +2,8 @@
 //!
 //! Run with: `cargo run -p mesh-proxy -- --service web --app 127.0.0.1:8080`
 
-use std::io::IsTerminal;
-
 use clap::Parser;
 use mesh_proxy::{Config, Listeners};
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     let config = Config::parse();
@@ -30,13 +27,7 @@ fn main() {
 }
 
 async fn start(config: Config) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    mesh_runtime::init_logging();
     if let Err(invalid) = config.validate() {
         eprintln!("error: {invalid}");
         std::process::exit(2);
@@ -50,16 +41,6 @@ async fn start(config: Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let local_service = config.registration.service.is_some();
     let listeners = Listeners::bind(&config.listen, local_service).await?;
-    mesh_proxy::run(listeners, config, shutdown_signal()).await?;
+    mesh_proxy::run(listeners, config, mesh_runtime::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -2,23 +2,14 @@
 //!
 //! Run with: `cargo run -p mesh-registry -- --listen 127.0.0.1:7700`
 
-use std::io::IsTerminal;
-
 use anyhow::Context;
 use clap::Parser;
 use mesh_registry::Config;
 use mesh_registry::config::Command;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    mesh_runtime::init_logging();
     let config = Config::parse();
     // The subcommands: say what was written, or why not.
     let done = match &config.command {
@@ -68,16 +59,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
-    mesh_registry::run(listener, config, shutdown_signal()).await?;
+    mesh_registry::run(listener, config, mesh_runtime::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -40,11 +40,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(args: crate::cli::WebhookArgs) -> Result<(), crate::Error> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tracing_subscriber::EnvFilter;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    mesh_runtime::init_logging();
     let unusable =
         |flag: &'static str, why: String| crate::Error::Webhook(format!("{flag}: {why}"));
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&args.cert)
@@ -75,24 +71,15 @@ pub async fn run(args: crate::cli::WebhookArgs) -> Result<(), crate::Error> {
         image = %options.image,
         "injection webhook serving"
     );
-    serve(listener, Arc::new(tls), options, shutdown_signal()).await;
+    serve(
+        listener,
+        Arc::new(tls),
+        options,
+        mesh_runtime::shutdown_signal(),
+    )
+    .await;
     tracing::info!("injection webhook stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Serves the webhook on `listener` with `tls` until `shutdown` resolves.
