@@ -31,10 +31,6 @@ const CA_VOLUME: &str = "mesh-ca-bundle";
 const CA_MOUNT: &str = "/ca";
 const INBOUND_PORT: u16 = 4143;
 const ADMIN_PORT: u16 = 4191;
-const RESTRICTED_UID: i64 = 65534;
-/// How long container mode's sidecar may take to become ready before the app starts
-/// anyway (the `postStart` hook gives up).
-const STARTUP_WAIT: &str = "120s";
 
 /// The annotations read, with what each sets. Prefixed with `mesh.dev/`.
 pub const ANNOTATIONS: &[(&str, &str)] = &[
@@ -299,6 +295,42 @@ pub fn uninject(template: &mut Mapping) -> bool {
     true
 }
 
+/// The sidecar container's fixed parts, as a manifest spells them; [`Settings::container`]
+/// fills in the rest and drops what the mode does not use.
+const CONTAINER: &str = r#"
+name: mesh-proxy
+image: ""
+imagePullPolicy: IfNotPresent
+# A native sidecar: started, and ready, before the app's containers; stopped only after
+# they have exited.
+restartPolicy: Always
+command: ["/mesh-proxy"]
+env: []
+ports:
+  - {name: mesh-inbound, containerPort: 4143}
+  - {name: mesh-admin, containerPort: 4191}
+# Container mode: the kubelet starts a pod's containers in order, the next only once this
+# hook has returned, so the app starts once its sidecar is ready (or after the wait).
+lifecycle:
+  postStart:
+    exec:
+      command: ["/mesh-probe", "--wait", "120s", "http://127.0.0.1:4191/ready"]
+startupProbe: {httpGet: {path: /ready, port: mesh-admin}, periodSeconds: 1, failureThreshold: 120}
+readinessProbe: {httpGet: {path: /ready, port: mesh-admin}, periodSeconds: 5}
+livenessProbe: {httpGet: {path: /live, port: mesh-admin}, periodSeconds: 10}
+resources: {}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65534
+  runAsGroup: 65534
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities: {drop: [ALL]}
+  seccompProfile: {type: RuntimeDefault}
+volumeMounts:
+  - {name: mesh-ca-bundle, mountPath: /ca, readOnly: true}
+"#;
+
 // === impl Settings ===
 
 impl Settings {
@@ -309,83 +341,20 @@ impl Settings {
                 .and_then(|a| a.get(format!("mesh.dev/{key}").as_str()))
                 .and_then(scalar)
         };
-        let labels = map_at(template, &["metadata", "labels"]);
-        let service = get("service")
-            .or_else(|| labels.and_then(|l| str_at(l, &["app.kubernetes.io/name"])).map(str::to_owned))
-            .or_else(|| labels.and_then(|l| str_at(l, &["app"])).map(str::to_owned))
-            .or_else(|| (!name.is_empty()).then(|| name.to_owned()))
-            .ok_or(Refusal::Annotation {
-                key: "service",
-                why: "the pod has no app.kubernetes.io/name or app label to name its service by: set it".into(),
-            })?;
-        validate::service_name(&service).map_err(|e| Refusal::Annotation {
-            key: "service",
-            why: format!("{service:?}: {e}"),
-        })?;
-
+        let or = |key: &str, default: &str| get(key).unwrap_or_else(|| default.to_owned());
+        let service = service(template, name, get("service"))?;
         let spec = map_at(template, &["spec"]);
-        let first_port =
-            spec.and_then(|s| app_containers(s).flat_map(|c| seq_at(c, &["ports"])).next());
-        let app_port = match get("app-port") {
-            Some(port) => {
-                port.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or(Refusal::Annotation {
-                        key: "app-port",
-                        why: format!("{port:?} is not a port number (1-65535)"),
-                    })?
-            }
-            None => first_port
-                .and_then(|p| p.get("containerPort"))
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or(Refusal::Annotation {
-                    key: "app-port",
-                    why: "no container declares a port: set the app's port".into(),
-                })?,
-        };
-        let app_protocol = match get("app-protocol") {
-            Some(p) => p.parse::<Protocol>().map_err(|why| Refusal::Annotation {
-                key: "app-protocol",
-                why: format!("{p:?}: {why}"),
-            })?,
-            None => {
-                let named = spec
-                    .into_iter()
-                    .flat_map(containers)
-                    .flat_map(|c| seq_at(c, &["ports"]))
-                    .find(|p| {
-                        p.get("containerPort").and_then(Value::as_u64) == Some(app_port.into())
-                    })
-                    .map(|p| str_of(p, "name").to_owned())
-                    .unwrap_or_default();
-                match named.as_str() {
-                    n if n.starts_with("grpc") => Protocol::Grpc,
-                    n if n.starts_with("h2") => Protocol::H2,
-                    _ => Protocol::Http,
-                }
-            }
-        };
-        let tls = get("tls").unwrap_or_else(|| "permissive".into());
-        if !matches!(tls.as_str(), "off" | "permissive" | "strict") {
-            return Err(Refusal::Annotation {
-                key: "tls",
-                why: format!("{tls:?}: must be off, permissive or strict"),
-            });
-        }
-        let access_log = get("access-log");
-        if let Some(log) = &access_log
-            && !matches!(log.as_str(), "off" | "stdout")
-        {
-            return Err(Refusal::Annotation {
-                key: "access-log",
-                why: format!(
-                    "{log:?}: must be off or stdout (a file would be lost with the container)"
-                ),
-            });
-        }
-        let drain_timeout = get("drain-timeout").unwrap_or_else(|| "10s".into());
+        let app_port = app_port(spec, get("app-port"))?;
+        let app_protocol = app_protocol(spec, app_port, get("app-protocol"))?;
+        let tls = one_of(
+            "tls",
+            or("tls", "permissive"),
+            &["off", "permissive", "strict"],
+        )?;
+        let access_log = get("access-log")
+            .map(|log| one_of("access-log", log, &["off", "stdout"]))
+            .transpose()?;
+        let drain_timeout = or("drain-timeout", "10s");
         humantime::parse_duration(&drain_timeout)
             .ok()
             .filter(|d| *d <= Duration::from_secs(3600))
@@ -400,31 +369,8 @@ impl Settings {
                 why: format!("{registry:?} is not an http:// or https:// URL"),
             });
         }
-        let resources = [
-            (
-                "requests",
-                "cpu",
-                get("proxy-cpu-request").unwrap_or_else(|| "25m".into()),
-            ),
-            (
-                "requests",
-                "memory",
-                get("proxy-memory-request").unwrap_or_else(|| "32Mi".into()),
-            ),
-            (
-                "limits",
-                "cpu",
-                get("proxy-cpu-limit").unwrap_or_else(|| "500m".into()),
-            ),
-            (
-                "limits",
-                "memory",
-                get("proxy-memory-limit").unwrap_or_else(|| "64Mi".into()),
-            ),
-        ];
         Ok(Settings {
-            join_token_secret: get("join-token-secret")
-                .unwrap_or_else(|| format!("mesh-join-token-{service}")),
+            join_token_secret: or("join-token-secret", &format!("mesh-join-token-{service}")),
             service,
             app_port,
             app_protocol,
@@ -434,186 +380,170 @@ impl Settings {
             allow: get("allow"),
             metadata: get("metadata"),
             registry,
-            ca_config_map: get("registry-ca").unwrap_or_else(|| CA_VOLUME.into()),
+            ca_config_map: or("registry-ca", CA_VOLUME),
             log_level: get("log-level"),
             access_log,
             drain_timeout,
             image: get("proxy-image").unwrap_or_else(|| options.image.clone()),
-            resources,
+            resources: [
+                ("requests", "cpu", or("proxy-cpu-request", "25m")),
+                ("requests", "memory", or("proxy-memory-request", "32Mi")),
+                ("limits", "cpu", or("proxy-cpu-limit", "500m")),
+                ("limits", "memory", or("proxy-memory-limit", "64Mi")),
+            ],
         })
     }
 
     /// The sidecar container.
     fn container(&self, mode: Mode) -> Mapping {
-        let field = |name: &str, path: &str| {
-            yaml_map([
-                ("name", name.into()),
-                (
-                    "valueFrom",
-                    yaml_map([("fieldRef", yaml_map([("fieldPath", path.into())]))]),
-                ),
-            ])
-        };
-        let var =
-            |name: &str, value: String| yaml_map([("name", name.into()), ("value", value.into())]);
-        let mut env = vec![
-            field("POD_IP", "status.podIP"),
-            field("POD_NAME", "metadata.name"),
-            var("MESH_SERVICE", self.service.clone()),
-            var("MESH_APP", format!("127.0.0.1:{}", self.app_port)),
-        ];
-        if self.app_protocol != Protocol::Http {
-            env.push(var("MESH_APP_PROTOCOL", self.app_protocol.as_str().into()));
-        }
-        let optional = [
-            ("MESH_HEALTH_PATH", &self.health_path),
-            ("MESH_UPSTREAMS", &self.upstreams),
-            ("MESH_METADATA", &self.metadata),
-        ];
-        env.extend(
-            optional
-                .iter()
-                .filter_map(|(n, v)| v.as_ref().map(|v| var(n, v.clone()))),
-        );
-        env.extend([
-            var("MESH_REGISTRY", self.registry.clone()),
-            var("MESH_REGISTRY_CA", format!("{CA_MOUNT}/ca.pem")),
-            var("MESH_INBOUND", format!("0.0.0.0:{INBOUND_PORT}")),
-            var("MESH_ADVERTISE", format!("$(POD_IP):{INBOUND_PORT}")),
-            var("MESH_ADMIN", format!("0.0.0.0:{ADMIN_PORT}")),
-        ]);
-        if let Some(log) = &self.access_log {
-            env.push(var("MESH_ACCESS_LOG", log.clone()));
-        }
-        env.extend([
-            var("MESH_INSTANCE_ID", "$(POD_NAME)".into()),
-            var("MESH_DRAIN_TIMEOUT", self.drain_timeout.clone()),
-            var("MESH_TLS", self.tls.clone()),
-        ]);
-        if let Some(allow) = &self.allow {
-            env.push(var("MESH_ALLOW", allow.clone()));
-        }
-        env.push(yaml_map([
-            ("name", "MESH_JOIN_TOKEN".into()),
-            (
-                "valueFrom",
-                yaml_map([(
-                    "secretKeyRef",
-                    yaml_map([
-                        ("name", self.join_token_secret.clone().into()),
-                        ("key", "token".into()),
-                    ]),
-                )]),
-            ),
-        ]));
-        if let Some(level) = &self.log_level {
-            env.push(var("RUST_LOG", level.clone()));
-        }
-
-        let http_get = |path: &str| {
-            yaml_map([(
-                "httpGet",
-                yaml_map([("path", path.into()), ("port", "mesh-admin".into())]),
-            )])
-        };
-        let probe = |path: &str, period: u64, extra: Option<(&str, u64)>| {
-            let Value::Mapping(mut probe) = http_get(path) else {
-                unreachable!("http_get makes a mapping")
-            };
-            probe.insert("periodSeconds".into(), period.into());
-            if let Some((key, value)) = extra {
-                probe.insert(key.into(), value.into());
-            }
-            Value::Mapping(probe)
-        };
-        let mut resources = Mapping::new();
-        for (kind, resource, value) in &self.resources {
-            map_entry(&mut resources, kind).insert((*resource).into(), value.clone().into());
-        }
-        let mut c = Mapping::new();
-        c.insert("name".into(), SIDECAR.into());
+        let mut c: Mapping = serde_norway::from_str(CONTAINER).expect("the template is YAML");
         c.insert("image".into(), self.image.clone().into());
-        c.insert("imagePullPolicy".into(), "IfNotPresent".into());
-        if mode == Mode::Native {
-            // A native sidecar: started, and ready, before the app's containers; stopped
-            // only after they have exited.
-            c.insert("restartPolicy".into(), "Always".into());
+        c.insert("env".into(), Value::Sequence(self.env()));
+        let resources = map_entry(&mut c, "resources");
+        for (kind, resource, value) in &self.resources {
+            map_entry(resources, kind).insert((*resource).into(), value.clone().into());
         }
-        c.insert(
-            "command".into(),
-            Value::Sequence(vec!["/mesh-proxy".into()]),
-        );
-        c.insert("env".into(), Value::Sequence(env));
-        c.insert(
-            "ports".into(),
-            Value::Sequence(vec![
-                yaml_map([
-                    ("name", "mesh-inbound".into()),
-                    ("containerPort", INBOUND_PORT.into()),
-                ]),
-                yaml_map([
-                    ("name", "mesh-admin".into()),
-                    ("containerPort", ADMIN_PORT.into()),
-                ]),
-            ]),
-        );
-        if mode == Mode::Container {
-            // The kubelet starts the containers in order and the next only once this hook
-            // has returned: the app starts once its sidecar is ready, or after the wait.
-            c.insert(
-                "lifecycle".into(),
-                yaml_map([(
-                    "postStart",
-                    yaml_map([(
-                        "exec",
-                        yaml_map([(
-                            "command",
-                            Value::Sequence(vec![
-                                "/mesh-probe".into(),
-                                "--wait".into(),
-                                STARTUP_WAIT.into(),
-                                format!("http://127.0.0.1:{ADMIN_PORT}/ready").into(),
-                            ]),
-                        )]),
-                    )]),
-                )]),
-            );
-        }
-        c.insert(
-            "startupProbe".into(),
-            probe("/ready", 1, Some(("failureThreshold", 120))),
-        );
-        c.insert("readinessProbe".into(), probe("/ready", 5, None));
-        c.insert("livenessProbe".into(), probe("/live", 10, None));
-        c.insert("resources".into(), Value::Mapping(resources));
-        c.insert(
-            "securityContext".into(),
-            yaml_map([
-                ("runAsNonRoot", true.into()),
-                ("runAsUser", RESTRICTED_UID.into()),
-                ("runAsGroup", RESTRICTED_UID.into()),
-                ("allowPrivilegeEscalation", false.into()),
-                ("readOnlyRootFilesystem", true.into()),
-                (
-                    "capabilities",
-                    yaml_map([("drop", Value::Sequence(vec!["ALL".into()]))]),
-                ),
-                (
-                    "seccompProfile",
-                    yaml_map([("type", "RuntimeDefault".into())]),
-                ),
-            ]),
-        );
-        c.insert(
-            "volumeMounts".into(),
-            Value::Sequence(vec![yaml_map([
-                ("name", CA_VOLUME.into()),
-                ("mountPath", CA_MOUNT.into()),
-                ("readOnly", true.into()),
-            ])]),
-        );
+        match mode {
+            Mode::Native => c.shift_remove("lifecycle"),
+            Mode::Container => c.shift_remove("restartPolicy"),
+        };
         c
     }
+
+    /// The sidecar's flags, as its environment.
+    fn env(&self) -> Vec<Value> {
+        let from = |name: &str, source: &str, fields: Value| {
+            yaml_map([
+                ("name", name.into()),
+                ("valueFrom", yaml_map([(source, fields)])),
+            ])
+        };
+        let mut env = vec![
+            from(
+                "POD_IP",
+                "fieldRef",
+                yaml_map([("fieldPath", "status.podIP".into())]),
+            ),
+            from(
+                "POD_NAME",
+                "fieldRef",
+                yaml_map([("fieldPath", "metadata.name".into())]),
+            ),
+        ];
+        let protocol = (self.app_protocol != Protocol::Http).then(|| self.app_protocol.as_str());
+        let vars: [(&str, Option<String>); 16] = [
+            ("MESH_SERVICE", Some(self.service.clone())),
+            ("MESH_APP", Some(format!("127.0.0.1:{}", self.app_port))),
+            ("MESH_APP_PROTOCOL", protocol.map(str::to_owned)),
+            ("MESH_HEALTH_PATH", self.health_path.clone()),
+            ("MESH_UPSTREAMS", self.upstreams.clone()),
+            ("MESH_METADATA", self.metadata.clone()),
+            ("MESH_REGISTRY", Some(self.registry.clone())),
+            ("MESH_REGISTRY_CA", Some(format!("{CA_MOUNT}/ca.pem"))),
+            ("MESH_INBOUND", Some(format!("0.0.0.0:{INBOUND_PORT}"))),
+            ("MESH_ADVERTISE", Some(format!("$(POD_IP):{INBOUND_PORT}"))),
+            ("MESH_ADMIN", Some(format!("0.0.0.0:{ADMIN_PORT}"))),
+            ("MESH_ACCESS_LOG", self.access_log.clone()),
+            ("MESH_INSTANCE_ID", Some("$(POD_NAME)".into())),
+            ("MESH_DRAIN_TIMEOUT", Some(self.drain_timeout.clone())),
+            ("MESH_TLS", Some(self.tls.clone())),
+            ("MESH_ALLOW", self.allow.clone()),
+        ];
+        env.extend(vars.into_iter().filter_map(|(name, value)| {
+            value.map(|v| yaml_map([("name", name.into()), ("value", v.into())]))
+        }));
+        let secret = yaml_map([
+            ("name", self.join_token_secret.clone().into()),
+            ("key", "token".into()),
+        ]);
+        env.push(from("MESH_JOIN_TOKEN", "secretKeyRef", secret));
+        if let Some(level) = &self.log_level {
+            env.push(yaml_map([
+                ("name", "RUST_LOG".into()),
+                ("value", level.clone().into()),
+            ]));
+        }
+        env
+    }
+}
+
+/// The service name: the annotation, else the pod's app labels, else the workload's name.
+fn service(template: &Mapping, name: &str, said: Option<String>) -> Result<String, Refusal> {
+    let labels = map_at(template, &["metadata", "labels"]);
+    let label = |key: &str| labels.and_then(|l| str_at(l, &[key])).map(str::to_owned);
+    let service = said
+        .or_else(|| label("app.kubernetes.io/name"))
+        .or_else(|| label("app"))
+        .or_else(|| (!name.is_empty()).then(|| name.to_owned()))
+        .ok_or(Refusal::Annotation {
+            key: "service",
+            why: "the pod has no app.kubernetes.io/name or app label to name its service by: \
+                  set it"
+                .into(),
+        })?;
+    validate::service_name(&service).map_err(|e| Refusal::Annotation {
+        key: "service",
+        why: format!("{service:?}: {e}"),
+    })?;
+    Ok(service)
+}
+
+/// The app's port: the annotation, else the first port its containers declare.
+fn app_port(spec: Option<&Mapping>, said: Option<String>) -> Result<u16, Refusal> {
+    let port = match said {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or(format!("{port:?} is not a port number (1-65535)")),
+        None => spec
+            .and_then(|s| app_containers(s).flat_map(|c| seq_at(c, &["ports"])).next())
+            .and_then(|p| p.get("containerPort"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or("no container declares a port: set the app's port".to_owned()),
+    };
+    port.map_err(|why| Refusal::Annotation {
+        key: "app-port",
+        why,
+    })
+}
+
+/// The app's protocol: the annotation, else what the name of its port says (`grpc…`,
+/// `h2…`), else HTTP/1.1.
+fn app_protocol(
+    spec: Option<&Mapping>,
+    port: u16,
+    said: Option<String>,
+) -> Result<Protocol, Refusal> {
+    if let Some(p) = said {
+        return p.parse::<Protocol>().map_err(|why| Refusal::Annotation {
+            key: "app-protocol",
+            why: format!("{p:?}: {why}"),
+        });
+    }
+    let named = spec
+        .into_iter()
+        .flat_map(containers)
+        .flat_map(|c| seq_at(c, &["ports"]))
+        .find(|p| p.get("containerPort").and_then(Value::as_u64) == Some(port.into()))
+        .map_or("", |p| str_of(p, "name"));
+    Ok(match named {
+        n if n.starts_with("grpc") => Protocol::Grpc,
+        n if n.starts_with("h2") => Protocol::H2,
+        _ => Protocol::Http,
+    })
+}
+
+/// `value` if it is one of `allowed`.
+fn one_of(key: &'static str, value: String, allowed: &[&str]) -> Result<String, Refusal> {
+    if allowed.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    Err(Refusal::Annotation {
+        key,
+        why: format!("{value:?}: must be {}", allowed.join(", ")),
+    })
 }
 
 /// Container mode is for clusters older than 1.24, which refuse gRPC probes: each
@@ -733,4 +663,29 @@ fn containers_mut(spec: &mut Mapping) -> impl Iterator<Item = &mut Mapping> {
         .filter_map(|(_, v)| v.as_sequence_mut())
         .flatten()
         .filter_map(Value::as_mapping_mut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_template_agrees_with_the_constants() {
+        let c: Mapping = serde_norway::from_str(CONTAINER).unwrap();
+        let ports: Vec<u64> = seq_at(&Value::Mapping(c.clone()), &["ports"])
+            .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
+            .collect();
+        assert_eq!(ports, [u64::from(INBOUND_PORT), u64::from(ADMIN_PORT)]);
+        assert_eq!(str_at(&c, &["name"]), Some(SIDECAR));
+        let mount = &c["volumeMounts"][0];
+        assert_eq!(
+            (str_of(mount, "name"), str_of(mount, "mountPath")),
+            (CA_VOLUME, CA_MOUNT)
+        );
+        let hook = &c["lifecycle"]["postStart"]["exec"]["command"][3];
+        assert_eq!(
+            hook.as_str(),
+            Some(format!("http://127.0.0.1:{ADMIN_PORT}/ready").as_str())
+        );
+    }
 }
