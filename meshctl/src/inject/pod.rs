@@ -153,6 +153,43 @@ pub fn inject(template: &mut Mapping, name: &str, options: &Options) -> Result<(
     uninject(template);
     let settings = Settings::read(template, name, options)?;
     let spec = map_entry(template, "spec");
+    room_for_a_sidecar(spec)?;
+    let mut added = Added {
+        mode: options.mode.as_str().to_owned(),
+        ..Added::default()
+    };
+    if options.mode == Mode::Container {
+        added.probes = accepted_probes(spec);
+    }
+    let list = match options.mode {
+        Mode::Native => "initContainers",
+        Mode::Container => "containers",
+    };
+    let sidecar = Value::Mapping(settings.container(options.mode));
+    seq_entry(spec, list).insert(0, sidecar);
+    let volumes = seq_entry(spec, "volumes");
+    if !volumes.iter().any(|v| str_of(v, "name") == CA_VOLUME) {
+        let item = yaml_map([("key", "ca.pem".into()), ("path", "ca.pem".into())]);
+        let config_map = yaml_map([
+            ("name", settings.ca_config_map.clone().into()),
+            ("items", Value::Sequence(vec![item])),
+        ]);
+        volumes.push(yaml_map([
+            ("name", CA_VOLUME.into()),
+            ("configMap", config_map),
+        ]));
+        added.volume = true;
+    }
+    label(template, &mut added);
+    let record = serde_json::to_string(&added).expect("the record serializes");
+    map_entry(map_entry(template, "metadata"), "annotations")
+        .insert(INJECTED.into(), record.into());
+    Ok(())
+}
+
+/// Refuses a pod whose sidecar could not listen: on the node's network, or beside a
+/// container using its ports.
+fn room_for_a_sidecar(spec: &Mapping) -> Result<(), Refusal> {
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Err(Refusal::Pod(
             "it uses the node's network (hostNetwork): its sidecar's ports would be the \
@@ -172,40 +209,13 @@ pub fn inject(template: &mut Mapping, name: &str, options: &Options) -> Result<(
             }
         }
     }
-    let mut added = Added {
-        mode: options.mode.as_str().to_owned(),
-        ..Added::default()
-    };
-    if options.mode == Mode::Container {
-        added.probes = accepted_probes(spec);
-    }
-    let sidecar = Value::Mapping(settings.container(options.mode));
-    let list = match options.mode {
-        Mode::Native => "initContainers",
-        Mode::Container => "containers",
-    };
-    seq_entry(spec, list).insert(0, sidecar);
-    let volumes = seq_entry(spec, "volumes");
-    if !volumes.iter().any(|v| str_of(v, "name") == CA_VOLUME) {
-        volumes.push(yaml_map([
-            ("name", CA_VOLUME.into()),
-            (
-                "configMap",
-                yaml_map([
-                    ("name", settings.ca_config_map.clone().into()),
-                    (
-                        "items",
-                        Value::Sequence(vec![yaml_map([
-                            ("key", "ca.pem".into()),
-                            ("path", "ca.pem".into()),
-                        ])]),
-                    ),
-                ]),
-            ),
-        ]));
-        added.volume = true;
-    }
+    Ok(())
+}
 
+/// The meshed label, the Prometheus annotations and the default container, each where
+/// the pod has none of its own; `added` records which.
+fn label(template: &mut Mapping, added: &mut Added) {
+    let spec = map_entry(template, "spec");
     let app = app_containers(spec)
         .next()
         .map(|c| str_of(c, "name").to_owned());
@@ -231,10 +241,6 @@ pub fn inject(template: &mut Mapping, name: &str, options: &Options) -> Result<(
     if let Some(app) = app {
         add("kubectl.kubernetes.io/default-container", app);
     }
-    let record = serde_json::to_string(&added).expect("the record serializes");
-    map_entry(map_entry(template, "metadata"), "annotations")
-        .insert(INJECTED.into(), record.into());
-    Ok(())
 }
 
 /// Takes away what [`inject`] added to `template`; true if there was anything.
