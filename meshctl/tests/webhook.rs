@@ -1,5 +1,5 @@
 //! `meshctl inject-webhook` over HTTPS with real AdmissionReview requests: the patched pod
-//! is the pod `meshctl inject` prints, opt-outs and refusals follow the query, and the
+//! is the pod `meshctl inject` prints, opt-outs and refusals follow the entry's path, and the
 //! listener is bounded.
 
 use std::net::SocketAddr;
@@ -105,7 +105,7 @@ impl Webhook {
     }
 
     /// The response to an AdmissionReview of creating `pod`.
-    async fn review(&self, query: &str, pod: &Value) -> Value {
+    async fn review(&self, options: &str, pod: &Value) -> Value {
         let review = json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -118,7 +118,7 @@ impl Webhook {
                 "object": pod,
             },
         });
-        let path = format!("/inject{query}");
+        let path = format!("/inject{options}");
         let (status, body) = self
             .send("POST", &path, review.to_string().into_bytes())
             .await;
@@ -217,12 +217,12 @@ async fn an_annotated_pod_is_patched_into_what_meshctl_inject_prints() {
 async fn the_namespace_entry_meshes_every_pod_that_does_not_opt_out() {
     let webhook = Webhook::start(Mode::Native).await;
     let plain = pod(json!({}));
-    let meshed = webhook.review("?namespace=enabled", &plain).await;
+    let meshed = webhook.review("/namespace", &plain).await;
     assert_eq!(meshed["patchType"], "JSONPatch", "{meshed}");
     let elsewhere = webhook.review("", &plain).await;
     assert_eq!(elsewhere, json!({"allowed": true, "uid": elsewhere["uid"]}));
     let opted_out = pod(json!({"mesh.dev/inject": "disabled"}));
-    let left = webhook.review("?namespace=enabled", &opted_out).await;
+    let left = webhook.review("/namespace", &opted_out).await;
     assert!(left.get("patch").is_none(), "{left}");
     assert_eq!(left["allowed"], true);
 }
@@ -232,7 +232,7 @@ async fn a_pod_that_cannot_be_meshed_is_refused_or_admitted_as_the_entry_says() 
     let webhook = Webhook::start(Mode::Native).await;
     let mut host = pod(json!({"mesh.dev/inject": "enabled"}));
     host["spec"]["hostNetwork"] = true.into();
-    let refused = webhook.review("?failure=fail", &host).await;
+    let refused = webhook.review("/fail", &host).await;
     assert_eq!(refused["allowed"], false, "{refused}");
     assert_eq!(refused["status"]["code"], 403);
     let message = refused["status"]["message"].as_str().unwrap();
@@ -240,7 +240,7 @@ async fn a_pod_that_cannot_be_meshed_is_refused_or_admitted_as_the_entry_says() 
         message.contains("web-7d9c6b5f4") && message.contains("hostNetwork"),
         "{message}"
     );
-    let admitted = webhook.review("?failure=ignore", &host).await;
+    let admitted = webhook.review("/ignore", &host).await;
     assert_eq!(admitted["allowed"], true, "{admitted}");
     assert!(admitted.get("patch").is_none());
     assert!(
@@ -250,7 +250,7 @@ async fn a_pod_that_cannot_be_meshed_is_refused_or_admitted_as_the_entry_says() 
             .contains("hostNetwork")
     );
     let bad = pod(json!({"mesh.dev/inject": "enabled", "mesh.dev/tls": "maybe"}));
-    let refused = webhook.review("?failure=fail", &bad).await;
+    let refused = webhook.review("/namespace/fail", &bad).await;
     let message = refused["status"]["message"].as_str().unwrap();
     assert!(message.contains("mesh.dev/tls"), "{message}");
 }
@@ -271,10 +271,10 @@ async fn what_is_not_an_admission_review_gets_a_clear_error() {
     let (status, _) = webhook.send("POST", "/mutate", Vec::new()).await;
     assert_eq!(status, 404);
     let (status, body) = webhook
-        .send("POST", "/inject?namespace=all", b"{}".to_vec())
+        .send("POST", "/inject/everything", b"{}".to_vec())
         .await;
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("namespace=all"));
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("everything"));
     let huge = vec![b' '; meshctl::inject::webhook::MAX_BODY + 1];
     let (status, _) = webhook.send("POST", "/inject", huge).await;
     assert_eq!(status, 413);

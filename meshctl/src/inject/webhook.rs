@@ -2,12 +2,12 @@
 //! inject-webhook` answers `POST /inject` with an `AdmissionReview` (v1) whose response
 //! patches a new pod (JSON Patch) exactly as `meshctl inject` would have rewritten it.
 //!
-//! The query says what the webhook configuration's entry stands for: `namespace=enabled`
-//! for pods of a namespace labelled `mesh.dev/injection: enabled` (meshed unless they opt
-//! out), else only pods annotated `mesh.dev/inject: enabled` are meshed; `failure=fail`
-//! refuses a pod that asks to be meshed but cannot be, `failure=ignore` (the default)
-//! admits it unmeshed with the reason as a warning, as the entry's `failurePolicy` does
-//! when the webhook is down.
+//! The path says what the webhook configuration's entry stands for (a webhook's service
+//! path cannot carry a query): `/inject/namespace` for pods of a namespace labelled
+//! `mesh.dev/injection: enabled` (meshed unless they opt out), else only pods annotated
+//! `mesh.dev/inject: enabled` are meshed; a last segment `/fail` refuses a pod that asks to
+//! be meshed but cannot be, `/ignore` (the default) admits it unmeshed with the reason as a
+//! warning, as the entry's `failurePolicy` does when the webhook is down.
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections, a request head within
 //! [`HEAD_TIMEOUT`], a body of at most [`MAX_BODY`], an answer within [`REQUEST_TIMEOUT`].
@@ -139,27 +139,30 @@ pub async fn serve(
 }
 
 async fn handle(request: Request<Incoming>, options: &Options) -> Response<Full<Bytes>> {
-    if request.uri().path() != "/inject" {
+    // The entry's options are path segments (a webhook's service path may not carry a
+    // query): /inject[/namespace][/fail|/ignore].
+    let path = request.uri().path().to_owned();
+    let Some(options_path) = path.strip_prefix("/inject") else {
         return text(
             StatusCode::NOT_FOUND,
             "not found; the webhook is POST /inject\n",
         );
-    }
+    };
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
     }
-    let query = request.uri().query().unwrap_or("").to_owned();
     let mut namespace_enabled = false;
     let mut refuse = false;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair {
-            "namespace=enabled" => namespace_enabled = true,
-            "failure=fail" => refuse = true,
-            "failure=ignore" => refuse = false,
+    for segment in options_path.split('/').filter(|s| !s.is_empty()) {
+        match segment {
+            "namespace" => namespace_enabled = true,
+            "fail" => refuse = true,
+            "ignore" => refuse = false,
             other => {
-                let why =
-                    format!("unknown query {other:?}: namespace=enabled, failure=fail|ignore\n");
-                return text(StatusCode::BAD_REQUEST, &why);
+                let why = format!(
+                    "unknown option {other:?} in {path}: /inject[/namespace][/fail|/ignore]\n"
+                );
+                return text(StatusCode::NOT_FOUND, &why);
             }
         }
     }
