@@ -109,11 +109,15 @@ registry_ip=$(kubectl -n mesh get pods -l app.kubernetes.io/name=registry \
 [[ -n $registry_ip ]] || fail "the registry pod has no address"
 echo "registry pod at $registry_ip"
 
-step "the apps, plain: the webhook meshes them as their pods are created"
-python3 - "$work/apps.yaml" "$registry_ip" >"$work/apps-here.yaml" <<'EOF'
+step "the apps: marketplace and cache plain, the webhook meshes their pods as they are created"
+# recommendations is probed over gRPC, which a 1.20 API server refuses in the Deployment
+# itself, before any webhook sees a pod: it goes through meshctl inject --sidecar container,
+# which makes those probes TCP (its pods then pass the webhook unchanged: injecting twice
+# is injecting once).
+python3 - "$work/apps.yaml" "$registry_ip" "$work" <<'EOF'
 import sys, yaml
-apps, registry_ip = sys.argv[1], sys.argv[2]
-out = []
+apps, registry_ip, work = sys.argv[1], sys.argv[2], sys.argv[3]
+plain, grpc = [], []
 for d in yaml.safe_load_all(open(apps)):
     spec = d["spec"]["template"]["spec"]
     # No CoreDNS here: the registry's name as /etc/hosts says, and a resolver on the pod's
@@ -121,10 +125,13 @@ for d in yaml.safe_load_all(open(apps)):
     spec["hostAliases"] = [{"ip": registry_ip, "hostnames": ["registry.mesh.svc", "registry"]}]
     spec["dnsPolicy"] = "None"
     spec["dnsConfig"] = {"nameservers": ["127.0.0.1"]}
-    out.append(d)
-yaml.safe_dump_all(out, sys.stdout)
+    (grpc if d["metadata"]["name"] == "recommendations" else plain).append(d)
+yaml.safe_dump_all(plain, open(f"{work}/apps-plain.yaml", "w"))
+yaml.safe_dump_all(grpc, open(f"{work}/apps-grpc.yaml", "w"))
 EOF
-kubectl apply -f "$work/apps-here.yaml"
+"$dist/meshctl" inject --sidecar container --proxy-image "mesh/proxy:$tag" \
+    "$work/apps-grpc.yaml" >"$work/apps-injected.yaml"
+kubectl apply -f "$work/apps-plain.yaml" -f "$work/apps-injected.yaml"
 for app in cache recommendations marketplace; do
     kubectl -n mesh rollout status "deploy/$app" --timeout=300s
 done
