@@ -277,6 +277,19 @@ impl Launcher {
         self.transcript.join("\n")
     }
 
+    /// Ctrl-C, as a user stops the demo: it must exit 0 within 60 s. Returns everything
+    /// it printed.
+    pub fn interrupt(&mut self) -> String {
+        self.signal(Signal::INT);
+        let status = self.wait_exit(Duration::from_secs(60));
+        let transcript = self.finish();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{status:?}\n{transcript}"
+        );
+        transcript
+    }
+
     /// What the launcher printed so far.
     pub fn transcript(&mut self) -> String {
         self.drain();
