@@ -30,6 +30,8 @@ const MESHED_LABEL: (&str, &str) = ("mesh/sidecar", "true");
 const CA_VOLUME: &str = "mesh-ca-bundle";
 const CA_MOUNT: &str = "/ca";
 const INBOUND_PORT: u16 = 4143;
+/// A container's probes, which container mode may rewrite.
+const PROBES: [&str; 3] = ["startupProbe", "readinessProbe", "livenessProbe"];
 const ADMIN_PORT: u16 = 4191;
 
 /// The annotations read, with what each sets. Prefixed with `mesh.dev/`.
@@ -274,7 +276,8 @@ pub fn uninject(template: &mut Mapping) -> bool {
     }
     for (container, probes) in &added.probes {
         if let Some(c) = containers_mut(spec).find(|c| name_of(c) == container) {
-            for (probe, original) in probes {
+            // Only probes: the record is an annotation whoever writes the pod may forge.
+            for (probe, original) in probes.iter().filter(|(p, _)| PROBES.contains(&p.as_str())) {
                 c.insert(probe.as_str().into(), original.clone());
             }
         }
@@ -558,7 +561,7 @@ fn accepted_probes(spec: &mut Mapping) -> BTreeMap<String, BTreeMap<String, Valu
     let mut rewritten = BTreeMap::new();
     for c in containers_mut(spec) {
         let name = name_of(c).to_owned();
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        for probe in PROBES {
             let Some(Value::Mapping(p)) = c.get_mut(probe) else {
                 continue;
             };
@@ -674,6 +677,20 @@ fn containers_mut(spec: &mut Mapping) -> impl Iterator<Item = &mut Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forged_record_restores_probes_and_nothing_else() {
+        let record = r#"{"probes":{"app":{"securityContext":{"privileged":true},"readinessProbe":{"tcpSocket":{"port":80}}}}}"#;
+        let mut template: Mapping = serde_norway::from_str(&format!(
+            "metadata: {{annotations: {{mesh.dev/injected: '{record}'}}}}\n\
+             spec: {{containers: [{{name: app, image: a}}]}}"
+        ))
+        .unwrap();
+        assert!(uninject(&mut template));
+        let app = &template["spec"]["containers"][0];
+        assert!(app.get("securityContext").is_none(), "{app:?}");
+        assert_eq!(app["readinessProbe"]["tcpSocket"]["port"], 80);
+    }
 
     #[test]
     fn the_container_template_agrees_with_the_constants() {
