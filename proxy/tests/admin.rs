@@ -254,14 +254,16 @@ async fn the_probe_binary_waits_until_its_target_is_ready() {
     .await
     .unwrap();
     assert_eq!(gave_up.status.code(), Some(1), "{gave_up:?}");
-    let bad = probe(vec![
-        "--wait".into(),
-        "soon".into(),
-        format!("tcp://{closed}"),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    for wait in ["soon", "18446744073709551615s"] {
+        let bad = probe(vec![
+            "--wait".into(),
+            wait.into(),
+            format!("tcp://{closed}"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{wait}: {bad:?}");
+    }
 }
 
 #[tokio::test]

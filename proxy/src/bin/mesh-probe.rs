@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Between tries, with `--wait`.
 const RETRY: Duration = Duration::from_millis(250);
+/// The longest `--wait`: longer is surely a mistake (and would overflow the clock).
+const MAX_WAIT_S: u64 = 24 * 3600;
 
 const USAGE: &str = "usage: mesh-probe [--wait SECONDSs] http://HOST:PORT/PATH | tcp://HOST:PORT
 
@@ -36,7 +38,9 @@ fn main() -> ExitCode {
         [flag, wait, target] if flag == "--wait" => match seconds(wait) {
             Some(wait) => (target, wait),
             None => {
-                eprintln!("mesh-probe: --wait {wait:?}: give seconds, such as 120s\n\n{USAGE}");
+                eprintln!(
+                    "mesh-probe: --wait {wait:?}: give seconds up to a day, such as 120s\n\n{USAGE}"
+                );
                 return ExitCode::from(2);
             }
         },
@@ -59,10 +63,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// `120s` or `120`.
+/// `120s` or `120`, up to a day.
 fn seconds(text: &str) -> Option<Duration> {
     let digits = text.strip_suffix('s').unwrap_or(text);
-    digits.parse::<u64>().ok().map(Duration::from_secs)
+    let seconds = digits.parse::<u64>().ok().filter(|s| *s <= MAX_WAIT_S)?;
+    Some(Duration::from_secs(seconds))
 }
 
 fn probe(target: &str) -> Result<(), String> {
