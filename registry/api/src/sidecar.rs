@@ -28,8 +28,9 @@ pub struct SidecarReadiness {
     /// With `--service`: whether the registry holds its registration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registered: Option<bool>,
-    /// With `--service`: the status the registry lists the instance with.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// With `--service`: the status the registry lists the instance with (`None` for a
+    /// status this release does not know).
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "known")]
     pub status: Option<Status>,
     /// With `--service`: registered and passing, the only standing that gets traffic.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,7 +67,8 @@ pub struct DestinationView {
     /// How the sidecar carries connections to it: `tcp` (as bytes: its instances are
     /// registered `tcp`) or `http`.
     pub protocol: String,
-    /// `None` until discovery has answered.
+    /// `None` until discovery has answered (or for a source this release does not know).
+    #[serde(deserialize_with = "known")]
     pub source: Option<Source>,
     pub last_error: Option<String>,
     pub endpoints: Vec<EndpointView>,
@@ -109,6 +111,17 @@ pub struct EndpointView {
     pub ejected_by: Option<String>,
     /// How much longer an ejected endpoint stays out.
     pub ejected_for_ms: Option<u64>,
+}
+
+/// A value of an enum, or `None` for one this release does not know: a sidecar of a
+/// newer release must not make its whole page unreadable.
+fn known<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 #[cfg(test)]
@@ -159,5 +172,11 @@ mod tests {
             serde_json::from_str(r#"[{"service":"web","endpoints":[{"address":"a:1"}]}]"#).unwrap();
         assert_eq!(d[0].endpoints[0].tries, 0);
         assert!(d[0].refused.is_empty());
+        let newer: SidecarReadiness =
+            serde_json::from_str(r#"{"ready":true,"status":"draining"}"#).unwrap();
+        assert_eq!((newer.ready, newer.status), (true, None));
+        let newer: Vec<DestinationView> =
+            serde_json::from_str(r#"[{"service":"web","source":"static"}]"#).unwrap();
+        assert_eq!((newer[0].service.as_str(), newer[0].source), ("web", None));
     }
 }
