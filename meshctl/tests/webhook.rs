@@ -302,3 +302,22 @@ async fn a_connection_that_never_speaks_is_closed() {
     .expect("the webhook closes a silent connection");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_no_request_after_its_handshake_is_closed() {
+    let webhook = Webhook::start(Mode::Native).await;
+    let tcp = TcpStream::connect(webhook.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(webhook.client.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(
+        meshctl::inject::webhook::HEAD_TIMEOUT + Duration::from_secs(25),
+        tls.read(&mut buf),
+    )
+    .await
+    .expect("the webhook closes a connection that sends no request");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}

@@ -9,8 +9,10 @@
 //! be meshed but cannot be, `/ignore` (the default) admits it unmeshed with the reason as a
 //! warning, as the entry's `failurePolicy` does when the webhook is down.
 //!
-//! Bounded: at most [`MAX_CONNECTIONS`] connections, a request head within
-//! [`HEAD_TIMEOUT`], a body of at most [`MAX_BODY`], an answer within [`REQUEST_TIMEOUT`].
+//! Bounded: at most [`MAX_CONNECTIONS`] connections, the handshake and then the first
+//! request, and each request head, within [`HEAD_TIMEOUT`], a body of at most
+//! [`MAX_BODY`], an answer within [`REQUEST_TIMEOUT`], a connection at most
+//! [`MAX_CONNECTION_AGE`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value as Json, json};
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -34,6 +37,8 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// The API server's own default timeout for a webhook call.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection is kept, idle or not.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
 /// `meshctl inject-webhook`: logs to standard error, loads the certificate, serves until
 /// Ctrl-C or SIGTERM.
@@ -117,6 +122,13 @@ pub async fn serve(
                 Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
+            // The first request must begin within HEAD_TIMEOUT of the handshake: hyper's
+            // header timer starts only with a request's first byte.
+            let mut stream = tokio::io::BufReader::new(stream);
+            match tokio::time::timeout(HEAD_TIMEOUT, stream.fill_buf()).await {
+                Ok(Ok(first)) if !first.is_empty() => {}
+                _ => return tracing::debug!(%peer, "no request within {HEAD_TIMEOUT:?}"),
+            }
             let service = hyper::service::service_fn(move |request| {
                 let options = options.clone();
                 async move {
@@ -126,11 +138,20 @@ pub async fn serve(
                     Ok::<_, std::convert::Infallible>(answer)
                 }
             });
-            let served = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            // A kept-alive connection idles between the API server's calls: past its age it
+            // closes once its request in flight (if any) is answered.
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(REQUEST_TIMEOUT, connection).await.unwrap_or(Ok(()))
+                }
+            };
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
