@@ -30,7 +30,8 @@ const PROBE_WAIT: Duration = Duration::from_secs(10);
 #[derive(clap::Args, Clone, Copy, Debug)]
 #[command(next_help_heading = "Outlier ejection")]
 pub struct EjectionConfig {
-    /// Consecutive failures (connect errors, 5xx, gRPC UNAVAILABLE) that eject an endpoint.
+    /// Consecutive failures (connect errors, 5xx and the gRPC statuses that stand for one)
+    /// that eject an endpoint.
     #[arg(
         id = "eject_after",
         long = "eject-after",

@@ -28,6 +28,7 @@ pub mod balance;
 pub mod body;
 mod breaker;
 mod budget;
+pub mod classify;
 pub mod config;
 pub mod deadline;
 mod destination;

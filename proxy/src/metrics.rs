@@ -540,16 +540,24 @@ mod tests {
         web.request().finish(StatusCode::NOT_FOUND, None, false);
         web.request().finish(StatusCode::OK, None, false);
         web.request().finish(StatusCode::OK, Some(0), false);
+        // A gRPC status counts as the HTTP status it stands for: NOT_FOUND as a 404,
+        // RESOURCE_EXHAUSTED as a 429, INTERNAL as a 500.
+        web.request().finish(StatusCode::OK, Some(5), false);
+        web.request().finish(StatusCode::OK, Some(8), false);
+        web.request().finish(StatusCode::OK, Some(13), false);
         let text = m.render();
         assert!(
-            text.contains(r#"mesh_requests_total{direction="outbound",service="web"} 5"#),
+            text.contains(r#"mesh_requests_total{direction="outbound",service="web"} 8"#),
             "{text}"
         );
         assert!(text.contains(r#"classification="failure",direction="outbound",grpc_status="14",service="web",status_code="200"} 1"#), "{text}");
         assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="",service="web",status_code="404"} 1"#), "{text}");
         assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="",service="web",status_code="200"} 2"#), "{text}");
         assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="0",service="web",status_code="200"} 1"#), "{text}");
-        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="success",direction="outbound",service="web"} 4"#), "{text}");
-        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="failure",direction="outbound",service="web"} 1"#), "{text}");
+        assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="5",service="web",status_code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"classification="success",direction="outbound",grpc_status="8",service="web",status_code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"classification="failure",direction="outbound",grpc_status="13",service="web",status_code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="success",direction="outbound",service="web"} 6"#), "{text}");
+        assert!(text.contains(r#"mesh_response_latency_seconds_count{classification="failure",direction="outbound",service="web"} 2"#), "{text}");
     }
 }

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
 use crate::budget::BudgetConfig;
+use crate::classify::Class;
 use crate::error::{ErrorKind, MESH_ERROR, Retryable};
 use crate::flags::Invalid;
 use crate::grpc;
@@ -194,7 +195,7 @@ impl RetryConfig {
     ) -> Option<Verdict> {
         // The server asked for less: another try at once would only add to its load,
         // whatever `--retry-statuses` or `--retry-grpc-codes` say.
-        if is_rate_limited(status, grpc_status) {
+        if Class::of(status, grpc_status) == Class::RateLimited {
             return None;
         }
         let peer_error = (from_sidecar && !status.is_success())
@@ -217,12 +218,6 @@ impl RetryConfig {
             reason: Reason::Status,
         })
     }
-}
-
-/// The answer is a server refusing for now what it was sent too much of: 429, or gRPC
-/// RESOURCE_EXHAUSTED. Never retried at once, and counted apart from failures.
-pub fn is_rate_limited(status: StatusCode, grpc_status: Option<u32>) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(grpc::RESOURCE_EXHAUSTED)
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).

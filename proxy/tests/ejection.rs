@@ -166,3 +166,47 @@ async fn a_service_whose_instances_all_fail_alike_ejects_none() {
     }
     none_ejected(&client).await;
 }
+
+#[tokio::test]
+async fn a_grpc_server_error_counts_against_its_endpoint_as_a_500_does() {
+    let (_r, _steady, flaky, _servers, client) = setup(|_| {}).await;
+    // INTERNAL in a trailers-only answer whose HTTP status is 200: the endpoint failed
+    // the call as surely as with a 500, and two in a row eject it.
+    flaky.set_mode(Mode::GrpcInternal);
+    until_ejections(&client, 1.0).await;
+    // Each answer is counted once its stream ends, just after the caller has it.
+    eventually(PATIENCE, "both failures counted as failures", async || {
+        let m = client.metrics().await;
+        let series = r#"mesh_responses_total{classification="failure",direction="outbound",grpc_status="13",service="web",status_code="200"}"#;
+        common::metric_or_zero(&m, series) >= 2.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_gets_less_traffic_and_is_not_ejected() {
+    // P2C: a 429 lowers the endpoint's success estimate as a failure does, so the
+    // balancer sends it less; an overloaded server is no outlier to eject, though.
+    let (_r, steady, limiting, _servers, client) =
+        setup(|c| c.outbound.balancer = Strategy::P2c).await;
+    limiting.set_mode(Mode::RateLimiting);
+    let mut limited = 0;
+    for _ in 0..200 {
+        let answer = common::get_h1(client.outbound, "web", "/whoami").await;
+        match answer.status {
+            StatusCode::OK => assert_eq!(answer.text, "steady"),
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}: {}", answer.text),
+        }
+    }
+    assert_eq!(limiting.received.load(Ordering::SeqCst), limited);
+    assert_eq!(steady.received.load(Ordering::SeqCst), 200 - limited);
+    assert!(
+        limited < 20,
+        "the rate-limited endpoint got {limited} of 200 requests"
+    );
+    let m = client.metrics().await;
+    let counted = common::metric_sum(&m, "mesh_rate_limited_total", r#"service="web""#);
+    assert_eq!(counted, limited as f64, "{m}");
+    none_ejected(&client).await;
+}

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::labels::{Closing, Latency, Requests, Responses, SplicedBytes, SplicedClosed};
 use super::{Direction, Metrics};
+use crate::classify::Class;
 use crate::error::ErrorKind;
 use crate::observe::Record;
 use crate::splice::{Ending, Spliced};
@@ -188,8 +189,7 @@ impl ResponseTimer {
     /// `grpc_status` is that of the trailers (or trailers-only headers) when the call was
     /// gRPC; `failed` means the stream broke before its end.
     pub fn finish(self, status: StatusCode, grpc_status: Option<u32>, failed: bool) {
-        let failure =
-            failed || status.is_server_error() || grpc_status.is_some_and(|code| code != 0);
+        let failure = failed || Class::of(status, grpc_status).is_failure();
         self.service.response(status, grpc_status, failure);
         let elapsed = self.started.elapsed();
         self.service.latency(failure).observe(elapsed.as_secs_f64());

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{Call, Failure, Outbound, Tried, Try};
 use crate::body;
 use crate::breaker::Probe;
+use crate::classify::Class;
 use crate::destination::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
@@ -65,18 +66,13 @@ impl Outbound {
         } else {
             (response.map(body::boxed), grpc_status)
         };
-        self.feedback(
-            call.destination,
-            &endpoint,
-            response.status(),
-            grpc_status,
-            rtt,
-        );
+        let status = response.status();
+        let class = Class::of(status, grpc_status);
+        self.feedback(call.destination, &endpoint, class, status, grpc_status, rtt);
         if let Some(probe) = probe {
             probe.settle();
         }
-        let status = response.status();
-        if retry::is_rate_limited(status, grpc_status) {
+        if class == Class::RateLimited {
             self.metrics
                 .rate_limited(Direction::Outbound, &call.destination.name);
         }
@@ -132,32 +128,33 @@ impl Outbound {
         Tried::Failed(Failure::Proxy(e), verdict)
     }
 
-    /// Tells the balancer and the endpoint's breaker how its answer went, `rtt` after
-    /// the try was sent. A 5xx or gRPC UNAVAILABLE is a failure to both; gRPC
-    /// RESOURCE_EXHAUSTED (an overloaded server) to the balancer only; anything else is
-    /// a success (which brings a probed endpoint back).
+    /// Tells the balancer and the endpoint's breaker how its answer (of `class`) went,
+    /// `rtt` after the try was sent. A server error is a failure to both; a rate-limited
+    /// answer (an overloaded server) to the balancer only; a success to neither (it
+    /// brings a probed endpoint back).
     fn feedback(
         &self,
         destination: &Destination,
         endpoint: &Endpoint,
+        class: Class,
         status: StatusCode,
         grpc_status: Option<u32>,
         rtt: Duration,
     ) {
         let now = Instant::now();
-        if status.is_server_error() || grpc_status == Some(grpc::UNAVAILABLE) {
-            endpoint.failed(rtt, now);
-            let grpc = grpc_status.map(|c| format!(" grpc-status {c}"));
-            endpoint.set_error(Some(format!(
-                "answered {status}{}",
-                grpc.unwrap_or_default()
-            )));
-            self.record_failure(destination, endpoint, "failure status");
-            return;
-        }
-        match grpc_status {
-            Some(grpc::RESOURCE_EXHAUSTED) => endpoint.failed(rtt, now),
-            _ => endpoint.succeeded(rtt, now),
+        match class {
+            Class::ServerError => {
+                endpoint.failed(rtt, now);
+                let grpc = grpc_status.map(|c| format!(" grpc-status {c}"));
+                endpoint.set_error(Some(format!(
+                    "answered {status}{}",
+                    grpc.unwrap_or_default()
+                )));
+                self.record_failure(destination, endpoint, "failure status");
+                return;
+            }
+            Class::RateLimited => endpoint.failed(rtt, now),
+            Class::Success => endpoint.succeeded(rtt, now),
         }
         endpoint.set_error(None);
         if endpoint.breaker.success(now) {

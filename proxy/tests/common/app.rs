@@ -58,6 +58,10 @@ pub enum Mode {
     Hanging = 2,
     /// 503 to every third request it receives, the others answered as normal.
     Flaky = 3,
+    /// A trailers-only gRPC INTERNAL (13) to everything, with HTTP status 200.
+    GrpcInternal = 4,
+    /// 429 to everything: a server asking for less.
+    RateLimiting = 5,
 }
 
 struct Shared {
@@ -175,6 +179,14 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Response<AppBody> {
         3 if shared.received.load(Ordering::SeqCst).is_multiple_of(3) => {
             return status(StatusCode::SERVICE_UNAVAILABLE);
         }
+        4 => {
+            let mut answer = status(StatusCode::OK);
+            let headers = answer.headers_mut();
+            headers.insert("content-type", "application/grpc".parse().unwrap());
+            headers.insert("grpc-status", "13".parse().unwrap());
+            return answer;
+        }
+        5 => return status(StatusCode::TOO_MANY_REQUESTS),
         _ => {}
     }
     let name = shared.name.as_str();
