@@ -40,6 +40,7 @@ pub mod error;
 mod flags;
 pub mod forward;
 pub mod grpc;
+pub mod h1;
 pub mod headers;
 mod health;
 pub mod inbound;

@@ -1,0 +1,126 @@
+//! Arbitrary bytes into the proxy's own HTTP/1.1 codec: request heads, then their bodies
+//! by Content-Length or chunked framing, request after request as on a kept-alive
+//! connection. Nothing may panic, a body never holds more bytes than came in, and the
+//! bytes fed in pieces (of a size the first input byte picks) must read exactly as the
+//! same bytes fed whole: where a read happens to end must never change what a message
+//! says.
+
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use mesh_proxy::h1::{self, Chunk, ChunkedDecoder, Framing, Limits};
+
+const LIMITS: Limits = Limits {
+    max_head_bytes: 4096,
+    max_headers: 16,
+};
+
+/// What a connection's bytes said: each request's head and body, then how it ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Head(String),
+    Data(Vec<u8>),
+    Trailers(String),
+    Refused(String),
+}
+
+/// Reads `input` fed `step` bytes at a time.
+fn read(input: &[u8], step: usize) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    // Feeds the next piece; false once all was fed.
+    let mut feed = |buf: &mut BytesMut| {
+        if fed == input.len() {
+            return false;
+        }
+        let next = (fed + step).min(input.len());
+        buf.extend_from_slice(&input[fed..next]);
+        fed = next;
+        true
+    };
+    loop {
+        let head = loop {
+            match h1::parse_request(&mut buf, &LIMITS) {
+                Ok(Some(head)) => break head,
+                Ok(None) if feed(&mut buf) => {}
+                Ok(None) => return events,
+                Err(e) => {
+                    events.push(Event::Refused(e.to_string()));
+                    return events;
+                }
+            }
+        };
+        events.push(Event::Head(format!(
+            "{} {} {:?} {:?} keep-alive {} {:?}",
+            head.method, head.uri, head.version, head.framing, head.keep_alive, head.headers
+        )));
+        let mut body = Vec::new();
+        match head.framing {
+            Framing::Empty => {}
+            Framing::Length(n) => {
+                let mut left = n;
+                while left > 0 {
+                    if buf.is_empty() && !feed(&mut buf) {
+                        events.push(Event::Data(body));
+                        return events;
+                    }
+                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    body.extend_from_slice(&buf.split_to(take));
+                    left -= take as u64;
+                }
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::new(LIMITS);
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(Chunk::Data(data))) => {
+                            assert!(!data.is_empty(), "an empty data chunk");
+                            body.extend_from_slice(&data);
+                        }
+                        Ok(Some(Chunk::End(trailers))) => {
+                            assert!(decoder.is_done());
+                            events.push(Event::Data(std::mem::take(&mut body)));
+                            events.push(Event::Trailers(format!("{trailers:?}")));
+                            break;
+                        }
+                        Ok(None) if feed(&mut buf) => {}
+                        Ok(None) => {
+                            events.push(Event::Data(body));
+                            return events;
+                        }
+                        Err(e) => {
+                            events.push(Event::Data(body));
+                            events.push(Event::Refused(e.to_string()));
+                            return events;
+                        }
+                    }
+                }
+            }
+        }
+        if !body.is_empty() {
+            events.push(Event::Data(body));
+        }
+        if !head.keep_alive {
+            return events;
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&step, input)) = data.split_first() else {
+        return;
+    };
+    let whole = read(input, input.len().max(1));
+    let body: usize = whole
+        .iter()
+        .map(|e| match e {
+            Event::Data(d) => d.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(body <= input.len(), "{body} body bytes from {} in", input.len());
+    let pieces = read(input, usize::from(step).max(1));
+    assert_eq!(whole, pieces, "fed in pieces of {step}");
+});
