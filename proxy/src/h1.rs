@@ -14,6 +14,8 @@
 
 mod chunked;
 mod head;
+mod response;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder};
 pub use head::{Framing, HeadError, Limits, RequestHead, parse_request};
+pub use response::{ResponseHead, parse_response};

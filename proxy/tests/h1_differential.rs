@@ -1,19 +1,24 @@
-//! The proxy's own HTTP/1.1 codec (`mesh_proxy::h1`) against hyper's HTTP/1.1 server,
-//! which the listeners serve with today: one corpus of raw requests (valid, odd and
-//! hostile, request smuggling's table among them) goes through both, and both must see
-//! the same requests, byte for byte (method, target, version, headers in order, body,
-//! trailers), and end the connection the same way (cleanly, or refusing it).
+//! The proxy's own HTTP/1.1 codec (`mesh_proxy::h1`) against hyper's HTTP/1.1 server and
+//! client, which the proxy serves and forwards with today:
 //!
-//! hyper reads each corpus entry from a real socket on loopback, the client having sent
-//! it whole and closed its sending side; the codec reads the same bytes from a buffer.
+//! - one corpus of raw requests (valid, odd and hostile, request smuggling's table among
+//!   them) goes through hyper's server and the codec, and both must see the same
+//!   requests, byte for byte (method, target, version, headers in order, body,
+//!   trailers), and end the connection the same way (cleanly, or refusing it);
+//! - one corpus of raw answers goes through hyper's client and the codec, and both must
+//!   read the same answer (status, version, headers, body, trailers) or both refuse it.
+//!
+//! hyper reads each entry from a real socket on loopback, the other side having sent it
+//! whole and closed its sending side; the codec reads the same bytes from a buffer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1 as client;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -123,6 +128,7 @@ fn through_codec(raw: &[u8]) -> (Vec<Seen>, End) {
         };
         let (body, trailers) = match head.framing {
             Framing::Empty => (Vec::new(), HeaderMap::new()),
+            Framing::UntilClose => unreachable!("a request's framing"),
             Framing::Length(n) => {
                 let Ok(n) = usize::try_from(n) else {
                     return (seen, End::Refused);
@@ -300,5 +306,300 @@ async fn the_codec_reads_every_corpus_entry_as_hyper_does() {
         refused > 20 && refused < corpus.len() - 20,
         "{refused} of {} refused",
         corpus.len()
+    );
+}
+
+/// One answer as a client read it.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    version: http::Version,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, Vec<u8>)>,
+}
+
+/// What hyper's HTTP/1.1 client reads when a `method` request is answered with `raw`.
+async fn answer_through_hyper(raw: &[u8], method: &Method) -> Option<Answer> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let raw = raw.to_vec();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        // The request head, then the answer whole, then the end of what is sent.
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            request.push(byte[0]);
+        }
+        let _ = stream.write_all(&raw).await;
+        let _ = stream.shutdown().await;
+        let _ = stream.read_to_end(&mut Vec::new()).await;
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = client::handshake(TokioIo::new(stream)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method.clone())
+        .uri("/")
+        .header("host", "web")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let read = async {
+        let response = sender.send_request(request).await.ok()?;
+        let (head, body) = response.into_parts();
+        let collected = body.collect().await.ok()?;
+        Some(Answer {
+            status: head.status.as_u16(),
+            version: head.version,
+            headers: fields(&head.headers),
+            trailers: collected.trailers().map(fields).unwrap_or_default(),
+            body: collected.to_bytes().to_vec(),
+        })
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("hyper read the answer");
+    drop(sender);
+    connection.abort();
+    let _ = server.await;
+    answer
+}
+
+/// What the codec reads from `raw` as the answer to a `method` request.
+fn answer_through_codec(raw: &[u8], method: &Method) -> Option<Answer> {
+    let limits = Limits {
+        max_head_bytes: MAX_HEAD,
+        max_headers: 100,
+    };
+    let mut buf = BytesMut::from(raw);
+    let head = h1::parse_response(&mut buf, &limits, method).ok()??;
+    let (body, trailers) = match head.framing {
+        Framing::Empty => (Vec::new(), HeaderMap::new()),
+        Framing::Length(n) => {
+            let n = usize::try_from(n).ok().filter(|n| *n <= buf.len())?;
+            (buf.split_to(n).to_vec(), HeaderMap::new())
+        }
+        Framing::UntilClose => (buf.to_vec(), HeaderMap::new()),
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new(limits);
+            let mut body = Vec::new();
+            loop {
+                match decoder.decode(&mut buf).ok()?? {
+                    Chunk::Data(data) => body.extend_from_slice(&data),
+                    Chunk::End(trailers) => break (body, trailers),
+                }
+            }
+        }
+    };
+    Some(Answer {
+        status: head.status.as_u16(),
+        version: head.version,
+        headers: fields(&head.headers),
+        body,
+        trailers: fields(&trailers),
+    })
+}
+
+/// Answers: a name, the request's method, the bytes the server sends.
+fn answers() -> Vec<(&'static str, Method, &'static str)> {
+    let get = Method::GET;
+    vec![
+        (
+            "length",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "chunked with trailers",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nGrpc-Status: 0\r\n\r\n",
+        ),
+        (
+            "until close",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\n\r\nevery byte until the end",
+        ),
+        (
+            "http/1.0 until close",
+            get.clone(),
+            "HTTP/1.0 200 OK\r\n\r\nold",
+        ),
+        (
+            "a coding other than chunked",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes",
+        ),
+        (
+            "chunked and a length",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked in http/1.0",
+            get.clone(),
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        ),
+        (
+            "a length list that agrees",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi",
+        ),
+        (
+            "two lengths that agree",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+        ),
+        (
+            "two lengths that differ",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!",
+        ),
+        (
+            "a signed length",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
+        ),
+        (
+            "a length past 2^64",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551616\r\n\r\n",
+        ),
+        (
+            "a body cut short",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhi",
+        ),
+        (
+            "chunks cut short",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        ),
+        (
+            "a chunk that lies",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "204 with a length",
+            get.clone(),
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        ),
+        (
+            "304 with a length",
+            get.clone(),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        ),
+        (
+            "an answer to HEAD",
+            Method::HEAD,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        ),
+        (
+            "an answer to HEAD, chunked",
+            Method::HEAD,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ),
+        (
+            "100 continue first",
+            get.clone(),
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        ),
+        (
+            "103 early hints first",
+            get.clone(),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        ),
+        (
+            "101 switching",
+            get.clone(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ),
+        (
+            "repeated fields keep their order",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-B: 2\r\nset-cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "a reason phrase of its own",
+            get.clone(),
+            "HTTP/1.1 418 I'm a teapot today\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "no reason phrase",
+            get.clone(),
+            "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "a status of two digits",
+            get.clone(),
+            "HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "a status of 600",
+            get.clone(),
+            "HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "a status of 1000",
+            get.clone(),
+            "HTTP/1.1 1000 Odd\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "bare LF line ends",
+            get.clone(),
+            "HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",
+        ),
+        (
+            "a space before the colon",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nhi",
+        ),
+        (
+            "HTTP/2.0 status line",
+            get.clone(),
+            "HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        ("not HTTP at all", get.clone(), "SSH-2.0-OpenSSH_9.2\r\n"),
+        (
+            "a head cut short",
+            get.clone(),
+            "HTTP/1.1 200 OK\r\nContent-Len",
+        ),
+        ("nothing", get, ""),
+    ]
+}
+
+#[tokio::test]
+async fn the_codec_reads_every_answer_as_hyper_does() {
+    let mut differ = Vec::new();
+    let mut refused = 0;
+    let answers = answers();
+    for (name, method, raw) in &answers {
+        let hyper = answer_through_hyper(raw.as_bytes(), method).await;
+        let codec = answer_through_codec(raw.as_bytes(), method);
+        if hyper != codec {
+            differ.push(format!("{name}:\n  hyper: {hyper:?}\n  codec: {codec:?}"));
+        }
+        refused += usize::from(codec.is_none());
+    }
+    assert!(
+        differ.is_empty(),
+        "{} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+    assert!(
+        refused > 8 && refused < answers.len() - 8,
+        "{refused} of {} refused",
+        answers.len()
     );
 }

@@ -23,7 +23,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 
 /// The largest length a body may declare: two values below `u64::MAX` are markers.
-const MAX_BODY_LEN: u64 = u64::MAX - 2;
+pub(super) const MAX_BODY_LEN: u64 = u64::MAX - 2;
 
 /// The longest request target.
 const MAX_TARGET_LEN: usize = (u16::MAX - 1) as usize;
@@ -55,6 +55,8 @@ pub enum Framing {
     Length(u64),
     /// Chunks, up to a last chunk of size 0 and its trailers.
     Chunked,
+    /// Every byte until the connection closes (responses only).
+    UntilClose,
 }
 
 /// A parsed request head.
@@ -94,6 +96,8 @@ pub enum HeadError {
     ContentLength,
     #[error("Content-Length larger than any body")]
     ContentLengthTooLarge,
+    #[error("malformed status code")]
+    Status,
 }
 
 // === impl HeadError ===
@@ -245,7 +249,7 @@ fn frame(
 }
 
 /// A decimal number of digits only: no sign, no space, no list.
-fn digits(bytes: &[u8]) -> Option<u64> {
+pub(super) fn digits(bytes: &[u8]) -> Option<u64> {
     if bytes.is_empty() {
         return None;
     }
@@ -256,7 +260,7 @@ fn digits(bytes: &[u8]) -> Option<u64> {
 }
 
 /// `chunked` is the last of the codings a `Transfer-Encoding` value lists.
-fn last_coding_is_chunked(value: &HeaderValue) -> bool {
+pub(super) fn last_coding_is_chunked(value: &HeaderValue) -> bool {
     value
         .to_str()
         .ok()
@@ -265,7 +269,7 @@ fn last_coding_is_chunked(value: &HeaderValue) -> bool {
 }
 
 /// A comma-separated header value lists `token` (case-insensitively).
-fn has_token(value: &HeaderValue, token: &str) -> bool {
+pub(super) fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
         .to_str()
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
