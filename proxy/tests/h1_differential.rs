@@ -22,7 +22,7 @@ use hyper::client::conn::http1 as client;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mesh_proxy::h1::{self, Chunk, ChunkedDecoder, Framing, Limits};
+use mesh_proxy::h1::{self, Chunk, ChunkedDecoder, Framing, Limits, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -112,6 +112,25 @@ async fn through_hyper(raw: &[u8]) -> (Vec<Seen>, End) {
 
 /// What the codec makes of `raw`.
 fn through_codec(raw: &[u8]) -> (Vec<Seen>, End) {
+    let (read, end) = codec_requests(raw);
+    (read.into_iter().map(|(seen, _)| seen).collect(), end)
+}
+
+/// The body after a head of `framing`, written back: as it came, or as one chunk (when
+/// it holds any bytes) and the last chunk with `trailers`.
+fn rewrite_body(framing: Framing, body: &[u8], trailers: &HeaderMap, out: &mut Vec<u8>) {
+    match framing {
+        Framing::Chunked => {
+            encode::chunk(body, out);
+            encode::last_chunk(trailers, out);
+        }
+        _ => out.extend_from_slice(body),
+    }
+}
+
+/// The requests the codec reads in `raw`, each with what it writes for it, and how the
+/// connection ends.
+fn codec_requests(raw: &[u8]) -> (Vec<(Seen, Vec<u8>)>, End) {
     let limits = Limits {
         max_head_bytes: MAX_HEAD,
         max_headers: 100,
@@ -150,14 +169,24 @@ fn through_codec(raw: &[u8]) -> (Vec<Seen>, End) {
                 }
             }
         };
-        seen.push(Seen {
+        let mut rewritten = Vec::new();
+        encode::request_head(
+            &head.method,
+            &head.uri,
+            head.version,
+            &head.headers,
+            &mut rewritten,
+        );
+        rewrite_body(head.framing, &body, &trailers, &mut rewritten);
+        let read = Seen {
             method: head.method.to_string(),
             target: head.uri.to_string(),
             version: head.version,
             headers: fields(&head.headers),
             body,
             trailers: fields(&trailers),
-        });
+        };
+        seen.push((read, rewritten));
         if !head.keep_alive {
             return (seen, End::Clean);
         }
@@ -371,6 +400,12 @@ async fn answer_through_hyper(raw: &[u8], method: &Method) -> Option<Answer> {
 
 /// What the codec reads from `raw` as the answer to a `method` request.
 fn answer_through_codec(raw: &[u8], method: &Method) -> Option<Answer> {
+    codec_answer(raw, method).map(|(answer, _)| answer)
+}
+
+/// What the codec reads from `raw` as the answer to a `method` request, and what it
+/// writes for it.
+fn codec_answer(raw: &[u8], method: &Method) -> Option<(Answer, Vec<u8>)> {
     let limits = Limits {
         max_head_bytes: MAX_HEAD,
         max_headers: 100,
@@ -395,13 +430,17 @@ fn answer_through_codec(raw: &[u8], method: &Method) -> Option<Answer> {
             }
         }
     };
-    Some(Answer {
+    let mut rewritten = Vec::new();
+    encode::response_head(head.status, head.version, &head.headers, &mut rewritten);
+    rewrite_body(head.framing, &body, &trailers, &mut rewritten);
+    let answer = Answer {
         status: head.status.as_u16(),
         version: head.version,
         headers: fields(&head.headers),
         body,
         trailers: fields(&trailers),
-    })
+    };
+    Some((answer, rewritten))
 }
 
 /// Answers: a name, the request's method, the bytes the server sends.
@@ -602,4 +641,36 @@ async fn the_codec_reads_every_answer_as_hyper_does() {
         "{refused} of {} refused",
         answers.len()
     );
+}
+
+#[tokio::test]
+async fn what_the_codec_writes_reads_as_what_it_read() {
+    let mut differ = Vec::new();
+    let mut checked = 0;
+    for (name, raw) in corpus() {
+        for (seen, rewritten) in codec_requests(&raw).0 {
+            let (read, end) = through_hyper(&rewritten).await;
+            if read != [seen] || end != End::Clean {
+                differ.push(format!("request {name}: {read:?} {end:?}"));
+            }
+            checked += 1;
+        }
+    }
+    for (name, method, raw) in answers() {
+        let Some((answer, rewritten)) = codec_answer(raw.as_bytes(), &method) else {
+            continue;
+        };
+        let read = answer_through_hyper(&rewritten, &method).await;
+        if read.as_ref() != Some(&answer) {
+            differ.push(format!("answer {name}: {read:?}"));
+        }
+        checked += 1;
+    }
+    assert!(
+        differ.is_empty(),
+        "{} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+    assert!(checked > 50, "{checked} messages written back");
 }
