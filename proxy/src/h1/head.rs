@@ -18,6 +18,8 @@
 //! [`Limits::max_headers`] fields) is refused, as is a head over
 //! [`Limits::max_head_bytes`] and a target longer than 65,534 bytes.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
@@ -28,12 +30,24 @@ pub(super) const MAX_BODY_LEN: u64 = u64::MAX - 2;
 /// The longest request target.
 const MAX_TARGET_LEN: usize = (u16::MAX - 1) as usize;
 
+/// The most header fields [`Limits::max_headers`] may allow: room for them is made on the
+/// stack, left uninitialized until parsed.
+pub const MAX_FIELDS: usize = 128;
+
+/// Room for the fields of one head.
+pub(super) type Fields<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_FIELDS];
+
+/// Empty room for the fields of one head.
+pub(super) fn fields<'b>() -> Fields<'b> {
+    [const { MaybeUninit::uninit() }; MAX_FIELDS]
+}
+
 /// Bounds on a head.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Bytes of a head, its final empty line included.
     pub max_head_bytes: usize,
-    /// Header fields in a head (or in a chunked body's trailers).
+    /// Header fields in a head (or in a chunked body's trailers); at most [`MAX_FIELDS`].
     pub max_headers: usize,
 }
 
@@ -119,13 +133,19 @@ pub fn parse_request(
     buf: &mut BytesMut,
     limits: &Limits,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut fields);
+    let mut fields = fields();
+    let room = &mut fields[..limits.max_headers.min(MAX_FIELDS)];
+    let mut request = httparse::Request::new(&mut []);
     // Only the first `max_head_bytes` are read: whatever follows cannot belong to a head
     // that may be accepted, and reading no further makes the verdict the same however
     // the bytes arrived.
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let len = match request.parse(window) {
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        window,
+        room,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
             return Err(HeadError::TooLarge(limits.max_head_bytes));

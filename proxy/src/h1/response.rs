@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use super::head::{MAX_BODY_LEN, digits, has_token, last_coding_is_chunked};
+use super::head::{MAX_BODY_LEN, MAX_FIELDS, digits, fields, has_token, last_coding_is_chunked};
 use super::{Framing, HeadError, Limits};
 
 /// A parsed response head.
@@ -62,10 +62,16 @@ fn parse_one(
     limits: &Limits,
     method: &Method,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut response = httparse::Response::new(&mut fields);
+    let mut fields = fields();
+    let room = &mut fields[..limits.max_headers.min(MAX_FIELDS)];
+    let mut response = httparse::Response::new(&mut []);
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let len = match response.parse(window) {
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        window,
+        room,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
             return Err(HeadError::TooLarge(limits.max_head_bytes));
