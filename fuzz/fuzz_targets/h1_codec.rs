@@ -32,16 +32,9 @@ fn read(input: &[u8], step: usize) -> Vec<Event> {
     let mut buf = BytesMut::new();
     let mut feed = feeder(input, step);
     loop {
-        let head = loop {
-            match h1::parse_request(&mut buf, &LIMITS) {
-                Ok(Some(head)) => break head,
-                Ok(None) if feed(&mut buf) => {}
-                Ok(None) => return events,
-                Err(e) => {
-                    events.push(Event::Refused(e.to_string()));
-                    return events;
-                }
-            }
+        let parse = |buf: &mut BytesMut| h1::parse_request(buf, &LIMITS);
+        let Some(head) = read_head(&mut buf, &mut feed, &mut events, parse) else {
+            return events;
         };
         events.push(Event::Head(format!(
             "{} {} {:?} {:?} keep-alive {} {:?}",
@@ -125,16 +118,9 @@ fn read_answer(input: &[u8], step: usize, method: &Method) -> Vec<Event> {
     let mut events = Vec::new();
     let mut buf = BytesMut::new();
     let mut feed = feeder(input, step);
-    let head = loop {
-        match h1::parse_response(&mut buf, &LIMITS, method) {
-            Ok(Some(head)) => break head,
-            Ok(None) if feed(&mut buf) => {}
-            Ok(None) => return events,
-            Err(e) => {
-                events.push(Event::Refused(e.to_string()));
-                return events;
-            }
-        }
+    let parse = |buf: &mut BytesMut| h1::parse_response(buf, &LIMITS, method);
+    let Some(head) = read_head(&mut buf, &mut feed, &mut events, parse) else {
+        return events;
     };
     assert!(
         !head.status.is_informational() || head.upgraded,
@@ -146,6 +132,27 @@ fn read_answer(input: &[u8], step: usize, method: &Method) -> Vec<Event> {
     )));
     read_body(head.framing, &mut buf, &mut feed, &mut events);
     events
+}
+
+/// Parses a head with `parse`, feeding `buf` while it is incomplete. None when the bytes
+/// end first or the head is refused (noted in `events`).
+fn read_head<H>(
+    buf: &mut BytesMut,
+    feed: &mut impl FnMut(&mut BytesMut) -> bool,
+    events: &mut Vec<Event>,
+    mut parse: impl FnMut(&mut BytesMut) -> Result<Option<H>, h1::HeadError>,
+) -> Option<H> {
+    loop {
+        match parse(buf) {
+            Ok(Some(head)) => return Some(head),
+            Ok(None) if feed(buf) => {}
+            Ok(None) => return None,
+            Err(e) => {
+                events.push(Event::Refused(e.to_string()));
+                return None;
+            }
+        }
+    }
 }
 
 /// Feeds `input` into a buffer `step` bytes per call; false once all was fed.

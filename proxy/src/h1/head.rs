@@ -19,6 +19,7 @@
 //! [`Limits::max_head_bytes`] and a target longer than 65,534 bytes.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -145,35 +146,24 @@ pub fn parse_request(
         window,
         room,
     );
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
-            return Err(HeadError::TooLarge(limits.max_head_bytes));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::Token) if request.method.is_none() => return Err(HeadError::Method),
-        Err(httparse::Error::Token) => return Err(HeadError::Target),
-        Err(e) => return Err(HeadError::Malformed(e)),
+    let no_method = request.method.is_none();
+    let malformed = |e| match e {
+        httparse::Error::Token if no_method => HeadError::Method,
+        httparse::Error::Token => HeadError::Target,
+        e => HeadError::Malformed(e),
     };
-    // Everything httparse handed out is a slice of `buf`: note where, then take the head
-    // out as one shared buffer whose slices the target and values become.
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
+    let Some(len) = complete(parsed, buf.len(), limits, malformed)? else {
+        return Ok(None);
     };
+    let at = Spans::of(buf);
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Method)?;
-    let target = at(request.path.unwrap_or_default().as_bytes());
+    let target = at.span(request.path.unwrap_or_default().as_bytes());
     if target.len() > MAX_TARGET_LEN {
         return Err(HeadError::TargetTooLong);
     }
     let http11 = request.version == Some(1);
-    let spans: Vec<_> = request
-        .headers
-        .iter()
-        .map(|h| (at(h.name.as_bytes()), at(h.value)))
-        .collect();
+    let spans = at.fields(request.headers);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Target)?;
     let mut parsed = RequestHead {
@@ -195,19 +185,12 @@ pub fn parse_request(
 
 /// Fills in `head`'s headers from their places in `bytes`, deciding its framing and
 /// whether its connection is kept, as the table in the module's documentation says.
-fn frame(
-    head: &mut RequestHead,
-    bytes: &Bytes,
-    spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
-) -> Result<(), HeadError> {
+fn frame(head: &mut RequestHead, bytes: &Bytes, spans: Vec<Field>) -> Result<(), HeadError> {
     let http11 = head.version == Version::HTTP_11;
-    let (mut length, mut saw_length, mut chunked, mut saw_te, mut close) =
-        (None, false, false, false, false);
-    for (name, value) in spans {
-        let name = HeaderName::from_bytes(&bytes[name])
-            .map_err(|_| HeadError::Malformed(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value))
-            .map_err(|_| HeadError::Malformed(httparse::Error::HeaderValue))?;
+    let (mut length, mut saw_length, mut chunked, mut saw_te) = (None, false, false, false);
+    let mut kept = KeepAlive::new(http11);
+    for span in spans {
+        let (name, value) = span.read(bytes)?;
         match name {
             header::TRANSFER_ENCODING => {
                 if !http11 {
@@ -241,14 +224,7 @@ fn frame(
                 head.framing = Framing::Length(len);
                 length = Some(len);
             }
-            header::CONNECTION => {
-                if close || has_token(&value, "close") {
-                    close = true;
-                    head.keep_alive = false;
-                } else if !head.keep_alive {
-                    head.keep_alive = has_token(&value, "keep-alive");
-                }
-            }
+            header::CONNECTION => kept.see(&value),
             header::EXPECT => {
                 head.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }
@@ -259,13 +235,85 @@ fn frame(
     if saw_te && !chunked {
         return Err(HeadError::TransferEncodingNotChunked);
     }
-    if saw_te && saw_length {
-        head.keep_alive = false;
-    }
+    head.keep_alive = kept.0 && !(saw_te && saw_length);
     if head.framing == Framing::Length(0) {
         head.framing = Framing::Empty;
     }
     Ok(())
+}
+
+/// The head's length once httparse found it complete; None while it is incomplete and
+/// within the limit (`buffered` bytes read so far). `malformed` names httparse's errors.
+pub(super) fn complete(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    limits: &Limits,
+    malformed: impl FnOnce(httparse::Error) -> HeadError,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered >= limits.max_head_bytes => {
+            Err(HeadError::TooLarge(limits.max_head_bytes))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(malformed(e)),
+    }
+}
+
+/// Where in the read buffer the slices httparse hands out lie, so that they can become
+/// slices of the head once it is taken out of the buffer as one shared piece.
+pub(super) struct Spans(usize);
+
+/// A header field's name and value, as places in its head.
+pub(super) struct Field(Range<usize>, Range<usize>);
+
+impl Spans {
+    pub(super) fn of(buf: &[u8]) -> Spans {
+        Spans(buf.as_ptr() as usize)
+    }
+
+    /// Where `slice`, a slice of the buffer, lies in it.
+    pub(super) fn span(&self, slice: &[u8]) -> Range<usize> {
+        let start = slice.as_ptr() as usize - self.0;
+        start..start + slice.len()
+    }
+
+    pub(super) fn fields(&self, headers: &[httparse::Header<'_>]) -> Vec<Field> {
+        let field =
+            |h: &httparse::Header<'_>| Field(self.span(h.name.as_bytes()), self.span(h.value));
+        headers.iter().map(field).collect()
+    }
+}
+
+impl Field {
+    /// The field's name and value, the value sharing `head`.
+    pub(super) fn read(self, head: &Bytes) -> Result<(HeaderName, HeaderValue), HeadError> {
+        let name = HeaderName::from_bytes(&head[self.0])
+            .map_err(|_| HeadError::Malformed(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(self.1))
+            .map_err(|_| HeadError::Malformed(httparse::Error::HeaderValue))?;
+        Ok((name, value))
+    }
+}
+
+/// Whether a connection is kept after a message, as its `Connection` headers say:
+/// HTTP/1.1 unless one says `close`, HTTP/1.0 only if one says `keep-alive` and none
+/// `close`.
+pub(super) struct KeepAlive(pub(super) bool, bool);
+
+impl KeepAlive {
+    pub(super) fn new(http11: bool) -> KeepAlive {
+        KeepAlive(http11, false)
+    }
+
+    /// Takes one `Connection` header's value into account.
+    pub(super) fn see(&mut self, value: &HeaderValue) {
+        if self.1 || has_token(value, "close") {
+            *self = KeepAlive(false, true);
+        } else if !self.0 {
+            self.0 = has_token(value, "keep-alive");
+        }
+    }
 }
 
 /// A decimal number of digits only: no sign, no space, no list.
@@ -289,7 +337,7 @@ pub(super) fn last_coding_is_chunked(value: &HeaderValue) -> bool {
 }
 
 /// A comma-separated header value lists `token` (case-insensitively).
-pub(super) fn has_token(value: &HeaderValue, token: &str) -> bool {
+fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
         .to_str()
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))

@@ -17,10 +17,12 @@
 //! an upgrade.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
 
-use super::head::{MAX_BODY_LEN, MAX_FIELDS, digits, fields, has_token, last_coding_is_chunked};
+use super::head::{
+    KeepAlive, MAX_BODY_LEN, MAX_FIELDS, Spans, complete, digits, fields, last_coding_is_chunked,
+};
 use super::{Framing, HeadError, Limits};
 
 /// A parsed response head.
@@ -71,13 +73,8 @@ fn parse_one(
         window,
         room,
     );
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
-            return Err(HeadError::TooLarge(limits.max_head_bytes));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HeadError::Malformed(e)),
+    let Some(len) = complete(parsed, buf.len(), limits, HeadError::Malformed)? else {
+        return Ok(None);
     };
     let status =
         StatusCode::from_u16(response.code.unwrap_or_default()).map_err(|_| HeadError::Status)?;
@@ -85,16 +82,7 @@ fn parse_one(
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    let spans: Vec<_> = response
-        .headers
-        .iter()
-        .map(|h| (at(h.name.as_bytes()), at(h.value)))
-        .collect();
+    let spans = Spans::of(buf).fields(response.headers);
     let bytes = buf.split_to(len).freeze();
     let mut head = ResponseHead {
         status,
@@ -104,22 +92,15 @@ fn parse_one(
         keep_alive: version == Version::HTTP_11,
         upgraded: false,
     };
-    let mut close = false;
-    for (name, value) in spans {
-        let name = HeaderName::from_bytes(&bytes[name])
-            .map_err(|_| HeadError::Malformed(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value))
-            .map_err(|_| HeadError::Malformed(httparse::Error::HeaderValue))?;
+    let mut kept = KeepAlive::new(version == Version::HTTP_11);
+    for span in spans {
+        let (name, value) = span.read(&bytes)?;
         if name == header::CONNECTION {
-            if close || has_token(&value, "close") {
-                close = true;
-                head.keep_alive = false;
-            } else if !head.keep_alive {
-                head.keep_alive = has_token(&value, "keep-alive");
-            }
+            kept.see(&value);
         }
         head.headers.append(name, value);
     }
+    head.keep_alive = kept.0;
     let code = head.status.as_u16();
     head.upgraded = code == 101 || (*method == Method::CONNECT && head.status.is_success());
     if head.upgraded {
