@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
 use libfuzzer_sys::fuzz_target;
+use mesh_proxy::classify::Judged;
 use mesh_proxy::deadline::{self, Deadlines, MAX_DEADLINE};
 use mesh_proxy::error::ErrorKind;
 use mesh_proxy::outbound::Route;
@@ -106,5 +107,5 @@ fuzz_target!(|data: &[u8]| {
     let retry = &*RETRY;
     let status = StatusCode::from_u16(500 + u16::from(target.first().copied().unwrap_or(0) % 100))
         .unwrap_or(StatusCode::BAD_GATEWAY);
-    let _ = retry.classify_response(status, &map, grpc::status_of(&map), true);
+    let _ = retry.classify_response(Judged::of(status, grpc::status_of(&map)), &map, true);
 });

@@ -32,6 +32,25 @@ pub enum Class {
     ServerError,
 }
 
+/// An answer's statuses with their class, judged once and passed to every reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judged {
+    pub status: StatusCode,
+    pub grpc_status: Option<u32>,
+    pub class: Class,
+}
+
+impl Judged {
+    /// Judges an answer with `status` and, for gRPC, `grpc_status`.
+    pub fn of(status: StatusCode, grpc_status: Option<u32>) -> Judged {
+        Judged {
+            status,
+            grpc_status,
+            class: Class::of(status, grpc_status),
+        }
+    }
+}
+
 // === impl Class ===
 
 impl Class {

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use mesh_registry_api::Backoff;
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::body::{self, BoxBody};
 use crate::budget::BudgetConfig;
-use crate::classify::Class;
+use crate::classify::{Class, Judged};
 use crate::error::{ErrorKind, MESH_ERROR, Retryable};
 use crate::flags::Invalid;
 use crate::grpc;
@@ -188,14 +188,18 @@ impl RetryConfig {
     /// own word that nothing was sent; anyone else's is ignored.
     pub fn classify_response(
         &self,
-        status: StatusCode,
+        answer: Judged,
         headers: &HeaderMap,
-        grpc_status: Option<u32>,
         from_sidecar: bool,
     ) -> Option<Verdict> {
+        let Judged {
+            status,
+            grpc_status,
+            class,
+        } = answer;
         // The server asked for less: another try at once would only add to its load,
         // whatever `--retry-statuses` or `--retry-grpc-codes` say.
-        if Class::of(status, grpc_status) == Class::RateLimited {
+        if class == Class::RateLimited {
             return None;
         }
         let peer_error = (from_sidecar && !status.is_success())
@@ -336,6 +340,8 @@ impl Body for Peeked {
 
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -353,7 +359,7 @@ mod tests {
         let c = RetryConfig::default();
         let none = HeaderMap::new();
         let verdict = |status, headers: &HeaderMap, grpc, sidecar| {
-            c.classify_response(status, headers, grpc, sidecar)
+            c.classify_response(Judged::of(status, grpc), headers, sidecar)
                 .map(|v| (v.retryable, v.reason))
         };
         assert_eq!(
@@ -399,7 +405,7 @@ mod tests {
             (StatusCode::OK, Some(8)),
         ] {
             assert_eq!(
-                configured.classify_response(status, &limited, grpc, true),
+                configured.classify_response(Judged::of(status, grpc), &limited, true),
                 None,
                 "a rate-limited answer is never retried at once"
             );

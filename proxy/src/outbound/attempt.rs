@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
 use tokio::time::Instant;
 
 use super::{Call, Failure, Outbound, Tried, Try};
 use crate::body;
 use crate::breaker::Probe;
-use crate::classify::Class;
+use crate::classify::{Class, Judged};
 use crate::destination::Destination;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, MESH_ERROR, ProxyError};
@@ -66,19 +65,16 @@ impl Outbound {
         } else {
             (response.map(body::boxed), grpc_status)
         };
-        let status = response.status();
-        let class = Class::of(status, grpc_status);
-        self.feedback(call.destination, &endpoint, class, status, grpc_status, rtt);
+        let answer = Judged::of(response.status(), grpc_status);
+        self.feedback(call.destination, &endpoint, answer, rtt);
         if let Some(probe) = probe {
             probe.settle();
         }
-        if class == Class::RateLimited {
+        if answer.class == Class::RateLimited {
             self.metrics
                 .rate_limited(Direction::Outbound, &call.destination.name);
         }
-        let verdict =
-            self.retry
-                .classify_response(status, response.headers(), grpc_status, endpoint.sidecar);
+        let verdict = (self.retry).classify_response(answer, response.headers(), endpoint.sidecar);
         let verdict = call.retried(verdict, None, grpc_status);
         if !endpoint.sidecar {
             // Only sidecars speak for the mesh.
@@ -128,26 +124,25 @@ impl Outbound {
         Tried::Failed(Failure::Proxy(e), verdict)
     }
 
-    /// Tells the balancer and the endpoint's breaker how its answer (of `class`) went,
-    /// `rtt` after the try was sent. A server error is a failure to both; a rate-limited
-    /// answer (an overloaded server) to the balancer only; a success to neither (it
-    /// brings a probed endpoint back).
+    /// Tells the balancer and the endpoint's breaker how its answer went, `rtt` after the
+    /// try was sent. A server error is a failure to both; a rate-limited answer (an
+    /// overloaded server) to the balancer only; a success to neither (it brings a probed
+    /// endpoint back).
     fn feedback(
         &self,
         destination: &Destination,
         endpoint: &Endpoint,
-        class: Class,
-        status: StatusCode,
-        grpc_status: Option<u32>,
+        answer: Judged,
         rtt: Duration,
     ) {
         let now = Instant::now();
-        match class {
+        match answer.class {
             Class::ServerError => {
                 endpoint.failed(rtt, now);
-                let grpc = grpc_status.map(|c| format!(" grpc-status {c}"));
+                let grpc = answer.grpc_status.map(|c| format!(" grpc-status {c}"));
                 endpoint.set_error(Some(format!(
-                    "answered {status}{}",
+                    "answered {}{}",
+                    answer.status,
                     grpc.unwrap_or_default()
                 )));
                 self.record_failure(destination, endpoint, "failure status");
