@@ -147,7 +147,11 @@ impl ChunkedDecoder {
             (SizeLf, _) => return Err(ChunkError("a chunk size line without CRLF")),
             (DataCr, b'\r') => DataLf,
             (DataCr, _) => return Err(ChunkError("a chunk not followed by CRLF")),
-            (DataLf, b'\n') => Start,
+            (DataLf, b'\n') => {
+                // The next chunk's size is read from zero.
+                self.size = 0;
+                Start
+            }
             (DataLf, _) => return Err(ChunkError("a chunk not followed by CRLF")),
             (Trailer, _) => {
                 self.keep_trailer_byte(byte)?;
@@ -185,10 +189,6 @@ impl ChunkedDecoder {
             // either state.
             (Data | Done, _) => self.state,
         };
-        // Size digits reset nothing; a new chunk's first digit starts from zero.
-        if self.state == DataLf && next == Start {
-            self.size = 0;
-        }
         Ok(next)
     }
 

@@ -89,8 +89,7 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
-/// Why a head is refused. Every one is answered `400` but [`HeadError::TooLarge`]
-/// (`431`) and [`HeadError::TargetTooLong`] (`414`).
+/// Why a head is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HeadError {
     #[error("the request head is larger than {0} bytes")]
@@ -113,19 +112,6 @@ pub enum HeadError {
     ContentLengthTooLarge,
     #[error("malformed status code")]
     Status,
-}
-
-// === impl HeadError ===
-
-impl HeadError {
-    /// The status a client is answered with.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            HeadError::TooLarge(_) => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HeadError::TargetTooLong => http::StatusCode::URI_TOO_LONG,
-            _ => http::StatusCode::BAD_REQUEST,
-        }
-    }
 }
 
 /// Parses the request head at the front of `buf` and takes it out (the body's first
@@ -197,15 +183,14 @@ fn frame(head: &mut RequestHead, bytes: &Bytes, spans: Vec<Field>) -> Result<(),
                     return Err(HeadError::TransferEncodingInHttp10);
                 }
                 saw_te = true;
-                if saw_length && length.take().is_some() {
+                if length.take().is_some() {
                     head.headers.remove(header::CONTENT_LENGTH);
                 }
+                // A coding other than chunked last is refused once every field is read.
                 chunked = last_coding_is_chunked(&value);
-                head.framing = if chunked {
-                    Framing::Chunked
-                } else {
-                    head.framing
-                };
+                if chunked {
+                    head.framing = Framing::Chunked;
+                }
             }
             header::CONTENT_LENGTH => {
                 saw_length = true;
@@ -235,7 +220,7 @@ fn frame(head: &mut RequestHead, bytes: &Bytes, spans: Vec<Field>) -> Result<(),
     if saw_te && !chunked {
         return Err(HeadError::TransferEncodingNotChunked);
     }
-    head.keep_alive = kept.0 && !(saw_te && saw_length);
+    head.keep_alive = kept.kept && !(saw_te && saw_length);
     if head.framing == Framing::Length(0) {
         head.framing = Framing::Empty;
     }
@@ -299,19 +284,27 @@ impl Field {
 /// Whether a connection is kept after a message, as its `Connection` headers say:
 /// HTTP/1.1 unless one says `close`, HTTP/1.0 only if one says `keep-alive` and none
 /// `close`.
-pub(super) struct KeepAlive(pub(super) bool, bool);
+pub(super) struct KeepAlive {
+    pub(super) kept: bool,
+    /// A `close` was seen: no later `keep-alive` undoes it.
+    closed: bool,
+}
 
 impl KeepAlive {
     pub(super) fn new(http11: bool) -> KeepAlive {
-        KeepAlive(http11, false)
+        KeepAlive {
+            kept: http11,
+            closed: false,
+        }
     }
 
     /// Takes one `Connection` header's value into account.
     pub(super) fn see(&mut self, value: &HeaderValue) {
-        if self.1 || has_token(value, "close") {
-            *self = KeepAlive(false, true);
-        } else if !self.0 {
-            self.0 = has_token(value, "keep-alive");
+        if self.closed || has_token(value, "close") {
+            self.closed = true;
+            self.kept = false;
+        } else if !self.kept {
+            self.kept = has_token(value, "keep-alive");
         }
     }
 }

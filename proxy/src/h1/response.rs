@@ -100,7 +100,7 @@ fn parse_one(
         }
         head.headers.append(name, value);
     }
-    head.keep_alive = kept.0;
+    head.keep_alive = kept.kept;
     let code = head.status.as_u16();
     head.upgraded = code == 101 || (*method == Method::CONNECT && head.status.is_success());
     if head.upgraded {
