@@ -293,14 +293,7 @@ async fn what_is_not_an_admission_review_gets_a_clear_error() {
 async fn a_connection_that_never_speaks_is_closed() {
     let webhook = Webhook::start(Mode::Native).await;
     let mut silent = TcpStream::connect(webhook.addr).await.unwrap();
-    let mut buf = [0u8; 16];
-    let closed = tokio::time::timeout(
-        meshctl::inject::webhook::HEAD_TIMEOUT + Duration::from_secs(25),
-        silent.read(&mut buf),
-    )
-    .await
-    .expect("the webhook closes a silent connection");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    until_closed(&mut silent, "a silent connection").await;
 }
 
 #[tokio::test]
@@ -312,12 +305,17 @@ async fn a_connection_that_sends_no_request_after_its_handshake_is_closed() {
         .connect(name, tcp)
         .await
         .unwrap();
+    until_closed(&mut tls, "a connection that sends no request").await;
+}
+
+/// Waits, well past the webhook's head timeout, for it to close `stream` (`what`).
+async fn until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) {
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(
         meshctl::inject::webhook::HEAD_TIMEOUT + Duration::from_secs(25),
-        tls.read(&mut buf),
+        stream.read(&mut buf),
     )
     .await
-    .expect("the webhook closes a connection that sends no request");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    .unwrap_or_else(|_| panic!("the webhook never closed {what}"));
+    assert!(matches!(closed, Ok(0) | Err(_)), "{what}: {closed:?}");
 }
