@@ -15,6 +15,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A streamed body of any origin: an app's response, a peer's, or one we made.
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A caller's request body as a listener hands it to the request path: hyper's, or the
+/// one the HTTP/1.1 path of our own reads ([`crate::h1`]).
+pub trait CallerBody:
+    Body<Data = Bytes, Error: std::fmt::Display + Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> CallerBody for B
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Into<BoxError>,
+{
+}
+
 /// Boxes any body into a [`BoxBody`].
 pub fn boxed<B>(body: B) -> BoxBody
 where

@@ -15,10 +15,12 @@
 //! This is the codec of an HTTP/1.1 forwarding path of the proxy's own; the listeners
 //! still serve HTTP/1.1 through hyper.
 
+pub mod answer;
 mod chunked;
 pub mod encode;
 mod head;
 mod response;
+pub mod upload;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder};
 pub use head::{Framing, HeadError, Limits, RequestHead, parse_request};

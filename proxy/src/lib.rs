@@ -377,6 +377,7 @@ impl Stages<'_> {
                 outbound,
                 route,
                 http,
+                engine: config.listen.h1_engine,
                 warned: Default::default(),
             };
             servers.serve_with(serve, listener, upstream);

@@ -54,9 +54,24 @@ pub struct Listen {
         value_name = "IDLE_TIMEOUT", env = "MESH_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// What serves HTTP/1.1 on the outbound and upstream listeners: `own`, the proxy's
+    /// own engine (parsed in place, answered in the connection's task, no buffer held
+    /// between requests), or `hyper`. Either way HTTP/2, upgrades, CONNECT and
+    /// `Expect: 100-continue` are served by hyper.
+    #[arg(long, env = "MESH_H1_ENGINE", value_enum, default_value = "own")]
+    pub h1_engine: H1Engine,
+
     /// How long shutdown waits for in-flight requests after deregistering.
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+}
+
+/// What serves HTTP/1.1 on the app's side (`--h1-engine`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum H1Engine {
+    #[default]
+    Own,
+    Hyper,
 }
 
 /// One `--upstream NAME=ADDR`.

@@ -33,13 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use self::call::{Call, TryBody};
 pub use self::route::Route;
 use crate::balance::{self, Strategy};
-use crate::body::BoxBody;
+use crate::body::{BoxBody, CallerBody};
 use crate::breaker::EjectionConfig;
 use crate::deadline::{self, Deadlines};
 use crate::destination::Destination;
@@ -153,10 +152,10 @@ impl OutboundConfig {
 // === impl Outbound ===
 
 impl Outbound {
-    pub async fn handle(
+    pub async fn handle<B: CallerBody>(
         &self,
         route: &Route,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         app: SocketAddr,
     ) -> Response<BoxBody> {
         let grpc = grpc::is_grpc(request.headers());
@@ -216,10 +215,10 @@ impl Outbound {
 
     /// Step 1: the request may be passed on; the destination's name and the port the
     /// caller named.
-    fn admit(
+    fn admit<B>(
         &self,
         route: &Route,
-        request: &mut Request<Incoming>,
+        request: &mut Request<B>,
     ) -> Result<(String, Option<u16>), ProxyError> {
         headers::check_request(request)?;
         let destination = route.destination(request).ok_or_else(|| {
@@ -241,10 +240,10 @@ impl Outbound {
 
     /// Step 3, for a request whose destination is known: it is counted in flight (or
     /// refused), and set on its way.
-    fn begin<'d>(
+    fn begin<'d, B: CallerBody>(
         &self,
         destination: &'d Arc<Destination>,
-        request: Request<Incoming>,
+        request: Request<B>,
         grpc: bool,
         upgrading: bool,
     ) -> Result<(Call<'d>, TryBody, Pending), ProxyError> {

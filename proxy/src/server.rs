@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -26,6 +27,7 @@ use crate::io::Io;
 use crate::metrics::{ConnectionGuard, Direction, Metrics, Transport};
 use crate::tls::{IdentitySlot, TlsMode};
 
+pub mod h1;
 mod idle;
 mod requests;
 
@@ -327,8 +329,9 @@ impl Connection {
 
     /// Serves HTTP requests on the secured connection with `handler` until it closes,
     /// the watchdog closes it, or the drain ends it.
-    pub async fn http<H, F>(mut self, io: Io, peer: Peer, handler: H)
+    pub async fn http<T, H, F>(mut self, io: T, peer: Peer, handler: H)
     where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Answer> + Send + 'static,
     {

@@ -38,14 +38,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balance;
+use crate::body::BoxBody;
 use crate::destination::Destination;
 use crate::detect::Detected;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, ProxyError};
+use crate::h1::upload::Upload;
 use crate::io::Io;
+use crate::listeners::H1Engine;
 use crate::metrics::{Closing, Direction, Metrics, ServiceMetrics};
 use crate::outbound::{Outbound, Route};
-use crate::server::{Answer, Connection, Connections, Held, Http, Peer};
+use crate::server::{Answer, Connection, Connections, Held, Http, Peer, h1};
 use crate::splice::{self, Ending, Spliced};
 
 /// How long a permissive mTLS listener carrying bytes waits for a client's first byte
@@ -205,6 +208,8 @@ pub struct Upstream<H> {
     pub outbound: Arc<Outbound>,
     pub route: Arc<Route>,
     pub http: Http<H>,
+    /// What serves its HTTP/1.1.
+    pub engine: H1Engine,
     /// Set once a connection here was found not to speak HTTP: logged once per listener.
     pub warned: Arc<AtomicBool>,
 }
@@ -216,7 +221,7 @@ where
 {
     async fn serve(self, connection: Connection) {
         let Route::Fixed { service, port } = self.route.as_ref() else {
-            return self.http.serve(connection).await;
+            return self.serve_http(connection).await;
         };
         let destination = self.outbound.discovery.destination(service, *port).await;
         if let Ok(destination) = &destination
@@ -235,7 +240,7 @@ where
             .metrics
             .detected(Direction::Outbound, detected);
         let destination = match (detected, destination) {
-            (Detected::Http, _) | (_, Err(_)) => return self.http.serve(connection).await,
+            (Detected::Http, _) | (_, Err(_)) => return self.serve_http(connection).await,
             (_, Ok(destination)) => destination,
         };
         if !self.warned.swap(true, Ordering::Relaxed) {
@@ -251,6 +256,34 @@ where
             return;
         };
         self.outbound.carry(&destination, stream, &held).await;
+    }
+}
+
+impl<H, F> Upstream<H>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    /// Serves the connection's HTTP with the listener's HTTP/1.1 engine.
+    async fn serve_http(self, connection: Connection) {
+        match self.engine {
+            H1Engine::Hyper => self.http.clone().serve(connection).await,
+            H1Engine::Own => {
+                let fallback = self.http.0.clone();
+                connection.own(self, fallback).await;
+            }
+        }
+    }
+}
+
+impl<H: Clone + Send + Sync + 'static> h1::Handler for Upstream<H> {
+    fn handle(
+        &self,
+        request: http::Request<Upload>,
+        peer: &Peer,
+    ) -> impl Future<Output = http::Response<BoxBody>> + Send {
+        let app = peer.addr;
+        async move { self.outbound.handle(&self.route, request, app).await }
     }
 }
 

@@ -44,9 +44,14 @@ pub fn chunk(data: &[u8], dst: &mut Vec<u8>) {
     if data.is_empty() {
         return;
     }
-    let _ = write!(dst, "{:X}\r\n", data.len());
+    chunk_size(data.len(), dst);
     dst.extend_from_slice(data);
     dst.extend_from_slice(b"\r\n");
+}
+
+/// Appends the line that begins a chunk of `len` bytes.
+pub fn chunk_size(len: usize, dst: &mut Vec<u8>) {
+    let _ = write!(dst, "{len:X}\r\n");
 }
 
 /// Appends the last chunk and `trailers`.

@@ -77,6 +77,8 @@ pub enum Framing {
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
+    /// The head as it came.
+    pub raw: Bytes,
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
@@ -153,6 +155,7 @@ pub fn parse_request(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Target)?;
     let mut parsed = RequestHead {
+        raw: head.clone(),
         method,
         uri,
         version: if http11 {

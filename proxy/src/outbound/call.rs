@@ -3,12 +3,10 @@
 
 use http::Request;
 use http::request::Parts;
-use http_body::Body;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::OutboundConfig;
-use crate::body::{self, BoxBody, CallerFault, FromCaller};
+use crate::body::{self, BoxBody, CallerBody, CallerFault, FromCaller};
 use crate::deadline::{self, Deadlines};
 use crate::destination::Destination;
 use crate::error::{ErrorKind, ProxyError};
@@ -44,9 +42,9 @@ pub(super) struct Call<'a> {
 impl<'a> Call<'a> {
     /// The request's deadlines and whether it may be repeated; its body, kept
     /// replayable up to the retry buffer.
-    pub fn new(
+    pub fn new<B: CallerBody>(
         destination: &'a Destination,
-        request: Request<Incoming>,
+        request: Request<B>,
         grpc: bool,
         config: &OutboundConfig,
         retry: &RetryConfig,
@@ -144,12 +142,12 @@ pub(super) enum TryBody {
 
 impl TryBody {
     /// The body of `incoming`, and what notes the caller breaking it.
-    fn of(incoming: Incoming, limit: usize) -> (TryBody, CallerFault) {
-        if incoming.is_end_stream() {
+    fn of<B: CallerBody>(caller: B, limit: usize) -> (TryBody, CallerFault) {
+        if caller.is_end_stream() {
             return (TryBody::Empty, CallerFault::default());
         }
-        let (incoming, fault) = FromCaller::new(incoming);
-        let body = ReplayBody::new(body::boxed(incoming), limit);
+        let (caller, fault) = FromCaller::new(caller);
+        let body = ReplayBody::new(body::boxed(caller), limit);
         (TryBody::Replay(Box::new(body)), fault)
     }
 

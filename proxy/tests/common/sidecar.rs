@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::ValueEnum;
 use http::StatusCode;
 use mesh_proxy::inbound::AppProtocol;
-use mesh_proxy::listeners::Upstream;
+use mesh_proxy::listeners::{H1Engine, Upstream};
 use mesh_proxy::{Config, Listeners};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,6 +39,7 @@ impl<'a> SidecarSpec<'a> {
         let mut config = Config::default();
         config.registration.health_interval = Duration::from_millis(100);
         config.registration.ttl = Duration::from_secs(2);
+        config.listen.h1_engine = h1_engine();
         SidecarSpec {
             registry,
             app: None,
@@ -51,6 +53,16 @@ impl<'a> SidecarSpec<'a> {
             app: Some((service, app, None)),
             ..Self::client(registry)
         }
+    }
+}
+
+/// The HTTP/1.1 engine the suite runs on: `MESH_H1_ENGINE` (`own` or `hyper`), else the
+/// default. CI runs the proxy's tests once with each.
+pub fn h1_engine() -> H1Engine {
+    match std::env::var("MESH_H1_ENGINE") {
+        Ok(engine) => H1Engine::from_str(&engine, true)
+            .unwrap_or_else(|e| panic!("MESH_H1_ENGINE={engine}: {e}")),
+        Err(_) => H1Engine::default(),
     }
 }
 
