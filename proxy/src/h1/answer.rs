@@ -46,16 +46,17 @@ where
     let (mut parts, mut body) = response.into_parts();
     let headers = &mut parts.headers;
     let mut keep_alive = asked.keep_alive && !says(headers, "close");
-    let framing = framing(asked, parts.status, headers, &body);
-    if framing == Framing::UntilClose {
-        keep_alive = false;
-    }
+    // In hyper's order: the connection's fate, then the body's framing, then the date.
     if asked.version == Version::HTTP_10 {
         if keep_alive && !says(headers, "keep-alive") {
             headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
     } else if !keep_alive && !says(headers, "close") {
         headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let framing = framing(asked, parts.status, headers, &body);
+    if framing == Framing::UntilClose {
+        keep_alive = false;
     }
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, date());

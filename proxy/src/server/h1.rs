@@ -274,7 +274,9 @@ fn takes_trailers(headers: &HeaderMap) -> bool {
 /// Answers a refused head as hyper does, before the connection is closed.
 async fn refuse(write: &mut OwnedWriteHalf, e: &HeadError) -> std::io::Result<()> {
     let status = match e {
-        HeadError::TooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        HeadError::TooLarge(_) | HeadError::Malformed(httparse::Error::TooManyHeaders) => {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
         HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
         _ => StatusCode::BAD_REQUEST,
     };
