@@ -129,7 +129,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     let close = "GET /last HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
     let big: String = "0123456789abcdef".repeat(12_800);
     let mut cases: Vec<(&'static str, String)> = vec![
-        ("GET", format!("GET /a?b=c HTTP/1.1\r\nHost: echo\r\nX-One: 1\r\nX-One: 2\r\nConnection: close\r\n\r\n")),
+        ("GET", "GET /a?b=c HTTP/1.1\r\nHost: echo\r\nX-One: 1\r\nX-One: 2\r\nConnection: close\r\n\r\n".into()),
         ("pipelined", format!("GET /1 HTTP/1.1\r\nHost: echo\r\n\r\nGET /2 HTTP/1.1\r\nHost: echo\r\n\r\n{close}")),
         ("close in the middle of a pipeline", "GET /1 HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: echo\r\n\r\n".into()),
         ("HTTP/1.0", "GET /old HTTP/1.0\r\nHost: echo\r\n\r\n".into()),

@@ -207,7 +207,7 @@ async fn flush<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) -> io::Resu
 fn date() -> HeaderValue {
     thread_local! {
         static CACHED: RefCell<(u64, HeaderValue)> =
-            RefCell::new((u64::MAX, HeaderValue::from_static("")));
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
