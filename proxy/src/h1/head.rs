@@ -163,7 +163,8 @@ pub fn parse_request(
         } else {
             Version::HTTP_10
         },
-        headers: HeaderMap::with_capacity(spans.len()),
+        // Room for the few the request path adds (`mesh-hops`, `x-request-id`).
+        headers: HeaderMap::with_capacity(spans.len() + 4),
         framing: Framing::Empty,
         keep_alive: http11,
         expect_continue: false,

@@ -13,10 +13,13 @@
 //! The same limits as hyper's side: the head within `max_header_bytes` and 100 fields
 //! and within the header read timeout of its first byte, a new connection's first byte
 //! within that timeout too, the next request within the idle timeout, the drain on stop
-//! (the request in progress is answered with `Connection: close`). A refused head is
+//! (the request in progress is answered with `Connection: close`). One coarse watchdog
+//! per connection keeps the timeouts, as on hyper's side: no timer is set per request. A refused head is
 //! answered as hyper answers it (400, 414 or 431, then closed).
 
 use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +27,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot::error::TryRecvError;
 
@@ -58,6 +62,24 @@ enum Next {
     Close,
 }
 
+/// Where a connection's loop is, for its watchdog: each change is counted, so the
+/// watchdog tells one long wait from two.
+struct Phase {
+    now: AtomicU8,
+    changes: AtomicU64,
+}
+
+const WAITING: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+impl Phase {
+    fn set(&self, phase: u8) {
+        self.now.store(phase, Relaxed);
+        self.changes.fetch_add(1, Relaxed);
+    }
+}
+
 impl Connection {
     /// Serves HTTP/1.1 requests with `handler` until the connection closes, handing it to
     /// hyper with `fallback` for what the engine declines.
@@ -74,6 +96,30 @@ impl Connection {
             Io::Plain(stream) => stream,
             io => return self.http(io, peer, fallback).await,
         };
+        let phase = Phase {
+            now: AtomicU8::new(HEAD),
+            changes: AtomicU64::new(0),
+        };
+        // One coarse timer per connection, none per request.
+        let declined = tokio::select! {
+            biased;
+            declined = self.serve_own(stream, &peer, &handler, &phase) => declined,
+            () = self.watchdog(&phase) => None,
+        };
+        if let Some((read, stream)) = declined {
+            self.http(Rewound::new(read, stream), peer, fallback).await;
+        }
+    }
+
+    /// The connection's requests, until it closes or one is declined: then the bytes read
+    /// and the connection, for hyper.
+    async fn serve_own<O: Handler>(
+        &self,
+        stream: TcpStream,
+        peer: &Peer,
+        handler: &O,
+        phase: &Phase,
+    ) -> Option<(Bytes, TcpStream)> {
         let limits = h1::Limits {
             max_head_bytes: self.serve.limits.max_header_bytes,
             max_headers: MAX_HEADERS,
@@ -85,32 +131,27 @@ impl Connection {
         };
         let mut first = true;
         loop {
-            let head = match self.next_head(&mut reader, first, &limits).await {
+            let head = match next_head(&mut reader, first, &limits, phase).await {
                 Next::Head(head) => head,
                 Next::Decline(read) => {
-                    let Ok(stream) = reader.half.reunite(write) else {
-                        return;
-                    };
-                    let io = Rewound::new(read, stream);
-                    return self.http(io, peer, fallback).await;
+                    let stream = reader.half.reunite(write).ok()?;
+                    return Some((read, stream));
                 }
                 Next::Refuse(e) => {
                     tracing::debug!(listener = self.serve.name, error = %e, "request head refused");
                     let _ = refuse(&mut write, &e).await;
-                    return;
+                    return None;
                 }
-                Next::Close => return,
+                Next::Close => return None,
             };
             first = false;
             if declined(&head) {
                 let mut read = BytesMut::from(&head.raw[..]);
                 read.extend_from_slice(&reader.buf);
-                let Ok(stream) = reader.half.reunite(write) else {
-                    return;
-                };
-                let io = Rewound::new(read.freeze(), stream);
-                return self.http(io, peer, fallback).await;
+                let stream = reader.half.reunite(write).ok()?;
+                return Some((read.freeze(), stream));
             }
+            phase.set(BUSY);
             let mut asked = Asked {
                 head: head.method == Method::HEAD,
                 version: head.version,
@@ -118,11 +159,7 @@ impl Connection {
                 trailers: takes_trailers(&head.headers),
             };
             let (request, lent) = request(*head, reader, limits);
-            let answered = tokio::select! {
-                biased;
-                response = handler.handle(request, &peer) => response,
-                () = self.held.drained() => return,
-            };
+            let answered = handler.handle(request, peer).await;
             // Draining: this answer is the connection's last.
             asked.keep_alive &= !*self.stop.borrow();
             let mut pending = None;
@@ -144,17 +181,12 @@ impl Connection {
                     }
                 },
             };
-            let written = tokio::select! {
-                biased;
-                written = answer::write(&mut write, asked, answered) => written,
-                () = self.held.drained() => return,
-            };
-            match written {
+            match answer::write(&mut write, asked, answered).await {
                 Ok(true) => {}
                 Ok(false) => return close(write).await,
                 Err(e) => {
                     tracing::debug!(listener = self.serve.name, error = %e, "answer cut short");
-                    return;
+                    return None;
                 }
             }
             if let Some(back) = pending {
@@ -173,41 +205,73 @@ impl Connection {
                 return close(write).await;
             };
             reader = back;
+            if *self.stop.borrow() {
+                return close(write).await;
+            }
         }
     }
 
-    /// Waits for the next request head: for its first byte within the idle timeout (the
-    /// header read timeout on a new connection), holding no buffer, then for the rest
-    /// within the header read timeout.
-    async fn next_head(&mut self, reader: &mut Reader, first: bool, limits: &h1::Limits) -> Next {
-        let header_read = self.serve.limits.header_read_timeout;
-        if reader.buf.is_empty() {
-            reader.buf = BytesMut::new();
-            let wait = match first {
-                true => Some(header_read),
-                false => self.serve.limits.idle_timeout,
-            };
-            let readable = bounded(wait, reader.half.readable());
-            let ready = tokio::select! {
-                biased;
-                () = stopped(&mut self.stop) => return Next::Close,
-                ready = readable => ready,
-            };
-            if !matches!(ready, Some(Ok(()))) {
-                return Next::Close;
+    /// Resolves when the connection must close: a request head begun and not finished
+    /// within the header read timeout (checked once per timeout, as on hyper's side, so
+    /// within twice it), no new request for the idle timeout, or the listener stopping:
+    /// at once between requests, else after the drain time.
+    async fn watchdog(&self, phase: &Phase) {
+        let limits = &self.serve.limits;
+        let tick = limits
+            .idle_timeout
+            .map_or(limits.header_read_timeout, |idle| {
+                idle.min(limits.header_read_timeout)
+            });
+        let mut stop = self.stop.clone();
+        let mut seen = phase.changes.load(Relaxed);
+        let mut idle = Duration::ZERO;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = stopped(&mut stop) => {
+                    if phase.now.load(Relaxed) != WAITING {
+                        tokio::time::sleep(self.serve.drain).await;
+                    }
+                    return;
+                }
             }
-        }
-        match tokio::time::timeout(header_read, read_head(reader, first, limits)).await {
-            Ok(next) => next,
-            Err(_) => {
-                tracing::debug!(
-                    listener = self.serve.name,
-                    "connection closed: request head not sent within the header read timeout"
-                );
-                Next::Close
+            let changes = phase.changes.load(Relaxed);
+            let moved = changes != seen;
+            seen = changes;
+            match phase.now.load(Relaxed) {
+                HEAD if !moved => {
+                    tracing::debug!(
+                        listener = self.serve.name,
+                        "connection closed: request head not sent within the header read timeout"
+                    );
+                    return;
+                }
+                WAITING if !moved => {
+                    idle += tick;
+                    if limits.idle_timeout.is_some_and(|limit| idle >= limit) {
+                        tracing::debug!(listener = self.serve.name, "connection closed: idle");
+                        return;
+                    }
+                }
+                _ => idle = Duration::ZERO,
             }
         }
     }
+}
+
+/// Waits for the next request head: its first byte, holding no buffer, then the rest.
+async fn next_head(reader: &mut Reader, first: bool, limits: &h1::Limits, phase: &Phase) -> Next {
+    if reader.buf.is_empty() {
+        reader.buf = BytesMut::new();
+        if !first {
+            phase.set(WAITING);
+        }
+        if reader.half.readable().await.is_err() {
+            return Next::Close;
+        }
+        phase.set(HEAD);
+    }
+    read_head(reader, first, limits).await
 }
 
 /// Reads until `reader`'s buffer holds a whole request head (or the HTTP/2 preface, on a
@@ -293,14 +357,7 @@ async fn refuse(write: &mut OwnedWriteHalf, e: &HeadError) -> std::io::Result<()
 }
 
 /// Closes the connection once its last answer is out.
-async fn close(mut write: OwnedWriteHalf) {
+async fn close<T>(mut write: OwnedWriteHalf) -> Option<T> {
     let _ = write.shutdown().await;
-}
-
-/// `future`, given up after `wait` if there is one.
-async fn bounded<T>(wait: Option<Duration>, future: impl Future<Output = T>) -> Option<T> {
-    match wait {
-        Some(wait) => tokio::time::timeout(wait, future).await.ok(),
-        None => Some(future.await),
-    }
+    None
 }
