@@ -230,7 +230,7 @@ where
             let Some((stream, _, held)) = connection.plain() else {
                 return;
             };
-            return self.outbound.carry(destination, stream, &held).await;
+            return Box::pin(self.outbound.carry(destination, stream, &held)).await;
         }
         // Not declared `tcp`: HTTP, unless the client says otherwise.
         let Some(detected) = connection.detect(DETECT_TIMEOUT).await else {
@@ -255,7 +255,7 @@ where
         let Some((stream, _, held)) = connection.plain() else {
             return;
         };
-        self.outbound.carry(&destination, stream, &held).await;
+        Box::pin(self.outbound.carry(&destination, stream, &held)).await;
     }
 }
 
@@ -267,7 +267,8 @@ where
     /// Serves the connection's HTTP with the listener's HTTP/1.1 engine.
     async fn serve_http(self, connection: Connection) {
         match self.engine {
-            H1Engine::Hyper => self.http.clone().serve(connection).await,
+            // Boxed: the engine's connection stays as small as its own state.
+            H1Engine::Hyper => Box::pin(self.http.clone().serve(connection)).await,
             H1Engine::Own => {
                 let fallback = self.http.0.clone();
                 connection.own(self, fallback).await;

@@ -107,7 +107,8 @@ impl Connection {
             () = self.watchdog(&phase) => None,
         };
         if let Some((read, stream)) = declined {
-            self.http(Rewound::new(read, stream), peer, fallback).await;
+            // Boxed: hyper's connection is large, and rare here.
+            Box::pin(self.http(Rewound::new(read, stream), peer, fallback)).await;
         }
     }
 
@@ -159,7 +160,9 @@ impl Connection {
                 trailers: takes_trailers(&head.headers),
             };
             let (request, lent) = request(*head, reader, limits);
-            let answered = handler.handle(request, peer).await;
+            // Boxed, as is the answer's writing: the connection's future then stays small
+            // while it waits for its next request.
+            let answered = Box::pin(handler.handle(request, peer)).await;
             // Draining: this answer is the connection's last.
             asked.keep_alive &= !*self.stop.borrow();
             let mut pending = None;
@@ -181,7 +184,7 @@ impl Connection {
                     }
                 },
             };
-            match answer::write(&mut write, asked, answered).await {
+            match Box::pin(answer::write(&mut write, asked, answered)).await {
                 Ok(true) => {}
                 Ok(false) => return close(write).await,
                 Err(e) => {
