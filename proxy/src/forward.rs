@@ -13,9 +13,11 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::BoxBody;
+use crate::body::{BoxBody, BoxError};
 use crate::error::{ErrorKind, ProxyError, source_chain};
+use crate::h1;
 use crate::io::Io;
+use crate::listeners::H1Engine;
 use crate::loops::OwnListeners;
 use crate::pool::Pool;
 use crate::tls::{Identity, IdentitySlot};
@@ -65,6 +67,14 @@ pub struct Clients {
     identity: Option<Arc<IdentitySlot>>,
     /// A connection that lands on one of these is a loop, and is dropped.
     own: OwnListeners,
+    /// What sends plaintext HTTP/1.1 requests without a body on.
+    engine: H1Engine,
+}
+
+/// An answer's body, as the engine that sent the request reads it.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Own(h1::client::Answer),
 }
 
 // === impl Clients ===
@@ -84,7 +94,15 @@ impl Clients {
             connect_timeout,
             identity,
             own,
+            engine: H1Engine::default(),
         }
+    }
+
+    /// The same, with `engine` sending plaintext HTTP/1.1 requests without a body
+    /// (`--h1-engine`).
+    pub fn with_h1_engine(mut self, engine: H1Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Sends `request` to the pool's address over `wire`, over mTLS when `tls_to` names
@@ -97,7 +115,7 @@ impl Clients {
         pool: &Pool,
         wire: Wire,
         tls_to: Option<&str>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let tls = match (tls_to, &self.identity) {
             (Some(service), Some(slot)) => match slot.get() {
                 Some(identity) => Some((service, identity)),
@@ -110,14 +128,22 @@ impl Clients {
         let upgrade = upgrade::requested(&request).cloned();
         let wire = if upgrade.is_some() { Wire::Http1 } else { wire };
         let mut request = prepare(request, pool, wire, tls.is_some())?;
+        let hyper = |answered: Result<Response<Incoming>, hyper::Error>| {
+            answered.map(|response| response.map(UpstreamBody::Hyper))
+        };
         let result = match (wire, upgrade.clone()) {
             (_, Some(protocol)) => {
                 upgrade::restore(request.headers_mut(), protocol);
-                Box::pin(self.send_upgrade(request, pool, tls)).await
+                hyper(Box::pin(self.send_upgrade(request, pool, tls)).await?)
             }
-            (Wire::Http1, None) => self.send_h1(request, pool, tls).await,
-            (Wire::Http2, None) => self.send_h2(request, pool, tls).await,
-        }?;
+            (Wire::Http1, None)
+                if self.engine == H1Engine::Own && tls.is_none() && h1::client::sends(&request) =>
+            {
+                Ok(self.send_own(request, pool).await?)
+            }
+            (Wire::Http1, None) => hyper(self.send_h1(request, pool, tls).await?),
+            (Wire::Http2, None) => hyper(self.send_h2(request, pool, tls).await?),
+        };
         match result {
             Ok(mut response) => {
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -185,6 +211,43 @@ impl Clients {
                     _ => return Ok(Err(e.into_error())),
                 },
             }
+        }
+    }
+
+    /// HTTP/1.1 by the proxy's own engine: a pooled connection that is still open, else a
+    /// new one.
+    async fn send_own(
+        &self,
+        request: Request<BoxBody>,
+        pool: &Pool,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let idle = pool.own();
+        let (conn, opened) = match idle.take(crate::pool::IDLE_TIMEOUT) {
+            Some(conn) => (conn, None),
+            None => {
+                let started = tokio::time::Instant::now();
+                let Io::Plain(stream) = Box::pin(self.connect(pool, Wire::Http1, None)).await?
+                else {
+                    unreachable!("a connection without TLS is plaintext");
+                };
+                (
+                    h1::client::Conn::new(stream),
+                    Some(Connected(started.elapsed())),
+                )
+            }
+        };
+        match h1::client::send(conn, request, idle).await {
+            Ok(response) => {
+                let mut response = response.map(UpstreamBody::Own);
+                if let Some(opened) = opened {
+                    response.extensions_mut().insert(opened);
+                }
+                Ok(response)
+            }
+            Err(e) => Err(ProxyError::new(
+                ErrorKind::UpstreamFailed,
+                format!("request to {} failed: {e}", pool.address()),
+            )),
         }
     }
 
@@ -347,6 +410,48 @@ impl Clients {
         .map_err(|_| failed("TLS handshake timed out".into()))?
         .map_err(|e| failed(format!("TLS handshake failed: {e}")))?;
         Ok(Io::Tls(Box::new(stream.into())))
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamBody::Hyper(_) => "UpstreamBody::Hyper",
+            UpstreamBody::Own(_) => "UpstreamBody::Own",
+        })
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => {
+                std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into)
+            }
+            UpstreamBody::Own(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Own(body) => body.size_hint(),
+        }
     }
 }
 

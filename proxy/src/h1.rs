@@ -17,6 +17,7 @@
 
 pub mod answer;
 mod chunked;
+pub mod client;
 pub mod encode;
 mod head;
 mod response;

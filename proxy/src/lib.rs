@@ -150,7 +150,8 @@ pub async fn run(
         _ => None,
     };
     let own = listeners.own();
-    let clients = Clients::new(config.connect_timeout, identity.clone(), own.clone());
+    let clients = Clients::new(config.connect_timeout, identity.clone(), own.clone())
+        .with_h1_engine(config.listen.h1_engine);
     let dial = DialPolicy {
         own,
         strict: config.tls.mode == TlsMode::Strict,

@@ -14,6 +14,7 @@ use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 
 use crate::body::BoxBody;
+use crate::h1::client::Idle as Idle1;
 
 /// An HTTP/1.1 connection unused for this long is closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -30,6 +31,8 @@ pub struct Pool {
     h1: Mutex<[Vec<Idle>; 2]>,
     /// The shared HTTP/2 connection, `[plaintext, tls]`.
     h2: [Shared; 2],
+    /// Idle plaintext HTTP/1.1 connections of the proxy's own engine.
+    own: Idle1,
 }
 
 struct Idle {
@@ -55,6 +58,7 @@ impl Pool {
             address,
             h1: Mutex::default(),
             h2: Default::default(),
+            own: Idle1::default(),
         }
     }
 
@@ -113,9 +117,15 @@ impl Pool {
         *self.h2[usize::from(tls)].sender.lock().expect("pool lock") = Some(sender);
     }
 
+    /// Idle plaintext HTTP/1.1 connections of the proxy's own engine.
+    pub fn own(&self) -> &Idle1 {
+        &self.own
+    }
+
     /// Open HTTP/1.1 connections kept (idle or finishing an answer), for tests.
     pub fn h1_len(&self, tls: bool) -> usize {
-        self.h1.lock().expect("pool lock")[usize::from(tls)].len()
+        let own = if tls { 0 } else { self.own.len() };
+        self.h1.lock().expect("pool lock")[usize::from(tls)].len() + own
     }
 }
 

@@ -22,12 +22,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use mesh_registry_api::Backoff;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::body::{self, BoxBody};
+use crate::body::{self, BoxBody, BoxError};
 use crate::budget::BudgetConfig;
 use crate::classify::{Class, Judged};
 use crate::error::{ErrorKind, MESH_ERROR, Retryable};
@@ -244,12 +243,17 @@ pub fn is_marked(headers: &HeaderMap) -> bool {
 /// what arrives within a few milliseconds (never past `deadline`), up to `limit` bytes.
 /// Returns the response with every frame still in it, and the status if the end was
 /// reached. Only worth it while a retry is still possible.
-pub async fn peek_grpc(
-    response: Response<Incoming>,
+pub async fn peek_grpc<B>(
+    response: Response<B>,
     limit: usize,
     deadline: Option<Instant>,
-) -> (Response<BoxBody>, Option<u32>) {
-    let (parts, mut rest) = response.into_parts();
+) -> (Response<BoxBody>, Option<u32>)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, rest) = response.into_parts();
+    let mut rest = body::boxed(rest);
     let mut frames = VecDeque::new();
     let mut seen = 0usize;
     let mut status = None;
@@ -303,18 +307,18 @@ pub async fn peek_grpc(
 /// Frames already read, then the rest of the body.
 struct Peeked {
     frames: VecDeque<Frame<Bytes>>,
-    rest: Option<Incoming>,
-    error: Option<hyper::Error>,
+    rest: Option<BoxBody>,
+    error: Option<BoxError>,
 }
 
 impl Body for Peeked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(frame) = self.frames.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }

@@ -2,6 +2,8 @@
 //! HTTP/2 calls multiplex on one, and a connection the peer closed is replaced without
 //! failing the call.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,6 +51,12 @@ async fn peer(close: bool) -> (String, Arc<AtomicUsize>) {
     (address, accepted)
 }
 
+/// Clients sending with the engine the suite runs on.
+fn clients() -> Clients {
+    Clients::new(Duration::from_secs(1), None, Default::default())
+        .with_h1_engine(common::h1_engine())
+}
+
 async fn call(clients: &Clients, pool: &Pool, wire: Wire) -> (StatusCode, Bytes) {
     let request = Request::get("/").body(body::empty()).unwrap();
     let response = clients.send(request, pool, wire, None).await.unwrap();
@@ -62,7 +70,7 @@ async fn call(clients: &Clients, pool: &Pool, wire: Wire) -> (StatusCode, Bytes)
 #[tokio::test]
 async fn sequential_http1_calls_share_one_connection() {
     let (address, accepted) = peer(false).await;
-    let clients = Clients::new(Duration::from_secs(1), None, Default::default());
+    let clients = clients();
     let pool = Pool::new(address);
     for _ in 0..20 {
         assert_eq!(
@@ -77,7 +85,7 @@ async fn sequential_http1_calls_share_one_connection() {
 #[tokio::test]
 async fn concurrent_http1_calls_open_one_connection_each_and_keep_them() {
     let (address, accepted) = peer(false).await;
-    let clients = Clients::new(Duration::from_secs(1), None, Default::default());
+    let clients = clients();
     let pool = Arc::new(Pool::new(address));
     for _ in 0..3 {
         for (status, _) in concurrently(4, &clients, &pool, Wire::Http1).await {
@@ -92,7 +100,7 @@ async fn concurrent_http1_calls_open_one_connection_each_and_keep_them() {
 #[tokio::test]
 async fn http2_calls_multiplex_on_one_connection() {
     let (address, accepted) = peer(false).await;
-    let clients = Clients::new(Duration::from_secs(1), None, Default::default());
+    let clients = clients();
     let pool = Arc::new(Pool::new(address));
     for (status, text) in concurrently(10, &clients, &pool, Wire::Http2).await {
         assert_eq!((status, text), (StatusCode::OK, Bytes::from_static(b"ok")));
@@ -103,7 +111,7 @@ async fn http2_calls_multiplex_on_one_connection() {
 #[tokio::test]
 async fn a_connection_the_peer_closed_is_replaced_without_failing_the_call() {
     let (address, accepted) = peer(true).await;
-    let clients = Clients::new(Duration::from_secs(1), None, Default::default());
+    let clients = clients();
     let pool = Pool::new(address);
     for _ in 0..10 {
         assert_eq!(call(&clients, &pool, Wire::Http1).await.0, StatusCode::OK);
@@ -116,7 +124,7 @@ async fn an_address_nobody_listens_on_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     drop(listener);
-    let clients = Clients::new(Duration::from_secs(1), None, Default::default());
+    let clients = clients();
     let pool = Pool::new(address.clone());
     let request = Request::get("/").body(body::empty()).unwrap();
     let e = clients
