@@ -54,10 +54,10 @@ pub struct Listen {
         value_name = "IDLE_TIMEOUT", env = "MESH_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
-    /// What serves HTTP/1.1 on the outbound and upstream listeners: `own`, the proxy's
-    /// own engine (parsed in place, answered in the connection's task, no buffer held
-    /// between requests), or `hyper`. Either way HTTP/2, upgrades, CONNECT and
-    /// `Expect: 100-continue` are served by hyper.
+    /// What serves HTTP/1.1 on the outbound and upstream listeners and sends plaintext
+    /// HTTP/1.1 requests without a body on: `own`, the proxy's own engine (parsed in
+    /// place, in the request's task, no buffer held between requests), or `hyper`.
+    /// Either way HTTP/2, upgrades, CONNECT, `Expect: 100-continue` and mTLS are hyper's.
     #[arg(long, env = "MESH_H1_ENGINE", value_enum, default_value = "own")]
     pub h1_engine: H1Engine,
 
