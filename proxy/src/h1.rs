@@ -12,8 +12,9 @@
 //! writes back reads as what it read. The fuzz target `h1_codec` drives it with arbitrary
 //! bytes cut at arbitrary places.
 //!
-//! This is the codec of an HTTP/1.1 forwarding path of the proxy's own; the listeners
-//! still serve HTTP/1.1 through hyper.
+//! On it stand the proxy's own HTTP/1.1 engine's two sides: the server connection loop
+//! (`server/h1.rs`, with [`answer`] writing answers and [`upload`] reading request
+//! bodies) and the client ([`client`]), selected by `--h1-engine`.
 
 pub mod answer;
 mod chunked;
