@@ -88,7 +88,14 @@ where
             }
         };
         let Some(frame) = frame else { break };
-        let frame = frame.map_err(io::Error::other)?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                // What came before the failure still reaches the caller, then the close.
+                flush(io, &mut out).await?;
+                return Err(io::Error::other(e));
+            }
+        };
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
