@@ -20,6 +20,7 @@ pub mod answer;
 mod chunked;
 pub mod client;
 pub mod encode;
+mod framed;
 mod head;
 mod response;
 pub mod upload;

@@ -211,26 +211,54 @@ fn verdict(answer: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_engines_pass_on_the_same_bytes_to_the_app_and_back() {
-    let registry = Registry::start().await;
-    let app = start_app().await;
-    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "echo", app)).await;
-    registry.until_passing("echo", 1).await;
-    let url = registry.url();
-    let client = |engine| {
-        let mut spec = SidecarSpec::client(&url);
-        spec.config.listen.h1_engine = engine;
-        Sidecar::start(spec)
-    };
-    let own = client(H1Engine::Own).await;
-    let hyper = client(H1Engine::Hyper).await;
-    let mut differ = Vec::new();
-    let cases = corpus();
-    for (what, raw) in &cases {
-        let (mut mine, mut theirs) =
-            tokio::join!(exchange(own.outbound, raw), exchange(hyper.outbound, raw));
-        if BROKEN_BODIES.contains(what) {
+    let engines = Engines::start("echo", start_app().await).await;
+    let mut seen = Vec::new();
+    for (what, raw) in corpus() {
+        let (mut mine, mut theirs) = engines.exchange(what, &raw).await;
+        if BROKEN_BODIES.contains(&what) {
             (mine, theirs) = (verdict(&mine), verdict(&theirs));
         }
+        seen.push((what.to_owned(), mine, theirs));
+    }
+    assert_same(seen);
+}
+
+/// A registry, an app behind its sidecar, and two client sidecars in front of it: one
+/// with each engine.
+struct Engines {
+    _registry: Registry,
+    _server: Sidecar,
+    own: Sidecar,
+    hyper: Sidecar,
+}
+
+impl Engines {
+    async fn start(service: &str, app: SocketAddr) -> Engines {
+        let registry = Registry::start().await;
+        let server = Sidecar::start(SidecarSpec::server(&registry.url(), service, app)).await;
+        registry.until_passing(service, 1).await;
+        let url = registry.url();
+        let client = |engine| {
+            let mut spec = SidecarSpec::client(&url);
+            spec.config.listen.h1_engine = engine;
+            Sidecar::start(spec)
+        };
+        let own = client(H1Engine::Own).await;
+        let hyper = client(H1Engine::Hyper).await;
+        Engines {
+            _registry: registry,
+            _server: server,
+            own,
+            hyper,
+        }
+    }
+
+    /// What the caller gets for `raw` through each: `(own engine, hyper)`.
+    async fn exchange(&self, what: &str, raw: &[u8]) -> (String, String) {
+        let (mine, theirs) = tokio::join!(
+            exchange(self.own.outbound, raw),
+            exchange(self.hyper.outbound, raw)
+        );
         assert!(
             !theirs.is_empty(),
             "{what}: hyper's engine answered nothing"
@@ -239,17 +267,24 @@ async fn both_engines_pass_on_the_same_bytes_to_the_app_and_back() {
             !mine.ends_with("[still open]"),
             "{what}: the own engine kept the connection open"
         );
-        if mine != theirs {
-            differ.push(format!(
-                "== {what}\n-- own engine:\n{mine}\n-- hyper:\n{theirs}\n"
-            ));
-        }
+        (mine, theirs)
     }
+}
+
+/// Fails naming every exchange whose two results differ: `(what, own engine, hyper)`.
+fn assert_same(seen: Vec<(String, String, String)>) {
+    let total = seen.len();
+    let differ: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, mine, theirs)| mine != theirs)
+        .map(|(what, mine, theirs)| {
+            format!("== {what}\n-- own engine:\n{mine}\n-- hyper:\n{theirs}\n")
+        })
+        .collect();
     assert!(
         differ.is_empty(),
-        "{} of {} exchanges differ:\n{}",
+        "{} of {total} exchanges differ:\n{}",
         differ.len(),
-        cases.len(),
         differ.join("\n")
     );
 }
@@ -383,28 +418,14 @@ async fn start_liar() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_engines_pass_on_the_same_answers_from_an_app() {
-    let registry = Registry::start().await;
-    let liar = start_liar().await;
-    let _server = Sidecar::start(SidecarSpec::server(&registry.url(), "liar", liar)).await;
-    registry.until_passing("liar", 1).await;
-    let url = registry.url();
-    let client = |engine| {
-        let mut spec = SidecarSpec::client(&url);
-        spec.config.listen.h1_engine = engine;
-        Sidecar::start(spec)
-    };
-    let own = client(H1Engine::Own).await;
-    let hyper = client(H1Engine::Hyper).await;
-    let mut differ = Vec::new();
+    let engines = Engines::start("liar", start_liar().await).await;
+    let mut seen = Vec::new();
     for (n, (what, _)) in ANSWERS.iter().enumerate() {
         for method in ["GET", "HEAD"] {
             let raw = format!(
                 "{method} /answer/{n} HTTP/1.1\r\nHost: liar\r\nTE: trailers\r\nConnection: close\r\n\r\n"
             );
-            let (mut mine, mut theirs) = tokio::join!(
-                exchange(own.outbound, raw.as_bytes()),
-                exchange(hyper.outbound, raw.as_bytes())
-            );
+            let (mut mine, mut theirs) = engines.exchange(what, raw.as_bytes()).await;
             // The proxy's own errors say why in the words of the engine that saw it.
             if mine.contains("\r\nmesh-error: ") && theirs.contains("\r\nmesh-error: ")
                 || DIFFERENT_ANSWERS.contains(what)
@@ -424,26 +445,8 @@ async fn both_engines_pass_on_the_same_answers_from_an_app() {
                 );
                 continue;
             }
-            assert!(
-                !theirs.is_empty(),
-                "{what}: hyper's engine answered nothing"
-            );
-            assert!(
-                !mine.ends_with("[still open]"),
-                "{what}: the own engine kept the connection open"
-            );
-            if mine != theirs {
-                differ.push(format!(
-                    "== {what} ({method})\n-- own engine:\n{mine}\n-- hyper:\n{theirs}\n"
-                ));
-            }
+            seen.push((format!("{what} ({method})"), mine, theirs));
         }
     }
-    assert!(
-        differ.is_empty(),
-        "{} of {} exchanges differ:\n{}",
-        differ.len(),
-        ANSWERS.len() * 2,
-        differ.join("\n")
-    );
+    assert_same(seen);
 }

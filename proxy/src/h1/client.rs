@@ -16,14 +16,15 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Chunk, ChunkError, ChunkedDecoder, Framing, HeadError, Limits, encode};
+use super::framed::{self, Left, Taken};
+use super::{ChunkError, Framing, HeadError, Limits, encode};
 use crate::body::BoxBody;
 
 /// Bounds on an answer's head, as hyper's client has them (its largest read buffer).
@@ -165,20 +166,14 @@ pub async fn send(
             return Err(SendError::Closed);
         }
     };
-    let kept = head.keep_alive && !head.upgraded;
-    let left = match head.framing {
-        Framing::Empty | Framing::Length(0) => Left::Done,
-        Framing::Length(n) => Left::Length(n),
-        Framing::Chunked => Left::Chunked(ChunkedDecoder::new(LIMITS)),
-        Framing::UntilClose => Left::UntilClose,
-    };
+    let kept = head.keep_alive && !head.upgraded && head.framing != Framing::UntilClose;
     let mut answer = Answer {
+        left: Left::of(head.framing, LIMITS),
         conn: Some(conn),
-        left,
-        kept: kept && head.framing != Framing::UntilClose,
+        kept,
         idle: idle.clone(),
     };
-    if matches!(answer.left, Left::Done) {
+    if answer.left.is_none() {
         answer.finish();
     }
     let mut response = Response::new(answer);
@@ -191,17 +186,11 @@ pub async fn send(
 /// An answer's body, read from its connection.
 pub struct Answer {
     conn: Option<Conn>,
-    left: Left,
+    /// None once the body has ended.
+    left: Option<Left>,
     /// The connection may carry another request once the body has ended.
     kept: bool,
     idle: Idle,
-}
-
-enum Left {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
-    Done,
 }
 
 // === impl Answer ===
@@ -209,13 +198,20 @@ enum Left {
 impl Answer {
     /// The body has ended: the connection goes back to its pool, or is closed.
     fn finish(&mut self) {
-        self.left = Left::Done;
+        self.left = None;
         if let Some(conn) = self.conn.take()
             && self.kept
             && conn.buf.is_empty()
         {
             self.idle.put(conn);
         }
+    }
+
+    /// The body cannot be read further: neither can the connection.
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        self.left = None;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -229,81 +225,45 @@ impl Body for Answer {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
-            let Some(conn) = this.conn.as_mut() else {
+            let (Some(conn), Some(left)) = (this.conn.as_mut(), this.left.as_mut()) else {
                 return Poll::Ready(None);
             };
-            let buf = &mut conn.buf;
-            let taken = match &mut this.left {
-                Left::Done => None,
-                Left::Length(left) if !buf.is_empty() => {
-                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                    *left -= n as u64;
-                    let data = buf.split_to(n).freeze();
-                    if *left == 0 {
+            match left.take(&mut conn.buf) {
+                Ok(Some(Taken::Data(data))) => {
+                    // The last bytes of a length: the connection is free at once.
+                    if matches!(left, Left::Length(0)) {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Left::UntilClose if !buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
+                Ok(Some(Taken::End(trailers))) => {
+                    this.finish();
+                    return Poll::Ready(framed::last(trailers));
                 }
-                Left::Chunked(decoder) => match decoder.decode(buf) {
-                    Ok(Some(Chunk::Data(data))) => {
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Some(Chunk::End(trailers))) => Some(trailers),
-                    Ok(None) => None,
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                },
-                _ => None,
-            };
-            if let Some(trailers) = taken {
-                this.finish();
-                return Poll::Ready(trailers_frame(trailers));
+                Ok(None) => {}
+                Err(e) => return this.fail(e.into()),
             }
-            if matches!(this.left, Left::Done) {
-                this.finish();
-                return Poll::Ready(None);
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(READ_SIZE);
-            }
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, buf);
-            match ready!(read) {
-                Ok(0) if matches!(this.left, Left::UntilClose) => {
+            match ready!(framed::poll_fill(&mut conn.stream, &mut conn.buf, cx)) {
+                Ok(0) if matches!(left, Left::UntilClose) => {
                     this.conn = None;
-                    this.left = Left::Done;
+                    this.left = None;
                     return Poll::Ready(None);
                 }
-                Ok(0) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(BodyError::Closed)));
-                }
+                Ok(0) => return this.fail(BodyError::Closed),
                 Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return this.fail(e.into()),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || matches!(self.left, Left::Done)
+        self.conn.is_none() || self.left.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Left::Length(n) => SizeHint::with_exact(n),
-            Left::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match &self.left {
+            Some(left) if self.conn.is_some() => left.size_hint(),
+            _ => SizeHint::with_exact(0),
         }
     }
-}
-
-fn trailers_frame(trailers: HeaderMap) -> Option<Result<Frame<Bytes>, BodyError>> {
-    (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers)))
 }

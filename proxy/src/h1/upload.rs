@@ -7,12 +7,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
-use super::{Chunk, ChunkError, ChunkedDecoder, Framing, Limits};
+use super::framed::{self, Left, Taken};
+use super::{ChunkError, Framing, Limits};
 
 /// The read side of a caller's connection, and the bytes read from it but not yet used.
 pub struct Reader {
@@ -51,11 +51,6 @@ pub struct Reading {
     back: Option<oneshot::Sender<Returned>>,
 }
 
-enum Left {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-}
-
 /// Why the caller's body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -73,10 +68,8 @@ impl Upload {
     /// The body `framing` says follows a request head, read through `reader`, which the
     /// connection keeps when there is no body.
     pub fn new(framing: Framing, reader: Reader, limits: Limits) -> (Upload, Lent) {
-        let left = match framing {
-            Framing::Length(n) if n > 0 => Left::Length(n),
-            Framing::Chunked => Left::Chunked(ChunkedDecoder::new(limits)),
-            _ => return (Upload::Empty, Lent::Kept(reader)),
+        let Some(left) = Left::of(framing, limits) else {
+            return (Upload::Empty, Lent::Kept(reader));
         };
         let (back, returned) = oneshot::channel();
         let reading = Reading {
@@ -112,11 +105,8 @@ impl Body for Upload {
     fn size_hint(&self) -> SizeHint {
         match self {
             Upload::Empty => SizeHint::with_exact(0),
-            Upload::Reading(reading) => match reading.left {
-                Left::Length(n) if reading.reader.is_some() => SizeHint::with_exact(n),
-                Left::Length(_) => SizeHint::with_exact(0),
-                Left::Chunked(_) => SizeHint::default(),
-            },
+            Upload::Reading(reading) if reading.reader.is_none() => SizeHint::with_exact(0),
+            Upload::Reading(reading) => reading.left.size_hint(),
         }
     }
 }
@@ -133,18 +123,16 @@ impl Reading {
                 return Poll::Ready(None);
             };
             match self.left.take(&mut reader.buf) {
-                Ok(Some(Taken::Data(data, ended))) => {
-                    if ended {
+                Ok(Some(Taken::Data(data))) => {
+                    // The last bytes of a length: the connection needs no further poll.
+                    if matches!(self.left, Left::Length(0)) {
                         self.give_back(true);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(Some(Taken::End(trailers))) => {
                     self.give_back(true);
-                    if trailers.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    return Poll::Ready(framed::last(trailers));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -152,12 +140,7 @@ impl Reading {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            if reader.buf.capacity() - reader.buf.len() < 1024 {
-                reader.buf.reserve(READ_SIZE);
-            }
-            let read =
-                tokio_util::io::poll_read_buf(Pin::new(&mut reader.half), cx, &mut reader.buf);
-            match ready!(read) {
+            match ready!(framed::poll_fill(&mut reader.half, &mut reader.buf, cx)) {
                 Ok(0) => {
                     self.give_back(false);
                     return Poll::Ready(Some(Err(UploadError::Closed)));
@@ -183,34 +166,5 @@ impl Drop for Reading {
         // Dropped before its end (the request was refused, or its try failed): what is
         // left of it cannot be told from a next request.
         self.give_back(false);
-    }
-}
-
-/// How much a body's read asks the socket for at a time.
-const READ_SIZE: usize = 16 * 1024;
-
-enum Taken {
-    /// Body bytes; true when they were the last.
-    Data(Bytes, bool),
-    End(HeaderMap),
-}
-
-impl Left {
-    /// What the front of `buf` holds of the body; None when more must be read first.
-    fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Taken>, ChunkError> {
-        match self {
-            Left::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                *left -= n as u64;
-                Ok(Some(Taken::Data(buf.split_to(n).freeze(), *left == 0)))
-            }
-            Left::Chunked(decoder) => Ok(decoder.decode(buf)?.map(|chunk| match chunk {
-                Chunk::Data(data) => Taken::Data(data, false),
-                Chunk::End(trailers) => Taken::End(trailers),
-            })),
-        }
     }
 }
