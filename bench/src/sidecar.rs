@@ -43,7 +43,7 @@ pub async fn dereg_latency(
     let body = Bytes::from(json!({"address": address, "ttl": "1h"}).to_string());
     // A probe left over from an interrupted run goes first (404 when there is none); the
     // address must then leave the proxy's list, or another instance has it.
-    reg.send(http::Method::DELETE, "registry", &path, None)
+    reg.send(http::Method::DELETE, crate::registry::HOST, &path, None)
         .await?;
     let (free, _, _) = poll_until(&mut debug, service, address, false, Instant::now()).await?;
     anyhow::ensure!(
@@ -61,7 +61,12 @@ pub async fn dereg_latency(
         tokio::time::sleep(Duration::from_millis(20)).await;
         let t0 = Instant::now();
         let (status, _, _) = reg
-            .send(http::Method::PUT, "registry", &path, Some(body.clone()))
+            .send(
+                http::Method::PUT,
+                crate::registry::HOST,
+                &path,
+                Some(body.clone()),
+            )
             .await?;
         anyhow::ensure!(
             status.is_success(),
@@ -70,7 +75,7 @@ pub async fn dereg_latency(
         let (seen, _, _) = poll_until(&mut debug, service, address, true, t0).await?;
         let Some(seen) = seen else {
             not_listed += 1;
-            reg.send(http::Method::DELETE, "registry", &path, None)
+            reg.send(http::Method::DELETE, crate::registry::HOST, &path, None)
                 .await?;
             continue;
         };
@@ -80,7 +85,7 @@ pub async fn dereg_latency(
 
         let t0 = Instant::now();
         let (status, _, _) = reg
-            .send(http::Method::DELETE, "registry", &path, None)
+            .send(http::Method::DELETE, crate::registry::HOST, &path, None)
             .await?;
         anyhow::ensure!(
             status.is_success(),
