@@ -26,5 +26,5 @@ mod response;
 pub mod upload;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder};
-pub use head::{Framing, HeadError, Limits, RequestHead, parse_request};
+pub use head::{Framing, HeadError, Limits, RequestHead, lists, parse_request};
 pub use response::{ResponseHead, parse_response};

@@ -18,7 +18,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{Framing, encode};
+use super::head::digits;
+use super::{Framing, encode, lists};
 use crate::body::BoxBody;
 
 /// What the caller's request says of how its answer is written.
@@ -45,13 +46,13 @@ where
 {
     let (mut parts, mut body) = response.into_parts();
     let headers = &mut parts.headers;
-    let mut keep_alive = asked.keep_alive && !says(headers, "close");
+    let mut keep_alive = asked.keep_alive && !lists(headers, header::CONNECTION, "close");
     // In hyper's order: the connection's fate, then the body's framing, then the date.
     if asked.version == Version::HTTP_10 {
-        if keep_alive && !says(headers, "keep-alive") {
+        if keep_alive && !lists(headers, header::CONNECTION, "keep-alive") {
             headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
-    } else if !keep_alive && !says(headers, "close") {
+    } else if !keep_alive && !lists(headers, header::CONNECTION, "close") {
         headers.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let framing = framing(asked, parts.status, headers, &body);
@@ -183,7 +184,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().ok()?.split(',') {
-            let n: u64 = part.trim().parse().ok()?;
+            let n = digits(part.trim().as_bytes())?;
             if length.is_some_and(|l| l != n) {
                 return None;
             }
@@ -191,15 +192,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     length
-}
-
-/// Whether a `Connection` header of `headers` lists `option`.
-fn says(headers: &HeaderMap, option: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case(option)))
-    })
 }
 
 async fn flush<W: AsyncWrite + Unpin>(io: &mut W, out: &mut Vec<u8>) -> io::Result<()> {

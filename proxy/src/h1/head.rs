@@ -333,6 +333,15 @@ pub(super) fn last_coding_is_chunked(value: &HeaderValue) -> bool {
         .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
+/// Whether any line of `headers`' `name` lists `token` (case-insensitively): `Connection:
+/// close`, `TE: trailers`.
+pub fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|value| has_token(value, token))
+}
+
 /// A comma-separated header value lists `token` (case-insensitively).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
     value

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,7 +157,7 @@ impl Connection {
                 head: head.method == Method::HEAD,
                 version: head.version,
                 keep_alive: head.keep_alive,
-                trailers: takes_trailers(&head.headers),
+                trailers: h1::lists(&head.headers, header::TE, "trailers"),
             };
             let (request, lent) = request(*head, reader, limits);
             // Boxed, as is the answer's writing: the connection's future then stays small
@@ -326,16 +326,6 @@ fn request(head: RequestHead, reader: Reader, limits: h1::Limits) -> (Request<Up
     *request.version_mut() = head.version;
     *request.headers_mut() = head.headers;
     (request, lent)
-}
-
-/// Whether the caller said it takes trailers (`TE: trailers`).
-fn takes_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|value| {
-        value.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    })
 }
 
 /// Answers a refused head as hyper does, before the connection is closed.
